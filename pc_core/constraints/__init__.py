@@ -1,0 +1,18 @@
+"""The constraint language and its compilation to token-level DFAs."""
+
+from pc_core.constraints.checker import check_ids, check_text, decode_continuation
+from pc_core.constraints.compiler import DEFAULT_MAX_STATES, compile_constraint
+from pc_core.constraints.dfa import TokenDFA
+from pc_core.constraints.spec import Constraint, canonical_json, parse_constraint
+
+__all__ = [
+    "DEFAULT_MAX_STATES",
+    "Constraint",
+    "TokenDFA",
+    "canonical_json",
+    "check_ids",
+    "check_text",
+    "compile_constraint",
+    "decode_continuation",
+    "parse_constraint",
+]

@@ -1,0 +1,94 @@
+"""The text-level checker: does a decoded text satisfy a constraint?
+
+This is the definition the token DFA must agree with (method notes, section 2). It is deliberately written
+independently of the DFA compiler: it splits the whole text into words with a regex and tests each node
+directly, so comparing the two catches mistakes in either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pc_core.constraints.spec import (
+    All,
+    AnyOf,
+    Constraint,
+    Keyword,
+    Not,
+    Ordered,
+    Tokens,
+    WordAt,
+    WordCount,
+    parse_constraint,
+)
+from pc_core.constraints.words import keyword_variants, split_words
+
+
+def decode_continuation(tokenizer: Any, token_ids: Sequence[int]) -> str:
+    """The text a constraint is judged on: the ids cut at the first EOS, decoded without special tokens."""
+    ids = list(token_ids)
+    eos = tokenizer.eos_token_id
+    if eos is not None and eos in ids:
+        ids = ids[: ids.index(eos)]
+    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def check_text(
+    constraint: Constraint | dict | str, text: str, token_ids: Sequence[int] | None = None
+) -> bool:
+    """True when `text` satisfies the constraint. `token_ids` (cut at EOS) are needed only for `tokens`."""
+    node = parse_constraint(constraint)
+    words = split_words(text)
+    return _holds(node, words, list(token_ids) if token_ids is not None else None)
+
+
+def check_ids(constraint: Constraint | dict | str, tokenizer: Any, token_ids: Sequence[int]) -> bool:
+    ids = list(token_ids)
+    eos = tokenizer.eos_token_id
+    if eos is not None and eos in ids:
+        ids = ids[: ids.index(eos)]
+    return check_text(constraint, decode_continuation(tokenizer, ids), ids)
+
+
+def keyword_spans(keyword: Keyword, words: list[str]) -> list[tuple[int, int]]:
+    """(start, end) word-index spans where any variant of `keyword` occurs, sorted by end then start."""
+    folded = words if keyword.case_sensitive else [w.casefold() for w in words]
+    spans = set()
+    for variant in keyword_variants(keyword):
+        n = len(variant)
+        for start in range(len(folded) - n + 1):
+            if tuple(folded[start : start + n]) == variant:
+                spans.add((start, start + n))
+    return sorted(spans, key=lambda s: (s[1], s[0]))
+
+
+def _holds(node: Constraint, words: list[str], ids: list[int] | None) -> bool:
+    if isinstance(node, Keyword):
+        return bool(keyword_spans(node, words))
+    if isinstance(node, All):
+        return all(_holds(c, words, ids) for c in node.children)
+    if isinstance(node, AnyOf):
+        return any(_holds(c, words, ids) for c in node.children)
+    if isinstance(node, Not):
+        return not _holds(node.child, words, ids)
+    if isinstance(node, Ordered):
+        position = 0  # greedy: the earliest-ending occurrence after the previous one leaves the most room
+        for keyword in node.items:
+            ends = [end for start, end in keyword_spans(keyword, words) if start >= position]
+            if not ends:
+                return False
+            position = min(ends)
+        return True
+    if isinstance(node, WordAt):
+        if len(words) < node.index:
+            return False
+        return bool([s for s in keyword_spans(node.word, words) if s[0] == node.index - 1])
+    if isinstance(node, WordCount):
+        return node.min <= len(words) and (node.max is None or len(words) <= node.max)
+    if isinstance(node, Tokens):
+        if ids is None:
+            raise ValueError("a `tokens` constraint needs the token ids")
+        n = len(node.ids)
+        return any(tuple(ids[i : i + n]) == node.ids for i in range(len(ids) - n + 1))
+    raise TypeError(f"unknown constraint node {node!r}")

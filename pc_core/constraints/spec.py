@@ -1,0 +1,321 @@
+"""The constraint language: JSON-compatible specs parsed into typed, immutable nodes.
+
+    {"keywords": ["dog", "frisbee", "catch"]}                 shorthand for all(keyword ...)
+    {"keyword": "New York", "inflections": false, "case_sensitive": true, "variants": ["NYC"]}
+    {"all": [...]}  {"any": [...]}  {"not": {...}}  {"ordered": ["wake", "coffee"]}
+    {"word_at": 3, "word": "pan"}     {"word_count": {"min": 5, "max": 15}}
+    {"forbidden": ["cat", "dog"]}     {"tokens": [1532, 287]}
+
+A bare string where a constraint is expected is a keyword. Parsing normalises the shorthands
+(`keywords` -> all, `forbidden` -> not(any)), so two specs that mean the same thing in those ways share a
+canonical form (`canonical_json`) and a compiled DFA. Errors name the offending path.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pc_core.constraints.words import split_words
+from pc_core.errors import ConstraintError
+
+MAX_KEYWORD_CHARS = 100
+MAX_WORDS_PER_KEYWORD = 8
+MAX_VARIANTS = 32
+MAX_DEPTH = 12
+MAX_WORD_INDEX = 512
+MAX_TOKEN_PATTERN = 64
+
+
+@dataclass(frozen=True)
+class Keyword:
+    """A word or phrase; satisfied when any of its variants occurs as a contiguous run of words."""
+
+    text: str
+    inflections: bool = True
+    case_sensitive: bool = False
+    variants: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        return {
+            "keyword": self.text,
+            "inflections": self.inflections,
+            "case_sensitive": self.case_sensitive,
+            "variants": list(self.variants),
+        }
+
+
+@dataclass(frozen=True)
+class All:
+    children: tuple[Constraint, ...]
+
+    def to_json(self) -> dict:
+        return {"all": [c.to_json() for c in self.children]}
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    children: tuple[Constraint, ...]
+
+    def to_json(self) -> dict:
+        return {"any": [c.to_json() for c in self.children]}
+
+
+@dataclass(frozen=True)
+class Not:
+    child: Constraint
+
+    def to_json(self) -> dict:
+        return {"not": self.child.to_json()}
+
+
+@dataclass(frozen=True)
+class Ordered:
+    """Occurrences of the keywords exist in this order, each starting after the previous one ends."""
+
+    items: tuple[Keyword, ...]
+
+    def to_json(self) -> dict:
+        return {"ordered": [k.to_json() for k in self.items]}
+
+
+@dataclass(frozen=True)
+class WordAt:
+    """The index-th word (1-based) of the text is `word` (a single word, with its variants)."""
+
+    index: int
+    word: Keyword
+
+    def to_json(self) -> dict:
+        return {"word_at": self.index, **self.word.to_json()}
+
+
+@dataclass(frozen=True)
+class WordCount:
+    min: int = 0
+    max: int | None = None
+
+    def to_json(self) -> dict:
+        return {"word_count": {"min": self.min, "max": self.max}}
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """A raw token-id sequence that must appear contiguously in the generated ids (power users)."""
+
+    ids: tuple[int, ...]
+
+    def to_json(self) -> dict:
+        return {"tokens": list(self.ids)}
+
+
+Constraint = Keyword | All | AnyOf | Not | Ordered | WordAt | WordCount | Tokens
+
+_KEYWORD_OPTIONS = {"inflections", "case_sensitive", "variants"}
+
+
+def parse_constraint(spec: Any, path: str = "constraint") -> Constraint:
+    """Parse a JSON-compatible spec (or an already parsed node) into a `Constraint`."""
+    if isinstance(spec, (Keyword, All, AnyOf, Not, Ordered, WordAt, WordCount, Tokens)):
+        return spec
+    return _parse(spec, path, depth=0)
+
+
+def canonical_json(constraint: Constraint) -> str:
+    return json.dumps(constraint.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def iter_keywords(constraint: Constraint) -> list[Keyword]:
+    """Every keyword in the tree (including `word_at` words), in order."""
+    if isinstance(constraint, Keyword):
+        return [constraint]
+    if isinstance(constraint, (All, AnyOf)):
+        return [k for c in constraint.children for k in iter_keywords(c)]
+    if isinstance(constraint, Not):
+        return iter_keywords(constraint.child)
+    if isinstance(constraint, Ordered):
+        return list(constraint.items)
+    if isinstance(constraint, WordAt):
+        return [constraint.word]
+    return []
+
+
+def min_words_needed(constraint: Constraint) -> int:
+    """A lower bound on the number of words a satisfying text has (used for fast-fail messages)."""
+    if isinstance(constraint, Keyword):
+        return 1
+    if isinstance(constraint, All):
+        return sum(min_words_needed(c) for c in constraint.children)
+    if isinstance(constraint, AnyOf):
+        return min((min_words_needed(c) for c in constraint.children), default=0)
+    if isinstance(constraint, Ordered):
+        return len(constraint.items)
+    if isinstance(constraint, WordAt):
+        return constraint.index
+    if isinstance(constraint, WordCount):
+        return constraint.min
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+
+def _type_name(value: Any) -> str:
+    return {
+        str: "string",
+        int: "integer",
+        bool: "boolean",
+        float: "number",
+        list: "list",
+        dict: "object",
+    }.get(type(value), type(value).__name__)
+
+
+def _parse(spec: Any, path: str, depth: int) -> Constraint:
+    if depth > MAX_DEPTH:
+        raise ConstraintError(path, f"nested more than {MAX_DEPTH} levels deep")
+    if isinstance(spec, str):
+        return _parse_keyword(spec, {}, path)
+    if not isinstance(spec, dict):
+        raise ConstraintError(path, f"expected an object or a keyword string, got {_type_name(spec)}")
+    if not spec:
+        raise ConstraintError(path, "empty constraint object")
+
+    if "keywords" in spec:
+        _only(spec, {"keywords"} | _KEYWORD_OPTIONS, path)
+        items = _list(spec["keywords"], f"{path}.keywords", min_len=1)
+        options = {k: spec[k] for k in _KEYWORD_OPTIONS - {"variants"} if k in spec}
+        if "variants" in spec:
+            raise ConstraintError(
+                f"{path}.variants", 'variants apply to a single keyword; use {"keyword": ...}'
+            )
+        return All(
+            tuple(_parse_keyword_item(x, f"{path}.keywords[{i}]", options) for i, x in enumerate(items))
+        )
+    if "keyword" in spec:
+        _only(spec, {"keyword"} | _KEYWORD_OPTIONS, path)
+        return _parse_keyword(spec["keyword"], spec, path, text_path=f"{path}.keyword")
+    if "all" in spec or "any" in spec:
+        key = "all" if "all" in spec else "any"
+        _only(spec, {key}, path)
+        items = _list(spec[key], f"{path}.{key}", min_len=1)
+        children = tuple(_parse(x, f"{path}.{key}[{i}]", depth + 1) for i, x in enumerate(items))
+        return All(children) if key == "all" else AnyOf(children)
+    if "not" in spec:
+        _only(spec, {"not"}, path)
+        return Not(_parse(spec["not"], f"{path}.not", depth + 1))
+    if "ordered" in spec:
+        _only(spec, {"ordered"} | _KEYWORD_OPTIONS - {"variants"}, path)
+        items = _list(spec["ordered"], f"{path}.ordered", min_len=1)
+        options = {k: spec[k] for k in _KEYWORD_OPTIONS - {"variants"} if k in spec}
+        return Ordered(
+            tuple(_parse_keyword_item(x, f"{path}.ordered[{i}]", options) for i, x in enumerate(items))
+        )
+    if "forbidden" in spec:
+        _only(spec, {"forbidden"} | _KEYWORD_OPTIONS - {"variants"}, path)
+        items = _list(spec["forbidden"], f"{path}.forbidden", min_len=1)
+        options = {k: spec[k] for k in _KEYWORD_OPTIONS - {"variants"} if k in spec}
+        words = tuple(_parse_keyword_item(x, f"{path}.forbidden[{i}]", options) for i, x in enumerate(items))
+        return Not(AnyOf(words))
+    if "word_at" in spec:
+        _only(spec, {"word_at", "word"} | _KEYWORD_OPTIONS, path)
+        index = _int(spec["word_at"], f"{path}.word_at", lo=1, hi=MAX_WORD_INDEX)
+        if "word" not in spec:
+            raise ConstraintError(f"{path}.word", "required with word_at")
+        options = {"inflections": False, **spec}
+        word = _parse_keyword(spec["word"], options, path, text_path=f"{path}.word")
+        for variant in (word.text, *word.variants):
+            if len(split_words(variant)) != 1:
+                raise ConstraintError(f"{path}.word", f"must be a single word, got {variant!r}")
+        return WordAt(index, word)
+    if "word_count" in spec:
+        _only(spec, {"word_count"}, path)
+        body = spec["word_count"]
+        if not isinstance(body, dict):
+            raise ConstraintError(
+                f"{path}.word_count", f"expected an object {{min, max}}, got {_type_name(body)}"
+            )
+        _only(body, {"min", "max"}, f"{path}.word_count")
+        lo = _int(body.get("min", 0), f"{path}.word_count.min", lo=0, hi=MAX_WORD_INDEX)
+        hi = body.get("max")
+        if hi is not None:
+            hi = _int(hi, f"{path}.word_count.max", lo=0, hi=MAX_WORD_INDEX)
+            if hi < lo:
+                raise ConstraintError(f"{path}.word_count", f"min ({lo}) must be <= max ({hi})")
+        return WordCount(lo, hi)
+    if "tokens" in spec:
+        _only(spec, {"tokens"}, path)
+        ids = _list(spec["tokens"], f"{path}.tokens", min_len=1, max_len=MAX_TOKEN_PATTERN)
+        return Tokens(tuple(_int(x, f"{path}.tokens[{i}]", lo=0) for i, x in enumerate(ids)))
+    known = "keywords, keyword, all, any, not, ordered, forbidden, word_at, word_count, tokens"
+    raise ConstraintError(path, f"unknown constraint kind {sorted(spec)}; expected one of: {known}")
+
+
+def _parse_keyword_item(item: Any, path: str, options: dict) -> Keyword:
+    if isinstance(item, dict):
+        if "keyword" not in item:
+            raise ConstraintError(path, 'expected a keyword string or {"keyword": ...}')
+        _only(item, {"keyword"} | _KEYWORD_OPTIONS, path)
+        return _parse_keyword(item["keyword"], {**options, **item}, path, text_path=f"{path}.keyword")
+    return _parse_keyword(item, options, path)
+
+
+def _parse_keyword(text: Any, options: dict, path: str, text_path: str | None = None) -> Keyword:
+    text_path = text_path or path
+    text = _keyword_text(text, text_path)
+    inflections = _bool(options.get("inflections", True), f"{path}.inflections")
+    case_sensitive = _bool(options.get("case_sensitive", False), f"{path}.case_sensitive")
+    raw_variants = options.get("variants", [])
+    variants = _list(raw_variants, f"{path}.variants", min_len=0, max_len=MAX_VARIANTS)
+    variants = tuple(_keyword_text(v, f"{path}.variants[{i}]") for i, v in enumerate(variants))
+    return Keyword(text, inflections, case_sensitive, variants)
+
+
+def _keyword_text(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise ConstraintError(path, f"expected a string, got {_type_name(value)}")
+    if not value.strip():
+        raise ConstraintError(path, "must not be empty")
+    if len(value) > MAX_KEYWORD_CHARS:
+        raise ConstraintError(path, f"longer than {MAX_KEYWORD_CHARS} characters")
+    words = split_words(value)
+    if not words:
+        raise ConstraintError(path, f"contains no word characters: {value!r}")
+    if len(words) > MAX_WORDS_PER_KEYWORD:
+        raise ConstraintError(path, f"a phrase may have at most {MAX_WORDS_PER_KEYWORD} words")
+    return value
+
+
+def _only(spec: dict, allowed: set[str], path: str) -> None:
+    extra = sorted(set(spec) - allowed)
+    if extra:
+        raise ConstraintError(
+            f"{path}.{extra[0]}", f"unexpected field (allowed here: {', '.join(sorted(allowed))})"
+        )
+
+
+def _list(value: Any, path: str, min_len: int, max_len: int = 256) -> list:
+    if not isinstance(value, list):
+        raise ConstraintError(path, f"expected a list, got {_type_name(value)}")
+    if len(value) < min_len:
+        raise ConstraintError(path, f"must have at least {min_len} item(s)")
+    if len(value) > max_len:
+        raise ConstraintError(path, f"must have at most {max_len} items")
+    return value
+
+
+def _int(value: Any, path: str, lo: int | None = None, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConstraintError(path, f"expected an integer, got {_type_name(value)}")
+    if lo is not None and value < lo:
+        raise ConstraintError(path, f"must be >= {lo}")
+    if hi is not None and value > hi:
+        raise ConstraintError(path, f"must be <= {hi}")
+    return value
+
+
+def _bool(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConstraintError(path, f"expected true or false, got {_type_name(value)}")
+    return value

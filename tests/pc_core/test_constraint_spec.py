@@ -1,0 +1,72 @@
+import pytest
+
+from pc_core.constraints.spec import All, AnyOf, Keyword, Not, WordAt, WordCount, canonical_json, parse_constraint
+from pc_core.constraints.words import keyword_variants
+from pc_core.errors import ConstraintError
+
+
+def test_shorthands_normalise():
+    assert parse_constraint({"keywords": ["dog", "frisbee"]}) == All((Keyword("dog"), Keyword("frisbee")))
+    assert parse_constraint({"forbidden": ["cat"]}) == Not(AnyOf((Keyword("cat"),)))
+    assert parse_constraint("dog") == Keyword("dog")
+    nested = parse_constraint({"all": ["dog", {"word_count": {"min": 2, "max": 9}}]})
+    assert nested == All((Keyword("dog"), WordCount(2, 9)))
+    assert canonical_json(parse_constraint({"keywords": ["a"]})) == canonical_json(parse_constraint({"all": ["a"]}))
+
+
+def test_keyword_options_and_word_at_defaults():
+    kw = parse_constraint({"keyword": "New York", "inflections": False, "case_sensitive": True})
+    assert kw == Keyword("New York", inflections=False, case_sensitive=True)
+    assert keyword_variants(kw) == (("New", "York"),)
+    at = parse_constraint({"word_at": 3, "word": "pan"})
+    assert at == WordAt(3, Keyword("pan", inflections=False))
+
+
+def test_inflections():
+    forms = {v[0] for v in keyword_variants(Keyword("run"))}
+    assert {"run", "runs", "ran", "running"} <= forms
+    assert {v[0] for v in keyword_variants(Keyword("dog"))} >= {"dog", "dogs"}
+    assert {v[0] for v in keyword_variants(Keyword("frisbee"))} == {"frisbee", "frisbees"}  # out of vocabulary
+    assert ("jog",) in keyword_variants(Keyword("run", variants=("jog",)))
+    assert set(keyword_variants(Keyword("Dog", case_sensitive=True))) >= {("Dog",), ("Dogs",)}
+
+
+@pytest.mark.parametrize(
+    "spec, path, fragment",
+    [
+        ({"keywords": [""]}, "constraint.keywords[0]", "must not be empty"),
+        ({"keywords": ["   "]}, "constraint.keywords[0]", "must not be empty"),
+        ({"keywords": ["!!"]}, "constraint.keywords[0]", "no word characters"),
+        ({"keywords": [3]}, "constraint.keywords[0]", "expected a string"),
+        ({"keywords": "dog"}, "constraint.keywords", "expected a list"),
+        ({"keywords": []}, "constraint.keywords", "at least 1"),
+        ({"all": [{"word_at": 1, "word": "a"}, "b", {"word_at": 0, "word": "pan"}]}, "constraint.all[2].word_at", ">= 1"),
+        ({"word_at": 2}, "constraint.word", "required"),
+        ({"word_at": 2, "word": "two words"}, "constraint.word", "single word"),
+        ({"word_count": {"min": 5, "max": 3}}, "constraint.word_count", "min (5) must be <= max (3)"),
+        ({"word_count": {"min": -1}}, "constraint.word_count.min", ">= 0"),
+        ({"word_count": 4}, "constraint.word_count", "expected an object"),
+        ({"tokens": [1, "x"]}, "constraint.tokens[1]", "expected an integer"),
+        ({"tokens": [True]}, "constraint.tokens[0]", "expected an integer"),
+        ({"not": {"colour": "red"}}, "constraint.not", "unknown constraint kind"),
+        ({"keyword": "dog", "inflection": True}, "constraint.inflection", "unexpected field"),
+        ({"keyword": "dog", "inflections": "yes"}, "constraint.inflections", "true or false"),
+        ({"any": [{"keyword": "x" * 101}]}, "constraint.any[0].keyword", "longer than 100"),
+        ([1, 2], "constraint", "expected an object"),
+        ({}, "constraint", "empty"),
+    ],
+)
+def test_errors_name_the_path(spec, path, fragment):
+    with pytest.raises(ConstraintError) as info:
+        parse_constraint(spec)
+    assert info.value.path == path
+    assert fragment in info.value.message
+    assert str(info.value).startswith(path + ": ")
+
+
+def test_deep_nesting_is_rejected():
+    spec = "dog"
+    for _ in range(20):
+        spec = {"not": spec}
+    with pytest.raises(ConstraintError, match="nested"):
+        parse_constraint(spec)
