@@ -4,7 +4,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from support import build_tokenizer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

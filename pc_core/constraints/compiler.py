@@ -47,10 +47,12 @@ from pc_core.constraints.vocab import KIND_EOS, KIND_SEP, KIND_SPECIAL, KIND_WOR
 from pc_core.constraints.words import is_word_char, keyword_variants
 from pc_core.errors import ConstraintError, ConstraintTooComplex
 
-DEFAULT_MAX_STATES = 1024
-"""Cap on the minimised DFA. The guide's tables cost horizon x states x hidden floats (32 x 1024 x 4096 x 4 B
-= 512 MiB at production size) and its precompute one (states x H) x (H x H) product per token of horizon,
-so a bigger DFA is a service-level decision, not a default. Exploration before minimisation may use 8x."""
+DEFAULT_MAX_STATES = 2048
+"""Cap on the minimised DFA. Exact keyword DFAs grow as (prefixes of unmatched keywords) x (subsets found):
+measured on the 50,257-token BPE, 5 CommonGen concepts need ~730 states and 6 need ~1,750 (docs/benchmarks.md).
+The guide's tables cost horizon x states x hidden floats (32 x 2048 x 4096 x 4 B = 1 GiB at production
+size) and its precompute one (states x H) x (H x H) product per token of horizon, so anything bigger is a
+deployment decision (the service has its own, lower, setting). Exploration before minimisation may use 8x."""
 DEFAULT_TIME_BUDGET_S = 10.0
 EXPLORE_FACTOR = 8
 

@@ -1,6 +1,15 @@
 import pytest
 
-from pc_core.constraints.spec import All, AnyOf, Keyword, Not, WordAt, WordCount, canonical_json, parse_constraint
+from pc_core.constraints.spec import (
+    All,
+    AnyOf,
+    Keyword,
+    Not,
+    WordAt,
+    WordCount,
+    canonical_json,
+    parse_constraint,
+)
 from pc_core.constraints.words import keyword_variants
 from pc_core.errors import ConstraintError
 
@@ -11,7 +20,9 @@ def test_shorthands_normalise():
     assert parse_constraint("dog") == Keyword("dog")
     nested = parse_constraint({"all": ["dog", {"word_count": {"min": 2, "max": 9}}]})
     assert nested == All((Keyword("dog"), WordCount(2, 9)))
-    assert canonical_json(parse_constraint({"keywords": ["a"]})) == canonical_json(parse_constraint({"all": ["a"]}))
+    assert canonical_json(parse_constraint({"keywords": ["a"]})) == canonical_json(
+        parse_constraint({"all": ["a"]})
+    )
 
 
 def test_keyword_options_and_word_at_defaults():
@@ -26,7 +37,10 @@ def test_inflections():
     forms = {v[0] for v in keyword_variants(Keyword("run"))}
     assert {"run", "runs", "ran", "running"} <= forms
     assert {v[0] for v in keyword_variants(Keyword("dog"))} >= {"dog", "dogs"}
-    assert {v[0] for v in keyword_variants(Keyword("frisbee"))} == {"frisbee", "frisbees"}  # out of vocabulary
+    assert {v[0] for v in keyword_variants(Keyword("frisbee"))} == {
+        "frisbee",
+        "frisbees",
+    }  # out of vocabulary
     assert ("jog",) in keyword_variants(Keyword("run", variants=("jog",)))
     assert set(keyword_variants(Keyword("Dog", case_sensitive=True))) >= {("Dog",), ("Dogs",)}
 
@@ -40,7 +54,11 @@ def test_inflections():
         ({"keywords": [3]}, "constraint.keywords[0]", "expected a string"),
         ({"keywords": "dog"}, "constraint.keywords", "expected a list"),
         ({"keywords": []}, "constraint.keywords", "at least 1"),
-        ({"all": [{"word_at": 1, "word": "a"}, "b", {"word_at": 0, "word": "pan"}]}, "constraint.all[2].word_at", ">= 1"),
+        (
+            {"all": [{"word_at": 1, "word": "a"}, "b", {"word_at": 0, "word": "pan"}]},
+            "constraint.all[2].word_at",
+            ">= 1",
+        ),
         ({"word_at": 2}, "constraint.word", "required"),
         ({"word_at": 2, "word": "two words"}, "constraint.word", "single word"),
         ({"word_count": {"min": 5, "max": 3}}, "constraint.word_count", "min (5) must be <= max (3)"),

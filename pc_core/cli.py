@@ -1,0 +1,88 @@
+"""`pcgen` command line. Subcommands import their heavy dependencies lazily, so `pcgen --help` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+
+def _constraint_from_args(args: argparse.Namespace) -> dict:
+    if args.constraint:
+        try:
+            return json.loads(args.constraint)
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"--constraint is not valid JSON: {err}") from err
+    if args.keywords:
+        return {"keywords": args.keywords}
+    raise SystemExit("give --keywords WORD... or --constraint JSON")
+
+
+def add_constraint_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--keywords", nargs="+", metavar="WORD", help="words that must all appear (with inflections)"
+    )
+    group.add_argument("--constraint", metavar="JSON", help="a constraint in the JSON constraint language")
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from transformers import AutoTokenizer
+
+    from pc_core.constraints import compile_constraint
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    dfa = compile_constraint(_constraint_from_args(args), tokenizer, max_states=args.max_states)
+    summary = dfa.summary()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            print(f"{key:>22}: {value}")
+    return 0
+
+
+def _register_compile(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compile", help="compile a constraint to a token DFA and print its summary")
+    p.add_argument("--tokenizer", default="gpt2", help="tokenizer path or hub id (default: gpt2)")
+    add_constraint_args(p)
+    p.add_argument("--max-states", type=int, default=2048)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_compile)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pcgen", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    registrars: list[Callable[[argparse._SubParsersAction], None]] = [_register_compile]
+    for module, name in (
+        ("pc_core.cli_generate", "register"),
+        ("distill.cli", "register"),
+        ("service.cli", "register"),
+    ):
+        try:
+            mod = __import__(module, fromlist=[name])
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+            continue
+        registrars.append(getattr(mod, name))
+    for register in registrars:
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pc_core.errors import PcgenError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except PcgenError as err:
+        print(f"pcgen {args.command}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
