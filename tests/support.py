@@ -86,3 +86,23 @@ def build_tiny_lm(directory: Path, tokenizer, n_layer: int = 2, n_embd: int = 32
     model.save_pretrained(str(directory))
     tokenizer.save_pretrained(str(directory))
     return model
+
+
+def build_micro_tokenizer(directory: Path):
+    """A 14-token byte-level vocabulary for brute-force enumeration: words, pieces, punctuation, a split
+    two-byte character (Ã + ©), and EOS."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    pieces = ["Ġdog", "Ġcat", "Ġthe", "Ġpan", "dog", "s", "Ġ", ".", "Ġdo", "g", "Ġcats", "Ã", "©"]
+    vocab = {p: i for i, p in enumerate(pieces)}
+    vocab[EOS] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([EOS])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, unk_token=EOS)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(directory))
+    return fast

@@ -474,6 +474,7 @@ def _minimise(
         initial_state=0,
         eos_token_id=tables.eos_token_id,
         tokenizer_fingerprint=tables.fingerprint,
+        banned_tokens=np.asarray(tables.pend_id) != 0,
     )
 
 

@@ -11,6 +11,8 @@ describe is derived from this (`default_successor`, `exceptions`); the class vie
 emission masses once per class instead of once per token.
 
 EOS leads from every live state to one of two absorbing *ended* states (accepted / rejected).
+`banned_tokens` marks tokens that end inside a multi-byte character: they lead every live state to the
+rejecting sink (see compiler.py), and the guide models generation without them.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class TokenDFA:
     initial_state: int
     eos_token_id: int
     tokenizer_fingerprint: str
+    banned_tokens: np.ndarray | None = None  # (V,) bool
     compile_seconds: float = 0.0
     _device_cache: dict = field(default_factory=dict, repr=False)
 

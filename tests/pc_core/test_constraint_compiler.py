@@ -259,6 +259,7 @@ def test_structure_reachable_minimal_and_ended(tokenizer):
         eos_token_id = dfa.eos_token_id
         fingerprint = dfa.tokenizer_fingerprint
 
+    Tables.pend_id = dfa.banned_tokens.astype(int)
     again = _minimise(dfa.transitions, dfa.token_class, 0, dfa.accepting, dfa.ended, Tables, 10**6)
     assert again.num_states == dfa.num_states
     # EOS leads to an absorbing ended state that remembers acceptance

@@ -1,0 +1,384 @@
+"""The exact constraint guide: P_hmm(constraint | prefix, next token) by dynamic programming (section 4).
+
+Precompute (per DFA, horizon n, minimum length, HMM; cached):
+    M[c, z]      = sum_{x in class c} B[z, x]                         class emission masses   (C, H)
+    E[s->s', z]  = sum_{c: delta(s, c) = s'} M[c, z]                  edge masses             (edges, H)
+    U_0[s, z]    = 1 if s accepting else 0
+    W_r[s, z]    = sum_{edges s->s'} E[s->s', z] * U_{r-1}[s', z]      (EOS edges dropped where the minimum
+    U_r[s, z]    = sum_z' A[z, z'] W_r[s, z']                           length forbids EOS)
+all in log space; U_r[s] is -inf exactly where the DFA cannot accept in r more tokens (decided on the DFA,
+not on floating point) and exactly 0 where every continuation is accepted.
+
+Step (prefix of length t in DFA state s, predictive forward vector a_t[z] = P(z_{t+1} | prefix)):
+    log P(x, constraint | prefix) = log sum_z a_t[z] B[z, x] U_r[delta(s, x), z],  r = n - t - 1
+    log P(x | prefix)             = log sum_z a_t[z] B[z, x]
+and next_log_probs returns their difference. Tokens are grouped by successor: the few large token classes
+("any other word", "a space then any other word") share a left vector, so all beams together cost one
+(rows, H) x (H, V) product with one row for the marginal and one per distinct large-class successor that is
+neither impossible nor certain (usually one); the small classes (tokens that start, extend or finish a
+relevant word) are computed on their own (H, |tail|) slice of B.
+
+Several requests with different guides can be stepped together (`batched_next_log_probs`): their rows are
+stacked into the same product.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pc_core.constraints.dfa import TokenDFA
+from pc_core.errors import PcgenError, TokenizerMismatch
+from pc_core.hmm import HMM
+from pc_core.kernels import edge_logsumexp, log_matmul_exp
+
+NEG_INF = float("-inf")
+DEFAULT_MAX_HORIZON = 1024
+BIG_CLASS_FRACTION = 0.01  # classes holding >= 1% of the vocabulary get a dense product row
+
+
+class GuideError(PcgenError, ValueError):
+    """Bad guide arguments: horizon, token ids, prefix longer than the horizon, mismatched sizes."""
+
+
+@dataclass
+class GuideState:
+    """Per-beam state of one request: forward vector, DFA state, shared position (tokens generated)."""
+
+    log_alpha: torch.Tensor  # (B, H) log P(z_{t+1} | prefix), normalised per row
+    dfa_state: torch.Tensor  # (B,) long
+    position: int
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.dfa_state.shape[0])
+
+    def select(self, index: torch.Tensor | Sequence[int]) -> GuideState:
+        """Reorder / filter / duplicate beams (e.g. after a beam-search step)."""
+        index = torch.as_tensor(index, dtype=torch.long, device=self.dfa_state.device)
+        return GuideState(
+            self.log_alpha.index_select(0, index), self.dfa_state.index_select(0, index), self.position
+        )
+
+
+class GuideTables:
+    """Everything precomputed for (DFA, horizon, min length, HMM); shared by all requests using them."""
+
+    def __init__(
+        self, hmm: HMM, dfa: TokenDFA, horizon: int, min_new_tokens: int, emission_dtype: torch.dtype
+    ) -> None:
+        self.horizon, self.min_new_tokens = horizon, min_new_tokens
+        device = hmm.device
+        self.device = device
+        s_count, c_count = dfa.transitions.shape
+        self.num_states = s_count
+        delta = dfa.transitions.astype(np.int64)
+        eos_class = int(dfa.token_class[dfa.eos_token_id])
+        ended = dfa.ended
+
+        # structural feasibility / certainty per remaining count r (the exact -inf / 0 pattern)
+        feasible = np.zeros((horizon + 1, s_count), bool)
+        certain = np.zeros((horizon + 1, s_count), bool)
+        feasible[0] = certain[0] = dfa.accepting
+        allowed = np.ones((horizon + 1, c_count), bool)  # allowed[r, c]: class c allowed as first of r tokens
+        for r in range(1, horizon + 1):
+            eos_ok = horizon - r + 1 >= min_new_tokens + 1
+            allowed[r, eos_class] = eos_ok
+            ok = np.where(ended[:, None], True, allowed[r][None, :])  # after EOS, everything is allowed
+            feasible[r] = (ok & feasible[r - 1][delta]).any(axis=1)
+            certain[r] = (ok & certain[r - 1][delta]).all(axis=1)
+        self.feasible = torch.from_numpy(feasible).to(device)
+        self.certain = torch.from_numpy(certain).to(device)
+        self.allowed = allowed
+
+        # Generation never emits banned tokens (they split a character), so the guide's HMM is the HMM
+        # with those emissions removed and rows renormalised: B'[z, x] = B[z, x] * scale[z]. The scale folds
+        # into every left vector, so the product still reads the original B.
+        token_class = torch.from_numpy(dfa.token_class.astype(np.int64)).to(device)
+        emission = hmm.emission_probs(torch.float32)  # (H, V)
+        h = hmm.hidden_size
+        banned = dfa.banned_tokens if dfa.banned_tokens is not None else np.zeros(dfa.vocab_size, bool)
+        allowed_tokens = torch.from_numpy(np.flatnonzero(~banned)).to(device)
+        self.banned = torch.from_numpy(np.flatnonzero(banned)).to(device) if banned.any() else None
+        kept = emission[:, allowed_tokens]  # (H, V_allowed)
+        self.log_scale = -torch.log(kept.double().sum(dim=1)).float()  # (H,)
+        masses = torch.zeros(c_count, h, device=device).index_add_(0, token_class[allowed_tokens], kept.T)
+        masses = masses * self.log_scale.exp()[None, :]  # (C, H) class masses under B'
+        pairs = np.stack([np.repeat(np.arange(s_count), c_count), delta.reshape(-1)], 1)
+        edges, edge_of_pair = np.unique(pairs, axis=0, return_inverse=True)  # sorted by source state
+        edge_of_pair = edge_of_pair.reshape(-1)
+        incidence = torch.sparse_coo_tensor(
+            torch.from_numpy(np.stack([edge_of_pair, np.tile(np.arange(c_count), s_count)])),
+            torch.ones(len(edge_of_pair)),
+            (len(edges), c_count),
+            check_invariants=False,
+        ).to(device)
+        self.edge_src = torch.from_numpy(edges[:, 0]).to(device)
+        self.edge_dst = torch.from_numpy(edges[:, 1]).to(device)
+        self.edge_log_mass = torch.log(torch.sparse.mm(incidence, masses))  # (E, H)
+        is_eos = (~ended[edges[:, 0]]) & ended[edges[:, 1]]  # only EOS leaves a live state for an ended one
+        self.edge_is_eos = torch.from_numpy(is_eos).to(device)
+
+        # backward tables U_r, r = 0..n-1
+        transition_t = hmm.transition_probs().T.contiguous()  # (H, H): U = W @ A^T
+        accepting = torch.from_numpy(dfa.accepting).to(device)
+        log_u = torch.empty(horizon, s_count, h, device=device)
+        log_u[0] = torch.where(accepting[:, None], 0.0, NEG_INF).expand(s_count, h)
+        for r in range(1, horizon):
+            w = self._edge_sum(log_u[r - 1], r)
+            u = log_matmul_exp(w, transition_t)
+            u = torch.where(self.feasible[r][:, None], u, NEG_INF)
+            log_u[r] = torch.where(self.certain[r][:, None], 0.0, u)
+        self.log_u = log_u
+
+        # dense rows for big classes, gathered tail for small ones
+        sizes = dfa.class_sizes
+        big = sizes >= max(1, int(BIG_CLASS_FRACTION * dfa.vocab_size))
+        big[eos_class] = False
+        slot_of_class = np.full((s_count, c_count), -1, np.int64)
+        dense = []
+        for s in range(s_count):
+            succ = list(dict.fromkeys(delta[s, big].tolist()))
+            dense.append(succ)
+            for c in np.flatnonzero(big):
+                slot_of_class[s, c] = succ.index(delta[s, c])
+        width = max(1, max(len(d) for d in dense))
+        dense_succ = np.full((s_count, width), -1, np.int64)
+        for s, succ in enumerate(dense):
+            dense_succ[s, : len(succ)] = succ
+        self.dense_succ = torch.from_numpy(dense_succ).to(device)
+        self.slot_of_class = torch.from_numpy(slot_of_class).to(device)
+        self.token_class = token_class
+        tail = np.flatnonzero(~big[dfa.token_class])
+        self.tail_tokens = torch.from_numpy(tail).to(device)
+        self.tail_succ = torch.from_numpy(delta[:, dfa.token_class[tail]]).to(device)  # (S, |tail|)
+        self.tail_emission = emission[:, self.tail_tokens].to(emission_dtype).contiguous()  # (H, |tail|)
+        self.transitions = torch.from_numpy(delta).to(device)
+        self.eos_token_id = dfa.eos_token_id
+        self.nbytes = sum(
+            t.numel() * t.element_size()
+            for t in (self.log_u, self.edge_log_mass, self.tail_emission, self.tail_succ)
+        )
+
+    def _edge_sum(self, log_u_next: torch.Tensor, r: int) -> torch.Tensor:
+        """W_r: sum over edges of mass x U_{r-1}[dst], without EOS edges where EOS is not allowed."""
+        mass = self.edge_log_mass
+        if not self.allowed[r].all():
+            mass = torch.where(self.edge_is_eos[:, None], NEG_INF, mass)
+        return edge_logsumexp(mass, log_u_next, self.edge_src, self.edge_dst, self.num_states)
+
+
+_TABLES: OrderedDict[tuple, GuideTables] = OrderedDict()
+_TABLES_LOCK = threading.Lock()
+TABLE_CACHE_BYTES = int(2 * 2**30)
+
+
+def _tables(
+    hmm: HMM, dfa: TokenDFA, horizon: int, min_new_tokens: int, emission_dtype: torch.dtype
+) -> GuideTables:
+    key = (
+        id(dfa),
+        dfa.tokenizer_fingerprint,
+        horizon,
+        min_new_tokens,
+        hmm.fingerprint,
+        str(hmm.device),
+        emission_dtype,
+    )
+    with _TABLES_LOCK:
+        if key in _TABLES:
+            _TABLES.move_to_end(key)
+            return _TABLES[key]
+    tables = GuideTables(hmm, dfa, horizon, min_new_tokens, emission_dtype)
+    tables.dfa = dfa  # keeps id(dfa) valid while the entry lives
+    with _TABLES_LOCK:
+        _TABLES[key] = tables
+        while len(_TABLES) > 1 and sum(t.nbytes for t in _TABLES.values()) > TABLE_CACHE_BYTES:
+            _TABLES.popitem(last=False)
+    return tables
+
+
+class ConstraintGuide:
+    """`ConstraintGuide(hmm, dfa, horizon=n)`; see the module docstring for the mathematics."""
+
+    def __init__(
+        self,
+        hmm: HMM,
+        dfa: TokenDFA,
+        horizon: int,
+        min_new_tokens: int = 0,
+        max_horizon: int = DEFAULT_MAX_HORIZON,
+        emission_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if dfa.vocab_size != hmm.vocab_size:
+            raise TokenizerMismatch(
+                f"the DFA was compiled for a vocabulary of {dfa.vocab_size} tokens but the HMM has {hmm.vocab_size}"
+            )
+        if hmm.eos_token_id is not None and hmm.eos_token_id != dfa.eos_token_id:
+            raise TokenizerMismatch(f"EOS differs: DFA {dfa.eos_token_id}, HMM {hmm.eos_token_id}")
+        if isinstance(horizon, bool) or not isinstance(horizon, int) or not 1 <= horizon <= max_horizon:
+            raise GuideError(f"horizon must be an integer in 1..{max_horizon}, got {horizon!r}")
+        if not 0 <= min_new_tokens <= horizon:
+            raise GuideError(f"min_new_tokens must be in 0..horizon ({horizon}), got {min_new_tokens}")
+        self.hmm, self.dfa, self.horizon, self.min_new_tokens = hmm, dfa, horizon, min_new_tokens
+        self.emission_dtype = emission_dtype
+        self.tables = _tables(hmm, dfa, horizon, min_new_tokens, emission_dtype)
+
+    # ------------------------------------------------------------------ states
+
+    def init_state(self, batch_size: int = 1, hmm_context: Sequence[int] | None = None) -> GuideState:
+        """Beams at position 0. `hmm_context`: prompt tokens fed into the forward vector (not the DFA)."""
+        hmm = self.hmm
+        log_alpha = hmm.log_initial.float()[None, :]  # (1, H)
+        dfa_state = torch.full((1,), self.dfa.initial_state, dtype=torch.long, device=hmm.device)
+        for token in hmm_context or ():  # the prompt is observed as is: the unrestricted emission
+            self._check_tokens([token])
+            log_alpha = self._forward(log_alpha, torch.tensor([token], device=hmm.device), generated=False)
+        state = GuideState(log_alpha, dfa_state, 0)
+        return state.select([0] * batch_size)
+
+    def _forward(self, log_alpha: torch.Tensor, tokens: torch.Tensor, generated: bool = True) -> torch.Tensor:
+        """a' = normalise((a * B'[:, x]) @ A), in log space (B for prompt tokens)."""
+        emitted = log_alpha + self.hmm.log_emission[:, tokens].T.float()  # (B, H)
+        if generated:
+            emitted = emitted + self.tables.log_scale
+        out = log_matmul_exp(emitted, self.hmm.transition_probs())
+        return out - torch.logsumexp(out, dim=1, keepdim=True)
+
+    def advance(self, state: GuideState, tokens: torch.Tensor | Sequence[int]) -> GuideState:
+        """Every beam takes its next token (B,)."""
+        tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.hmm.device).reshape(-1)
+        if tokens.shape[0] != state.batch_size:
+            raise GuideError(f"expected {state.batch_size} tokens (one per beam), got {tokens.shape[0]}")
+        self._check_tokens(tokens)
+        if state.position >= self.horizon:
+            raise GuideError(f"the prefix already has {state.position} tokens, the horizon is {self.horizon}")
+        t = self.tables
+        next_dfa = t.transitions[state.dfa_state, t.token_class[tokens]]
+        return GuideState(self._forward(state.log_alpha, tokens), next_dfa, state.position + 1)
+
+    def _check_tokens(self, tokens: torch.Tensor | Sequence[int]) -> None:
+        tokens = torch.as_tensor(tokens)
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.hmm.vocab_size):
+            raise GuideError(f"token ids must be in 0..{self.hmm.vocab_size - 1}")
+
+    def state_for(self, prefix: Sequence[int], hmm_context: Sequence[int] | None = None) -> GuideState:
+        if len(prefix) > self.horizon:
+            raise GuideError(f"prefix of {len(prefix)} tokens is longer than the horizon {self.horizon}")
+        state = self.init_state(1, hmm_context)
+        for token in prefix:
+            state = self.advance(state, [token])
+        return state
+
+    # ------------------------------------------------------------------ queries
+
+    def next_log_probs(self, state_or_prefix: GuideState | Sequence[int]) -> torch.Tensor:
+        """log P(constraint | prefix, x) for every x: (B, V) for a state, (V,) for a token-id prefix."""
+        if isinstance(state_or_prefix, GuideState):
+            return batched_next_log_probs([(self, state_or_prefix)])[0]
+        return batched_next_log_probs([(self, self.state_for(state_or_prefix))])[0][0]
+
+    def log_prob(self, state_or_prefix: GuideState | Sequence[int]) -> torch.Tensor:
+        """log P(constraint | prefix) over continuations that complete the horizon: (B,) or a scalar."""
+        single = not isinstance(state_or_prefix, GuideState)
+        state = self.state_for(state_or_prefix) if single else state_or_prefix
+        t = self.tables
+        k = self.horizon - state.position
+        if k == 0:
+            out = torch.where(t.feasible[0][state.dfa_state], 0.0, NEG_INF)
+        else:
+            # R_k[s] = edge sum over U_{k-1}, only for the beams' states
+            r_k = t._edge_sum(t.log_u[k - 1], k)[state.dfa_state]  # (B, H)
+            r_k = torch.where(t.feasible[k][state.dfa_state][:, None], r_k, NEG_INF)
+            out = torch.logsumexp(state.log_alpha + r_k, dim=1)
+            out = torch.where(t.certain[k][state.dfa_state], 0.0, out.clamp_max(0.0))
+        return out[0] if single else out
+
+    # ------------------------------------------------------------------ batched step, in two halves
+
+    def _dense_rows(self, state: GuideState) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Left rows for the shared product: B marginal rows, then one per needed (beam, dense successor).
+
+        Returns rows (B + Q, H), row_of_slot (B, D) indexing those rows (-1: impossible, or the beam's own
+        marginal row when every continuation is accepted), and B.
+        """
+        t = self.tables
+        pos = state.position
+        if pos >= self.horizon:
+            raise GuideError(f"the prefix already has {pos} tokens, the horizon is {self.horizon}")
+        r = self.horizon - pos - 1
+        b = state.batch_size
+        succ = t.dense_succ[state.dfa_state]  # (B, D), -1 padded
+        valid = succ >= 0
+        safe = succ.clamp_min(0)
+        feasible = t.feasible[r][safe] & valid
+        certain = t.certain[r][safe] & valid
+        needed = feasible & ~certain
+        beam_idx, slot_idx = needed.nonzero(as_tuple=True)
+        left = state.log_alpha + t.log_scale  # (B, H): a_t * scale, so rows @ B equals a_t @ B'
+        rows = torch.cat([left, left[beam_idx] + t.log_u[r][safe[beam_idx, slot_idx]]], 0)
+        row_of_slot = torch.full(succ.shape, -1, dtype=torch.long, device=succ.device)
+        row_of_slot[beam_idx, slot_idx] = b + torch.arange(len(beam_idx), device=succ.device)
+        beams = torch.arange(b, device=succ.device)[:, None].expand_as(succ)
+        row_of_slot = torch.where(certain, beams, row_of_slot)
+        return rows, row_of_slot, b
+
+    def _finish(self, state: GuideState, product: torch.Tensor, row_of_slot: torch.Tensor) -> torch.Tensor:
+        """Assemble (B, V) from this guide's slice of the product (its B + Q rows) plus the tail tokens."""
+        t = self.tables
+        b = state.batch_size
+        r = self.horizon - state.position - 1
+        log_marginal = product[:b]  # (B, V) log P(x | prefix)
+        padded = torch.cat([product, torch.full_like(product[:1], NEG_INF)], 0)  # last row: impossible
+        row_of_slot = torch.where(row_of_slot < 0, padded.shape[0] - 1, row_of_slot)
+        slot = t.slot_of_class[state.dfa_state][:, t.token_class]  # (B, V), -1 for tail tokens
+        rows = row_of_slot.gather(1, slot.clamp_min(0))  # (B, V)
+        log_joint = padded.gather(0, rows)  # (B, V) log P(x, constraint | prefix)
+
+        # tail tokens: one row per distinct (beam, successor) that is neither impossible nor certain
+        tail = t.tail_tokens
+        if tail.numel():
+            succ = t.tail_succ[state.dfa_state]  # (B, T)
+            feasible, certain = t.feasible[r][succ], t.certain[r][succ]
+            needed = feasible & ~certain
+            pair_key = torch.arange(b, device=succ.device)[:, None] * t.num_states + succ
+            keys, inverse = torch.unique(torch.where(needed, pair_key, -1), return_inverse=True)
+            values = torch.full(succ.shape, NEG_INF, device=succ.device)
+            real = keys >= 0
+            if real.any():
+                pk = keys[real]
+                left = state.log_alpha[pk // t.num_states] + t.log_scale + t.log_u[r][pk % t.num_states]
+                pair_out = log_matmul_exp(left, t.tail_emission)  # (P, T)
+                index = (inverse - int((~real).sum())).clamp_min(0)  # position among real keys
+                values = pair_out.gather(0, index).where(needed, values)
+            values = torch.where(certain, log_marginal[:, tail], values)
+            log_joint[:, tail] = values
+        out = (log_joint - log_marginal).clamp_max(0.0)
+        if t.banned is not None:
+            out[:, t.banned] = NEG_INF
+        if state.position + 1 < self.min_new_tokens + 1:
+            out[:, t.eos_token_id] = NEG_INF
+        return out
+
+
+def batched_next_log_probs(items: Sequence[tuple[ConstraintGuide, GuideState]]) -> list[torch.Tensor]:
+    """Step several guides (different constraints, same HMM) with one shared (rows, H) x (H, V) product."""
+    if not items:
+        return []
+    hmm = items[0][0].hmm
+    if any(g.hmm is not hmm for g, _ in items):
+        raise GuideError("batched guides must share one HMM")
+    plans = [g._dense_rows(s) for g, s in items]
+    rows = torch.cat([p[0] for p in plans], 0)
+    emission = hmm.emission_probs(items[0][0].emission_dtype)
+    product = log_matmul_exp(rows, emission)  # (sum of rows, V)
+    out, start = [], 0
+    for (guide, state), (part, row_of_slot, _) in zip(items, plans):
+        out.append(guide._finish(state, product[start : start + part.shape[0]], row_of_slot))
+        start += part.shape[0]
+    return out

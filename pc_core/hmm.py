@@ -1,0 +1,337 @@
+"""The hidden Markov model (method notes, section 1), its checkpoint format and importers.
+
+Parameters live in log space: `log_initial` (H,), `log_transition` (H, H), `log_emission` (H, V). The guide
+and EM work in probability space with max-shifted matmuls; `transition_probs()` / `emission_probs()` give
+cached copies on the model's device (bf16 emission optional, halving the memory read per guide step).
+
+On disk (`HMM.save`/`HMM.load`): a directory with `config.json` and `model.safetensors` (no pickle).
+`HMM.load` also reads, and `pcgen import-hmm` converts, the reference systems' checkpoints:
+  * Ctrl-G: `config.json` {hidden_states, vocab_size, eos_token_id} + safetensors {alpha_exp (H, H)
+    transition in probability space, beta (H, V) log emission, gamma (H,) log initial};
+  * GeLaTo: one torch file holding {hidden_states, vocab_size, alpha, beta, gamma}, all log space.
+Hub ids (e.g. `ctrlg/hmm_gpt2-large_common-gen_4096`) go through huggingface_hub and work offline from its
+cache (HF_HUB_OFFLINE=1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pc_core.errors import HMMFormatError
+
+FORMAT = "pcgen-hmm"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+ROW_TOLERANCE = 1e-3  # |logsumexp(row)| allowed on load (fp32 checkpoints of 50k-wide rows drift ~1e-5)
+PROB_FLOOR = 1e-30  # imported checkpoints may hold exact zeros; the guarantee needs every entry > 0
+
+
+class HMM:
+    def __init__(
+        self,
+        log_initial: torch.Tensor,
+        log_transition: torch.Tensor,
+        log_emission: torch.Tensor,
+        eos_token_id: int | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self.log_initial = log_initial
+        self.log_transition = log_transition
+        self.log_emission = log_emission
+        self.eos_token_id = eos_token_id
+        self.metadata = dict(metadata or {})
+        self._cache: dict[tuple, torch.Tensor] = {}
+        self._fingerprint: str | None = None
+
+    # ------------------------------------------------------------------ shapes and copies
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.log_transition.shape[0])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.log_emission.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.log_transition.device
+
+    def to(self, device: str | torch.device) -> HMM:
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        out = HMM(
+            self.log_initial.to(device),
+            self.log_transition.to(device),
+            self.log_emission.to(device),
+            self.eos_token_id,
+            self.metadata,
+        )
+        out._fingerprint = self._fingerprint
+        return out
+
+    def transition_probs(self) -> torch.Tensor:
+        """(H, H) A[z, z'] in probability space, fp32, cached."""
+        return self._cached(("A",), lambda: self.log_transition.float().exp())
+
+    def emission_probs(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(H, V) B[z, x] in probability space, cached per dtype (bf16 halves the bytes a guide step reads)."""
+        return self._cached(("B", dtype), lambda: self.log_emission.float().exp().to(dtype).contiguous())
+
+    def _cached(self, key: tuple, build: Any) -> torch.Tensor:
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 over the parameters and EOS id: identical models share cached guide tables and responses."""
+        if self._fingerprint is None:
+            h = hashlib.sha256(json.dumps([self.hidden_size, self.vocab_size, self.eos_token_id]).encode())
+            for tensor in (self.log_initial, self.log_transition, self.log_emission):
+                h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+            self._fingerprint = h.hexdigest()[:32]
+        return self._fingerprint
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def random(
+        cls,
+        hidden_size: int,
+        vocab_size: int,
+        seed: int = 0,
+        eos_token_id: int | None = None,
+        concentration: float = 1.0,
+        device: str | torch.device = "cpu",
+    ) -> HMM:
+        """Random HMM for tests: rows are softmax(N(0, concentration)) so they are non-uniform and > 0."""
+        if hidden_size < 1 or vocab_size < 1:
+            raise ValueError("hidden_size and vocab_size must be >= 1")
+        gen = torch.Generator().manual_seed(seed)
+        logits = lambda *shape: torch.randn(*shape, generator=gen) * concentration
+        hmm = cls(
+            torch.log_softmax(logits(hidden_size), -1),
+            torch.log_softmax(logits(hidden_size, hidden_size), -1),
+            torch.log_softmax(logits(hidden_size, vocab_size), -1),
+            eos_token_id=eos_token_id,
+            metadata={"source": f"random(seed={seed})"},
+        )
+        return hmm.to(device)
+
+    @classmethod
+    def from_probs(
+        cls,
+        initial: torch.Tensor,
+        transition: torch.Tensor,
+        emission: torch.Tensor,
+        eos_token_id: int | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> HMM:
+        """From probability-space parameters; zeros are floored at PROB_FLOOR and rows renormalised."""
+        norm = lambda p: torch.log(
+            p.double().clamp_min(PROB_FLOOR) / p.double().clamp_min(PROB_FLOOR).sum(-1, keepdim=True)
+        )
+        return cls(
+            norm(initial).float(), norm(transition).float(), norm(emission).float(), eos_token_id, metadata
+        )
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write config.json + model.safetensors atomically (a crash leaves the previous files intact)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "hidden_size": self.hidden_size,
+            "vocab_size": self.vocab_size,
+            "eos_token_id": self.eos_token_id,
+            "fingerprint": self.fingerprint,
+            "metadata": self.metadata,
+        }
+        tensors = {
+            "log_initial": self.log_initial.detach().float().cpu().contiguous(),
+            "log_transition": self.log_transition.detach().float().cpu().contiguous(),
+            "log_emission": self.log_emission.detach().float().cpu().contiguous(),
+        }
+        _atomic_write(directory / WEIGHTS, lambda path: save_file(tensors, str(path)))
+        _atomic_write(directory / CONFIG, lambda path: Path(path).write_text(json.dumps(config, indent=2)))
+        return directory
+
+    @classmethod
+    def load(cls, source: str | os.PathLike, device: str | torch.device = "cpu") -> HMM:
+        """Load a pcgen, Ctrl-G or GeLaTo checkpoint from a path or a hub id, validating it."""
+        path = _resolve(source)
+        if path.is_file():
+            hmm = _load_gelato(path)
+        else:
+            config_path = path / CONFIG
+            if not config_path.exists():
+                raise HMMFormatError(
+                    f"{path}: no {CONFIG} (expected an HMM directory or a GeLaTo torch file)"
+                )
+            try:
+                config = json.loads(config_path.read_text())
+            except json.JSONDecodeError as err:
+                raise HMMFormatError(f"{config_path}: not valid JSON ({err})") from err
+            if config.get("format") == FORMAT:
+                hmm = _load_pcgen(path, config)
+            elif "hidden_states" in config:
+                hmm = _load_ctrlg(path, config)
+            else:
+                raise HMMFormatError(
+                    f"{config_path}: unknown HMM format (no 'format' or 'hidden_states' key)"
+                )
+        hmm.validate(str(source))
+        return hmm.to(device)
+
+    def validate(self, where: str = "HMM") -> None:
+        """Shapes, finiteness and row sums; raises HMMFormatError naming what is wrong."""
+        h, v = self.log_emission.shape if self.log_emission.dim() == 2 else (None, None)
+        if self.log_emission.dim() != 2:
+            raise HMMFormatError(
+                f"{where}: log_emission must be 2-D (H, V), got {tuple(self.log_emission.shape)}"
+            )
+        if tuple(self.log_transition.shape) != (h, h):
+            raise HMMFormatError(
+                f"{where}: transition has shape {tuple(self.log_transition.shape)}, expected ({h}, {h})"
+            )
+        if tuple(self.log_initial.shape) != (h,):
+            raise HMMFormatError(
+                f"{where}: initial has shape {tuple(self.log_initial.shape)}, expected ({h},)"
+            )
+        if h < 2:
+            raise HMMFormatError(f"{where}: hidden size must be >= 2, got {h}")
+        if self.eos_token_id is not None and not 0 <= self.eos_token_id < v:
+            raise HMMFormatError(
+                f"{where}: eos_token_id {self.eos_token_id} is outside the vocabulary (size {v})"
+            )
+        for name, tensor in (
+            ("initial", self.log_initial),
+            ("transition", self.log_transition),
+            ("emission", self.log_emission),
+        ):
+            if torch.isnan(tensor).any() or torch.isposinf(tensor).any():
+                raise HMMFormatError(f"{where}: {name} holds NaN or +inf values")
+            if torch.isneginf(tensor).any():
+                raise HMMFormatError(f"{where}: {name} holds zero probabilities; every entry must be > 0")
+            sums = torch.logsumexp(tensor.double(), dim=-1)
+            worst = float(sums.abs().max())
+            if worst > ROW_TOLERANCE:
+                raise HMMFormatError(
+                    f"{where}: {name} rows do not sum to 1 (worst |log sum| = {worst:.3g} > {ROW_TOLERANCE})"
+                )
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _resolve(source: str | os.PathLike) -> Path:
+    path = Path(source)
+    if path.exists():
+        return path
+    text = str(source)
+    if text.count("/") == 1 and not text.startswith((".", "/")):
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(text))
+        except Exception as err:  # offline without a cached copy, unknown repo, ...
+            raise HMMFormatError(f"cannot load HMM {text!r} from the hub or its local cache: {err}") from err
+    raise HMMFormatError(f"{text}: no such file or directory")
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if not path.exists():
+        raise HMMFormatError(f"{path}: missing")
+    try:
+        return load_file(str(path))
+    except Exception as err:
+        raise HMMFormatError(f"{path}: not a readable safetensors file ({err})") from err
+
+
+def _require(tensors: dict, names: tuple[str, ...], where: Path) -> None:
+    missing = [n for n in names if n not in tensors]
+    if missing:
+        raise HMMFormatError(f"{where}: missing tensors {missing} (found {sorted(tensors)})")
+
+
+def _load_pcgen(path: Path, config: dict) -> HMM:
+    tensors = _read_safetensors(path / WEIGHTS)
+    _require(tensors, ("log_initial", "log_transition", "log_emission"), path / WEIGHTS)
+    hmm = HMM(
+        tensors["log_initial"].float(),
+        tensors["log_transition"].float(),
+        tensors["log_emission"].float(),
+        config.get("eos_token_id"),
+        config.get("metadata", {}),
+    )
+    for key, actual in (("hidden_size", hmm.hidden_size), ("vocab_size", hmm.vocab_size)):
+        if config.get(key) != actual:
+            raise HMMFormatError(f"{path}: config says {key}={config.get(key)} but the weights have {actual}")
+    return hmm
+
+
+def _load_ctrlg(path: Path, config: dict) -> HMM:
+    tensors = _read_safetensors(path / WEIGHTS)
+    _require(tensors, ("alpha_exp", "beta", "gamma"), path / WEIGHTS)
+    h, v = config.get("hidden_states"), config.get("vocab_size")
+    if tuple(tensors["beta"].shape) != (h, v):
+        raise HMMFormatError(f"{path}: beta has shape {tuple(tensors['beta'].shape)}, config says ({h}, {v})")
+    return HMM.from_probs(
+        tensors["gamma"].double().exp(),
+        tensors["alpha_exp"].double(),
+        tensors["beta"].double().exp(),
+        config.get("eos_token_id"),
+        {"source": str(path), "imported_from": "ctrl-g"},
+    )
+
+
+def _load_gelato(path: Path) -> HMM:
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise HMMFormatError(f"{path}: not a readable torch file ({err})") from err
+    if not isinstance(data, dict):
+        raise HMMFormatError(f"{path}: expected a dict with hidden_states, vocab_size, alpha, beta, gamma")
+    _require(data, ("hidden_states", "vocab_size", "alpha", "beta", "gamma"), path)
+    h, v = int(data["hidden_states"]), int(data["vocab_size"])
+    if tuple(data["beta"].shape) != (h, v):
+        raise HMMFormatError(
+            f"{path}: beta has shape {tuple(data['beta'].shape)}, hidden_states/vocab_size say ({h}, {v})"
+        )
+    return HMM.from_probs(
+        data["gamma"].double().exp(),
+        data["alpha"].double().exp(),
+        data["beta"].double().exp(),
+        data.get("eos_token_id"),
+        {"source": str(path), "imported_from": "gelato"},
+    )

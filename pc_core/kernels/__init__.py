@@ -1,0 +1,50 @@
+"""Log-space kernels with a torch path everywhere and Triton paths for CUDA.
+
+Selection (PCGEN_KERNELS): "torch" (default), "triton" (CUDA, or the CPU interpreter under
+TRITON_INTERPRET=1), "auto" (Triton on CUDA when importable). The default stays torch until a GPU
+measurement (benchmarks/guide.py) shows the Triton path faster; see docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from pc_core.kernels import reference
+
+
+def _backend(tensor: torch.Tensor) -> str:
+    choice = os.environ.get("PCGEN_KERNELS", "torch").lower()
+    if choice == "torch":
+        return "torch"
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    if not (tensor.is_cuda or interpret):
+        return "torch"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        if choice == "triton":
+            raise
+        return "torch"
+    return "triton"
+
+
+def log_matmul_exp(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """(R, K) log-space rows times a (K, N) probability matrix, back to log space."""
+    if _backend(left) == "triton":
+        from pc_core.kernels.log_matmul import log_matmul_exp as fast
+
+        return fast(left, right)
+    return reference.log_matmul_exp(left, right)
+
+
+def edge_logsumexp(
+    log_mass: torch.Tensor, log_values: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, num_states: int
+) -> torch.Tensor:
+    """Per source state, logsumexp over its edges of (edge mass + value at the edge's destination)."""
+    if _backend(log_mass) == "triton":
+        from pc_core.kernels.edge_logsumexp import edge_logsumexp as fast
+
+        return fast(log_mass, log_values, src, dst, num_states)
+    return reference.edge_logsumexp(log_mass, log_values, src, dst, num_states)

@@ -1,0 +1,284 @@
+"""The guide against brute-force enumeration, numerics at scale, batching, and bad inputs."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from support import build_micro_tokenizer
+
+from pc_core import compile_constraint
+from pc_core.constraints.checker import check_ids
+from pc_core.errors import TokenizerMismatch
+from pc_core.guide import ConstraintGuide, GuideError, batched_next_log_probs
+from pc_core.hmm import HMM
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    return build_micro_tokenizer(tmp_path_factory.mktemp("micro"))
+
+
+def _splits(tokenizer, ids):
+    """Independent check for a token that ends inside a UTF-8 character (before EOS)."""
+    from pc_core.constraints.vocab import token_bytes_table
+
+    raw = token_bytes_table(tokenizer)
+    for t in ids:
+        if t == tokenizer.eos_token_id:
+            return False
+        alone = raw[t].decode("utf-8", "replace")
+        if any(
+            (raw[t] + bytes([b])).decode("utf-8", "replace") != alone + "\ufffd" for b in range(0x80, 0xC0)
+        ):
+            return True
+    return False
+
+
+class Brute:
+    """Enumerates every continuation; float64 numpy; the definition the guide must match."""
+
+    def __init__(self, hmm, tokenizer, spec, horizon, min_new_tokens=0, context=()):
+        self.pi = hmm.log_initial.double().exp().numpy()
+        self.A = hmm.log_transition.double().exp().numpy()
+        B = hmm.log_emission.double().exp().numpy()
+        # the guide models generation without tokens that split a character: remove them, renormalise rows
+        banned = [x for x in range(B.shape[1]) if _splits(tokenizer, [x])]
+        self.B0 = B.copy()
+        B[:, banned] = 0.0
+        self.B = B / B.sum(axis=1, keepdims=True)
+        self.tok, self.spec, self.n, self.min_new = tokenizer, spec, horizon, min_new_tokens
+        a = self.pi
+        for x in context:  # the prompt is observed with the unrestricted emission
+            a = (a * self.B0[:, x]) @ self.A
+        self.a0 = a / a.sum()
+        self.V = self.B.shape[1]
+        self.eos = tokenizer.eos_token_id
+
+    _ok_cache: dict = {}
+
+    def ok(self, ids):
+        key = (str(self.spec), self.min_new, tuple(ids))
+        if key not in self._ok_cache:
+            self._ok_cache[key] = self._ok(ids)
+        return self._ok_cache[key]
+
+    def _ok(self, ids):
+        first_eos = ids.index(self.eos) if self.eos in ids else len(ids)
+        if first_eos < self.min_new:
+            return False
+        return check_ids(self.spec, self.tok, ids) and not _splits(self.tok, ids)
+
+    def alpha(self, prefix):
+        a = self.a0
+        for x in prefix:
+            a = (a * self.B[:, x]) @ self.A
+        return a
+
+    def mass(self, prefix, a, k):
+        """sum over continuations c of length k of P(c | a) * ok(prefix + c); a unnormalised."""
+        if k == 0:
+            return a.sum() if self.ok(list(prefix)) else 0.0
+        total = 0.0
+        for x in range(self.V):
+            total += self.mass(prefix + (x,), (a * self.B[:, x]) @ self.A, k - 1)
+        return total
+
+    def log_prob(self, prefix):
+        a = self.alpha(prefix)
+        a = a / a.sum()
+        m = self.mass(tuple(prefix), a, self.n - len(prefix))
+        return math.log(m) if m > 0 else -math.inf
+
+    def next_log_probs(self, prefix):
+        a = self.alpha(prefix)
+        a = a / a.sum()
+        out = []
+        for x in range(self.V):
+            px = (a * self.B[:, x]).sum()
+            if px == 0:  # a banned token
+                out.append(-math.inf)
+                continue
+            m = self.mass(tuple(prefix) + (x,), (a * self.B[:, x]) @ self.A, self.n - len(prefix) - 1)
+            out.append(math.log(m / px) if m > 0 else -math.inf)
+        return np.array(out)
+
+
+def _close(got, want, rel=1e-5):
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    assert np.array_equal(np.isneginf(got), np.isneginf(want)), (got, want)
+    finite = np.isfinite(want)
+    # relative on probabilities: |p_got / p_want - 1| <= rel
+    np.testing.assert_allclose(np.exp(got[finite] - want[finite]), 1.0, rtol=rel, atol=0)
+
+
+SPECS = [
+    {"keywords": ["dog"]},
+    {"keywords": ["dog", "cat"]},
+    {"keyword": "cat", "inflections": False},
+    {"forbidden": ["dog"]},
+    {"word_at": 2, "word": "pan"},
+    {"word_count": {"min": 2, "max": 3}},
+    {"ordered": ["the", "dog"]},
+    {"not": {"keyword": "the"}},
+    {"any": [{"keyword": "pan"}, {"keyword": "cats", "inflections": False}]},
+    {"tokens": [6, 4]},
+]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[str(i) for i in range(len(SPECS))])
+def test_matches_brute_force(micro, spec):
+    dfa = compile_constraint(spec, micro)
+    for h, horizon, prefixes in (
+        (2, 3, [[], [0], [13], [12]]),  # 12 is a stray continuation byte (U+FFFD); 11 would be banned
+        (3, 4, [[4, 5], [6, 4], [0, 13]]),  # 14^4 continuations from the empty prefix would be slow
+        (5, 2, [[], [1]]),
+    ):
+        hmm = HMM.random(h, len(micro), seed=h * 7 + horizon, eos_token_id=micro.eos_token_id)
+        guide = ConstraintGuide(hmm, dfa, horizon=horizon)
+        brute = Brute(hmm, micro, spec, horizon)
+        for prefix in prefixes:
+            _close(guide.log_prob(prefix).item(), brute.log_prob(prefix))
+            _close(guide.next_log_probs(prefix).numpy(), brute.next_log_probs(prefix))
+
+
+def test_eos_in_the_middle_and_full_prefix(micro):
+    spec = {"keywords": ["dog"]}
+    dfa = compile_constraint(spec, micro)
+    hmm = HMM.random(3, len(micro), seed=3, eos_token_id=micro.eos_token_id)
+    guide = ConstraintGuide(hmm, dfa, horizon=3)
+    brute = Brute(hmm, micro, spec, 3)
+    for prefix in ([0, 13], [13, 0], [1, 0, 13], [0, 1, 2], [1, 1, 1]):
+        _close(guide.log_prob(prefix).item(), brute.log_prob(prefix))
+    assert guide.log_prob([0, 13]).item() == 0.0  # said "dog", then ended: certain
+    assert guide.log_prob([1, 13]).item() == -math.inf  # ended without it: impossible
+
+
+def test_min_new_tokens_matches_brute_force(micro):
+    spec = {"keywords": ["dog"]}
+    dfa = compile_constraint(spec, micro)
+    hmm = HMM.random(3, len(micro), seed=11, eos_token_id=micro.eos_token_id)
+    guide = ConstraintGuide(hmm, dfa, horizon=4, min_new_tokens=2)
+    brute = Brute(hmm, micro, spec, 4, min_new_tokens=2)
+    for prefix in ([], [0], [0, 1]):
+        _close(guide.log_prob(prefix).item(), brute.log_prob(prefix))
+        _close(guide.next_log_probs(prefix).numpy(), brute.next_log_probs(prefix))
+    assert guide.next_log_probs([0])[micro.eos_token_id].item() == -math.inf
+
+
+def test_hmm_context_matches_brute_force(micro):
+    spec = {"keywords": ["cat"]}
+    dfa = compile_constraint(spec, micro)
+    hmm = HMM.random(4, len(micro), seed=5, eos_token_id=micro.eos_token_id)
+    guide = ConstraintGuide(hmm, dfa, horizon=3)
+    context = [2, 3, 7]
+    brute = Brute(hmm, micro, spec, 3, context=context)
+    state = guide.init_state(1, hmm_context=context)
+    _close(guide.log_prob(state)[0].item(), brute.log_prob([]))
+    _close(guide.next_log_probs(state)[0].numpy(), brute.next_log_probs([]))
+
+
+def test_numerics_at_scale(tokenizer):
+    spec = {"keywords": ["dog", "frisbee", "catch"]}
+    dfa = compile_constraint(spec, tokenizer)
+    hmm = HMM.random(1024, len(tokenizer), seed=0, eos_token_id=tokenizer.eos_token_id, concentration=2.0)
+    guide = ConstraintGuide(hmm, dfa, horizon=32)
+    t = guide.tables
+    assert not torch.isnan(t.log_u).any() and not torch.isposinf(t.log_u).any()
+    finite = torch.isfinite(t.log_u).all(dim=2)  # (n, S): a row is either all finite or all -inf
+    assert torch.equal(finite, t.feasible[:32]), "log space underflowed where the DFA says feasible"
+    assert torch.equal(torch.isneginf(t.log_u).all(dim=2), ~t.feasible[:32])
+    # walk: every satisfiable prefix keeps a finite probability, no NaN anywhere
+    ids = tokenizer.encode(" the dog tried to catch a frisbee", add_special_tokens=False)
+    state = guide.init_state(1)
+    for token in ids:
+        lp = guide.next_log_probs(state)[0]
+        assert not torch.isnan(lp).any()
+        assert torch.isfinite(lp[token]), tokenizer.decode([token])
+        state = guide.advance(state, [token])
+    # "... frisbee" is still open (the next token could extend the word); a full stop settles it
+    assert -math.inf < guide.log_prob(state).item() < 0
+    full_stop = tokenizer.encode(".", add_special_tokens=False)[0]
+    assert guide.next_log_probs(state)[0, full_stop].item() == 0.0
+    assert torch.isfinite(guide.log_prob([])) and guide.log_prob([]).item() < 0
+
+
+def test_batched_incremental_equals_one_shot(tokenizer):
+    spec = {"keywords": ["dog", "cat"]}
+    dfa = compile_constraint(spec, tokenizer)
+    hmm = HMM.random(64, len(tokenizer), seed=1, eos_token_id=tokenizer.eos_token_id)
+    guide = ConstraintGuide(hmm, dfa, horizon=12)
+    prefixes = [
+        tokenizer.encode(" the dog ran", add_special_tokens=False),
+        tokenizer.encode(" a cat sat", add_special_tokens=False),
+        tokenizer.encode(" cats and", add_special_tokens=False),
+    ]
+    length = min(len(p) for p in prefixes)
+    prefixes = [p[:length] for p in prefixes]
+    state = guide.init_state(3)
+    for i in range(length):
+        state = guide.advance(state, [p[i] for p in prefixes])
+    state = state.select([2, 0, 0, 1])  # reorder and duplicate beams
+    batched = guide.next_log_probs(state)
+    for row, src in enumerate([2, 0, 0, 1]):
+        one = guide.next_log_probs(prefixes[src])
+        assert torch.equal(torch.isneginf(batched[row]), torch.isneginf(one))
+        torch.testing.assert_close(batched[row], one, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            guide.log_prob(state)[row], guide.log_prob(prefixes[src]), rtol=1e-5, atol=1e-5
+        )
+
+
+def test_mixed_guides_share_one_product(tokenizer):
+    hmm = HMM.random(32, len(tokenizer), seed=2, eos_token_id=tokenizer.eos_token_id)
+    g1 = ConstraintGuide(hmm, compile_constraint({"keywords": ["dog"]}, tokenizer), horizon=8)
+    g2 = ConstraintGuide(hmm, compile_constraint({"word_count": {"min": 2, "max": 4}}, tokenizer), horizon=5)
+    s1 = g1.advance(g1.init_state(2), [5, 6])
+    s2 = g2.init_state(3)
+    together = batched_next_log_probs([(g1, s1), (g2, s2)])
+    torch.testing.assert_close(together[0], g1.next_log_probs(s1))
+    torch.testing.assert_close(together[1], g2.next_log_probs(s2))
+    assert together[0].shape == (2, len(tokenizer)) and together[1].shape == (3, len(tokenizer))
+
+
+def test_precomputed_tables_are_cached(tokenizer):
+    hmm = HMM.random(16, len(tokenizer), seed=3, eos_token_id=tokenizer.eos_token_id)
+    dfa = compile_constraint({"keywords": ["pan"]}, tokenizer)
+    assert ConstraintGuide(hmm, dfa, horizon=10).tables is ConstraintGuide(hmm, dfa, horizon=10).tables
+    assert ConstraintGuide(hmm, dfa, horizon=10).tables is not ConstraintGuide(hmm, dfa, horizon=11).tables
+
+
+def test_bad_inputs(tokenizer, micro):
+    hmm = HMM.random(4, len(tokenizer), seed=0, eos_token_id=tokenizer.eos_token_id)
+    with pytest.raises(TokenizerMismatch, match="vocabulary"):
+        ConstraintGuide(hmm, compile_constraint({"keywords": ["dog"]}, micro), horizon=4)
+    dfa = compile_constraint({"keywords": ["dog"]}, tokenizer)
+    for horizon in (0, -1, 2000, 2.5, True):
+        with pytest.raises(GuideError, match="horizon"):
+            ConstraintGuide(hmm, dfa, horizon=horizon)
+    guide = ConstraintGuide(hmm, dfa, horizon=3)
+    with pytest.raises(GuideError, match="token ids"):
+        guide.next_log_probs([len(tokenizer)])
+    with pytest.raises(GuideError, match="token ids"):
+        guide.advance(guide.init_state(1), [-1])
+    with pytest.raises(GuideError, match="horizon"):
+        guide.next_log_probs([1, 2, 3])
+    with pytest.raises(GuideError, match="one per beam"):
+        guide.advance(guide.init_state(2), [1])
+
+
+def test_all_products_are_exact_enumerations_for_every_first_token(micro):
+    """q(x) = 0 exactly for the tokens that make the constraint impossible within the horizon."""
+    spec = {"keywords": ["dog", "cat"]}
+    dfa = compile_constraint(spec, micro)
+    hmm = HMM.random(2, len(micro), seed=9, eos_token_id=micro.eos_token_id)
+    guide = ConstraintGuide(hmm, dfa, horizon=2)
+    q = guide.next_log_probs([]).numpy()
+    for x in range(len(micro)):
+        possible = any(
+            check_ids(spec, micro, [x, y]) and not _splits(micro, [x, y]) for y in range(len(micro))
+        )
+        assert np.isfinite(q[x]) == possible, micro.convert_ids_to_tokens([x])
+    assert list(itertools.islice(range(3), 3)) == [0, 1, 2]
