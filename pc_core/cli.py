@@ -52,10 +52,31 @@ def _register_compile(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_compile)
 
 
+def cmd_import_hmm(args: argparse.Namespace) -> int:
+    from pc_core.hmm import HMM
+
+    hmm = HMM.load(args.src)
+    if args.eos_token_id is not None:
+        hmm.eos_token_id = args.eos_token_id
+    hmm.save(args.dst)
+    print(f"wrote {args.dst}: hidden_size={hmm.hidden_size} vocab_size={hmm.vocab_size} eos={hmm.eos_token_id}")
+    return 0
+
+
+def _register_import_hmm(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import-hmm", help="convert a Ctrl-G / GeLaTo / pcgen HMM (path or hub id) to pcgen's checkpoint layout"
+    )
+    p.add_argument("src", help="Ctrl-G directory, GeLaTo torch file, pcgen directory, or hub id")
+    p.add_argument("dst", help="output directory (config.json + model.safetensors)")
+    p.add_argument("--eos-token-id", type=int, default=None, help="set when the source does not record it")
+    p.set_defaults(func=cmd_import_hmm)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pcgen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    registrars: list[Callable[[argparse._SubParsersAction], None]] = [_register_compile]
+    registrars: list[Callable[[argparse._SubParsersAction], None]] = [_register_compile, _register_import_hmm]
     for module, name in (
         ("pc_core.cli_generate", "register"),
         ("distill.cli", "register"),

@@ -35,7 +35,7 @@ import torch
 from pc_core.constraints.dfa import TokenDFA
 from pc_core.errors import PcgenError, TokenizerMismatch
 from pc_core.hmm import HMM
-from pc_core.kernels import edge_logsumexp, log_matmul_exp
+from pc_core.kernels import edge_logsumexp, log_matmul_exp, log_matmul_exp_nt
 
 NEG_INF = float("-inf")
 DEFAULT_MAX_HORIZON = 1024
@@ -100,15 +100,16 @@ class GuideTables:
         # with those emissions removed and rows renormalised: B'[z, x] = B[z, x] * scale[z]. The scale folds
         # into every left vector, so the product still reads the original B.
         token_class = torch.from_numpy(dfa.token_class.astype(np.int64)).to(device)
-        emission = hmm.emission_probs(torch.float32)  # (H, V)
+        emission_t = hmm.emission_t(torch.float32)  # (V, H)
         h = hmm.hidden_size
         banned = dfa.banned_tokens if dfa.banned_tokens is not None else np.zeros(dfa.vocab_size, bool)
-        allowed_tokens = torch.from_numpy(np.flatnonzero(~banned)).to(device)
-        self.banned = torch.from_numpy(np.flatnonzero(banned)).to(device) if banned.any() else None
-        kept = emission[:, allowed_tokens]  # (H, V_allowed)
-        self.log_scale = -torch.log(kept.double().sum(dim=1)).float()  # (H,)
-        masses = torch.zeros(c_count, h, device=device).index_add_(0, token_class[allowed_tokens], kept.T)
-        masses = masses * self.log_scale.exp()[None, :]  # (C, H) class masses under B'
+        banned_ids = torch.from_numpy(np.flatnonzero(banned)).to(device)
+        self.banned = banned_ids if banned.any() else None
+        removed = emission_t[banned_ids]  # (|banned|, H), small
+        self.log_scale = -torch.log1p(-removed.double().sum(dim=0)).float()  # (H,)
+        masses = torch.zeros(c_count, h, device=device).index_add_(0, token_class, emission_t)  # (C, H)
+        masses.index_add_(0, token_class[banned_ids], removed, alpha=-1.0)
+        masses = masses.clamp_min(0) * self.log_scale.exp()[None, :]  # class masses under B'
         pairs = np.stack([np.repeat(np.arange(s_count), c_count), delta.reshape(-1)], 1)
         edges, edge_of_pair = np.unique(pairs, axis=0, return_inverse=True)  # sorted by source state
         edge_of_pair = edge_of_pair.reshape(-1)
@@ -118,11 +119,23 @@ class GuideTables:
             (len(edges), c_count),
             check_invariants=False,
         ).to(device)
-        self.edge_src = torch.from_numpy(edges[:, 0]).to(device)
-        self.edge_dst = torch.from_numpy(edges[:, 1]).to(device)
-        self.edge_log_mass = torch.log(torch.sparse.mm(incidence, masses))  # (E, H)
+        edge_log_mass = torch.log(torch.sparse.mm(incidence, masses))  # (E, H)
         is_eos = (~ended[edges[:, 0]]) & ended[edges[:, 1]]  # only EOS leaves a live state for an ended one
-        self.edge_is_eos = torch.from_numpy(is_eos).to(device)
+        # padded per source state: (S, K) edge ids (E = the -inf padding row) and destinations
+        degree = np.bincount(edges[:, 0], minlength=s_count)
+        width = int(degree.max())
+        slot = np.arange(len(edges)) - np.repeat(np.cumsum(degree) - degree, degree)
+        edge_index = np.full((s_count, width), len(edges), np.int64)
+        edge_index[edges[:, 0], slot] = np.arange(len(edges))
+        edge_dst = np.zeros((s_count, width), np.int64)
+        edge_dst[edges[:, 0], slot] = edges[:, 1]
+        pad = torch.full((1, h), NEG_INF, device=device)
+        self.edge_log_mass = torch.cat([edge_log_mass, pad])  # (E + 1, H)
+        self.edge_log_mass_no_eos = torch.cat(  # EOS edges removed, for steps where EOS is not allowed
+            [torch.where(torch.from_numpy(is_eos).to(device)[:, None], NEG_INF, edge_log_mass), pad]
+        )
+        self.edge_index = torch.from_numpy(edge_index).to(device)
+        self.edge_dst = torch.from_numpy(edge_dst).to(device)
 
         # backward tables U_r, r = 0..n-1
         transition_t = hmm.transition_probs().T.contiguous()  # (H, H): U = W @ A^T
@@ -157,20 +170,18 @@ class GuideTables:
         tail = np.flatnonzero(~big[dfa.token_class])
         self.tail_tokens = torch.from_numpy(tail).to(device)
         self.tail_succ = torch.from_numpy(delta[:, dfa.token_class[tail]]).to(device)  # (S, |tail|)
-        self.tail_emission = emission[:, self.tail_tokens].to(emission_dtype).contiguous()  # (H, |tail|)
+        self.tail_emission_t = emission_t[self.tail_tokens].to(emission_dtype).contiguous()  # (|tail|, H)
         self.transitions = torch.from_numpy(delta).to(device)
         self.eos_token_id = dfa.eos_token_id
         self.nbytes = sum(
             t.numel() * t.element_size()
-            for t in (self.log_u, self.edge_log_mass, self.tail_emission, self.tail_succ)
+            for t in (self.log_u, self.edge_log_mass, self.edge_log_mass_no_eos, self.tail_emission_t, self.tail_succ)
         )
 
     def _edge_sum(self, log_u_next: torch.Tensor, r: int) -> torch.Tensor:
         """W_r: sum over edges of mass x U_{r-1}[dst], without EOS edges where EOS is not allowed."""
-        mass = self.edge_log_mass
-        if not self.allowed[r].all():
-            mass = torch.where(self.edge_is_eos[:, None], NEG_INF, mass)
-        return edge_logsumexp(mass, log_u_next, self.edge_src, self.edge_dst, self.num_states)
+        mass = self.edge_log_mass if self.allowed[r].all() else self.edge_log_mass_no_eos
+        return edge_logsumexp(mass, log_u_next, self.edge_index, self.edge_dst)
 
 
 _TABLES: OrderedDict[tuple, GuideTables] = OrderedDict()
@@ -304,8 +315,8 @@ class ConstraintGuide:
     def _dense_rows(self, state: GuideState) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Left rows for the shared product: B marginal rows, then one per needed (beam, dense successor).
 
-        Returns rows (B + Q, H), row_of_slot (B, D) indexing those rows (-1: impossible, or the beam's own
-        marginal row when every continuation is accepted), and B.
+        Returns rows (B + Q, H), row_of_slot (B, D) indexing those rows (-1 when the successor is impossible,
+        the beam's own marginal row when every continuation is accepted), and B.
         """
         t = self.tables
         pos = state.position
@@ -334,11 +345,15 @@ class ConstraintGuide:
         b = state.batch_size
         r = self.horizon - state.position - 1
         log_marginal = product[:b]  # (B, V) log P(x | prefix)
-        padded = torch.cat([product, torch.full_like(product[:1], NEG_INF)], 0)  # last row: impossible
-        row_of_slot = torch.where(row_of_slot < 0, padded.shape[0] - 1, row_of_slot)
-        slot = t.slot_of_class[state.dfa_state][:, t.token_class]  # (B, V), -1 for tail tokens
-        rows = row_of_slot.gather(1, slot.clamp_min(0))  # (B, V)
-        log_joint = padded.gather(0, rows)  # (B, V) log P(x, constraint | prefix)
+        dead = row_of_slot < 0  # (B, D) impossible successors
+        row_of_slot = row_of_slot.clamp_min(0)
+        if row_of_slot.shape[1] == 1:  # one large-class successor per state: select rows, no (B, V) gather
+            log_joint = product.index_select(0, row_of_slot[:, 0])
+            log_joint[dead[:, 0]] = NEG_INF
+        else:
+            slot = t.slot_of_class[state.dfa_state][:, t.token_class].clamp_min(0)  # (B, V); tail fixed below
+            log_joint = product.gather(0, row_of_slot.gather(1, slot))  # (B, V) log P(x, constraint | prefix)
+            log_joint.masked_fill_(dead.gather(1, slot), NEG_INF)
 
         # tail tokens: one row per distinct (beam, successor) that is neither impossible nor certain
         tail = t.tail_tokens
@@ -353,12 +368,12 @@ class ConstraintGuide:
             if real.any():
                 pk = keys[real]
                 left = state.log_alpha[pk // t.num_states] + t.log_scale + t.log_u[r][pk % t.num_states]
-                pair_out = log_matmul_exp(left, t.tail_emission)  # (P, T)
+                pair_out = log_matmul_exp_nt(left, t.tail_emission_t)  # (P, T)
                 index = (inverse - int((~real).sum())).clamp_min(0)  # position among real keys
                 values = pair_out.gather(0, index).where(needed, values)
             values = torch.where(certain, log_marginal[:, tail], values)
             log_joint[:, tail] = values
-        out = (log_joint - log_marginal).clamp_max(0.0)
+        out = log_joint.sub_(log_marginal).clamp_max_(0.0)
         if t.banned is not None:
             out[:, t.banned] = NEG_INF
         if state.position + 1 < self.min_new_tokens + 1:
@@ -375,8 +390,8 @@ def batched_next_log_probs(items: Sequence[tuple[ConstraintGuide, GuideState]]) 
         raise GuideError("batched guides must share one HMM")
     plans = [g._dense_rows(s) for g, s in items]
     rows = torch.cat([p[0] for p in plans], 0)
-    emission = hmm.emission_probs(items[0][0].emission_dtype)
-    product = log_matmul_exp(rows, emission)  # (sum of rows, V)
+    emission_t = hmm.emission_t(items[0][0].emission_dtype)  # (V, H)
+    product = log_matmul_exp_nt(rows, emission_t)  # (sum of rows, V)
     out, start = [], 0
     for (guide, state), (part, row_of_slot, _) in zip(items, plans):
         out.append(guide._finish(state, product[start : start + part.shape[0]], row_of_slot))

@@ -1,8 +1,9 @@
 """The hidden Markov model (method notes, section 1), its checkpoint format and importers.
 
 Parameters live in log space: `log_initial` (H,), `log_transition` (H, H), `log_emission` (H, V). The guide
-and EM work in probability space with max-shifted matmuls; `transition_probs()` / `emission_probs()` give
-cached copies on the model's device (bf16 emission optional, halving the memory read per guide step).
+and EM work in probability space with max-shifted matmuls; `transition_probs()`, `emission_probs()` (H, V)
+and `emission_t()` (V, H, the layout the guide multiplies with) give cached copies on the model's device
+(bf16 emission optional, halving the memory read per guide step).
 
 On disk (`HMM.save`/`HMM.load`): a directory with `config.json` and `model.safetensors` (no pickle).
 `HMM.load` also reads, and `pcgen import-hmm` converts, the reference systems' checkpoints:
@@ -86,6 +87,10 @@ class HMM:
     def emission_probs(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """(H, V) B[z, x] in probability space, cached per dtype (bf16 halves the bytes a guide step reads)."""
         return self._cached(("B", dtype), lambda: self.log_emission.float().exp().to(dtype).contiguous())
+
+    def emission_t(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(V, H) B^T in probability space, contiguous, cached per dtype: one row per token."""
+        return self._cached(("Bt", dtype), lambda: self.log_emission.float().T.exp().to(dtype).contiguous())
 
     def _cached(self, key: tuple, build: Any) -> torch.Tensor:
         if key not in self._cache:

@@ -33,18 +33,27 @@ def _backend(tensor: torch.Tensor) -> str:
 def log_matmul_exp(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """(R, K) log-space rows times a (K, N) probability matrix, back to log space."""
     if _backend(left) == "triton":
-        from pc_core.kernels.log_matmul import log_matmul_exp as fast
+        from pc_core.kernels.triton_log_matmul import log_matmul_exp as fast
 
         return fast(left, right)
     return reference.log_matmul_exp(left, right)
 
 
+def log_matmul_exp_nt(left: torch.Tensor, right_t: torch.Tensor) -> torch.Tensor:
+    """Like log_matmul_exp with the right operand given transposed, (N, K): the (V, H) emission layout."""
+    if _backend(left) == "triton":
+        from pc_core.kernels.triton_log_matmul import log_matmul_exp as fast
+
+        return fast(left, right_t.T)
+    return reference.log_matmul_exp_nt(left, right_t)
+
+
 def edge_logsumexp(
-    log_mass: torch.Tensor, log_values: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, num_states: int
+    log_mass: torch.Tensor, log_values: torch.Tensor, edge_index: torch.Tensor, edge_dst: torch.Tensor
 ) -> torch.Tensor:
     """Per source state, logsumexp over its edges of (edge mass + value at the edge's destination)."""
     if _backend(log_mass) == "triton":
-        from pc_core.kernels.edge_logsumexp import edge_logsumexp as fast
+        from pc_core.kernels.triton_edge_logsumexp import edge_logsumexp as fast
 
-        return fast(log_mass, log_values, src, dst, num_states)
-    return reference.edge_logsumexp(log_mass, log_values, src, dst, num_states)
+        return fast(log_mass, log_values, edge_index, edge_dst)
+    return reference.edge_logsumexp(log_mass, log_values, edge_index, edge_dst)

@@ -17,21 +17,43 @@ def log_matmul_exp(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     shift = left.max(dim=1, keepdim=True).values  # (R, 1)
     shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
     probs = torch.exp(left - shift).to(right.dtype)  # (R, K), in [0, 1]
-    out = probs @ right  # (R, N)
-    return torch.log(out.float()) + shift
+    out = (probs @ right).float()  # (R, N)
+    return out.log_().add_(shift)
 
 
 def edge_logsumexp(
-    log_mass: torch.Tensor, log_values: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, num_states: int
+    log_mass: torch.Tensor, log_values: torch.Tensor, edge_index: torch.Tensor, edge_dst: torch.Tensor
 ) -> torch.Tensor:
-    """out[s, z] = log sum_{e: src[e] = s} exp(log_mass[e, z] + log_values[dst[e], z]).
+    """out[s, z] = log sum_j exp(log_mass[edge_index[s, j], z] + log_values[edge_dst[s, j], z]).
 
-    log_mass (E, H), log_values (S, H), src/dst (E,) long. States without edges get -inf.
+    log_mass (E + 1, H) with a last all -inf row that padding slots point at; log_values (S', H);
+    edge_index / edge_dst (S, K) long, one row per source state padded to the largest out-degree K.
+    A dense (S, K, H) logsumexp instead of scatter ops: measured 2-3x faster on CPU (H = 1024, 118 states,
+    1,507 edges). States are processed in chunks so the (chunk, K, H) intermediate stays under ~256 MB.
     """
-    terms = log_mass + log_values[dst]  # (E, H)
-    h = terms.shape[1]
-    peak = torch.full((num_states, h), float("-inf"), device=terms.device, dtype=terms.dtype)
-    peak = peak.scatter_reduce(0, src[:, None].expand(-1, h), terms, reduce="amax", include_self=True)
-    safe_peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
-    total = torch.zeros_like(peak).index_add_(0, src, torch.exp(terms - safe_peak[src]))
-    return torch.log(total) + safe_peak
+    s, k = edge_index.shape
+    h = log_mass.shape[1]
+    chunk = max(1, (64 * 2**20) // max(1, k * h))
+    out = torch.empty(s, h, device=log_mass.device, dtype=torch.float32)
+    for start in range(0, s, chunk):
+        idx, dst = edge_index[start : start + chunk], edge_dst[start : start + chunk]
+        terms = log_mass[idx] + log_values[dst]  # (chunk, K, H)
+        out[start : start + chunk] = torch.logsumexp(terms, dim=1)
+    return out
+
+
+def log_matmul_exp_nt(left: torch.Tensor, right_t: torch.Tensor) -> torch.Tensor:
+    """out[r, n] = log sum_k exp(left[r, k]) * right_t[n, k].  right_t (N, K) >= 0, e.g. the (V, H) emission.
+
+    On CPU the product is taken as (right_t @ probs^T)^T: with few rows MKL's sgemm is several times faster
+    that way (measured on the 2-core dev box, H = 1024, V = 50,257, 3 rows: 9.0 ms vs 36.5 ms for
+    probs @ right with right stored (K, N)). The result is a transposed view; callers index it by row.
+    """
+    shift = left.max(dim=1, keepdim=True).values  # (R, 1)
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    probs = torch.exp(left - shift).to(right_t.dtype)  # (R, K)
+    if right_t.is_cuda:
+        out = probs @ right_t.T  # cuBLAS takes the transposed operand as a flag
+    else:
+        out = (right_t @ probs.T).T  # (R, N) view of an (N, R) result
+    return out.float().log_().add_(shift)
