@@ -7,6 +7,7 @@ from pc_core.constraints import (
     compile_constraint,
     parse_constraint,
 )
+from pc_core.decoding import BatchDecoder, DecodeParams, GenerationOutput, Request, generate
 from pc_core.errors import (
     ConstraintError,
     ConstraintTooComplex,
@@ -15,8 +16,17 @@ from pc_core.errors import (
     TokenizerMismatch,
     UnsatisfiableConstraint,
 )
+from pc_core.guide import ConstraintGuide
+from pc_core.hmm import HMM
 
 __all__ = [
+    "BatchDecoder",
+    "ConstraintGuide",
+    "DecodeParams",
+    "GenerationOutput",
+    "HMM",
+    "Request",
+    "generate",
     "ConstraintError",
     "ConstraintTooComplex",
     "HMMFormatError",

@@ -59,13 +59,16 @@ def cmd_import_hmm(args: argparse.Namespace) -> int:
     if args.eos_token_id is not None:
         hmm.eos_token_id = args.eos_token_id
     hmm.save(args.dst)
-    print(f"wrote {args.dst}: hidden_size={hmm.hidden_size} vocab_size={hmm.vocab_size} eos={hmm.eos_token_id}")
+    print(
+        f"wrote {args.dst}: hidden_size={hmm.hidden_size} vocab_size={hmm.vocab_size} eos={hmm.eos_token_id}"
+    )
     return 0
 
 
 def _register_import_hmm(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "import-hmm", help="convert a Ctrl-G / GeLaTo / pcgen HMM (path or hub id) to pcgen's checkpoint layout"
+        "import-hmm",
+        help="convert a Ctrl-G / GeLaTo / pcgen HMM (path or hub id) to pcgen's checkpoint layout",
     )
     p.add_argument("src", help="Ctrl-G directory, GeLaTo torch file, pcgen directory, or hub id")
     p.add_argument("dst", help="output directory (config.json + model.safetensors)")

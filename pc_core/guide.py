@@ -175,7 +175,13 @@ class GuideTables:
         self.eos_token_id = dfa.eos_token_id
         self.nbytes = sum(
             t.numel() * t.element_size()
-            for t in (self.log_u, self.edge_log_mass, self.edge_log_mass_no_eos, self.tail_emission_t, self.tail_succ)
+            for t in (
+                self.log_u,
+                self.edge_log_mass,
+                self.edge_log_mass_no_eos,
+                self.tail_emission_t,
+                self.tail_succ,
+            )
         )
 
     def _edge_sum(self, log_u_next: torch.Tensor, r: int) -> torch.Tensor:

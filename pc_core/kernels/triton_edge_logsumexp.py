@@ -34,7 +34,9 @@ def _edge_logsumexp_kernel(
         )
         new_peak = tl.maximum(peak, term)
         safe = tl.where(new_peak == float("-inf"), 0.0, new_peak)
-        total = total * tl.exp(tl.where(peak == float("-inf"), float("-inf"), peak - safe)) + tl.exp(term - safe)
+        total = total * tl.exp(tl.where(peak == float("-inf"), float("-inf"), peak - safe)) + tl.exp(
+            term - safe
+        )
         peak = new_peak
     safe = tl.where(peak == float("-inf"), 0.0, peak)
     tl.store(out_ptr + s * stride_o + hs, tl.log(total) + safe, mask=hmask)
