@@ -195,14 +195,18 @@ class Request:
             self._finish()
         return parents, tokens
 
-    def _guided(self, lm_logp: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    def next_distribution(self, lm_logp: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """log p(x | prefix, constraint) = normalise(p_lm(x) * q(x) ^ hmm_weight), (rows, V).
+
+        Impossible tokens stay -inf even with hmm_weight = 0.
+        """
         weighted = torch.where(torch.isneginf(q), NEG_INF, q * self.params.hmm_weight)
-        return lm_logp + weighted  # impossible tokens stay -inf even with hmm_weight = 0
+        guided = lm_logp + weighted
+        return guided - torch.logsumexp(guided, dim=-1, keepdim=True).nan_to_num(neginf=0.0)
 
     def _beam(self, lm_logp: torch.Tensor, q: torch.Tensor, last: bool) -> tuple[torch.Tensor, torch.Tensor]:
         beams, v = self.rows, self.vocab_size
-        guided = self._guided(lm_logp, q)
-        guided = guided - torch.logsumexp(guided, dim=-1, keepdim=True).nan_to_num(neginf=0.0)
+        guided = self.next_distribution(lm_logp, q)
         scores = (self.beam_score[:, None] + guided).reshape(-1)  # (beams * V,)
         top = torch.topk(scores, min(2 * beams + 1, scores.numel()))
         parents, tokens, new_scores = [], [], []
@@ -239,8 +243,7 @@ class Request:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.params
         lm_scaled = torch.log_softmax(lm_logp / p.temperature, dim=-1) if p.temperature != 1.0 else lm_logp
-        guided = self._guided(lm_scaled, q)
-        probs = torch.softmax(guided, dim=-1)  # (rows, V)
+        probs = self.next_distribution(lm_scaled, q).exp()  # (rows, V)
         if p.top_p < 1.0:
             sorted_p, order = probs.sort(dim=-1, descending=True)
             outside = sorted_p.cumsum(-1) - sorted_p >= p.top_p  # keep the smallest set reaching top_p
@@ -315,6 +318,16 @@ class Request:
 
             results.sort(key=rank, reverse=True)
             results = results[: p.num_return_sequences]
+        if (
+            self.on_stream is not None and not p.do_sample
+        ):  # the rest of each chosen beam, after what was settled
+            for index, (h, text, _) in enumerate(results):
+                sent = (
+                    self.streamed[index] if h.ids[: len(self.streamed[index])] == self.streamed[index] else []
+                )
+                done = decode_continuation(self.tokenizer, sent)
+                if text != done:
+                    self.on_stream(StreamEvent(index, text[len(done) :], h.ids[len(sent) :]))
         self.output = GenerationOutput(
             sequences=[
                 SequenceResult(text, h.ids, bool(ok), h.finish_reason, h.lm_logprob)

@@ -4,7 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
-from support import build_tokenizer
+from support import build_tiny_lm, build_tokenizer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -28,3 +28,25 @@ def big_tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path))
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory, tokenizer):
+    """A random-init 2-layer GPT-2 over the test tokenizer, saved with it (loadable by path)."""
+    path = tmp_path_factory.mktemp("tiny-lm")
+    build_tiny_lm(path, tokenizer)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_lm_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(tiny_lm_dir)).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_hmm(tokenizer):
+    from pc_core.hmm import HMM
+
+    return HMM.random(16, len(tokenizer), seed=0, eos_token_id=tokenizer.eos_token_id)

@@ -16,7 +16,9 @@ def test_random_is_positive_non_uniform_and_normalised():
     hmm = HMM.random(8, 50, seed=1, eos_token_id=49)
     for name, t in (("i", hmm.log_initial), ("a", hmm.log_transition), ("b", hmm.log_emission)):
         assert torch.isfinite(t).all(), name
-        torch.testing.assert_close(torch.logsumexp(t, -1), torch.zeros_like(torch.logsumexp(t, -1)), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            torch.logsumexp(t, -1), torch.zeros_like(torch.logsumexp(t, -1)), atol=1e-5, rtol=0
+        )
         assert t.exp().std() > 0, name
     assert HMM.random(8, 50, seed=1).fingerprint == HMM.random(8, 50, seed=1).fingerprint
     assert HMM.random(8, 50, seed=1).fingerprint != HMM.random(8, 50, seed=2).fingerprint
@@ -43,7 +45,10 @@ def _write_pcgen(path, tensors, config):
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda t, c: t.update(log_transition=t["log_transition"][:, :3].contiguous()), "transition has shape"),
+        (
+            lambda t, c: t.update(log_transition=t["log_transition"][:, :3].contiguous()),
+            "transition has shape",
+        ),
         (lambda t, c: t["log_emission"].__setitem__((0, 0), float("nan")), "NaN"),
         (lambda t, c: t["log_emission"].__setitem__((1, 2), float("-inf")), "zero probabilities"),
         (lambda t, c: t.update(log_initial=t["log_initial"] + 0.5), "initial rows do not sum to 1"),
@@ -79,10 +84,16 @@ def test_truncated_and_missing_files(tmp_path):
 def _ctrlg_dir(path, hmm):
     path.mkdir(parents=True)
     (path / "config.json").write_text(
-        json.dumps({"hidden_states": hmm.hidden_size, "vocab_size": hmm.vocab_size, "eos_token_id": hmm.eos_token_id})
+        json.dumps(
+            {"hidden_states": hmm.hidden_size, "vocab_size": hmm.vocab_size, "eos_token_id": hmm.eos_token_id}
+        )
     )
     save_file(
-        {"alpha_exp": hmm.log_transition.exp(), "beta": hmm.log_emission.clone(), "gamma": hmm.log_initial.clone()},
+        {
+            "alpha_exp": hmm.log_transition.exp(),
+            "beta": hmm.log_emission.clone(),
+            "gamma": hmm.log_initial.clone(),
+        },
         str(path / "model.safetensors"),
     )
 
@@ -120,7 +131,9 @@ def test_ctrlg_absorbing_end_state_zeros_are_floored(tmp_path):
     path = tmp_path / "ctrlg"
     path.mkdir()
     (path / "config.json").write_text(json.dumps({"hidden_states": 4, "vocab_size": 10, "eos_token_id": 9}))
-    save_file({"alpha_exp": alpha, "beta": beta, "gamma": hmm.log_initial.clone()}, str(path / "model.safetensors"))
+    save_file(
+        {"alpha_exp": alpha, "beta": beta, "gamma": hmm.log_initial.clone()}, str(path / "model.safetensors")
+    )
     got = HMM.load(path)
     assert torch.isfinite(got.log_emission).all() and got.log_emission[-1, 9] > -1e-6
 
@@ -130,7 +143,9 @@ def test_gelato_loader_refuses_pickled_objects(tmp_path):
         def __reduce__(self):
             return (print, ("pwned",))
 
-    torch.save({"hidden_states": 2, "vocab_size": 3, "alpha": Evil(), "beta": 0, "gamma": 0}, tmp_path / "evil.th")
+    torch.save(
+        {"hidden_states": 2, "vocab_size": 3, "alpha": Evil(), "beta": 0, "gamma": 0}, tmp_path / "evil.th"
+    )
     with pytest.raises(HMMFormatError, match="not a readable torch file"):
         HMM.load(tmp_path / "evil.th")
 

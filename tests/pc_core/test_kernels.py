@@ -51,7 +51,7 @@ def test_edge_logsumexp_matches_reference():
 
 def test_guide_with_triton_path_equals_torch_path(tokenizer, monkeypatch):
     from pc_core import compile_constraint
-    from pc_core.guide import ConstraintGuide, _TABLES
+    from pc_core.guide import _TABLES, ConstraintGuide
     from pc_core.hmm import HMM
 
     dfa = compile_constraint({"keywords": ["dog", "cat"]}, tokenizer)
