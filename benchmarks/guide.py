@@ -97,7 +97,6 @@ def main() -> None:
                     emission = emission_t.T.contiguous()
                     floor = min(timed(lambda: rows @ emission, args.reps, device),
                                 timed(lambda: emission_t @ rows.T, args.reps, device))
-                    del emission
                     step = timed(lambda: guide.next_log_probs(state), args.reps, device)
                     adv = timed(lambda: guide.advance(state, [prefix[0]] * b), args.reps, device)
                     step_rows.append([h, k, s, b, backend, round(step * 1000, 2), round(floor * 1000, 2),
@@ -105,7 +104,6 @@ def main() -> None:
                     print("step", step_rows[-1], flush=True)
             os.environ.pop("PCGEN_KERNELS", None)
             _TABLES.clear()
-        del hmm
     body = (
         "## Guide: precompute and per-step cost\n\n"
         f"`python benchmarks/guide.py` ({machine()}); {source}, V = {v}, random HMM, horizon {n}, keyword sets "
