@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     registrars: list[Callable[[argparse._SubParsersAction], None]] = [_register_compile, _register_import_hmm]
     for module, name in (
         ("pc_core.cli_generate", "register"),
+        ("pc_core.demo", "register"),
         ("distill.cli", "register"),
         ("service.cli", "register"),
     ):
