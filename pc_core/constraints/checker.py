@@ -92,3 +92,35 @@ def _holds(node: Constraint, words: list[str], ids: list[int] | None) -> bool:
         n = len(node.ids)
         return any(tuple(ids[i : i + n]) == node.ids for i in range(len(ids) - n + 1))
     raise TypeError(f"unknown constraint node {node!r}")
+
+
+def keyword_matches(constraint: Constraint | dict | str, text: str) -> list[dict]:
+    """Character spans of the keywords that occur in `text`: [{"keyword", "start", "end"}], for showing users
+    why a constraint holds. Keywords under `not` are skipped (they are what must *not* appear)."""
+    from pc_core.constraints.words import WORD_RE
+
+    positions = [(m.start(), m.end()) for m in WORD_RE.finditer(text)]
+    words = [text[a:b] for a, b in positions]
+    out = []
+
+    def visit(node: Constraint, negated: bool) -> None:
+        if isinstance(node, Not):
+            visit(node.child, not negated)
+        elif isinstance(node, (All, AnyOf)):
+            for child in node.children:
+                visit(child, negated)
+        elif negated:
+            return
+        elif isinstance(node, Keyword):
+            for start, end in keyword_spans(node, words):
+                out.append({"keyword": node.text, "start": positions[start][0], "end": positions[end - 1][1]})
+        elif isinstance(node, Ordered):
+            for keyword in node.items:
+                visit(keyword, negated)
+        elif isinstance(node, WordAt) and len(words) >= node.index:
+            if any(s[0] == node.index - 1 for s in keyword_spans(node.word, words)):
+                a, b = positions[node.index - 1]
+                out.append({"keyword": node.word.text, "start": a, "end": b})
+
+    visit(parse_constraint(constraint), False)
+    return sorted({(m["start"], m["end"], m["keyword"]): m for m in out}.values(), key=lambda m: m["start"])

@@ -1,0 +1,265 @@
+// pcgen playground: builds a /generate request, streams it over SSE (fetch + ReadableStream, since
+// EventSource cannot POST), and shows each output with the words that satisfied each keyword highlighted.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const keywords = []; // {text, inflections, case_sensitive}
+let controller = null;
+
+const PRESETS = {
+  commongen: { keywords: ["dog", "frisbee", "catch", "park"], constraint: "" },
+  positions: { keywords: [], constraint: JSON.stringify({ all: [{ word_at: 3, word: "pan" }, { word_at: 5, word: "vegetable" }] }, null, 1) },
+  forbidden: { keywords: ["dog"], constraint: JSON.stringify({ all: [{ keyword: "dog" }, { forbidden: ["cat"] }] }, null, 1) },
+  ordered: { keywords: [], constraint: JSON.stringify({ ordered: ["wake", "coffee", "work"] }, null, 1) },
+};
+
+function renderChips() {
+  const box = $("chips");
+  box.replaceChildren();
+  keywords.forEach((kw, i) => {
+    const chip = document.createElement("span");
+    chip.className = "chip";
+    chip.dataset.keyword = kw.text;
+    const label = document.createElement("span");
+    label.textContent = kw.text;
+    chip.append(label);
+    for (const [field, name] of [["inflections", "inflections"], ["case_sensitive", "case"]]) {
+      const toggle = document.createElement("label");
+      const box2 = document.createElement("input");
+      box2.type = "checkbox";
+      box2.checked = kw[field];
+      box2.setAttribute("aria-label", `${name} for ${kw.text}`);
+      box2.addEventListener("change", () => { kw[field] = box2.checked; });
+      toggle.append(box2, name);
+      chip.append(toggle);
+    }
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.textContent = "×";
+    remove.setAttribute("aria-label", `remove ${kw.text}`);
+    remove.addEventListener("click", () => { keywords.splice(i, 1); renderChips(); $("keyword-input").focus(); });
+    chip.append(remove);
+    box.append(chip);
+  });
+}
+
+function addKeyword(text) {
+  text = (text || "").trim();
+  if (!text || keywords.some((k) => k.text === text)) return;
+  keywords.push({ text, inflections: true, case_sensitive: false });
+  renderChips();
+}
+
+function applyPreset(name) {
+  const preset = PRESETS[name];
+  keywords.length = 0;
+  preset.keywords.forEach(addKeyword);
+  renderChips();
+  $("constraint").value = preset.constraint;
+  $("advanced").open = Boolean(preset.constraint);
+  hideFieldError();
+}
+
+function showFieldError(message) {
+  const el = $("constraint-error");
+  el.textContent = message;
+  el.hidden = false;
+  $("advanced").open = true;
+  $("constraint").setAttribute("aria-invalid", "true");
+}
+
+function hideFieldError() {
+  $("constraint-error").hidden = true;
+  $("constraint").removeAttribute("aria-invalid");
+}
+
+function showError(message) {
+  const el = $("error");
+  el.textContent = message;
+  el.hidden = !message;
+}
+
+function numberField(id) {
+  const value = $(id).value;
+  return value === "" ? undefined : Number(value);
+}
+
+function buildRequest() {
+  const body = { prompt: $("prompt").value, stream: true, max_new_tokens: numberField("max_new_tokens"),
+                 min_new_tokens: numberField("min_new_tokens"), num_return_sequences: numberField("num_return_sequences"),
+                 hmm_weight: numberField("hmm_weight") };
+  if ($("mode").value === "sample") {
+    Object.assign(body, { do_sample: true, num_beams: 1, temperature: numberField("temperature"),
+                          top_p: numberField("top_p"), seed: numberField("seed") });
+  } else {
+    Object.assign(body, { do_sample: false, num_beams: Math.max(numberField("num_beams") || 1, body.num_return_sequences || 1) });
+  }
+  const advanced = $("constraint").value.trim();
+  if (advanced) {
+    try {
+      body.constraint = JSON.parse(advanced);
+    } catch (err) {
+      throw { field: `constraint: not valid JSON (${err.message})` };
+    }
+  } else if (keywords.length) {
+    body.constraint = { all: keywords.map((k) => ({ keyword: k.text, inflections: k.inflections, case_sensitive: k.case_sensitive })) };
+  } else {
+    throw { field: "constraint: add at least one keyword, or write a constraint in the advanced box" };
+  }
+  for (const key of Object.keys(body)) if (body[key] === undefined) delete body[key];
+  return body;
+}
+
+function describeValidation(detail) {
+  // FastAPI 422: [{loc: ["body", "constraint", ...], msg}]; pcgen errors: {error: {type, message, path}}
+  if (detail && detail.error) {
+    const e = detail.error;
+    return { field: e.path ? `${e.path}: ${e.message}` : e.message, constraint: true };
+  }
+  const items = Array.isArray(detail && detail.detail) ? detail.detail : [];
+  const lines = items.map((d) => `${(d.loc || []).filter((p) => p !== "body").join(".")}: ${d.msg}`);
+  const constraint = items.some((d) => (d.loc || []).includes("constraint") || (d.loc || []).includes("keywords"));
+  return { field: lines.join("\n") || "invalid request", constraint };
+}
+
+async function explainFailure(response) {
+  let body = null;
+  try { body = await response.json(); } catch (_) { /* not JSON */ }
+  if (response.status === 422) {
+    const { field, constraint } = describeValidation(body);
+    if (constraint) showFieldError(field); else showError(`Invalid request: ${field}`);
+  } else if (response.status === 429) {
+    const wait = response.headers.get("Retry-After");
+    showError(`The server is busy (too many requests). Try again${wait ? ` in ${wait} seconds` : " shortly"}.`);
+  } else if (response.status === 401) {
+    showError("This server needs an API key: enter it in the API key field and generate again.");
+    document.body.classList.add("needs-key");
+    $("api-key").focus();
+  } else if (response.status === 413) {
+    showError("The request is too large for this server.");
+  } else if (response.status === 504) {
+    showError("The generation took longer than the server allows (timeout). Try fewer tokens or beams.");
+  } else {
+    showError(`The server answered ${response.status}: ${(body && body.error && body.error.message) || response.statusText}`);
+  }
+}
+
+function escapeHtml(text) {
+  return text.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+}
+
+function highlight(text, matches) {
+  // matches: [{keyword, start, end}] character spans from the server's checker
+  const spans = (matches || []).slice().sort((a, b) => a.start - b.start);
+  let html = "", at = 0;
+  for (const m of spans) {
+    if (m.start < at) continue;
+    html += escapeHtml(text.slice(at, m.start));
+    html += `<mark title="satisfies: ${escapeHtml(m.keyword)}" data-keyword="${escapeHtml(m.keyword)}">${escapeHtml(text.slice(m.start, m.end))}</mark>`;
+    at = m.end;
+  }
+  return html + escapeHtml(text.slice(at));
+}
+
+function renderResult(result) {
+  const list = $("results");
+  list.replaceChildren();
+  result.outputs.forEach((out, i) => {
+    const li = document.createElement("li");
+    const ok = out.constraint_satisfied;
+    li.innerHTML = `<span class="badge ${ok ? "ok" : "bad"}" data-testid="badge">${ok ? "satisfied" : "not satisfied"}</span>` +
+      `<span class="text" data-testid="output-text">${escapeHtml($("prompt").value)}${highlight(out.text, out.matches)}</span>` +
+      `<div class="meta">#${i + 1} · finish: ${out.finish_reason} · LM log-likelihood ${out.logprob.toFixed(2)}</div>`;
+    list.append(li);
+  });
+  const t = result.timings || {};
+  const rows = [["queue", t.queue_ms], ["DFA compile", t.dfa_ms], ["guide precompute", t.precompute_ms],
+                ["decode", t.decode_ms], ["total", t.total_ms]].filter(([, v]) => v !== undefined)
+    .map(([k, v]) => `<dt>${k}</dt><dd>${v.toFixed(1)} ms</dd>`);
+  if (result.dfa_states !== undefined) rows.push(`<dt>DFA size</dt><dd>${result.dfa_states} states</dd>`);
+  if (result.cached) rows.push(`<dt>cache</dt><dd>hit</dd>`);
+  $("timings").innerHTML = rows.join("");
+  $("timings").hidden = rows.length === 0;
+}
+
+async function readEvents(response, onEvent) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const raw = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      let event = "message", data = "";
+      for (const line of raw.split("\n")) {
+        if (line.startsWith("event:")) event = line.slice(6).trim();
+        else if (line.startsWith("data:")) data += line.slice(5).trim();
+      }
+      if (data) onEvent(event, JSON.parse(data));
+    }
+  }
+}
+
+async function generate(event) {
+  event.preventDefault();
+  showError("");
+  hideFieldError();
+  let body;
+  try { body = buildRequest(); } catch (err) { showFieldError(err.field); return; }
+  const headers = { "Content-Type": "application/json", Accept: "text/event-stream" };
+  const key = $("api-key").value.trim();
+  if (key) headers.Authorization = `Bearer ${key}`;
+  controller = new AbortController();
+  $("generate").disabled = true;
+  $("stop").disabled = false;
+  $("output").setAttribute("aria-busy", "true");
+  $("results").replaceChildren();
+  $("timings").hidden = true;
+  const streams = [];
+  $("stream").textContent = "";
+  try {
+    const response = await fetch("generate", { method: "POST", headers, body: JSON.stringify(body), signal: controller.signal });
+    if (!response.ok) { await explainFailure(response); return; }
+    await readEvents(response, (kind, data) => {
+      if (kind === "token") {
+        streams[data.index] = (streams[data.index] || "") + data.text;
+        $("stream").textContent = streams.map((s, i) => (streams.length > 1 ? `[${i + 1}] ` : "") + (s || "")).join("\n");
+      } else if (kind === "result") {
+        renderResult(data);
+      } else if (kind === "error") {
+        showError(data.error ? data.error.message : "generation failed");
+      }
+    });
+  } catch (err) {
+    if (err.name !== "AbortError") showError(`Network error: ${err.message}`);
+  } finally {
+    $("generate").disabled = false;
+    $("stop").disabled = true;
+    $("output").setAttribute("aria-busy", "false");
+    controller = null;
+  }
+}
+
+function init() {
+  document.body.classList.add("beam");
+  $("mode").addEventListener("change", () => {
+    document.body.classList.toggle("sample", $("mode").value === "sample");
+    document.body.classList.toggle("beam", $("mode").value !== "sample");
+  });
+  $("keyword-input").addEventListener("keydown", (e) => {
+    if (e.key === "Enter") { e.preventDefault(); addKeyword(e.target.value); e.target.value = ""; }
+    else if (e.key === "Backspace" && !e.target.value && keywords.length) { keywords.pop(); renderChips(); }
+  });
+  $("add-keyword").addEventListener("click", () => { addKeyword($("keyword-input").value); $("keyword-input").value = ""; });
+  document.querySelectorAll("[data-preset]").forEach((b) => b.addEventListener("click", () => applyPreset(b.dataset.preset)));
+  $("constraint").addEventListener("input", hideFieldError);
+  $("form").addEventListener("submit", generate);
+  $("stop").addEventListener("click", () => controller && controller.abort());
+  applyPreset("commongen");
+}
+
+init();
