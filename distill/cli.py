@@ -1,0 +1,151 @@
+"""`pcgen distill {sample,lvd,train,run}`. Only argparse here: each command imports its stage lazily.
+
+Every setting is a flag named after the field of the stage's config dataclass (same defaults), so the
+flags, the YAML/TOML keys of `run --config` and the Python API stay one list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+
+
+def setup_logging() -> None:
+    rank = f" [rank {os.environ['RANK']}]" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s %(levelname)s %(name)s{rank}: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def _from_args(cls: type, args: argparse.Namespace) -> object:
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def shutdown() -> None:
+    from distill import dist
+
+    dist.shutdown()
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from distill.sample import SampleConfig, run_sample
+
+    setup_logging()
+    try:
+        run_sample(_from_args(SampleConfig, args))
+    finally:
+        shutdown()
+    return 0
+
+
+def cmd_lvd(args: argparse.Namespace) -> int:
+    from distill.lvd import LVDConfig, run_lvd
+
+    setup_logging()
+    try:
+        run_lvd(_from_args(LVDConfig, args))
+    finally:
+        shutdown()
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from distill.em import TrainConfig, run_train
+
+    setup_logging()
+    try:
+        run_train(_from_args(TrainConfig, args))
+    finally:
+        shutdown()
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from distill.pipeline import run_pipeline
+
+    setup_logging()
+    try:
+        run_pipeline(args.config)
+    finally:
+        shutdown()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "distill",
+        help="distil an HMM from a causal LM: sample, lvd, train, or run the whole pipeline",
+        description="Offline distillation (method notes, section 6). Every stage is resumable: rerun the same "
+        "command after an interruption. Multi-process: launch with torchrun.",
+    )
+    stages = parser.add_subparsers(dest="distill_command", required=True, metavar="STAGE")
+
+    p = stages.add_parser("sample", help="ancestral samples from the LM into token shards")
+    p.add_argument("--lm", required=True, help="causal LM: hub id or local directory (with its tokenizer)")
+    p.add_argument("--out", required=True, help="data directory (shards + manifest.json)")
+    p.add_argument("--num-sequences", type=int, required=True, help="sequences to sample in total")
+    p.add_argument("--seq-len", type=int, default=32, help="tokens per sequence (EOS-padded)")
+    p.add_argument("--batch-size", type=int, default=64, help="sequences per decoding batch")
+    p.add_argument("--shard-size", type=int, default=65536, help="sequences per shard (the unit of resume)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="base seed; shard i uses a seed derived from (seed, i)"
+    )
+    p.add_argument(
+        "--prompts", default=None, help="text file, one prompt per line (cycled); default: unconditional"
+    )
+    p.add_argument(
+        "--save-embeddings",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also store the hidden states predicting each token for the first K sequences (for LVD)",
+    )
+    p.add_argument(
+        "--embedding-layer", type=int, default=-1, help="hidden_states index: 0 = embeddings, -1 = last layer"
+    )
+    p.add_argument("--device", default="auto", help="auto (this rank's GPU if any, else CPU), cpu, cuda:N")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.set_defaults(func=cmd_sample)
+
+    p = stages.add_parser("lvd", help="k-means of hidden states -> closed-form initial HMM")
+    p.add_argument("--data", required=True, help="data directory sampled with --save-embeddings")
+    p.add_argument("--hidden-size", type=int, required=True, help="H: H-1 clusters plus the end state")
+    p.add_argument("--out", required=True, help="directory for the HMM (HMM.load layout)")
+    p.add_argument("--pseudocount", type=float, default=1e-3, help="added to every count before normalising")
+    p.add_argument("--kmeans-iters", type=int, default=30)
+    p.add_argument("--kmeans-points", type=int, default=1_000_000, help="vectors the centroids are fitted on")
+    p.add_argument("--kmeans-init", default="kmeans++", choices=["kmeans++", "random"])
+    p.add_argument("--kmeans-tol", type=float, default=1e-4, help="stop below this relative inertia gain")
+    p.add_argument("--chunk-size", type=int, default=65536, help="vectors per distance block (bounds memory)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_lvd)
+
+    p = stages.add_parser("train", help="EM from an initial HMM; checkpoints, logs and a curve in --out")
+    p.add_argument("--init", required=True, help="initial HMM directory (e.g. the lvd output)")
+    p.add_argument("--data", required=True, help="data directory (fresh samples)")
+    p.add_argument(
+        "--out", required=True, help="output directory: final HMM, checkpoints/, log.csv, curve.png"
+    )
+    p.add_argument("--steps", type=int, default=30, help="EM steps")
+    p.add_argument("--chunk-size", type=int, default=0, help="sequences per EM step; 0 = all (full-batch EM)")
+    p.add_argument("--batch-size", type=int, default=256, help="sequences per forward-backward call")
+    p.add_argument("--step-size", type=float, default=1.0, help="1 = replace; < 1 = step-size EM")
+    p.add_argument("--pseudocount", type=float, default=1e-3)
+    p.add_argument(
+        "--heldout", type=int, default=1024, help="sequences at the end of --data held out (at most 10%%)"
+    )
+    p.add_argument("--heldout-data", default=None, help="a separate data directory to evaluate on instead")
+    p.add_argument("--seed", type=int, default=0, help="seeds the order of the chunks")
+    p.add_argument("--keep-checkpoints", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-plot", dest="plot", action="store_false", help="skip curve.png")
+    p.set_defaults(func=cmd_train)
+
+    p = stages.add_parser("run", help="the whole pipeline from one YAML/TOML file, skipping finished stages")
+    p.add_argument("--config", required=True, help="YAML or TOML file (see distill/pipeline.py)")
+    p.set_defaults(func=cmd_run)
