@@ -1,0 +1,1 @@
+"""pcgen's REST service: `pcgen serve` hosts the LM and the HMM behind FastAPI (see service.app)."""

@@ -1,0 +1,157 @@
+"""`create_app(settings)`: the FastAPI application `pcgen serve` runs under uvicorn.
+
+    uvicorn --factory service.app:app_from_env      # settings from PCGEN_* environment variables
+
+Layers, outermost first: ServiceMiddleware (request ID, API keys, body size, metrics, access log) -> routes
+(validation, constraint parsing) -> pipeline (cache, single-flight, deadline, disconnects) -> Engine
+(preparation pool, decoding thread).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
+
+from service.auth import KeyChecker, public_paths
+from service.errors import ClientGone, install_handlers
+from service.metrics import Metrics
+from service.middleware import CLIENT_CLOSED, ServiceMiddleware
+from service.routes import generate, health, openai
+from service.runtime import Runtime
+from service.settings import Settings
+
+log = logging.getLogger("pcgen.service")
+VERSION = "0.1.0"
+DESCRIPTION = """Constrained text generation: a GPT-2 LM guided by a hidden Markov model, so every output
+satisfies its logical constraint (keywords, word positions, order, forbidden words, word counts).
+
+Native `POST /generate`, OpenAI-compatible `POST /v1/completions` and `GET /v1/models`, Server-Sent Events
+streaming, probes at `/health/live` and `/health/ready`, Prometheus metrics at `/metrics`. With API keys
+configured, send `Authorization: Bearer <key>`. Errors: `{"error": {"type", "message", "path"}}`."""
+
+
+def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
+    """The app; its lifespan connects Redis and loads the models (in the background, see `Runtime`).
+    `load=False` skips the models (for tests of the HTTP layer)."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    runtime = Runtime(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start(load=load)
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title="pcgen", version=VERSION, description=DESCRIPTION, lifespan=lifespan)
+    app.state.runtime = runtime
+    install_handlers(app)
+
+    async def client_gone(request: Request, exc: ClientGone) -> Response:
+        return Response(status_code=CLIENT_CLOSED)
+
+    app.add_exception_handler(ClientGone, client_gone)
+    app.include_router(generate.router)
+    app.include_router(openai.router)
+    app.include_router(health.router)
+    keys = KeyChecker(settings.api_keys)
+    known = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+    app.add_middleware(
+        ServiceMiddleware,
+        metrics=metrics,
+        keys=keys,
+        public=public_paths(settings.metrics_public, settings.docs_public),
+        max_body_bytes=settings.max_body_bytes,
+        known_paths=known,
+    )
+    _customize_openapi(
+        app, settings, public_paths(settings.metrics_public, settings.docs_public), keys.enabled
+    )
+    return app
+
+
+def _limit(
+    schema: dict,
+    maximum: int | None = None,
+    max_length: int | None = None,
+    max_items: int | None = None,
+    items: dict | None = None,
+) -> None:
+    """Set JSON-schema bounds on a property, inside anyOf branches too (Optional fields)."""
+    for branch in schema.get("anyOf", [schema]):
+        kind = branch.get("type")
+        if maximum is not None and kind in ("integer", "number"):
+            branch["maximum"] = maximum
+        if max_length is not None and kind == "string":
+            branch["maxLength"] = max_length
+        if kind == "array":
+            if max_items is not None:
+                branch["maxItems"] = max_items
+            if items:
+                branch.setdefault("items", {}).update(items)
+
+
+def _customize_openapi(app: FastAPI, settings: Settings, public: frozenset[str], bearer: bool) -> None:
+    """The OpenAPI document states this server's limits (max_new_tokens, beams, prompt and keyword sizes),
+    that a constraint is required, and the Bearer scheme when API keys are configured."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        word = {"minLength": 1, "maxLength": settings.max_keyword_chars, "pattern": r"\w"}
+        for name, fields in (
+            ("GenerateRequest", {"max_new_tokens": "max_new_tokens", "min_new_tokens": "max_new_tokens",
+                                 "num_beams": "max_beams", "num_return_sequences": "max_beams"}),
+            ("CompletionRequest", {"max_tokens": "max_new_tokens", "min_tokens": "max_new_tokens", "n": "max_beams",
+                                   "best_of": "max_beams"}),
+        ):  # fmt: skip
+            model = components.get(name)
+            if model is None:
+                continue
+            props = model.get("properties", {})
+            for field, setting in fields.items():
+                if field in props:
+                    _limit(props[field], maximum=getattr(settings, setting))
+            if "prompt" in props:
+                _limit(props["prompt"], max_length=settings.max_prompt_chars)
+            if "keywords" in props:
+                _limit(props["keywords"], max_items=settings.max_keywords, items=word)
+            for field in ("keywords", "constraint"):  # documented as "send one of them" (null is accepted)
+                if field in props and "anyOf" in props[field]:
+                    branches = [b for b in props[field]["anyOf"] if b.get("type") != "null"]
+                    extra = {k: v for k, v in props[field].items() if k not in ("anyOf", "default")}
+                    props[field] = (
+                        {**branches[0], **extra} if len(branches) == 1 else {"anyOf": branches, **extra}
+                    )
+            model["anyOf"] = [{"required": ["keywords"]}, {"required": ["constraint"]}]
+        if bearer:
+            schema["components"].setdefault("securitySchemes", {})["bearerAuth"] = {
+                "type": "http",
+                "scheme": "bearer",
+            }
+            schema["security"] = [{"bearerAuth": []}]
+            for path, operations in schema.get("paths", {}).items():
+                if path in public:
+                    for operation in operations.values():
+                        operation["security"] = []
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory: settings from the environment."""
+    return create_app(Settings())

@@ -1,0 +1,220 @@
+"""Response cache for deterministic requests, failing open, with single-flight for identical requests.
+
+Backends: Redis (`redis.asyncio`, values under `pcgen:cache:<sha256>` with a TTL) or, without Redis, a bounded
+in-process LRU with the same TTL. When Redis errors, the request goes on as a miss, the error is counted
+(`pcgen_cache_errors_total`, which counts every cache operation Redis could not serve) and `RedisHealth` opens a
+short circuit so a dead Redis costs at most one failed call per second; the next successful call (or readiness
+ping) closes it and caching resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from service.metrics import Metrics
+
+log = logging.getLogger("pcgen.service")
+T = TypeVar("T")
+REDIS_OP_TIMEOUT_S = 1.0
+
+
+class RedisHealth:
+    """Shared view of Redis for the cache, the rate limiter and readiness: "disabled", "ok" or "down"."""
+
+    def __init__(self, client: Any | None, metrics: Metrics, retry_s: float = 1.0) -> None:
+        self.client = client
+        self.metrics = metrics
+        self.retry_s = retry_s
+        self.state = "disabled" if client is None else "ok"
+        self.last_error: str | None = None
+        self._retry_at = 0.0
+        metrics.redis_up.set(-1 if client is None else 1)
+
+    @property
+    def enabled(self) -> bool:
+        return self.client is not None
+
+    def available(self) -> bool:
+        """False while the circuit is open (Redis failed less than `retry_s` ago)."""
+        return self.state != "down" or time.monotonic() >= self._retry_at
+
+    def failure(self, err: BaseException) -> None:
+        if self.state != "down":
+            log.warning("redis unavailable (%s); failing open", type(err).__name__)
+        self.state = "down"
+        self.last_error = f"{type(err).__name__}: {err}"[:200]
+        self._retry_at = time.monotonic() + self.retry_s
+        self.metrics.redis_up.set(0)
+
+    def success(self) -> None:
+        if self.state == "down":
+            log.info("redis is back")
+        self.state = "ok"
+        self.last_error = None
+        self.metrics.redis_up.set(1)
+
+    async def ping(self) -> str:
+        if self.client is None:
+            return "disabled"
+        try:
+            await asyncio.wait_for(self.client.ping(), REDIS_OP_TIMEOUT_S)
+        except Exception as err:  # noqa: BLE001 - any failure means "down"
+            self.failure(err)
+        else:
+            self.success()
+        return self.state
+
+
+class Backend(Protocol):
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes, ttl_s: int) -> None: ...
+
+
+class MemoryBackend:
+    """Bounded LRU with per-entry expiry (single event loop: no locking needed)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+
+    async def get(self, key: str) -> bytes | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        expires, value = item
+        if time.monotonic() >= expires:
+            del self._data[key]
+            return None
+        self._data.move_to_end(key)
+        return value
+
+    async def set(self, key: str, value: bytes, ttl_s: int) -> None:
+        if self.size <= 0:
+            return
+        self._data[key] = (time.monotonic() + ttl_s, value)
+        self._data.move_to_end(key)
+        while len(self._data) > self.size:
+            self._data.popitem(last=False)
+
+
+class RedisBackend:
+    PREFIX = "pcgen:cache:"
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    async def get(self, key: str) -> bytes | None:
+        return await self.client.get(self.PREFIX + key)
+
+    async def set(self, key: str, value: bytes, ttl_s: int) -> None:
+        await self.client.set(self.PREFIX + key, value, ex=ttl_s)
+
+
+class ResponseCache:
+    """get/set JSON payloads; never raises (fails open)."""
+
+    def __init__(
+        self, backend: Backend | None, metrics: Metrics, ttl_s: int, health: RedisHealth | None = None
+    ) -> None:
+        self.backend = backend
+        self.metrics = metrics
+        self.ttl_s = ttl_s
+        self.health = health  # set for the Redis backend
+
+    @property
+    def enabled(self) -> bool:
+        return self.backend is not None
+
+    async def get(self, key: str) -> dict | None:
+        if self.backend is None:
+            return None
+        if self.health is not None and not self.health.available():
+            self.metrics.cache_errors.labels("get").inc()  # Redis is down: this request fails open
+            self.metrics.cache_misses.inc()
+            return None
+        try:
+            raw = await asyncio.wait_for(self.backend.get(key), REDIS_OP_TIMEOUT_S)
+        except Exception as err:  # noqa: BLE001 - fail open
+            self._failed("get", err)
+            self.metrics.cache_misses.inc()
+            return None
+        if self.health is not None:
+            self.health.success()
+        if raw is None:
+            self.metrics.cache_misses.inc()
+            return None
+        try:
+            value = json.loads(raw)
+        except (ValueError, TypeError):
+            self.metrics.cache_errors.labels("decode").inc()
+            self.metrics.cache_misses.inc()
+            return None
+        self.metrics.cache_hits.inc()
+        return value
+
+    async def set(self, key: str, value: dict) -> None:
+        if self.backend is None:
+            return
+        if self.health is not None and not self.health.available():
+            self.metrics.cache_errors.labels("set").inc()
+            return
+        raw = json.dumps(value, separators=(",", ":")).encode()
+        try:
+            await asyncio.wait_for(self.backend.set(key, raw, self.ttl_s), REDIS_OP_TIMEOUT_S)
+        except Exception as err:  # noqa: BLE001 - fail open
+            self._failed("set", err)
+        else:
+            if self.health is not None:
+                self.health.success()
+
+    def _failed(self, op: str, err: BaseException) -> None:
+        self.metrics.cache_errors.labels(op).inc()
+        if self.health is not None:
+            self.health.failure(err)
+
+
+@dataclass
+class _Call:
+    task: asyncio.Task
+    waiters: int = 0
+
+
+class SingleFlight:
+    """Identical concurrent requests share one computation. The computation runs as its own task, so one
+    client leaving does not cancel it for the others; it is cancelled when its last waiter leaves."""
+
+    def __init__(self) -> None:
+        self._calls: dict[str, _Call] = {}
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    async def run(self, key: str, factory: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+        """(result, shared): shared is True when another request started the computation."""
+        call = self._calls.get(key)
+        shared = call is not None
+        if call is None:
+            call = _Call(asyncio.ensure_future(factory()))
+            self._calls[key] = call
+            call.task.add_done_callback(lambda task, key=key, call=call: self._done(key, call, task))
+        call.waiters += 1
+        try:
+            return await asyncio.shield(call.task), shared
+        finally:
+            call.waiters -= 1
+            if call.waiters == 0 and not call.task.done():
+                call.task.cancel()
+
+    def _done(self, key: str, call: _Call, task: asyncio.Task) -> None:
+        if self._calls.get(key) is call:
+            del self._calls[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: no "exception was never retrieved" warning when nobody waits

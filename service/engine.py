@@ -1,0 +1,375 @@
+"""The scheduler: bounded admission, constraint preparation off the event loop, and continuous batching on
+one dedicated decoding thread.
+
+    submit() ──> [prepare pool: tokenize, compile the DFA, precompute the guide] ──> ready queue
+                                                                                       │
+    decoding thread: admit ready requests between steps (up to max_batch_size) ──> BatchDecoder.step()
+                                                                                       │
+    asyncio futures / per-request event queues  <── loop.call_soon_threadsafe ─────────┘
+
+The queue bound counts accepted requests that are not decoding yet (preparing or waiting for a slot): past it
+`submit` raises QueueFull (429). Constraint errors surface from `submit` (422) before anything is queued for
+decoding. `cancel` (client gone, deadline passed) drops the request's rows at the next step boundary. The
+event loop never runs model code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from pc_core.constraints import Constraint, canonical_json
+from pc_core.decoding import BatchDecoder, DecodeParams, GenerationOutput, Request, StreamEvent
+from pc_core.errors import PcgenError
+from service.errors import BadRequest, QueueFull, ServiceError, Unavailable, from_pcgen_error
+from service.metrics import Metrics
+
+log = logging.getLogger("pcgen.service")
+CACHE_SCHEMA_VERSION = 1
+
+
+@dataclass
+class GenerationSpec:
+    """What to generate, independent of the HTTP shape it came in."""
+
+    prompt: str
+    constraint: Constraint
+    params: DecodeParams
+
+    @property
+    def deterministic(self) -> bool:
+        return not self.params.do_sample or self.params.seed is not None
+
+    def cache_key(self, fingerprints: dict[str, str]) -> str:
+        """SHA-256 over the canonical request, the model fingerprints and the cache schema version."""
+        p = self.params
+        params: dict[str, Any] = {
+            "max_new_tokens": p.max_new_tokens,
+            "min_new_tokens": p.min_new_tokens,
+            "num_return_sequences": p.num_return_sequences,
+            "hmm_weight": p.hmm_weight,
+            "hmm_context_tokens": p.hmm_context_tokens,
+            "max_states": p.max_states,
+        }
+        if p.do_sample:
+            params.update(do_sample=True, temperature=p.temperature, top_p=p.top_p, seed=p.seed)
+        else:
+            params.update(do_sample=False, num_beams=p.num_beams, length_penalty=p.length_penalty)
+        material = {
+            "schema": CACHE_SCHEMA_VERSION,
+            "models": fingerprints,
+            "prompt": self.prompt,
+            "constraint": canonical_json(self.constraint),
+            "params": params,
+        }
+        raw = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Job:
+    spec: GenerationSpec
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    events: asyncio.Queue | None = None  # streaming: ("token", StreamEvent) items, then ("end", None)
+    id: int = field(default_factory=lambda: next(_ids))
+    request: Request | None = None
+    state: str = "preparing"  # preparing -> queued -> running -> done | cancelled | failed
+    accepted_at: float = field(default_factory=time.perf_counter)
+    queued_at: float | None = None
+    started_at: float | None = None
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    cancel_reason: str | None = None
+
+    # called on the decoding thread -----------------------------------------------------------------
+
+    def push_event(self, event: StreamEvent) -> None:
+        if self.events is not None:
+            self._call(self.events.put_nowait, ("token", event))
+
+    def resolve(self, output: GenerationOutput) -> None:
+        self.finished_at = time.perf_counter()
+        self._call(self._set, output, None)
+
+    def fail(self, error: BaseException) -> None:
+        self.finished_at = time.perf_counter()
+        self._call(self._set, None, error)
+
+    def _call(self, fn: Callable, *args: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop is closed: the server is shutting down
+            pass
+
+    # on the event loop -----------------------------------------------------------------------------
+
+    def _set(self, output: GenerationOutput | None, error: BaseException | None) -> None:
+        if not self.future.done():
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(output)
+        if self.events is not None:
+            self.events.put_nowait(("end", None))
+
+    def timings(self) -> dict[str, float]:
+        """The engine's dfa_ms, precompute_ms and decode_ms, plus queue_ms: time from acceptance to joining the
+        batch not spent compiling (waiting for a preparation thread and for a batch slot)."""
+        out = dict(self.request.output.timings) if self.request is not None and self.request.output else {}
+        start = self.started_at or self.finished_at or time.perf_counter()
+        preparing = out.get("dfa_ms", 0.0) + out.get("precompute_ms", 0.0)
+        out["queue_ms"] = max(0.0, (start - self.accepted_at) * 1000 - preparing)
+        return out
+
+
+class Engine:
+    def __init__(
+        self,
+        lm: Any,
+        tokenizer: Any,
+        hmm: Any,
+        metrics: Metrics,
+        *,
+        max_batch_size: int = 8,
+        max_queue: int = 64,
+        batching: bool = True,
+        prepare_workers: int = 2,
+        max_positions: int | None = None,
+    ) -> None:
+        self.lm, self.tokenizer, self.hmm, self.metrics = lm, tokenizer, hmm, metrics
+        self.max_batch_size = max_batch_size if batching else 1
+        self.max_queue = max_queue
+        self.batching = batching
+        self.max_positions = max_positions
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._ready: deque[Job] = deque()
+        self._to_cancel: list[Job] = []
+        self._waiting = 0  # accepted, not decoding yet (preparing or ready)
+        self._active: list[Job] = []  # decoding thread only
+        self._stopping = False
+        self._decoder = BatchDecoder(lm)
+        self._pool = ThreadPoolExecutor(prepare_workers, thread_name_prefix="pcgen-prepare")
+        self._thread = threading.Thread(target=self._run, name="pcgen-decode", daemon=True)
+        self.steps = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def queue_depth(self) -> int:
+        return self._waiting
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    # ------------------------------------------------------------------ event loop side
+
+    async def submit(self, spec: GenerationSpec, stream: bool = False) -> Job:
+        """Admit, prepare (off the loop) and queue for decoding. Raises QueueFull, BadRequest (constraint and
+        parameter errors, with `error.type`) or Unavailable."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._stopping:
+                raise Unavailable("the server is shutting down")
+            if self._waiting >= self.max_queue:
+                self.metrics.rejected.labels("queue_full").inc()
+                raise QueueFull(
+                    f"the queue is full ({self.max_queue} requests waiting); retry later",
+                    headers={"Retry-After": "1"},
+                )
+            self._waiting += 1
+            self.metrics.queue_depth.set(self._waiting)
+        job = Job(spec, loop, loop.create_future(), asyncio.Queue() if stream else None)
+        try:
+            job.request = await loop.run_in_executor(self._pool, self._prepare, job)
+        except BaseException:
+            with self._lock:
+                self._waiting -= 1
+                job.state = "failed"
+                self.metrics.queue_depth.set(self._waiting)
+            raise
+        with self._wake:
+            if self._stopping:
+                self._waiting -= 1
+                raise Unavailable("the server is shutting down")
+            job.state = "queued"
+            job.queued_at = time.perf_counter()
+            self._ready.append(job)
+            self._wake.notify()
+        return job
+
+    def cancel(self, job: Job, reason: str = "disconnect") -> bool:
+        """Stop a job (from the event loop): dropped from the queue now, or from the batch at the next step.
+        False when it had already finished."""
+        with self._wake:
+            if job.state == "queued":
+                self._ready.remove(job)
+                self._waiting -= 1
+                self.metrics.queue_depth.set(self._waiting)
+                job.state = "cancelled"
+            elif job.state == "running":
+                self._to_cancel.append(job)
+                self._wake.notify()
+            else:
+                return False
+            job.cancel_reason = reason
+        if not job.future.done():
+            job.future.cancel()
+        if job.events is not None:
+            job.events.put_nowait(("end", None))
+        return True
+
+    # ------------------------------------------------------------------ preparation (thread pool)
+
+    def _prepare(self, job: Job) -> Request:
+        spec, params = job.spec, job.spec.params
+        try:
+            prompt_ids = self.tokenizer.encode(spec.prompt, add_special_tokens=False) if spec.prompt else []
+            needed = max(1, len(prompt_ids)) + params.max_new_tokens
+            if self.max_positions is not None and needed > self.max_positions:
+                raise BadRequest(
+                    f"the prompt ({len(prompt_ids)} tokens) plus max_new_tokens ({params.max_new_tokens}) exceeds "
+                    f"the model's context of {self.max_positions} tokens",
+                    path="prompt",
+                    error_type="context_length_exceeded",
+                )
+            on_stream = job.push_event if job.events is not None else None
+            request = Request(self.tokenizer, self.hmm, spec.constraint, prompt_ids, params, on_stream)
+        except ServiceError:
+            raise
+        except PcgenError as err:
+            error = from_pcgen_error(err)
+            self.metrics.constraint_errors.labels(error.error_type).inc()
+            raise error from err
+        self.metrics.dfa_states.observe(request.dfa.num_states)
+        self.metrics.dfa_compile.observe(request.timings["dfa_ms"] / 1000)
+        self.metrics.guide_precompute.observe(request.timings["precompute_ms"] / 1000)
+        return request
+
+    # ------------------------------------------------------------------ decoding thread
+
+    def _run(self) -> None:
+        try:
+            while self._cycle():
+                pass
+        except Exception:  # pragma: no cover - _cycle handles its own errors; this is the last resort
+            log.exception("decoding thread crashed")
+        finally:
+            self._fail_all(Unavailable("the server is shutting down"))
+
+    def _cycle(self) -> bool:
+        with self._wake:
+            while not (self._stopping or self._ready or self._active or self._to_cancel):
+                self._wake.wait()
+            if self._stopping:
+                return False
+            to_cancel, self._to_cancel = self._to_cancel, []
+            admitted = []
+            for job in to_cancel:
+                if job.state == "running":
+                    job.state = "cancelled"
+            while self._ready and len(self._active) + len(admitted) < self.max_batch_size:
+                job = self._ready.popleft()
+                job.state = "running"
+                self._waiting -= 1
+                admitted.append(job)
+            self.metrics.queue_depth.set(self._waiting)
+        for job in to_cancel:
+            if job in self._active:
+                self._decoder.cancel(job.request)
+                self._active.remove(job)
+        now = time.perf_counter()
+        for job in admitted:
+            try:
+                self._decoder.add(job.request)
+            except Exception:  # noqa: BLE001 - an LM failure on one prompt fails that request only
+                log.exception("prefill failed (request %s)", job.id)
+                job.fail(ServiceError("prefill failed", error_type="internal_error"))
+                continue
+            job.started_at = now
+            self.metrics.queue_time.observe(now - job.accepted_at)
+            self._active.append(job)
+        self.metrics.active.set(len(self._active))
+        if not self._active:
+            return True
+        batch, rows = len(self._active), self._decoder.rows
+        started = time.perf_counter()
+        try:
+            finished = self._decoder.step()
+        except Exception:  # noqa: BLE001 - fail the batch, keep serving
+            log.exception("decoding step failed; failing %d requests", batch)
+            for job in self._active:
+                job.fail(ServiceError("decoding failed", error_type="internal_error"))
+            self._active = []
+            self._decoder = BatchDecoder(self.lm)
+            self.metrics.active.set(0)
+            return True
+        done = time.perf_counter()
+        self.steps += 1
+        self.metrics.step_time.observe(done - started)
+        self.metrics.batch_size.observe(batch)
+        self.metrics.batch_rows.observe(rows)
+        for job in self._active:
+            if job.first_token_at is None:
+                job.first_token_at = done
+                self.metrics.ttft.observe(done - job.accepted_at)
+        if finished:
+            finished_ids = {id(r) for r in finished}
+            still = []
+            for job in self._active:
+                if id(job.request) in finished_ids:
+                    job.state = "done"
+                    self._observe_finished(job, done)
+                    job.resolve(job.request.output)
+                else:
+                    still.append(job)
+            self._active = still
+            self.metrics.active.set(len(self._active))
+        return True
+
+    def _observe_finished(self, job: Job, now: float) -> None:
+        out = job.request.output
+        tokens = sum(len(s.token_ids) for s in out.sequences)
+        self.metrics.generated_tokens.inc(tokens)
+        self.metrics.prompt_tokens.inc(out.prompt_tokens)
+        longest = max((len(s.token_ids) for s in out.sequences), default=0)
+        if longest > 1 and job.first_token_at is not None:
+            self.metrics.tpot.observe((now - job.first_token_at) / (longest - 1))
+        for seq in out.sequences:
+            self.metrics.constraint_outcomes.labels(
+                "satisfied" if seq.constraint_satisfied else "not_satisfied"
+            ).inc()
+
+    def _fail_all(self, error: ServiceError) -> None:
+        with self._wake:
+            jobs = list(self._ready) + self._active
+            self._ready.clear()
+            self._active = []
+        for job in jobs:
+            job.fail(error)

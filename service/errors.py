@@ -1,0 +1,187 @@
+"""Errors the service answers with, and the JSON shape they all share:
+
+    {"error": {"type": "...", "message": "...", "path": "..."}}
+
+Schema validation errors (422) keep FastAPI's `detail` list (each entry with its `loc` path) and add the same
+`error` object, naming the first problem.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pc_core.errors import ConstraintError, PcgenError
+
+log = logging.getLogger("pcgen.service")
+
+
+class ServiceError(Exception):
+    """An error with an HTTP status and a machine-readable type."""
+
+    status = 500
+    error_type = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        error_type: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+        self.error_type = error_type or self.error_type
+        self.status = status or self.status
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.error_type, self.message, self.path)
+
+
+class BadRequest(ServiceError):
+    status, error_type = 422, "invalid_request"
+
+
+class QueueFull(ServiceError):
+    status, error_type = 429, "queue_full"
+
+
+class RateLimited(ServiceError):
+    status, error_type = 429, "rate_limited"
+
+
+class Unauthorized(ServiceError):
+    status, error_type = 401, "unauthorized"
+
+
+class NotFound(ServiceError):
+    status, error_type = 404, "not_found"
+
+
+class Timeout(ServiceError):
+    status, error_type = 504, "timeout"
+
+
+class Unavailable(ServiceError):
+    status, error_type = 503, "unavailable"
+
+
+class ClientGone(Exception):
+    """The client disconnected; nothing is sent back."""
+
+
+def error_body(error_type: str, message: str, path: str | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"type": error_type, "message": _text(message, 2000)}
+    if path is not None:
+        error["path"] = _text(path)
+    return {"error": error}
+
+
+def from_pcgen_error(err: PcgenError, path_prefix: str = "") -> ServiceError:
+    """Constraint and decoding errors raised while preparing a request -> 422 with `error.type`."""
+    if isinstance(err, ConstraintError):
+        return BadRequest(err.message, path=path_prefix + err.path, error_type=err.error_type)
+    return BadRequest(str(err), error_type="invalid_parameters")
+
+
+def constraint_path_to_loc(path: str) -> tuple[str | int, ...]:
+    """`constraint.all[2].word_at` -> ("constraint", "all", 2, "word_at")."""
+    loc: list[str | int] = []
+    for part in path.split("."):
+        while "[" in part:
+            head, _, rest = part.partition("[")
+            if head:
+                loc.append(head)
+            index, _, part = rest.partition("]")
+            loc.append(int(index) if index.isdigit() else index)
+        if part:
+            loc.append(part)
+    return tuple(loc)
+
+
+def loc_to_path(loc: tuple | list) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+CONSTRAINT_ERROR_TYPES = {"invalid_constraint", "constraint_too_complex", "unsatisfiable_constraint"}
+
+
+def _text(value: str, limit: int = 200) -> str:
+    """JSON-safe: lone surrogates escaped, long strings cut."""
+    value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value if len(value) <= limit else value[:limit] + "..."
+
+
+def _scalar(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int)):
+        return value if not isinstance(value, int) or abs(value) < 2**63 else _text(str(value))
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, (bytes, bytearray)):
+        return _text(bytes(value[:200]).decode("latin-1"))
+    return f"<{type(value).__name__}>"  # containers: never echoed (size, depth)
+
+
+def validation_details(errors: Any) -> list[dict[str, Any]]:
+    """FastAPI's 422 `detail` entries, made safe to serialise whatever the input was."""
+    out = []
+    for e in errors:
+        entry: dict[str, Any] = {
+            "type": _text(str(e.get("type", "value_error"))),
+            "loc": [part if isinstance(part, int) else _text(str(part)) for part in e.get("loc", ())],
+            "msg": _text(str(e.get("msg", "")), 500),
+        }
+        if "input" in e:
+            entry["input"] = _scalar(e["input"])
+        if isinstance(e.get("ctx"), dict):
+            entry["ctx"] = {_text(str(k)): _scalar(v) if not isinstance(v, Exception) else _text(str(v))
+                            for k, v in e["ctx"].items()}  # fmt: skip
+        out.append(entry)
+    return out
+
+
+async def _validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = validation_details(exc.errors())
+    first = errors[0] if errors else {"msg": "invalid request", "loc": [], "type": ""}
+    kind = first["type"] if first["type"] in CONSTRAINT_ERROR_TYPES else "validation_error"
+    body = {"detail": errors, **error_body(kind, first["msg"], loc_to_path(first["loc"]))}
+    return JSONResponse(body, status_code=422)
+
+
+async def _http_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    kinds = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+             413: "payload_too_large", 415: "unsupported_media_type"}  # fmt: skip
+    message = _text(exc.detail) if isinstance(exc.detail, str) else "error"
+    body = {"detail": message, **error_body(kinds.get(exc.status_code, "http_error"), message)}
+    return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def _service_handler(request: Request, exc: ServiceError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+async def _internal_handler(request: Request, exc: Exception) -> JSONResponse:
+    log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
+
+
+def install_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_handler)
+    app.add_exception_handler(ServiceError, _service_handler)
+    app.add_exception_handler(Exception, _internal_handler)

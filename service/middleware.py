@@ -1,0 +1,155 @@
+"""One pure-ASGI middleware in front of the app (works with streaming responses and disconnects):
+
+- request IDs: `X-Request-ID` echoed when well-formed, generated otherwise; returned on every response;
+- API keys (service.auth): 401 before anything else runs;
+- body size: 413 from `Content-Length` before reading, and while reading bodies sent without it;
+- per-request metrics (route template, status) and one structured log line (no prompt, no key).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.auth import KeyChecker, bearer_token, key_id, unauthorized_body
+from service.errors import error_body
+from service.metrics import Metrics
+
+log = logging.getLogger("pcgen.service")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+CLIENT_CLOSED = 499  # nginx's convention for "client closed the request"
+
+
+class ServiceMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        keys: KeyChecker,
+        public: frozenset[str],
+        max_body_bytes: int,
+        known_paths: frozenset[str] = frozenset(),
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.keys = keys
+        self.public = public
+        self.max_body_bytes = max_body_bytes
+        self.known_paths = known_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
+        request_id = _header(headers, b"x-request-id")
+        if request_id is None or not REQUEST_ID.match(request_id):
+            request_id = uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        client = scope.get("client")
+        state["identity"] = f"ip:{client[0]}" if client else "ip:unknown"
+        status: list[int | None] = [None]
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+            await send(message)
+
+        path = scope.get("path", "")
+        try:
+            if self.keys.enabled and path not in self.public:
+                token = bearer_token(headers)
+                if token is None or not self.keys.valid(token):
+                    self.metrics.rejected.labels("unauthorized").inc()
+                    message = "missing API key" if token is None else "invalid API key"
+                    await _send_json(
+                        send_with_id, 401, unauthorized_body(message), {"WWW-Authenticate": "Bearer"}
+                    )
+                    return
+                state["identity"] = key_id(token)
+            length = _header(headers, b"content-length")
+            if length is not None:
+                if not length.isdigit():
+                    await _send_json(send_with_id, 400, error_body("bad_request", "invalid Content-Length"))
+                    return
+                if int(length) > self.max_body_bytes:
+                    self.metrics.rejected.labels("too_large").inc()
+                    await _send_json(send_with_id, 413, _too_large(self.max_body_bytes))
+                    return
+            await self.app(scope, self._limited(receive), send_with_id)
+        except HTTPException as exc:  # raised by the limited receive outside FastAPI's handlers
+            if status[0] is None and exc.status_code == 413:
+                self.metrics.rejected.labels("too_large").inc()
+                await _send_json(send_with_id, 413, _too_large(self.max_body_bytes))
+            else:
+                raise
+        except Exception:
+            if status[0] is None:
+                status[0] = 500
+            raise
+        finally:
+            code = status[0] if status[0] is not None else CLIENT_CLOSED
+            route = self._route(scope)
+            elapsed = time.perf_counter() - started
+            self.metrics.requests.labels(route, str(code)).inc()
+            self.metrics.request_latency.labels(route).observe(elapsed)
+            log.info(
+                "request_id=%s method=%s route=%s status=%s ms=%.1f",
+                request_id,
+                scope.get("method"),
+                route,
+                code,
+                elapsed * 1000,
+            )
+
+    def _limited(self, receive: Receive) -> Receive:
+        limit, seen = self.max_body_bytes, 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise HTTPException(413, f"request body larger than {limit} bytes")
+            return message
+
+        return limited
+
+    def _route(self, scope: Scope) -> str:
+        route = scope.get("route")
+        template = getattr(route, "path", None)
+        if isinstance(template, str):
+            return template
+        path = scope.get("path", "")
+        return path if path in self.known_paths else "unmatched"
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value.decode("latin-1").strip()
+    return None
+
+
+def _too_large(limit: int) -> dict[str, Any]:
+    return error_body("payload_too_large", f"request body larger than {limit} bytes")
+
+
+async def _send_json(send: Send, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+    raw = json.dumps(body).encode()
+    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+    raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": raw})

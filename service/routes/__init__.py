@@ -1,0 +1,1 @@
+"""One module per endpoint family: native generation, OpenAI-compatible completions, health and metrics."""

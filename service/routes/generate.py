@@ -1,0 +1,124 @@
+"""`POST /generate`: the native endpoint.
+
+Streaming (`"stream": true`) answers `text/event-stream`:
+
+    event: token     data: {"index": 0, "text": " The dog", "token_ids": [...]}    (settled text, per output)
+    event: result    data: {...the same object as the JSON response...}            (once, last)
+    event: error     data: {"error": {"type": "timeout", "message": "..."}}        (instead of result)
+
+For beam search text is settled when all beams agree on it; the rest arrives with the end of the search.
+Errors found before decoding starts (validation, constraint, queue full) are plain JSON responses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from pc_core.decoding import DecodeParams, DecodingError
+from service import pipeline
+from service.deps import RateLimit, RuntimeDep
+from service.engine import GenerationSpec
+from service.errors import BadRequest
+from service.pipeline import Result, Stream
+from service.schemas import (
+    DEFAULT_MAX_NEW_TOKENS,
+    ErrorResponse,
+    GenerateRequest,
+    GenerateResponse,
+    body_error,
+    check_limits,
+    raise_problems,
+    resolve_constraint,
+)
+from service.settings import Settings
+from service.sse import SSE_HEADERS, sse
+
+router = APIRouter(tags=["generation"])
+
+ERRORS = {
+    401: {"model": ErrorResponse, "description": "missing or wrong API key"},
+    413: {"model": ErrorResponse, "description": "body too large"},
+    422: {"description": "invalid request (`detail` with field paths) or constraint error (`error.type`)"},
+    429: {"model": ErrorResponse, "description": "queue full or rate limited (see Retry-After)"},
+    503: {"model": ErrorResponse, "description": "models not loaded yet"},
+    504: {"model": ErrorResponse, "description": "request deadline passed"},
+}
+
+
+def build_spec(body: GenerateRequest, settings: Settings) -> GenerationSpec:
+    raise_problems(body.problems())
+    check_limits(
+        settings,
+        prompt=body.prompt,
+        max_new_tokens=body.max_new_tokens,
+        min_new_tokens=body.min_new_tokens,
+        num_beams=body.num_beams,
+        num_return_sequences=body.num_return_sequences,
+    )
+    constraint = resolve_constraint(body.keywords, body.constraint, settings)
+    max_new = body.max_new_tokens or min(DEFAULT_MAX_NEW_TOKENS, settings.max_new_tokens)
+    if body.min_new_tokens > max_new:
+        raise body_error(("min_new_tokens",), f"must be <= max_new_tokens ({max_new})", body.min_new_tokens)
+    params = DecodeParams(
+        max_new_tokens=max_new,
+        min_new_tokens=body.min_new_tokens,
+        num_beams=body.num_beams,
+        num_return_sequences=body.num_return_sequences,
+        do_sample=body.do_sample,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+        hmm_weight=body.hmm_weight,
+        length_penalty=body.length_penalty,
+        max_states=settings.max_states,
+    )
+    try:
+        params.validate()
+    except DecodingError as err:
+        raise BadRequest(str(err), error_type="invalid_parameters") from err
+    return GenerationSpec(body.prompt, constraint, params)
+
+
+def response_body(result: Result, request_id: str, model: str) -> dict:
+    return {
+        "id": request_id,
+        "model": model,
+        "outputs": result.outputs,
+        "usage": result.usage,
+        "timings": result.timings,
+        "cached": result.cached,
+    }
+
+
+@router.post(
+    "/generate",
+    response_model=GenerateResponse,
+    responses={200: {"content": {"text/event-stream": {}}}, **ERRORS},
+    summary="Generate text that satisfies a constraint",
+)
+async def generate(body: GenerateRequest, request: Request, runtime: RuntimeDep, _: RateLimit) -> object:
+    """Every returned output satisfies the constraint within `max_new_tokens` (`constraint_satisfied` is the
+    independent re-check). Deterministic requests (beam search, or sampling with a `seed`) are cached."""
+    spec = build_spec(body, runtime.settings)
+    request_id = request.state.request_id
+    model = runtime.settings.served_model
+    if body.stream:
+        stream = await Stream.open(runtime, request, spec)
+        return StreamingResponse(
+            _events(stream, request_id, model), media_type="text/event-stream", headers=SSE_HEADERS
+        )
+    result = await pipeline.generate(runtime, request, spec)
+    return response_body(result, request_id, model)
+
+
+async def _events(stream: Stream, request_id: str, model: str) -> AsyncIterator[str]:
+    async for kind, item in stream.events():
+        if kind == "token":
+            yield sse({"index": item.index, "text": item.text, "token_ids": item.token_ids}, "token")
+        elif kind == "result":
+            yield sse(response_body(item, request_id, model), "result")
+        else:
+            yield sse(item.body(), "error")

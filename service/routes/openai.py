@@ -1,0 +1,159 @@
+"""OpenAI-compatible `POST /v1/completions` and `GET /v1/models`.
+
+The constraint travels as an extra body field (`constraint` or `keywords`). Parameter mapping:
+`max_tokens` -> max_new_tokens, `min_tokens` -> min_new_tokens, `n` -> outputs; `temperature` 0 -> beam search
+over `best_of` beams (default `n`; 1 = greedy), `temperature` > 0 -> `n` samples with `top_p` and `seed` (temperatures below 0.001 count as 0.001, top_p
+below 1e-6 as 1e-6).
+`finish_reason` is "stop" when the model ended the text (EOS) and "length" at `max_tokens`.
+
+Streaming sends `data: {chunk}` lines in the OpenAI chunk shape (text deltas with `finish_reason: null`, then
+one chunk per choice with its `finish_reason`, then a usage chunk when `stream_options.include_usage`), and
+ends with `data: [DONE]`. An error during the stream is sent as `data: {"error": {...}}` before `[DONE]`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from pc_core.decoding import DecodeParams, DecodingError
+from service import pipeline
+from service.deps import RateLimit, RuntimeDep
+from service.engine import GenerationSpec
+from service.errors import BadRequest, NotFound
+from service.pipeline import Result, Stream
+from service.routes.generate import ERRORS
+from service.schemas import (
+    MIN_TEMPERATURE,
+    MIN_TOP_P,
+    CompletionRequest,
+    CompletionResponse,
+    ModelList,
+    check_limits,
+    raise_problems,
+    resolve_constraint,
+)
+from service.settings import Settings
+from service.sse import SSE_HEADERS, sse
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+FINISH = {"eos": "stop", "length": "length"}
+
+
+def build_spec(body: CompletionRequest, settings: Settings) -> GenerationSpec:
+    if body.model is not None and body.model != settings.served_model:
+        raise NotFound(f"model {body.model!r} is not served here; see /v1/models", path="model",
+                       error_type="model_not_found")  # fmt: skip
+    raise_problems(body.problems())
+    check_limits(settings, prompt=body.prompt_text, max_tokens=body.max_tokens, min_tokens=body.min_tokens,
+                 n=body.n, best_of=body.best_of)  # fmt: skip
+    constraint = resolve_constraint(body.keywords, body.constraint, settings)
+    max_new = body.max_tokens if body.max_tokens is not None else min(16, settings.max_new_tokens)
+    sampling = body.temperature > 0
+    params = DecodeParams(
+        max_new_tokens=max_new,
+        min_new_tokens=min(body.min_tokens, max_new),
+        num_beams=1 if sampling else max(body.n, body.best_of or body.n),
+        num_return_sequences=body.n,
+        do_sample=sampling,
+        temperature=max(body.temperature, MIN_TEMPERATURE) if sampling else 1.0,
+        top_p=max(body.top_p, MIN_TOP_P),
+        seed=body.seed,
+        hmm_weight=body.hmm_weight,
+        length_penalty=body.length_penalty,
+        max_states=settings.max_states,
+    )
+    try:
+        params.validate()
+    except DecodingError as err:
+        raise BadRequest(str(err), error_type="invalid_parameters") from err
+    return GenerationSpec(body.prompt_text, constraint, params)
+
+
+def _usage(result: Result) -> dict:
+    u = result.usage
+    return {**u, "total_tokens": u["prompt_tokens"] + u["completion_tokens"]}
+
+
+@router.post(
+    "/completions",
+    response_model=CompletionResponse,
+    response_model_exclude_none=False,
+    responses={200: {"content": {"text/event-stream": {}}}, 404: {"description": "unknown model"}, **ERRORS},
+    summary="OpenAI-compatible text completion under a constraint",
+)
+async def completions(body: CompletionRequest, request: Request, runtime: RuntimeDep, _: RateLimit) -> object:
+    spec = build_spec(body, runtime.settings)
+    model = runtime.settings.served_model
+    completion_id = f"cmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    echo = body.prompt_text if body.echo else ""
+    if body.stream:
+        stream = await Stream.open(runtime, request, spec)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        chunks = _chunks(stream, completion_id, created, model, echo, body.n, include_usage)
+        return StreamingResponse(chunks, media_type="text/event-stream", headers=SSE_HEADERS)
+    result = await pipeline.generate(runtime, request, spec)
+    choices = [
+        {
+            "text": echo + out["text"],
+            "index": i,
+            "logprobs": None,
+            "finish_reason": FINISH[out["finish_reason"]],
+            "constraint_satisfied": out["constraint_satisfied"],
+        }
+        for i, out in enumerate(result.outputs)
+    ]
+    return {"id": completion_id, "object": "text_completion", "created": created, "model": model,
+            "choices": choices, "usage": _usage(result)}  # fmt: skip
+
+
+async def _chunks(
+    stream: Stream, completion_id: str, created: int, model: str, echo: str, n: int, include_usage: bool
+) -> AsyncIterator[str]:
+    def chunk(choices: list[dict], **extra: object) -> str:
+        return sse({"id": completion_id, "object": "text_completion", "created": created, "model": model,
+                    "choices": choices, **extra})  # fmt: skip
+
+    def choice(index: int, text: str, finish: str | None = None, **extra: object) -> dict:
+        return {"text": text, "index": index, "logprobs": None, "finish_reason": finish, **extra}
+
+    if echo:
+        for i in range(n):
+            yield chunk([choice(i, echo)])
+    async for kind, item in stream.events():
+        if kind == "token":
+            yield chunk([choice(item.index, item.text)])
+        elif kind == "result":
+            for i, out in enumerate(item.outputs):
+                yield chunk([choice(i, "", FINISH[out["finish_reason"]],
+                                    constraint_satisfied=out["constraint_satisfied"])])  # fmt: skip
+            if include_usage:
+                yield chunk([], usage=_usage(item))
+        else:
+            yield sse(item.body())
+    yield sse("[DONE]")
+
+
+@router.get("/models", response_model=ModelList, summary="The served model (OpenAI list shape)")
+async def models(runtime: RuntimeDep) -> dict:
+    hmm = runtime.hmm
+    card = {
+        "id": runtime.settings.served_model,
+        "object": "model",
+        "created": runtime.created,
+        "owned_by": "pcgen",
+        "max_model_len": runtime.max_positions,
+        "hmm": {
+            "source": runtime.settings.hmm,
+            "loaded": hmm is not None,
+            "hidden_size": hmm.hidden_size if hmm is not None else None,
+            "vocab_size": hmm.vocab_size if hmm is not None else None,
+            "fingerprint": runtime.fingerprints.get("hmm"),
+        },
+    }
+    return {"object": "list", "data": [card]}

@@ -1,0 +1,192 @@
+"""What a running server holds: settings, metrics, models, the engine, Redis, the cache and the limiter.
+
+`Runtime.start()` (from the app's lifespan) creates the Redis client and the cache/limiter at once, then loads
+the LM and the HMM and runs a warm-up generation in the background, so the health probes answer while the
+models load; `/health/ready` turns 200 only when all of that has passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from service.cache import MemoryBackend, RedisBackend, RedisHealth, ResponseCache, SingleFlight
+from service.engine import Engine
+from service.errors import Unavailable
+from service.metrics import Metrics
+from service.ratelimit import RateLimiter
+from service.settings import Settings
+
+log = logging.getLogger("pcgen.service")
+WARMUP_CONSTRAINT = {"keywords": ["the"]}
+
+
+class Runtime:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.created = int(time.time())
+        self.lm: Any = None
+        self.tokenizer: Any = None
+        self.hmm: Any = None
+        self.engine: Engine | None = None
+        self.fingerprints: dict[str, str] = {}
+        self.device = "unknown"
+        self.max_positions: int | None = None
+        self.warmup = "pending" if settings.warmup else "skipped"
+        self.error: str | None = None
+        self.redis: Any = None
+        self.health = RedisHealth(None, self.metrics)
+        self.cache = ResponseCache(None, self.metrics, settings.cache_ttl_s)
+        self.limiter = RateLimiter(None, self.metrics)
+        self.singleflight = SingleFlight()
+        self._loader: asyncio.Task | None = None
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def loaded(self) -> bool:
+        return self.engine is not None
+
+    @property
+    def ready(self) -> bool:
+        return self.loaded and self.warmup in ("ok", "skipped") and self.error is None
+
+    def require_engine(self) -> Engine:
+        if self.engine is None or not self.ready:
+            detail = f": {self.error}" if self.error else " (models loading)"
+            raise Unavailable(f"the server is not ready{detail}", headers={"Retry-After": "5"})
+        return self.engine
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, load: bool = True) -> None:
+        s = self.settings
+        if s.redis_url:
+            import redis.asyncio as aioredis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
+            self.redis = aioredis.Redis.from_url(
+                s.redis_url,
+                socket_timeout=1.0,
+                socket_connect_timeout=1.0,
+                retry=Retry(NoBackoff(), 1),  # one reconnect attempt: a restarted Redis is picked up at once
+                health_check_interval=0,
+            )
+            self.health = RedisHealth(self.redis, self.metrics)
+            await self.health.ping()
+            if self.health.state == "down":
+                log.warning("redis at the configured URL is not answering; failing open until it does")
+        if s.cache:
+            if self.redis is not None:
+                self.cache = ResponseCache(RedisBackend(self.redis), self.metrics, s.cache_ttl_s, self.health)
+            elif s.cache_size > 0:
+                self.cache = ResponseCache(MemoryBackend(s.cache_size), self.metrics, s.cache_ttl_s)
+        self.limiter = RateLimiter(
+            s.rate_limit,
+            self.metrics,
+            self.redis,
+            s.redis_url,
+            self.health if self.redis is not None else None,
+        )
+        if load:
+            self._loader = asyncio.create_task(self._load())
+
+    async def stop(self) -> None:
+        if self._loader is not None and not self._loader.done():
+            self._loader.cancel()
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.stop)
+        if self.redis is not None:
+            try:
+                await self.redis.aclose()
+            except Exception:  # noqa: BLE001 - shutting down
+                pass
+
+    async def _load(self) -> None:
+        s = self.settings
+        try:
+            started = time.perf_counter()
+            await asyncio.to_thread(self._load_models)
+            log.info("models loaded in %.1f s (device %s)", time.perf_counter() - started, self.device)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # noqa: BLE001 - reported by /health/ready, logged here
+            self.error = f"loading failed: {type(err).__name__}: {err}"
+            log.error("%s", self.error)
+            return
+        self.engine = Engine(
+            self.lm,
+            self.tokenizer,
+            self.hmm,
+            self.metrics,
+            max_batch_size=s.max_batch_size,
+            max_queue=s.max_queue,
+            batching=s.batching,
+            prepare_workers=s.prepare_workers,
+            max_positions=self.max_positions,
+        )
+        self.engine.start()
+        if s.warmup:
+            await self._warmup()
+
+    def _load_models(self) -> None:
+        from pc_core.constraints.vocab import tokenizer_fingerprint, vocab_tables
+        from pc_core.hmm import HMM
+        from pc_core.lm import lm_fingerprint, load_lm
+
+        s = self.settings
+        lm, tokenizer = load_lm(s.lm, device=s.device, dtype=s.dtype)
+        device = next(lm.parameters()).device
+        hmm = HMM.load(s.hmm, device=device)
+        if hmm.vocab_size != len(tokenizer):
+            raise ValueError(
+                f"the HMM has {hmm.vocab_size} tokens but the LM's tokenizer has {len(tokenizer)}"
+            )
+        vocab_tables(tokenizer)  # per-tokenizer tables for constraint compilation, built once up front
+        config = lm.config
+        self.max_positions = getattr(config, "n_positions", None) or getattr(
+            config, "max_position_embeddings", None
+        )
+        self.fingerprints = {
+            "lm": lm_fingerprint(lm),
+            "hmm": hmm.fingerprint,
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+        }
+        self.device = str(device)
+        self.lm, self.tokenizer, self.hmm = lm, tokenizer, hmm
+        self.metrics.model_info.info(
+            {
+                "lm": s.served_model,
+                "hmm": s.hmm,
+                "hmm_hidden_size": str(hmm.hidden_size),
+                "vocab_size": str(hmm.vocab_size),
+                "device": self.device,
+                "dtype": str(next(lm.parameters()).dtype).removeprefix("torch."),
+            }
+        )
+
+    async def _warmup(self) -> None:
+        from pc_core.constraints import parse_constraint
+        from pc_core.decoding import DecodeParams
+        from service.engine import GenerationSpec
+
+        assert self.engine is not None
+        n = min(8, self.settings.max_new_tokens)
+        spec = GenerationSpec("", parse_constraint(WARMUP_CONSTRAINT), DecodeParams(max_new_tokens=n))
+        started = time.perf_counter()
+        try:
+            job = await self.engine.submit(spec)
+            output = await asyncio.wait_for(job.future, self.settings.request_timeout_s)
+            if not all(seq.constraint_satisfied for seq in output.sequences):
+                raise RuntimeError("the warm-up output does not satisfy its constraint")
+        except Exception as err:  # noqa: BLE001 - reported by /health/ready
+            self.warmup = "failed"
+            self.error = f"warm-up failed: {type(err).__name__}: {err}"
+            log.error("%s", self.error)
+            return
+        self.warmup = "ok"
+        log.info("warm-up generation passed in %.2f s; ready", time.perf_counter() - started)

@@ -1,0 +1,382 @@
+"""Request and response bodies (pydantic), and the checks that depend on the server's settings.
+
+Schema errors are FastAPI 422s whose `detail` entries carry the field path in `loc`; constraint parse errors
+are reported the same way, with the constraint's own path appended, e.g.
+`["body", "constraint", "all", 2, "word_at"]`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pc_core.constraints import Constraint, parse_constraint
+from pc_core.constraints.spec import iter_keywords
+from pc_core.errors import ConstraintError
+from service.errors import constraint_path_to_loc
+from service.settings import Settings
+
+SEED_MAX = 2**63 - 1
+MIN_TEMPERATURE = 1e-3  # smaller ones overflow the scaled log-probabilities (use beam search for "greedy")
+MIN_TOP_P = 1e-6  # smaller ones round to 0 in float32 and keep no token
+DEFAULT_MAX_NEW_TOKENS = 32
+ConstraintSpec = dict[str, Any] | str
+
+
+def _valid_unicode(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError("contains invalid Unicode (a lone surrogate)") from err
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- /generate
+
+
+class GenerateRequest(BaseModel):
+    """Native request. Give the constraint either as `keywords` (all must appear, with inflections) or as
+    `constraint` (the full constraint language: keywords, keyword, all, any, not, ordered, forbidden, word_at,
+    word_count, tokens)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"prompt": "The", "keywords": ["dog", "frisbee"], "max_new_tokens": 12, "num_beams": 4},
+                {
+                    "prompt": "A",
+                    "constraint": {"all": ["snow", {"word_at": 1, "word": "cold"}]},
+                    "do_sample": True,
+                    "seed": 7,
+                    "stream": True,
+                },  # fmt: skip
+            ]
+        },
+    )
+
+    prompt: str = Field("", description="text to continue (the constraint applies to the continuation only)")
+    keywords: list[str] | None = Field(None, min_length=1, description="shorthand for {'keywords': [...]}")
+    constraint: ConstraintSpec | None = Field(None, description="a constraint in the constraint language")
+    max_new_tokens: int | None = Field(
+        None, ge=1, description=f"horizon (default {DEFAULT_MAX_NEW_TOKENS}, capped by the server)"
+    )
+    min_new_tokens: int = Field(0, ge=0)
+    num_beams: int = Field(1, ge=1, description="beam search width (do_sample=false)")
+    num_return_sequences: int = Field(1, ge=1, description="outputs: best beams, or independent samples")
+    do_sample: bool = Field(False, description="sample instead of beam search")
+    temperature: float = Field(
+        1.0, ge=MIN_TEMPERATURE, le=100, allow_inf_nan=False, description="sampling only"
+    )
+    top_p: float = Field(1.0, ge=MIN_TOP_P, le=1, allow_inf_nan=False, description="sampling only")
+    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="sampling seed (makes sampling cacheable)")
+    hmm_weight: float = Field(1.0, ge=0, le=100, allow_inf_nan=False, description="exponent w on the guide")
+    length_penalty: float = Field(1.0, ge=-10, le=10, allow_inf_nan=False, description="beam ranking")
+    stream: bool = Field(False, description="Server-Sent Events: `token` events, then one `result` event")
+
+    _check_prompt = field_validator("prompt")(_valid_unicode)
+
+    def problems(self) -> list[dict]:
+        """Rules across fields, as 422 `detail` entries with exact locations."""
+        errors = []
+        if self.max_new_tokens is not None and self.min_new_tokens > self.max_new_tokens:
+            errors.append(_err(("min_new_tokens",), "must be <= max_new_tokens", self.min_new_tokens))
+        if self.do_sample and self.num_beams != 1:
+            errors.append(_err(("num_beams",), "must be 1 when do_sample is true", self.num_beams))
+        if not self.do_sample and self.num_return_sequences > self.num_beams:
+            errors.append(
+                _err(
+                    ("num_return_sequences",),
+                    "must be <= num_beams for beam search",
+                    self.num_return_sequences,
+                )
+            )
+        return errors
+
+
+class Match(BaseModel):
+    keyword: str
+    start: int
+    end: int
+
+
+class Output(BaseModel):
+    text: str
+    token_ids: list[int]
+    constraint_satisfied: bool
+    finish_reason: Literal["eos", "length"]
+    logprob: float = Field(description="LM log-likelihood of the continuation")
+    matches: list[Match] = Field(
+        default_factory=list, description="character spans of the keywords found in `text` (not under `not`)"
+    )
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Timings(BaseModel):
+    queue_ms: float
+    dfa_ms: float
+    precompute_ms: float
+    decode_ms: float
+    total_ms: float
+
+
+class GenerateResponse(BaseModel):
+    id: str
+    model: str
+    outputs: list[Output]
+    usage: Usage
+    timings: Timings
+    cached: bool
+
+
+class TokenEvent(BaseModel):
+    """SSE `event: token`: text settled since the previous event for output `index`."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    path: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+# ---------------------------------------------------------------------------------------------- OpenAI
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class CompletionRequest(BaseModel):
+    """OpenAI `/v1/completions` body plus pcgen's `constraint` / `keywords` (required, one of them).
+
+    Mapping: `temperature` 0 -> beam search with `best_of` beams (default `n`), returning the `n` best;
+    `temperature` > 0 -> `n` independent samples (with `top_p`, `seed`; temperatures below 0.001 count as
+    0.001, top_p below 1e-6 as 1e-6). `max_tokens` -> max_new_tokens,
+    `min_tokens` -> min_new_tokens. Unknown fields are ignored; `stop`, `suffix`, `logprobs`, `logit_bias` and
+    non-zero penalties are not supported (422)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(None, description="must be the served model id when given")
+    prompt: str | list[str] = Field("", description="a string (or a list holding exactly one)")
+    max_tokens: int | None = Field(None, ge=1, description="default 16 (capped by the server)")
+    min_tokens: int = Field(0, ge=0, description="pcgen extension: min_new_tokens")
+    temperature: float = Field(1.0, ge=0, le=2, allow_inf_nan=False)
+    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
+    n: int = Field(1, ge=1)
+    best_of: int | None = Field(None, ge=1)
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0)
+    stop: str | list[str] | None = None
+    suffix: str | None = None
+    presence_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    # pcgen extensions
+    keywords: list[str] | None = Field(None, min_length=1)
+    constraint: ConstraintSpec | None = None
+    hmm_weight: float = Field(1.0, ge=0, le=100, allow_inf_nan=False)
+    length_penalty: float = Field(1.0, ge=-10, le=10, allow_inf_nan=False)
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list):
+            if len(value) != 1:
+                raise ValueError("only one prompt per request is supported")
+            _valid_unicode(value[0])
+        else:
+            _valid_unicode(value)
+        return value
+
+    def problems(self) -> list[dict]:
+        """Unsupported OpenAI options and rules across fields, as 422 `detail` entries."""
+        errors = []
+        unsupported = {
+            "stop": self.stop not in (None, "", []),
+            "suffix": self.suffix is not None,
+            "logprobs": bool(self.logprobs),
+            "logit_bias": bool(self.logit_bias),
+            "presence_penalty": self.presence_penalty != 0,
+            "frequency_penalty": self.frequency_penalty != 0,
+        }
+        for name, bad in unsupported.items():
+            if bad:
+                errors.append(
+                    _err((name,), "not supported by pcgen", getattr(self, name), kind="unsupported")
+                )
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            errors.append(_err(("min_tokens",), "must be <= max_tokens", self.min_tokens))
+        if self.best_of is not None:
+            if self.temperature > 0 and self.best_of != self.n:
+                errors.append(_err(("best_of",), "with temperature > 0, best_of must equal n (or be omitted)",
+                                   self.best_of))  # fmt: skip
+            if self.temperature == 0 and self.best_of < self.n:
+                errors.append(_err(("best_of",), "must be >= n", self.best_of))
+        return errors
+
+    @property
+    def prompt_text(self) -> str:
+        return self.prompt[0] if isinstance(self.prompt, list) else self.prompt
+
+
+class CompletionChoice(BaseModel):
+    text: str
+    index: int
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None
+    constraint_satisfied: bool | None = Field(None, description="pcgen extension")
+
+
+class CompletionUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: CompletionUsage | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "pcgen"
+    max_model_len: int | None = None
+    hmm: dict[str, Any]
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+def _err(loc: tuple, msg: str, value: Any = None, kind: str = "value_error") -> dict:
+    return {"type": kind, "loc": ("body", *loc), "msg": msg, "input": value}
+
+
+def raise_problems(errors: list[dict]) -> None:
+    if errors:
+        raise RequestValidationError(errors)
+
+
+def body_error(loc: tuple, msg: str, value: Any = None, kind: str = "value_error") -> RequestValidationError:
+    return RequestValidationError([_err(loc, msg, value, kind)])
+
+
+def _walk_strings(value: Any, loc: tuple, depth: int = 0) -> tuple | None:
+    """The location of the first string with invalid Unicode, if any (depth-bounded, iterative over lists)."""
+    if depth > 64:
+        return None
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return loc
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(key, str):
+            try:
+                key.encode("utf-8")
+            except UnicodeEncodeError:
+                return loc
+        found = _walk_strings(item, (*loc, key), depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def resolve_constraint(
+    keywords: list[str] | None, constraint: ConstraintSpec | None, settings: Settings
+) -> Constraint:
+    """Parse `keywords` / `constraint` with the constraint language's parser; errors carry the exact path."""
+    if keywords is not None and constraint is not None:
+        raise body_error(("constraint",), "give either keywords or constraint, not both", None, "conflict")
+    if keywords is None and constraint is None:
+        raise body_error(
+            ("constraint",), "a constraint is required: give `keywords` or `constraint`", None, "missing"
+        )
+    if keywords is not None:
+        spec: Any = {"keywords": keywords}
+        base: tuple = ("keywords",)
+        if len(keywords) > settings.max_keywords:
+            raise body_error(base, f"at most {settings.max_keywords} keywords", len(keywords), "too_long")
+    else:
+        spec, base = constraint, ("constraint",)
+    bad = _walk_strings(keywords if keywords is not None else spec, base)
+    if bad is not None:
+        raise body_error(bad, "contains invalid Unicode (a lone surrogate)", None, "string_unicode")
+    try:
+        parsed = parse_constraint(spec)
+    except ConstraintError as err:
+        loc = constraint_path_to_loc(err.path)[1:]  # drop the leading "constraint"
+        if keywords is not None:
+            loc = loc[1:] if loc and loc[0] == "keywords" else loc
+        raise body_error((*base, *loc), err.message, None, err.error_type) from err
+    except RecursionError as err:
+        raise body_error(base, "nested too deeply", None, "invalid_constraint") from err
+    words = iter_keywords(parsed)
+    if len(words) > settings.max_keywords:
+        raise body_error(
+            base, f"at most {settings.max_keywords} keywords (got {len(words)})", None, "too_long"
+        )
+    for word in words:
+        for text in (word.text, *word.variants):
+            if len(text) > settings.max_keyword_chars:
+                raise body_error(base, f"keyword longer than {settings.max_keyword_chars} characters: "
+                                 f"{text[:40]!r}...", None, "too_long")  # fmt: skip
+    return parsed
+
+
+def check_limits(settings: Settings, **fields: Any) -> None:
+    """Server limits on prompt length, horizon and beams, as 422s on the given body fields."""
+    errors = []
+    caps = {
+        "prompt": settings.max_prompt_chars,
+        "max_new_tokens": settings.max_new_tokens,
+        "max_tokens": settings.max_new_tokens,
+        "min_new_tokens": settings.max_new_tokens,
+        "min_tokens": settings.max_new_tokens,
+        "num_beams": settings.max_beams,
+        "num_return_sequences": settings.max_beams,
+        "n": settings.max_beams,
+        "best_of": settings.max_beams,
+    }
+    for name, value in fields.items():
+        if value is None:
+            continue
+        cap = caps[name]
+        if name == "prompt":
+            if len(value) > cap:
+                errors.append(_err((name,), f"at most {cap} characters", len(value), "string_too_long"))
+        elif value > cap:
+            errors.append(_err((name,), f"must be <= {cap} on this server", value, "less_than_equal"))
+    raise_problems(errors)

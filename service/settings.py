@@ -1,0 +1,157 @@
+"""Service configuration: every field is an environment variable `PCGEN_<NAME>` and a `pcgen serve` flag.
+
+Values are validated when the server starts; a bad value stops it with a message naming the variable and
+the flag (see `describe_error`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from pc_core.constraints.compiler import DEFAULT_MAX_STATES
+from pc_core.guide import DEFAULT_MAX_HORIZON
+
+DEVICES = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+API_KEY = re.compile(r"^[\x21-\x7e]{8,256}$")  # printable ASCII without spaces
+
+
+class Settings(BaseSettings):
+    """`pcgen serve` settings (env prefix `PCGEN_`)."""
+
+    model_config = SettingsConfigDict(env_prefix="PCGEN_", extra="ignore", validate_default=True)
+
+    # models
+    lm: str = Field("gpt2-large", description="causal LM: a local path or a Hugging Face hub id")
+    hmm: str = Field("", description="HMM checkpoint: directory, GeLaTo file or hub id (required)")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+    dtype: str = Field("auto", description="LM dtype: auto (bf16/fp16 on GPU, fp32 on CPU), float32, ...")
+    model_name: str | None = Field(None, description="model id reported by the API (default: the LM)")
+
+    # server
+    host: str = Field("127.0.0.1", description="interface to bind")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port)")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info")
+    playground: bool = Field(True, description="reserved for the web playground (a later release)")
+    warmup: bool = Field(True, description="run a warm-up generation before reporting ready")
+
+    # redis, cache, rate limits
+    redis_url: str | None = Field(None, description="redis://host:port/db; unset: in-process cache+limits")
+    cache: bool = Field(True, description="cache responses of deterministic requests")
+    cache_ttl_s: int = Field(3600, ge=1, description="response cache TTL in seconds")
+    cache_size: int = Field(1024, ge=0, description="in-process cache entries (0 disables that cache)")
+    rate_limit: str | None = Field(None, description='per API key (or client IP), e.g. "60/minute"')
+
+    # security
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated Bearer keys; empty: no authentication"
+    )
+    metrics_public: bool = Field(False, description="serve /metrics without an API key")
+    docs_public: bool = Field(False, description="serve /docs and /openapi.json without an API key")
+
+    # scheduling
+    max_batch_size: int = Field(8, ge=1, le=512, description="requests decoded together in one step")
+    max_queue: int = Field(64, ge=1, description="requests waiting for a batch slot before 429")
+    batching: bool = Field(True, description="continuous batching (off: one request at a time)")
+    prepare_workers: int = Field(2, ge=1, le=64, description="threads compiling constraints")
+    request_timeout_s: float = Field(120.0, gt=0, description="per-request deadline (504 after it)")
+
+    # request limits
+    max_new_tokens: int = Field(64, ge=1, le=DEFAULT_MAX_HORIZON, description="cap on max_new_tokens")
+    max_prompt_chars: int = Field(8000, ge=1, description="cap on prompt length in characters")
+    max_keywords: int = Field(16, ge=1, description="cap on keywords in a constraint")
+    max_keyword_chars: int = Field(100, ge=1, description="cap on one keyword's length")
+    max_beams: int = Field(16, ge=1, description="cap on num_beams and num_return_sequences")
+    max_body_bytes: int = Field(1_048_576, ge=256, description="request bodies above this get 413")
+    max_states: int = Field(DEFAULT_MAX_STATES, ge=2, description="cap on a constraint's DFA states")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not DEVICES.match(value):
+            raise ValueError(f"unknown device {value!r}; use auto, cpu, cuda, cuda:N or mps")
+        return value
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, value: str) -> str:
+        if value not in DTYPES:
+            raise ValueError(f"unknown dtype {value!r}; use one of {', '.join(DTYPES)}")
+        return value
+
+    @field_validator("redis_url", "rate_limit", "model_name", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(REDIS_SCHEMES):
+            raise ValueError(
+                f"must start with one of {', '.join(REDIS_SCHEMES)} (got {value.split(':')[0]}:...)"
+            )
+        return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from limits import parse_many
+
+        try:
+            parse_many(value)
+        except ValueError as err:
+            raise ValueError(
+                f'{value!r} is not a rate limit such as "60/minute" or "10/second;500/hour"'
+            ) from err
+        return value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _api_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [k.strip() for k in value.split(",") if k.strip()]
+        if isinstance(value, (list, tuple)):
+            for i, key in enumerate(value):
+                if not isinstance(key, str) or not API_KEY.match(key):
+                    raise ValueError(
+                        f"key #{i + 1} must be 8-256 printable ASCII characters without spaces or commas"
+                    )
+        return value
+
+    @field_validator("hmm", "lm")
+    @classmethod
+    def _required(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("required (a local path or a Hugging Face hub id)")
+        return value.strip()
+
+    @property
+    def served_model(self) -> str:
+        return self.model_name or self.lm
+
+
+def env_name(field: str) -> str:
+    return f"PCGEN_{field.upper()}"
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def describe_error(err: ValidationError) -> str:
+    """One line per problem, naming the environment variable and the flag."""
+    lines = ["invalid pcgen serve settings:"]
+    for e in err.errors():
+        field = str(e["loc"][0]) if e["loc"] else ""
+        where = f"{env_name(field)} / {flag_name(field)}" if field else "settings"
+        message = e["msg"].removeprefix("Value error, ")
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)
