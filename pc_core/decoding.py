@@ -21,13 +21,14 @@ from typing import Any
 import torch
 
 from pc_core.constraints import check_ids, compile_constraint, decode_continuation, parse_constraint
-from pc_core.constraints.compiler import DEFAULT_MAX_STATES
+from pc_core.constraints.compiler import DEFAULT_MAX_STATES, DEFAULT_TIME_BUDGET_S
 from pc_core.errors import PcgenError, UnsatisfiableConstraint
 from pc_core.guide import ConstraintGuide, GuideState, batched_next_log_probs
 from pc_core.hmm import HMM
 from pc_core.lm import KVBatch
 
 NEG_INF = float("-inf")
+MIN_TEMPERATURE = 1e-3  # below this, logits / temperature overflows float32 on ordinary LM logits
 
 
 class DecodingError(PcgenError, ValueError):
@@ -48,6 +49,7 @@ class DecodeParams:
     length_penalty: float = 1.0  # final choice: LM log-likelihood / length ** length_penalty
     hmm_context_tokens: int = 0  # prompt tokens fed to the HMM's forward vector
     max_states: int = DEFAULT_MAX_STATES
+    time_budget_s: float = DEFAULT_TIME_BUDGET_S  # for compiling the constraint
 
     def validate(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -62,8 +64,10 @@ class DecodeParams:
             need(self.num_beams == 1, "sampling uses num_beams = 1 (num_return_sequences samples instead)")
         else:
             need(self.num_return_sequences <= self.num_beams, "num_return_sequences must be <= num_beams")
-        need(self.temperature > 0 and math.isfinite(self.temperature), "temperature must be > 0")
+        need(MIN_TEMPERATURE <= self.temperature and math.isfinite(self.temperature),
+             f"temperature must be >= {MIN_TEMPERATURE} (use beam search for deterministic output)")  # fmt: skip
         need(0 < self.top_p <= 1, "top_p must be in (0, 1]")
+        need(self.time_budget_s > 0, "time_budget_s must be > 0")
         need(self.hmm_weight >= 0 and math.isfinite(self.hmm_weight), "hmm_weight must be >= 0")
         need(self.hmm_context_tokens >= 0, "hmm_context_tokens must be >= 0")
 
@@ -129,7 +133,9 @@ class Request:
         self.lm_input = prompt_ids or [bos]  # the LM needs at least one token to condition on
         started = time.perf_counter()
         self.constraint = parse_constraint(constraint)
-        self.dfa = compile_constraint(self.constraint, tokenizer, max_states=params.max_states)
+        self.dfa = compile_constraint(
+            self.constraint, tokenizer, max_states=params.max_states, time_budget_s=params.time_budget_s
+        )
         dfa_done = time.perf_counter()
         self.guide = ConstraintGuide(
             hmm, self.dfa, horizon=params.max_new_tokens, min_new_tokens=params.min_new_tokens
@@ -165,6 +171,7 @@ class Request:
             )
         self.streamed: list[list[int]] = [[] for _ in range(params.num_return_sequences)]
         self.done = False
+        self.error: Exception | None = None  # set when this request failed inside a batched step
         self.step_count = 0
         self.decode_started = time.perf_counter()
         self.output: GenerationOutput | None = None
@@ -247,6 +254,7 @@ class Request:
         if p.top_p < 1.0:
             sorted_p, order = probs.sort(dim=-1, descending=True)
             outside = sorted_p.cumsum(-1) - sorted_p >= p.top_p  # keep the smallest set reaching top_p
+            outside[:, 0] = False  # the most likely token always stays (top_p may round to 0 in float32)
             sorted_p[outside] = 0.0
             probs = torch.zeros_like(probs).scatter_(1, order, sorted_p)
         tokens = torch.multinomial(probs, 1, generator=self.generator).reshape(-1)  # (rows,)
@@ -363,7 +371,8 @@ class BatchDecoder:
         self.pending.append(logits.expand(request.rows, -1))
 
     def step(self) -> list[Request]:
-        """One token for every active request; returns the requests that finished in this step."""
+        """One token for every active request; returns the requests that finished in this step (those that
+        failed have `error` set and no output; the others in the batch carry on)."""
         if not self.requests:
             return []
         qs = batched_next_log_probs([(r.guide, r.guide_state) for r in self.requests])
@@ -371,7 +380,10 @@ class BatchDecoder:
         offset = 0
         for request, logits, q in zip(self.requests, self.pending, qs):
             rows_before = logits.shape[0]
-            parents, next_tokens = request.choose(logits, q)
+            try:
+                parents, next_tokens = request.choose(logits, q)
+            except Exception as err:  # noqa: BLE001 - one bad request must not take its batch down
+                request.error, request.done = err, True
             if request.done:
                 finished.append(request)
             else:

@@ -18,7 +18,8 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 
-from service.auth import KeyChecker, public_paths
+from service import playground
+from service.auth import KeyChecker, playground_paths, public_paths
 from service.errors import ClientGone, install_handlers
 from service.metrics import Metrics
 from service.middleware import CLIENT_CLOSED, ServiceMiddleware
@@ -62,19 +63,22 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
     app.include_router(generate.router)
     app.include_router(openai.router)
     app.include_router(health.router)
+    if settings.playground:
+        playground.install(app)
     keys = KeyChecker(settings.api_keys)
     known = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+    if settings.playground:
+        known |= playground_paths()
+    public = public_paths(settings.metrics_public, settings.docs_public, settings.playground)
     app.add_middleware(
         ServiceMiddleware,
         metrics=metrics,
         keys=keys,
-        public=public_paths(settings.metrics_public, settings.docs_public),
+        public=public,
         max_body_bytes=settings.max_body_bytes,
         known_paths=known,
     )
-    _customize_openapi(
-        app, settings, public_paths(settings.metrics_public, settings.docs_public), keys.enabled
-    )
+    _customize_openapi(app, settings, public, keys.enabled)
     return app
 
 

@@ -50,8 +50,17 @@ def unauthorized_body(message: str) -> dict:
     return error_body("unauthorized", message)
 
 
-def public_paths(metrics_public: bool, docs_public: bool) -> frozenset[str]:
+def playground_paths() -> frozenset[str]:
+    """The playground page and its assets: public, they hold no data (the page sends the key it is given)."""
+    from service.playground import STATIC_DIR
+
+    return frozenset({"/", *(f"/static/{p.name}" for p in STATIC_DIR.iterdir() if p.is_file())})
+
+
+def public_paths(metrics_public: bool, docs_public: bool, playground: bool = False) -> frozenset[str]:
     paths = set(OPEN_PATHS)
+    if playground:
+        paths |= playground_paths()
     if metrics_public:
         paths |= METRICS_PATHS
     if docs_public:

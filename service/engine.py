@@ -343,7 +343,11 @@ class Engine:
             finished_ids = {id(r) for r in finished}
             still = []
             for job in self._active:
-                if id(job.request) in finished_ids:
+                if id(job.request) in finished_ids and job.request.error is not None:
+                    log.error("request %s failed in a decoding step: %r", job.id, job.request.error)
+                    job.state = "done"
+                    job.fail(ServiceError("decoding failed", error_type="internal_error"))
+                elif id(job.request) in finished_ids:
                     job.state = "done"
                     self._observe_finished(job, done)
                     job.resolve(job.request.output)

@@ -25,14 +25,15 @@ class Result:
     usage: dict[str, int]  # prompt_tokens, completion_tokens
     timings: dict[str, float]  # queue_ms, dfa_ms, precompute_ms, decode_ms (total_ms added per response)
     cached: bool = False
+    dfa_states: int | None = None  # size of the constraint's automaton
 
     def to_cache(self) -> dict[str, Any]:
-        return {"outputs": self.outputs, "usage": self.usage}
+        return {"outputs": self.outputs, "usage": self.usage, "dfa_states": self.dfa_states}
 
     @classmethod
     def from_cache(cls, payload: dict[str, Any]) -> Result:
         zero = {"queue_ms": 0.0, "dfa_ms": 0.0, "precompute_ms": 0.0, "decode_ms": 0.0}
-        return cls(payload["outputs"], payload["usage"], zero, cached=True)
+        return cls(payload["outputs"], payload["usage"], zero, cached=True, dfa_states=payload.get("dfa_states"))
 
     @classmethod
     def from_job(cls, job: Job) -> Result:
@@ -53,7 +54,7 @@ class Result:
             "completion_tokens": sum(len(s.token_ids) for s in out.sequences),
         }
         timings = {k: round(v, 3) for k, v in job.timings().items()}
-        return cls(outputs, usage, timings)
+        return cls(outputs, usage, timings, dfa_states=out.dfa_states)
 
     def with_total(self, started: float) -> Result:
         timings = {"queue_ms": 0.0, "dfa_ms": 0.0, "precompute_ms": 0.0, "decode_ms": 0.0, **self.timings}
@@ -63,10 +64,8 @@ class Result:
 
 def _matches(constraint: Any, text: str) -> list[dict[str, Any]]:
     """Character spans of the keywords found in the text (what the playground highlights)."""
-    try:
-        from pc_core.constraints.checker import keyword_matches
-    except ImportError:  # older pc_core
-        return []
+    from pc_core.constraints.checker import keyword_matches
+
     try:
         return keyword_matches(constraint, text)
     except Exception:  # noqa: BLE001 - a presentation aid must never fail a generation

@@ -132,6 +132,7 @@ class GenerateResponse(BaseModel):
     outputs: list[Output]
     usage: Usage
     timings: Timings
+    dfa_states: int | None = Field(None, description="states of the constraint's token automaton")
     cached: bool
 
 

@@ -37,7 +37,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="interface to bind")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port)")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info")
-    playground: bool = Field(True, description="reserved for the web playground (a later release)")
+    playground: bool = Field(
+        True, description="serve the web playground at / (false for locked-down deployments)"
+    )
     warmup: bool = Field(True, description="run a warm-up generation before reporting ready")
 
     # redis, cache, rate limits
@@ -69,6 +71,7 @@ class Settings(BaseSettings):
     max_beams: int = Field(16, ge=1, description="cap on num_beams and num_return_sequences")
     max_body_bytes: int = Field(1_048_576, ge=256, description="request bodies above this get 413")
     max_states: int = Field(DEFAULT_MAX_STATES, ge=2, description="cap on a constraint's DFA states")
+    compile_time_budget_s: float = Field(10.0, gt=0, le=600, description="cap on compiling one constraint")
 
     @field_validator("device")
     @classmethod

@@ -74,6 +74,7 @@ def build_spec(body: GenerateRequest, settings: Settings) -> GenerationSpec:
         hmm_weight=body.hmm_weight,
         length_penalty=body.length_penalty,
         max_states=settings.max_states,
+        time_budget_s=settings.compile_time_budget_s,
     )
     try:
         params.validate()
@@ -89,6 +90,7 @@ def response_body(result: Result, request_id: str, model: str) -> dict:
         "outputs": result.outputs,
         "usage": result.usage,
         "timings": result.timings,
+        "dfa_states": result.dfa_states,
         "cached": result.cached,
     }
 

@@ -66,6 +66,7 @@ def build_spec(body: CompletionRequest, settings: Settings) -> GenerationSpec:
         hmm_weight=body.hmm_weight,
         length_penalty=body.length_penalty,
         max_states=settings.max_states,
+        time_budget_s=settings.compile_time_budget_s,
     )
     try:
         params.validate()

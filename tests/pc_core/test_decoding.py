@@ -202,3 +202,33 @@ def test_guided_distribution_is_normalised_product(tmp_path):
         want /= want.sum()
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
         assert ((got == 0) == (q_brute == 0)).all()
+
+
+def test_a_failing_request_does_not_take_its_batch_down(tiny_lm, tokenizer, tiny_hmm):
+    decoder = BatchDecoder(tiny_lm)
+    good = Request(
+        tokenizer, tiny_hmm, {"keywords": ["dog"]}, "The", DecodeParams(max_new_tokens=8, num_beams=2)
+    )
+    bad = Request(
+        tokenizer, tiny_hmm, {"keywords": ["cat"]}, "A", DecodeParams(max_new_tokens=8, num_beams=2)
+    )
+    decoder.add(good)
+    decoder.add(bad)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    bad.choose = broken
+    finished = decoder.step()
+    assert finished == [bad] and isinstance(bad.error, RuntimeError) and bad.output is None
+    while not good.done:
+        decoder.step()
+    assert good.error is None and good.output.sequences[0].constraint_satisfied
+
+
+def test_extreme_sampling_parameters(tiny_lm, tokenizer, tiny_hmm):
+    with pytest.raises(DecodingError, match="temperature"):
+        generate(tiny_lm, tokenizer, tiny_hmm, {"keywords": ["dog"]}, do_sample=True, temperature=5e-324)
+    out = generate(tiny_lm, tokenizer, tiny_hmm, {"keywords": ["dog"]}, max_new_tokens=6, do_sample=True,
+                   top_p=1e-12, temperature=1e-3, seed=0)  # fmt: skip
+    assert out.sequences[0].constraint_satisfied  # top_p below float32 resolution keeps the best token

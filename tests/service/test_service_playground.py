@@ -1,0 +1,109 @@
+"""The playground page at `/`, driven in headless Chromium against a real server with tiny models."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+# the machine's network is closed: without these Chromium keeps trying to reach Google's hosts
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (CI installs it: apt-get install chromium chromium-driver)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield browser
+        browser.close()
+
+
+def test_page_and_assets_are_served_offline(server):
+    page = httpx.get(f"{server.url}/", timeout=10)
+    assert page.status_code == 200 and "pcgen playground" in page.text
+    for asset in ("static/app.js", "static/style.css"):
+        assert asset in page.text
+        assert httpx.get(f"{server.url}/{asset}", timeout=10).status_code == 200
+    assert "http://" not in page.text and "https://" not in page.text  # no CDN
+
+
+def test_playground_can_be_disabled(start_server):
+    locked = start_server("no-playground", PCGEN_PLAYGROUND="false")
+    assert httpx.get(f"{locked.url}/", timeout=10).status_code == 404
+    assert httpx.get(f"{locked.url}/static/app.js", timeout=10).status_code == 404
+
+
+def test_page_is_public_when_keys_are_required(start_server):
+    secured = start_server("playground-auth", PCGEN_API_KEYS="secret-key")
+    assert httpx.get(f"{secured.url}/", timeout=10).status_code == 200
+    assert httpx.post(f"{secured.url}/generate", json={"keywords": ["dog"]}, timeout=10).status_code == 401
+
+
+def test_generate_highlights_keywords_and_shows_errors(server, browser):
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.goto(f"{server.url}/")
+    # replace the preset with our own keywords, typed like a user would
+    while page.locator(".chip button").count():
+        page.locator(".chip button").first.click()
+    for word in ("dog", "park"):
+        page.get_by_label("Keywords").fill(word)
+        page.get_by_label("Keywords").press("Enter")
+    assert page.locator(".chip").count() == 2
+    page.get_by_label("Max new tokens").fill("10")
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_selector("[data-testid=badge]", timeout=60_000)
+    badge = page.locator("[data-testid=badge]").first
+    assert badge.inner_text() == "satisfied"
+    marks = {m.get_attribute("data-keyword") for m in page.locator("[data-testid=output-text] mark").all()}
+    assert marks == {"dog", "park"}
+    text = page.locator("[data-testid=output-text]").first.inner_text().lower()
+    assert "dog" in text and "park" in text
+    assert page.locator("#stream").inner_text().strip()  # tokens were streamed before the result
+    assert (
+        "decode" in page.locator("#timings").inner_text()
+        and "states" in page.locator("#timings").inner_text()
+    )
+    DOCS.mkdir(exist_ok=True)
+    page.screenshot(path=str(DOCS / "playground.png"), full_page=True)
+
+    # an invalid constraint: the server's 422 is shown inline, with the field path
+    page.locator("#advanced summary").click()
+    page.get_by_label("Constraint (JSON)").fill('{"all": [{"word_at": 0, "word": "pan"}]}')
+    page.get_by_role("button", name="Generate").click()
+    error = page.locator("#constraint-error")
+    error.wait_for(state="visible", timeout=30_000)
+    assert "word_at" in error.inner_text() and ">= 1" in error.inner_text()
+    # malformed JSON is caught before sending
+    page.get_by_label("Constraint (JSON)").fill("{not json")
+    page.get_by_role("button", name="Generate").click()
+    assert "not valid JSON" in page.locator("#constraint-error").inner_text()
+    page.close()
+
+
+def test_narrow_screen_and_keyboard(server, browser):
+    page = browser.new_page(viewport={"width": 380, "height": 800})
+    page.goto(f"{server.url}/")
+    # one column on a phone: the output section sits below the form, nothing overflows sideways
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 380
+    form_box, out_box = page.locator("#form").bounding_box(), page.locator("#output").bounding_box()
+    assert out_box["y"] > form_box["y"] + form_box["height"] - 1
+    # keyboard only: presets, keyword entry and Generate are reachable with Tab
+    page.get_by_label("Keywords").focus()
+    page.keyboard.type("lake")
+    page.keyboard.press("Enter")
+    assert page.locator(".chip[data-keyword=lake]").count() == 1
+    labelled = page.evaluate(
+        "[...document.querySelectorAll('input, textarea, select')].every(e => e.labels.length || e.getAttribute('aria-label'))"
+    )
+    assert labelled
+    page.close()
