@@ -142,13 +142,18 @@ def serve_and_ask(
     port = port or _free_port()
     env = {**os.environ, "PCGEN_LM": str(lm_dir), "PCGEN_HMM": str(hmm_dir), "PCGEN_DEVICE": "cpu",
            "PCGEN_HOST": "127.0.0.1", "PCGEN_PORT": str(port)}  # fmt: skip
-    server = subprocess.Popen([sys.executable, "-m", "pc_core.cli", "serve"], env=env)
+    log_path = lm_dir.parent / "server.log"
+    log_file = open(log_path, "w")  # noqa: SIM115 - closed with the server
+    server = subprocess.Popen([sys.executable, "-m", "pc_core.cli", "serve"], env=env, stdout=log_file,
+                              stderr=subprocess.STDOUT)  # fmt: skip
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    log.info("starting pcgen serve on port %d (log: %s)", port, log_path)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 300
         while time.time() < deadline:
             if server.poll() is not None:
-                raise SystemExit(f"the server exited with code {server.returncode}")
+                raise SystemExit(f"the server exited with code {server.returncode}; see {log_path}")
             try:
                 if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
                     break
@@ -182,6 +187,7 @@ def serve_and_ask(
         if server.poll() is None:
             server.terminate()
             server.wait(timeout=30)
+        log_file.close()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
