@@ -48,15 +48,20 @@ def main() -> None:
     parser.add_argument("--n-embd", type=int, default=256)
     parser.add_argument("--n-head", type=int, default=4)
     parser.add_argument("--max-len", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is faster on a busy box)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if not (args.data / "commongen.train.tgt.txt").exists():
         print(f"CommonGen data not found under {args.data}; nothing to do")
         return
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     lines = training_lines(args.data)
     cfg = TinyLMConfig(vocab_size=args.vocab_size, n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
                        max_len=args.max_len, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)  # fmt: skip
