@@ -104,3 +104,14 @@ def redis_server(logs):
     redis = RedisServer(logs).start()
     yield redis
     redis.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_models(tmp_path_factory):
+    """The offline demo's models (quick size): a tiny GPT-2 trained on the demo corpus and an HMM distilled
+    from it by `pcgen distill run`. About a minute on 2 cores; shared by the demo and playground tests."""
+    from pc_core.demo import build
+
+    cache = tmp_path_factory.mktemp("demo")
+    lm_dir, hmm_dir = build(cache, quick=True)
+    return {"cache": cache, "lm": lm_dir, "hmm": hmm_dir}

@@ -48,25 +48,34 @@ def test_page_is_public_when_keys_are_required(start_server):
     assert httpx.post(f"{secured.url}/generate", json={"keywords": ["dog"]}, timeout=10).status_code == 401
 
 
-def test_generate_highlights_keywords_and_shows_errors(server, browser):
+@pytest.fixture(scope="module")
+def demo_server(start_server, demo_models):
+    """The demo's trained tiny LM and distilled HMM: readable text for the screenshot."""
+    return start_server("playground-demo", PCGEN_LM=str(demo_models["lm"]), PCGEN_HMM=str(demo_models["hmm"]))
+
+
+def test_generate_highlights_keywords_and_shows_errors(demo_server, browser):
+    server = demo_server
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     page.goto(f"{server.url}/")
     # replace the preset with our own keywords, typed like a user would
     while page.locator(".chip button").count():
         page.locator(".chip button").first.click()
-    for word in ("dog", "park"):
+    for word in ("girl", "kite"):
         page.get_by_label("Keywords").fill(word)
         page.get_by_label("Keywords").press("Enter")
     assert page.locator(".chip").count() == 2
-    page.get_by_label("Max new tokens").fill("10")
+    page.get_by_label("Max new tokens").fill("12")
+    page.get_by_label("Outputs").fill("2")
     page.get_by_role("button", name="Generate").click()
     page.wait_for_selector("[data-testid=badge]", timeout=60_000)
     badge = page.locator("[data-testid=badge]").first
     assert badge.inner_text() == "satisfied"
     marks = {m.get_attribute("data-keyword") for m in page.locator("[data-testid=output-text] mark").all()}
-    assert marks == {"dog", "park"}
+    assert marks == {"girl", "kite"}
+    assert page.locator("[data-testid=badge]").count() == 2
     text = page.locator("[data-testid=output-text]").first.inner_text().lower()
-    assert "dog" in text and "park" in text
+    assert "girl" in text and "kite" in text
     assert page.locator("#stream").inner_text().strip()  # tokens were streamed before the result
     assert (
         "decode" in page.locator("#timings").inner_text()
