@@ -83,8 +83,18 @@ def main() -> None:
 
                 t_pre = timed(precompute, 1, device)
                 guide = precompute()
-                pre_rows.append([h, k, s, backend, round(t_pre * 1000, 1), round(floor_pre * 1000, 1),
-                                 round(t_pre / floor_pre, 2), round(guide.tables.nbytes / 2**20, 1)])
+                pre_rows.append(
+                    [
+                        h,
+                        k,
+                        s,
+                        backend,
+                        round(t_pre * 1000, 1),
+                        round(floor_pre * 1000, 1),
+                        round(t_pre / floor_pre, 2),
+                        round(guide.tables.nbytes / 2**20, 1),
+                    ]
+                )
                 print("precompute", pre_rows[-1], flush=True)
                 prefix = tokenizer.encode(f" The {words[0]}", add_special_tokens=False)
                 for b in args.beams:
@@ -95,12 +105,26 @@ def main() -> None:
                     # the floor is the faster of the two layouts of the same fp32 product
                     emission_t = hmm.emission_t()
                     emission = emission_t.T.contiguous()
-                    floor = min(timed(lambda: rows @ emission, args.reps, device),
-                                timed(lambda: emission_t @ rows.T, args.reps, device))
+                    floor = min(
+                        timed(lambda: rows @ emission, args.reps, device),
+                        timed(lambda: emission_t @ rows.T, args.reps, device),
+                    )
                     step = timed(lambda: guide.next_log_probs(state), args.reps, device)
                     adv = timed(lambda: guide.advance(state, [prefix[0]] * b), args.reps, device)
-                    step_rows.append([h, k, s, b, backend, round(step * 1000, 2), round(floor * 1000, 2),
-                                      round(step / floor, 2), round(adv * 1000, 2), round(peak_memory_mb(device))])
+                    step_rows.append(
+                        [
+                            h,
+                            k,
+                            s,
+                            b,
+                            backend,
+                            round(step * 1000, 2),
+                            round(floor * 1000, 2),
+                            round(step / floor, 2),
+                            round(adv * 1000, 2),
+                            round(peak_memory_mb(device)),
+                        ]
+                    )
                     print("step", step_rows[-1], flush=True)
             os.environ.pop("PCGEN_KERNELS", None)
             _TABLES.clear()
@@ -110,10 +134,26 @@ def main() -> None:
         "of CommonGen concepts with inflections. Floors are measured in the same run: n dense fp32 (S, H) x (H, H) "
         "matmuls for the precompute, one dense fp32 (B, H) x (H, V) matmul for a step. Goals: step <= 1.5x, "
         "precompute <= 2x.\n\n### Precompute\n\n"
-        + table(["H", "keywords", "DFA states", "kernels", "precompute ms", "floor ms", "ratio", "tables MiB"], pre_rows)
+        + table(
+            ["H", "keywords", "DFA states", "kernels", "precompute ms", "floor ms", "ratio", "tables MiB"],
+            pre_rows,
+        )
         + "\n\n### Step (`next_log_probs` for B beams; `advance` listed separately)\n\n"
-        + table(["H", "keywords", "DFA states", "B", "kernels", "step ms", "floor ms", "ratio", "advance ms",
-                 "peak MiB"], step_rows)
+        + table(
+            [
+                "H",
+                "keywords",
+                "DFA states",
+                "B",
+                "kernels",
+                "step ms",
+                "floor ms",
+                "ratio",
+                "advance ms",
+                "peak MiB",
+            ],
+            step_rows,
+        )
     )
     print(body)
     write_section("benchmarks.md", "guide", body)

@@ -52,7 +52,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is faster on a busy box)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (1 is faster on a busy box)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if not (args.data / "commongen.train.tgt.txt").exists():

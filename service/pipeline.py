@@ -33,7 +33,9 @@ class Result:
     @classmethod
     def from_cache(cls, payload: dict[str, Any]) -> Result:
         zero = {"queue_ms": 0.0, "dfa_ms": 0.0, "precompute_ms": 0.0, "decode_ms": 0.0}
-        return cls(payload["outputs"], payload["usage"], zero, cached=True, dfa_states=payload.get("dfa_states"))
+        return cls(
+            payload["outputs"], payload["usage"], zero, cached=True, dfa_states=payload.get("dfa_states")
+        )
 
     @classmethod
     def from_job(cls, job: Job) -> Result:
