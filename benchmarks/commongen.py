@@ -44,6 +44,11 @@ def load_dev(data: Path, limit: int | None = None) -> list[dict]:
 # ---------------------------------------------------------------------------------------------- systems
 
 
+def prompt_ids(tokenizer, concepts: list[str]) -> list[int]:
+    """EOS + "c1 c2 c3 =": the proxy LM saw every training line after an EOS."""
+    return [tokenizer.eos_token_id] + tokenizer.encode(prompt_for(concepts), add_special_tokens=False)
+
+
 class MaskOnly:
     """LogitsProcessor: EOS is masked until the DFA accepts (no lookahead)."""
 
@@ -63,7 +68,7 @@ def run_hf(lm, tokenizer, concepts: list[str], beams: int, max_new: int, mask_on
 
     from pc_core import compile_constraint
 
-    ids = torch.tensor([tokenizer.encode(prompt_for(concepts))])
+    ids = torch.tensor([prompt_ids(tokenizer, concepts)])
     processors = LogitsProcessorList()
     if mask_only:
         dfa = compile_constraint({"keywords": concepts}, tokenizer)
@@ -81,7 +86,7 @@ def run_hf(lm, tokenizer, concepts: list[str], beams: int, max_new: int, mask_on
 def run_pcgen(lm, tokenizer, hmm, concepts: list[str], beams: int, max_new: int, weight: float) -> str:
     from pc_core import generate
 
-    out = generate(lm, tokenizer, hmm, {"keywords": concepts}, prompt=prompt_for(concepts),
+    out = generate(lm, tokenizer, hmm, {"keywords": concepts}, prompt=prompt_ids(tokenizer, concepts),
                    max_new_tokens=max_new, num_beams=beams, hmm_weight=weight)  # fmt: skip
     return out.sequences[0].text
 
