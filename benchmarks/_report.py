@@ -18,7 +18,8 @@ def machine() -> str:
     if torch.cuda.is_available():
         device = f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
     else:
-        device = f"CPU only, {os.cpu_count()} cores ({platform.processor() or platform.machine()})"
+        device = (f"CPU only, {os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
+                  f"{torch.get_num_threads()} torch thread(s)")  # fmt: skip
     return f"{device}; torch {torch.__version__}; Python {platform.python_version()}"
 
 
@@ -46,3 +47,10 @@ def write_section(filename: str, name: str, body: str) -> Path:
     )
     path.write_text(text)
     return path
+
+
+def command() -> str:
+    """The command line that produced a table, for the docs."""
+    import sys
+
+    return " ".join(["python", *sys.argv])

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks._report import machine, table, write_section  # noqa: E402
+from benchmarks._report import command, machine, table, write_section  # noqa: E402
 from benchmarks.constraints import keyword_sets, load_tokenizer  # noqa: E402
 from pc_core.decoding import generate  # noqa: E402
 from pc_core.hmm import HMM  # noqa: E402
@@ -43,7 +43,10 @@ def main() -> None:
     parser.add_argument("--keywords", type=int, nargs="+", default=[1, 3, 5])
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a shared box)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from transformers import GPT2Config, GPT2LMHeadModel
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -99,7 +102,7 @@ def main() -> None:
             print(rows[-1], flush=True)
     body = (
         "## Decoding: guided vs unconstrained\n\n"
-        f"`python benchmarks/decode.py` ({machine()}); GPT-2 {size}-shaped random-init LM ({dtype}), {source} "
+        f"`{command()}` ({machine()}); GPT-2 {size}-shaped random-init LM ({dtype}), {source} "
         f"(V = {len(tokenizer)}), random HMM H = {hidden}, {n} new tokens forced (min_new_tokens), prompt "
         f'"{prompt}". Unconstrained = transformers `generate` beam search on the same LM in the same run; '
         "guided = `pc_core.generate` (warm: DFA and tables cached). Tokens/s count one token per step "

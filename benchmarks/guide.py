@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks._report import machine, table, write_section  # noqa: E402
+from benchmarks._report import command, machine, table, write_section  # noqa: E402
 from benchmarks.constraints import keyword_sets, load_tokenizer  # noqa: E402
 from pc_core import compile_constraint  # noqa: E402
 from pc_core.guide import _TABLES, ConstraintGuide  # noqa: E402
@@ -57,7 +57,10 @@ def main() -> None:
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--horizon", type=int, default=32)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a shared box)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     backends = ["torch", "triton"] if device.type == "cuda" else ["torch"]
     tokenizer, source = load_tokenizer()
@@ -130,7 +133,7 @@ def main() -> None:
             _TABLES.clear()
     body = (
         "## Guide: precompute and per-step cost\n\n"
-        f"`python benchmarks/guide.py` ({machine()}); {source}, V = {v}, random HMM, horizon {n}, keyword sets "
+        f"`{command()}` ({machine()}); {source}, V = {v}, random HMM, horizon {n}, keyword sets "
         "of CommonGen concepts with inflections. Floors are measured in the same run: n dense fp32 (S, H) x (H, H) "
         "matmuls for the precompute, one dense fp32 (B, H) x (H, V) matmul for a step. Goals: step <= 1.5x, "
         "precompute <= 2x.\n\n### Precompute\n\n"

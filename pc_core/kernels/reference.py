@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+LOSSLESS = 1e-30  # smallest relative magnitude the scaled linear path keeps (float32 normals end at 1e-38)
+
 
 def log_matmul_exp(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """out[r, n] = log sum_k exp(left[r, k]) * right[k, n].  left (R, K) log space, right (K, N) >= 0.
@@ -57,3 +59,36 @@ def log_matmul_exp_nt(left: torch.Tensor, right_t: torch.Tensor) -> torch.Tensor
     else:
         out = (right_t @ probs.T).T  # (R, N) view of an (N, R) result
     return out.float().log_().add_(shift)
+
+
+def edge_scaled_sum(
+    mass: torch.Tensor,
+    values: torch.Tensor,
+    value_log_scale: torch.Tensor,
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    num_states: int,
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """The edge sum of the backward step in scaled linear space (the fast path; see guide.py).
+
+    Values are rows in [0, 1] times exp(value_log_scale[row]). Returns (W (S, H) rows with max 1 or all 0,
+    log scale (S,), lossy) such that W[s] * exp(scale[s]) = sum_{e: src[e] = s} mass[e] * values[dst[e]] *
+    exp(value_log_scale[dst[e]]). Three passes over (E, H) and no transcendental per element.
+    `lossy` is True when an edge's scale lies more than ~69 nats (1e-30) below its source's largest, where
+    float32 would round its terms away: the caller must then use the exact log-space path.
+    """
+    h = values.shape[1]
+    dst_scale = value_log_scale[dst]  # (E,)
+    peak = torch.full((num_states,), float("-inf"), device=values.device, dtype=values.dtype)
+    peak = peak.scatter_reduce(0, src, dst_scale, reduce="amax", include_self=True)  # (S,)
+    safe_peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    coef = torch.exp(dst_scale - safe_peak[src])  # (E,), 0 for -inf scales
+    lossy = bool(((coef < LOSSLESS) & torch.isfinite(dst_scale)).any())
+    terms = values[dst].mul_(mass).mul_(coef[:, None])  # (E, H)
+    total = torch.zeros(num_states, h, device=values.device, dtype=values.dtype).index_add_(0, src, terms)
+    rowmax = total.max(dim=1).values  # (S,)
+    positive = rowmax > 0
+    total = total / torch.where(positive, rowmax, torch.ones_like(rowmax))[:, None]
+    scale = torch.where(positive, safe_peak + torch.log(torch.where(positive, rowmax, torch.ones_like(rowmax))),
+                        torch.full_like(rowmax, float("-inf")))  # fmt: skip
+    return total, scale, lossy

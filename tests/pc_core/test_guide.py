@@ -282,3 +282,66 @@ def test_all_products_are_exact_enumerations_for_every_first_token(micro):
         )
         assert np.isfinite(q[x]) == possible, micro.convert_ids_to_tokens([x])
     assert list(itertools.islice(range(3), 3)) == [0, 1, 2]
+
+
+def _tables_close(a, b):
+    assert torch.equal(torch.isneginf(a), torch.isneginf(b))
+    finite = torch.isfinite(a)
+    torch.testing.assert_close(a[finite], b[finite], rtol=2e-5, atol=2e-5)
+
+
+def test_linear_backward_step_equals_log_space_path(tokenizer, monkeypatch):
+    from pc_core.guide import _TABLES, GuideTables
+
+    dfa = compile_constraint({"all": ["dog", "frisbee", {"word_count": {"min": 3, "max": 9}}]}, tokenizer)
+    hmm = HMM.random(64, len(tokenizer), seed=7, eos_token_id=tokenizer.eos_token_id, concentration=3.0)
+    tables = {}
+    for linear in (True, False):
+        monkeypatch.setattr(GuideTables, "LINEAR_PATH", linear)
+        _TABLES.clear()
+        guide = ConstraintGuide(hmm, dfa, horizon=20, min_new_tokens=4)
+        assert guide.tables.used_log_space_fallback is (not linear)
+        tables[linear] = guide.tables.log_u
+    _tables_close(tables[True], tables[False])
+
+
+def test_underflow_in_the_linear_path_falls_back_to_log_space(tokenizer, monkeypatch):
+    """If a scaled row underflows where the DFA says feasible, the step is redone in log space."""
+    import pc_core.guide as guide_module
+    from pc_core.guide import _TABLES
+
+    dfa = compile_constraint({"keywords": ["dog", "cat"]}, tokenizer)
+    hmm = HMM.random(16, len(tokenizer), seed=3, eos_token_id=tokenizer.eos_token_id)
+    _TABLES.clear()
+    reference = ConstraintGuide(hmm, dfa, horizon=10).tables.log_u
+    real = guide_module.edge_scaled_sum
+    calls = []
+
+    def underflowing(*args, **kwargs):
+        w, scale, lossy = real(*args, **kwargs)
+        calls.append(1)
+        return w, scale, lossy or len(calls) == 3  # as if a term fell out of float32 at the third step
+
+    monkeypatch.setattr(guide_module, "edge_scaled_sum", underflowing)
+    _TABLES.clear()
+    fallback = ConstraintGuide(hmm, dfa, horizon=10)
+    assert fallback.tables.used_log_space_fallback and len(calls) == 3
+    _tables_close(fallback.tables.log_u[:2], reference[:2])  # steps before the underflow: the fast path
+    _tables_close(fallback.tables.log_u, reference)  # the rest recomputed exactly
+
+
+def test_edge_scaled_sum_reports_terms_it_cannot_hold():
+    from pc_core.kernels.reference import edge_logsumexp, edge_scaled_sum
+
+    mass = torch.rand(3, 5) + 0.1
+    values = torch.rand(3, 5) + 0.1
+    src, dst = torch.tensor([0, 0, 1]), torch.tensor([1, 2, 0])
+    for gap, lossy_expected in ((10.0, False), (200.0, True)):
+        scale = torch.tensor([0.0, 0.0, -gap])
+        w, w_scale, lossy = edge_scaled_sum(mass, values, scale, src, dst, 2)
+        assert lossy is lossy_expected
+        if not lossy:
+            padded_mass = torch.cat([mass.log(), torch.full((1, 5), float("-inf"))])
+            exact = edge_logsumexp(padded_mass, values.log() + scale[:, None], torch.tensor([[0, 1], [2, 3]]),
+                                   torch.tensor([[1, 2], [0, 0]]))  # fmt: skip
+            torch.testing.assert_close(w.log() + w_scale[:, None], exact)
