@@ -84,7 +84,7 @@ def edge_scaled_sum(
     safe_peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
     coef = torch.exp(dst_scale - safe_peak[src])  # (E,), 0 for -inf scales
     lossy = bool(((coef < LOSSLESS) & torch.isfinite(dst_scale)).any())
-    terms = values[dst].mul_(mass).mul_(coef[:, None])  # (E, H)
+    terms = values.index_select(0, dst).mul_(mass).mul_(coef[:, None])  # (E, H)
     total = torch.zeros(num_states, h, device=values.device, dtype=values.dtype).index_add_(0, src, terms)
     rowmax = total.max(dim=1).values  # (S,)
     positive = rowmax > 0
