@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init-from", default=None, help="continue training a saved proxy LM (more epochs)")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (1 is faster on a busy box)"
     )
@@ -66,7 +67,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     lines = training_lines(args.data)
     cfg = TinyLMConfig(vocab_size=args.vocab_size, n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
-                       max_len=args.max_len, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)  # fmt: skip
+                       max_len=args.max_len, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, init_from=args.init_from)  # fmt: skip
     tokenizer = train_tokenizer(lines, args.out / "tokenizer", cfg.vocab_size)
     print(train_lm(lines, tokenizer, args.out, cfg))
 

@@ -32,6 +32,7 @@ class TinyLMConfig:
     lr: float = 2e-3
     seed: int = 0
     time_budget_s: float | None = None  # stop after the epoch that crosses it
+    init_from: str | None = None  # continue from a saved GPT-2 (same tokenizer) instead of random weights
 
 
 def train_tokenizer(lines: list[str], out: Path, vocab_size: int) -> Any:
@@ -68,7 +69,7 @@ def train_lm(lines: list[str], tokenizer: Any, out: Path, cfg: TinyLMConfig) -> 
     eos = tokenizer.eos_token_id
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=cfg.max_len, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
                         n_head=cfg.n_head, bos_token_id=eos, eos_token_id=eos)  # fmt: skip
-    model = GPT2LMHeadModel(config)
+    model = GPT2LMHeadModel.from_pretrained(cfg.init_from) if cfg.init_from else GPT2LMHeadModel(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
     encoded = tokenizer(lines, add_special_tokens=False)["input_ids"]
     data = [[eos] + ids[: cfg.max_len - 2] + [eos] for ids in encoded]
