@@ -363,6 +363,11 @@ class BatchDecoder:
 
     def add(self, request: Request) -> None:
         """Prefill the prompt and join the batch (its rows start as copies of the prompt row)."""
+        lm_device = next(self.lm.parameters()).device
+        if lm_device != request.hmm.device:
+            raise DecodingError(
+                f"the LM is on {lm_device} but the HMM is on {request.hmm.device}; use one device"
+            )
         kv, logits = KVBatch.prefill(self.lm, request.lm_input)
         index = torch.zeros(request.rows, dtype=torch.long, device=logits.device)
         kv = kv.select(index)

@@ -232,3 +232,22 @@ def test_extreme_sampling_parameters(tiny_lm, tokenizer, tiny_hmm):
     out = generate(tiny_lm, tokenizer, tiny_hmm, {"keywords": ["dog"]}, max_new_tokens=6, do_sample=True,
                    top_p=1e-12, temperature=1e-3, seed=0)  # fmt: skip
     assert out.sequences[0].constraint_satisfied  # top_p below float32 resolution keeps the best token
+
+
+def test_generate_cli_prints_json(tiny_lm_dir, tokenizer, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    HMM.random(8, len(tokenizer), seed=0, eos_token_id=tokenizer.eos_token_id).save(tmp_path / "hmm")
+    cmd = [sys.executable, "-m", "pc_core.cli", "generate", "--lm", str(tiny_lm_dir), "--hmm", str(tmp_path / "hmm"),
+           "--keywords", "dog", "park", "--prompt", "The", "--max-new-tokens", "10", "--device", "cpu", "--json"]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout)
+    assert result["sequences"][0]["constraint_satisfied"] and set(result["timings"]) >= {
+        "dfa_ms",
+        "decode_ms",
+    }
+    bad = subprocess.run(cmd[:-1] + ["--max-new-tokens", "1"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "max_new_tokens=1" in bad.stderr

@@ -345,3 +345,14 @@ def test_edge_scaled_sum_reports_terms_it_cannot_hold():
             exact = edge_logsumexp(padded_mass, values.log() + scale[:, None], torch.tensor([[0, 1], [2, 3]]),
                                    torch.tensor([[1, 2], [0, 0]]))  # fmt: skip
             torch.testing.assert_close(w.log() + w_scale[:, None], exact)
+
+
+def test_bf16_emission_is_close_to_fp32(tokenizer):
+    dfa = compile_constraint({"keywords": ["dog", "park"]}, tokenizer)
+    hmm = HMM.random(32, len(tokenizer), seed=4, eos_token_id=tokenizer.eos_token_id)
+    prefix = tokenizer.encode(" the dog", add_special_tokens=False)
+    full = ConstraintGuide(hmm, dfa, horizon=8).next_log_probs(prefix)
+    half = ConstraintGuide(hmm, dfa, horizon=8, emission_dtype=torch.bfloat16).next_log_probs(prefix)
+    assert torch.equal(torch.isneginf(full), torch.isneginf(half))  # the -inf pattern is structural: exact
+    finite = torch.isfinite(full)
+    torch.testing.assert_close(half[finite], full[finite], atol=0.05, rtol=0.05)
