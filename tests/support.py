@@ -106,3 +106,21 @@ def build_micro_tokenizer(directory: Path):
     directory.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(str(directory))
     return fast
+
+
+def splits_character(tokenizer, ids) -> bool:
+    """Independent of the compiler: does a token (before EOS) end inside a UTF-8 character?
+
+    A complete ending gains exactly one U+FFFD from any stray continuation byte; a partial one does not."""
+    from pc_core.constraints.vocab import token_bytes_table
+
+    raw = token_bytes_table(tokenizer)
+    for t in ids:
+        if t == tokenizer.eos_token_id:
+            return False
+        alone = raw[t].decode("utf-8", "replace")
+        if any(
+            (raw[t] + bytes([b])).decode("utf-8", "replace") != alone + "\ufffd" for b in range(0x80, 0xC0)
+        ):
+            return True
+    return False

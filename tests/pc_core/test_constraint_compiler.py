@@ -5,10 +5,10 @@ import time
 
 import numpy as np
 import pytest
+from support import splits_character
 
 from pc_core import check_ids, compile_constraint
 from pc_core.constraints.compiler import _minimise
-from pc_core.constraints.vocab import token_bytes_table
 from pc_core.errors import ConstraintError, ConstraintTooComplex
 
 WORDS = [
@@ -82,21 +82,6 @@ def _token_texts(tokenizer):
     return tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
 
 
-def _splits_character(tokenizer, ids):
-    """Independent of the compiler: does a token (before EOS) end inside a UTF-8 character?"""
-    raw = token_bytes_table(tokenizer)
-    for t in ids:
-        if t == tokenizer.eos_token_id:
-            return False
-        # a complete ending gains exactly one U+FFFD from any stray continuation byte; a partial one does not
-        alone = raw[t].decode("utf-8", "replace")
-        if any(
-            (raw[t] + bytes([b])).decode("utf-8", "replace") != alone + "\ufffd" for b in range(0x80, 0xC0)
-        ):
-            return True
-    return False
-
-
 def _random_text(rng):
     parts = []
     for _ in range(rng.randint(0, 7)):
@@ -142,7 +127,7 @@ def test_dfa_agrees_with_text_checker(tokenizer, spec):
     disagreements = []
     seqs = _sequences(tokenizer, seed=hash(str(spec)) % 1000)
     for ids in seqs:
-        expected = check_ids(spec, tokenizer, ids) and not _splits_character(tokenizer, ids)
+        expected = check_ids(spec, tokenizer, ids) and not splits_character(tokenizer, ids)
         if dfa.accepts(ids) != expected:
             disagreements.append((ids, tokenizer.decode(ids), expected))
     assert not disagreements, disagreements[:5]
@@ -177,7 +162,7 @@ def test_random_nested_constraints_agree(tokenizer, seed):
     spec = _random_constraint(rng)
     dfa = compile_constraint(spec, tokenizer, max_states=4096)
     for ids in _sequences(tokenizer, seed=seed, n_text=40, n_random=40):
-        expected = check_ids(spec, tokenizer, ids) and not _splits_character(tokenizer, ids)
+        expected = check_ids(spec, tokenizer, ids) and not splits_character(tokenizer, ids)
         assert dfa.accepts(ids) == expected, (spec, ids, tokenizer.decode(ids))
 
 
@@ -192,7 +177,7 @@ def test_tokens_constraint_matches_ids_not_text(tokenizer):
     rng = random.Random(0)
     for _ in range(300):
         ids = [rng.choice(pattern + [rng.randrange(len(tokenizer))]) for _ in range(rng.randint(0, 8))]
-        expected = check_ids({"tokens": pattern}, tokenizer, ids) and not _splits_character(tokenizer, ids)
+        expected = check_ids({"tokens": pattern}, tokenizer, ids) and not splits_character(tokenizer, ids)
         assert dfa.accepts(ids) == expected
 
 
@@ -329,7 +314,7 @@ def test_big_vocabulary_random_sequences(big_tokenizer):
     seqs += [big_tokenizer.encode(" New York has a dog", add_special_tokens=False)]
     hits = 0
     for ids in seqs:
-        expected = check_ids(spec, big_tokenizer, ids) and not _splits_character(big_tokenizer, ids)
+        expected = check_ids(spec, big_tokenizer, ids) and not splits_character(big_tokenizer, ids)
         hits += expected
         assert dfa.accepts(ids) == expected, (ids, big_tokenizer.decode(ids))
     assert hits >= 1

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from support import build_micro_tokenizer
+from support import build_micro_tokenizer, splits_character
 
 from pc_core import compile_constraint
 from pc_core.constraints.checker import check_ids
@@ -20,22 +20,6 @@ def micro(tmp_path_factory):
     return build_micro_tokenizer(tmp_path_factory.mktemp("micro"))
 
 
-def _splits(tokenizer, ids):
-    """Independent check for a token that ends inside a UTF-8 character (before EOS)."""
-    from pc_core.constraints.vocab import token_bytes_table
-
-    raw = token_bytes_table(tokenizer)
-    for t in ids:
-        if t == tokenizer.eos_token_id:
-            return False
-        alone = raw[t].decode("utf-8", "replace")
-        if any(
-            (raw[t] + bytes([b])).decode("utf-8", "replace") != alone + "\ufffd" for b in range(0x80, 0xC0)
-        ):
-            return True
-    return False
-
-
 class Brute:
     """Enumerates every continuation; float64 numpy; the definition the guide must match."""
 
@@ -44,7 +28,7 @@ class Brute:
         self.A = hmm.log_transition.double().exp().numpy()
         B = hmm.log_emission.double().exp().numpy()
         # the guide models generation without tokens that split a character: remove them, renormalise rows
-        banned = [x for x in range(B.shape[1]) if _splits(tokenizer, [x])]
+        banned = [x for x in range(B.shape[1]) if splits_character(tokenizer, [x])]
         self.B0 = B.copy()
         B[:, banned] = 0.0
         self.B = B / B.sum(axis=1, keepdims=True)
@@ -68,7 +52,7 @@ class Brute:
         first_eos = ids.index(self.eos) if self.eos in ids else len(ids)
         if first_eos < self.min_new:
             return False
-        return check_ids(self.spec, self.tok, ids) and not _splits(self.tok, ids)
+        return check_ids(self.spec, self.tok, ids) and not splits_character(self.tok, ids)
 
     def alpha(self, prefix):
         a = self.a0
@@ -278,7 +262,7 @@ def test_all_products_are_exact_enumerations_for_every_first_token(micro):
     q = guide.next_log_probs([]).numpy()
     for x in range(len(micro)):
         possible = any(
-            check_ids(spec, micro, [x, y]) and not _splits(micro, [x, y]) for y in range(len(micro))
+            check_ids(spec, micro, [x, y]) and not splits_character(micro, [x, y]) for y in range(len(micro))
         )
         assert np.isfinite(q[x]) == possible, micro.convert_ids_to_tokens([x])
     assert list(itertools.islice(range(3), 3)) == [0, 1, 2]
