@@ -179,6 +179,11 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, nargs="*", default=[], help="beam counts for the budget plot")
     parser.add_argument("--budget-limit", type=int, default=200, help="concept sets used for the budget plot")
     parser.add_argument("--report", type=Path, default=DOCS / "quality.md")
+    parser.add_argument(
+        "--systems", nargs="+", default=None, help="run only these systems (outputs are cached)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--no-report", dest="write", action="store_false", help="do not (re)write --report")
     args = parser.parse_args()
     if not (args.data / "commongen.dev.jsonl").exists():
         print(f"CommonGen data not found under {args.data}; nothing to do")
@@ -189,6 +194,8 @@ def main() -> None:
     from pc_core.lm import load_lm
 
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     lm, tokenizer = load_lm(args.lm, device="auto", dtype="auto")
     device = next(lm.parameters()).device
     hmms = {f"pcgen-H{HMM.load(p).hidden_size}": HMM.load(p, device=device) for p in args.hmm}
@@ -228,7 +235,8 @@ def main() -> None:
                 print(budget_rows[-1], flush=True)
         plot_budgets(budget_rows, args.report.with_suffix(".png"))
 
-    write_report(args, rows, headers, results, budget_rows, lm, hmms)
+    if args.write:
+        write_report(args, rows, headers, results, budget_rows, lm, hmms)
 
 
 def plot_budgets(budget_rows: list[dict], path: Path) -> None:
