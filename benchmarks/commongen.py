@@ -46,9 +46,13 @@ def load_dev(data: Path, limit: int | None = None) -> list[dict]:
 # ---------------------------------------------------------------------------------------------- systems
 
 
-def prompt_ids(tokenizer, concepts: list[str]) -> list[int]:
-    """EOS + "c1 c2 c3 =": the proxy LM saw every training line after an EOS."""
-    return [tokenizer.eos_token_id] + tokenizer.encode(prompt_for(concepts), add_special_tokens=False)
+def prompt_ids(tokenizer, concepts: list[str], template: str | None = None) -> list[int]:
+    """EOS + the prompt text: by default "c1 c2 c3 =", the proxy LM's training format (each line after an EOS).
+
+    `template` replaces it for other LMs, with {concepts} standing for the space-joined concepts.
+    """
+    text = template.format(concepts=" ".join(concepts)) if template else prompt_for(concepts)
+    return [tokenizer.eos_token_id] + tokenizer.encode(text, add_special_tokens=False)
 
 
 class MaskOnly:
@@ -64,13 +68,15 @@ class MaskOnly:
         return scores
 
 
-def run_hf(lm, tokenizer, concepts: list[str], beams: int, max_new: int, mask_only: bool) -> str:
+def run_hf(
+    lm, tokenizer, concepts: list[str], prompt: list[int], beams: int, max_new: int, mask_only: bool
+) -> str:
     import torch
     from transformers import LogitsProcessorList
 
     from pc_core import compile_constraint
 
-    ids = torch.tensor([prompt_ids(tokenizer, concepts)])
+    ids = torch.tensor([prompt])
     processors = LogitsProcessorList()
     if mask_only:
         dfa = compile_constraint({"keywords": concepts}, tokenizer)
@@ -85,10 +91,12 @@ def run_hf(lm, tokenizer, concepts: list[str], beams: int, max_new: int, mask_on
     return tokenizer.decode(new, skip_special_tokens=True)
 
 
-def run_pcgen(lm, tokenizer, hmm, concepts: list[str], beams: int, max_new: int, weight: float) -> str:
+def run_pcgen(
+    lm, tokenizer, hmm, concepts: list[str], prompt: list[int], beams: int, max_new: int, weight: float
+) -> str:
     from pc_core import generate
 
-    out = generate(lm, tokenizer, hmm, {"keywords": concepts}, prompt=prompt_ids(tokenizer, concepts),
+    out = generate(lm, tokenizer, hmm, {"keywords": concepts}, prompt=prompt,
                    max_new_tokens=max_new, num_beams=beams, hmm_weight=weight)  # fmt: skip
     return out.sequences[0].text
 
@@ -194,6 +202,12 @@ def main() -> None:
     parser.add_argument("--beams", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--hmm-weight", type=float, default=1.0)
+    parser.add_argument(
+        "--prompt-template",
+        default=None,
+        help='prompt text for another LM, {concepts} = the concepts joined by spaces (default "{concepts} =", '
+        "the proxy LM's training format; an EOS always precedes it)",
+    )
     parser.add_argument("--budgets", type=int, nargs="*", default=[], help="beam counts for the budget plot")
     parser.add_argument("--budget-limit", type=int, default=200, help="concept sets used for the budget plot")
     parser.add_argument("--report", type=Path, default=DOCS / "quality.md")
@@ -219,14 +233,17 @@ def main() -> None:
     hmms = {f"pcgen-H{HMM.load(p).hidden_size}": HMM.load(p, device=device) for p in args.hmm}
     rows = load_dev(args.data, args.limit)
 
+    def prompt(concepts: list[str]) -> list[int]:
+        return prompt_ids(tokenizer, concepts, args.prompt_template)
+
     def systems(beams: int) -> dict:
         out = {
-            "unconstrained": lambda c: run_hf(lm, tokenizer, c, beams, args.max_new_tokens, mask_only=False),
-            "mask-only": lambda c: run_hf(lm, tokenizer, c, beams, args.max_new_tokens, mask_only=True),
+            "unconstrained": lambda c: run_hf(lm, tokenizer, c, prompt(c), beams, args.max_new_tokens, False),
+            "mask-only": lambda c: run_hf(lm, tokenizer, c, prompt(c), beams, args.max_new_tokens, True),
         }
         for name, hmm in hmms.items():
             out[name] = lambda c, hmm=hmm: run_pcgen(
-                lm, tokenizer, hmm, c, beams, args.max_new_tokens, args.hmm_weight
+                lm, tokenizer, hmm, c, prompt(c), beams, args.max_new_tokens, args.hmm_weight
             )
         return {k: v for k, v in out.items() if args.systems is None or k in args.systems}
 

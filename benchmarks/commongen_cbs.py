@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--beams", type=int, nargs="+", default=[4])
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--prompt-template", default="{concepts} =", help="as in benchmarks/commongen.py")
     args = parser.parse_args()
     if not (args.data / "commongen.dev.jsonl").exists():
         print(f"CommonGen data not found under {args.data}; nothing to do")
@@ -73,7 +74,9 @@ def main() -> None:
             for i in range(done, len(rows)):
                 item, groups = rows[i]
                 concepts = [c.split("_")[0] for c in item["concept_set"].split("#")]
-                prompt = [eos] + tokenizer.encode(" ".join(concepts) + " =", add_special_tokens=False)
+                prompt = [eos] + tokenizer.encode(
+                    args.prompt_template.format(concepts=" ".join(concepts)), add_special_tokens=False
+                )
                 force = []
                 for group in groups:  # one disjunction per concept
                     variants = {tuple(tokenizer.encode(" " + f, add_special_tokens=False)) for f in group}
