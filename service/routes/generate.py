@@ -13,10 +13,12 @@ Errors found before decoding starts (validation, constraint, queue full) are pla
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from pc_core.constraints import Constraint
 from pc_core.decoding import DecodeParams, DecodingError
 from service import pipeline
 from service.deps import RateLimit, RuntimeDep
@@ -62,7 +64,10 @@ def build_spec(body: GenerateRequest, settings: Settings) -> GenerationSpec:
     max_new = body.max_new_tokens or min(DEFAULT_MAX_NEW_TOKENS, settings.max_new_tokens)
     if body.min_new_tokens > max_new:
         raise body_error(("min_new_tokens",), f"must be <= max_new_tokens ({max_new})", body.min_new_tokens)
-    params = DecodeParams(
+    return validated_spec(
+        body.prompt,
+        constraint,
+        settings,
         max_new_tokens=max_new,
         min_new_tokens=body.min_new_tokens,
         num_beams=body.num_beams,
@@ -73,14 +78,21 @@ def build_spec(body: GenerateRequest, settings: Settings) -> GenerationSpec:
         seed=body.seed,
         hmm_weight=body.hmm_weight,
         length_penalty=body.length_penalty,
-        max_states=settings.max_states,
-        time_budget_s=settings.compile_time_budget_s,
+    )
+
+
+def validated_spec(
+    prompt: str, constraint: Constraint, settings: Settings, **decoding: Any
+) -> GenerationSpec:
+    """The request's decoding fields plus the server's compile limits, validated (a 400 naming the problem)."""
+    params = DecodeParams(
+        **decoding, max_states=settings.max_states, time_budget_s=settings.compile_time_budget_s
     )
     try:
         params.validate()
     except DecodingError as err:
         raise BadRequest(str(err), error_type="invalid_parameters") from err
-    return GenerationSpec(body.prompt, constraint, params)
+    return GenerationSpec(prompt, constraint, params)
 
 
 def response_body(result: Result, request_id: str, model: str) -> dict:

@@ -20,13 +20,12 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from pc_core.decoding import DecodeParams, DecodingError
 from service import pipeline
 from service.deps import RateLimit, RuntimeDep
 from service.engine import GenerationSpec
-from service.errors import BadRequest, NotFound
+from service.errors import NotFound
 from service.pipeline import Result, Stream
-from service.routes.generate import ERRORS
+from service.routes.generate import ERRORS, validated_spec
 from service.schemas import (
     MIN_TEMPERATURE,
     MIN_TOP_P,
@@ -54,7 +53,10 @@ def build_spec(body: CompletionRequest, settings: Settings) -> GenerationSpec:
     constraint = resolve_constraint(body.keywords, body.constraint, settings)
     max_new = body.max_tokens if body.max_tokens is not None else min(16, settings.max_new_tokens)
     sampling = body.temperature > 0
-    params = DecodeParams(
+    return validated_spec(
+        body.prompt_text,
+        constraint,
+        settings,
         max_new_tokens=max_new,
         min_new_tokens=min(body.min_tokens, max_new),
         num_beams=1 if sampling else max(body.n, body.best_of or body.n),
@@ -65,14 +67,7 @@ def build_spec(body: CompletionRequest, settings: Settings) -> GenerationSpec:
         seed=body.seed,
         hmm_weight=body.hmm_weight,
         length_penalty=body.length_penalty,
-        max_states=settings.max_states,
-        time_budget_s=settings.compile_time_budget_s,
     )
-    try:
-        params.validate()
-    except DecodingError as err:
-        raise BadRequest(str(err), error_type="invalid_parameters") from err
-    return GenerationSpec(body.prompt_text, constraint, params)
 
 
 def _usage(result: Result) -> dict:
