@@ -13,6 +13,9 @@ import torch
 
 from pc_core.kernels import reference
 
+# gathers, products and index_add only: plain torch is the one path on every device
+edge_scaled_sum = reference.edge_scaled_sum
+
 
 def _backend(tensor: torch.Tensor) -> str:
     choice = os.environ.get("PCGEN_KERNELS", "torch").lower()
@@ -57,15 +60,3 @@ def edge_logsumexp(
 
         return fast(log_mass, log_values, edge_index, edge_dst)
     return reference.edge_logsumexp(log_mass, log_values, edge_index, edge_dst)
-
-
-def edge_scaled_sum(
-    mass: torch.Tensor,
-    values: torch.Tensor,
-    value_log_scale: torch.Tensor,
-    src: torch.Tensor,
-    dst: torch.Tensor,
-    num_states: int,
-) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """Edge sum in scaled linear space (gathers, products, index_add: plain torch on every device)."""
-    return reference.edge_scaled_sum(mass, values, value_log_scale, src, dst, num_states)
