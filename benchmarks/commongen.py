@@ -20,11 +20,13 @@ per system under --work; the table goes to docs/quality.md (--report).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -158,10 +160,14 @@ def score(rows: list[dict], outputs: list[str]) -> dict:
 # ---------------------------------------------------------------------------------------------- driver
 
 
-def run_system(name: str, fn, rows: list[dict], work: Path) -> tuple[list[str], float]:
-    """Outputs (cached per system in work/<name>.jsonl, resumable) and mean seconds per example."""
+def read_cached(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def run_system(name: str, fn, rows: list[dict], work: Path) -> list[dict]:  # noqa: ANN001
+    """Outputs {text, seconds} per row, cached in work/<name>.jsonl (an interrupted run resumes)."""
     path = work / f"{name}.jsonl"
-    done = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    done = read_cached(path)
     with path.open("a") as fh:
         for i in range(len(done), len(rows)):
             t0 = time.perf_counter()
@@ -171,23 +177,22 @@ def run_system(name: str, fn, rows: list[dict], work: Path) -> tuple[list[str], 
             fh.flush()
             if i % 50 == 0:
                 print(f"{name}: {i + 1}/{len(rows)} {text!r}", flush=True)
-    return [d["text"] for d in done], statistics.mean(d["seconds"] for d in done)
+    return done
 
 
-def cached_external(rows: list[dict], work: Path) -> dict[str, tuple[list[str], float]]:
-    """Outputs of systems run by other scripts (EXTERNAL), when complete for these rows."""
-    found = {}
-    for name, script in EXTERNAL.items():
-        path = work / f"{name}.jsonl"
-        done = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+EXTERNAL = {"constrained-beam": "benchmarks/commongen_cbs.py"}  # systems other scripts decode into work/
+
+
+def all_outputs(systems: dict, rows: list[dict], work: Path) -> Iterator[tuple[str, list[str], float]]:
+    """(name, texts, mean seconds per example): the systems decoded here, then EXTERNAL ones when complete."""
+    work.mkdir(parents=True, exist_ok=True)
+    decoded = ((name, run_system(name, fn, rows, work)) for name, fn in systems.items())
+    external = ((name, read_cached(work / f"{name}.jsonl")[: len(rows)]) for name in EXTERNAL)
+    for name, done in itertools.chain(decoded, external):
         if len(done) < len(rows):
-            print(f"{name}: {len(done)}/{len(rows)} outputs in {path}; run {script} to include it")
+            print(f"{name}: {len(done)}/{len(rows)} outputs in {work}; run {EXTERNAL[name]} to include it")
             continue
-        found[name] = [d["text"] for d in done[: len(rows)]], statistics.mean(d["seconds"] for d in done)
-    return found
-
-
-EXTERNAL = {"constrained-beam": "benchmarks/commongen_cbs.py"}
+        yield name, [d["text"] for d in done], statistics.mean(d["seconds"] for d in done)
 
 
 def main() -> None:
@@ -230,7 +235,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     lm, tokenizer = load_lm(args.lm, device="auto", dtype="auto")
     device = next(lm.parameters()).device
-    hmms = {f"pcgen-H{HMM.load(p).hidden_size}": HMM.load(p, device=device) for p in args.hmm}
+    loaded = [HMM.load(p, device=device) for p in args.hmm]
+    hmms = {f"pcgen-H{hmm.hidden_size}": hmm for hmm in loaded}
     rows = load_dev(args.data, args.limit)
 
     def prompt(concepts: list[str]) -> list[int]:
@@ -247,36 +253,25 @@ def main() -> None:
             )
         return {k: v for k, v in out.items() if args.systems is None or k in args.systems}
 
-    work = args.work / f"beams{args.beams}-n{len(rows)}"
-    work.mkdir(parents=True, exist_ok=True)
-    results = []
-    runs = {
-        name: (lambda fn=fn, name=name: run_system(name, fn, rows, work))
-        for name, fn in systems(args.beams).items()
-    }
-    runs |= {name: (lambda got=got: got) for name, got in cached_external(rows, work).items()}
-    for name, run in runs.items():
-        outputs, seconds = run()
+    results, headers = [], []
+    for name, outputs, seconds in all_outputs(
+        systems(args.beams), rows, args.work / f"beams{args.beams}-n{len(rows)}"
+    ):
         metrics = score(rows, outputs)
+        headers = ["system", *metrics, "ms / example"]
         results.append([name] + [round(v, 1) for v in metrics.values()] + [round(seconds * 1000)])
         print(results[-1], flush=True)
-    headers = ["system", *score(rows[:2], ["a", "b"]).keys(), "ms / example"]
 
     budget_rows = []
     if args.budgets:
         sub = rows[: args.budget_limit]
         for beams in args.budgets:
-            bwork = args.work / f"beams{beams}-n{len(sub)}"
-            bwork.mkdir(parents=True, exist_ok=True)
-            runs = {
-                name: (lambda fn=fn, name=name: run_system(name, fn, sub, bwork))
-                for name, fn in systems(beams).items()
-            }
-            runs |= {name: (lambda got=got: got) for name, got in cached_external(sub, bwork).items()}
-            for name, run in runs.items():
-                outputs, seconds = run()
-                m = score(sub, outputs)
-                budget_rows.append({"beams": beams, "system": name, **m, "ms": seconds * 1000})
+            for name, outputs, seconds in all_outputs(
+                systems(beams), sub, args.work / f"beams{beams}-n{len(sub)}"
+            ):
+                budget_rows.append(
+                    {"beams": beams, "system": name, **score(sub, outputs), "ms": seconds * 1000}
+                )
                 print(budget_rows[-1], flush=True)
         plot_budgets(budget_rows, args.report.with_suffix(".png"))
 
