@@ -1,12 +1,12 @@
 """Cost of the guide's emission product against its row count: why a step costs more than its floor.
 
-    python benchmarks/row_product.py [--hidden 4096] [--rows 1 2 3 8 16] [--threads 1]
+    python benchmarks/row_product.py [--hidden 4096] [--rows 1 2 3 4 8 16 32 64 128] [--threads 1]
 
 An exact guide step multiplies R >= 2B rows (per beam: the HMM's marginal row, plus one joint row per live
-DFA successor) with the (H, V) emission, against a floor of B rows. This times, for each R, the product in
-both memory layouts, with V split into cache-sized chunks, and through pc_core's log_matmul_exp_nt (the path
-the guide uses, exp/log shift included), each as a multiple of the one-row product measured in the same run.
-Writes docs/benchmarks.md (section "rows").
+DFA successor) with the (H, V) emission, against a floor of B rows. This times, for each R, torch's product
+in both memory layouts (MKL on CPU), oneDNN with the emission packed once (the guide's CPU path, fewer than 4
+rows padded to 4), and pc_core's log_matmul_exp_nt on the packed emission (exp/log shift included), each as
+a multiple of the best one-row product measured in the same run. Writes docs/benchmarks.md (section "rows").
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch  # noqa: E402
 
 from benchmarks._report import command, machine, table, write_section  # noqa: E402
 from benchmarks.guide import timed  # noqa: E402
-from pc_core.kernels import log_matmul_exp_nt  # noqa: E402
+from pc_core.kernels import log_matmul_exp_nt, onednn_packed  # noqa: E402
 
 
 def main() -> None:
@@ -30,8 +30,7 @@ def main() -> None:
     )
     parser.add_argument("--hidden", type=int, default=4096)
     parser.add_argument("--vocab", type=int, default=50257)
-    parser.add_argument("--rows", type=int, nargs="+", default=[1, 2, 3, 8, 16])
-    parser.add_argument("--chunk", type=int, default=1024, help="vocabulary rows per chunk")
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 2, 3, 4, 8, 16, 32, 64, 128])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
@@ -43,24 +42,23 @@ def main() -> None:
         device
     )  # (V, H), as the guide keeps it
     emission = emission_t.T.contiguous()  # (H, V)
+    packed = onednn_packed.pack(emission_t)  # None on CUDA
 
     rows, one = [], None
     for r in args.rows:
         left = torch.rand(r, args.hidden, generator=gen).to(device)  # (R, H)
-        out = torch.empty(args.vocab, r, device=device)
-
-        def chunked(left: torch.Tensor = left, out: torch.Tensor = out) -> None:
-            for s in range(0, args.vocab, args.chunk):
-                torch.mm(emission_t[s : s + args.chunk], left.T, out=out[s : s + args.chunk])
-
         times = {
             "(V, H) @ (H, R)": timed(lambda left=left: emission_t @ left.T, args.reps, device),
             "(R, H) @ (H, V)": timed(lambda left=left: left @ emission, args.reps, device),
-            f"chunks of {args.chunk}": timed(chunked, args.reps, device),
-            "log_matmul_exp_nt": timed(
-                lambda left=left: log_matmul_exp_nt(left, emission_t), args.reps, device
-            ),
         }
+        if packed is not None:
+            times["oneDNN packed"] = timed(
+                lambda left=left: onednn_packed.matmul_nt(left, packed), args.reps, device
+            )
+        right = packed if packed is not None else emission_t
+        times["log_matmul_exp_nt"] = timed(
+            lambda left=left: log_matmul_exp_nt(left, right), args.reps, device
+        )
         one = one or min(times.values())  # the first R (default 1: the floor of a one-beam step)
         rows.append([r, *(round(t * 1000, 1) for t in times.values()), round(min(times.values()) / one, 2)])
         print(rows[-1], flush=True)

@@ -24,6 +24,7 @@ stacked into the same product.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -35,7 +36,7 @@ import torch
 from pc_core.constraints.dfa import TokenDFA
 from pc_core.errors import PcgenError, TokenizerMismatch
 from pc_core.hmm import HMM
-from pc_core.kernels import edge_logsumexp, edge_scaled_sum, log_matmul_exp, log_matmul_exp_nt
+from pc_core.kernels import edge_logsumexp, edge_scaled_sum, log_matmul_exp, log_matmul_exp_nt, onednn_packed
 from pc_core.kernels.reference import LOSSLESS
 
 NEG_INF = float("-inf")
@@ -203,8 +204,32 @@ class GuideTables:
         self.token_class = token_class
         tail = np.flatnonzero(~big[dfa.token_class])
         self.tail_tokens = torch.from_numpy(tail).to(device)
+
+        # The product is split into vocabulary blocks (TokenDFA.token_block: does the token continue a word
+        # or not); a successor's row is multiplied only with the blocks holding its classes' tokens. For
+        # keyword constraints mid-word, "continue the word" (17k tokens) and "start another" (32k) have
+        # different successors, so each beam needs 2 rows per block instead of 3 full-vocabulary rows.
+        block_of = np.zeros(dfa.vocab_size, np.int64)
+        if dfa.token_block is not None and len(np.unique(dfa.token_block)) > 1:
+            block_of = dfa.token_block.astype(np.int64)
+        self.num_blocks = int(block_of.max()) + 1
+        blocks = [np.flatnonzero(block_of == k) for k in range(self.num_blocks)]
+        self.block_key = hashlib.sha256(block_of.tobytes()).hexdigest()[:16] if self.num_blocks > 1 else "all"
+        self.block_tokens = [torch.from_numpy(ids).to(device) for ids in blocks]
+        self.block_class = [token_class[ids] for ids in self.block_tokens]  # (V_k,) class per column
+        position = np.empty(dfa.vocab_size, np.int64)  # column of each token in the block-ordered output
+        position[np.concatenate(blocks)] = np.arange(dfa.vocab_size)
+        self.block_position = torch.from_numpy(position).to(device)
+        self.tail_position = self.block_position[self.tail_tokens]
+        class_in_block = np.zeros((c_count, self.num_blocks), bool)
+        class_in_block[dfa.token_class, block_of] = True
+        slot_blocks = np.zeros((s_count, width, self.num_blocks), bool)  # does slot d of state s need block k
+        for c in np.flatnonzero(big):
+            slot_blocks[np.arange(s_count), slot_of_class[:, c]] |= class_in_block[c]
+        self.slot_blocks = torch.from_numpy(slot_blocks).to(device)
         self.tail_succ = torch.from_numpy(delta[:, dfa.token_class[tail]]).to(device)  # (S, |tail|)
-        self.tail_emission_t = emission_t[self.tail_tokens].to(emission_dtype).contiguous()  # (|tail|, H)
+        tail_emission_t = emission_t[self.tail_tokens].to(emission_dtype).contiguous()  # (|tail|, H)
+        self.tail_emission = onednn_packed.pack(tail_emission_t) or tail_emission_t  # packed on CPU
         self.transitions = torch.from_numpy(delta).to(device)
         self.eos_token_id = dfa.eos_token_id
         self.nbytes = sum(
@@ -213,7 +238,7 @@ class GuideTables:
                 self.log_u,
                 self.edge_log_mass,
                 self.edge_log_mass_no_eos,
-                self.tail_emission_t,
+                tail_emission_t,
                 self.tail_succ,
             )
         )
@@ -352,11 +377,13 @@ class ConstraintGuide:
 
     # ------------------------------------------------------------------ batched step, in two halves
 
-    def _dense_rows(self, state: GuideState) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Left rows for the shared product: B marginal rows, then one per needed (beam, dense successor).
+    def _dense_rows(self, state: GuideState) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Left rows of the shared product, per vocabulary block: the B marginal rows, then one per needed
+        (beam, dense successor) whose classes have tokens in that block.
 
-        Returns rows (B + Q, H), row_of_slot (B, D) indexing those rows (-1 when the successor is impossible,
-        the beam's own marginal row when every continuation is accepted), and B.
+        Returns per block: rows (B + Q_k, H), and row_of_slot (B, D) indexing them (-1 when the successor is
+        impossible or has no token in the block, the beam's own marginal row when every continuation is
+        accepted).
         """
         t = self.tables
         pos = state.position
@@ -370,30 +397,44 @@ class ConstraintGuide:
         feasible = t.feasible[r][safe] & valid
         certain = t.certain[r][safe] & valid
         needed = feasible & ~certain
-        beam_idx, slot_idx = needed.nonzero(as_tuple=True)
+        in_block = t.slot_blocks[state.dfa_state]  # (B, D, blocks)
         left = state.log_alpha + t.log_scale  # (B, H): a_t * scale, so rows @ B equals a_t @ B'
-        rows = torch.cat([left, left[beam_idx] + t.log_u[r][safe[beam_idx, slot_idx]]], 0)
-        row_of_slot = torch.full(succ.shape, -1, dtype=torch.long, device=succ.device)
-        row_of_slot[beam_idx, slot_idx] = b + torch.arange(len(beam_idx), device=succ.device)
         beams = torch.arange(b, device=succ.device)[:, None].expand_as(succ)
-        row_of_slot = torch.where(certain, beams, row_of_slot)
-        return rows, row_of_slot, b
+        plans = []
+        for k in range(t.num_blocks):
+            beam_idx, slot_idx = (needed & in_block[:, :, k]).nonzero(as_tuple=True)
+            rows = torch.cat([left, left[beam_idx] + t.log_u[r][safe[beam_idx, slot_idx]]], 0)
+            row_of_slot = torch.full(succ.shape, -1, dtype=torch.long, device=succ.device)
+            row_of_slot[beam_idx, slot_idx] = b + torch.arange(len(beam_idx), device=succ.device)
+            plans.append((rows, torch.where(certain, beams, row_of_slot)))
+        return plans
 
-    def _finish(self, state: GuideState, product: torch.Tensor, row_of_slot: torch.Tensor) -> torch.Tensor:
-        """Assemble (B, V) from this guide's slice of the product (its B + Q rows) plus the tail tokens."""
+    def _finish(
+        self,
+        state: GuideState,
+        products: Sequence[torch.Tensor],
+        plans: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    ) -> torch.Tensor:
+        """Assemble (B, V) from this guide's slices of the block products (B + Q_k rows each) plus the tail."""
         t = self.tables
         b = state.batch_size
         r = self.horizon - state.position - 1
-        log_marginal = product[:b]  # (B, V) log P(x | prefix)
-        dead = row_of_slot < 0  # (B, D) impossible successors
-        row_of_slot = row_of_slot.clamp_min(0)
-        if row_of_slot.shape[1] == 1:  # one large-class successor per state: select rows, no (B, V) gather
-            log_joint = product.index_select(0, row_of_slot[:, 0])
-            log_joint[dead[:, 0]] = NEG_INF
-        else:
-            slot = t.slot_of_class[state.dfa_state][:, t.token_class].clamp_min(0)  # (B, V); tail fixed below
-            log_joint = product.gather(0, row_of_slot.gather(1, slot))  # (B, V) log P(x, constraint | prefix)
-            log_joint.masked_fill_(dead.gather(1, slot), NEG_INF)
+        marginals, joints = [], []
+        for k, (product, (_, row_of_slot)) in enumerate(zip(products, plans)):
+            dead = row_of_slot < 0  # (B, D) impossible successors (or none in this block)
+            row_of_slot = row_of_slot.clamp_min(0)
+            if row_of_slot.shape[1] == 1:  # one large-class successor per state: select rows, no gather
+                joint = product.index_select(0, row_of_slot[:, 0])
+                joint[dead[:, 0]] = NEG_INF
+            else:
+                slot = t.slot_of_class[state.dfa_state][:, t.block_class[k]].clamp_min(0)  # (B, V_k)
+                joint = product.gather(0, row_of_slot.gather(1, slot))  # log P(x, constraint | prefix)
+                joint.masked_fill_(dead.gather(1, slot), NEG_INF)
+            marginals.append(product[:b])  # log P(x | prefix)
+            joints.append(joint)
+        # columns in block order from here on (token order when there is one block)
+        log_marginal = marginals[0] if t.num_blocks == 1 else torch.cat(marginals, 1)  # (B, V)
+        log_joint = joints[0] if t.num_blocks == 1 else torch.cat(joints, 1)  # (B, V)
 
         # tail tokens: one row per distinct (beam, successor) that is neither impossible nor certain
         tail = t.tail_tokens
@@ -408,12 +449,14 @@ class ConstraintGuide:
             if real.any():
                 pk = keys[real]
                 left = state.log_alpha[pk // t.num_states] + t.log_scale + t.log_u[r][pk % t.num_states]
-                pair_out = log_matmul_exp_nt(left, t.tail_emission_t)  # (P, T)
+                pair_out = log_matmul_exp_nt(left, t.tail_emission)  # (P, T)
                 index = (inverse - int((~real).sum())).clamp_min(0)  # position among real keys
                 values = pair_out.gather(0, index).where(needed, values)
-            values = torch.where(certain, log_marginal[:, tail], values)
-            log_joint[:, tail] = values
+            values = torch.where(certain, log_marginal[:, t.tail_position], values)
+            log_joint[:, t.tail_position] = values
         out = log_joint.sub_(log_marginal).clamp_max_(0.0)
+        if t.num_blocks > 1:
+            out = out.index_select(1, t.block_position)  # back to token order
         if t.banned is not None:
             out[:, t.banned] = NEG_INF
         if state.position + 1 < self.min_new_tokens + 1:
@@ -422,18 +465,27 @@ class ConstraintGuide:
 
 
 def batched_next_log_probs(items: Sequence[tuple[ConstraintGuide, GuideState]]) -> list[torch.Tensor]:
-    """Step several guides (different constraints, same HMM) with one shared (rows, H) x (H, V) product."""
+    """Step several guides (different constraints, same HMM) with one shared product per vocabulary block."""
     if not items:
         return []
     hmm = items[0][0].hmm
     if any(g.hmm is not hmm for g, _ in items):
         raise GuideError("batched guides must share one HMM")
     plans = [g._dense_rows(s) for g, s in items]
-    rows = torch.cat([p[0] for p in plans], 0)
-    emission_t = hmm.emission_t(items[0][0].emission_dtype)  # (V, H)
-    product = log_matmul_exp_nt(rows, emission_t)  # (sum of rows, V)
-    out, start = [], 0
-    for (guide, state), (part, row_of_slot, _) in zip(items, plans):
-        out.append(guide._finish(state, product[start : start + part.shape[0]], row_of_slot))
-        start += part.shape[0]
-    return out
+    products: list[list[torch.Tensor]] = [[] for _ in items]
+    groups: dict[tuple, list[int]] = {}  # guides with the same vocabulary blocks share their products
+    for i, (guide, _) in enumerate(items):
+        groups.setdefault((guide.tables.block_key, guide.emission_dtype), []).append(i)
+    for (key, dtype), members in groups.items():
+        tables = items[members[0]][0].tables
+        for k in range(tables.num_blocks):
+            tokens = None if tables.num_blocks == 1 else tables.block_tokens[k]
+            right = hmm.emission_block(tokens, f"{key}/{k}", dtype)  # (V_k, H), maybe packed
+            rows = torch.cat([plans[i][k][0] for i in members], 0)
+            product = log_matmul_exp_nt(rows, right)  # (rows of all members, V_k)
+            start = 0
+            for i in members:
+                size = plans[i][k][0].shape[0]
+                products[i].append(product[start : start + size])
+                start += size
+    return [guide._finish(state, products[i], plans[i]) for i, (guide, state) in enumerate(items)]

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from pc_core.errors import HMMFormatError
+from pc_core.kernels import onednn_packed
 
 FORMAT = "pcgen-hmm"
 FORMAT_VERSION = 1
@@ -49,7 +50,7 @@ class HMM:
         self.log_emission = log_emission
         self.eos_token_id = eos_token_id
         self.metadata = dict(metadata or {})
-        self._cache: dict[tuple, torch.Tensor] = {}
+        self._cache: dict[tuple, Any] = {}
         self._fingerprint: str | None = None
 
     # ------------------------------------------------------------------ shapes and copies
@@ -92,7 +93,20 @@ class HMM:
         """(V, H) B^T in probability space, contiguous, cached per dtype: one row per token."""
         return self._cached(("Bt", dtype), lambda: self.log_emission.float().T.exp().to(dtype).contiguous())
 
-    def _cached(self, key: tuple, build: Any) -> torch.Tensor:
+    def emission_block(
+        self, token_ids: torch.Tensor | None, key: str, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor | onednn_packed.Packed:
+        """The emission rows of `token_ids` (all tokens when None) as the right operand of the guide's
+        product, cached under `key`: (V_k, H) contiguous, or packed for oneDNN on CPU (the fast path; then
+        no plain copy is kept). Costs one more emission-sized buffer per partition of the vocabulary."""
+
+        def build() -> torch.Tensor | onednn_packed.Packed:
+            rows = self.emission_t(dtype) if token_ids is None else self.emission_t(dtype)[token_ids]
+            return onednn_packed.pack(rows) or rows.contiguous()
+
+        return self._cached(("Bt-block", key, dtype), build)
+
+    def _cached(self, key: tuple, build: Any) -> Any:
         if key not in self._cache:
             self._cache[key] = build()
         return self._cache[key]

@@ -475,6 +475,7 @@ def _minimise(
         eos_token_id=tables.eos_token_id,
         tokenizer_fingerprint=tables.fingerprint,
         banned_tokens=np.asarray(tables.pend_id) != 0,
+        token_block=(np.asarray(tables.p_id) == 0).astype(np.int8),  # p_id 0 is the empty leading run
     )
 
 

@@ -34,6 +34,9 @@ class TokenDFA:
     eos_token_id: int
     tokenizer_fingerprint: str
     banned_tokens: np.ndarray | None = None  # (V,) bool
+    # (V,) int8, 0 = the token's text starts with a word character (continues a word), 1 = it does not.
+    # The large classes of word-based constraints fall on one side each; the guide splits its product there.
+    token_block: np.ndarray | None = None
     compile_seconds: float = 0.0
     _device_cache: dict = field(default_factory=dict, repr=False)
 

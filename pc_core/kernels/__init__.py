@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from pc_core.kernels import reference
+from pc_core.kernels import onednn_packed, reference
 
 # gathers, products and index_add only: plain torch is the one path on every device
 edge_scaled_sum = reference.edge_scaled_sum
@@ -42,9 +42,12 @@ def log_matmul_exp(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     return reference.log_matmul_exp(left, right)
 
 
-def log_matmul_exp_nt(left: torch.Tensor, right_t: torch.Tensor) -> torch.Tensor:
-    """Like log_matmul_exp with the right operand given transposed, (N, K): the (V, H) emission layout."""
-    if _backend(left) == "triton":
+def log_matmul_exp_nt(left: torch.Tensor, right_t: torch.Tensor | onednn_packed.Packed) -> torch.Tensor:
+    """Like log_matmul_exp with the right operand given transposed, (N, K): the (V, H) emission layout.
+
+    A packed right operand (CPU) always takes the torch path, which owns that layout.
+    """
+    if _backend(left) == "triton" and isinstance(right_t, torch.Tensor):
         from pc_core.kernels.triton_log_matmul import log_matmul_exp as fast
 
         return fast(left, right_t.T)

@@ -245,6 +245,7 @@ def test_structure_reachable_minimal_and_ended(tokenizer):
         fingerprint = dfa.tokenizer_fingerprint
 
     Tables.pend_id = dfa.banned_tokens.astype(int)
+    Tables.p_id = 1 - dfa.token_block
     again = _minimise(dfa.transitions, dfa.token_class, 0, dfa.accepting, dfa.ended, Tables, 10**6)
     assert again.num_states == dfa.num_states
     # EOS leads to an absorbing ended state that remembers acceptance
@@ -319,3 +320,11 @@ def test_big_vocabulary_random_sequences(big_tokenizer):
         assert dfa.accepts(ids) == expected, (ids, big_tokenizer.decode(ids))
     assert hits >= 1
     assert rng  # seeded generator used above
+
+
+def test_token_block_says_whether_a_token_continues_a_word(tokenizer):
+    dfa = compile_constraint({"keywords": ["dog"]}, tokenizer)
+    (continues,) = tokenizer.encode("dog", add_special_tokens=False)[:1]
+    (starts,) = tokenizer.encode(" dog", add_special_tokens=False)[:1]
+    assert dfa.token_block[continues] == 0 and dfa.token_block[starts] == 1
+    assert dfa.token_block[tokenizer.eos_token_id] == 1

@@ -1,5 +1,6 @@
 """The guide against brute-force enumeration, numerics at scale, batching, and bad inputs."""
 
+import dataclasses
 import itertools
 import math
 
@@ -225,6 +226,34 @@ def test_mixed_guides_share_one_product(tokenizer):
     torch.testing.assert_close(together[0], g1.next_log_probs(s1))
     torch.testing.assert_close(together[1], g2.next_log_probs(s2))
     assert together[0].shape == (2, len(tokenizer)) and together[1].shape == (3, len(tokenizer))
+
+
+def test_vocabulary_blocks_change_nothing_but_the_product_split(tokenizer):
+    """The product split by TokenDFA.token_block equals the one full-vocabulary product."""
+    dfa = compile_constraint({"keywords": ["dog", "cat"]}, tokenizer)
+    whole = dataclasses.replace(dfa, token_block=None, _device_cache={})
+    hmm = HMM.random(32, len(tokenizer), seed=5, eos_token_id=tokenizer.eos_token_id)
+    split, plain = ConstraintGuide(hmm, dfa, horizon=8), ConstraintGuide(hmm, whole, horizon=8)
+    assert (split.tables.num_blocks, plain.tables.num_blocks) == (2, 1)
+    prefixes = [
+        tokenizer.encode(text, add_special_tokens=False)[:2] for text in (" the dog", " a cat", " hot")
+    ]
+    state = split.init_state(3)
+    for i in range(2):
+        state = split.advance(state, [p[i] for p in prefixes])
+    # mid-word states send "continue the word" and "start another" tokens to different successors
+    assert (split.tables.dense_succ[state.dfa_state] >= 0).sum(1).max() >= 2
+    # multiply-adds of the product: each block's rows times its columns, against all rows times all of V
+    split_cost = sum(
+        len(r) * len(ids) for (r, _), ids in zip(split._dense_rows(state), split.tables.block_tokens)
+    )
+    assert split_cost < 0.9 * len(plain._dense_rows(state)[0][0]) * len(tokenizer)
+    got, want = split.next_log_probs(state), plain.next_log_probs(state)
+    assert torch.equal(torch.isneginf(got), torch.isneginf(want))
+    finite = torch.isfinite(want)
+    torch.testing.assert_close(got[finite], want[finite], rtol=1e-5, atol=1e-5)
+    together = batched_next_log_probs([(split, state), (plain, state)])  # different splits, one call
+    torch.testing.assert_close(together[0], together[1], rtol=1e-5, atol=1e-5)
 
 
 def test_precomputed_tables_are_cached(tokenizer):

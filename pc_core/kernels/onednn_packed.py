@@ -1,0 +1,57 @@
+"""CPU fast path for products with the (V, H) emission: oneDNN with the matrix reordered once.
+
+torch's default CPU product goes through MKL's sgemm, which re-packs the 0.8 GB emission on every call and
+handles few rows badly. Measured on the 2-core AMD EPYC dev box (AVX-512), H = 4096, V = 50,257, fp32,
+1 thread, best of 7 (`benchmarks/row_product.py` keeps the full table):
+
+    rows                     1      2      4     16     64    128
+    MKL, best layout, ms    47     88    132    228    500    740
+    oneDNN, packed, ms      43     47     48     80    252    494   (fewer than 4 rows padded to 4)
+
+Up to ~8 rows the packed product is bound by reading the emission once, so a guide step's extra rows (the
+marginal next to each joint) are nearly free there; from ~16 rows it is compute-bound and time grows with
+rows. oneDNN picks a slower kernel for 1-2 rows (58 and 77 ms unpadded), hence the padding. The ops are
+internal to torch (inductor's CPU weight prepacking); when they are missing or fail, `pack` returns None and
+callers keep the plain torch product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+MIN_ROWS = 4
+
+
+@dataclass(frozen=True)
+class Packed:
+    """An (N, K) matrix in oneDNN's blocked layout; only `matmul_nt` reads it."""
+
+    weight: torch.Tensor  # opaque mkldnn tensor
+    dtype: torch.dtype
+    shape: tuple[int, int]
+    is_cuda = False
+
+
+def pack(right_t: torch.Tensor) -> Packed | None:
+    """(N, K) plain CPU matrix -> Packed for `matmul_nt`, or None when unavailable."""
+    if right_t.is_cuda or right_t.dtype not in (torch.float32, torch.bfloat16):
+        return None
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return None
+        weight = torch.ops.mkldnn._reorder_linear_weight(right_t.contiguous(), MIN_ROWS)
+    except (AttributeError, RuntimeError):
+        return None
+    return Packed(weight, right_t.dtype, tuple(right_t.shape))
+
+
+def matmul_nt(left: torch.Tensor, packed: Packed) -> torch.Tensor:
+    """left (R, K) @ right_t^T (K, N) -> (R, N), right_t given packed; left is cast to its dtype."""
+    rows = left.shape[0]
+    left = left.to(packed.dtype)
+    if rows < MIN_ROWS:
+        left = torch.cat([left, left.new_zeros(MIN_ROWS - rows, left.shape[1])])
+    out = torch.ops.mkldnn._linear_pointwise(left.contiguous(), packed.weight, None, "none", [], "")
+    return out[:rows]
