@@ -14,9 +14,10 @@ Step (prefix of length t in DFA state s, predictive forward vector a_t[z] = P(z_
     log P(x | prefix)             = log sum_z a_t[z] B[z, x]
 and next_log_probs returns their difference. Tokens are grouped by successor: the few large token classes
 ("any other word", "a space then any other word") share a left vector, so all beams together cost one
-(rows, H) x (H, V) product with one row for the marginal and one per distinct large-class successor that is
-neither impossible nor certain (usually one); the small classes (tokens that start, extend or finish a
-relevant word) are computed on their own (H, |tail|) slice of B.
+(rows, H) x (H, V_k) product per vocabulary block k (tokens that continue a word / all others): per beam one
+row for the marginal, plus one per large-class successor that is neither impossible nor certain and has
+tokens in the block, about two full-vocabulary rows per beam in all. The small classes (tokens that start,
+extend or finish a relevant word) are computed on their own (H, |tail|) slice of B.
 
 Several requests with different guides can be stepped together (`batched_next_log_probs`): their rows are
 stacked into the same product.

@@ -2,7 +2,8 @@
 
 Selection (PCGEN_KERNELS): "torch" (default), "triton" (CUDA, or the CPU interpreter under
 TRITON_INTERPRET=1), "auto" (Triton on CUDA when importable). The default stays torch until a GPU
-measurement (benchmarks/guide.py) shows the Triton path faster; see docs/benchmarks.md.
+measurement (benchmarks/guide.py) shows the Triton path faster; see docs/benchmarks.md. On CPU the
+emission product takes oneDNN with the matrix packed once (onednn_packed), when torch provides it.
 """
 
 from __future__ import annotations
