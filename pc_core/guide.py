@@ -228,6 +228,15 @@ class GuideTables:
         for c in np.flatnonzero(big):
             slot_blocks[np.arange(s_count), slot_of_class[:, c]] |= class_in_block[c]
         self.slot_blocks = torch.from_numpy(slot_blocks).to(device)
+        # the one slot that all large-class tokens of block k take from state s (-1: several), so that a step
+        # selects whole rows instead of gathering per token; the word/non-word split makes this the usual case
+        block_slot = np.zeros((s_count, self.num_blocks), np.int64)
+        for k in range(self.num_blocks):
+            slots = slot_of_class[:, np.flatnonzero(big & class_in_block[:, k])]  # (S, classes in block k)
+            if slots.shape[1]:
+                block_slot[:, k] = np.where((slots == slots[:, :1]).all(1), slots[:, 0], -1)
+        self.block_slot = torch.from_numpy(block_slot).to(device)
+        self.block_slot_everywhere = (block_slot >= 0).all(0).tolist()  # per block: no state needs a gather
         self.tail_succ = torch.from_numpy(delta[:, dfa.token_class[tail]]).to(device)  # (S, |tail|)
         tail_emission_t = emission_t[self.tail_tokens].to(emission_dtype).contiguous()  # (|tail|, H)
         self.tail_emission = onednn_packed.pack(tail_emission_t) or tail_emission_t  # packed on CPU
@@ -422,12 +431,14 @@ class ConstraintGuide:
         r = self.horizon - state.position - 1
         marginals, joints = [], []
         for k, (product, (_, row_of_slot)) in enumerate(zip(products, plans)):
-            dead = row_of_slot < 0  # (B, D) impossible successors (or none in this block)
-            row_of_slot = row_of_slot.clamp_min(0)
-            if row_of_slot.shape[1] == 1:  # one large-class successor per state: select rows, no gather
-                joint = product.index_select(0, row_of_slot[:, 0])
-                joint[dead[:, 0]] = NEG_INF
+            slots = t.block_slot[state.dfa_state, k]  # (B,)
+            if t.block_slot_everywhere[k] or bool((slots >= 0).all()):  # one successor per beam: select rows
+                pick = row_of_slot.gather(1, slots[:, None].clamp_min(0))[:, 0]  # (B,), -1 when impossible
+                joint = product.index_select(0, pick.clamp_min(0))
+                joint[pick < 0] = NEG_INF
             else:
+                dead = row_of_slot < 0  # (B, D) impossible successors (or none in this block)
+                row_of_slot = row_of_slot.clamp_min(0)
                 slot = t.slot_of_class[state.dfa_state][:, t.block_class[k]].clamp_min(0)  # (B, V_k)
                 joint = product.gather(0, row_of_slot.gather(1, slot))  # log P(x, constraint | prefix)
                 joint.masked_fill_(dead.gather(1, slot), NEG_INF)
