@@ -30,8 +30,6 @@ class Packed:
 
     weight: torch.Tensor  # opaque mkldnn tensor
     dtype: torch.dtype
-    shape: tuple[int, int]
-    is_cuda = False
 
 
 def pack(right_t: torch.Tensor) -> Packed | None:
@@ -44,7 +42,7 @@ def pack(right_t: torch.Tensor) -> Packed | None:
         weight = torch.ops.mkldnn._reorder_linear_weight(right_t.contiguous(), MIN_ROWS)
     except (AttributeError, RuntimeError):
         return None
-    return Packed(weight, right_t.dtype, tuple(right_t.shape))
+    return Packed(weight, right_t.dtype)
 
 
 def matmul_nt(left: torch.Tensor, packed: Packed) -> torch.Tensor:

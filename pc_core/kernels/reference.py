@@ -49,7 +49,7 @@ def edge_logsumexp(
 def log_matmul_exp_nt(left: torch.Tensor, right_t: torch.Tensor | onednn_packed.Packed) -> torch.Tensor:
     """out[r, n] = log sum_k exp(left[r, k]) * right_t[n, k].  right_t (N, K) >= 0, e.g. the (V, H) emission.
 
-    `right_t` may be given packed (onednn_packed), the CPU fast path: 2-5x at a guide step's row counts,
+    `right_t` may be given packed (onednn_packed), the CPU fast path: 2-3x at a guide step's row counts,
     measured there. Plain on CPU, the product is taken as (right_t @ probs^T)^T: with few rows MKL's sgemm is
     several times faster that way (measured on the 2-core dev box, H = 1024, V = 50,257, 3 rows: 9.0 ms vs
     36.5 ms for probs @ right with right stored (K, N)); the result is then a transposed view.
