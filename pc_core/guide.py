@@ -118,35 +118,42 @@ class GuideTables:
         pairs = np.stack([np.repeat(np.arange(s_count), c_count), delta.reshape(-1)], 1)
         edges, edge_of_pair = np.unique(pairs, axis=0, return_inverse=True)  # sorted by source state
         edge_of_pair = edge_of_pair.reshape(-1)
+        e_count = len(edges)
         incidence = torch.sparse_coo_tensor(
             torch.from_numpy(np.stack([edge_of_pair, np.tile(np.arange(c_count), s_count)])),
             torch.ones(len(edge_of_pair)),
-            (len(edges), c_count),
+            (e_count, c_count),
             check_invariants=False,
         ).to(device)
-        edge_log_mass = torch.log(torch.sparse.mm(incidence, masses))  # (E, H)
+        edge_mass = torch.sparse.mm(incidence, masses)  # (E, H) linear
+        self.edge_log_mass = torch.empty(
+            e_count + 1, h, device=device
+        )  # (E + 1, H), last row the -inf padding
+        torch.log(edge_mass, out=self.edge_log_mass[:e_count])
+        self.edge_log_mass[e_count] = NEG_INF
         is_eos = (~ended[edges[:, 0]]) & ended[edges[:, 1]]  # only EOS leaves a live state for an ended one
         # padded per source state: (S, K) edge ids (E = the -inf padding row) and destinations
         degree = np.bincount(edges[:, 0], minlength=s_count)
         width = int(degree.max())
-        slot = np.arange(len(edges)) - np.repeat(np.cumsum(degree) - degree, degree)
-        edge_index = np.full((s_count, width), len(edges), np.int64)
-        edge_index[edges[:, 0], slot] = np.arange(len(edges))
+        slot = np.arange(e_count) - np.repeat(np.cumsum(degree) - degree, degree)
+        edge_index = np.full((s_count, width), e_count, np.int64)
+        edge_index[edges[:, 0], slot] = np.arange(e_count)
         edge_dst = np.zeros((s_count, width), np.int64)
         edge_dst[edges[:, 0], slot] = edges[:, 1]
-        pad = torch.full((1, h), NEG_INF, device=device)
-        self.edge_log_mass = torch.cat([edge_log_mass, pad])  # (E + 1, H)
-        self.edge_log_mass_no_eos = torch.cat(  # EOS edges removed, for steps where EOS is not allowed
-            [torch.where(torch.from_numpy(is_eos).to(device)[:, None], NEG_INF, edge_log_mass), pad]
-        )
         self.edge_index = torch.from_numpy(edge_index).to(device)
+        # for steps where EOS is not allowed, EOS edges point at the padding row instead of a table of their own
+        self.edge_index_no_eos = torch.from_numpy(
+            np.where(np.append(is_eos, False)[edge_index], e_count, edge_index)
+        ).to(device)
         self.edge_dst = torch.from_numpy(edge_dst).to(device)
-        self.edge_src_flat = torch.from_numpy(edges[:, 0]).to(device)
-        self.edge_dst_flat = torch.from_numpy(edges[:, 1]).to(device)
 
         # backward tables U_r, r = 0..n-1
         transition_t = hmm.transition_probs().T.contiguous()  # (H, H): U = W @ A^T
         accepting = torch.from_numpy(dfa.accepting).to(device)
+        feasible_rows = [
+            torch.from_numpy(np.flatnonzero(~f)).to(device) for f in feasible
+        ]  # rows set to -inf
+        certain_rows = [torch.from_numpy(np.flatnonzero(c)).to(device) for c in certain]  # rows set to 0
         log_u = torch.empty(horizon, s_count, h, device=device)
         log_u[0] = torch.where(accepting[:, None], 0.0, NEG_INF).expand(s_count, h)
         # Fast path: U_r kept as rows in [0, 1] times a per-state scale, so a step is gathers, products, an
@@ -155,8 +162,11 @@ class GuideTables:
         # the log tables 7.6e-6. If anything it keeps falls below 1e-30
         # of its row's or edge group's largest value (a dynamic range float32 cannot hold exactly), that step
         # and the rest use the log-space path (edge_logsumexp), so the tables never lose a term.
-        linear_mass = edge_log_mass.exp()
-        linear_mass_no_eos = torch.where(torch.from_numpy(is_eos).to(device)[:, None], 0.0, linear_mass)
+        src, dst = torch.from_numpy(edges[:, 0]).to(device), torch.from_numpy(edges[:, 1]).to(device)
+        linear = {True: (edge_mass, src, dst)}  # keyed by "EOS allowed"
+        if not allowed[1:, eos_class].all():  # the minimum length forbids EOS at some steps
+            keep = torch.from_numpy(np.flatnonzero(~is_eos)).to(device)
+            linear[False] = (edge_mass[keep], src[keep], dst[keep])
         scaled, scale = (
             accepting.float()[:, None].expand(s_count, h).contiguous(),
             torch.where(accepting, 0.0, NEG_INF),
@@ -164,24 +174,18 @@ class GuideTables:
         robust = not self.LINEAR_PATH
         for r in range(1, horizon):
             if not robust:
-                mass = linear_mass if self.allowed[r].all() else linear_mass_no_eos
-                w, w_scale, lossy = edge_scaled_sum(
-                    mass, scaled, scale, self.edge_src_flat, self.edge_dst_flat, s_count
-                )
+                mass, src, dst = linear[bool(allowed[r, eos_class])]
+                w, w_scale, lossy = edge_scaled_sum(mass, scaled, scale, src, dst, s_count)
                 u = w @ transition_t  # (S, H), rows of W scaled to max 1, so no underflow in the product
-                rowmax = u.max(dim=1).values.clamp_min(torch.finfo(u.dtype).tiny)
-                scaled, scale = u / rowmax[:, None], w_scale + torch.log(rowmax)
-                log_scaled = torch.log(scaled)
-                small = (scaled < LOSSLESS) & self.feasible[r][:, None]  # a row spanning > 69 nats
-                robust = lossy or bool(small.any())
+                rowmax = u.amax(dim=1).clamp_min(torch.finfo(u.dtype).tiny)
+                scaled, scale = u.div_(rowmax[:, None]), w_scale + torch.log(rowmax)
+                # a feasible row spanning > 69 nats: float32 cannot hold it exactly, redo in log space
+                robust = lossy or bool((scaled.amin(dim=1) < LOSSLESS)[self.feasible[r]].any())
+                if not robust:
+                    torch.log(scaled, out=log_u[r]).add_(scale[:, None])
             if robust:  # exact log-space step
-                w = self._edge_sum(log_u[r - 1], r)
-                u_log = log_matmul_exp(w, transition_t)
-                peak = u_log.max(dim=1).values
-                peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
-                log_scaled, scale = u_log - peak[:, None], peak
-            u = torch.where(self.feasible[r][:, None], log_scaled + scale[:, None], NEG_INF)
-            log_u[r] = torch.where(self.certain[r][:, None], 0.0, u)
+                log_u[r] = log_matmul_exp(self._edge_sum(log_u[r - 1], r), transition_t)
+            log_u[r].index_fill_(0, feasible_rows[r], NEG_INF).index_fill_(0, certain_rows[r], 0.0)
         self.used_log_space_fallback = robust
         self.log_u = log_u
 
@@ -247,16 +251,19 @@ class GuideTables:
             for t in (
                 self.log_u,
                 self.edge_log_mass,
-                self.edge_log_mass_no_eos,
                 tail_emission_t,
                 self.tail_succ,
             )
         )
 
-    def _edge_sum(self, log_u_next: torch.Tensor, r: int) -> torch.Tensor:
-        """W_r: sum over edges of mass x U_{r-1}[dst], without EOS edges where EOS is not allowed."""
-        mass = self.edge_log_mass if self.allowed[r].all() else self.edge_log_mass_no_eos
-        return edge_logsumexp(mass, log_u_next, self.edge_index, self.edge_dst)
+    def _edge_sum(self, log_u_next: torch.Tensor, r: int, states: torch.Tensor | None = None) -> torch.Tensor:
+        """W_r: sum over edges of mass x U_{r-1}[dst], without EOS edges where EOS is not allowed.
+        For all states (S, H), or for `states` only (B, H)."""
+        index = self.edge_index if self.allowed[r].all() else self.edge_index_no_eos
+        dst = self.edge_dst
+        if states is not None:
+            index, dst = index[states], dst[states]
+        return edge_logsumexp(self.edge_log_mass, log_u_next, index, dst)
 
 
 _TABLES: OrderedDict[tuple, GuideTables] = OrderedDict()
@@ -379,7 +386,7 @@ class ConstraintGuide:
             out = torch.where(t.feasible[0][state.dfa_state], 0.0, NEG_INF)
         else:
             # R_k[s] = edge sum over U_{k-1}, only for the beams' states
-            r_k = t._edge_sum(t.log_u[k - 1], k)[state.dfa_state]  # (B, H)
+            r_k = t._edge_sum(t.log_u[k - 1], k, state.dfa_state)  # (B, H)
             r_k = torch.where(t.feasible[k][state.dfa_state][:, None], r_k, NEG_INF)
             out = torch.logsumexp(state.log_alpha + r_k, dim=1)
             out = torch.where(t.certain[k][state.dfa_state], 0.0, out.clamp_max(0.0))

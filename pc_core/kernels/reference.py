@@ -89,11 +89,18 @@ def edge_scaled_sum(
     safe_peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
     coef = torch.exp(dst_scale - safe_peak[src])  # (E,), 0 for -inf scales
     lossy = bool(((coef < LOSSLESS) & torch.isfinite(dst_scale)).any())
-    terms = values.index_select(0, dst).mul_(mass).mul_(coef[:, None])  # (E, H)
-    total = torch.zeros(num_states, h, device=values.device, dtype=values.dtype).index_add_(0, src, terms)
+    total = torch.zeros(num_states, h, device=values.device, dtype=values.dtype)
+    # Edges in chunks of ~2 MB so the (chunk, H) terms stay in cache: measured on the CPU dev box (H = 1024,
+    # 690 states, 13k edges, 1 thread) 14-17 ms per call instead of 54 ms for one (E, H) temporary, most of
+    # which was first-touch page faults on the fresh 53 MB buffer. On CUDA one chunk takes everything.
+    chunk = len(src) if values.is_cuda else max(1, 2**19 // max(1, h))
+    for start in range(0, len(src), chunk):
+        part = slice(start, start + chunk)
+        terms = values.index_select(0, dst[part]).mul_(mass[part]).mul_(coef[part, None])  # (chunk, H)
+        total.index_add_(0, src[part], terms)
     rowmax = total.max(dim=1).values  # (S,)
     positive = rowmax > 0
-    total = total / torch.where(positive, rowmax, torch.ones_like(rowmax))[:, None]
+    total.div_(torch.where(positive, rowmax, torch.ones_like(rowmax))[:, None])
     scale = torch.where(positive, safe_peak + torch.log(torch.where(positive, rowmax, torch.ones_like(rowmax))),
                         torch.full_like(rowmax, float("-inf")))  # fmt: skip
     return total, scale, lossy
