@@ -37,7 +37,14 @@ import torch
 from pc_core.constraints.dfa import TokenDFA
 from pc_core.errors import PcgenError, TokenizerMismatch
 from pc_core.hmm import HMM
-from pc_core.kernels import edge_logsumexp, edge_scaled_sum, log_matmul_exp, log_matmul_exp_nt, onednn_packed
+from pc_core.kernels import (
+    edge_logsumexp,
+    edge_scaled_sum,
+    log_matmul_exp,
+    log_matmul_exp_nt,
+    matmul_exp_nt,
+    onednn_packed,
+)
 from pc_core.kernels.reference import LOSSLESS
 
 NEG_INF = float("-inf")
@@ -429,51 +436,59 @@ class ConstraintGuide:
     def _finish(
         self,
         state: GuideState,
-        products: Sequence[torch.Tensor],
+        products: Sequence[tuple[torch.Tensor, torch.Tensor]],
         plans: Sequence[tuple[torch.Tensor, torch.Tensor]],
     ) -> torch.Tensor:
-        """Assemble (B, V) from this guide's slices of the block products (B + Q_k rows each) plus the tail."""
+        """Assemble (B, V) from this guide's slices of the block products (B + Q_k rows each, linear with a
+        log shift per row) plus the tail. Each block is one ratio joint / marginal, one log and one shift."""
         t = self.tables
         b = state.batch_size
         r = self.horizon - state.position - 1
-        marginals, joints = [], []
-        for k, (product, (_, row_of_slot)) in enumerate(zip(products, plans)):
+        out = torch.empty(b, self.hmm.vocab_size, device=state.log_alpha.device)  # columns in block order
+        column = 0
+        for k, ((product, shift), (_, row_of_slot)) in enumerate(zip(products, plans)):
+            ratio = out[:, column : column + product.shape[1]]  # (B, V_k) view
+            column += product.shape[1]
+            marginal, marginal_shift = product[:b], shift[:b]  # P(x | prefix), up to exp(shift)
             slots = t.block_slot[state.dfa_state, k]  # (B,)
-            if t.block_slot_everywhere[k] or bool((slots >= 0).all()):  # one successor per beam: select rows
+            if t.block_slot_everywhere[k] or bool((slots >= 0).all()):  # one successor per beam: whole rows
                 pick = row_of_slot.gather(1, slots[:, None].clamp_min(0))[:, 0]  # (B,), -1 when impossible
-                joint = product.index_select(0, pick.clamp_min(0))
-                joint[pick < 0] = NEG_INF
-            else:
-                dead = row_of_slot < 0  # (B, D) impossible successors (or none in this block)
-                row_of_slot = row_of_slot.clamp_min(0)
+                in_order = product.shape[0] == 2 * b and torch.equal(
+                    pick, torch.arange(b, 2 * b, device=pick.device)
+                )
+                joint = product[b:] if in_order else product.index_select(0, pick.clamp_min(0))
+                torch.div(joint, marginal, out=ratio).log_()
+                ratio.add_((shift[pick.clamp_min(0)] - marginal_shift)[:, None])
+                dead = (pick < 0).nonzero()[:, 0]
+                if dead.numel():
+                    ratio.index_fill_(0, dead, NEG_INF)
+            else:  # several successors in this block: gather per token
                 slot = t.slot_of_class[state.dfa_state][:, t.block_class[k]].clamp_min(0)  # (B, V_k)
-                joint = product.gather(0, row_of_slot.gather(1, slot))  # log P(x, constraint | prefix)
-                joint.masked_fill_(dead.gather(1, slot), NEG_INF)
-            marginals.append(product[:b])  # log P(x | prefix)
-            joints.append(joint)
-        # columns in block order from here on (token order when there is one block)
-        log_marginal = marginals[0] if t.num_blocks == 1 else torch.cat(marginals, 1)  # (B, V)
-        log_joint = joints[0] if t.num_blocks == 1 else torch.cat(joints, 1)  # (B, V)
+                rows = row_of_slot.clamp_min(0).gather(1, slot)  # (B, V_k) product row of each token
+                torch.div(product.gather(0, rows), marginal, out=ratio).log_()
+                ratio.add_(shift[rows]).sub_(marginal_shift[:, None])
+                ratio.masked_fill_((row_of_slot < 0).gather(1, slot), NEG_INF)  # impossible successors
 
-        # tail tokens: one row per distinct (beam, successor) that is neither impossible nor certain
+        # tail tokens: one row per distinct (beam, successor) that is neither impossible nor certain, after
+        # the beams' own marginal rows over the tail
         tail = t.tail_tokens
         if tail.numel():
             succ = t.tail_succ[state.dfa_state]  # (B, T)
             feasible, certain = t.feasible[r][succ], t.certain[r][succ]
             needed = feasible & ~certain
-            pair_key = torch.arange(b, device=succ.device)[:, None] * t.num_states + succ
-            keys, inverse = torch.unique(torch.where(needed, pair_key, -1), return_inverse=True)
-            values = torch.full(succ.shape, NEG_INF, device=succ.device)
-            real = keys >= 0
-            if real.any():
-                pk = keys[real]
-                left = state.log_alpha[pk // t.num_states] + t.log_scale + t.log_u[r][pk % t.num_states]
-                pair_out = log_matmul_exp_nt(left, t.tail_emission)  # (P, T)
-                index = (inverse - int((~real).sum())).clamp_min(0)  # position among real keys
-                values = pair_out.gather(0, index).where(needed, values)
-            values = torch.where(certain, log_marginal[:, t.tail_position], values)
-            log_joint[:, t.tail_position] = values
-        out = log_joint.sub_(log_marginal).clamp_max_(0.0)
+            values = torch.where(certain, 0.0, NEG_INF).expand(succ.shape)  # (B, T)
+            if needed.any():
+                pair_key = torch.arange(b, device=succ.device)[:, None] * t.num_states + succ
+                keys, inverse = torch.unique(torch.where(needed, pair_key, -1), return_inverse=True)
+                pk = keys[keys >= 0]
+                left = state.log_alpha + t.log_scale  # (B, H)
+                rows = torch.cat([left, left[pk // t.num_states] + t.log_u[r][pk % t.num_states]])
+                tail_out = log_matmul_exp_nt(rows, t.tail_emission)  # (B + P, T)
+                index = (inverse - int((keys < 0).sum())).clamp_min(0)  # position among real keys
+                log_ratio = tail_out[b:].gather(0, index) - tail_out[:b]
+                values = torch.where(needed, log_ratio, values)
+            out[:, t.tail_position] = values
+        out.clamp_max_(0.0)
         if t.num_blocks > 1:
             out = out.index_select(1, t.block_position)  # back to token order
         if t.banned is not None:
@@ -491,7 +506,7 @@ def batched_next_log_probs(items: Sequence[tuple[ConstraintGuide, GuideState]]) 
     if any(g.hmm is not hmm for g, _ in items):
         raise GuideError("batched guides must share one HMM")
     plans = [g._dense_rows(s) for g, s in items]
-    products: list[list[torch.Tensor]] = [[] for _ in items]
+    products: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in items]
     groups: dict[tuple, list[int]] = {}  # guides with the same vocabulary blocks share their products
     for i, (guide, _) in enumerate(items):
         groups.setdefault((guide.tables.block_key, guide.emission_dtype), []).append(i)
@@ -501,10 +516,10 @@ def batched_next_log_probs(items: Sequence[tuple[ConstraintGuide, GuideState]]) 
             tokens = None if tables.num_blocks == 1 else tables.block_tokens[k]
             right = hmm.emission_block(tokens, f"{key}/{k}", dtype)  # (V_k, H), maybe packed
             rows = torch.cat([plans[i][k][0] for i in members], 0)
-            product = log_matmul_exp_nt(rows, right)  # (rows of all members, V_k)
+            product, shift = matmul_exp_nt(rows, right)  # (rows of all members, V_k), (rows,)
             start = 0
             for i in members:
                 size = plans[i][k][0].shape[0]
-                products[i].append(product[start : start + size])
+                products[i].append((product[start : start + size], shift[start : start + size]))
                 start += size
     return [guide._finish(state, products[i], plans[i]) for i, (guide, state) in enumerate(items)]

@@ -55,6 +55,17 @@ def log_matmul_exp_nt(left: torch.Tensor, right_t: torch.Tensor | onednn_packed.
     return reference.log_matmul_exp_nt(left, right_t)
 
 
+def matmul_exp_nt(
+    left: torch.Tensor, right_t: torch.Tensor | onednn_packed.Packed
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log_matmul_exp_nt left in linear space: (out (R, N), shift (R,)), out * exp(shift) the product."""
+    if _backend(left) == "triton" and isinstance(right_t, torch.Tensor):
+        from pc_core.kernels.triton_log_matmul import matmul_exp as fast
+
+        return fast(left, right_t.T)
+    return reference.matmul_exp_nt(left, right_t)
+
+
 def edge_logsumexp(
     log_mass: torch.Tensor, log_values: torch.Tensor, edge_index: torch.Tensor, edge_dst: torch.Tensor
 ) -> torch.Tensor:

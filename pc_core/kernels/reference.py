@@ -46,24 +46,34 @@ def edge_logsumexp(
     return out
 
 
-def log_matmul_exp_nt(left: torch.Tensor, right_t: torch.Tensor | onednn_packed.Packed) -> torch.Tensor:
-    """out[r, n] = log sum_k exp(left[r, k]) * right_t[n, k].  right_t (N, K) >= 0, e.g. the (V, H) emission.
+def matmul_exp_nt(
+    left: torch.Tensor, right_t: torch.Tensor | onednn_packed.Packed
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Linear-space form: (out, shift) with out[r, n] * exp(shift[r]) = sum_k exp(left[r, k]) * right_t[n, k].
 
+    right_t (N, K) >= 0, e.g. the (V, H) emission; out (R, N) float32, shift (R,), the row max of `left`
+    (0 for all -inf rows). Callers that combine rows (a ratio of two products) take one log instead of two.
     `right_t` may be given packed (onednn_packed), the CPU fast path: 2-3x at a guide step's row counts,
     measured there. Plain on CPU, the product is taken as (right_t @ probs^T)^T: with few rows MKL's sgemm is
     several times faster that way (measured on the 2-core dev box, H = 1024, V = 50,257, 3 rows: 9.0 ms vs
     36.5 ms for probs @ right with right stored (K, N)); the result is then a transposed view.
     """
-    shift = left.max(dim=1, keepdim=True).values  # (R, 1)
+    shift = left.max(dim=1).values  # (R,)
     shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-    probs = torch.exp(left - shift).to(right_t.dtype)  # (R, K)
+    probs = torch.exp(left - shift[:, None]).to(right_t.dtype)  # (R, K)
     if isinstance(right_t, onednn_packed.Packed):
         out = onednn_packed.matmul_nt(probs, right_t)  # (R, N)
     elif right_t.is_cuda:
         out = probs @ right_t.T  # cuBLAS takes the transposed operand as a flag
     else:
         out = (right_t @ probs.T).T  # (R, N) view of an (N, R) result
-    return out.float().log_().add_(shift)
+    return out.float(), shift
+
+
+def log_matmul_exp_nt(left: torch.Tensor, right_t: torch.Tensor | onednn_packed.Packed) -> torch.Tensor:
+    """out[r, n] = log sum_k exp(left[r, k]) * right_t[n, k]: matmul_exp_nt taken back to log space."""
+    out, shift = matmul_exp_nt(left, right_t)
+    return out.log_().add_(shift[:, None])
 
 
 def edge_scaled_sum(

@@ -1,4 +1,4 @@
-"""Triton kernel: out = log(exp(left - shift) @ right) + shift, fused.
+"""Triton kernel: out = log(exp(left - shift) @ right) + shift, fused (or the linear product, LOG=False).
 
 The torch path materialises exp(left - shift) (R x K) and the raw product (R x N) before taking the log;
 this kernel applies the exp while loading `left` tiles and the log while storing, so the product is the
@@ -20,7 +20,7 @@ def _log_matmul_exp_kernel(
     R, K, N,
     stride_lr, stride_lk, stride_rk, stride_rn, stride_or, stride_on,
     BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, LOG: tl.constexpr,
 ):  # fmt: skip
     pid_r = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -39,13 +39,15 @@ def _log_matmul_exp_kernel(
         rmask = (k[:, None] < K) & (cols[None, :] < N)
         right = tl.load(right_ptr + k[:, None] * stride_rk + cols[None, :] * stride_rn, mask=rmask, other=0.0)
         acc += tl.dot(probs, right.to(tl.float32), input_precision=PRECISION)
-    out = tl.log(acc) + shift[:, None]
+    if LOG:
+        out = tl.log(acc) + shift[:, None]
+    else:
+        out = acc
     omask = (rows[:, None] < R) & (cols[None, :] < N)
     tl.store(out_ptr + rows[:, None] * stride_or + cols[None, :] * stride_on, out, mask=omask)
 
 
-def log_matmul_exp(left: torch.Tensor, right: torch.Tensor, precision: str = "ieee") -> torch.Tensor:
-    """Same contract as reference.log_matmul_exp. `precision`: "ieee" (exact fp32) or "tf32"."""
+def _launch(left: torch.Tensor, right: torch.Tensor, precision: str, log: bool):
     r, k = left.shape
     k2, n = right.shape
     assert k == k2, (left.shape, right.shape)
@@ -58,6 +60,18 @@ def log_matmul_exp(left: torch.Tensor, right: torch.Tensor, precision: str = "ie
     _log_matmul_exp_kernel[grid](
         left, shift, right, out, r, k, n,
         left.stride(0), left.stride(1), right.stride(0), right.stride(1), out.stride(0), out.stride(1),
-        BLOCK_R=block_r, BLOCK_N=64, BLOCK_K=32, PRECISION=precision,
+        BLOCK_R=block_r, BLOCK_N=64, BLOCK_K=32, PRECISION=precision, LOG=log,
     )  # fmt: skip
-    return out
+    return out, shift
+
+
+def log_matmul_exp(left: torch.Tensor, right: torch.Tensor, precision: str = "ieee") -> torch.Tensor:
+    """Same contract as reference.log_matmul_exp. `precision`: "ieee" (exact fp32) or "tf32"."""
+    return _launch(left, right, precision, log=True)[0]
+
+
+def matmul_exp(
+    left: torch.Tensor, right: torch.Tensor, precision: str = "ieee"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as reference.matmul_exp_nt with right given (K, N): (linear product, row shift)."""
+    return _launch(left, right, precision, log=False)
