@@ -31,6 +31,20 @@ def test_log_matmul_exp_matches_reference(r, k, n):
     _assert_same(log_matmul_exp(left, right), reference.log_matmul_exp(left, right))
 
 
+def test_linear_matmul_exp_matches_reference():
+    from pc_core.kernels.triton_log_matmul import matmul_exp
+
+    gen = torch.Generator().manual_seed(1)
+    left = torch.randn(6, 70, generator=gen) * 30
+    left[1] = float("-inf")
+    right_t = torch.rand(130, 70, generator=gen)
+    got, got_shift = matmul_exp(left, right_t.T)
+    want, want_shift = reference.matmul_exp_nt(left, right_t)
+    torch.testing.assert_close(got_shift, want_shift)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=0)
+    assert (got[1] == 0).all()
+
+
 def test_edge_logsumexp_matches_reference():
     from pc_core.kernels.triton_edge_logsumexp import edge_logsumexp
 
@@ -53,7 +67,11 @@ def test_guide_with_triton_path_equals_torch_path(tokenizer, monkeypatch):
     from pc_core import compile_constraint
     from pc_core.guide import _TABLES, ConstraintGuide
     from pc_core.hmm import HMM
+    from pc_core.kernels import onednn_packed
 
+    monkeypatch.setattr(
+        onednn_packed, "pack", lambda right_t: None
+    )  # plain emission: the Triton product runs
     dfa = compile_constraint({"keywords": ["dog", "cat"]}, tokenizer)
     prefix = tokenizer.encode(" the dog", add_special_tokens=False)
     results = []
