@@ -41,7 +41,6 @@ from pc_core.kernels import (
     edge_logsumexp,
     edge_scaled_sum,
     log_matmul_exp,
-    log_matmul_exp_nt,
     matmul_exp_nt,
     onednn_packed,
 )
@@ -187,7 +186,9 @@ class GuideTables:
                 rowmax = u.amax(dim=1).clamp_min(torch.finfo(u.dtype).tiny)
                 scaled, scale = u.div_(rowmax[:, None]), w_scale + torch.log(rowmax)
                 # a feasible row spanning > 69 nats: float32 cannot hold it exactly, redo in log space
-                robust = lossy or bool((scaled.amin(dim=1) < LOSSLESS)[self.feasible[r]].any())
+                # or a feasible row whose largest entry is itself that small (before scaling it to 1)
+                tiny_rows = (scaled.amin(dim=1) < LOSSLESS) | (rowmax < LOSSLESS)
+                robust = lossy or bool(tiny_rows[self.feasible[r]].any())
                 if not robust:
                     torch.log(scaled, out=log_u[r]).add_(scale[:, None])
             if robust:  # exact log-space step
@@ -249,7 +250,7 @@ class GuideTables:
         self.block_slot = torch.from_numpy(block_slot).to(device)
         self.block_slot_everywhere = (block_slot >= 0).all(0).tolist()  # per block: no state needs a gather
         self.tail_succ = torch.from_numpy(delta[:, dfa.token_class[tail]]).to(device)  # (S, |tail|)
-        tail_emission_t = emission_t[self.tail_tokens].to(emission_dtype).contiguous()  # (|tail|, H)
+        tail_emission_t = hmm.emission_scaled_t(self.tail_tokens, emission_dtype)  # (|tail|, H)
         self.tail_emission = onednn_packed.pack(tail_emission_t) or tail_emission_t  # packed on CPU
         self.transitions = torch.from_numpy(delta).to(device)
         self.eos_token_id = dfa.eos_token_id
@@ -347,7 +348,8 @@ class ConstraintGuide:
         emitted = log_alpha + self.hmm.log_emission[:, tokens].T.float()  # (B, H)
         if generated:
             emitted = emitted + self.tables.log_scale
-        out = log_matmul_exp(emitted, self.hmm.transition_probs())
+        scaled, log_peak = self.hmm.transition_scaled()
+        out = log_matmul_exp(emitted, scaled) + log_peak
         return out - torch.logsumexp(out, dim=1, keepdim=True)
 
     def advance(self, state: GuideState, tokens: torch.Tensor | Sequence[int]) -> GuideState:
@@ -457,17 +459,23 @@ class ConstraintGuide:
                     pick, torch.arange(b, 2 * b, device=pick.device)
                 )
                 joint = product[b:] if in_order else product.index_select(0, pick.clamp_min(0))
-                torch.div(joint, marginal, out=ratio).log_()
-                ratio.add_((shift[pick.clamp_min(0)] - marginal_shift)[:, None])
-                dead = (pick < 0).nonzero()[:, 0]
-                if dead.numel():
-                    ratio.index_fill_(0, dead, NEG_INF)
+                shift_difference = (shift[pick.clamp_min(0)] - marginal_shift)[:, None]  # (B, 1)
+                dead = (pick < 0)[:, None]  # (B, 1)
             else:  # several successors in this block: gather per token
                 slot = t.slot_of_class[state.dfa_state][:, t.block_class[k]].clamp_min(0)  # (B, V_k)
                 rows = row_of_slot.clamp_min(0).gather(1, slot)  # (B, V_k) product row of each token
-                torch.div(product.gather(0, rows), marginal, out=ratio).log_()
-                ratio.add_(shift[rows]).sub_(marginal_shift[:, None])
-                ratio.masked_fill_((row_of_slot < 0).gather(1, slot), NEG_INF)  # impossible successors
+                joint = product.gather(0, rows)
+                shift_difference = shift[rows] - marginal_shift[:, None]  # (B, V_k)
+                dead = (row_of_slot < 0).gather(1, slot)  # (B, V_k) impossible successors
+            torch.div(joint, marginal, out=ratio).log_().add_(shift_difference)
+            if float(product.amin()) < LOSSLESS:  # below float32's full precision somewhere: redo exactly
+                bad = ((joint < LOSSLESS) | (marginal < LOSSLESS)) & ~dead
+                beams, columns = bad.nonzero(as_tuple=True)
+                ratio[beams, columns] = self._exact_log_ratio(state, beams, t.block_tokens[k][columns])
+            if dead.shape[1] > 1:
+                ratio.masked_fill_(dead, NEG_INF)
+            elif bool(dead.any()):  # whole rows: fill only those
+                ratio.index_fill_(0, dead[:, 0].nonzero()[:, 0], NEG_INF)
 
         # tail tokens: one row per distinct (beam, successor) that is neither impossible nor certain, after
         # the beams' own marginal rows over the tail
@@ -483,9 +491,15 @@ class ConstraintGuide:
                 pk = keys[keys >= 0]
                 left = state.log_alpha + t.log_scale  # (B, H)
                 rows = torch.cat([left, left[pk // t.num_states] + t.log_u[r][pk % t.num_states]])
-                tail_out = log_matmul_exp_nt(rows, t.tail_emission)  # (B + P, T)
+                tail_out, tail_shift = matmul_exp_nt(rows, t.tail_emission)  # (B + P, T), (B + P,)
                 index = (inverse - int((keys < 0).sum())).clamp_min(0)  # position among real keys
-                log_ratio = tail_out[b:].gather(0, index) - tail_out[:b]
+                joint, marginal = tail_out[b:].gather(0, index), tail_out[:b]
+                log_ratio = (joint / marginal).log_().add_(tail_shift[b:][index] - tail_shift[:b, None])
+                beams, columns = (needed & ((joint < LOSSLESS) | (marginal < LOSSLESS))).nonzero(
+                    as_tuple=True
+                )
+                if beams.numel():  # as above
+                    log_ratio[beams, columns] = self._exact_log_ratio(state, beams, tail[columns])
                 values = torch.where(needed, log_ratio, values)
             out[:, t.tail_position] = values
         out.clamp_max_(0.0)
@@ -496,6 +510,27 @@ class ConstraintGuide:
         if state.position + 1 < self.min_new_tokens + 1:
             out[:, t.eos_token_id] = NEG_INF
         return out
+
+    def _exact_log_ratio(self, state: GuideState, beams: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """log P(constraint | prefix, x) for single (beam, token) pairs by log-space sums over z, in float64:
+        the fallback where a linear-space product fell below 1e-30, where float32 loses digits and then
+        reaches 0 (a token emitted only by states the forward vector gives next to no mass). Scaled emission
+        columns make this rare; it keeps the ratios exact and "-inf exactly where impossible" true instead
+        of probably true."""
+        t = self.tables
+        r = self.horizon - state.position - 1
+        succ = t.transitions[state.dfa_state[beams], t.token_class[tokens]]  # (n,)
+        out = torch.empty(len(beams), device=beams.device)
+        chunk = max(1, 2**22 // self.hmm.hidden_size)  # (chunk, H) temporaries of ~16 MB
+        for start in range(0, len(beams), chunk):
+            part = slice(start, start + chunk)
+            emitted = (state.log_alpha[beams[part]] + t.log_scale).double()  # (chunk, H)
+            emitted += self.hmm.log_emission[:, tokens[part]].T.double()
+            marginal = torch.logsumexp(emitted, dim=1)
+            joint = torch.logsumexp(emitted + t.log_u[r][succ[part]], dim=1)
+            out[part] = (joint - marginal).float()
+        out = torch.where(t.feasible[r][succ], out, NEG_INF)
+        return torch.where(t.certain[r][succ], 0.0, out)
 
 
 def batched_next_log_probs(items: Sequence[tuple[ConstraintGuide, GuideState]]) -> list[torch.Tensor]:

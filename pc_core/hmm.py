@@ -85,6 +85,19 @@ class HMM:
         """(H, H) A[z, z'] in probability space, fp32, cached."""
         return self._cached(("A",), lambda: self.log_transition.float().exp())
 
+    def transition_scaled(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A / colmax, log colmax): A[z, z'] with each column divided by its largest entry, (H, H) fp32, and
+        the (H,) log of those maxima; cached. A forward step taken with the scaled matrix and the log factor
+        added back stays exact for states every transition into is tiny (e^-100 is denormal in fp32)."""
+
+        def build() -> tuple[torch.Tensor, torch.Tensor]:
+            log_a = self.log_transition.float()
+            peak = log_a.amax(dim=0)  # (H,)
+            peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+            return (log_a - peak).exp(), peak
+
+        return self._cached(("A-scaled",), build)
+
     def emission_probs(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """(H, V) B[z, x] in probability space, cached per dtype (bf16 halves the bytes a guide step reads)."""
         return self._cached(("B", dtype), lambda: self.log_emission.float().exp().to(dtype).contiguous())
@@ -93,16 +106,29 @@ class HMM:
         """(V, H) B^T in probability space, contiguous, cached per dtype: one row per token."""
         return self._cached(("Bt", dtype), lambda: self.log_emission.float().T.exp().to(dtype).contiguous())
 
+    def emission_scaled_t(
+        self, token_ids: torch.Tensor | None, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """(n, H) rows of B^T for `token_ids` (all when None), each token's column divided by its largest
+        entry, B[z, x] / max_z' B[z', x]. The guide only takes ratios of two products over the same token,
+        from which that factor cancels; scaled, a token the model almost never emits (log B ~ -100, zero in
+        float32) still has entries of 1, so its products do not underflow."""
+        log_b = self.log_emission if token_ids is None else self.log_emission[:, token_ids]
+        rows = log_b.T.float().clone(memory_format=torch.contiguous_format)  # (n, H), a copy
+        peak = rows.amax(dim=1, keepdim=True)
+        rows.sub_(torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))).exp_()
+        return rows.to(dtype)
+
     def emission_block(
         self, token_ids: torch.Tensor | None, key: str, dtype: torch.dtype = torch.float32
     ) -> torch.Tensor | onednn_packed.Packed:
-        """The emission rows of `token_ids` (all tokens when None) as the right operand of the guide's
-        product, cached under `key`: (V_k, H) contiguous, or packed for oneDNN on CPU (the fast path; then
-        no plain copy is kept). Costs one more emission-sized buffer per partition of the vocabulary."""
+        """`emission_scaled_t(token_ids)` as the right operand of the guide's product, cached under `key`:
+        (V_k, H) contiguous, or packed for oneDNN on CPU (the fast path; then no plain copy is kept). Costs
+        one more emission-sized buffer per partition of the vocabulary."""
 
         def build() -> torch.Tensor | onednn_packed.Packed:
-            rows = self.emission_t(dtype) if token_ids is None else self.emission_t(dtype)[token_ids]
-            return onednn_packed.pack(rows) or rows.contiguous()
+            rows = self.emission_scaled_t(token_ids, dtype)
+            return onednn_packed.pack(rows) or rows
 
         return self._cached(("Bt-block", key, dtype), build)
 

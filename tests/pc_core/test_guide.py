@@ -318,6 +318,54 @@ def test_linear_backward_step_equals_log_space_path(tokenizer, monkeypatch):
     _tables_close(tables[True], tables[False])
 
 
+def _renormalised(log_rows: torch.Tensor) -> torch.Tensor:
+    return log_rows - torch.logsumexp(log_rows, dim=-1, keepdim=True)
+
+
+@pytest.mark.parametrize("big_class_fraction", [0.01, 0.9], ids=["dense rows", "tail"])
+def test_tokens_beyond_float32_range_stay_exact(micro, monkeypatch, big_class_fraction):
+    """Emission entries of e^-100 are denormal in float32 (a few bits of precision left). " cat" has them in
+    every state (scaled emission columns keep its products in range); " the" is emitted only by a state the
+    forward vector gives e^-100, so its products leave float32's normal range and the exact log-space
+    fallback must take over: no NaN, no spurious -inf, full precision."""
+    import pc_core.guide as guide_module
+    from pc_core.guide import _TABLES
+
+    monkeypatch.setattr(
+        guide_module, "BIG_CLASS_FRACTION", big_class_fraction
+    )  # 0.9: every class in the tail
+    base = HMM.random(3, len(micro), seed=11, eos_token_id=micro.eos_token_id)
+    log_emission = base.log_emission.clone()
+    log_emission[:, 1] = -100.0  # " cat"
+    log_emission[:, 2] = -100.0  # " the"
+    log_emission[0, 2] = -1.0
+    log_transition = base.log_transition.clone()
+    log_transition[:, 0] = -100.0
+    log_initial = base.log_initial.clone()
+    log_initial[0] = -100.0
+    hmm = HMM(_renormalised(log_initial), _renormalised(log_transition), _renormalised(log_emission),
+              micro.eos_token_id)  # fmt: skip
+    spec = {"keywords": ["dog"]}
+    dfa = compile_constraint(spec, micro)
+    fallback_tokens = []
+    real = ConstraintGuide._exact_log_ratio
+
+    def spy(self, state, beams, tokens):
+        fallback_tokens.extend(tokens.tolist())
+        return real(self, state, beams, tokens)
+
+    monkeypatch.setattr(ConstraintGuide, "_exact_log_ratio", spy)
+    _TABLES.clear()
+    guide = ConstraintGuide(hmm, dfa, horizon=3)
+    brute = Brute(hmm, micro, spec, 3)
+    for prefix in ([], [6], [0]):
+        got = guide.next_log_probs(prefix).numpy()
+        want = brute.next_log_probs(prefix)
+        assert np.isfinite(want[[1, 2]]).all()
+        _close(got, want)
+    assert 2 in fallback_tokens and 1 not in fallback_tokens
+
+
 def test_underflow_in_the_linear_path_falls_back_to_log_space(tokenizer, monkeypatch):
     """If a scaled row underflows where the DFA says feasible, the step is redone in log space."""
     import pc_core.guide as guide_module
