@@ -32,37 +32,51 @@ from pc_core.kernels import onednn_packed  # noqa: E402
 DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16"}
 
 
-def timed(fn, reps: int, device: torch.device) -> float:
-    """Median wall time of fn() over reps runs (after one warm-up), synchronising on CUDA."""
+def once(fn, device: torch.device) -> float:
+    """Wall time of one fn() call, synchronising on CUDA."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
     fn()
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def timed(fn, reps: int, device: torch.device) -> float:
+    """Median wall time of fn() over reps runs (after one warm-up)."""
+    fn()
+    return statistics.median(once(fn, device) for _ in range(reps))
 
 
 def step_floors(
     emission_t: torch.Tensor, beams: list[int], reps: int, device: torch.device
-) -> dict[int, float]:
-    """Per beam count B, the fastest dense fp32 (B, H) x (H, V) product available: either layout of torch's
-    matmul, and on CPU also oneDNN with the emission packed once, the product the guide itself uses. The
-    layouts are built once (the packed copy shows in the peak memory column)."""
+) -> dict[int, object]:
+    """Per beam count B, the fastest dense fp32 (B, H) x (H, V) product available, as a function to time next
+    to each step: either layout of torch's matmul, and on CPU also oneDNN with the emission packed once, the
+    product the guide itself uses. The layouts are built once (the packed copy shows in the peak memory
+    column)."""
     emission = emission_t.T.contiguous()
     packed = onednn_packed.pack(emission_t)
     floors = {}
     for b in beams:
         rows = torch.rand(b, emission_t.shape[1], device=device)
-        candidates = [lambda: rows @ emission, lambda: emission_t @ rows.T]
+        candidates = [lambda rows=rows: rows @ emission, lambda rows=rows: emission_t @ rows.T]
         if packed is not None:
-            candidates.append(lambda: onednn_packed.matmul_nt(rows, packed))
-        floors[b] = min(timed(fn, reps, device) for fn in candidates)
+            candidates.append(lambda rows=rows: onednn_packed.matmul_nt(rows, packed))
+        floors[b] = min(candidates, key=lambda fn: timed(fn, reps, device))
     return floors
+
+
+def timed_pair(step, floor, reps: int, device: torch.device) -> tuple[float, float]:
+    """Medians of step() and floor() timed alternately, so that the shared VM's drift (up to ~1.5x over a
+    run) hits both alike instead of the ratio."""
+    step(), floor()  # warm-up
+    steps, floors = [], []
+    for _ in range(reps):
+        steps.append(once(step, device))
+        floors.append(once(floor, device))
+    return statistics.median(steps), statistics.median(floors)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -134,7 +148,9 @@ def main() -> None:
                         state = guided.init_state(b)
                         for token in prefix:
                             state = guided.advance(state, [token] * b)
-                        step = timed(lambda: guided.next_log_probs(state), args.reps, device)
+                        step, floor = timed_pair(
+                            lambda: guided.next_log_probs(state), step_floor[b], args.reps, device
+                        )
                         adv = timed(lambda: guided.advance(state, [prefix[0]] * b), args.reps, device)
                         step_rows.append(
                             [
@@ -145,8 +161,8 @@ def main() -> None:
                                 backend,
                                 DTYPE_NAMES[dtype],
                                 round(step * 1000, 2),
-                                round(step_floor[b] * 1000, 2),
-                                round(step / step_floor[b], 2),
+                                round(floor * 1000, 2),
+                                round(step / floor, 2),
                                 round(adv * 1000, 2),
                                 round(peak_memory_mb(device)),
                             ]
@@ -159,7 +175,8 @@ def main() -> None:
         f"`{command()}` ({machine()}); {source}, V = {v}, random HMM, horizon {n}, keyword sets "
         "of CommonGen concepts with inflections. Floors are measured in the same run: n dense fp32 (S, H) x (H, H) "
         "matmuls for the precompute, one dense fp32 (B, H) x (H, V) matmul for a step (the fastest of torch's "
-        "matmul in either layout and, on CPU, oneDNN with the emission packed once, the product the step uses). "
+        "matmul in either layout and, on CPU, oneDNN with the emission packed once, the product the step uses; "
+        "timed alternately with the step). "
         "Goals: step <= 1.5x (fp32), "
         "precompute <= 2x.\n\n### Precompute\n\n"
         + table(
