@@ -132,9 +132,8 @@ class GuideTables:
             check_invariants=False,
         ).to(device)
         edge_mass = torch.sparse.mm(incidence, masses)  # (E, H) linear
-        self.edge_log_mass = torch.empty(
-            e_count + 1, h, device=device
-        )  # (E + 1, H), last row the -inf padding
+        # (E + 1, H) in log space, the last row the -inf padding that unused slots point at
+        self.edge_log_mass = torch.empty(e_count + 1, h, device=device)
         torch.log(edge_mass, out=self.edge_log_mass[:e_count])
         self.edge_log_mass[e_count] = NEG_INF
         is_eos = (~ended[edges[:, 0]]) & ended[edges[:, 1]]  # only EOS leaves a live state for an ended one
@@ -156,10 +155,9 @@ class GuideTables:
         # backward tables U_r, r = 0..n-1
         transition_t = hmm.transition_probs().T.contiguous()  # (H, H): U = W @ A^T
         accepting = torch.from_numpy(dfa.accepting).to(device)
-        feasible_rows = [
-            torch.from_numpy(np.flatnonzero(~f)).to(device) for f in feasible
-        ]  # rows set to -inf
-        certain_rows = [torch.from_numpy(np.flatnonzero(c)).to(device) for c in certain]  # rows set to 0
+        # per r, the states whose U_r row is exactly -inf (cannot accept) or exactly 0 (always accepts)
+        infeasible_rows = [torch.from_numpy(np.flatnonzero(~f)).to(device) for f in feasible]
+        certain_rows = [torch.from_numpy(np.flatnonzero(c)).to(device) for c in certain]
         log_u = torch.empty(horizon, s_count, h, device=device)
         log_u[0] = torch.where(accepting[:, None], 0.0, NEG_INF).expand(s_count, h)
         # Fast path: U_r kept as rows in [0, 1] times a per-state scale, so a step is gathers, products, an
@@ -193,7 +191,7 @@ class GuideTables:
                     torch.log(scaled, out=log_u[r]).add_(scale[:, None])
             if robust:  # exact log-space step
                 log_u[r] = log_matmul_exp(self._edge_sum(log_u[r - 1], r), transition_t)
-            log_u[r].index_fill_(0, feasible_rows[r], NEG_INF).index_fill_(0, certain_rows[r], 0.0)
+            log_u[r].index_fill_(0, infeasible_rows[r], NEG_INF).index_fill_(0, certain_rows[r], 0.0)
         self.used_log_space_fallback = robust
         self.log_u = log_u
 
@@ -455,12 +453,13 @@ class ConstraintGuide:
             slots = t.block_slot[state.dfa_state, k]  # (B,)
             if t.block_slot_everywhere[k] or bool((slots >= 0).all()):  # one successor per beam: whole rows
                 pick = row_of_slot.gather(1, slots[:, None].clamp_min(0))[:, 0]  # (B,), -1 when impossible
+                dead = (pick < 0)[:, None]  # (B, 1)
+                pick = pick.clamp_min(0)
                 in_order = product.shape[0] == 2 * b and torch.equal(
                     pick, torch.arange(b, 2 * b, device=pick.device)
                 )
-                joint = product[b:] if in_order else product.index_select(0, pick.clamp_min(0))
-                shift_difference = (shift[pick.clamp_min(0)] - marginal_shift)[:, None]  # (B, 1)
-                dead = (pick < 0)[:, None]  # (B, 1)
+                joint = product[b:] if in_order else product.index_select(0, pick)
+                shift_difference = (shift[pick] - marginal_shift)[:, None]  # (B, 1)
             else:  # several successors in this block: gather per token
                 slot = t.slot_of_class[state.dfa_state][:, t.block_class[k]].clamp_min(0)  # (B, V_k)
                 rows = row_of_slot.clamp_min(0).gather(1, slot)  # (B, V_k) product row of each token
@@ -468,10 +467,8 @@ class ConstraintGuide:
                 shift_difference = shift[rows] - marginal_shift[:, None]  # (B, V_k)
                 dead = (row_of_slot < 0).gather(1, slot)  # (B, V_k) impossible successors
             torch.div(joint, marginal, out=ratio).log_().add_(shift_difference)
-            if float(product.amin()) < LOSSLESS:  # below float32's full precision somewhere: redo exactly
-                bad = ((joint < LOSSLESS) | (marginal < LOSSLESS)) & ~dead
-                beams, columns = bad.nonzero(as_tuple=True)
-                ratio[beams, columns] = self._exact_log_ratio(state, beams, t.block_tokens[k][columns])
+            if float(product.amin()) < LOSSLESS:  # below float32's full precision somewhere
+                self._redo_imprecise(state, ratio, joint, marginal, ~dead, t.block_tokens[k])
             if dead.shape[1] > 1:
                 ratio.masked_fill_(dead, NEG_INF)
             elif bool(dead.any()):  # whole rows: fill only those
@@ -495,11 +492,7 @@ class ConstraintGuide:
                 index = (inverse - int((keys < 0).sum())).clamp_min(0)  # position among real keys
                 joint, marginal = tail_out[b:].gather(0, index), tail_out[:b]
                 log_ratio = (joint / marginal).log_().add_(tail_shift[b:][index] - tail_shift[:b, None])
-                beams, columns = (needed & ((joint < LOSSLESS) | (marginal < LOSSLESS))).nonzero(
-                    as_tuple=True
-                )
-                if beams.numel():  # as above
-                    log_ratio[beams, columns] = self._exact_log_ratio(state, beams, tail[columns])
+                self._redo_imprecise(state, log_ratio, joint, marginal, needed, tail)
                 values = torch.where(needed, log_ratio, values)
             out[:, t.tail_position] = values
         out.clamp_max_(0.0)
@@ -510,6 +503,21 @@ class ConstraintGuide:
         if state.position + 1 < self.min_new_tokens + 1:
             out[:, t.eos_token_id] = NEG_INF
         return out
+
+    def _redo_imprecise(
+        self,
+        state: GuideState,
+        log_ratio: torch.Tensor,
+        joint: torch.Tensor,
+        marginal: torch.Tensor,
+        live: torch.Tensor,
+        tokens: torch.Tensor,
+    ) -> None:
+        """Overwrite, in place, the (B, n) log ratios whose linear products fell below 1e-30 (only where
+        `live`; column j is token tokens[j]) with their exact values."""
+        beams, columns = (live & ((joint < LOSSLESS) | (marginal < LOSSLESS))).nonzero(as_tuple=True)
+        if beams.numel():
+            log_ratio[beams, columns] = self._exact_log_ratio(state, beams, tokens[columns])
 
     def _exact_log_ratio(self, state: GuideState, beams: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """log P(constraint | prefix, x) for single (beam, token) pairs by log-space sums over z, in float64:
