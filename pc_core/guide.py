@@ -1,7 +1,7 @@
 """The exact constraint guide: P_hmm(constraint | prefix, next token) by dynamic programming (section 4).
 
 Precompute (per DFA, horizon n, minimum length, HMM; cached):
-    M[c, z]      = sum_{x in class c} B[z, x]                         class emission masses   (C, H)
+    M[c, z]      = sum_{x in class c} B[z, x]                         class emission masses   (C, H)  class_masses.py
     E[s->s', z]  = sum_{c: delta(s, c) = s'} M[c, z]                  edge masses             (edges, H)
     U_0[s, z]    = 1 if s accepting else 0
     W_r[s, z]    = sum_{edges s->s'} E[s->s', z] * U_{r-1}[s', z]      (EOS edges dropped where the minimum
@@ -14,9 +14,11 @@ Step (prefix of length t in DFA state s, predictive forward vector a_t[z] = P(z_
     log P(x | prefix)             = log sum_z a_t[z] B[z, x]
 and next_log_probs returns their difference. Tokens are grouped by successor: the few large token classes
 ("any other word", "a space then any other word") share a left vector, so all beams together cost one
-(rows, H) x (H, V_k) product per vocabulary block k (tokens that continue a word / all others): per beam one
-row for the marginal, plus one per large-class successor that is neither impossible nor certain and has
-tokens in the block, about two full-vocabulary rows per beam in all. The small classes (tokens that start,
+(rows, H) x (H, V_k) product per vocabulary block k (tokens that continue a word / all others): one row per
+large-class successor that is neither impossible nor certain and has tokens in the block, plus the beam's
+marginal row where it has such a successor, about two full-vocabulary rows per beam in all. A beam whose
+successors in a block are all certain or impossible takes no rows there (exact 0 / -inf): once every keyword
+is in, it costs no product. The small classes (tokens that start,
 extend or finish a relevant word) are computed on their own (H, |tail|) slice of B.
 
 Several requests with different guides can be stepped together (`batched_next_log_probs`): their rows are
@@ -30,10 +32,12 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from pc_core.class_masses import class_masses
 from pc_core.constraints.dfa import TokenDFA
 from pc_core.errors import PcgenError, TokenizerMismatch
 from pc_core.hmm import HMM
@@ -47,6 +51,7 @@ from pc_core.kernels import (
 from pc_core.kernels.reference import LOSSLESS
 
 NEG_INF = float("-inf")
+DEAD, CERTAIN = -1, -2  # product-row codes: successor impossible (-inf) / every continuation accepted (0)
 DEFAULT_MAX_HORIZON = 1024
 BIG_CLASS_FRACTION = 0.01  # classes holding >= 1% of the vocabulary get a dense product row
 
@@ -75,6 +80,14 @@ class GuideState:
         )
 
 
+class BlockPlan(NamedTuple):
+    """A guide's share of one vocabulary block's product in a step."""
+
+    rows: torch.Tensor  # (M + Q, H) log-space left rows: M marginal rows, then Q joint rows
+    row_of_slot: torch.Tensor  # (B, D) joint row per dense successor slot, or DEAD / CERTAIN
+    marginal_row: torch.Tensor  # (B,) each beam's marginal row, -1 where it needs none in this block
+
+
 class GuideTables:
     """Everything precomputed for (DFA, horizon, min length, HMM); shared by all requests using them."""
 
@@ -92,6 +105,14 @@ class GuideTables:
         eos_class = int(dfa.token_class[dfa.eos_token_id])
         ended = dfa.ended
 
+        # Generation never emits banned tokens (they split a character), so the guide's HMM is the HMM
+        # with those emissions removed and rows renormalised: B'[z, x] = B[z, x] * scale[z]. The scale folds
+        # into every left vector, so the product still reads the original B.
+        banned = dfa.banned_tokens if dfa.banned_tokens is not None else np.zeros(dfa.vocab_size, bool)
+        # A class of banned tokens only has probability 0 under B'. Such tokens lead to the rejecting sink,
+        # which must not keep a state from being certain: it cannot be reached.
+        possible = np.bincount(dfa.token_class[~banned], minlength=c_count) > 0  # (C,)
+
         # structural feasibility / certainty per remaining count r (the exact -inf / 0 pattern)
         feasible = np.zeros((horizon + 1, s_count), bool)
         certain = np.zeros((horizon + 1, s_count), bool)
@@ -102,27 +123,28 @@ class GuideTables:
             allowed[r, eos_class] = eos_ok
             ok = np.where(ended[:, None], True, allowed[r][None, :])  # after EOS, everything is allowed
             feasible[r] = (ok & feasible[r - 1][delta]).any(axis=1)
-            certain[r] = (ok & certain[r - 1][delta]).all(axis=1)
+            certain[r] = ((ok & certain[r - 1][delta]) | ~possible).all(axis=1)
         self.feasible = torch.from_numpy(feasible).to(device)
         self.certain = torch.from_numpy(certain).to(device)
         self.allowed = allowed
 
-        # Generation never emits banned tokens (they split a character), so the guide's HMM is the HMM
-        # with those emissions removed and rows renormalised: B'[z, x] = B[z, x] * scale[z]. The scale folds
-        # into every left vector, so the product still reads the original B.
         token_class = torch.from_numpy(dfa.token_class.astype(np.int64)).to(device)
-        emission_t = hmm.emission_t(torch.float32)  # (V, H)
         h = hmm.hidden_size
-        banned = dfa.banned_tokens if dfa.banned_tokens is not None else np.zeros(dfa.vocab_size, bool)
         banned_ids = torch.from_numpy(np.flatnonzero(banned)).to(device)
         self.banned = banned_ids if banned.any() else None
-        removed = emission_t[banned_ids]  # (|banned|, H), small
-        self.log_scale = -torch.log1p(-removed.double().sum(dim=0)).float()  # (H,)
-        masses = torch.zeros(c_count, h, device=device).index_add_(0, token_class, emission_t)  # (C, H)
-        masses.index_add_(0, token_class[banned_ids], removed, alpha=-1.0)
-        masses = masses.clamp_min(0) * self.log_scale.exp()[None, :]  # class masses under B'
-        pairs = np.stack([np.repeat(np.arange(s_count), c_count), delta.reshape(-1)], 1)
-        edges, edge_of_pair = np.unique(pairs, axis=0, return_inverse=True)  # sorted by source state
+        # vocabulary blocks (TokenDFA.token_block: does the token continue a word or not), see the step below
+        block_of = np.zeros(dfa.vocab_size, np.int64)
+        if dfa.token_block is not None and len(np.unique(dfa.token_block)) > 1:
+            block_of = dfa.token_block.astype(np.int64)
+        self.block_key = hashlib.sha256(block_of.tobytes()).hexdigest()[:16] if block_of.any() else "all"
+        masses, banned_mass = class_masses(hmm, dfa.token_class, c_count, block_of, self.block_key, banned)
+        self.log_scale = -torch.log1p(-banned_mass).float()  # (H,)
+        masses = (masses / (1 - banned_mass)[None, :]).float()  # (C, H) class masses under B'
+        # distinct (source, destination) pairs as one int64 key: a 1-D unique (np.unique(axis=0) sorted the
+        # (S * C, 2) rows lexicographically, 44 ms of a 260 ms precompute at 690 states)
+        pair_key = (np.arange(s_count)[:, None] * s_count + delta).reshape(-1)  # (S * C,)
+        edge_key, edge_of_pair = np.unique(pair_key, return_inverse=True)  # sorted by source state
+        edges = np.stack([edge_key // s_count, edge_key % s_count], 1)  # (E, 2)
         edge_of_pair = edge_of_pair.reshape(-1)
         e_count = len(edges)
         incidence = torch.sparse_coo_tensor(
@@ -153,7 +175,8 @@ class GuideTables:
         self.edge_dst = torch.from_numpy(edge_dst).to(device)
 
         # backward tables U_r, r = 0..n-1
-        transition_t = hmm.transition_probs().T.contiguous()  # (H, H): U = W @ A^T
+        # U = W @ A^T on the transposed view: BLAS reads it as is, a contiguous copy cost 68 ms at H = 4096
+        transition_t = hmm.transition_probs().T
         accepting = torch.from_numpy(dfa.accepting).to(device)
         # per r, the states whose U_r row is exactly -inf (cannot accept) or exactly 0 (always accepts)
         infeasible_rows = [torch.from_numpy(np.flatnonzero(~f)).to(device) for f in feasible]
@@ -220,12 +243,8 @@ class GuideTables:
         # or not); a successor's row is multiplied only with the blocks holding its classes' tokens. For
         # keyword constraints mid-word, "continue the word" (17k tokens) and "start another" (32k) have
         # different successors, so each beam needs 2 rows per block instead of 3 full-vocabulary rows.
-        block_of = np.zeros(dfa.vocab_size, np.int64)
-        if dfa.token_block is not None and len(np.unique(dfa.token_block)) > 1:
-            block_of = dfa.token_block.astype(np.int64)
         self.num_blocks = int(block_of.max()) + 1
         blocks = [np.flatnonzero(block_of == k) for k in range(self.num_blocks)]
-        self.block_key = hashlib.sha256(block_of.tobytes()).hexdigest()[:16] if self.num_blocks > 1 else "all"
         self.block_tokens = [torch.from_numpy(ids).to(device) for ids in blocks]
         self.block_class = [token_class[ids] for ids in self.block_tokens]  # (V_k,) class per column
         position = np.empty(dfa.vocab_size, np.int64)  # column of each token in the block-ordered output
@@ -343,7 +362,7 @@ class ConstraintGuide:
 
     def _forward(self, log_alpha: torch.Tensor, tokens: torch.Tensor, generated: bool = True) -> torch.Tensor:
         """a' = normalise((a * B'[:, x]) @ A), in log space (B for prompt tokens)."""
-        emitted = log_alpha + self.hmm.log_emission[:, tokens].T.float()  # (B, H)
+        emitted = log_alpha + self.hmm.log_emission.index_select(1, tokens).T.float()  # (B, H)
         if generated:
             emitted = emitted + self.tables.log_scale
         scaled, log_peak = self.hmm.transition_scaled()
@@ -401,13 +420,11 @@ class ConstraintGuide:
 
     # ------------------------------------------------------------------ batched step, in two halves
 
-    def _dense_rows(self, state: GuideState) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Left rows of the shared product, per vocabulary block: the B marginal rows, then one per needed
-        (beam, dense successor) whose classes have tokens in that block.
-
-        Returns per block: rows (B + Q_k, H), and row_of_slot (B, D) indexing them (-1 when the successor is
-        impossible or has no token in the block, the beam's own marginal row when every continuation is
-        accepted).
+    def _dense_rows(self, state: GuideState) -> list[BlockPlan]:
+        """Left rows of the shared product, per vocabulary block: a marginal row for each beam with a ratio
+        to compute in that block, then one row per needed (beam, dense successor) whose classes have tokens
+        in the block. A beam whose successors in a block are all certain or impossible needs no row there:
+        its values are exactly 0 or -inf (once every keyword is in, a beam costs no product at all).
         """
         t = self.tables
         pos = state.position
@@ -423,59 +440,55 @@ class ConstraintGuide:
         needed = feasible & ~certain
         in_block = t.slot_blocks[state.dfa_state]  # (B, D, blocks)
         left = state.log_alpha + t.log_scale  # (B, H): a_t * scale, so rows @ B equals a_t @ B'
-        beams = torch.arange(b, device=succ.device)[:, None].expand_as(succ)
         plans = []
         for k in range(t.num_blocks):
-            beam_idx, slot_idx = (needed & in_block[:, :, k]).nonzero(as_tuple=True)
-            rows = torch.cat([left, left[beam_idx] + t.log_u[r][safe[beam_idx, slot_idx]]], 0)
-            row_of_slot = torch.full(succ.shape, -1, dtype=torch.long, device=succ.device)
-            row_of_slot[beam_idx, slot_idx] = b + torch.arange(len(beam_idx), device=succ.device)
-            plans.append((rows, torch.where(certain, beams, row_of_slot)))
+            need = needed & in_block[:, :, k]  # (B, D)
+            with_marginal = need.any(dim=1).nonzero()[:, 0]  # (M,)
+            m = len(with_marginal)
+            beam_idx, slot_idx = need.nonzero(as_tuple=True)
+            rows = torch.cat([left[with_marginal], left[beam_idx] + t.log_u[r][safe[beam_idx, slot_idx]]], 0)
+            marginal_row = torch.full((b,), -1, dtype=torch.long, device=succ.device)
+            marginal_row[with_marginal] = torch.arange(m, device=succ.device)
+            row_of_slot = torch.full(succ.shape, DEAD, dtype=torch.long, device=succ.device)
+            row_of_slot[beam_idx, slot_idx] = m + torch.arange(len(beam_idx), device=succ.device)
+            plans.append(BlockPlan(rows, torch.where(certain, CERTAIN, row_of_slot), marginal_row))
         return plans
 
     def _finish(
         self,
         state: GuideState,
         products: Sequence[tuple[torch.Tensor, torch.Tensor]],
-        plans: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        plans: Sequence[BlockPlan],
     ) -> torch.Tensor:
-        """Assemble (B, V) from this guide's slices of the block products (B + Q_k rows each, linear with a
-        log shift per row) plus the tail. Each block is one ratio joint / marginal, one log and one shift."""
+        """Assemble (B, V) from this guide's slices of the block products (rows as planned, linear with a
+        log shift per row) plus the tail. Each block is one ratio joint / marginal, one log and one shift,
+        then exactly 0 / -inf where the successor is certain / impossible."""
         t = self.tables
         b = state.batch_size
         r = self.horizon - state.position - 1
         out = torch.empty(b, self.hmm.vocab_size, device=state.log_alpha.device)  # columns in block order
         column = 0
-        for k, ((product, shift), (_, row_of_slot)) in enumerate(zip(products, plans)):
+        for k, ((product, shift), plan) in enumerate(zip(products, plans)):
             ratio = out[:, column : column + product.shape[1]]  # (B, V_k) view
             column += product.shape[1]
-            marginal, marginal_shift = product[:b], shift[:b]  # P(x | prefix), up to exp(shift)
             slots = t.block_slot[state.dfa_state, k]  # (B,)
             if t.block_slot_everywhere[k] or bool((slots >= 0).all()):  # one successor per beam: whole rows
-                pick = row_of_slot.gather(1, slots[:, None].clamp_min(0))[:, 0]  # (B,), -1 when impossible
-                dead = (pick < 0)[:, None]  # (B, 1)
-                pick = pick.clamp_min(0)
-                in_order = product.shape[0] == 2 * b and torch.equal(
-                    pick, torch.arange(b, 2 * b, device=pick.device)
-                )
-                joint = product[b:] if in_order else product.index_select(0, pick)
-                shift_difference = (shift[pick] - marginal_shift)[:, None]  # (B, 1)
-            else:  # several successors in this block: gather per token
+                row = plan.row_of_slot.gather(1, slots[:, None].clamp_min(0))  # (B, 1)
+            else:  # several successors in this block: a row per token
                 slot = t.slot_of_class[state.dfa_state][:, t.block_class[k]].clamp_min(0)  # (B, V_k)
-                rows = row_of_slot.clamp_min(0).gather(1, slot)  # (B, V_k) product row of each token
-                joint = product.gather(0, rows)
-                shift_difference = shift[rows] - marginal_shift[:, None]  # (B, V_k)
-                dead = (row_of_slot < 0).gather(1, slot)  # (B, V_k) impossible successors
-            torch.div(joint, marginal, out=ratio).log_().add_(shift_difference)
-            if float(product.amin()) < LOSSLESS:  # below float32's full precision somewhere
-                self._redo_imprecise(state, ratio, joint, marginal, ~dead, t.block_tokens[k])
-            if dead.shape[1] > 1:
-                ratio.masked_fill_(dead, NEG_INF)
-            elif bool(dead.any()):  # whole rows: fill only those
-                ratio.index_fill_(0, dead[:, 0].nonzero()[:, 0], NEG_INF)
+                row = plan.row_of_slot.gather(1, slot)  # (B, V_k)
+            if product.shape[0]:
+                self._ratio(state, ratio, product, shift, row, plan.marginal_row, t.block_tokens[k])
+            for code, value in ((DEAD, NEG_INF), (CERTAIN, 0.0)):
+                if row.shape[1] > 1:
+                    ratio.masked_fill_(row == code, value)
+                else:  # whole rows: fill only those
+                    hit = (row[:, 0] == code).nonzero()[:, 0]
+                    if hit.numel():
+                        ratio.index_fill_(0, hit, value)
 
         # tail tokens: one row per distinct (beam, successor) that is neither impossible nor certain, after
-        # the beams' own marginal rows over the tail
+        # the marginal rows over the tail of the beams that have such a successor
         tail = t.tail_tokens
         if tail.numel():
             succ = t.tail_succ[state.dfa_state]  # (B, T)
@@ -483,16 +496,23 @@ class ConstraintGuide:
             needed = feasible & ~certain
             values = torch.where(certain, 0.0, NEG_INF).expand(succ.shape)  # (B, T)
             if needed.any():
+                with_marginal = needed.any(dim=1).nonzero()[:, 0]  # (M,)
+                m = len(with_marginal)
                 pair_key = torch.arange(b, device=succ.device)[:, None] * t.num_states + succ
                 keys, inverse = torch.unique(torch.where(needed, pair_key, -1), return_inverse=True)
                 pk = keys[keys >= 0]
                 left = state.log_alpha + t.log_scale  # (B, H)
-                rows = torch.cat([left, left[pk // t.num_states] + t.log_u[r][pk % t.num_states]])
-                tail_out, tail_shift = matmul_exp_nt(rows, t.tail_emission)  # (B + P, T), (B + P,)
-                index = (inverse - int((keys < 0).sum())).clamp_min(0)  # position among real keys
-                joint, marginal = tail_out[b:].gather(0, index), tail_out[:b]
-                log_ratio = (joint / marginal).log_().add_(tail_shift[b:][index] - tail_shift[:b, None])
-                self._redo_imprecise(state, log_ratio, joint, marginal, needed, tail)
+                rows = torch.cat(
+                    [left[with_marginal], left[pk // t.num_states] + t.log_u[r][pk % t.num_states]]
+                )
+                tail_out, tail_shift = matmul_exp_nt(rows, t.tail_emission)  # (M + P, T), (M + P,)
+                marginal_row = torch.full((b,), -1, dtype=torch.long, device=succ.device)
+                marginal_row[with_marginal] = torch.arange(m, device=succ.device)
+                row = m + inverse - int((keys < 0).sum())  # (B, T) product row, < m where not needed
+                log_ratio = torch.empty(succ.shape, device=succ.device)
+                self._ratio(
+                    state, log_ratio, tail_out, tail_shift, row.clamp_min(m), marginal_row, tail, needed
+                )
                 values = torch.where(needed, log_ratio, values)
             out[:, t.tail_position] = values
         out.clamp_max_(0.0)
@@ -503,6 +523,38 @@ class ConstraintGuide:
         if state.position + 1 < self.min_new_tokens + 1:
             out[:, t.eos_token_id] = NEG_INF
         return out
+
+    def _ratio(
+        self,
+        state: GuideState,
+        out: torch.Tensor,
+        product: torch.Tensor,
+        shift: torch.Tensor,
+        row: torch.Tensor,
+        marginal_row: torch.Tensor,
+        tokens: torch.Tensor,
+        live: torch.Tensor | None = None,
+    ) -> None:
+        """out (B, n) = log(product[row] / product[marginal_row]) + shift difference: log P(constraint |
+        prefix, x) for column j = token tokens[j]. row: (B, 1) one product row per beam, or (B, n) per
+        token; entries < 0 (certain, impossible) and beams without a marginal row give values the caller
+        overwrites. Products below float32's full precision are redone exactly (only where `live`)."""
+        b = out.shape[0]
+        rows = row.clamp_min(0)
+        marginal = marginal_row.clamp_min(0)
+        in_order = row.shape[1] == 1 and product.shape[0] == 2 * b and bool((marginal_row >= 0).all())
+        in_order = in_order and torch.equal(rows[:, 0], torch.arange(b, 2 * b, device=rows.device))
+        if in_order:  # every beam: its marginal row, then its one joint row
+            joint, denominator = product[b:], product[:b]
+        else:
+            denominator = product.index_select(0, marginal)  # (B, n)
+            joint = product.index_select(0, rows[:, 0]) if row.shape[1] == 1 else product.gather(0, rows)
+        shift_difference = shift[rows] - shift[marginal][:, None]  # (B, 1) or (B, n)
+        torch.div(joint, denominator, out=out).log_().add_(shift_difference)
+        if float(product.amin()) < LOSSLESS:  # below float32's full precision somewhere
+            if live is None:
+                live = (row >= 0) & (marginal_row >= 0)[:, None]
+            self._redo_imprecise(state, out, joint, denominator, live, tokens)
 
     def _redo_imprecise(
         self,
@@ -533,7 +585,7 @@ class ConstraintGuide:
         for start in range(0, len(beams), chunk):
             part = slice(start, start + chunk)
             emitted = (state.log_alpha[beams[part]] + t.log_scale).double()  # (chunk, H)
-            emitted += self.hmm.log_emission[:, tokens[part]].T.double()
+            emitted += self.hmm.log_emission.index_select(1, tokens[part]).T.double()
             marginal = torch.logsumexp(emitted, dim=1)
             joint = torch.logsumexp(emitted + t.log_u[r][succ[part]], dim=1)
             out[part] = (joint - marginal).float()
@@ -558,11 +610,15 @@ def batched_next_log_probs(items: Sequence[tuple[ConstraintGuide, GuideState]]) 
         for k in range(tables.num_blocks):
             tokens = None if tables.num_blocks == 1 else tables.block_tokens[k]
             right = hmm.emission_block(tokens, f"{key}/{k}", dtype)  # (V_k, H), maybe packed
-            rows = torch.cat([plans[i][k][0] for i in members], 0)
-            product, shift = matmul_exp_nt(rows, right)  # (rows of all members, V_k), (rows,)
+            rows = torch.cat([plans[i][k].rows for i in members], 0)
+            if rows.shape[0]:
+                product, shift = matmul_exp_nt(rows, right)  # (rows of all members, V_k), (rows,)
+            else:  # every beam certain or impossible in this block
+                size = tables.block_tokens[k].numel()
+                product, shift = rows.new_empty(0, size), rows.new_empty(0)
             start = 0
             for i in members:
-                size = plans[i][k][0].shape[0]
+                size = plans[i][k].rows.shape[0]
                 products[i].append((product[start : start + size], shift[start : start + size]))
                 start += size
     return [guide._finish(state, products[i], plans[i]) for i, (guide, state) in enumerate(items)]

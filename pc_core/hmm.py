@@ -2,8 +2,9 @@
 
 Parameters live in log space: `log_initial` (H,), `log_transition` (H, H), `log_emission` (H, V). The guide
 and EM work in probability space with max-shifted matmuls; `transition_probs()`, `emission_probs()` (H, V)
-and `emission_t()` (V, H, the layout the guide multiplies with) give cached copies on the model's device
-(bf16 emission optional, halving the memory read per guide step).
+and `emission_t()` (V, H) give cached copies on the model's device. The guide multiplies with
+`emission_block()` (rows scaled per token, packed for oneDNN on CPU; bf16 optional, halving the memory read
+per guide step) and takes class masses from `block_totals()`; it builds no other emission-sized copy.
 
 On disk (`HMM.save`/`HMM.load`): a directory with `config.json` and `model.safetensors` (no pickle).
 `HMM.load` also reads, and `pcgen import-hmm` converts, the reference systems' checkpoints:
@@ -113,7 +114,8 @@ class HMM:
         entry, B[z, x] / max_z' B[z', x]. The guide only takes ratios of two products over the same token,
         from which that factor cancels; scaled, a token the model almost never emits (log B ~ -100, zero in
         float32) still has entries of 1, so its products do not underflow."""
-        log_b = self.log_emission if token_ids is None else self.log_emission[:, token_ids]
+        # index_select, not [:, ids]: ~3x faster on the row-major (H, V) matrix (25 vs 82 ms, 600 columns)
+        log_b = self.log_emission if token_ids is None else self.log_emission.index_select(1, token_ids)
         rows = log_b.T.float().clone(memory_format=torch.contiguous_format)  # (n, H), a copy
         peak = rows.amax(dim=1, keepdim=True)
         rows.sub_(torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))).exp_()
@@ -131,6 +133,23 @@ class HMM:
             return onednn_packed.pack(rows) or rows
 
         return self._cached(("Bt-block", key, dtype), build)
+
+    def block_totals(self, block_of: torch.Tensor, key: str) -> torch.Tensor:
+        """(K, H) float64: sum of B[z, x] over the tokens x of each vocabulary block (block_of: (V,) block
+        ids 0..K-1), cached under `key`. Exponentials and sums are float64, so that a guide can take a
+        block's mass minus a few tokens without losing digits (pc_core.class_masses). One pass over B per
+        model and partition: 1.8 s at H = 4096 on one CPU thread."""
+
+        def build() -> torch.Tensor:
+            num_blocks = int(block_of.max()) + 1
+            out = torch.zeros(self.hidden_size, num_blocks, dtype=torch.float64, device=self.device)
+            chunk = max(1, 2**21 // self.vocab_size)  # (chunk, V) float64 temporaries of ~16 MB
+            for start in range(0, self.hidden_size, chunk):
+                rows = self.log_emission[start : start + chunk].double().exp_()  # (chunk, V)
+                out[start : start + chunk].index_add_(1, block_of, rows)
+            return out.T.contiguous()
+
+        return self._cached(("block-totals", key), build)
 
     def _cached(self, key: tuple, build: Any) -> Any:
         if key not in self._cache:

@@ -245,15 +245,42 @@ def test_vocabulary_blocks_change_nothing_but_the_product_split(tokenizer):
     assert (split.tables.dense_succ[state.dfa_state] >= 0).sum(1).max() >= 2
     # multiply-adds of the product: each block's rows times its columns, against all rows times all of V
     split_cost = sum(
-        len(r) * len(ids) for (r, _), ids in zip(split._dense_rows(state), split.tables.block_tokens)
+        len(plan.rows) * len(ids) for plan, ids in zip(split._dense_rows(state), split.tables.block_tokens)
     )
-    assert split_cost < 0.9 * len(plain._dense_rows(state)[0][0]) * len(tokenizer)
+    assert split_cost < 0.9 * len(plain._dense_rows(state)[0].rows) * len(tokenizer)
     got, want = split.next_log_probs(state), plain.next_log_probs(state)
     assert torch.equal(torch.isneginf(got), torch.isneginf(want))
     finite = torch.isfinite(want)
     torch.testing.assert_close(got[finite], want[finite], rtol=1e-5, atol=1e-5)
     together = batched_next_log_probs([(split, state), (plain, state)])  # different splits, one call
     torch.testing.assert_close(together[0], together[1], rtol=1e-5, atol=1e-5)
+
+
+def test_beams_with_nothing_left_to_decide_need_no_product_rows(tokenizer):
+    """Once the keyword is in and its word closed, every successor is certain: that beam's values are exactly
+    0 (or -inf for banned tokens) and it adds no row to the product; beams batched with it are unchanged."""
+    dfa = compile_constraint({"keywords": ["dog"]}, tokenizer)
+    hmm = HMM.random(16, len(tokenizer), seed=4, eos_token_id=tokenizer.eos_token_id)
+    guide = ConstraintGuide(hmm, dfa, horizon=12)
+    texts = [" the dog.", " the", " a dog"]
+    prefixes = [tokenizer.encode(text, add_special_tokens=False) for text in texts]
+    done_state = guide.state_for(prefixes[0])
+    assert all(len(plan.rows) == 0 for plan in guide._dense_rows(done_state))
+    done = guide.next_log_probs(done_state)[0]
+    assert torch.equal(torch.isneginf(done), torch.from_numpy(dfa.banned_tokens))
+    assert (done[~torch.from_numpy(dfa.banned_tokens)] == 0).all()
+    # the same beams at one position, in one batch: the shorter prefixes start with filler words
+    width = max(len(p) for p in prefixes)
+    filler = tokenizer.encode("s", add_special_tokens=False)[0]
+    padded = [[filler] * (width - len(p)) + p for p in prefixes]
+    state = guide.init_state(len(padded))
+    for i in range(width):
+        state = guide.advance(state, [p[i] for p in padded])
+    together = guide.next_log_probs(state)
+    for beam, prefix in enumerate(padded):
+        alone = guide.next_log_probs(guide.state_for(prefix))[0]
+        assert torch.equal(torch.isneginf(together[beam]), torch.isneginf(alone))
+        torch.testing.assert_close(together[beam], alone, rtol=1e-5, atol=1e-6)
 
 
 def test_precomputed_tables_are_cached(tokenizer):
@@ -295,6 +322,19 @@ def test_all_products_are_exact_enumerations_for_every_first_token(micro):
         )
         assert np.isfinite(q[x]) == possible, micro.convert_ids_to_tokens([x])
     assert list(itertools.islice(range(3), 3)) == [0, 1, 2]
+
+
+def test_a_state_only_banned_tokens_could_break_is_certain(micro):
+    """Banned tokens (here the lead byte of a split character) lead to the DFA's rejecting sink, but they have
+    probability 0 in generation: a state from which only they could break the constraint is certain, and
+    its tokens get exactly 0, not 1 - 6e-8 from rounding."""
+    hmm = HMM.random(3, len(micro), seed=5, eos_token_id=micro.eos_token_id)
+    spec = {"keyword": "dog", "inflections": False}
+    guide = ConstraintGuide(hmm, compile_constraint(spec, micro), horizon=3)
+    q = guide.next_log_probs([0]).numpy()  # after " dog": the word can still grow (" dogs"), all is accepted
+    full_stop = 7
+    assert q[full_stop] == 0.0
+    _close(q, Brute(hmm, micro, spec, 3).next_log_probs([0]))
 
 
 def _tables_close(a, b):
