@@ -116,7 +116,7 @@ def main() -> None:
         step_floor = step_floors(hmm.log_emission.T.exp().contiguous(), args.beams, args.reps, device)
         setup_dfa = compile_constraint({"keywords": keyword_sets(1, 1)[0]}, tokenizer, max_states=8192)
 
-        def first_use():  # builds the per-model caches: block totals, transition, packed emission blocks
+        def first_use():  # builds the per-model caches: block totals, scaled transition, packed emission
             guide = ConstraintGuide(hmm, setup_dfa, horizon=n)
             guide.next_log_probs(guide.init_state(1))
 
@@ -134,7 +134,7 @@ def main() -> None:
                     _TABLES.clear()
                     return ConstraintGuide(hmm, dfa, horizon=n)
 
-                # the first call builds the per-model caches (block totals, packed emission): not per constraint
+                # per-constraint cost only: first_use above built the per-model caches
                 t_pre, floor_pre = timed_pair(
                     precompute, lambda: [left @ hmm.transition_probs() for _ in range(n)], args.reps, device
                 )

@@ -6,8 +6,8 @@ that copy took 4.1 s to build and 0.8 GB to keep at H = 4096, for this alone, an
 constraint (dev box, 1 thread). A keyword constraint's classes are a few hundred tokens plus, per vocabulary
 block (word continuations / the rest), one large class. So the HMM caches per-block totals
 (`HMM.block_totals`, once per model and tokenizer: 1.8 s at H = 4096), a constraint gathers only the tokens
-outside each block's largest class (~600 for five keywords: 55 ms at H = 4096), and that class's mass is the
-block total minus what was gathered.
+outside each block's largest class (~600 for five keywords: 55-73 ms at H = 4096), and that class's mass is
+the block total minus what was gathered.
 
 Subtracting in float64 is exact to ~1e-16 of the block total, which is only a problem where the remainder
 is a tiny part of the total: a hidden state that emits almost nothing but gathered tokens (a state

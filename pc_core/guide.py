@@ -18,8 +18,8 @@ and next_log_probs returns their difference. Tokens are grouped by successor: th
 large-class successor that is neither impossible nor certain and has tokens in the block, plus the beam's
 marginal row where it has such a successor, about two full-vocabulary rows per beam in all. A beam whose
 successors in a block are all certain or impossible takes no rows there (exact 0 / -inf): once every keyword
-is in, it costs no product. The small classes (tokens that start,
-extend or finish a relevant word) are computed on their own (H, |tail|) slice of B.
+is in, it costs no product. The small classes (tokens that start, extend or finish a relevant word) are
+computed on their own (H, |tail|) slice of B.
 
 Several requests with different guides can be stepped together (`batched_next_log_probs`): their rows are
 stacked into the same product.
@@ -431,7 +431,6 @@ class ConstraintGuide:
         if pos >= self.horizon:
             raise GuideError(f"the prefix already has {pos} tokens, the horizon is {self.horizon}")
         r = self.horizon - pos - 1
-        b = state.batch_size
         succ = t.dense_succ[state.dfa_state]  # (B, D), -1 padded
         valid = succ >= 0
         safe = succ.clamp_min(0)
@@ -443,12 +442,10 @@ class ConstraintGuide:
         plans = []
         for k in range(t.num_blocks):
             need = needed & in_block[:, :, k]  # (B, D)
-            with_marginal = need.any(dim=1).nonzero()[:, 0]  # (M,)
+            with_marginal, marginal_row = _marginal_rows(need)
             m = len(with_marginal)
             beam_idx, slot_idx = need.nonzero(as_tuple=True)
             rows = torch.cat([left[with_marginal], left[beam_idx] + t.log_u[r][safe[beam_idx, slot_idx]]], 0)
-            marginal_row = torch.full((b,), -1, dtype=torch.long, device=succ.device)
-            marginal_row[with_marginal] = torch.arange(m, device=succ.device)
             row_of_slot = torch.full(succ.shape, DEAD, dtype=torch.long, device=succ.device)
             row_of_slot[beam_idx, slot_idx] = m + torch.arange(len(beam_idx), device=succ.device)
             plans.append(BlockPlan(rows, torch.where(certain, CERTAIN, row_of_slot), marginal_row))
@@ -496,7 +493,7 @@ class ConstraintGuide:
             needed = feasible & ~certain
             values = torch.where(certain, 0.0, NEG_INF).expand(succ.shape)  # (B, T)
             if needed.any():
-                with_marginal = needed.any(dim=1).nonzero()[:, 0]  # (M,)
+                with_marginal, marginal_row = _marginal_rows(needed)
                 m = len(with_marginal)
                 pair_key = torch.arange(b, device=succ.device)[:, None] * t.num_states + succ
                 keys, inverse = torch.unique(torch.where(needed, pair_key, -1), return_inverse=True)
@@ -506,8 +503,6 @@ class ConstraintGuide:
                     [left[with_marginal], left[pk // t.num_states] + t.log_u[r][pk % t.num_states]]
                 )
                 tail_out, tail_shift = matmul_exp_nt(rows, t.tail_emission)  # (M + P, T), (M + P,)
-                marginal_row = torch.full((b,), -1, dtype=torch.long, device=succ.device)
-                marginal_row[with_marginal] = torch.arange(m, device=succ.device)
                 row = m + inverse - int((keys < 0).sum())  # (B, T) product row, < m where not needed
                 log_ratio = torch.empty(succ.shape, device=succ.device)
                 self._ratio(
@@ -591,6 +586,15 @@ class ConstraintGuide:
             out[part] = (joint - marginal).float()
         out = torch.where(t.feasible[r][succ], out, NEG_INF)
         return torch.where(t.certain[r][succ], 0.0, out)
+
+
+def _marginal_rows(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """need (B, n): which beams have a ratio to compute. Returns those beams (M,) in order, and per beam its
+    marginal row among the first M product rows, -1 for beams that need none."""
+    with_marginal = need.any(dim=1).nonzero()[:, 0]  # (M,)
+    marginal_row = torch.full((need.shape[0],), -1, dtype=torch.long, device=need.device)
+    marginal_row[with_marginal] = torch.arange(len(with_marginal), device=need.device)
+    return with_marginal, marginal_row
 
 
 def batched_next_log_probs(items: Sequence[tuple[ConstraintGuide, GuideState]]) -> list[torch.Tensor]:
