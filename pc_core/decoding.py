@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from pc_core.constraints import check_ids, compile_constraint, decode_continuation, parse_constraint
-from pc_core.constraints.compiler import DEFAULT_MAX_STATES, DEFAULT_TIME_BUDGET_S
-from pc_core.errors import PcgenError, UnsatisfiableConstraint
+from pc_core.constraints.compiler import DEFAULT_MAX_STATES, DEFAULT_TIME_BUDGET_S, explain_unsatisfiable
+from pc_core.errors import BlocklistInteraction, PcgenError, UnsatisfiableConstraint
 from pc_core.guide import ConstraintGuide, GuideState, batched_next_log_probs
 from pc_core.hmm import HMM
 from pc_core.lm import KVBatch
@@ -133,17 +133,23 @@ class Request:
         self.lm_input = prompt_ids or [bos]  # the LM needs at least one token to condition on
         started = time.perf_counter()
         self.constraint = parse_constraint(constraint)
-        self.dfa = compile_constraint(
-            self.constraint, tokenizer, max_states=params.max_states, time_budget_s=params.time_budget_s
-        )
+        compile_args = {"max_states": params.max_states, "time_budget_s": params.time_budget_s}
+        self.dfa = compile_constraint(self.constraint, tokenizer, **compile_args)
         dfa_done = time.perf_counter()
-        self.guide = ConstraintGuide(
-            hmm, self.dfa, horizon=params.max_new_tokens, min_new_tokens=params.min_new_tokens
-        )
+        guide_args = {"horizon": params.max_new_tokens, "min_new_tokens": params.min_new_tokens}
+        try:
+            self.guide = ConstraintGuide(hmm, self.dfa, **guide_args)
+        except BlocklistInteraction:  # the blocklist and the rest interact: one exact product instead
+            self.dfa = compile_constraint(self.constraint, tokenizer, blocklist_mask=False, **compile_args)
+            self.guide = ConstraintGuide(hmm, self.dfa, **guide_args)
         t = self.guide.tables
         if not bool(t.feasible[params.max_new_tokens][self.dfa.initial_state]):
             needed = int(self.dfa.steps_to_accept[self.dfa.initial_state])
-            detail = f"it needs at least {needed} tokens" if needed >= 0 else "no text satisfies it"
+            detail = (
+                f"it needs at least {needed} tokens"
+                if needed >= 0
+                else explain_unsatisfiable(self.constraint, tokenizer)
+            )
             raise UnsatisfiableConstraint(
                 "constraint",
                 f"cannot be satisfied within max_new_tokens={params.max_new_tokens} "

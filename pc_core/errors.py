@@ -43,3 +43,8 @@ class TokenizerMismatch(PcgenError, ValueError):
 
 class HMMFormatError(PcgenError, ValueError):
     """An HMM checkpoint is missing, corrupt or inconsistent."""
+
+
+class BlocklistInteraction(PcgenError):
+    """A blocklist enforced beside the guide could dead-end the rest of the constraint within this horizon; the
+    caller compiles the constraint as one exact product instead (compile_constraint(blocklist_mask=False))."""

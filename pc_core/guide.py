@@ -39,7 +39,7 @@ import torch
 
 from pc_core.class_masses import class_masses
 from pc_core.constraints.dfa import TokenDFA
-from pc_core.errors import PcgenError, TokenizerMismatch
+from pc_core.errors import BlocklistInteraction, PcgenError, TokenizerMismatch
 from pc_core.hmm import HMM
 from pc_core.kernels import (
     edge_logsumexp,
@@ -67,6 +67,7 @@ class GuideState:
     log_alpha: torch.Tensor  # (B, H) log P(z_{t+1} | prefix), normalised per row
     dfa_state: torch.Tensor  # (B,) long
     position: int
+    open_words: tuple[str, ...] | None = None  # (B,) with a blocklist beside the DFA: each beam's open word
 
     @property
     def batch_size(self) -> int:
@@ -75,8 +76,9 @@ class GuideState:
     def select(self, index: torch.Tensor | Sequence[int]) -> GuideState:
         """Reorder / filter / duplicate beams (e.g. after a beam-search step)."""
         index = torch.as_tensor(index, dtype=torch.long, device=self.dfa_state.device)
+        words = None if self.open_words is None else tuple(self.open_words[i] for i in index.tolist())
         return GuideState(
-            self.log_alpha.index_select(0, index), self.dfa_state.index_select(0, index), self.position
+            self.log_alpha.index_select(0, index), self.dfa_state.index_select(0, index), self.position, words
         )
 
 
@@ -124,6 +126,8 @@ class GuideTables:
             ok = np.where(ended[:, None], True, allowed[r][None, :])  # after EOS, everything is allowed
             feasible[r] = (ok & feasible[r - 1][delta]).any(axis=1)
             certain[r] = ((ok & certain[r - 1][delta]) | ~possible).all(axis=1)
+        if dfa.safe_classes is not None:
+            _check_blocklist_cannot_dead_end(dfa, feasible, allowed, horizon)
         self.feasible = torch.from_numpy(feasible).to(device)
         self.certain = torch.from_numpy(certain).to(device)
         self.allowed = allowed
@@ -321,6 +325,28 @@ def _tables(
     return tables
 
 
+def _check_blocklist_cannot_dead_end(
+    dfa: TokenDFA, feasible: np.ndarray, allowed: np.ndarray, horizon: int
+) -> None:
+    """With a blocklist masked beside the DFA, decoding takes only tokens the mask allows. Feasibility computed
+    with just the classes that hold a token the mask allows in every text a state stands for must equal
+    feasibility with all classes: then every feasible state has a feasible, allowed next token, whatever
+    the mask, and masking cannot dead-end a beam (docs/method.md §7). Raises BlocklistInteraction otherwise."""
+    delta = dfa.transitions.astype(np.int64)
+    ended = dfa.ended
+    safe = dfa.safe_classes
+    reachable = feasible[0].copy()
+    for r in range(1, horizon + 1):
+        ok = np.where(ended[:, None], True, allowed[r][None, :] & safe)
+        reachable = (ok & reachable[delta]).any(axis=1)
+        if not np.array_equal(reachable, feasible[r]):
+            lost = int((feasible[r] & ~reachable).sum())
+            raise BlocklistInteraction(
+                f"the blocklist could block every way to satisfy the rest of the constraint from {lost} "
+                f"automaton states with {r} tokens left"
+            )
+
+
 class ConstraintGuide:
     """`ConstraintGuide(hmm, dfa, horizon=n)`; see the module docstring for the mathematics."""
 
@@ -357,7 +383,7 @@ class ConstraintGuide:
         for token in hmm_context or ():  # the prompt is observed as is: the unrestricted emission
             self._check_tokens([token])
             log_alpha = self._forward(log_alpha, torch.tensor([token], device=hmm.device), generated=False)
-        state = GuideState(log_alpha, dfa_state, 0)
+        state = GuideState(log_alpha, dfa_state, 0, ("",) if self.dfa.blocklist is not None else None)
         return state.select([0] * batch_size)
 
     def _forward(self, log_alpha: torch.Tensor, tokens: torch.Tensor, generated: bool = True) -> torch.Tensor:
@@ -379,7 +405,11 @@ class ConstraintGuide:
             raise GuideError(f"the prefix already has {state.position} tokens, the horizon is {self.horizon}")
         t = self.tables
         next_dfa = t.transitions[state.dfa_state, t.token_class[tokens]]
-        return GuideState(self._forward(state.log_alpha, tokens), next_dfa, state.position + 1)
+        words = state.open_words
+        if words is not None:
+            blocklist = self.dfa.blocklist
+            words = tuple(blocklist.advance(w, x) for w, x in zip(words, tokens.tolist()))
+        return GuideState(self._forward(state.log_alpha, tokens), next_dfa, state.position + 1, words)
 
     def _check_tokens(self, tokens: torch.Tensor | Sequence[int]) -> None:
         tokens = torch.as_tensor(tokens)
@@ -517,6 +547,10 @@ class ConstraintGuide:
             out[:, t.banned] = NEG_INF
         if state.position + 1 < self.min_new_tokens + 1:
             out[:, t.eos_token_id] = NEG_INF
+        if state.open_words is not None:  # the blocklist beside the DFA
+            for beam, word in enumerate(state.open_words):
+                blocked = torch.from_numpy(~self.dfa.blocklist.allowed(word)).to(out.device)
+                out[beam].masked_fill_(blocked, NEG_INF)
         return out
 
     def _ratio(

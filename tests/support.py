@@ -108,8 +108,9 @@ def build_micro_tokenizer(directory: Path):
     return fast
 
 
-def splits_character(tokenizer, ids) -> bool:
-    """Independent of the compiler: does a token (before EOS) end inside a UTF-8 character?
+def has_banned_token(tokenizer, ids) -> bool:
+    """Independent of the compiler: does a token (before EOS) end inside a UTF-8 character, or decode to
+    U+FFFD on its own (invalid bytes)? Generation never emits either.
 
     A complete ending gains exactly one U+FFFD from any stray continuation byte; a partial one does not."""
     from pc_core.constraints.vocab import token_bytes_table
@@ -119,6 +120,8 @@ def splits_character(tokenizer, ids) -> bool:
         if t == tokenizer.eos_token_id:
             return False
         alone = raw[t].decode("utf-8", "replace")
+        if "\ufffd" in alone:
+            return True
         if any(
             (raw[t] + bytes([b])).decode("utf-8", "replace") != alone + "\ufffd" for b in range(0x80, 0xC0)
         ):

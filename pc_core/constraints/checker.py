@@ -1,8 +1,9 @@
 """The text-level checker: does a decoded text satisfy a constraint?
 
-This is the definition the token DFA must agree with (method notes, section 2). It is deliberately written
-independently of the DFA compiler: it splits the whole text into words with a regex and tests each node
-directly, so comparing the two catches mistakes in either.
+This is the definition the token DFA must agree with (docs/method.md §3). It is deliberately written
+independently of the DFA compiler: it splits the whole text into words and gaps with a regex and tests each
+node directly, so comparing the two catches mistakes in either. Both share only the keyword forms
+(words.keyword_forms), the part of the semantics that is a dictionary lookup.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pc_core.constraints.spec import (
     WordCount,
     parse_constraint,
 )
-from pc_core.constraints.words import keyword_variants, split_words
+from pc_core.constraints.words import WORD_RE, keyword_forms, normalise_gap
 
 
 def decode_continuation(tokenizer: Any, token_ids: Sequence[int]) -> str:
@@ -34,36 +35,56 @@ def decode_continuation(tokenizer: Any, token_ids: Sequence[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
+class Words:
+    """A text as words and the normalised gaps between consecutive words."""
+
+    def __init__(self, text: str) -> None:
+        self.spans = [m.span() for m in WORD_RE.finditer(text)]
+        self.words = [text[a:b] for a, b in self.spans]
+        self.gaps = [
+            normalise_gap(text[self.spans[i][1] : self.spans[i + 1][0]]) for i in range(len(self) - 1)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+
 def check_text(
     constraint: Constraint | dict | str, text: str, token_ids: Sequence[int] | None = None
 ) -> bool:
     """True when `text` satisfies the constraint. `token_ids` (cut at EOS) are needed only for `tokens`."""
     node = parse_constraint(constraint)
-    words = split_words(text)
-    return _holds(node, words, list(token_ids) if token_ids is not None else None)
+    return _holds(node, Words(text), list(token_ids) if token_ids is not None else None)
+
+
+def cut_at_eos(tokenizer: Any, token_ids: Sequence[int]) -> list[int]:
+    ids = list(token_ids)
+    eos = tokenizer.eos_token_id
+    return ids[: ids.index(eos)] if eos is not None and eos in ids else ids
 
 
 def check_ids(constraint: Constraint | dict | str, tokenizer: Any, token_ids: Sequence[int]) -> bool:
-    ids = list(token_ids)
-    eos = tokenizer.eos_token_id
-    if eos is not None and eos in ids:
-        ids = ids[: ids.index(eos)]
+    ids = cut_at_eos(tokenizer, token_ids)
     return check_text(constraint, decode_continuation(tokenizer, ids), ids)
 
 
-def keyword_spans(keyword: Keyword, words: list[str]) -> list[tuple[int, int]]:
-    """(start, end) word-index spans where any variant of `keyword` occurs, sorted by end then start."""
-    folded = words if keyword.case_sensitive else [w.casefold() for w in words]
+def keyword_spans(keyword: Keyword, text: Words) -> list[tuple[int, int]]:
+    """(start, end) word-index spans where a form of `keyword` occurs, sorted by end then start: the words
+    equal under the keyword's case mode and the gaps between them equal after whitespace normalisation."""
+    words = [w.casefold() for w in text.words] if keyword.case == "any" else text.words
     spans = set()
-    for variant in keyword_variants(keyword):
-        n = len(variant)
-        for start in range(len(folded) - n + 1):
-            if tuple(folded[start : start + n]) == variant:
+    for form in keyword_forms(keyword):
+        n = len(form.words)
+        for start in range(len(words) - n + 1):
+            if (
+                tuple(words[start : start + n]) == form.words
+                and tuple(text.gaps[start : start + n - 1]) == form.gaps
+            ):
                 spans.add((start, start + n))
     return sorted(spans, key=lambda s: (s[1], s[0]))
 
 
-def _holds(node: Constraint, words: list[str], ids: list[int] | None) -> bool:
+def _holds(node: Constraint, words: Words, ids: list[int] | None) -> bool:
     if isinstance(node, Keyword):
         return bool(keyword_spans(node, words))
     if isinstance(node, All):
@@ -97,10 +118,8 @@ def _holds(node: Constraint, words: list[str], ids: list[int] | None) -> bool:
 def keyword_matches(constraint: Constraint | dict | str, text: str) -> list[dict]:
     """Character spans of the keywords that occur in `text`: [{"keyword", "start", "end"}], for showing users
     why a constraint holds. Keywords under `not` are skipped (they are what must *not* appear)."""
-    from pc_core.constraints.words import WORD_RE
-
-    positions = [(m.start(), m.end()) for m in WORD_RE.finditer(text)]
-    words = [text[a:b] for a, b in positions]
+    words = Words(text)
+    positions = words.spans
     out = []
 
     def visit(node: Constraint, negated: bool) -> None:

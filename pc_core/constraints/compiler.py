@@ -1,79 +1,93 @@
-"""Compile a constraint into a minimal token-level DFA (method notes, section 3).
+"""Compile a constraint into a minimal token-level DFA (docs/method.md §4).
 
 The character-level automaton is the product of
-  * a *word tracker*: outside a word (NONE), inside a word that cannot become a relevant word (DEAD), or
-    inside a word that is still a prefix of a relevant word (a "live" prefix, casefolded and/or exact);
-  * the word-level matcher of the constraint (matchers.py), fed one symbol per finished word.
-Its states at token boundaries are explored breadth-first. Tokens are never run one by one per state:
-for each tracker context (NONE, DEAD, live) the vocabulary is partitioned, with numpy, into groups of
-tokens that provably have the same effect (same tracker successor, same word symbols), so a state costs
-one matcher step per group. Afterwards the groups of all contexts are refined into global token classes,
-the DFA is minimised (Moore) and classes with identical columns merge.
+  * a *tracker*: the text is inside a word or inside a gap (the separator text between words). A word is
+    DEAD when it cannot become a word the constraint mentions, else a live prefix (casefolded and/or exact);
+    a gap is NONE when it cannot become a gap the constraint's phrases mention, else a live gap prefix;
+  * the word-level matcher of the constraint (matchers.py), fed one symbol per finished word and, when the
+    constraint has phrases, one gap symbol before each word.
+Its states at token boundaries are explored breadth-first. Tokens are never run one by one per state: for
+each tracker context (NONE, DEAD, a live gap, any live word) the vocabulary is partitioned, with numpy, into
+groups of tokens that provably have the same effect (same tracker successor, same events), so a state costs
+one matcher step per group. Afterwards the groups of all contexts are refined into global token classes, the
+DFA is minimised (Moore) and classes with identical columns merge.
 
-Characters split across tokens. A byte-level token may end inside a multi-byte UTF-8 character; whether
-the text then continues a word depends on bytes not generated yet. Tracking those pending bytes exactly
-multiplies the automaton by ~300 classes of partial characters (measured on the 50,257-token BPE: 17,683
-reachable partial sequences, 313 behaviourally distinct), which the guide would pay for in every table.
-So pcgen never leaves a character incomplete at a token boundary: such tokens lead to a rejecting sink and
-get probability zero. Every accepted token sequence is therefore judged exactly; the price is that text
-needing a split character (e.g. GPT-2's two-token curly apostrophe) is written with other tokens. Tokens
-that *start* with stray continuation bytes decode to U+FFFD on their own, a separator, and are exact.
+Characters are never split across tokens. A byte-level token may end inside a multi-byte UTF-8 character;
+whether the text then continues a word depends on bytes not generated yet, and tracking those pending bytes
+exactly multiplies the automaton by ~300 classes of partial characters (measured on the 50,257-token BPE:
+17,683 reachable partial sequences, 313 behaviourally distinct). So such tokens, and tokens whose text
+contains U+FFFD (invalid bytes), lead to a rejecting sink and get probability zero: every accepted token
+sequence is valid text and is judged exactly (vocab.py says which tokens are banned).
 
 TokenDFA stores a (states x classes) successor table plus the class of every token; see dfa.py.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from pc_core.cache import LRUCache
+from pc_core.constraints.blocklist import Blocklist, split_blocklist
 from pc_core.constraints.dfa import TokenDFA
 from pc_core.constraints.matchers import Matcher, build_matcher
 from pc_core.constraints.spec import (
     All,
+    AnyOf,
     Constraint,
     Keyword,
+    Not,
+    Ordered,
     Tokens,
+    WordAt,
     canonical_json,
     iter_keywords,
     parse_constraint,
+    walk,
 )
 from pc_core.constraints.vocab import KIND_EOS, KIND_SEP, KIND_SPECIAL, KIND_WORD, VocabTables, vocab_tables
-from pc_core.constraints.words import is_word_char, keyword_variants
+from pc_core.constraints.words import is_space_char, is_word_char, keyword_forms
 from pc_core.errors import ConstraintError, ConstraintTooComplex
 
 DEFAULT_MAX_STATES = 2048
-"""Cap on the minimised DFA. Exact keyword DFAs grow as (prefixes of unmatched keywords) x (subsets found):
-measured on the 50,257-token BPE, 5 CommonGen concepts need ~730 states and 6 need ~1,750 (docs/benchmarks.md).
-The guide's tables cost horizon x states x hidden floats (32 x 2048 x 4096 x 4 B = 1 GiB at production
-size) and its precompute one (states x H) x (H x H) product per token of horizon, so anything bigger is a
-deployment decision (the service has its own, lower, setting). Exploration before minimisation may use 8x."""
+"""Cap on the minimised DFA. Exact keyword DFAs grow as (prefixes of unmatched keywords) x (subsets found)
+(sizes in docs/benchmarks.md). The guide's tables cost horizon x states x hidden floats (32 x 2048 x 4096 x
+4 B = 1 GiB at production size) and its precompute one (states x H) x (H x H) product per token of horizon,
+so anything bigger is a deployment decision (the service has its own, lower, setting). Exploration before
+minimisation may use 8x."""
 DEFAULT_TIME_BUDGET_S = 10.0
 EXPLORE_FACTOR = 8
+CACHE_BYTES = 256 * 2**20
 
-NONE, DEAD = 0, 1  # word tracker: outside a word / inside an irrelevant word; live prefixes are >= 2
-OTHER = 0  # word symbol of any word the constraint does not mention
+NONE, DEAD = 0, 1  # tracker: inside a gap no phrase mentions (or at the start) / an irrelevant word
+OTHER = 0  # word / gap symbol of anything the constraint does not mention
 EOS_EVENT = ("eos",)
+SELF, NOSYM, PLACEHOLDER = -1, -2, -3  # partition markers (see _Compiler.context)
 
 
-class _WordTracker:
-    """Relevant words of one constraint, live-prefix ids and word-symbol ids."""
+class _Tracker:
+    """Relevant words and gaps of one constraint, tracker-state ids and word / gap symbol ids.
+
+    States: NONE, DEAD, ("w", casefolded prefix, exact prefix) for a live word, ("g", gap prefix) for a live
+    gap. Events are ints: a word symbol (>= 0), or -1 - a gap symbol."""
 
     def __init__(self, constraint: Constraint) -> None:
-        cf_words, ex_words = set(), set()
+        cf_words, ex_words, gaps = set(), set(), set()
         for keyword in iter_keywords(constraint):
-            for variant in keyword_variants(keyword):
-                (ex_words if keyword.case_sensitive else cf_words).update(variant)
+            for form in keyword_forms(keyword):
+                (cf_words if keyword.case == "any" else ex_words).update(form.words)
+                gaps.update(form.gaps)
         self.cf_words, self.ex_words = cf_words, ex_words
         self.cf_prefixes = {w[:i] for w in cf_words for i in range(1, len(w) + 1)}
         self.ex_prefixes = {w[:i] for w in ex_words for i in range(1, len(w) + 1)}
-        self.curs: list[tuple[str | None, str | None]] = [(None, None), (None, None)]  # NONE, DEAD
-        self.cur_ids: dict[tuple[str | None, str | None], int] = {}
+        self.gap_prefixes = {g[:i] for g in gaps for i in range(1, len(g) + 1)}
+        self.gap_syms = {g: i + 1 for i, g in enumerate(sorted(gaps))}
+        self.curs: list[tuple | None] = [None, None]  # NONE, DEAD
+        self.cur_ids: dict[tuple, int] = {}
         self.syms: dict[tuple[str | None, str | None], int] = {(None, None): OTHER}
         for cf in sorted(cf_words):
             self._sym((cf, None))
@@ -86,49 +100,83 @@ class _WordTracker:
             self.syms[key] = len(self.syms)
         return self.syms[key]
 
-    def syms_for(self, word: str, case_sensitive: bool) -> frozenset[int]:
-        if case_sensitive:
-            return frozenset(i for (_, ex), i in self.syms.items() if ex == word)
-        return frozenset(i for (cf, _), i in self.syms.items() if cf is not None and cf == word.casefold())
+    def syms_for(self, word: str, casefolded: bool) -> frozenset[int]:
+        if casefolded:
+            return frozenset(i for (cf, _), i in self.syms.items() if cf is not None and cf == word)
+        return frozenset(i for (_, ex), i in self.syms.items() if ex == word)
 
-    def _live(self, cf: str | None, ex: str | None) -> int:
-        if cf is None and ex is None:
-            return DEAD
-        key = (cf, ex)
+    def gap_sym(self, gap: str) -> int:
+        return self.gap_syms[gap]
+
+    def _intern(self, key: tuple) -> int:
         if key not in self.cur_ids:
             self.cur_ids[key] = len(self.curs)
             self.curs.append(key)
         return self.cur_ids[key]
 
+    def is_gap(self, cur: int) -> bool:
+        return cur == NONE or (cur != DEAD and self.curs[cur][0] == "g")
+
+    def start_word(self, text: str) -> int:
+        return self._word("", "", text)
+
     def advance(self, cur: int, text: str) -> int:
-        """The tracker after appending word characters `text` (non-empty) to the current word."""
+        """The word state after appending word characters `text` to the word `cur` is inside."""
         if cur == DEAD:
             return DEAD
-        if cur == NONE:
-            cf, ex = "", ""
-        else:
-            cf, ex = self.curs[cur]
+        _, cf, ex = self.curs[cur]
+        return self._word(cf, ex, text)
+
+    def _word(self, cf: str | None, ex: str | None, text: str) -> int:
         cf = cf + text.casefold() if cf is not None else None
         ex = ex + text if ex is not None else None
-        return self._live(cf if cf in self.cf_prefixes else None, ex if ex in self.ex_prefixes else None)
+        cf = cf if cf in self.cf_prefixes else None
+        ex = ex if ex in self.ex_prefixes else None
+        return DEAD if cf is None and ex is None else self._intern(("w", cf, ex))
 
     def finish(self, cur: int) -> int:
-        """Word symbol of the word `cur` is inside (cur must not be NONE)."""
+        """Word symbol of the word `cur` is inside (a word state)."""
         if cur == DEAD:
             return OTHER
-        cf, ex = self.curs[cur]
+        _, cf, ex = self.curs[cur]
         return self.syms[(cf if cf in self.cf_words else None, ex if ex in self.ex_words else None)]
 
-    def run_text(self, cur: int, text: str) -> tuple[int, tuple[int, ...]]:
-        """Character by character (the exact path for partial UTF-8 sequences)."""
-        out = []
-        for ch in text:
-            if is_word_char(ch):
-                cur = self.advance(cur, ch)
-            elif cur != NONE:
-                out.append(self.finish(cur))
-                cur = NONE
-        return cur, tuple(out)
+    def start_gap(self, text: str) -> int:
+        return self._gap("", text)
+
+    def extend_gap(self, cur: int, text: str) -> int:
+        return NONE if cur == NONE else self._gap(self.curs[cur][1], text)
+
+    def _gap(self, gap: str, text: str) -> int:
+        if not self.gap_prefixes:
+            return NONE
+        for ch in text:  # whitespace runs collapse to one space, as words.normalise_gap does
+            if not is_space_char(ch):
+                gap += ch
+            elif not gap.endswith(" "):
+                gap += " "
+        return self._intern(("g", gap)) if gap in self.gap_prefixes else NONE
+
+    def gap_symbol(self, cur: int) -> int:
+        return OTHER if cur == NONE else self.gap_syms.get(self.curs[cur][1], OTHER)
+
+    def run(self, cur: int, runs: list[str]) -> tuple[int, tuple[int, ...]]:
+        """(tracker, events) after the alternating word / separator runs of a token's text."""
+        events = []
+        for text in runs:
+            if is_word_char(text[0]):
+                if self.is_gap(cur):
+                    if self.gap_syms:
+                        events.append(-1 - self.gap_symbol(cur))
+                    cur = self.start_word(text)
+                else:
+                    cur = self.advance(cur, text)
+            elif self.is_gap(cur):
+                cur = self.extend_gap(cur, text)
+            else:
+                events.append(self.finish(cur))
+                cur = self.start_gap(text)
+        return cur, tuple(events)
 
     def substrings(self) -> tuple[set[str], set[str]]:
         """Casefolded / exact substrings of relevant words: every leading run that can extend a live prefix."""
@@ -147,17 +195,24 @@ class _Context:
 
 class _Compiler:
     def __init__(
-        self, constraint: Constraint, tables: VocabTables, max_states: int, time_budget_s: float
+        self,
+        constraint: Constraint,
+        tables: VocabTables,
+        max_states: int,
+        time_budget_s: float,
+        blocklist: Blocklist | None = None,
     ) -> None:
         self.constraint = constraint
+        self.blocklist = blocklist
         self.tables = tables
         self.max_states = max_states
         self.deadline = time.perf_counter() + time_budget_s
         self.time_budget_s = time_budget_s
-        self.words = _WordTracker(constraint)
-        self.matcher: Matcher = build_matcher(constraint, self.words.syms_for)
+        self.explored = 0
+        self.words = _Tracker(constraint)
+        self.matcher: Matcher = build_matcher(constraint, self.words.syms_for, self.words.gap_sym)
         self.pattern_tokens = sorted(
-            {t for node in _walk(constraint) if isinstance(node, Tokens) for t in node.ids}
+            {t for node in walk(constraint) if isinstance(node, Tokens) for t in node.ids}
         )
         for t in self.pattern_tokens:
             if t >= tables.vocab_size:
@@ -165,8 +220,18 @@ class _Compiler:
                     "constraint.tokens", f"token id {t} is outside the vocabulary (size {tables.vocab_size})"
                 )
         self.pattern_set = set(self.pattern_tokens)
-        self._prepare_static()
         self.contexts: dict[object, _Context] = {}
+        self._prepare_static()
+
+    def check_deadline(self) -> None:
+        if time.perf_counter() > self.deadline:
+            raise ConstraintTooComplex(
+                "constraint",
+                f"compilation exceeded its time budget of {self.time_budget_s:g}s "
+                f"({self.explored} states explored)",
+                states=self.explored,
+                limit=self.max_states,
+            )
 
     # ------------------------------------------------------------------ static per-token arrays
 
@@ -174,25 +239,34 @@ class _Compiler:
         t, w = self.tables, self.words
         n_strings = len(t.strings)
         start_of = np.full(n_strings, DEAD, np.int64)
-        start_of[0] = NONE
         sym_of = np.full(n_strings, OTHER, np.int64)
         candidates = {i for p in w.cf_prefixes for i in t.string_ids_by_casefold.get(p, ())}
         candidates.update(t.string_ids[p] for p in w.ex_prefixes if p in t.string_ids)
         for sid in candidates:
-            cur = w.advance(NONE, t.strings[sid])
-            start_of[sid] = cur
-            sym_of[sid] = w.finish(cur)
-        self.p_start = start_of[t.p_id]
-        self.p_sym = sym_of[t.p_id]
-        self.s_start = start_of[t.s_id]
+            start_of[sid] = w.start_word(t.strings[sid])
+            sym_of[sid] = w.finish(int(start_of[sid]))
+        self.gap_start_of = np.full(n_strings, NONE, np.int64)
+        self.sep_strings = np.unique(t.sep_id[t.sep_id > 0])
+        if w.gap_prefixes:
+            for sid in self.sep_strings.tolist():
+                self.gap_start_of[sid] = w.start_gap(t.strings[sid])
+        self.p_start, self.p_sym = start_of[t.p_id], sym_of[t.p_id]
         self.p_empty = t.p_id == 0
-        inner_ids: dict[tuple[int, ...], int] = {(): 0}
-        self.inner_cls = np.zeros(t.vocab_size, np.int64)
-        self.inner_syms: dict[int, tuple[int, ...]] = {}
-        for tok, inner in t.inner.items():
-            syms = tuple(w.finish(w.advance(NONE, x)) for x in inner)
-            self.inner_syms[tok] = syms
-            self.inner_cls[tok] = inner_ids.setdefault(syms, len(inner_ids))
+        self.g0 = self.gap_start_of[t.sep_id]
+        # what a token does after its first separator run, given the gap that run leaves: nothing more (0),
+        # start its trailing word (1 + that word's state), or inner words then the rest (interned, after those)
+        tail = np.where(t.s_id > 0, 1 + start_of[t.s_id], 0)
+        offset = 2 + len(w.curs) + 1
+        interned: dict[tuple, int] = {}
+        for i, tok in enumerate(t.inner):
+            if i % 256 == 0:
+                self.check_deadline()
+            runs = t.runs(tok)
+            first = 1 if t.p_id[tok] else 0
+            cur, events = w.run(NONE, runs[first + 1 :])  # from after the first separator run
+            key = (cur, events[1:] if w.gap_syms else events)  # the first word's gap event depends on the gap
+            tail[tok] = offset + interned.setdefault(key, len(interned))
+        self.tail = tail
         # tokens whose leading run may extend some live prefix: singled out in live contexts
         cf_subs, ex_subs = w.substrings()
         cand = [t.p_tokens_by_casefold[s] for s in cf_subs if s in t.p_tokens_by_casefold]
@@ -202,27 +276,22 @@ class _Compiler:
     # ------------------------------------------------------------------ events
 
     def token_event(self, cur: int, tok: int) -> tuple[int, tuple[int, ...]] | None:
-        """(tracker, word symbols) after `tok`; None for EOS and for tokens that split a character."""
-        t, w = self.tables, self.words
+        """(tracker, events) after `tok`; None for EOS and banned tokens."""
+        t = self.tables
         kind = t.kind[tok]
-        if kind == KIND_EOS or t.pend_id[tok]:
+        if kind == KIND_EOS or t.banned[tok]:
             return None
         if kind == KIND_SPECIAL:
             return cur, ()
-        p = t.strings[t.p_id[tok]]
-        if kind == KIND_WORD:
-            return (w.advance(cur, p) if p else cur), ()
-        if p:
-            cur = w.advance(cur, p)
-        syms = ((w.finish(cur),) if cur != NONE else ()) + self.inner_syms.get(tok, ())
-        s = t.strings[t.s_id[tok]]
-        return (w.advance(NONE, s) if s else NONE), syms
+        return self.words.run(cur, t.runs(tok))
 
     def _events(self, cur: int, ctx: _Context) -> list:
-        """Per group of `ctx`: (tracker, word symbols, token event), EOS_EVENT, or None (to the sink)."""
+        """Per group of `ctx`: (tracker, events, token event), EOS_EVENT, or None (to the sink)."""
         out: list = []
         eos = self.tables.eos_token_id
-        for tok in ctx.representatives.tolist():
+        for i, tok in enumerate(ctx.representatives.tolist()):
+            if i % 512 == 511:
+                self.check_deadline()
             event = self.token_event(cur, tok)
             if event is None:
                 out.append(EOS_EVENT if tok == eos else None)
@@ -235,42 +304,58 @@ class _Compiler:
         if self.pattern_tokens:  # raw-token patterns see token identity: one group per pattern token
             keys[self.pattern_tokens] = -1 - np.asarray(self.pattern_tokens, np.int64)
         _, reps, groups = np.unique(keys, return_index=True, return_inverse=True)
-        return _Context(groups.astype(np.int32), reps)
+        return _Context(groups.astype(np.int32).reshape(-1), reps)
 
-    def _combine(self, kind: np.ndarray, a: np.ndarray, s: np.ndarray) -> np.ndarray:
-        n_inner = int(self.inner_cls.max()) + 1
-        a = a + 4  # room for markers -1..-3
-        key = kind.astype(np.int64)
-        for col, size in ((a, int(a.max()) + 1), (self.inner_cls, n_inner), (s, int(s.max()) + 1)):
-            key = key * size + col
-        key[self.tables.pend_id != 0] = -(3 * 10**12)  # split-character tokens: one group, to the sink
+    def _combine(self, columns: list[np.ndarray]) -> np.ndarray:
+        """One int64 key per token from non-negative columns (mixed radix), banned tokens in one group."""
+        key = np.zeros(self.tables.vocab_size, np.int64)
+        for col in columns:
+            key = key * (int(col.max()) + 1) + col
+        key[self.tables.banned] = -(3 * 10**12)
         return key
 
+    def gap_extension(self, gap_state: int) -> np.ndarray:
+        """(strings,) the gap after a separator run extends the live gap `gap_state` (NONE elsewhere)."""
+        t, w = self.tables, self.words
+        out = np.full(len(t.strings), NONE, np.int64)
+        for sid in self.sep_strings.tolist():
+            out[sid] = w.extend_gap(gap_state, t.strings[sid])
+        return out
+
     def context(self, name: object) -> _Context:
-        """Token partition for tracker NONE, DEAD or 'live' (the base partition of every live prefix)."""
+        """Token partition for tracker NONE, DEAD, a live gap (its state id), or 'live' (the base partition of
+        every live word prefix, with the tokens that may extend one singled out)."""
         if name in self.contexts:
             return self.contexts[name]
+        self.check_deadline()
         t = self.tables
         kind = t.kind.astype(np.int64)
         word, sep = kind == KIND_WORD, kind == KIND_SEP
-        SELF, NOSYM, PLACEHOLDER = -1, -2, -3
         a = np.zeros(t.vocab_size, np.int64)
-        s = np.where(sep, self.s_start, 0)
-        if name == NONE:
-            a[word] = np.where(self.p_empty, SELF, self.p_start)[word]
-            a[sep] = np.where(self.p_empty, NOSYM, self.p_sym)[sep]
-        elif name == DEAD:
+        gap = np.where(sep, self.g0, 0)
+        if name == DEAD:
             a[word] = DEAD
             a[sep] = OTHER
-        else:  # live base: non-candidate tokens break the prefix
+        elif name == "live":  # non-candidate tokens break the prefix
             a[word] = np.where(self.p_empty, SELF, DEAD)[word]
             a[sep] = np.where(self.p_empty, PLACEHOLDER, OTHER)[sep]
-        keys = self._combine(kind, a, s)
+        else:  # a gap: a leading word run starts a word, a leading separator run extends the gap
+            a[word] = np.where(self.p_empty, SELF, self.p_start)[word]
+            a[sep] = np.where(self.p_empty, NOSYM, self.p_sym)[sep]
+            if name != NONE:
+                extended = self.gap_extension(name)[t.sep_id]
+                gap = np.where(sep & self.p_empty, extended, gap)
+        keys = self._combine([kind, a + 4, gap, np.where(sep, self.tail, 0)])
         if name == "live":
             keys[self.live_candidates] = -(10**12) - self.live_candidates
         ctx = self._partition(keys)
         self.contexts[name] = ctx
         return ctx
+
+    def context_name(self, cur: int) -> object:
+        if cur in (NONE, DEAD):
+            return cur
+        return cur if self.words.curs[cur][0] == "g" else "live"
 
     # ------------------------------------------------------------------ exploration
 
@@ -289,13 +374,13 @@ class _Compiler:
 
         step_memo: dict[tuple[int, tuple[int, ...], int], int] = {}
 
-        def step_q(q: int, syms: tuple[int, ...], tok: int) -> int:
-            key = (q, syms, tok)
+        def step_q(q: int, events: tuple[int, ...], tok: int) -> int:
+            key = (q, events, tok)
             out = step_memo.get(key)
             if out is None:
                 state = q_list[q]
-                for sym in syms:
-                    state = matcher.word(state, sym)
+                for event in events:
+                    state = matcher.word(state, event) if event >= 0 else matcher.gap(state, -1 - event)
                 state = matcher.token(state, tok)
                 out = step_memo[key] = qid(state)
             return out
@@ -306,7 +391,7 @@ class _Compiler:
             key = (q, cur)
             if key not in accept_memo:
                 state = q_list[q]
-                if cur != NONE:
+                if not self.words.is_gap(cur):  # the end of the text finishes the word
                     state = matcher.word(state, self.words.finish(cur))
                 accept_memo[key] = bool(matcher.accept(state))
             return accept_memo[key]
@@ -332,13 +417,12 @@ class _Compiler:
         rows: dict[int, tuple[object, np.ndarray]] = {}  # state -> (context name, successor per group)
         cur_events: dict[int, list] = {}
         eos = t.eos_token_id
-        iterations = 0
         while queue:
             state = queue.popleft()
             key = keys[state]
             if key[0] == "end":
                 continue
-            iterations += 1
+            self.explored = len(keys)
             if len(keys) > explore_cap:
                 raise ConstraintTooComplex(
                     "constraint",
@@ -347,14 +431,8 @@ class _Compiler:
                     states=len(keys),
                     limit=self.max_states,
                 )
-            if iterations % 64 == 0 and time.perf_counter() > self.deadline:
-                raise ConstraintTooComplex(
-                    "constraint",
-                    f"compilation exceeded its time budget of {self.time_budget_s:.1f}s "
-                    f"({len(keys)} states explored)",
-                    states=len(keys),
-                    limit=self.max_states,
-                )
+            if len(rows) % 64 == 0:
+                self.check_deadline()
             if key == SINK:
                 ctx = self.context(NONE)
                 succ = np.full(len(ctx.representatives), sink, np.int32)
@@ -362,7 +440,7 @@ class _Compiler:
                 rows[state] = (NONE, succ)
                 continue
             cur, q = key
-            name = cur if cur in (NONE, DEAD) else "live"
+            name = self.context_name(cur)
             ctx = self.context(name)
             events = cur_events.get(cur)
             if events is None:
@@ -387,11 +465,42 @@ class _Compiler:
                 accepting_flags[i] = key[1]
             elif key != SINK:
                 accepting_flags[i] = accepting(key[1], key[0])
-        return self._finish(rows, initial, accepting_flags, ended)
+        safe = self._safe_groups(keys, rows) if self.blocklist is not None else None
+        return self._finish(rows, initial, accepting_flags, ended, safe)
+
+    def _safe_groups(self, keys: list[tuple], rows: dict) -> dict[int, np.ndarray]:
+        """Per explored state, per group of its context: does the group hold a token that the blocklist allows
+        in every text the state's tracker stands for? (All true where masking never lets a text reach it.)"""
+        by_cur: dict[int, np.ndarray] = {}
+        out = {}
+        for state, (name, succ) in rows.items():
+            key = keys[state]
+            if not isinstance(key[0], int):  # the sink: never part of a feasible path
+                out[state] = np.ones(len(succ), bool)
+                continue
+            cur = key[0]
+            if cur not in by_cur:
+                self.check_deadline()
+                if self.words.is_gap(cur):
+                    tokens = self.blocklist.safe_tokens("gap")
+                elif cur == DEAD:
+                    tokens = self.blocklist.safe_tokens("dead")
+                else:
+                    tokens = self.blocklist.safe_tokens("word", self.words.curs[cur][1:])
+                groups = self.contexts[name].group_of_token
+                by_cur[cur] = (
+                    np.ones(len(succ), bool)
+                    if tokens is None
+                    else np.bincount(groups[tokens], minlength=len(succ)) > 0
+                )
+            out[state] = by_cur[cur]
+        return out
 
     # ------------------------------------------------------------------ classes and minimisation
 
-    def _finish(self, rows: dict, initial: int, accepting: np.ndarray, ended: np.ndarray) -> TokenDFA:
+    def _finish(
+        self, rows: dict, initial: int, accepting: np.ndarray, ended: np.ndarray, safe: dict | None
+    ) -> TokenDFA:
         t = self.tables
         used = sorted({name for name, _ in rows.values()}, key=str)
         token_class = np.zeros(t.vocab_size, np.int64)
@@ -399,9 +508,12 @@ class _Compiler:
             groups = self.contexts[name].group_of_token.astype(np.int64)
             token_class = token_class * (int(groups.max()) + 1) + groups
             _, token_class = np.unique(token_class, return_inverse=True)
+            token_class = token_class.reshape(-1)
+        self.check_deadline()
         _, reps, token_class = np.unique(token_class, return_index=True, return_inverse=True)
         n = len(accepting)
         delta = np.empty((n, len(reps)), np.int32)
+        safe_pre = np.ones((n, len(reps)), bool) if safe is not None else None  # (states, classes)
         group_of_class = {name: self.contexts[name].group_of_token[reps] for name in used}
         for state in range(n):
             if ended[state]:
@@ -409,7 +521,14 @@ class _Compiler:
             else:
                 name, succ = rows[state]
                 delta[state] = succ[group_of_class[name]]
-        return _minimise(delta, token_class.astype(np.int32), initial, accepting, ended, t, self.max_states)
+                if safe is not None:
+                    safe_pre[state] = safe[state][group_of_class[name]]
+        dfa = _minimise(
+            delta, token_class.reshape(-1).astype(np.int32), initial, accepting, ended, t, self.max_states,
+            self.check_deadline, safe_pre,
+        )  # fmt: skip
+        dfa.blocklist = self.blocklist
+        return dfa
 
 
 def _minimise(
@@ -420,15 +539,24 @@ def _minimise(
     ended: np.ndarray,
     tables: VocabTables,
     max_states: int,
+    check_deadline: Any = None,
+    safe: np.ndarray | None = None,
 ) -> TokenDFA:
-    """Moore partition refinement. Rows are hashed for speed, then blocks are verified exactly."""
+    """Moore partition refinement. Rows are hashed for speed, then blocks are verified exactly.
+
+    `safe` (states, classes), for a DFA beside a blocklist mask: whether the class holds a token the mask allows
+    in the state's situation. A merged class is safe where one of its classes is; a merged state where all of
+    its states are (TokenDFA.safe_classes)."""
     n, c = delta.shape
     block = (accepting.astype(np.int64) * 2 + ended).astype(np.int64)
     _, block = np.unique(block, return_inverse=True)
+    block = block.reshape(-1)
     rng = np.random.default_rng(0)
     weights = rng.integers(1, 2**62, size=c + 1, dtype=np.int64) | 1
     exact = False
     while True:
+        if check_deadline is not None:
+            check_deadline()
         if exact:
             sig = np.concatenate([block[:, None], block[delta]], axis=1)
             _, new = np.unique(sig, axis=0, return_inverse=True)
@@ -466,25 +594,27 @@ def _minimise(
         )
     # merge token classes with identical columns
     _, col_reps, col_of_class = np.unique(min_delta.T, axis=0, return_index=True, return_inverse=True)
+    col_of_class = col_of_class.reshape(-1)
+    safe_classes = None
+    if safe is not None:
+        by_column = np.argsort(col_of_class, kind="stable")
+        starts = np.flatnonzero(np.diff(col_of_class[by_column], prepend=-1))
+        per_column = np.logical_or.reduceat(safe[:, by_column], starts, axis=1)  # (n, merged classes)
+        by_block = np.argsort(block, kind="stable")
+        starts = np.flatnonzero(np.diff(block[by_block], prepend=-1))
+        safe_classes = np.logical_and.reduceat(per_column[by_block], starts, axis=0)  # (m, merged classes)
     return TokenDFA(
         transitions=np.ascontiguousarray(min_delta[:, col_reps]).astype(np.int32),
-        token_class=col_of_class.reshape(-1)[token_class].astype(np.int32),
+        token_class=col_of_class[token_class].astype(np.int32),
         accepting=accepting[reps].copy(),
         ended=ended[reps].copy(),
         initial_state=0,
         eos_token_id=tables.eos_token_id,
         tokenizer_fingerprint=tables.fingerprint,
-        banned_tokens=np.asarray(tables.pend_id) != 0,
+        banned_tokens=np.asarray(tables.banned, bool).copy(),
         token_block=(np.asarray(tables.p_id) == 0).astype(np.int8),  # p_id 0 is the empty leading run
+        safe_classes=safe_classes,
     )
-
-
-def _walk(node: Constraint):  # noqa: ANN202
-    yield node
-    for child in getattr(node, "children", ()):
-        yield from _walk(child)
-    if hasattr(node, "child"):
-        yield from _walk(node.child)
 
 
 def _check_static_size(constraint: Constraint, max_states: int) -> None:
@@ -493,7 +623,7 @@ def _check_static_size(constraint: Constraint, max_states: int) -> None:
     k keywords that share no word are independent: every subset of them can be the set found so far, and
     those 2^k situations are pairwise distinguishable, so the minimal DFA has at least 2^k states.
     """
-    for node in _walk(constraint):
+    for node in walk(constraint):
         if not isinstance(node, All):
             continue
         seen: set[str] = set()
@@ -501,7 +631,7 @@ def _check_static_size(constraint: Constraint, max_states: int) -> None:
         for child in node.children:
             if not isinstance(child, Keyword):
                 continue
-            words = {w.casefold() for v in keyword_variants(child) for w in v}
+            words = {w.casefold() for form in keyword_forms(child) for w in form.words}
             if words.isdisjoint(seen):
                 independent += 1
                 seen |= words
@@ -515,11 +645,43 @@ def _check_static_size(constraint: Constraint, max_states: int) -> None:
             )
 
 
+def explain_unsatisfiable(constraint: Any, tokenizer: Any) -> str:
+    """Why no text satisfies a constraint whose DFA cannot accept: a keyword it requires that this tokenizer
+    cannot write (every spelling needs a token that ends inside a UTF-8 character), else the logic itself."""
+    for keyword in _required_keywords(parse_constraint(constraint)):
+        dfa = compile_constraint(keyword, tokenizer)
+        if dfa.steps_to_accept[dfa.initial_state] < 0:
+            return (
+                f"the keyword {keyword.text!r} cannot be written with this tokenizer without ending a token "
+                "inside a UTF-8 character, which pcgen never generates (docs/method.md §3)"
+            )
+    return "no text satisfies it"
+
+
+def _required_keywords(node: Constraint, negated: bool = False) -> list[Keyword]:
+    """Keywords that must occur for the constraint to hold somewhere: not under an odd number of `not`s."""
+    if isinstance(node, Not):
+        return _required_keywords(node.child, not negated)
+    if negated:
+        return []
+    if isinstance(node, Keyword):
+        return [node]
+    if isinstance(node, (All, AnyOf)):
+        return [k for child in node.children for k in _required_keywords(child)]
+    if isinstance(node, Ordered):
+        return list(node.items)
+    if isinstance(node, WordAt):
+        return [node.word]
+    return []
+
+
 # ---------------------------------------------------------------------------------------------- cache
 
-_CACHE: OrderedDict[tuple, TokenDFA] = OrderedDict()
-_CACHE_LOCK = threading.Lock()
-CACHE_SIZE = 256
+COMPILED: LRUCache[TokenDFA | ConstraintTooComplex] = LRUCache(
+    "dfa", CACHE_BYTES, lambda v: v.nbytes if isinstance(v, TokenDFA) else 1024
+)
+"""Compiled DFAs and rejections, by (canonical constraint, tokenizer, cap, budget): a rejected constraint
+costs a dictionary lookup the second time."""
 
 
 def compile_constraint(
@@ -527,24 +689,37 @@ def compile_constraint(
     tokenizer: Any,
     max_states: int = DEFAULT_MAX_STATES,
     time_budget_s: float = DEFAULT_TIME_BUDGET_S,
+    blocklist_mask: bool = True,
 ) -> TokenDFA:
     """Compile a constraint spec (JSON-compatible or parsed) for `tokenizer` into a minimal TokenDFA.
 
-    Results are cached per (canonical constraint, tokenizer fingerprint, max_states), LRU-bounded.
-    Raises ConstraintError for malformed specs and ConstraintTooComplex beyond `max_states` / the budget.
+    With `blocklist_mask`, a long list of forbidden single words inside a top-level `all` is left out of the
+    DFA and enforced beside it (`dfa.blocklist`, see blocklist.py); the guide falls back to
+    `blocklist_mask=False` (one exact product) where the two interact. Results (and ConstraintTooComplex
+    rejections) are cached per (canonical constraint, tokenizer fingerprint, max_states, time budget, mode),
+    LRU-bounded in bytes. Raises ConstraintError for malformed specs and ConstraintTooComplex beyond
+    `max_states` / the budget.
     """
     constraint = parse_constraint(spec)
     tables = vocab_tables(tokenizer)
-    key = (canonical_json(constraint), tables.fingerprint, max_states)
-    with _CACHE_LOCK:
-        if key in _CACHE:
-            _CACHE.move_to_end(key)
-            return _CACHE[key]
+    key = (canonical_json(constraint), tables.fingerprint, max_states, time_budget_s, blocklist_mask)
+    cached = COMPILED.get(key)
+    if isinstance(cached, ConstraintTooComplex):
+        raise ConstraintTooComplex(cached.path, cached.message, states=cached.states, limit=cached.limit)
+    if cached is not None:
+        return cached
     started = time.perf_counter()
-    dfa = _Compiler(constraint, tables, max_states, time_budget_s).run()
+    split = split_blocklist(constraint) if blocklist_mask else None
+    try:
+        if split is None:
+            dfa = _Compiler(constraint, tables, max_states, time_budget_s).run()
+        else:
+            rest, blocked = split
+            blocklist = Blocklist(blocked, tables)
+            dfa = _Compiler(rest, tables, max_states, time_budget_s, blocklist).run()
+    except ConstraintTooComplex as err:
+        COMPILED.put(key, err)
+        raise
     dfa.compile_seconds = time.perf_counter() - started
-    with _CACHE_LOCK:
-        _CACHE[key] = dfa
-        while len(_CACHE) > CACHE_SIZE:
-            _CACHE.popitem(last=False)
+    COMPILED.put(key, dfa)
     return dfa

@@ -6,22 +6,26 @@ Representation (what the guide consumes):
   * `transitions` (S, C) int32: successor of each state for each class.
 A state's successor for token x is `transitions[s, token_class[x]]`. Most of the vocabulary falls into a
 few large classes ("any other word", "punctuation", ...), while tokens that start, extend or finish a
-relevant word sit in small ones. The per-state "default successor + exception tokens" view the method notes
-describe is derived from this (`default_successor`, `exceptions`); the class view is what lets the guide sum
+relevant word sit in small ones. The per-state "default successor + exception tokens" view is derived from
+this (`default_successor`, `exceptions`); the class view is what lets the guide sum
 emission masses once per class instead of once per token.
 
 EOS leads from every live state to one of two absorbing *ended* states (accepted / rejected).
-`banned_tokens` marks tokens that end inside a multi-byte character: they lead every live state to the
-rejecting sink (see compiler.py), and the guide models generation without them.
+`banned_tokens` marks tokens that end inside a multi-byte character or decode to U+FFFD: they lead every live
+state to the rejecting sink (see compiler.py), and the guide models generation without them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pc_core.constraints.blocklist import Blocklist
 
 
 @dataclass(eq=False)
@@ -38,7 +42,10 @@ class TokenDFA:
     # The large classes of word-based constraints fall on one side each; the guide splits its product there.
     token_block: np.ndarray | None = None
     compile_seconds: float = 0.0
-    _device_cache: dict = field(default_factory=dict, repr=False)
+    # a blocklist enforced beside this DFA (blocklist.py), and per (state, class) whether the class holds a token
+    # the blocklist allows in every text the state stands for (the guide's no-dead-end check)
+    blocklist: Blocklist | None = None
+    safe_classes: np.ndarray | None = None  # (S, C) bool
 
     # ------------------------------------------------------------------ basic queries
 
@@ -53,6 +60,18 @@ class TokenDFA:
     @property
     def vocab_size(self) -> int:
         return int(self.token_class.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        arrays = (
+            self.transitions,
+            self.token_class,
+            self.accepting,
+            self.ended,
+            self.banned_tokens,
+            self.token_block,
+        )
+        return sum(a.nbytes for a in arrays if a is not None)
 
     def is_accepting(self, state: int) -> bool:
         return bool(self.accepting[state])
@@ -74,8 +93,12 @@ class TokenDFA:
         return state
 
     def accepts(self, token_ids: Iterable[int]) -> bool:
-        """Whether the text of `token_ids` (up to the first EOS) satisfies the constraint."""
-        return self.is_accepting(self.run(token_ids))
+        """Whether the text of `token_ids` (up to the first EOS) satisfies the constraint (with the blocklist
+        beside the DFA, if any)."""
+        token_ids = [int(t) for t in token_ids]
+        if not self.is_accepting(self.run(token_ids)):
+            return False
+        return self.blocklist is None or self.blocklist.text_ok(token_ids)
 
     # ------------------------------------------------------------------ derived views
 

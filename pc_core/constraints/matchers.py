@@ -1,10 +1,14 @@
-"""Word-level automata for each constraint node.
+"""Word-level automata for each constraint node (docs/method.md §4).
 
-The compiler (compiler.py) turns the text into a stream of *word symbols*: every finished word becomes the
-id of its class among the words the constraint mentions (0 = any other word). A matcher consumes that
-stream plus, for `tokens` constraints, the raw token ids. States are small hashable values (ints, tuples,
-frozensets) so the compiler can intern them; absorbing outcomes collapse to `YES`/`NO` to keep the
-explored product small.
+The compiler (compiler.py) turns the text into a stream of events: every finished word becomes the id of its
+class among the words the constraint mentions (0 = any other word), and, when the constraint has phrases,
+every word is preceded by the id of the gap before it among the gaps those phrases mention (0 = any other
+gap). A matcher consumes that stream plus, for `tokens` constraints, the raw token ids.
+
+States are small hashable values (ints, tuples, frozensets) so the compiler can intern them. A sub-constraint
+whose outcome can no longer change collapses to `YES` / `NO` at every level (a seen forbidden word is false
+forever, one matched `any` branch is true forever), so `forbidden` and `any` grow linearly in their words
+and only `all` of independent keywords keeps its inherent 2^k growth.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from pc_core.constraints.spec import (
     WordAt,
     WordCount,
 )
-from pc_core.constraints.words import keyword_variants
+from pc_core.constraints.words import Form, keyword_forms
 
 State = object
 # Decided outcomes. Not True/False: 1 == True would make an int state collide with them in a tuple key.
 YES = "yes"
 NO = "no"
+DECIDED = (YES, NO)
 # A word pattern is the set of word-symbol ids that count as that word.
 WordSyms = frozenset[int]
 
@@ -39,6 +44,9 @@ class Matcher:
     def word(self, state: State, sym: int) -> State:
         return state
 
+    def gap(self, state: State, sym: int) -> State:
+        return state
+
     def token(self, state: State, token_id: int) -> State:
         return state
 
@@ -47,10 +55,12 @@ class Matcher:
 
 
 class KeywordMatcher(Matcher):
-    """Any variant (a word list) occurs contiguously. State: frozenset of (variant, words matched) or YES."""
+    """Any form occurs: its words in order with its gaps between them. A form is a list of items, word
+    patterns at even positions and gap symbols at odd ones. State: frozenset of (form, items matched), or
+    YES."""
 
-    def __init__(self, variants: list[list[WordSyms]]) -> None:
-        self.variants = variants
+    def __init__(self, forms: list[list[WordSyms | int]]) -> None:
+        self.forms = forms
 
     def init(self) -> State:
         return frozenset()
@@ -59,13 +69,18 @@ class KeywordMatcher(Matcher):
         if state is YES:
             return YES
         progress = set()
-        for v, done in (*state, *((v, 0) for v in range(len(self.variants)))):
-            words = self.variants[v]
-            if sym in words[done]:
-                if done + 1 == len(words):
+        for f, done in (*state, *((f, 0) for f in range(len(self.forms)))):
+            items = self.forms[f]
+            if done % 2 == 0 and sym in items[done]:
+                if done + 1 == len(items):
                     return YES
-                progress.add((v, done + 1))
+                progress.add((f, done + 1))
         return frozenset(progress)
+
+    def gap(self, state: State, sym: int) -> State:
+        if state is YES or not state:
+            return state
+        return frozenset((f, done + 1) for f, done in state if self.forms[f][done] == sym)
 
     def accept(self, state: State) -> bool:
         return state is YES
@@ -92,6 +107,12 @@ class OrderedMatcher(Matcher):
             sub = self.items[index].init()  # the next occurrence starts after this one ends
         return (index, sub)
 
+    def gap(self, state: State, sym: int) -> State:
+        if state is YES:
+            return YES
+        index, sub = state
+        return (index, self.items[index].gap(sub, sym))
+
     def accept(self, state: State) -> bool:
         return state is YES
 
@@ -107,7 +128,7 @@ class WordAtMatcher(Matcher):
         return 0
 
     def word(self, state: State, sym: int) -> State:
-        if state is YES or state is NO:
+        if state in DECIDED:
             return state
         if state + 1 == self.index:
             return YES if sym in self.syms else NO
@@ -118,19 +139,29 @@ class WordAtMatcher(Matcher):
 
 
 class WordCountMatcher(Matcher):
+    """Words counted up to min (no max: then YES for good) or up to max + 1 (then NO for good)."""
+
     def __init__(self, lo: int, hi: int | None) -> None:
         self.lo = lo
         self.hi = hi
-        self.cap = (hi + 1) if hi is not None else lo  # counts beyond the cap are indistinguishable
 
     def init(self) -> State:
-        return 0
+        return self._decide(0)
+
+    def _decide(self, count: int) -> State:
+        if self.hi is None and count >= self.lo:
+            return YES
+        if self.hi is not None and count > self.hi:
+            return NO
+        return count
 
     def word(self, state: State, sym: int) -> State:
-        return min(state + 1, self.cap)
+        return state if state in DECIDED else self._decide(state + 1)
 
     def accept(self, state: State) -> bool:
-        return self.lo <= state and (self.hi is None or state <= self.hi)
+        if state in DECIDED:
+            return state is YES
+        return self.lo <= state
 
 
 class TokensMatcher(Matcher):
@@ -166,69 +197,118 @@ class TokensMatcher(Matcher):
 
 
 class AllMatcher(Matcher):
+    """Conjunction; NO as soon as a child is NO, YES once every child is YES."""
+
+    decisive, neutral = NO, YES  # the child outcome that decides the node, and the one that drops out
+
     def __init__(self, children: list[Matcher]) -> None:
         self.children = children
 
+    def _combine(self, states: tuple) -> State:
+        if self.decisive in states:
+            return self.decisive
+        if all(s is self.neutral for s in states):
+            return self.neutral
+        return states
+
     def init(self) -> State:
-        return tuple(c.init() for c in self.children)
+        return self._combine(tuple(c.init() for c in self.children))
 
     def word(self, state: State, sym: int) -> State:
-        return tuple(c.word(s, sym) for c, s in zip(self.children, state))
+        if state in DECIDED:
+            return state
+        return self._combine(tuple(c.word(s, sym) for c, s in zip(self.children, state)))
+
+    def gap(self, state: State, sym: int) -> State:
+        if state in DECIDED:
+            return state
+        return self._combine(tuple(c.gap(s, sym) for c, s in zip(self.children, state)))
 
     def token(self, state: State, token_id: int) -> State:
-        return tuple(c.token(s, token_id) for c, s in zip(self.children, state))
+        if state in DECIDED:
+            return state
+        return self._combine(tuple(c.token(s, token_id) for c, s in zip(self.children, state)))
 
     def accept(self, state: State) -> bool:
+        if state in DECIDED:
+            return state is YES
         return all(c.accept(s) for c, s in zip(self.children, state))
 
 
 class AnyMatcher(AllMatcher):
+    """Disjunction; YES as soon as a child is YES, NO once every child is NO."""
+
+    decisive, neutral = YES, NO
+
     def accept(self, state: State) -> bool:
+        if state in DECIDED:
+            return state is YES
         return any(c.accept(s) for c, s in zip(self.children, state))
 
 
 class NotMatcher(Matcher):
+    """Negation: the child's state with YES and NO exchanged (so a decided child stays decided)."""
+
     def __init__(self, child: Matcher) -> None:
         self.child = child
 
+    @staticmethod
+    def _flip(state: State) -> State:
+        return NO if state is YES else YES if state is NO else state
+
     def init(self) -> State:
-        return self.child.init()
+        return self._flip(self.child.init())
 
     def word(self, state: State, sym: int) -> State:
-        return self.child.word(state, sym)
+        return state if state in DECIDED else self._flip(self.child.word(state, sym))
+
+    def gap(self, state: State, sym: int) -> State:
+        return state if state in DECIDED else self._flip(self.child.gap(state, sym))
 
     def token(self, state: State, token_id: int) -> State:
-        return self.child.token(state, token_id)
+        return state if state in DECIDED else self._flip(self.child.token(state, token_id))
 
     def accept(self, state: State) -> bool:
+        if state in DECIDED:
+            return state is YES
         return not self.child.accept(state)
 
 
-def build_matcher(node: Constraint, syms_for: Callable[[str, bool], WordSyms]) -> Matcher:
-    """`syms_for(word, case_sensitive)` gives the symbol ids that count as `word`."""
+def build_matcher(
+    node: Constraint, syms_for: Callable[[str, bool], WordSyms], gap_sym: Callable[[str], int]
+) -> Matcher:
+    """`syms_for(word, casefolded)` gives the symbol ids that count as `word`; `gap_sym(gap)` the id of a
+    normalised gap the constraint's phrases mention."""
+
+    def items(form: Form, casefolded: bool) -> list[WordSyms | int]:
+        out: list[WordSyms | int] = [syms_for(form.words[0], casefolded)]
+        for gap, word in zip(form.gaps, form.words[1:]):
+            out += [gap_sym(gap), syms_for(word, casefolded)]
+        return out
 
     def keyword(kw: Keyword) -> KeywordMatcher:
-        return KeywordMatcher(
-            [[syms_for(w, kw.case_sensitive) for w in variant] for variant in keyword_variants(kw)]
-        )
+        return KeywordMatcher([items(form, kw.case == "any") for form in keyword_forms(kw)])
 
-    if isinstance(node, Keyword):
-        return keyword(node)
-    if isinstance(node, All):
-        return AllMatcher([build_matcher(c, syms_for) for c in node.children])
-    if isinstance(node, AnyOf):
-        return AnyMatcher([build_matcher(c, syms_for) for c in node.children])
-    if isinstance(node, Not):
-        return NotMatcher(build_matcher(node.child, syms_for))
-    if isinstance(node, Ordered):
-        return OrderedMatcher([keyword(k) for k in node.items])
-    if isinstance(node, WordAt):
-        syms: set[int] = set()
-        for variant in keyword_variants(node.word):
-            syms |= syms_for(variant[0], node.word.case_sensitive)
-        return WordAtMatcher(node.index, frozenset(syms))
-    if isinstance(node, WordCount):
-        return WordCountMatcher(node.min, node.max)
-    if isinstance(node, Tokens):
-        return TokensMatcher(node.ids)
-    raise TypeError(f"unknown constraint node {node!r}")
+    def build(node: Constraint) -> Matcher:
+        if isinstance(node, Keyword):
+            return keyword(node)
+        if isinstance(node, All):
+            return AllMatcher([build(c) for c in node.children])
+        if isinstance(node, AnyOf):
+            return AnyMatcher([build(c) for c in node.children])
+        if isinstance(node, Not):
+            return NotMatcher(build(node.child))
+        if isinstance(node, Ordered):
+            return OrderedMatcher([keyword(k) for k in node.items])
+        if isinstance(node, WordAt):
+            syms: set[int] = set()
+            for form in keyword_forms(node.word):
+                syms |= syms_for(form.words[0], node.word.case == "any")
+            return WordAtMatcher(node.index, frozenset(syms))
+        if isinstance(node, WordCount):
+            return WordCountMatcher(node.min, node.max)
+        if isinstance(node, Tokens):
+            return TokensMatcher(node.ids)
+        raise TypeError(f"unknown constraint node {node!r}")
+
+    return build(node)

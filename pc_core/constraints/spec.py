@@ -1,23 +1,28 @@
 """The constraint language: JSON-compatible specs parsed into typed, immutable nodes.
 
     {"keywords": ["dog", "frisbee", "catch"]}                 shorthand for all(keyword ...)
-    {"keyword": "New York", "inflections": false, "case_sensitive": true, "variants": ["NYC"]}
+    {"keyword": "New York", "inflections": false, "case": "sensitive", "variants": ["NYC"]}
+    {"keyword": "fish", "pos": "noun"}
     {"all": [...]}  {"any": [...]}  {"not": {...}}  {"ordered": ["wake", "coffee"]}
     {"word_at": 3, "word": "pan"}     {"word_count": {"min": 5, "max": 15}}
     {"forbidden": ["cat", "dog"]}     {"tokens": [1532, 287]}
 
-A bare string where a constraint is expected is a keyword. Parsing normalises the shorthands
-(`keywords` -> all, `forbidden` -> not(any)), so two specs that mean the same thing in those ways share a
-canonical form (`canonical_json`) and a compiled DFA. Errors name the offending path.
+A bare string where a constraint is expected is a keyword. Keyword options (`inflections`, `case`: natural |
+sensitive | any, `case_sensitive` as its alias, `pos`: noun | verb | adj) apply wherever words are compared,
+shorthands included. Keyword texts are normalised to NFC. Parsing normalises the shorthands (`keywords` ->
+all, `forbidden` -> not(any)), so two specs that mean the same thing in those ways share a canonical form
+(`canonical_json`) and a compiled DFA. Errors name the offending path. Semantics: docs/method.md §3.
 """
 
 from __future__ import annotations
 
 import json
+import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pc_core.constraints.words import split_words
+from pc_core.constraints.words import CASE_MODES, PARTS_OF_SPEECH, bad_keyword_char, split_words
 from pc_core.errors import ConstraintError
 
 MAX_KEYWORD_CHARS = 100
@@ -26,24 +31,25 @@ MAX_VARIANTS = 32
 MAX_DEPTH = 12
 MAX_WORD_INDEX = 512
 MAX_TOKEN_PATTERN = 64
+MAX_FORBIDDEN = 10_000  # blocklists are enforced beside the guide (blocklist.py), not multiplied into it
 
 
 @dataclass(frozen=True)
 class Keyword:
-    """A word or phrase; satisfied when any of its variants occurs as a contiguous run of words."""
+    """A word or phrase; satisfied when any of its forms (words.keyword_forms) occurs in the text."""
 
     text: str
     inflections: bool = True
-    case_sensitive: bool = False
+    case: str = "natural"  # natural | sensitive | any
     variants: tuple[str, ...] = ()
+    pos: str | None = None  # restricts inflections to a part of speech: noun | verb | adj
 
     def to_json(self) -> dict:
-        return {
-            "keyword": self.text,
-            "inflections": self.inflections,
-            "case_sensitive": self.case_sensitive,
-            "variants": list(self.variants),
-        }
+        out = {"keyword": self.text, "inflections": self.inflections, "case": self.case}
+        out["variants"] = list(self.variants)
+        if self.pos is not None:
+            out["pos"] = self.pos
+        return out
 
 
 @dataclass(frozen=True)
@@ -112,7 +118,7 @@ class Tokens:
 
 Constraint = Keyword | All | AnyOf | Not | Ordered | WordAt | WordCount | Tokens
 
-_KEYWORD_OPTIONS = {"inflections", "case_sensitive", "variants"}
+_KEYWORD_OPTIONS = {"inflections", "case", "case_sensitive", "variants", "pos"}
 
 
 def parse_constraint(spec: Any, path: str = "constraint") -> Constraint:
@@ -124,6 +130,15 @@ def parse_constraint(spec: Any, path: str = "constraint") -> Constraint:
 
 def canonical_json(constraint: Constraint) -> str:
     return json.dumps(constraint.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def walk(node: Constraint) -> Iterator[Constraint]:
+    """Every node of the tree, parents before children."""
+    yield node
+    for child in getattr(node, "children", ()):
+        yield from walk(child)
+    if isinstance(node, Not):
+        yield from walk(node.child)
 
 
 def iter_keywords(constraint: Constraint) -> list[Keyword]:
@@ -139,23 +154,6 @@ def iter_keywords(constraint: Constraint) -> list[Keyword]:
     if isinstance(constraint, WordAt):
         return [constraint.word]
     return []
-
-
-def min_words_needed(constraint: Constraint) -> int:
-    """A lower bound on the number of words a satisfying text has (used for fast-fail messages)."""
-    if isinstance(constraint, Keyword):
-        return 1
-    if isinstance(constraint, All):
-        return sum(min_words_needed(c) for c in constraint.children)
-    if isinstance(constraint, AnyOf):
-        return min((min_words_needed(c) for c in constraint.children), default=0)
-    if isinstance(constraint, Ordered):
-        return len(constraint.items)
-    if isinstance(constraint, WordAt):
-        return constraint.index
-    if isinstance(constraint, WordCount):
-        return constraint.min
-    return 0
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -214,7 +212,7 @@ def _parse(spec: Any, path: str, depth: int) -> Constraint:
         )
     if "forbidden" in spec:
         _only(spec, {"forbidden"} | _KEYWORD_OPTIONS - {"variants"}, path)
-        items = _list(spec["forbidden"], f"{path}.forbidden", min_len=1)
+        items = _list(spec["forbidden"], f"{path}.forbidden", min_len=1, max_len=MAX_FORBIDDEN)
         options = {k: spec[k] for k in _KEYWORD_OPTIONS - {"variants"} if k in spec}
         words = tuple(_parse_keyword_item(x, f"{path}.forbidden[{i}]", options) for i, x in enumerate(items))
         return Not(AnyOf(words))
@@ -257,6 +255,8 @@ def _parse_keyword_item(item: Any, path: str, options: dict) -> Keyword:
         if "keyword" not in item:
             raise ConstraintError(path, 'expected a keyword string or {"keyword": ...}')
         _only(item, {"keyword"} | _KEYWORD_OPTIONS, path)
+        if {"case", "case_sensitive"} & set(item):  # the item's own case setting replaces the list's
+            options = {k: v for k, v in options.items() if k not in ("case", "case_sensitive")}
         return _parse_keyword(item["keyword"], {**options, **item}, path, text_path=f"{path}.keyword")
     return _parse_keyword(item, options, path)
 
@@ -265,20 +265,50 @@ def _parse_keyword(text: Any, options: dict, path: str, text_path: str | None = 
     text_path = text_path or path
     text = _keyword_text(text, text_path)
     inflections = _bool(options.get("inflections", True), f"{path}.inflections")
-    case_sensitive = _bool(options.get("case_sensitive", False), f"{path}.case_sensitive")
     raw_variants = options.get("variants", [])
     variants = _list(raw_variants, f"{path}.variants", min_len=0, max_len=MAX_VARIANTS)
     variants = tuple(_keyword_text(v, f"{path}.variants[{i}]") for i, v in enumerate(variants))
-    return Keyword(text, inflections, case_sensitive, variants)
+    return Keyword(text, inflections, _case(options, path), variants, _pos(options, path))
+
+
+def _case(options: dict, path: str) -> str:
+    """`case`, or its alias `case_sensitive` (true = sensitive, false = natural); both must agree."""
+    case = options.get("case")
+    if case is not None and case not in CASE_MODES:
+        raise ConstraintError(f"{path}.case", f"expected one of {', '.join(CASE_MODES)}, got {case!r}")
+    if "case_sensitive" in options:
+        alias = "sensitive" if _bool(options["case_sensitive"], f"{path}.case_sensitive") else "natural"
+        if case is not None and case != alias:
+            raise ConstraintError(
+                f"{path}.case_sensitive", f"contradicts case={case!r} (case_sensitive is an alias of case)"
+            )
+        case = alias
+    return case or "natural"
+
+
+def _pos(options: dict, path: str) -> str | None:
+    pos = options.get("pos")
+    if pos is not None and pos not in PARTS_OF_SPEECH:
+        raise ConstraintError(f"{path}.pos", f"expected one of {', '.join(PARTS_OF_SPEECH)}, got {pos!r}")
+    return pos
 
 
 def _keyword_text(value: Any, path: str) -> str:
     if not isinstance(value, str):
         raise ConstraintError(path, f"expected a string, got {_type_name(value)}")
+    value = unicodedata.normalize("NFC", value)
     if not value.strip():
         raise ConstraintError(path, "must not be empty")
     if len(value) > MAX_KEYWORD_CHARS:
         raise ConstraintError(path, f"longer than {MAX_KEYWORD_CHARS} characters")
+    bad = bad_keyword_char(value)
+    if bad is not None:
+        name = unicodedata.name(bad, "unnamed")
+        raise ConstraintError(
+            path,
+            f"{value!r} contains U+{ord(bad):04X} ({name}), which cannot appear inside a word or phrase "
+            "(control and format characters and combining marks without a base are not part of words)",
+        )
     words = split_words(value)
     if not words:
         raise ConstraintError(path, f"contains no word characters: {value!r}")

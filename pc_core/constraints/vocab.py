@@ -1,11 +1,12 @@
 """Per-tokenizer tables, computed once and cached by tokenizer fingerprint.
 
-Every token is described by what its bytes do to the text, decoded on its own (no partial character
-pending before it): its leading run of word characters `p`, whether it contains a separator (any non-word
-character, including U+FFFD for invalid bytes), the complete words strictly inside it, its trailing run of
-word characters `s`, and the incomplete UTF-8 sequence it leaves pending at its end. For a token with no
-separator, `p` is its whole text. Tokens that start with a UTF-8 continuation byte need the exact byte-level
-path when a partial character is pending; every other case reduces to these pieces.
+Every token is described by what its bytes do to the text, decoded on its own: its leading run of word
+characters `p`, its first separator run (any non-word characters), the words strictly inside it with the
+separator run after each, and its trailing run of word characters `s`. For a token with no separator, `p` is
+its whole text. Tokens that end inside a multi-byte UTF-8 character, or whose text contains U+FFFD (invalid
+bytes, e.g. a token that starts with a stray continuation byte), are *banned*: generated text is always
+valid and every character is complete at a token boundary (docs/method.md §3), so these pieces describe
+every token that generation can emit exactly.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
-import threading
-from collections import OrderedDict
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from pc_core.cache import LRUCache
 from pc_core.constraints.words import is_word_char
 
 KIND_SPECIAL = 0  # skipped by decode(skip_special_tokens=True): no text at all
@@ -102,24 +103,28 @@ def decode_pending(pending: bytes, data: bytes) -> tuple[str, bytes]:
     return text, decoder.getstate()[0]
 
 
-def split_pieces(text: str) -> tuple[str, bool, tuple[str, ...], str]:
-    """(leading word run, has separator, inner words, trailing word run) of a token's text."""
-    i = 0
-    while i < len(text) and is_word_char(text[i]):
-        i += 1
-    if i == len(text):
-        return text, False, (), ""
-    j = len(text)
-    while j > i and is_word_char(text[j - 1]):
-        j -= 1
-    inner, word = [], []
-    for ch in text[i:j]:
-        if is_word_char(ch):
-            word.append(ch)
-        elif word:
-            inner.append("".join(word))
-            word = []
-    return text[:i], True, tuple(inner), text[j:]
+def split_runs(text: str) -> list[str]:
+    """The text as alternating runs of word characters and separators (the first may be either)."""
+    runs: list[str] = []
+    for ch in text:
+        if runs and is_word_char(ch) == is_word_char(runs[-1][-1]):
+            runs[-1] += ch
+        else:
+            runs.append(ch)
+    return runs
+
+
+def split_pieces(text: str) -> tuple[str, str, tuple[tuple[str, str], ...], str]:
+    """(leading word run, first separator run, inner (word, separator after it) pairs, trailing word run) of
+    a token's text; the separator run is "" when the text is all word characters."""
+    runs = split_runs(text)
+    p = runs.pop(0) if runs and is_word_char(runs[0][0]) else ""
+    if not runs:
+        return p, "", (), ""
+    sep = runs.pop(0)
+    s = runs.pop() if runs and is_word_char(runs[-1][0]) else ""
+    inner = tuple((runs[i], runs[i + 1]) for i in range(0, len(runs), 2))
+    return p, sep, inner, s
 
 
 @dataclass
@@ -127,18 +132,16 @@ class VocabTables:
     fingerprint: str
     vocab_size: int
     eos_token_id: int
-    token_bytes: list[bytes]
     kind: np.ndarray  # (V,) int8, KIND_*
     p_id: np.ndarray  # (V,) int32 into `strings`: leading word run (whole text when no separator)
+    sep_id: np.ndarray  # (V,) int32: first separator run ("" when none)
     s_id: np.ndarray  # (V,) int32: trailing word run ("" when none, or no separator)
-    inner: dict[int, tuple[str, ...]]  # token -> complete inner words (rare)
-    pend_id: np.ndarray  # (V,) int32 into `pendings`: incomplete UTF-8 tail left by the token
-    lead_continuation: np.ndarray  # (V,) bool: first byte is 0x80..0xBF
+    inner: dict[int, tuple[tuple[str, str], ...]]  # token -> (inner word, separator run after it) (rare)
+    banned: np.ndarray  # (V,) bool: ends inside a UTF-8 character, or decodes to U+FFFD
     strings: list[str]
     string_ids: dict[str, int]
     string_ids_by_casefold: dict[str, list[int]]
-    pendings: list[bytes]
-    # casefolded leading run -> tokens with that run (for the few tokens that extend a relevant prefix)
+    # leading run (casefolded / exact) -> tokens with that run (for the few tokens that extend a relevant prefix)
     p_tokens_by_casefold: dict[str, np.ndarray] = field(default_factory=dict)
     p_tokens_by_exact: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -151,7 +154,6 @@ class VocabTables:
         size = len(raw)
         special = set(tokenizer.all_special_ids)
         strings, string_ids = [""], {"": 0}
-        pendings, pending_ids = [b""], {b"": 0}
 
         def sid(text: str) -> int:
             if text not in string_ids:
@@ -161,10 +163,10 @@ class VocabTables:
 
         kind = np.full(size, KIND_WORD, np.int8)
         p_id = np.zeros(size, np.int32)
+        sep_id = np.zeros(size, np.int32)
         s_id = np.zeros(size, np.int32)
-        pend_id = np.zeros(size, np.int32)
-        lead = np.zeros(size, bool)
-        inner: dict[int, tuple[str, ...]] = {}
+        banned = np.zeros(size, bool)
+        inner: dict[int, tuple[tuple[str, str], ...]] = {}
         by_cf: dict[str, list[int]] = {}
         by_ex: dict[str, list[int]] = {}
         for t, data in enumerate(raw):
@@ -174,15 +176,11 @@ class VocabTables:
             if t in special:
                 kind[t] = KIND_SPECIAL
                 continue
-            lead[t] = bool(data) and 0x80 <= data[0] <= 0xBF
             text, tail = decode_pending(b"", data)
-            if tail not in pending_ids:
-                pending_ids[tail] = len(pendings)
-                pendings.append(tail)
-            pend_id[t] = pending_ids[tail]
-            p, has_sep, words, s = split_pieces(text)
-            kind[t] = KIND_SEP if has_sep else KIND_WORD
-            p_id[t], s_id[t] = sid(p), sid(s)
+            banned[t] = bool(tail) or "\ufffd" in text
+            p, sep, words, s = split_pieces(text)
+            kind[t] = KIND_SEP if sep else KIND_WORD
+            p_id[t], sep_id[t], s_id[t] = sid(p), sid(sep), sid(s)
             if words:
                 inner[t] = words
             if p:
@@ -195,29 +193,46 @@ class VocabTables:
             fingerprint=fingerprint or tokenizer_fingerprint(tokenizer),
             vocab_size=size,
             eos_token_id=eos,
-            token_bytes=raw,
             kind=kind,
             p_id=p_id,
+            sep_id=sep_id,
             s_id=s_id,
             inner=inner,
-            pend_id=pend_id,
-            lead_continuation=lead,
+            banned=banned,
             strings=strings,
             string_ids=string_ids,
             string_ids_by_casefold=by_cf_strings,
-            pendings=pendings,
             p_tokens_by_casefold={k: np.asarray(v, np.int64) for k, v in by_cf.items()},
             p_tokens_by_exact={k: np.asarray(v, np.int64) for k, v in by_ex.items()},
         )
 
+    @property
+    def nbytes(self) -> int:
+        """Approximate resident size: the arrays, the strings and the per-token dictionaries."""
+        arrays = (self.kind, self.p_id, self.sep_id, self.s_id, self.banned)
+        strings = sum(sys.getsizeof(s) for s in self.strings)
+        lookups = sum(
+            a.nbytes + 64 for d in (self.p_tokens_by_casefold, self.p_tokens_by_exact) for a in d.values()
+        )
+        return sum(a.nbytes for a in arrays) + 2 * strings + lookups + 200 * len(self.inner)
 
-_CACHE: OrderedDict[str, VocabTables] = OrderedDict()
-_CACHE_LOCK = threading.Lock()
-_CACHE_SIZE = 4
+    def runs(self, token: int) -> list[str]:
+        """The token's text as alternating word / separator runs (the text without pieces is not stored)."""
+        out = [self.strings[self.p_id[token]]] if self.p_id[token] else []
+        if self.sep_id[token]:
+            out.append(self.strings[self.sep_id[token]])
+            for word, sep in self.inner.get(token, ()):
+                out += [word, sep]
+            if self.s_id[token]:
+                out.append(self.strings[self.s_id[token]])
+        return out
+
+
+TABLES: LRUCache[VocabTables] = LRUCache("vocab", 4 * 256 * 2**20, lambda t: t.nbytes)
 
 
 def vocab_tables(tokenizer: Any) -> VocabTables:
-    """Tables for `tokenizer`, built once per fingerprint (a few LRU entries)."""
+    """Tables for `tokenizer`, built once per fingerprint (LRU, bounded in bytes)."""
     fingerprint = getattr(tokenizer, "_pcgen_fingerprint", None)
     if fingerprint is None:
         fingerprint = tokenizer_fingerprint(tokenizer)
@@ -225,13 +240,8 @@ def vocab_tables(tokenizer: Any) -> VocabTables:
             tokenizer._pcgen_fingerprint = fingerprint
         except AttributeError:
             pass
-    with _CACHE_LOCK:
-        if fingerprint in _CACHE:
-            _CACHE.move_to_end(fingerprint)
-            return _CACHE[fingerprint]
-    tables = VocabTables.build(tokenizer, fingerprint)
-    with _CACHE_LOCK:
-        _CACHE[fingerprint] = tables
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
+    tables = TABLES.get(fingerprint)
+    if tables is None:
+        tables = VocabTables.build(tokenizer, fingerprint)
+        TABLES.put(fingerprint, tables)
     return tables

@@ -1,24 +1,61 @@
-"""Words and keyword variants: the text-level vocabulary of the constraint semantics.
+"""Words, phrases and keyword forms: the text-level vocabulary of the constraint semantics (docs/method.md §3).
 
-A word is a maximal run of characters matched by Python's `\\w` (Unicode). Case-insensitive comparison is
-`str.casefold()` equality of whole words (casefold maps character by character, which the DFA relies on).
+A word is a maximal run of characters matched by Python's `\\w` (Unicode). A phrase is words with the
+separator text between them (a *gap*); gaps are compared after collapsing every run of whitespace to one
+space, so "New  York" matches "New York" but "New-York" does not. A keyword's *forms* are the phrases that
+satisfy it: the text as written and its explicit variants, each with the inflections of its last word and the
+case variants of its case mode. Case-insensitive ("any") forms are casefolded (`str.casefold` maps character
+by character, which the DFA relies on).
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from pc_core.constraints.spec import Keyword
 
 WORD_RE = re.compile(r"\w+")
+SPACE_RE = re.compile(r"\s+")
 _WORD_CHAR_RE = re.compile(r"\w")
+_SPACE_CHAR_RE = re.compile(r"\s")
+
+CASE_MODES = ("natural", "sensitive", "any")
+PARTS_OF_SPEECH = {"noun": ("NOUN",), "verb": ("VERB",), "adj": ("ADJ",)}
+DEFAULT_POS = ("NOUN", "VERB")  # adjective comparatives change the meaning ("big" -> "bigger"): opt in
+
+# Closed-class words get no inflections: their dictionary entries are artefacts ("us" -> "uses", "its" ->
+# "itses") or other words altogether ("will" -> "wills", "can" -> "cans"). Pronouns, determiners,
+# prepositions, conjunctions, auxiliaries and modals, and the word parts of contractions. Words that are
+# mainly open-class ("like", "up", "need", "other") are not listed: their dictionary forms are real words.
+CLOSED_CLASS = frozenset(
+    """
+    i me my mine myself you your yours yourself yourselves he him his himself she her hers herself it its
+    itself we us our ours ourselves they them their theirs themselves one oneself who whom whose which what
+    whoever whatever whichever that this these those the a an some any each every either neither no none all
+    both few many much more most less least several such another same enough
+    about above across after against along amid among around as at before behind below beneath beside
+    besides between beyond but by despite during except for from in inside into of off on onto outside
+    over per since than through throughout till to toward towards under underneath unlike until upon via
+    with within without
+    and or nor so yet if unless because although though while whereas whether lest once
+    be am is are was were been being have has had having do does did doing done
+    can could may might must shall should will would ought
+    not nt s t d ll m re ve
+    """.split()
+)
 
 
 def split_words(text: str) -> list[str]:
     return WORD_RE.findall(text)
+
+
+def normalise_gap(text: str) -> str:
+    """The separator text between two words as a phrase compares it: every whitespace run is one space."""
+    return SPACE_RE.sub(" ", text)
 
 
 @lru_cache(maxsize=65536)
@@ -26,29 +63,71 @@ def is_word_char(ch: str) -> bool:
     return _WORD_CHAR_RE.match(ch) is not None
 
 
-@lru_cache(maxsize=4096)
-def inflections_of(word: str) -> tuple[str, ...]:
-    """Lower-case noun plural and verb forms (3rd person, past, participles, -ing) of `word` and its lemmas.
+@lru_cache(maxsize=65536)
+def is_space_char(ch: str) -> bool:
+    return _SPACE_CHAR_RE.match(ch) is not None
 
-    Uses lemminflect's dictionary; an out-of-vocabulary word gets its regular noun plural only.
+
+class Form(NamedTuple):
+    """One phrase that satisfies a keyword: its words and the normalised gaps between them."""
+
+    words: tuple[str, ...]
+    gaps: tuple[str, ...]  # len(words) - 1 entries
+
+    @property
+    def text(self) -> str:
+        out = [self.words[0]]
+        for gap, word in zip(self.gaps, self.words[1:]):
+            out += [gap, word]
+        return "".join(out)
+
+
+def split_phrase(text: str) -> Form:
+    """Words and normalised inner gaps of `text`; separators before the first / after the last word drop."""
+    spans = [m.span() for m in WORD_RE.finditer(text)]
+    words = tuple(text[a:b] for a, b in spans)
+    gaps = tuple(normalise_gap(text[spans[i][1] : spans[i + 1][0]]) for i in range(len(spans) - 1))
+    return Form(words, gaps)
+
+
+def bad_keyword_char(text: str) -> str | None:
+    """The first character that cannot be part of a word or phrase (control, format such as the zero-width
+    joiner, private use, unassigned, or a combining mark left without a base after NFC), else None."""
+    for ch in text:
+        category = unicodedata.category(ch)
+        if category[0] == "M" or category in ("Cc", "Cf", "Cs", "Co", "Cn"):
+            if category == "Cc" and ch in "\t\n\r":
+                continue  # whitespace inside a phrase gap
+            return ch
+    return None
+
+
+@lru_cache(maxsize=8192)
+def inflections_of(word: str, pos: str | None = None) -> tuple[str, ...]:
+    """Lower-case forms of `word` from lemminflect's dictionary (no rule-made forms), the word included.
+
+    The word's own forms when the dictionary knows it as a lemma (noun plural; verb -s, past, participles,
+    -ing; adjective comparative and superlative only with pos="adj"); only when it is not a lemma in any part
+    of speech ("ran", "children"), the forms of its lemmas. Closed-class words get none. `pos` ("noun",
+    "verb", "adj") restricts the forms to that part of speech.
     """
     import lemminflect
 
     lower = word.lower()
-    lemmas = {lower}
-    for upos in ("NOUN", "VERB"):
-        for found in lemminflect.getAllLemmas(lower, upos=upos).values():
-            lemmas.update(found)
-    forms: set[str] = set()
-    for lemma in lemmas:
-        for upos in ("NOUN", "VERB"):
-            for found in lemminflect.getAllInflections(lemma, upos=upos).values():
-                forms.update(found)
-    if forms == set() or forms == {lower}:
-        for found in lemminflect.getAllInflectionsOOV(lower, upos="NOUN").values():
+    if lower in CLOSED_CLASS:
+        return (lower,)
+    upos = PARTS_OF_SPEECH[pos] if pos else DEFAULT_POS
+    forms = {lower}
+    for tag in upos:
+        for found in lemminflect.getAllInflections(lower, upos=tag).values():
             forms.update(found)
-    forms.add(lower)
-    return tuple(sorted(forms))
+    is_lemma = any(lemminflect.getAllInflections(lower, upos=tag) for tag in ("NOUN", "VERB", "ADJ"))
+    if not is_lemma:
+        for tag in upos:
+            for lemma in lemminflect.getAllLemmas(lower, upos=tag).get(tag, ()):
+                for found in lemminflect.getAllInflections(lemma, upos=tag).values():
+                    forms.update(found)
+    return tuple(sorted(f for f in forms if f.lower() not in CLOSED_CLASS or f == lower))
 
 
 def _match_case(form: str, model: str) -> str:
@@ -60,20 +139,36 @@ def _match_case(form: str, model: str) -> str:
     return form
 
 
-def keyword_variants(keyword: Keyword) -> tuple[tuple[str, ...], ...]:
-    """Every word list that satisfies `keyword`: the text, user variants and (optionally) inflections.
+def case_variants(text: str, case: str) -> set[str]:
+    """The spellings a case mode accepts for `text` ("any" compares casefolded, so the text itself)."""
+    if case != "natural":
+        return {text}
+    return {text, text.lower(), text[:1].upper() + text[1:], text.upper()}
 
-    Inflections apply to the last word of a phrase ("hot dog" -> "hot dogs"). Case-insensitive variants
-    are casefolded here; sensitive ones keep their spelling. Sorted and deduplicated, so the result is
-    canonical.
-    """
-    variants: set[tuple[str, ...]] = set()
+
+def keyword_forms(keyword: Keyword) -> tuple[Form, ...]:
+    """Every phrase that satisfies `keyword`: the text and user variants, with the inflections of the last
+    word (if on) and the case variants of the keyword's case mode. "any" forms are casefolded. Sorted and
+    deduplicated, so the result is canonical."""
+    forms: set[Form] = set()
     for text in (keyword.text, *keyword.variants):
-        words = split_words(text)
-        lasts = {words[-1]}
+        base = split_phrase(text)
+        last = base.words[-1]
+        lasts = {last}
         if keyword.inflections:
-            lasts.update(_match_case(form, words[-1]) for form in inflections_of(words[-1]))
-        for last in lasts:
-            variant = (*words[:-1], last)
-            variants.add(variant if keyword.case_sensitive else tuple(w.casefold() for w in variant))
-    return tuple(sorted(variants))
+            lasts.update(_match_case(f, last) for f in inflections_of(last, keyword.pos))
+        for new_last in lasts:
+            phrase = Form((*base.words[:-1], new_last), base.gaps).text
+            for spelling in case_variants(phrase, keyword.case):
+                form = split_phrase(unicodedata.normalize("NFC", spelling))
+                if len(form.words) != len(base.words):
+                    continue  # a case mapping that changes the word structure is not a spelling of it
+                if keyword.case == "any":
+                    form = Form(tuple(w.casefold() for w in form.words), form.gaps)
+                forms.add(form)
+    return tuple(sorted(forms))
+
+
+def word_matches(keyword: Keyword, form_word: str, text_word: str) -> bool:
+    """Does `text_word` (as generated) equal `form_word` under the keyword's case mode?"""
+    return (text_word.casefold() if keyword.case == "any" else text_word) == form_word

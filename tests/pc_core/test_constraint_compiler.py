@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 import pytest
-from support import splits_character
+from support import has_banned_token
 
 from pc_core import check_ids, compile_constraint
 from pc_core.constraints.compiler import _minimise
@@ -46,8 +46,20 @@ WORDS = [
     "日本",
     "under_score",
     "42",
+    "well",
+    "known",
+    "rock",
+    "n",
+    "roll",
+    "COFFEE",
+    "cOffEE",
+    "Coffee",
+    "fish",
+    "fishing",
+    "Well",
+    "KNOWN",
 ]
-SEPARATORS = [" ", " ", " ", ", ", ". ", "!", "\n", " - ", "  ", "'", "😀", " 😀 "]
+SEPARATORS = [" ", " ", " ", ", ", ". ", "!", "\n", " - ", "  ", "'", "😀", " 😀 ", "-", " '", "' ", "."]
 
 CONSTRAINTS = [
     {"keywords": ["dog"]},
@@ -75,6 +87,18 @@ CONSTRAINTS = [
     {"any": [{"keyword": "pan"}, {"all": ["cat", {"not": "dog"}]}]},
     {"all": ["dog", {"word_count": {"min": 1, "max": 6}}, {"forbidden": ["cat"]}]},
     {"any": [{"word_at": 2, "word": "dog"}, {"ordered": ["cat", "pan"]}]},
+    {"keyword": "coffee", "case": "any"},
+    {"keyword": "Coffee", "case": "sensitive"},
+    {"keyword": "well-known"},
+    {"keyword": "New  York"},
+    {"keyword": "rock 'n' roll", "inflections": False},
+    {"keyword": "cafe\u0301"},
+    {"keyword": "run", "pos": "verb"},
+    {"keyword": "fish", "pos": "noun"},
+    {"forbidden": ["cat", "dog", "pan", "the", "coffee"]},
+    {"all": ["frisbee", {"forbidden": ["cat", "dog", "pan", "the", "new"], "case": "any"}]},
+    {"ordered": ["New York", "dog"]},
+    {"all": [{"keyword": "well-known", "case": "any"}, {"word_count": {"max": 5}}]},
 ]
 
 
@@ -127,7 +151,7 @@ def test_dfa_agrees_with_text_checker(tokenizer, spec):
     disagreements = []
     seqs = _sequences(tokenizer, seed=hash(str(spec)) % 1000)
     for ids in seqs:
-        expected = check_ids(spec, tokenizer, ids) and not splits_character(tokenizer, ids)
+        expected = check_ids(spec, tokenizer, ids) and not has_banned_token(tokenizer, ids)
         if dfa.accepts(ids) != expected:
             disagreements.append((ids, tokenizer.decode(ids), expected))
     assert not disagreements, disagreements[:5]
@@ -138,10 +162,12 @@ def _random_constraint(rng, depth=0):
     if depth >= 2 and kind in ("all", "any", "not"):
         kind = "kw"
     word = lambda: rng.choice(["dog", "cat", "pan", "frisbee", "new", "the", "run", "catch"])
+    case = lambda: rng.choice(["natural", "natural", "sensitive", "any"])
     if kind == "kw":
-        return {"keyword": word(), "inflections": rng.random() < 0.5, "case_sensitive": rng.random() < 0.2}
+        return {"keyword": word(), "inflections": rng.random() < 0.5, "case": case()}
     if kind == "phrase":
-        return {"keyword": f"{word()} {word()}", "inflections": rng.random() < 0.5}
+        gap = rng.choice([" ", " ", "-", ", "])
+        return {"keyword": f"{word()}{gap}{word()}", "inflections": rng.random() < 0.5, "case": case()}
     if kind in ("all", "any"):
         return {kind: [_random_constraint(rng, depth + 1) for _ in range(rng.randint(1, 3))]}
     if kind == "not":
@@ -153,7 +179,7 @@ def _random_constraint(rng, depth=0):
     if kind == "count":
         lo = rng.randint(0, 4)
         return {"word_count": {"min": lo, "max": lo + rng.randint(0, 4)}}
-    return {"forbidden": [word() for _ in range(rng.randint(1, 2))]}
+    return {"forbidden": [word() for _ in range(rng.randint(1, 6))], "case": case()}
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -162,7 +188,7 @@ def test_random_nested_constraints_agree(tokenizer, seed):
     spec = _random_constraint(rng)
     dfa = compile_constraint(spec, tokenizer, max_states=4096)
     for ids in _sequences(tokenizer, seed=seed, n_text=40, n_random=40):
-        expected = check_ids(spec, tokenizer, ids) and not splits_character(tokenizer, ids)
+        expected = check_ids(spec, tokenizer, ids) and not has_banned_token(tokenizer, ids)
         assert dfa.accepts(ids) == expected, (spec, ids, tokenizer.decode(ids))
 
 
@@ -177,7 +203,7 @@ def test_tokens_constraint_matches_ids_not_text(tokenizer):
     rng = random.Random(0)
     for _ in range(300):
         ids = [rng.choice(pattern + [rng.randrange(len(tokenizer))]) for _ in range(rng.randint(0, 8))]
-        expected = check_ids({"tokens": pattern}, tokenizer, ids) and not splits_character(tokenizer, ids)
+        expected = check_ids({"tokens": pattern}, tokenizer, ids) and not has_banned_token(tokenizer, ids)
         assert dfa.accepts(ids) == expected
 
 
@@ -244,7 +270,7 @@ def test_structure_reachable_minimal_and_ended(tokenizer):
         eos_token_id = dfa.eos_token_id
         fingerprint = dfa.tokenizer_fingerprint
 
-    Tables.pend_id = dfa.banned_tokens.astype(int)
+    Tables.banned = dfa.banned_tokens
     Tables.p_id = 1 - dfa.token_block
     again = _minimise(dfa.transitions, dfa.token_class, 0, dfa.accepting, dfa.ended, Tables, 10**6)
     assert again.num_states == dfa.num_states
@@ -307,6 +333,15 @@ def test_state_cap_raises_typed_error(tokenizer):
     assert info.value.limit == 50 and info.value.states > 50
 
 
+@pytest.mark.parametrize("index", range(len(CONSTRAINTS) - 12, len(CONSTRAINTS)))
+def test_new_semantics_agree_on_the_big_vocabulary(big_tokenizer, index):
+    spec = CONSTRAINTS[index]
+    dfa = compile_constraint(spec, big_tokenizer)
+    for ids in _sequences(big_tokenizer, seed=index, n_text=30, n_random=40):
+        expected = check_ids(spec, big_tokenizer, ids) and not has_banned_token(big_tokenizer, ids)
+        assert dfa.accepts(ids) == expected, (spec, ids, big_tokenizer.decode(ids))
+
+
 def test_big_vocabulary_random_sequences(big_tokenizer):
     spec = {"all": ["dog", {"keyword": "New York", "inflections": False}, {"word_count": {"min": 3}}]}
     dfa = compile_constraint(spec, big_tokenizer)
@@ -315,7 +350,7 @@ def test_big_vocabulary_random_sequences(big_tokenizer):
     seqs += [big_tokenizer.encode(" New York has a dog", add_special_tokens=False)]
     hits = 0
     for ids in seqs:
-        expected = check_ids(spec, big_tokenizer, ids) and not splits_character(big_tokenizer, ids)
+        expected = check_ids(spec, big_tokenizer, ids) and not has_banned_token(big_tokenizer, ids)
         hits += expected
         assert dfa.accepts(ids) == expected, (ids, big_tokenizer.decode(ids))
     assert hits >= 1

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from support import build_micro_tokenizer, splits_character
+from support import build_micro_tokenizer, has_banned_token
 
 from pc_core import compile_constraint
 from pc_core.constraints.checker import check_ids
@@ -29,7 +29,7 @@ class Brute:
         self.A = hmm.log_transition.double().exp().numpy()
         B = hmm.log_emission.double().exp().numpy()
         # the guide models generation without tokens that split a character: remove them, renormalise rows
-        banned = [x for x in range(B.shape[1]) if splits_character(tokenizer, [x])]
+        banned = [x for x in range(B.shape[1]) if has_banned_token(tokenizer, [x])]
         self.B0 = B.copy()
         B[:, banned] = 0.0
         self.B = B / B.sum(axis=1, keepdims=True)
@@ -53,7 +53,7 @@ class Brute:
         first_eos = ids.index(self.eos) if self.eos in ids else len(ids)
         if first_eos < self.min_new:
             return False
-        return check_ids(self.spec, self.tok, ids) and not splits_character(self.tok, ids)
+        return check_ids(self.spec, self.tok, ids) and not has_banned_token(self.tok, ids)
 
     def alpha(self, prefix):
         a = self.a0
@@ -231,7 +231,7 @@ def test_mixed_guides_share_one_product(tokenizer):
 def test_vocabulary_blocks_change_nothing_but_the_product_split(tokenizer):
     """The product split by TokenDFA.token_block equals the one full-vocabulary product."""
     dfa = compile_constraint({"keywords": ["dog", "cat"]}, tokenizer)
-    whole = dataclasses.replace(dfa, token_block=None, _device_cache={})
+    whole = dataclasses.replace(dfa, token_block=None)
     hmm = HMM.random(32, len(tokenizer), seed=5, eos_token_id=tokenizer.eos_token_id)
     split, plain = ConstraintGuide(hmm, dfa, horizon=8), ConstraintGuide(hmm, whole, horizon=8)
     assert (split.tables.num_blocks, plain.tables.num_blocks) == (2, 1)
@@ -318,7 +318,7 @@ def test_all_products_are_exact_enumerations_for_every_first_token(micro):
     q = guide.next_log_probs([]).numpy()
     for x in range(len(micro)):
         possible = any(
-            check_ids(spec, micro, [x, y]) and not splits_character(micro, [x, y]) for y in range(len(micro))
+            check_ids(spec, micro, [x, y]) and not has_banned_token(micro, [x, y]) for y in range(len(micro))
         )
         assert np.isfinite(q[x]) == possible, micro.convert_ids_to_tokens([x])
     assert list(itertools.islice(range(3), 3)) == [0, 1, 2]

@@ -30,6 +30,8 @@ def test_packed_bf16_matches_fp32_within_bf16_rounding():
     right_t = torch.rand(200, 48, generator=gen)
     left = torch.randn(5, 48, generator=gen)
     packed = onednn_packed.pack(right_t.bfloat16())
+    if packed is None:  # CPUs without bf16 support in oneDNN: callers keep the plain product
+        pytest.skip("oneDNN cannot pack bfloat16 on this CPU")
     got = reference.log_matmul_exp_nt(left, packed)
     torch.testing.assert_close(got, reference.log_matmul_exp_nt(left, right_t), rtol=0, atol=2e-2)
 
