@@ -9,7 +9,9 @@ Layers, outermost first: ServiceMiddleware (request ID, API keys, body size, met
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -46,11 +48,16 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await runtime.start(load=load)
+        listener = _start_metrics_listener(settings, metrics)
         try:
-            yield
+            await runtime.start(load=load)
+            try:
+                yield
+            finally:
+                await runtime.stop()
         finally:
-            await runtime.stop()
+            if listener is not None:
+                await asyncio.to_thread(_stop_metrics_listener, listener)
 
     app = FastAPI(title="pcgen", version=VERSION, description=DESCRIPTION, lifespan=lifespan)
     app.state.runtime = runtime
@@ -80,6 +87,31 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
     )
     _customize_openapi(app, settings, public, keys.enabled)
     return app
+
+
+def _start_metrics_listener(settings: Settings, metrics: Metrics) -> tuple[Any, threading.Thread] | None:
+    """With `metrics_port` set: the app's registry on its own port (same host), without authentication, for a
+    Prometheus on the internal network (compose, Kubernetes) while `/metrics` on the API port keeps its keys."""
+    if settings.metrics_port is None:
+        return None
+    from prometheus_client import start_http_server
+
+    host, port = settings.host, settings.metrics_port
+    try:
+        server, thread = start_http_server(port, addr=host, registry=metrics.registry)
+    except OSError as err:
+        raise RuntimeError(
+            f"PCGEN_METRICS_PORT / --metrics-port: cannot listen on {host}:{port}: {err}"
+        ) from err
+    log.info("metrics listener on %s:%s (no authentication)", host, port)
+    return server, thread
+
+
+def _stop_metrics_listener(listener: tuple[Any, threading.Thread]) -> None:
+    server, thread = listener
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
 
 
 def _limit(

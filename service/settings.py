@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pc_core.constraints.compiler import DEFAULT_MAX_STATES
@@ -36,6 +36,13 @@ class Settings(BaseSettings):
     # server
     host: str = Field("127.0.0.1", description="interface to bind")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port)")
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="also serve the Prometheus metrics, without authentication, on this port (same host); "
+        "unset: off",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info")
     playground: bool = Field(
         True, description="serve the web playground at / (false for locked-down deployments)"
@@ -87,10 +94,17 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown dtype {value!r}; use one of {', '.join(DTYPES)}")
         return value
 
-    @field_validator("redis_url", "rate_limit", "model_name", mode="before")
+    @field_validator("redis_url", "rate_limit", "model_name", "metrics_port", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("metrics_port")
+    @classmethod
+    def _metrics_port(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and value == info.data.get("port"):
+            raise ValueError(f"must differ from the API port ({value}): the metrics listener has its own")
+        return value
 
     @field_validator("redis_url")
     @classmethod

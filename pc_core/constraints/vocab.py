@@ -50,31 +50,17 @@ _UNICODE_TO_BYTE = {c: b for b, c in _bytes_to_unicode().items()}
 
 
 def _decoder_type(tokenizer: Any) -> str:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or backend.decoder is None:
-        return "none"
-    return json.loads(backend.decoder.__getstate__()).get("type", "unknown")
+    from pc_core.constraints.token_bytes import decoder_type
+
+    return decoder_type(tokenizer)
 
 
 def token_bytes_table(tokenizer: Any) -> list[bytes]:
-    """The bytes each token contributes to `decode` (special tokens: b"")."""
-    size = len(tokenizer)
-    special = set(tokenizer.all_special_ids)
-    pieces = tokenizer.convert_ids_to_tokens(list(range(size)))
-    byte_level = _decoder_type(tokenizer) == "ByteLevel"
-    out = []
-    for i, piece in enumerate(pieces):
-        if i in special or piece is None:
-            out.append(b"")
-        elif byte_level:
-            out.append(
-                b"".join(bytes([_UNICODE_TO_BYTE[c]]) if c in _UNICODE_TO_BYTE else c.encode() for c in piece)
-            )
-        else:  # best effort for non byte-level tokenizers: the token decoded alone
-            out.append(
-                tokenizer.decode([i], skip_special_tokens=True, clean_up_tokenization_spaces=False).encode()
-            )
-    return out
+    """The bytes each token contributes to a continuation's text (special tokens: b""), derived from the
+    tokenizer's decoder pipeline (see token_bytes.py); ValueError for a pipeline that cannot be derived."""
+    from pc_core.constraints.token_bytes import token_bytes_table as derive
+
+    return derive(tokenizer)
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

@@ -70,6 +70,11 @@ def test_compose_services_are_complete():
         "--maxmemory" in redis_cmd and redis_cmd[redis_cmd.index("--maxmemory-policy") + 1] == "allkeys-lru"
     )
     assert services["distill"]["profiles"] == ["distill"]
+    # metrics for Prometheus on the internal listener, never published on the host
+    metrics_port = api["environment"]["PCGEN_METRICS_PORT"]
+    assert metrics_port == "9464" and metrics_port != api["environment"]["PCGEN_PORT"]
+    assert not any(str(p).split(":")[-1] == metrics_port for p in api.get("ports", []))
+    assert "PCGEN_METRICS_PUBLIC" not in api["environment"]
     assert any(v.startswith("hmm:") for v in services["distill"]["volumes"])
     assert any(v.startswith("hmm:") for v in api["volumes"])
 
@@ -111,6 +116,18 @@ def test_distill_config_is_a_valid_pipeline_config():
         assert set(config.get(section, {})) <= fields, section
 
 
+def test_prometheus_scrapes_the_metrics_listener_of_every_replica():
+    """DNS discovery of the `api` service on PCGEN_METRICS_PORT (no credentials needed): works with API keys
+    set and with `--scale api=N`."""
+    config = yaml.safe_load((ROOT / "docker" / "prometheus.yml").read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "pcgen-api"]
+    (discovery,) = job["dns_sd_configs"]
+    assert discovery["names"] == ["api"] and discovery["type"] == "A"
+    assert str(discovery["port"]) == compose()["services"]["api"]["environment"]["PCGEN_METRICS_PORT"]
+    assert "static_configs" not in job
+    assert not {"authorization", "basic_auth", "bearer_token", "bearer_token_file"} & set(job)
+
+
 def test_prometheus_config_passes_promtool():
     if shutil.which("promtool") is None:
         pytest.skip("promtool is not installed (CI installs it: apt-get install prometheus)")
@@ -142,6 +159,7 @@ def test_grafana_dashboard_queries_only_exported_metrics(server):
     names = exported_names(server.metrics())
     dashboard = json.loads((ROOT / "docker" / "grafana" / "dashboards" / "pcgen.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [variable_query(v) for v in dashboard["templating"]["list"]]
     queried = {m for e in exprs for m in re.findall(r"\bpcgen_[a-z0-9_]+", e)}
     assert queried, "the dashboard queries nothing"
     assert queried <= names, f"not exported: {sorted(queried - names)}"
@@ -154,26 +172,163 @@ def test_grafana_dashboard_queries_only_exported_metrics(server):
     assert provisioning["datasources"][0]["uid"] == "prometheus"
 
 
+DASHBOARD = ROOT / "docker" / "grafana" / "dashboards" / "pcgen.json"
+SELECTOR = re.compile(r"\b(pcgen_[a-z0-9_]+)(\{[^}]*\})?")
+
+
+def dashboard_json() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+def variable_query(variable: dict) -> str:
+    query = variable["query"]
+    return query["query"] if isinstance(query, dict) else query
+
+
+def targets() -> list[tuple[dict, dict]]:
+    return [(panel, target) for panel in dashboard_json()["panels"] for target in panel["targets"]]
+
+
+def generation_routes() -> set[str]:
+    """The route templates of the generation endpoints (the POST operations of the OpenAPI document), which
+    is how the service labels them in pcgen_requests_total and pcgen_request_duration_seconds."""
+    from service.app import create_app
+    from service.settings import Settings
+
+    app = create_app(Settings(hmm="unused"), load=False)
+    return {path for path, operations in app.openapi()["paths"].items() if "post" in operations}
+
+
+def route_matcher(expr: str) -> set[str]:
+    """Routes a `route=~"a|b"` or `route="a"` matcher selects (the expression must have exactly one)."""
+    found = re.findall(r'\broute\s*(=~|!~|!=|=)\s*"([^"]*)"', expr)
+    assert len(found) == 1, expr
+    op, value = found[0]
+    assert op in ("=", "=~"), f"negative route matcher (new routes would leak in): {expr}"
+    return set(value.split("|")) if op == "=~" else {value}
+
+
+def test_dashboard_latency_panels_show_generation_routes_only():
+    routes = generation_routes()
+    assert routes == {"/generate", "/v1/completions"}
+    latency = [(p, t) for p, t in targets() if "pcgen_request_duration_seconds" in t["expr"]]
+    assert latency, "no request latency panel"
+    for panel, target in latency:
+        assert route_matcher(target["expr"]) == routes, (panel["title"], target["expr"])
+        assert "/health" not in target["expr"] and "/metrics" not in target["expr"]
+        grouping = re.search(r"sum by \(([^)]*)\)", target["expr"])
+        assert grouping and "route" in grouping.group(1), f"latency not split by route: {target['expr']}"
+        assert panel["fieldConfig"]["defaults"]["unit"] == "s"
+
+
+def test_dashboard_every_query_filters_by_the_instance_variable():
+    """`--scale api=3` (or several pods): every query is restricted to the replicas picked in $instance,
+    which the $model variable narrows (pcgen_model_info carries the served LM as `lm`)."""
+    board = dashboard_json()
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert {"instance", "model"} <= set(variables)
+    assert re.search(r"label_values\(pcgen_model_info\b.*,\s*lm\)", variable_query(variables["model"]))
+    instance_query = variable_query(variables["instance"])
+    assert re.search(r'label_values\(pcgen_model_info\{lm=~"\$model"\},\s*instance\)', instance_query)
+    assert "allValue" not in variables["instance"]  # "All" = the listed instances, so $model still applies
+    for variable in variables.values():
+        assert variable["datasource"]["uid"] == "prometheus" and variable["includeAll"] and variable["multi"]
+    for panel, target in targets():
+        selectors = SELECTOR.findall(target["expr"])
+        assert selectors, (panel["title"], target["expr"])
+        for name, labels in selectors:
+            assert 'instance=~"$instance"' in labels, (panel["title"], name, target["expr"])
+    (model_table,) = [p for p in board["panels"] if p["title"] == "Model"]
+    assert 'lm=~"$model"' in model_table["targets"][0]["expr"]
+
+
+def unit_of(panel: dict, target: dict) -> str:
+    unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit")
+    for override in panel.get("fieldConfig", {}).get("overrides", []):
+        if override["matcher"] == {"id": "byFrameRefID", "options": target["refId"]}:
+            for prop in override["properties"]:
+                if prop["id"] == "unit":
+                    unit = prop["value"]
+    return unit
+
+
+def test_dashboard_units_match_the_quantities():
+    """Durations (quantiles of *_seconds histograms) are plotted in seconds, nothing else is: a panel mixing
+    them (the old queue panel, queue time beside counts) would put seconds on a count axis."""
+    for panel, target in targets():
+        if panel["type"] not in ("timeseries", "stat"):
+            continue
+        unit = unit_of(panel, target)
+        assert unit, panel["title"]
+        seconds = re.search(r"histogram_quantile\([^,]+,.*_seconds_bucket", target["expr"]) is not None
+        assert (unit == "s") == seconds, (panel["title"], target["refId"], unit, target["expr"])
+    (queue_time,) = [p for p in dashboard_json()["panels"] if "pcgen_queue_time_seconds" in json.dumps(p)]
+    assert all("pcgen_queue_time_seconds" in t["expr"] for t in queue_time["targets"])
+
+
+def test_dashboard_shows_redis_state_with_value_mappings():
+    redis = [
+        p for p in dashboard_json()["panels"] if any("pcgen_redis_up" in t["expr"] for t in p["targets"])
+    ]
+    assert redis and any(p["type"] == "state-timeline" for p in redis)
+    for panel in redis:
+        assert panel["type"] in ("state-timeline", "stat"), panel["title"]
+        assert all("pcgen_redis_up" in t["expr"] for t in panel["targets"]), "Redis state mixed with rates"
+        mappings = panel["fieldConfig"]["defaults"]["mappings"]
+        texts = {value: option["text"] for m in mappings if m["type"] == "value"
+                 for value, option in m["options"].items()}  # fmt: skip
+        assert texts == {"1": "up", "0": "down", "-1": "not configured"}, panel["title"]
+
+
+def test_dashboard_constraint_errors_count_validation_errors_too():
+    """pcgen_constraint_errors_total only counts constraints the compiler rejects; schema and constraint
+    validation answer 422 earlier, so the panel also counts 422 responses of the generation routes."""
+    (panel,) = [
+        p
+        for p in dashboard_json()["panels"]
+        if "constraint" in p["title"].lower() and "error" in p["title"].lower()
+    ]
+    exprs = [t["expr"] for t in panel["targets"]]
+    assert any("pcgen_constraint_errors_total" in e for e in exprs)
+    validation = [e for e in exprs if "pcgen_requests_total" in e and re.search(r'status\s*=\s*"422"', e)]
+    assert validation, exprs
+    assert all(route_matcher(e) == generation_routes() for e in validation)
+
+
+def label_values(prom: str, query: str) -> list[str]:
+    """Grafana's `label_values(selector, label)` variable query against the Prometheus API ($model: All)."""
+    match = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", query.replace("$model", ".*"))
+    assert match, query
+    answer = httpx.get(f"{prom}/label/{match.group(2)}/values", params={"match[]": match.group(1)}, timeout=5)
+    return answer.json()["data"]
+
+
 def test_native_stand_in_for_the_compose_stack(tmp_path, model_env):
-    """redis-server + the api started with compose's command and environment + Prometheus with compose's
-    config rewritten to loopback: the scrape target must be up and the compose healthcheck must pass."""
+    """redis-server + the api started with compose's command and environment (plus API keys, as a .env would
+    set) + Prometheus with compose's config rewritten to loopback: the compose healthcheck must pass, the
+    scrape target (the metrics listener) must be up without credentials while /metrics on the API port is
+    401, and every dashboard query, with $instance set to that target, must evaluate; the latency, 422 and
+    Redis panels must show the traffic sent."""
     for binary in ("redis-server", "prometheus"):
         if shutil.which(binary) is None:
             pytest.skip(f"{binary} is not installed (CI installs it through apt)")
     services = compose()["services"]
     redis = RedisServer(tmp_path).start()
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = {k: interpolate(str(v)) for k, v in services["api"]["environment"].items()}
     env.update(model_env)  # tiny models instead of GPT-2 Large
     env.update({"PCGEN_REDIS_URL": redis.url, "PCGEN_DEVICE": "cpu", "PCGEN_HOST": "127.0.0.1",
-                "PCGEN_PORT": str(port), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})  # fmt: skip
+                "PCGEN_PORT": str(port), "PCGEN_METRICS_PORT": str(metrics_port), "HF_HOME": str(tmp_path / "hf"),
+                "HF_HUB_OFFLINE": "1", "PCGEN_API_KEYS": "stand-in-key-1"})  # fmt: skip
     api_log = open(tmp_path / "api.log", "w")  # noqa: SIM115
     api = subprocess.Popen([sys.executable, "-m", "pc_core.cli", *services["api"]["command"]],
                            env={**os.environ, **env}, stdout=api_log, stderr=subprocess.STDOUT)  # fmt: skip
     config = yaml.safe_load((ROOT / "docker" / "prometheus.yml").read_text())
+    compose_metrics_port = services["api"]["environment"]["PCGEN_METRICS_PORT"]
     for job in config["scrape_configs"]:
-        job.pop("dns_sd_configs")
-        job["static_configs"] = [{"targets": [f"127.0.0.1:{port}"]}]
+        (discovery,) = job.pop("dns_sd_configs")
+        assert str(discovery["port"]) == compose_metrics_port  # the listener, here on a free port
+        job["static_configs"] = [{"targets": [f"127.0.0.1:{metrics_port}"]}]
         job["scrape_interval"] = "1s"
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     prom_port = free_port()
@@ -183,6 +338,7 @@ def test_native_stand_in_for_the_compose_stack(tmp_path, model_env):
          f"--web.listen-address=127.0.0.1:{prom_port}"],
         stdout=prom_log, stderr=subprocess.STDOUT,
     )  # fmt: skip
+    prom = f"http://127.0.0.1:{prom_port}/api/v1"
     try:
         healthcheck = services["api"]["healthcheck"]["test"][1:]
         healthcheck = [a.replace("127.0.0.1:8000", f"127.0.0.1:{port}") for a in healthcheck]
@@ -194,19 +350,82 @@ def test_native_stand_in_for_the_compose_stack(tmp_path, model_env):
             time.sleep(0.5)
         ready = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=5).json()
         assert json.dumps(ready).count("ok") >= 1  # redis reported up
-        health = None
+        assert httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 401
+        health, target = None, {}
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                targets = httpx.get(f"http://127.0.0.1:{prom_port}/api/v1/targets", timeout=5).json()
-                active = targets["data"]["activeTargets"]
-                health = active[0]["health"] if active else None
+                active = httpx.get(f"{prom}/targets", timeout=5).json()["data"]["activeTargets"]
+                target = active[0] if active else {}
+                health = target.get("health")
                 if health == "up":
                     break
             except (httpx.TransportError, KeyError, ValueError):
                 pass
             time.sleep(0.5)
-        assert health == "up", (tmp_path / "prometheus.log").read_text()[-3000:]
+        assert health == "up", f"{target}\n" + (tmp_path / "prometheus.log").read_text()[-3000:]
+        instance = target["labels"]["instance"]
+
+        def traffic() -> None:  # generations (one cached), a 422, a 401
+            auth = {"Authorization": "Bearer stand-in-key-1"}
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+                for _ in range(2):
+                    body = {"keywords": ["dog"], "max_new_tokens": 6}
+                    assert client.post("/generate", json=body, headers=auth).status_code == 200
+                body = {"prompt": "A", "keywords": ["cat"], "max_tokens": 6}
+                assert client.post("/v1/completions", json=body, headers=auth).status_code == 200
+                body = {"constraint": {"word_at": 0, "word": "x"}}
+                assert client.post("/generate", json=body, headers=auth).status_code == 422
+                assert client.post("/generate", json={"keywords": ["dog"]}).status_code == 401
+
+        # rates need an increase between two scrapes of a series: traffic, Prometheus sees the new series,
+        # traffic again
+        traffic()
+        query = 'count(pcgen_requests_total{route=~"/generate|/v1/completions"})'
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            result = httpx.get(f"{prom}/query", params={"query": query}, timeout=5).json()["data"]["result"]
+            if result and float(result[0]["value"][1]) >= 3:  # /generate 200 and 422, /v1/completions 200
+                break
+            time.sleep(0.5)
+        traffic()
+
+        board = dashboard_json()
+        variables = {v["name"]: v for v in board["templating"]["list"]}
+        assert label_values(prom, variable_query(variables["model"])) == [model_env["PCGEN_LM"]]
+        assert label_values(prom, variable_query(variables["instance"])) == [instance]
+
+        def evaluate(expr: str) -> list:
+            expr = expr.replace("$instance", instance).replace("$model", ".*")
+            answer = httpx.get(f"{prom}/query", params={"query": expr.replace("$__rate_interval", "1m")},
+                               timeout=5).json()  # fmt: skip
+            assert answer["status"] == "success", (expr, answer)
+            return answer["data"]["result"]
+
+        def finite(result: list) -> set:
+            return {
+                json.dumps(r["metric"], sort_keys=True) for r in result if r["value"][1] not in ("NaN", "0")
+            }
+
+        expected = {  # panel title -> what must appear once Prometheus has scraped the traffic above
+            "Generation request latency (p50, p95, p99)": {"/generate", "/v1/completions"},
+            "Constraint outcomes and errors": {"/generate"},  # the 422
+            "Redis state by instance": {instance},
+        }
+        seen: dict[str, set] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            seen = {title: set() for title in expected}
+            for panel in board["panels"]:
+                for t in panel["targets"]:
+                    result = evaluate(t["expr"])  # every query is valid PromQL against real data
+                    if panel["title"] in expected:
+                        seen[panel["title"]] |= {v for m in finite(result) for v in json.loads(m).values()}
+            if all(expected[title] <= seen[title] for title in expected):
+                break
+            time.sleep(1)
+        for title, values in expected.items():
+            assert values <= seen[title], (title, seen[title])
     finally:
         for proc in (prometheus, api):
             proc.terminate()

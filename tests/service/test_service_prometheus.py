@@ -1,20 +1,77 @@
-"""A real Prometheus server (the Debian package) scrapes the service on loopback and sees pcgen_requests_total."""
+"""A real Prometheus server (the Debian package) scrapes the service on loopback and sees pcgen_requests_total;
+with API keys, compose's scrape job (docker/prometheus.yml) reaches the unauthenticated metrics listener
+(PCGEN_METRICS_PORT) while /metrics on the API port stays behind the keys."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import shutil
+import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
-from service_support import free_port
+import yaml
+from service_support import free_port, metric_value
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "metrics-key-0001"
 
 
-def test_prometheus_scrapes_the_service(server, tmp_path):
+def prometheus_binary() -> str:
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.skip("the prometheus binary is not installed (CI installs it: apt-get install prometheus)")
+    return binary
+
+
+@contextlib.contextmanager
+def running_prometheus(binary: str, config: Path, tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen]]:
+    if shutil.which("promtool"):
+        check = subprocess.run(["promtool", "check", "config", str(config)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+    port = free_port()
+    log = open(tmp_path / "prometheus.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        yield port, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def query_until(port: int, proc: subprocess.Popen, query: str, tmp_path: Path, timeout: float = 60) -> list:
+    """The first non-empty result of an instant query (empty after `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
+    result: list = []
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()[-3000:]
+        try:
+            r = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": query}, timeout=5)
+            if r.status_code == 200:
+                result = r.json()["data"]["result"]
+                if result:
+                    break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    return result
+
+
+def test_prometheus_scrapes_the_service(server, tmp_path):
+    binary = prometheus_binary()
     target = server.url.removeprefix("http://")
     config = tmp_path / "prometheus.yml"
     config.write_text(
@@ -25,9 +82,6 @@ def test_prometheus_scrapes_the_service(server, tmp_path):
         "    metrics_path: /metrics\n"
         f"    static_configs:\n      - targets: ['{target}']\n"
     )
-    if shutil.which("promtool"):
-        check = subprocess.run(["promtool", "check", "config", str(config)], capture_output=True, text=True)
-        assert check.returncode == 0, check.stdout + check.stderr
     with server.client() as client:
         assert (
             client.post(
@@ -35,41 +89,122 @@ def test_prometheus_scrapes_the_service(server, tmp_path):
             ).status_code
             == 200
         )
-    port = free_port()
-    log = open(tmp_path / "prometheus.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        result = []
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()[-3000:]
-            try:
-                r = httpx.get(
-                    f"http://127.0.0.1:{port}/api/v1/query",
-                    params={"query": "pcgen_requests_total"},
-                    timeout=5,
-                )
-                if r.status_code == 200:
-                    result = r.json()["data"]["result"]
-                    if result:
-                        break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
+    with running_prometheus(binary, config, tmp_path) as (port, proc):
+        result = query_until(port, proc, "pcgen_requests_total", tmp_path)
         assert result, (
             "Prometheus never saw pcgen_requests_total:\n" + (tmp_path / "prometheus.log").read_text()[-3000:]
         )
         routes = {sample["metric"].get("route") for sample in result}
         assert "/generate" in routes
         assert all(sample["metric"]["job"] == "pcgen" for sample in result)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+
+
+def test_compose_scrape_job_reaches_the_metrics_listener_with_api_keys(start_server, tmp_path):
+    """API keys set, PCGEN_METRICS_PORT set: /metrics on the API port is 401 without a key, the listener
+    serves the same registry without one, and docker/prometheus.yml's job (its DNS discovery replaced by a
+    static loopback target on the listener) scrapes it with no credentials."""
+    binary = prometheus_binary()
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    config = yaml.safe_load((ROOT / "docker" / "prometheus.yml").read_text())
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "pcgen-api")
+    (discovery,) = job.pop("dns_sd_configs")
+    assert discovery["names"] == ["api"]
+    assert str(discovery["port"]) == compose["services"]["api"]["environment"]["PCGEN_METRICS_PORT"]
+    assert not {"authorization", "basic_auth", "bearer_token", "bearer_token_file"} & set(job)
+
+    metrics_port = free_port()
+    server = start_server("metrics-listener", PCGEN_API_KEYS=KEY, PCGEN_METRICS_PORT=str(metrics_port))
+    auth = {"Authorization": f"Bearer {KEY}"}
+    with server.client() as client:
+        r = client.get("/metrics")
+        assert r.status_code == 401 and r.json()["error"]["type"] == "unauthorized"
+        body = {"prompt": "The", "keywords": ["sky"], "max_new_tokens": 6}
+        assert client.post("/generate", json=body).status_code == 401
+        assert client.post("/generate", json=body, headers=auth).status_code == 200
+        main = client.get("/metrics", headers=auth)
+        assert main.status_code == 200
+    listener = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
+    assert listener.status_code == 200 and "pcgen_requests_total" in listener.text
+    labels = {"route": "/generate", "status": "200"}  # the same registry behind both
+    assert metric_value(listener.text, "pcgen_requests_total", labels) == 1
+    assert metric_value(main.text, "pcgen_requests_total", labels) == 1
+    assert metric_value(listener.text, "pcgen_rejected_requests_total", {"reason": "unauthorized"}) == 2
+
+    job["static_configs"] = [{"targets": [f"127.0.0.1:{metrics_port}"]}]
+    job["scrape_interval"] = "1s"
+    config["scrape_configs"] = [job]
+    config_file = tmp_path / "prometheus.yml"
+    config_file.write_text(yaml.safe_dump(config))
+    with running_prometheus(binary, config_file, tmp_path) as (port, proc):
+        result = query_until(port, proc, 'pcgen_requests_total{route="/generate",status="200"}', tmp_path)
+        assert result, (
+            "Prometheus never saw pcgen_requests_total:\n" + (tmp_path / "prometheus.log").read_text()[-3000:]
+        )
+        assert {s["metric"]["job"] for s in result} == {"pcgen-api"}
+        assert {s["metric"]["instance"] for s in result} == {f"127.0.0.1:{metrics_port}"}
+        targets = httpx.get(f"http://127.0.0.1:{port}/api/v1/targets", timeout=5).json()["data"]
+        (target,) = targets["activeTargets"]
+        assert target["health"] == "up" and not target["lastError"], target
+
+
+def _listening_on(port: int) -> set[str]:
+    """Local addresses (hex, as in /proc/net/tcp) of the IPv4 sockets listening on `port`."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, _, hex_port = local.partition(":")
+        if state == "0A" and int(hex_port, 16) == port:
+            found.add(address)
+    return found
+
+
+def test_metrics_listener_follows_the_app_lifespan():
+    """Started with the app on the host setting, serving the app's own registry; closed when the app stops
+    (the port is free again)."""
+    from service.app import create_app
+    from service.settings import Settings
+
+    port = free_port()
+    app = create_app(Settings(hmm="unused", warmup=False, metrics_port=port), load=False)
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    async def scenario() -> None:
+        async with app.router.lifespan_context(app):
+            r = await asyncio.to_thread(httpx.get, url, timeout=5)
+            assert r.status_code == 200
+            assert "# TYPE pcgen_requests_total counter" in r.text and "pcgen_redis_up -1.0" in r.text
+            if Path("/proc/net/tcp").exists():
+                assert _listening_on(port) == {"0100007F"}  # 127.0.0.1, the host setting, not 0.0.0.0
+            app.state.runtime.metrics.generated_tokens.inc(7)  # the same registry, not a copy
+            r = await asyncio.to_thread(httpx.get, url, timeout=5)
+            assert metric_value(r.text, "pcgen_generated_tokens_total") == 7
+        with pytest.raises(httpx.TransportError):
+            httpx.get(url, timeout=2)
+
+    asyncio.run(scenario())
+    if Path("/proc/net/tcp").exists():
+        assert not _listening_on(port)
+    with socket.socket() as s:  # the port can be listened on again (TIME_WAIT from the client aside)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()
+
+
+def test_metrics_listener_on_a_busy_port_stops_startup_with_a_clear_error():
+    from service.app import create_app
+    from service.settings import Settings
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        app = create_app(Settings(hmm="unused", warmup=False, metrics_port=port), load=False)
+
+        async def scenario() -> None:
+            async with app.router.lifespan_context(app):
+                pass
+
+        with pytest.raises(
+            RuntimeError, match=rf"PCGEN_METRICS_PORT / --metrics-port: .*127\.0\.0\.1:{port}"
+        ):
+            asyncio.run(scenario())
