@@ -28,7 +28,7 @@ demo: setup
 	$(BIN)/pcgen demo
 
 bench: setup
-	$(BIN)/python benchmarks/constraints.py
+	$(BIN)/python -m benchmarks.constraints
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

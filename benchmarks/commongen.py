@@ -3,7 +3,8 @@
     python benchmarks/commongen.py --lm runs/commongen/lm --hmm runs/commongen/hmm-256 runs/commongen/hmm-1024
 
 Reads the dev split (993 concept sets) from ../shared/data/commongen/ (or --data). For every concept set the
-constraint is {"keywords": concepts} (every concept, any inflection), the prompt is the proxy LM's training
+constraint is every concept with the inflections of its CommonGen part of speech (`field_N` ->
+{"keyword": "field", "pos": "noun"}; natural case), the prompt is the proxy LM's training
 format "c1 c2 c3 =" and every system decodes with the same LM and the same budget (beams, max_new_tokens):
   unconstrained  transformers beam search with the concepts in the prompt
   mask-only      the same beam search, EOS forbidden until every concept appears (no lookahead): what
@@ -34,14 +35,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._report import DOCS, SHARED, machine, table  # noqa: E402
 from benchmarks.proxy_lm import prompt_for  # noqa: E402
 
+POS = {"N": "noun", "V": "verb", "A": "adj"}
+
 
 def load_dev(data: Path, limit: int | None = None) -> list[dict]:
     rows = []
     forms = (data / "dev.constraint.json").read_text().splitlines()
     for line, form in zip((data / "commongen.dev.jsonl").read_text().splitlines(), forms, strict=True):
         item = json.loads(line)
-        concepts = [c.split("_")[0] for c in item["concept_set"].split("#")]
-        rows.append({"concepts": concepts, "refs": item["scene"], "forms": json.loads(form)})
+        tagged = [c.split("_") for c in item["concept_set"].split("#")]
+        concepts = [c for c, _ in tagged]
+        constraint = {"keywords": [{"keyword": c, "pos": POS[tag]} for c, tag in tagged]}
+        rows.append(
+            {"concepts": concepts, "constraint": constraint, "refs": item["scene"], "forms": json.loads(form)}
+        )
     return rows[:limit] if limit else rows
 
 
@@ -71,7 +78,7 @@ class MaskOnly:
 
 
 def run_hf(
-    lm, tokenizer, concepts: list[str], prompt: list[int], beams: int, max_new: int, mask_only: bool
+    lm, tokenizer, constraint: dict, prompt: list[int], beams: int, max_new: int, mask_only: bool
 ) -> str:
     import torch
     from transformers import LogitsProcessorList
@@ -81,7 +88,7 @@ def run_hf(
     ids = torch.tensor([prompt])
     processors = LogitsProcessorList()
     if mask_only:
-        dfa = compile_constraint({"keywords": concepts}, tokenizer)
+        dfa = compile_constraint(constraint, tokenizer)
         processors.append(MaskOnly(dfa, ids.shape[1], tokenizer.eos_token_id))
     with torch.no_grad():
         out = lm.generate(ids, attention_mask=torch.ones_like(ids), num_beams=beams, do_sample=False,
@@ -94,11 +101,11 @@ def run_hf(
 
 
 def run_pcgen(
-    lm, tokenizer, hmm, concepts: list[str], prompt: list[int], beams: int, max_new: int, weight: float
+    lm, tokenizer, hmm, constraint: dict, prompt: list[int], beams: int, max_new: int, weight: float
 ) -> str:
     from pc_core import generate
 
-    out = generate(lm, tokenizer, hmm, {"keywords": concepts}, prompt=prompt,
+    out = generate(lm, tokenizer, hmm, constraint, prompt=prompt,
                    max_new_tokens=max_new, num_beams=beams, hmm_weight=weight)  # fmt: skip
     return out.sequences[0].text
 
@@ -133,7 +140,7 @@ def score(rows: list[dict], outputs: list[str]) -> dict:
     from pc_core import check_text
 
     n = len(outputs)
-    satisfied = [check_text({"keywords": r["concepts"]}, o) for r, o in zip(rows, outputs, strict=True)]
+    satisfied = [check_text(r["constraint"], o) for r, o in zip(rows, outputs, strict=True)]
     forms = [forms_satisfied(r["forms"], o) for r, o in zip(rows, outputs, strict=True)]
     coverage = [lemma_coverage(r["concepts"], o) for r, o in zip(rows, outputs, strict=True)]
     width = max(len(r["refs"]) for r in rows)
@@ -171,7 +178,7 @@ def run_system(name: str, fn, rows: list[dict], work: Path) -> list[dict]:  # no
     with path.open("a") as fh:
         for i in range(len(done), len(rows)):
             t0 = time.perf_counter()
-            text = fn(rows[i]["concepts"]).strip()
+            text = fn(rows[i]).strip()
             done.append({"text": text, "seconds": time.perf_counter() - t0})
             fh.write(json.dumps(done[-1]) + "\n")
             fh.flush()
@@ -243,13 +250,18 @@ def main() -> None:
         return prompt_ids(tokenizer, concepts, args.prompt_template)
 
     def systems(beams: int) -> dict:
+        new = args.max_new_tokens
         out = {
-            "unconstrained": lambda c: run_hf(lm, tokenizer, c, prompt(c), beams, args.max_new_tokens, False),
-            "mask-only": lambda c: run_hf(lm, tokenizer, c, prompt(c), beams, args.max_new_tokens, True),
+            "unconstrained": lambda r: run_hf(
+                lm, tokenizer, r["constraint"], prompt(r["concepts"]), beams, new, False
+            ),
+            "mask-only": lambda r: run_hf(
+                lm, tokenizer, r["constraint"], prompt(r["concepts"]), beams, new, True
+            ),
         }
         for name, hmm in hmms.items():
-            out[name] = lambda c, hmm=hmm: run_pcgen(
-                lm, tokenizer, hmm, c, prompt(c), beams, args.max_new_tokens, args.hmm_weight
+            out[name] = lambda r, hmm=hmm: run_pcgen(
+                lm, tokenizer, hmm, r["constraint"], prompt(r["concepts"]), beams, new, args.hmm_weight
             )
         return {k: v for k, v in out.items() if args.systems is None or k in args.systems}
 
@@ -309,7 +321,8 @@ def write_report(args, rows, headers, results, budget_rows, lm, hmms) -> None:  
         f"Generated by `{command}` on {machine()}.",
         "",
         f"- Data: CommonGen v1.0 dev, {len(rows)} concept sets, 4,018 references; constraint = every concept with "
-        'its inflections (`{"keywords": concepts}`).',
+        'the inflections of its part of speech, natural case (`{"keywords": [{"keyword": "field", "pos": "noun"}, '
+        "...]}`).",
         f"- LM: `{args.lm}`, a GPT-2 with {n_params / 1e6:.1f} M parameters trained here on the CommonGen training "
         "sentences (`benchmarks/proxy_lm.py`), prompt `c1 c2 c3 =`. GPT-2 Large cannot be downloaded on this "
         "machine; the harness runs unchanged with `--lm gpt2-large --hmm <its HMM>` on a GPU host.",
@@ -319,7 +332,7 @@ def write_report(args, rows, headers, results, budget_rows, lm, hmms) -> None:  
         "LM by `pcgen distill` (see the commands below).",
         f"- Decoding budget (all systems): {args.beams} beams, at most {args.max_new_tokens} new tokens; "
         f"hmm_weight {args.hmm_weight}.",
-        "- Metrics: satisfied = the independent text checker (every concept, any inflection); forms satisfied = "
+        "- Metrics: satisfied = the independent text checker (the constraint above); forms satisfied = "
         "NeuroLogic's accepted surface forms (`dev.constraint.json`); lemma coverage = share of concept lemmas "
         "among the output's lemmas (lemminflect, where the CommonGen authors use spaCy); BLEU-4 = sacrebleu "
         "corpus BLEU, 13a tokenisation, lowercased, all references; ROUGE-L = rouge-score F1, best reference, "

@@ -1,30 +1,32 @@
-"""Compile time and DFA size for 1..6 keywords (inflections on) over a 50,257-token byte-level vocabulary.
+"""Constraint compilation: time and DFA size for keywords, blocklists, raw token ids and the CommonGen dev sets.
 
-    python benchmarks/constraints.py [--sets 10]
+    python -m benchmarks.constraints [--sets 10] [--commongen]
 
 Uses ../shared/tokenizers/bpe-50257 and CommonGen concept sets when present; otherwise a synthetic
-50,257-token vocabulary and a fixed word list. Writes the table to docs/benchmarks.md.
+50,257-token vocabulary and a fixed word list. `--commongen` also compiles every CommonGen dev constraint
+(concepts with their part of speech, as benchmarks/commongen.py decodes them) for the 50,257-token BPE and,
+when present, the proxy LM's tokenizer. Writes the tables to docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import random
+import re
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._report import SHARED, machine, table, write_section  # noqa: E402
-from pc_core.constraints import compile_constraint, compiler  # noqa: E402
-from pc_core.constraints.vocab import vocab_tables  # noqa: E402
+from benchmarks._report import SHARED, machine, table, write_section
+from pc_core.constraints import compile_constraint
+from pc_core.constraints.compiler import COMPILED
+from pc_core.constraints.vocab import vocab_tables
 
 FALLBACK_WORDS = (
     "dog frisbee catch field run boy snow ski mountain cook pan vegetable water drink glass".split()
 )
+CONCEPTS = ["field", "stand", "look", "tree"]
 
 
 def load_tokenizer():
@@ -51,6 +53,17 @@ def load_tokenizer():
     ), "synthetic 50,257-token vocabulary"
 
 
+def dev_constraints() -> list[dict]:
+    """Every CommonGen dev constraint, concepts with their part of speech (as benchmarks/commongen.py)."""
+    path = SHARED / "data" / "commongen" / "commongen.dev.jsonl"
+    pos = {"N": "noun", "V": "verb", "A": "adj"}
+    out = []
+    for line in path.read_text().splitlines():
+        tagged = [c.split("_") for c in json.loads(line)["concept_set"].split("#")]
+        out.append({"keywords": [{"keyword": c, "pos": pos[t]} for c, t in tagged]})
+    return out
+
+
 def keyword_sets(k: int, n: int) -> list[list[str]]:
     path = SHARED / "data" / "commongen" / "commongen.dev.jsonl"
     rng = random.Random(k)
@@ -66,58 +79,176 @@ def keyword_sets(k: int, n: int) -> list[list[str]]:
     return [rng.sample(pool, k) for _ in range(n)]
 
 
+def everyday_words(n: int) -> list[str]:
+    """The n most frequent words (3+ letters) of CommonGen's training sentences, concepts above excluded."""
+    path = SHARED / "data" / "commongen" / "commongen.train.tgt.txt"
+    if path.exists():
+        counts = collections.Counter(re.findall(r"[a-z]+", path.read_text().lower()))
+        words = [w for w, _ in counts.most_common(3 * n) if len(w) > 2]
+    else:
+        rng = random.Random(0)
+        words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(6)) for _ in range(2 * n)]
+    return [w for w in words if w not in CONCEPTS][:n]
+
+
+def timed(spec, tokenizer, **kwargs) -> tuple[float, object]:
+    COMPILED.clear()
+    started = time.perf_counter()
+    dfa = compile_constraint(spec, tokenizer, **kwargs)
+    return time.perf_counter() - started, dfa
+
+
+def keyword_rows(tokenizer, sets: int) -> list[list]:
+    rows = []
+    for k in range(1, 7):
+        times, states, any_states, classes = [], [], [], []
+        for words in keyword_sets(k, sets):
+            seconds, dfa = timed({"keywords": words}, tokenizer, max_states=8192)
+            times.append(seconds)
+            states.append(dfa.num_states)
+            classes.append(dfa.num_classes)
+            any_states.append(
+                timed({"keywords": words, "case": "any"}, tokenizer, max_states=8192)[1].num_states
+            )
+        started = time.perf_counter()
+        compile_constraint({"keywords": words, "case": "any"}, tokenizer, max_states=8192)
+        cached_us = (time.perf_counter() - started) * 1e6
+        rows.append([k, round(statistics.median(times) * 1000, 1), round(max(times) * 1000, 1),
+                     int(statistics.median(states)), max(states), int(statistics.median(any_states)),
+                     int(statistics.median(classes)), round(cached_us, 1)])  # fmt: skip
+        print(rows[-1], flush=True)
+    return rows
+
+
+def blocklist_rows(tokenizer) -> list[list]:
+    rows = []
+    for n in (10, 100, 1000):
+        block = everyday_words(n)
+        for label, spec in (
+            (f"forbidden: {n} words", {"forbidden": block}),
+            (f"4 concepts + forbidden: {n} words", {"all": [{"keywords": CONCEPTS}, {"forbidden": block}]}),
+        ):
+            for mask in (True, False):
+                if not mask and n > 10:
+                    continue  # one exact product of 100+ words is far above any state cap
+                seconds, dfa = timed(spec, tokenizer, blocklist_mask=mask, max_states=8192)
+                mode = "mask" if dfa.blocklist is not None else "exact product"
+                rows.append([label, mode, round(seconds * 1000, 1), dfa.num_states, dfa.num_classes])
+                print(rows[-1], flush=True)
+    seconds, dfa = timed({"keywords": CONCEPTS}, tokenizer)
+    rows.append(["4 concepts alone", "-", round(seconds * 1000, 1), dfa.num_states, dfa.num_classes])
+    return rows
+
+
+def token_id_rows(tokenizer, sets: int) -> list[list]:
+    """The reference system's keyword workload as raw ids: 4 keywords, 2-3 alternatives of 1-3 ids each."""
+    rng = random.Random(0)
+    vocab = len(tokenizer)
+    times, states = [], []
+    for _ in range(sets):
+        spec = {"all": [{"any": [{"tokens": [rng.randrange(vocab) for _ in range(rng.randint(1, 3))]}
+                                 for _ in range(rng.randint(2, 3))]} for _ in range(4)]}  # fmt: skip
+        seconds, dfa = timed(spec, tokenizer)
+        times.append(seconds)
+        states.append(dfa.num_states)
+    return [["4 keywords x 2-3 alternatives x 1-3 ids", round(statistics.median(times) * 1000, 1),
+             round(max(times) * 1000, 1), int(statistics.median(states)), max(states)]]  # fmt: skip
+
+
+def commongen_rows(tokenizers: list[tuple[str, object]]) -> list[list]:
+    rows = []
+    constraints = dev_constraints()
+    for name, tokenizer in tokenizers:
+        vocab_tables(tokenizer)
+        times, states = [], []
+        for spec in constraints:
+            seconds, dfa = timed(spec, tokenizer, max_states=8192)
+            times.append(seconds)
+            states.append(dfa.num_states)
+        rows.append([name, len(constraints), int(statistics.median(states)), round(statistics.mean(states)),
+                     max(states), sum(s > 2048 for s in states), round(statistics.median(times) * 1000, 1),
+                     round(max(times) * 1000, 1)])  # fmt: skip
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sets", type=int, default=10, help="keyword sets per size")
-    parser.add_argument("--max-keywords", type=int, default=6)
+    parser.add_argument("--commongen", action="store_true", help="also compile all CommonGen dev constraints")
     args = parser.parse_args()
     tokenizer, source = load_tokenizer()
     started = time.perf_counter()
     vocab_tables(tokenizer)
     tables_s = time.perf_counter() - started
     compile_constraint({"keywords": ["warmup"]}, tokenizer)  # loads lemminflect's dictionaries
-    rows = []
-    for k in range(1, args.max_keywords + 1):
-        times, states, classes = [], [], []
-        for words in keyword_sets(k, args.sets):
-            compiler._CACHE.clear()
-            t0 = time.perf_counter()
-            dfa = compile_constraint({"keywords": words}, tokenizer, max_states=8192)
-            times.append(time.perf_counter() - t0)
-            states.append(dfa.num_states)
-            classes.append(dfa.num_classes)
-        t0 = time.perf_counter()
-        compile_constraint({"keywords": words}, tokenizer, max_states=8192)
-        cached_us = (time.perf_counter() - t0) * 1e6
-        rows.append(
+
+    body = [
+        "## Constraint compilation",
+        "",
+        f"`python -m benchmarks.constraints --sets {args.sets}{' --commongen' if args.commongen else ''}`; "
+        f"{source} (V = {len(tokenizer)}); {machine()}. Per-tokenizer tables (built once, cached): "
+        f"{tables_s * 1000:.0f} ms. Every compile below starts from an empty DFA cache.",
+        "",
+        "### Keywords (CommonGen dev concepts, inflections on, natural case; `case: any` for comparison)",
+        "",
+        table(
             [
-                k,
-                round(statistics.median(times) * 1000, 1),
-                round(max(times) * 1000, 1),
-                int(statistics.median(states)),
-                max(states),
-                int(statistics.median(classes)),
-                round(cached_us, 1),
-            ]
-        )
-        print(rows[-1], flush=True)
-    headers = [
-        "keywords",
-        "compile ms (median)",
-        "compile ms (max)",
-        "states (median)",
-        "states (max)",
-        "token classes (median)",
-        "cached lookup us",
+                "keywords",
+                "compile ms (median)",
+                "compile ms (max)",
+                "states (median)",
+                "states (max)",
+                "states, case any (median)",
+                "token classes (median)",
+                "cached lookup us",
+            ],
+            keyword_rows(tokenizer, args.sets),
+        ),  # fmt: skip
+        "",
+        "### Blocklists (the most frequent words of CommonGen's training sentences)",
+        "",
+        table(
+            ["constraint", "blocklist", "compile ms", "states", "token classes"], blocklist_rows(tokenizer)
+        ),
+        "",
+        "### Raw token ids",
+        "",
+        table(
+            ["constraint", "compile ms (median)", "compile ms (max)", "states (median)", "states (max)"],
+            token_id_rows(tokenizer, args.sets),
+        ),  # fmt: skip
     ]
-    body = (
-        "## Constraint compilation\n\n"
-        f"`python benchmarks/constraints.py --sets {args.sets}`; {source} (V = {len(tokenizer)}); "
-        f"keyword sets of CommonGen dev concepts (inflections on); {machine()}.\n"
-        f"Per-tokenizer tables (built once, cached): {tables_s * 1000:.0f} ms.\n\n" + table(headers, rows)
-    )
-    print(body)
-    write_section("benchmarks.md", "constraints", body)
+    if args.commongen and (SHARED / "data" / "commongen").exists():
+        tokenizers = [(source, tokenizer)]
+        proxy = SHARED / "models" / "commongen-proxy" / "lm"
+        if proxy.exists():
+            from transformers import AutoTokenizer
+
+            tokenizers.append(
+                ("commongen proxy LM (8,192 tokens)", AutoTokenizer.from_pretrained(str(proxy)))
+            )
+        body += [
+            "",
+            "### CommonGen dev: every concept set (concepts with their part of speech)",
+            "",
+            table(
+                [
+                    "tokenizer",
+                    "sets",
+                    "states (median)",
+                    "states (mean)",
+                    "states (max)",
+                    "sets > 2048 states",
+                    "compile ms (median)",
+                    "compile ms (max)",
+                ],
+                commongen_rows(tokenizers),
+            ),  # fmt: skip
+        ]
+    text = "\n".join(body)
+    print(text)
+    write_section("benchmarks.md", "constraints", text)
 
 
 if __name__ == "__main__":

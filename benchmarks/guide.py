@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from benchmarks._report import command, machine, table, write_section  # noqa: E402
 from benchmarks.constraints import keyword_sets, load_tokenizer  # noqa: E402
 from pc_core import compile_constraint  # noqa: E402
-from pc_core.guide import _TABLES, ConstraintGuide  # noqa: E402
+from pc_core.guide import TABLES, ConstraintGuide  # noqa: E402
 from pc_core.hmm import HMM  # noqa: E402
 from pc_core.kernels import onednn_packed  # noqa: E402
 
@@ -131,7 +131,7 @@ def main() -> None:
                 os.environ["PCGEN_KERNELS"] = backend
 
                 def precompute():
-                    _TABLES.clear()
+                    TABLES.clear()
                     return ConstraintGuide(hmm, dfa, horizon=n)
 
                 # per-constraint cost only: first_use above built the per-model caches
@@ -180,7 +180,7 @@ def main() -> None:
                         )
                         print("step", step_rows[-1], flush=True)
             os.environ.pop("PCGEN_KERNELS", None)
-            _TABLES.clear()
+            TABLES.clear()
     body = (
         "## Guide: precompute and per-step cost\n\n"
         f"`{command()}` ({machine()}); {source}, V = {v}, random HMM, horizon {n}, keyword sets "

@@ -31,15 +31,20 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
     from pc_core.constraints import compile_constraint
+    from pc_core.constraints.spec import expanded_forms, parse_constraint
 
+    constraint = parse_constraint(_constraint_from_args(args))
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    dfa = compile_constraint(_constraint_from_args(args), tokenizer, max_states=args.max_states)
-    summary = dfa.summary()
+    dfa = compile_constraint(constraint, tokenizer, max_states=args.max_states)
+    summary = {**dfa.summary(), "keywords": expanded_forms(constraint)}
     if args.json:
-        print(json.dumps(summary))
-    else:
-        for key, value in summary.items():
+        print(json.dumps(summary, ensure_ascii=False))
+        return 0
+    for key, value in summary.items():
+        if key != "keywords":
             print(f"{key:>22}: {value}")
+    for item in summary["keywords"]:
+        print(f"{item['polarity']:>10} {item['keyword']!r} (case {item['case']}): {', '.join(item['forms'])}")
     return 0
 
 

@@ -28,8 +28,6 @@ stacked into the same product.
 from __future__ import annotations
 
 import hashlib
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -37,6 +35,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from pc_core.cache import LRUCache
 from pc_core.class_masses import class_masses
 from pc_core.constraints.dfa import TokenDFA
 from pc_core.errors import BlocklistInteraction, PcgenError, TokenizerMismatch
@@ -295,33 +294,18 @@ class GuideTables:
         return edge_logsumexp(self.edge_log_mass, log_u_next, index, dst)
 
 
-_TABLES: OrderedDict[tuple, GuideTables] = OrderedDict()
-_TABLES_LOCK = threading.Lock()
-TABLE_CACHE_BYTES = int(2 * 2**30)
+TABLES: LRUCache[GuideTables] = LRUCache("guide", 2 * 2**30, lambda tables: tables.nbytes)
+"""Guide tables by content (DFA, horizon, minimum length, HMM, device, dtype), bounded in bytes."""
 
 
 def _tables(
     hmm: HMM, dfa: TokenDFA, horizon: int, min_new_tokens: int, emission_dtype: torch.dtype
 ) -> GuideTables:
-    key = (
-        id(dfa),
-        dfa.tokenizer_fingerprint,
-        horizon,
-        min_new_tokens,
-        hmm.fingerprint,
-        str(hmm.device),
-        emission_dtype,
-    )
-    with _TABLES_LOCK:
-        if key in _TABLES:
-            _TABLES.move_to_end(key)
-            return _TABLES[key]
-    tables = GuideTables(hmm, dfa, horizon, min_new_tokens, emission_dtype)
-    tables.dfa = dfa  # keeps id(dfa) valid while the entry lives
-    with _TABLES_LOCK:
-        _TABLES[key] = tables
-        while len(_TABLES) > 1 and sum(t.nbytes for t in _TABLES.values()) > TABLE_CACHE_BYTES:
-            _TABLES.popitem(last=False)
+    key = (dfa.content_key, horizon, min_new_tokens, hmm.fingerprint, str(hmm.device), emission_dtype)
+    tables = TABLES.get(key)
+    if tables is None:
+        tables = GuideTables(hmm, dfa, horizon, min_new_tokens, emission_dtype)
+        TABLES.put(key, tables)
     return tables
 
 

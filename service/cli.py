@@ -17,8 +17,8 @@ import typing
 VALUE_SETTINGS = (
     "lm", "hmm", "device", "dtype", "model_name", "host", "port", "log_level", "redis_url", "cache_ttl_s",
     "cache_size", "rate_limit", "api_keys", "max_batch_size", "max_queue", "prepare_workers",
-    "request_timeout_s", "max_new_tokens", "max_prompt_chars", "max_keywords", "max_keyword_chars",
-    "max_beams", "max_body_bytes", "max_states", "compile_time_budget_s", "metrics_port",
+    "request_timeout_s", "max_new_tokens", "max_prompt_chars", "max_keywords", "max_forbidden",
+    "max_keyword_chars", "max_beams", "max_body_bytes", "max_states", "compile_time_budget_s", "metrics_port",
 )  # fmt: skip
 BOOL_SETTINGS = ("playground", "warmup", "cache", "metrics_public", "docs_public", "batching")
 

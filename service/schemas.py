@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pc_core.constraints import Constraint, parse_constraint
-from pc_core.constraints.spec import iter_keywords
+from pc_core.constraints.spec import keywords_by_polarity
 from pc_core.errors import ConstraintError
 from service.errors import constraint_path_to_loc
 from service.settings import Settings
@@ -344,12 +344,15 @@ def resolve_constraint(
         raise body_error((*base, *loc), err.message, None, err.error_type) from err
     except RecursionError as err:
         raise body_error(base, "nested too deeply", None, "invalid_constraint") from err
-    words = iter_keywords(parsed)
-    if len(words) > settings.max_keywords:
+    required, forbidden = keywords_by_polarity(parsed)
+    if len(required) > settings.max_keywords:
         raise body_error(
-            base, f"at most {settings.max_keywords} keywords (got {len(words)})", None, "too_long"
+            base, f"at most {settings.max_keywords} keywords (got {len(required)})", None, "too_long"
         )
-    for word in words:
+    if len(forbidden) > settings.max_forbidden:
+        message = f"at most {settings.max_forbidden} forbidden keywords (got {len(forbidden)})"
+        raise body_error(base, message, None, "too_long")
+    for word in required + forbidden:
         for text in (word.text, *word.variants):
             if len(text) > settings.max_keyword_chars:
                 raise body_error(base, f"keyword longer than {settings.max_keyword_chars} characters: "

@@ -73,7 +73,10 @@ class Settings(BaseSettings):
     # request limits
     max_new_tokens: int = Field(64, ge=1, le=DEFAULT_MAX_HORIZON, description="cap on max_new_tokens")
     max_prompt_chars: int = Field(8000, ge=1, description="cap on prompt length in characters")
-    max_keywords: int = Field(16, ge=1, description="cap on keywords in a constraint")
+    max_keywords: int = Field(16, ge=1, description="cap on required keywords in a constraint")
+    max_forbidden: int = Field(
+        2000, ge=0, description="cap on forbidden keywords (blocklists are masked beside the guide)"
+    )
     max_keyword_chars: int = Field(100, ge=1, description="cap on one keyword's length")
     max_beams: int = Field(16, ge=1, description="cap on num_beams and num_return_sequences")
     max_body_bytes: int = Field(1_048_576, ge=256, description="request bodies above this get 413")

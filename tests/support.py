@@ -31,14 +31,24 @@ CORPUS_SENTENCES = [
 EOS = "<|endoftext|>"
 
 
-def corpus_text(repeats: int = 20, seed: int = 0) -> str:
+def corpus_text(repeats: int = 20, seed: int = 0, sentences: list[str] = CORPUS_SENTENCES) -> str:
     rng = random.Random(seed)
     lines = []
     for _ in range(repeats):
-        sentences = CORPUS_SENTENCES[:]
-        rng.shuffle(sentences)
-        lines.extend(sentences)
+        shuffled = sentences[:]
+        rng.shuffle(shuffled)
+        lines.extend(shuffled)
     return "\n".join(lines)
+
+
+def random_text(rng, words: list[str], separators: list[str]) -> str:
+    """Up to seven words with separators after them, sometimes after a leading space."""
+    parts = []
+    for _ in range(rng.randint(0, 7)):
+        parts.append(rng.choice(words))
+        parts.append(rng.choice(separators))
+    text = "".join(parts)
+    return text if rng.random() < 0.7 else " " + text
 
 
 def build_tokenizer(directory: Path, vocab_size: int = 700):
@@ -113,7 +123,7 @@ def has_banned_token(tokenizer, ids) -> bool:
     U+FFFD on its own (invalid bytes)? Generation never emits either.
 
     A complete ending gains exactly one U+FFFD from any stray continuation byte; a partial one does not."""
-    from pc_core.constraints.vocab import token_bytes_table
+    from pc_core.constraints.token_bytes import token_bytes_table
 
     raw = token_bytes_table(tokenizer)
     for t in ids:

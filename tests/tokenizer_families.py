@@ -15,10 +15,9 @@ across byte-level tokens and (for llama2, whose alphabet is limited) through byt
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
-from support import CORPUS_SENTENCES
+from support import CORPUS_SENTENCES, corpus_text
 
 EXTRA_SENTENCES = [
     "El niño come piña en España mañana.",
@@ -33,13 +32,7 @@ FAMILIES = ["byte_level", "llama2", "metaspace", "wordpiece"]
 
 
 def family_text(repeats: int = 12, seed: int = 0) -> str:
-    rng = random.Random(seed)
-    lines = []
-    for _ in range(repeats):
-        sentences = SENTENCES[:]
-        rng.shuffle(sentences)
-        lines.extend(sentences)
-    return "\n".join(lines)
+    return corpus_text(repeats, seed, SENTENCES)
 
 
 def _write_text(directory: Path) -> str:

@@ -153,6 +153,16 @@ class Blocklist:
             return t.strings[t.s_id[token]]
         return open_word  # EOS, special tokens
 
+    def prefix_signature(self, prefix: str, folded: bool) -> tuple:
+        """What `safe_tokens` reads of a live prefix (exact, or casefolded when `folded`): prefixes with equal
+        signatures have equal safe tokens, so a compiler may let one stand for the others."""
+        if folded:
+            rests = tuple(_remainders(self._any_casing_sorted, prefix))
+            return (prefix in self.folded, prefix in self._any_casing, rests)
+        exact = tuple(_remainders(self._exact_sorted, prefix))
+        folded_rests = tuple(_remainders(self._folded_sorted, prefix.casefold()))
+        return (self.is_forbidden(prefix), exact, folded_rests)
+
     def safe_tokens(
         self, context: str, word: tuple[str | None, str | None] | None = None
     ) -> np.ndarray | None:

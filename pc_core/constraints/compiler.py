@@ -37,15 +37,12 @@ from pc_core.constraints.dfa import TokenDFA
 from pc_core.constraints.matchers import Matcher, build_matcher
 from pc_core.constraints.spec import (
     All,
-    AnyOf,
     Constraint,
     Keyword,
-    Not,
-    Ordered,
     Tokens,
-    WordAt,
     canonical_json,
     iter_keywords,
+    keywords_by_polarity,
     parse_constraint,
     walk,
 )
@@ -73,13 +70,26 @@ class _Tracker:
     """Relevant words and gaps of one constraint, tracker-state ids and word / gap symbol ids.
 
     States: NONE, DEAD, ("w", casefolded prefix, exact prefix) for a live word, ("g", gap prefix) for a live
-    gap. Events are ints: a word symbol (>= 0), or -1 - a gap symbol."""
+    gap. Events are ints: a word symbol (>= 0), or -1 - a gap symbol.
 
-    def __init__(self, constraint: Constraint) -> None:
+    Words the matcher cannot tell apart (every pattern it tests holds both or neither: "field", "Field",
+    "fields" of one keyword) share a symbol, and live prefixes with the same completions (the same remaining
+    suffixes to the same symbols: "Fie" and "fie") share a state, one of them representing the others; beside
+    a blocklist, only prefixes the blocklist treats alike too. The minimal DFA is the same either way; the
+    exploration before minimisation is several times smaller."""
+
+    def __init__(self, constraint: Constraint, blocklist: Blocklist | None = None) -> None:
         cf_words, ex_words, gaps = set(), set(), set()
+        patterns: list[
+            set[tuple[str, bool]]
+        ] = []  # the word patterns build_matcher tests, as (word, casefolded)
         for keyword in iter_keywords(constraint):
-            for form in keyword_forms(keyword):
-                (cf_words if keyword.case == "any" else ex_words).update(form.words)
+            casefolded = keyword.case == "any"
+            forms = keyword_forms(keyword)
+            patterns.append({(f.words[0], casefolded) for f in forms if len(f.words) == 1})
+            patterns += [{(w, casefolded)} for f in forms if len(f.words) > 1 for w in f.words]
+            for form in forms:
+                (cf_words if casefolded else ex_words).update(form.words)
                 gaps.update(form.gaps)
         self.cf_words, self.ex_words = cf_words, ex_words
         self.cf_prefixes = {w[:i] for w in cf_words for i in range(1, len(w) + 1)}
@@ -88,17 +98,15 @@ class _Tracker:
         self.gap_syms = {g: i + 1 for i, g in enumerate(sorted(gaps))}
         self.curs: list[tuple | None] = [None, None]  # NONE, DEAD
         self.cur_ids: dict[tuple, int] = {}
+        self.blocklist = blocklist
+        keys = [(cf, None) for cf in sorted(cf_words)]
+        keys += [(ex.casefold() if ex.casefold() in cf_words else None, ex) for ex in sorted(ex_words)]
+        signatures: dict[frozenset, int] = {}
         self.syms: dict[tuple[str | None, str | None], int] = {(None, None): OTHER}
-        for cf in sorted(cf_words):
-            self._sym((cf, None))
-        for ex in sorted(ex_words):
-            cf = ex.casefold()
-            self._sym((cf if cf in cf_words else None, ex))
-
-    def _sym(self, key: tuple[str | None, str | None]) -> int:
-        if key not in self.syms:
-            self.syms[key] = len(self.syms)
-        return self.syms[key]
+        for cf, ex in keys:
+            member = frozenset(i for i, p in enumerate(patterns) if (cf, True) in p or (ex, False) in p)
+            self.syms[(cf, ex)] = signatures.setdefault(member, len(signatures) + 1)
+        self._residuals: dict[tuple[bool, str], frozenset] = {}
 
     def syms_for(self, word: str, casefolded: bool) -> frozenset[int]:
         if casefolded:
@@ -132,7 +140,32 @@ class _Tracker:
         ex = ex + text if ex is not None else None
         cf = cf if cf in self.cf_prefixes else None
         ex = ex if ex in self.ex_prefixes else None
-        return DEAD if cf is None and ex is None else self._intern(("w", cf, ex))
+        if cf is None and ex is None:
+            return DEAD
+        if cf is not None and ex is not None:
+            return self._intern(("w", cf, ex))
+        folded = ex is None
+        prefix = cf if folded else ex
+        key = ("w*", folded, self._residual(folded, prefix))
+        if self.blocklist is not None:
+            key += (self.blocklist.prefix_signature(prefix, folded),)
+        if key not in self.cur_ids:  # the first prefix with these completions represents them
+            self.cur_ids[key] = len(self.curs)
+            self.curs.append(("w", cf, ex))
+        return self.cur_ids[key]
+
+    def _residual(self, folded: bool, prefix: str) -> frozenset:
+        """What completes a one-sided live prefix: (remaining suffix, word symbol) pairs."""
+        found = self._residuals.get((folded, prefix))
+        if found is None:
+            words = self.cf_words if folded else self.ex_words
+            found = frozenset(
+                (w[len(prefix) :], self.syms[(w, None) if folded else (None, w)])
+                for w in words
+                if w.startswith(prefix)
+            )
+            self._residuals[(folded, prefix)] = found
+        return found
 
     def finish(self, cur: int) -> int:
         """Word symbol of the word `cur` is inside (a word state)."""
@@ -209,7 +242,7 @@ class _Compiler:
         self.deadline = time.perf_counter() + time_budget_s
         self.time_budget_s = time_budget_s
         self.explored = 0
-        self.words = _Tracker(constraint)
+        self.words = _Tracker(constraint, blocklist)
         self.matcher: Matcher = build_matcher(constraint, self.words.syms_for, self.words.gap_sym)
         self.pattern_tokens = sorted(
             {t for node in walk(constraint) if isinstance(node, Tokens) for t in node.ids}
@@ -415,7 +448,7 @@ class _Compiler:
         sid(END_REJECT)
         sink = sid(SINK)
         rows: dict[int, tuple[object, np.ndarray]] = {}  # state -> (context name, successor per group)
-        cur_events: dict[int, list] = {}
+        cur_events: dict[int, tuple[list, np.ndarray]] = {}  # tracker -> (distinct events, group -> event)
         eos = t.eos_token_id
         while queue:
             state = queue.popleft()
@@ -442,20 +475,25 @@ class _Compiler:
             cur, q = key
             name = self.context_name(cur)
             ctx = self.context(name)
-            events = cur_events.get(cur)
-            if events is None:
-                events = cur_events[cur] = self._events(cur, ctx)
-            succ = np.empty(len(events), np.int32)
+            distinct = cur_events.get(cur)
+            if distinct is None:  # groups of a shared context often do the same from this tracker state
+                events = self._events(cur, ctx)
+                index: dict[object, int] = {}
+                inverse = np.array([index.setdefault(e, len(index)) for e in events], np.int64)
+                distinct = cur_events[cur] = (list(index), inverse)
+            events, inverse = distinct
             end = state_ids[END_ACCEPT if accepting(q, cur) else END_REJECT]
-            for g, event in enumerate(events):
+            out = np.empty(len(events), np.int32)
+            for u, event in enumerate(events):
                 if event is None:
-                    succ[g] = sink
+                    out[u] = sink
                 elif event is EOS_EVENT:
-                    succ[g] = end
+                    out[u] = end
                 else:
                     new_cur, syms, tok_event = event
-                    succ[g] = sid((new_cur, step_q(q, syms, tok_event)))
-            rows[state] = (name, succ)
+                    moves = syms or self.pattern_tokens  # raw-token patterns see every token
+                    out[u] = sid((new_cur, step_q(q, syms, tok_event) if moves else q))
+            rows[state] = (name, out[inverse])
 
         accepting_flags = np.zeros(len(keys), bool)
         ended = np.zeros(len(keys), bool)
@@ -648,7 +686,7 @@ def _check_static_size(constraint: Constraint, max_states: int) -> None:
 def explain_unsatisfiable(constraint: Any, tokenizer: Any) -> str:
     """Why no text satisfies a constraint whose DFA cannot accept: a keyword it requires that this tokenizer
     cannot write (every spelling needs a token that ends inside a UTF-8 character), else the logic itself."""
-    for keyword in _required_keywords(parse_constraint(constraint)):
+    for keyword in keywords_by_polarity(parse_constraint(constraint))[0]:
         dfa = compile_constraint(keyword, tokenizer)
         if dfa.steps_to_accept[dfa.initial_state] < 0:
             return (
@@ -656,23 +694,6 @@ def explain_unsatisfiable(constraint: Any, tokenizer: Any) -> str:
                 "inside a UTF-8 character, which pcgen never generates (docs/method.md §3)"
             )
     return "no text satisfies it"
-
-
-def _required_keywords(node: Constraint, negated: bool = False) -> list[Keyword]:
-    """Keywords that must occur for the constraint to hold somewhere: not under an odd number of `not`s."""
-    if isinstance(node, Not):
-        return _required_keywords(node.child, not negated)
-    if negated:
-        return []
-    if isinstance(node, Keyword):
-        return [node]
-    if isinstance(node, (All, AnyOf)):
-        return [k for child in node.children for k in _required_keywords(child)]
-    if isinstance(node, Ordered):
-        return list(node.items)
-    if isinstance(node, WordAt):
-        return [node.word]
-    return []
 
 
 # ---------------------------------------------------------------------------------------------- cache

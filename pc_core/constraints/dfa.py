@@ -17,6 +17,7 @@ state to the rejecting sink (see compiler.py), and the guide models generation w
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
@@ -60,6 +61,17 @@ class TokenDFA:
     @property
     def vocab_size(self) -> int:
         return int(self.token_class.shape[0])
+
+    @cached_property
+    def content_key(self) -> str:
+        """SHA-256 over everything a guide's tables depend on: equal keys, equal tables."""
+        h = hashlib.sha256(f"{self.initial_state},{self.eos_token_id},{self.tokenizer_fingerprint}".encode())
+        for array in (self.transitions, self.token_class, self.accepting, self.ended, self.banned_tokens,
+                      self.token_block, self.safe_classes):  # fmt: skip
+            h.update(
+                b"-" if array is None else np.ascontiguousarray(array).tobytes() + str(array.shape).encode()
+            )
+        return h.hexdigest()
 
     @property
     def nbytes(self) -> int:
@@ -148,4 +160,5 @@ class TokenDFA:
             "accepting_states": int(self.accepting.sum()),
             "min_tokens_to_accept": int(self.steps_to_accept[self.initial_state]),
             "compile_ms": round(self.compile_seconds * 1000, 2),
+            "blocklist_words": 0 if self.blocklist is None else len(self.blocklist.keywords),
         }

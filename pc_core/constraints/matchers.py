@@ -287,7 +287,11 @@ def build_matcher(
         return out
 
     def keyword(kw: Keyword) -> KeywordMatcher:
-        return KeywordMatcher([items(form, kw.case == "any") for form in keyword_forms(kw)])
+        casefolded = kw.case == "any"
+        forms = keyword_forms(kw)
+        single = frozenset().union(*(syms_for(f.words[0], casefolded) for f in forms if len(f.words) == 1))
+        phrases = [items(f, casefolded) for f in forms if len(f.words) > 1]
+        return KeywordMatcher(([[single]] if single else []) + phrases)
 
     def build(node: Constraint) -> Matcher:
         if isinstance(node, Keyword):

@@ -156,6 +156,44 @@ def iter_keywords(constraint: Constraint) -> list[Keyword]:
     return []
 
 
+def leaves(constraint: Constraint, negated: bool = False) -> Iterator[tuple[Constraint, bool]]:
+    """Every node below the all / any / not structure, with whether it sits under an odd number of `not`s."""
+    if isinstance(constraint, Not):
+        yield from leaves(constraint.child, not negated)
+    elif isinstance(constraint, (All, AnyOf)):
+        for child in constraint.children:
+            yield from leaves(child, negated)
+    else:
+        yield constraint, negated
+
+
+def keywords_by_polarity(constraint: Constraint) -> tuple[list[Keyword], list[Keyword]]:
+    """(keywords that must occur somewhere for the constraint to hold, keywords under an odd number of `not`s:
+    those that must not), each in order."""
+    required: list[Keyword] = []
+    forbidden: list[Keyword] = []
+    for node, negated in leaves(constraint):
+        (forbidden if negated else required).extend(iter_keywords(node))
+    return required, forbidden
+
+
+def expanded_forms(constraint: Constraint) -> list[dict]:
+    """What each keyword accepts, for people: [{"keyword", "case", "polarity", "forms"}] (forms as text, "any"
+    forms casefolded), one entry per distinct keyword setting, required ones first."""
+    from pc_core.constraints.words import keyword_forms
+
+    required, forbidden = keywords_by_polarity(constraint)
+    out, seen = [], set()
+    for polarity, keywords in (("required", required), ("forbidden", forbidden)):
+        for keyword in keywords:
+            if (polarity, keyword) in seen:
+                continue
+            seen.add((polarity, keyword))
+            forms = sorted({form.text for form in keyword_forms(keyword)})
+            out.append({"keyword": keyword.text, "case": keyword.case, "polarity": polarity, "forms": forms})
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- parsing
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from pc_core.cache import LRUCache
+from pc_core.constraints.token_bytes import decoder_type, token_bytes_table
 from pc_core.constraints.words import is_word_char
 
 KIND_SPECIAL = 0  # skipped by decode(skip_special_tokens=True): no text at all
@@ -29,47 +30,13 @@ KIND_WORD = 2  # only word characters (or nothing but a pending partial characte
 KIND_SEP = 3  # contains at least one separator
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte <-> printable-character table used by byte-level BPE vocabularies."""
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-_UNICODE_TO_BYTE = {c: b for b, c in _bytes_to_unicode().items()}
-
-
-def _decoder_type(tokenizer: Any) -> str:
-    from pc_core.constraints.token_bytes import decoder_type
-
-    return decoder_type(tokenizer)
-
-
-def token_bytes_table(tokenizer: Any) -> list[bytes]:
-    """The bytes each token contributes to a continuation's text (special tokens: b""), derived from the
-    tokenizer's decoder pipeline (see token_bytes.py); ValueError for a pipeline that cannot be derived."""
-    from pc_core.constraints.token_bytes import token_bytes_table as derive
-
-    return derive(tokenizer)
-
-
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """SHA-256 over the vocabulary, special ids and decoder type: equal fingerprints decode equally."""
     size = len(tokenizer)
     h = hashlib.sha256()
     h.update(
         json.dumps(
-            [size, tokenizer.eos_token_id, sorted(tokenizer.all_special_ids), _decoder_type(tokenizer)]
+            [size, tokenizer.eos_token_id, sorted(tokenizer.all_special_ids), decoder_type(tokenizer)]
         ).encode()
     )
     for piece in tokenizer.convert_ids_to_tokens(list(range(size))):

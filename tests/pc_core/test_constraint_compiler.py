@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 import pytest
-from support import has_banned_token
+from support import has_banned_token, random_text
 
 from pc_core import check_ids, compile_constraint
 from pc_core.constraints.compiler import _minimise
@@ -107,12 +107,7 @@ def _token_texts(tokenizer):
 
 
 def _random_text(rng):
-    parts = []
-    for _ in range(rng.randint(0, 7)):
-        parts.append(rng.choice(WORDS))
-        parts.append(rng.choice(SEPARATORS))
-    text = "".join(parts)
-    return text if rng.random() < 0.7 else " " + text
+    return random_text(rng, WORDS, SEPARATORS)
 
 
 def _tokenizations(tokenizer, text, rng):

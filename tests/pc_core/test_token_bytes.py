@@ -6,8 +6,8 @@ import pytest
 from tokenizer_families import FAMILIES, LLAMA2_DECODER, build_family, byte_token_ids, plain_ids, resplit
 
 from pc_core.constraints.checker import decode_continuation
-from pc_core.constraints.token_bytes import byte_fallback_value, token_bytes_table
-from pc_core.constraints.vocab import VocabTables, _decoder_type, tokenizer_fingerprint
+from pc_core.constraints.token_bytes import byte_fallback_value, decoder_type, token_bytes_table
+from pc_core.constraints.vocab import VocabTables, tokenizer_fingerprint
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -230,8 +230,8 @@ def test_byte_level_added_tokens_outside_the_byte_alphabet(tmp_path):
 
 def test_decoder_type_for_the_fingerprint(family, llama2):
     name, tokenizer = family
-    kind = _decoder_type(tokenizer)
-    assert kind == _decoder_type(tokenizer) and tokenizer_fingerprint(tokenizer) == tokenizer_fingerprint(
+    kind = decoder_type(tokenizer)
+    assert kind == decoder_type(tokenizer) and tokenizer_fingerprint(tokenizer) == tokenizer_fingerprint(
         tokenizer
     )
     if name == "byte_level":
@@ -242,5 +242,5 @@ def test_decoder_type_for_the_fingerprint(family, llama2):
         assert json.loads(kind) == LLAMA2_DECODER
     # a different pipeline over the same vocabulary is a different fingerprint
     other = _with_decoder(llama2, _decoders()["gemma (no strip)"])
-    assert _decoder_type(other) != _decoder_type(llama2)
+    assert decoder_type(other) != decoder_type(llama2)
     assert tokenizer_fingerprint(other) != tokenizer_fingerprint(llama2)

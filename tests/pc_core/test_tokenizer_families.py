@@ -10,6 +10,7 @@ import random
 
 import numpy as np
 import pytest
+from support import random_text
 from tokenizer_families import FAMILIES, build_family, plain_ids, resplit
 
 from pc_core.constraints import check_ids, compile_constraint, decode_continuation
@@ -87,12 +88,7 @@ def family(request, tmp_path_factory):
 
 
 def _random_text(rng):
-    parts = []
-    for _ in range(rng.randint(0, 7)):
-        parts.append(rng.choice(WORDS))
-        parts.append(rng.choice(SEPARATORS))
-    text = "".join(parts)
-    return text if rng.random() < 0.7 else " " + text
+    return random_text(rng, WORDS, SEPARATORS)
 
 
 def _tokenizations(tokenizer, text, rng):

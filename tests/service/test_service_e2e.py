@@ -178,7 +178,7 @@ def test_validation_errors_name_the_field(server):
 
 def test_constraint_errors_have_a_type(server):
     with server.client() as client:
-        words = ["celebrated", "building", "vegetable", "children", "tourist", "quickly"]
+        words = ["celebrated", "building", "vegetable", "children", "tourist"]
         r = client.post("/generate", json={"prompt": "x", "keywords": words, "max_new_tokens": 3})
         assert r.status_code == 422
         error = r.json()["error"]
