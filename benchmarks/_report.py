@@ -50,7 +50,13 @@ def write_section(filename: str, name: str, body: str) -> Path:
 
 
 def command() -> str:
-    """The command line that produced a table, for the docs."""
+    """The command line that produced a table, for the docs: `python -m benchmarks.<name> <arguments>`.
+
+    Scripts run as modules from the repository root; the module name comes from `__main__`'s spec (set by
+    `python -m`), else from the script's file name.
+    """
     import sys
 
-    return " ".join(["python", *sys.argv])
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    module = spec.name if spec is not None else f"benchmarks.{Path(sys.argv[0]).stem}"
+    return " ".join(["python", "-m", module, *sys.argv[1:]])

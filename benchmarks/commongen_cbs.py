@@ -5,7 +5,7 @@ main one, and writes its outputs where benchmarks/commongen.py reads them (syste
 
     python3 -m venv runs/venv-tf4
     runs/venv-tf4/bin/pip install torch==2.13.0 transformers==4.46.3
-    runs/venv-tf4/bin/python benchmarks/commongen_cbs.py --lm runs/commongen2/lm --work runs/commongen2/eval
+    runs/venv-tf4/bin/python -m benchmarks.commongen_cbs --lm runs/commongen2/lm --work runs/commongen2/eval
 
 Each concept becomes a DisjunctiveConstraint over NeuroLogic's accepted surface forms of that concept
 (`dev.constraint.json`, each with a leading space), the setting the benchmark's constrained decoders used.
@@ -27,7 +27,9 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m benchmarks.commongen_cbs",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--lm", required=True)
     parser.add_argument("--data", type=Path, default=SHARED / "data" / "commongen")

@@ -1,6 +1,6 @@
 """Distil the CommonGen proxy LM's HMMs with `pcgen distill run` (two sizes sharing one set of samples).
 
-    python benchmarks/commongen_hmm.py --lm runs/commongen/lm --hidden 256 1024
+    python -m benchmarks.commongen_hmm --lm runs/commongen/lm --hidden 256 1024
 
 Samples are continuations of the training concept prompts ("<|endoftext|>c1 c2 c3 =", the proxy LM's
 format), so the HMM models the sentences the LM writes for a concept set. Writes runs/commongen/prompts.txt,
@@ -16,15 +16,15 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._report import SHARED  # noqa: E402
-from benchmarks.proxy_lm import prompt_for  # noqa: E402
+from benchmarks._report import SHARED
+from benchmarks.proxy_lm import prompt_for
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m benchmarks.commongen_hmm",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--lm", default="runs/commongen/lm")
     parser.add_argument("--work", type=Path, default=Path("runs/commongen"))
@@ -62,7 +62,7 @@ def main() -> None:
         path = args.work / f"distill-H{hidden}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         print(f"pcgen distill run --config {path}", flush=True)
-        subprocess.run([sys.executable, "-m", "pc_core.cli", "distill", "run", "--config", str(path)], check=True,
+        subprocess.run([sys.executable, "-m", "pcgen", "distill", "run", "--config", str(path)], check=True,
                        env=env)  # fmt: skip
 
 

@@ -173,7 +173,7 @@ def commongen_rows(tokenizers: list[tuple[str, object]]) -> list[list]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.constraints")
     parser.add_argument("--sets", type=int, default=10, help="keyword sets per size")
     parser.add_argument("--commongen", action="store_true", help="also compile all CommonGen dev constraints")
     args = parser.parse_args()

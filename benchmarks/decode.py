@@ -1,6 +1,6 @@
 """Guided vs unconstrained decoding with the same LM, measured in one run.
 
-    python benchmarks/decode.py [--lm-size small|large] [--hidden 256] [--beams 4] [--tokens 32]
+    python -m benchmarks.decode [--lm-size small|large] [--hidden 256] [--beams 4] [--tokens 32]
 
 CPU default: a random-init GPT-2 small (124 M) over the 50,257-token BPE with a random HMM (H = 256).
 On CUDA (`--lm-size large --hidden 4096`): GPT-2 Large-sized random init, bf16, H = 4096 — the production
@@ -13,18 +13,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks._report import command, machine, table, write_section  # noqa: E402
-from benchmarks.constraints import keyword_sets, load_tokenizer  # noqa: E402
-from pc_core.decoding import generate  # noqa: E402
-from pc_core.hmm import HMM  # noqa: E402
+from benchmarks._report import command, machine, table, write_section
+from benchmarks.constraints import keyword_sets, load_tokenizer
+from pc_core.decoding import generate
+from pc_core.hmm import HMM
 
 SIZES = {"tiny": dict(n_layer=2, n_embd=64, n_head=2), "small": dict(n_layer=12, n_embd=768, n_head=12),
          "large": dict(n_layer=36, n_embd=1280, n_head=20)}  # fmt: skip
@@ -36,7 +32,7 @@ def sync(device: torch.device) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.decode")
     parser.add_argument("--lm-size", choices=sorted(SIZES), default=None)
     parser.add_argument("--hidden", type=int, nargs="+", default=None)
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 4])

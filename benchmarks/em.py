@@ -1,10 +1,10 @@
 """EM throughput (E-step tokens per second) against the matmul floor measured in the same run.
 
-    python benchmarks/em.py [--seconds 5]
+    python -m benchmarks.em [--seconds 5]
 
 Per configuration: an HMM with H states over V = 50,257 tokens, batches of B random sequences of T = 32
 tokens, the full E-step of distill.em (forward, backward, posteriors, expected transition and emission
-counts). The floor is what the method notes call the cost of forward-backward: 3 dense (B, H) x (H, H)
+counts). The floor is the cost of forward-backward (docs/method.md §8.4): 3 dense (B, H) x (H, H)
 fp32 products per position, timed alone on the same device. The M-step (normalising the counts, once per
 EM step, not per token) is timed separately. CPU rows always; H = 4096 on the GPU when CUDA is present.
 Writes docs/benchmarks.md.
@@ -13,17 +13,13 @@ Writes docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks._report import machine, table, write_section  # noqa: E402
-from distill.em import Counts, Prepared, e_step, m_step  # noqa: E402
-from pc_core.hmm import HMM  # noqa: E402
+from benchmarks._report import machine, table, write_section
+from distill.em import Counts, Prepared, e_step, m_step
+from pc_core.hmm import HMM
 
 V, T = 50257, 32
 
@@ -79,7 +75,7 @@ def measure(h: int, b: int, device: torch.device, seconds: float) -> list:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.em")
     parser.add_argument("--seconds", type=float, default=5.0, help="timing budget per measurement")
     parser.add_argument(
         "--threads", type=int, nargs="+", default=[torch.get_num_threads()], help="CPU threads"
@@ -108,7 +104,7 @@ def main() -> None:
     ]
     body = (
         "## EM (distill.em)\n\n"
-        f"`python benchmarks/em.py --seconds {args.seconds:g} --threads {' '.join(map(str, args.threads))}`; E-step (forward-backward + expected counts) "
+        f"`python -m benchmarks.em --seconds {args.seconds:g} --threads {' '.join(map(str, args.threads))}`; E-step (forward-backward + expected counts) "
         f"over batches of B random sequences of T = {T} tokens, V = {V}. Floor: 3 dense (B, H) x (H, H) "
         f"fp32 products per token, timed alone on the same device and thread count (the CPU is shared with "
         f"other jobs, so compare EM with the floor of the same row); goal at H = 4096 on one H200: EM within "

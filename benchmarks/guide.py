@@ -1,6 +1,6 @@
 """Guide precompute and per-step cost against their matmul floors, measured in the same run.
 
-    python benchmarks/guide.py [--hidden 256 1024 4096] [--keywords 1 2 3 4 5] [--beams 1 16 64]
+    python -m benchmarks.guide [--hidden 256 1024 4096] [--keywords 1 2 3 4 5] [--beams 1 16 64]
 
 For each hidden size H (V = 50,257, random HMM) and keyword count (CommonGen concepts, inflections on,
 horizon 32): the precompute time vs n dense (S, H) x (H, H) fp32 matmuls, and for each beam count B the
@@ -14,20 +14,16 @@ import argparse
 import os
 import resource
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks._report import command, machine, table, write_section  # noqa: E402
-from benchmarks.constraints import keyword_sets, load_tokenizer  # noqa: E402
-from pc_core import compile_constraint  # noqa: E402
-from pc_core.guide import TABLES, ConstraintGuide  # noqa: E402
-from pc_core.hmm import HMM  # noqa: E402
-from pc_core.kernels import onednn_packed  # noqa: E402
+from benchmarks._report import command, machine, table, write_section
+from benchmarks.constraints import keyword_sets, load_tokenizer
+from pc_core import compile_constraint
+from pc_core.guide import TABLES, ConstraintGuide
+from pc_core.hmm import HMM
+from pc_core.kernels import onednn_packed
 
 DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16"}
 
@@ -86,7 +82,7 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.guide")
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 1024, 4096])
     parser.add_argument("--keywords", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 16, 64])

@@ -1,9 +1,9 @@
 """Train the CommonGen proxy LM: a small GPT-2 standing in for GPT-2 Large, which cannot be downloaded here.
 
-    python benchmarks/proxy_lm.py [--out runs/commongen] [--epochs 6]
+    python -m benchmarks.proxy_lm [--out runs/commongen] [--epochs 6]
 
 1. A byte-level BPE (GPT-2 conventions: Ġ space marker, <|endoftext|> as EOS) fitted on the CommonGen
-   training sentences and concept lists (`--vocab-size`, default 8,192), with pc_core.tinylm.
+   training sentences and concept lists (`--vocab-size`, default 8,192), with pcgen.tinylm.
 2. A GPT-2 (default 4 layers, 256 wide, 4 heads, ~5 M parameters) trained on lines
    "<concepts> = <sentence><|endoftext|>", concepts being the training lemmas ("dog frisbee catch = ...").
    The model therefore writes a sentence for a concept prompt, which is the unconstrained baseline.
@@ -17,13 +17,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._report import SHARED  # noqa: E402
-from pc_core.tinylm import TinyLMConfig, train_lm, train_tokenizer  # noqa: E402
+from benchmarks._report import SHARED
+from pcgen.tinylm import TinyLMConfig, train_lm, train_tokenizer
 
 
 def training_lines(data: Path) -> list[str]:
@@ -39,7 +36,9 @@ def prompt_for(concepts: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m benchmarks.proxy_lm",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--data", type=Path, default=SHARED / "data" / "commongen")
     parser.add_argument("--out", type=Path, default=Path("runs/commongen"))

@@ -1,6 +1,6 @@
 """Cost of the guide's emission product against its row count: why a step costs more than its floor.
 
-    python benchmarks/row_product.py [--hidden 4096] [--rows 1 2 3 4 8 16 32 64 128] [--threads 1]
+    python -m benchmarks.row_product [--hidden 4096] [--rows 1 2 3 4 8 16 32 64 128] [--threads 1]
 
 An exact guide step multiplies R >= 2B rows (per beam: the HMM's marginal row, plus one joint row per live
 DFA successor) with the (H, V) emission, against a floor of B rows. This times, for each R, torch's product
@@ -12,21 +12,19 @@ a multiple of the best one-row product measured in the same run. Writes docs/ben
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks._report import command, machine, table, write_section  # noqa: E402
-from benchmarks.guide import timed  # noqa: E402
-from pc_core.kernels import log_matmul_exp_nt, onednn_packed  # noqa: E402
+from benchmarks._report import command, machine, table, write_section
+from benchmarks.guide import timed
+from pc_core.kernels import log_matmul_exp_nt, onednn_packed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m benchmarks.row_product",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--hidden", type=int, default=4096)
     parser.add_argument("--vocab", type=int, default=50257)

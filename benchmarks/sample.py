@@ -1,6 +1,6 @@
 """Sampling throughput of `pcgen distill sample` (tokens per second), with and without hidden states.
 
-    python benchmarks/sample.py [--batches 2]
+    python -m benchmarks.sample [--batches 2]
 
 Times distill.sample.sample_batch (the KV-cached decoding loop the stage runs per batch: temperature 1,
 full vocabulary, inverse-CDF draws) on randomly initialised GPT-2 architectures: decoding cost does not
@@ -12,16 +12,12 @@ the full T = 32 positions. Writes docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks._report import machine, table, write_section  # noqa: E402
-from distill.sample import sample_batch  # noqa: E402
+from benchmarks._report import machine, table, write_section
+from distill.sample import sample_batch
 
 T = 32
 ARCHS = {
@@ -77,7 +73,7 @@ def measure(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.sample")
     parser.add_argument("--batches", type=int, default=2, help="timed batches per row (after one warm-up)")
     parser.add_argument(
         "--threads", type=int, nargs="+", default=[torch.get_num_threads()], help="CPU threads"
@@ -100,7 +96,7 @@ def main() -> None:
     headers = ["architecture (random init)", "dtype", "device", "batch", "hidden states", "tokens/s"]
     body = (
         "## Sampling (distill.sample)\n\n"
-        f"`python benchmarks/sample.py --batches {args.batches} --threads {' '.join(map(str, args.threads))}`; "
+        f"`python -m benchmarks.sample --batches {args.batches} --threads {' '.join(map(str, args.threads))}`; "
         f"KV-cached ancestral sampling, T = {T} tokens "
         f"per sequence, V = 50257, EOS disabled (every position decoded); 'hidden states' also keeps the "
         f"last layer's state per token (what --save-embeddings stores). {machine()}. {gpu_note}\n\n"

@@ -1,7 +1,7 @@
 """The REST service under load: throughput and p50/p95 latency at concurrency 1, 4 and 16, with continuous
 batching on and off, in one run.
 
-    python benchmarks/serve.py [--lm PATH --hmm PATH] [--concurrency 1 4 16] [--tokens 16] [--beams 2]
+    python -m benchmarks.serve [--lm PATH --hmm PATH] [--concurrency 1 4 16] [--tokens 16] [--beams 2]
 
 Each mode runs its own `pcgen serve` subprocess on loopback (response cache off, so every request is decoded;
 `--no-batching` for "off"); both run side by side and every level alternates between them, for a few rounds, so
@@ -27,11 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import httpx
 
-import httpx  # noqa: E402
-
-from benchmarks._report import ROOT, machine, table, write_section  # noqa: E402
+from benchmarks._report import ROOT, machine, table, write_section
 
 WORDS = ["dog", "frisbee", "catch", "coffee", "garden", "snow", "winter", "children", "lake", "house", "night",
          "team", "tree", "girl", "fish", "field", "sky", "stove", "city", "park", "couch", "cat", "pan", "jump",
@@ -39,13 +37,16 @@ WORDS = ["dog", "frisbee", "catch", "coffee", "garden", "snow", "winter", "child
 
 
 def build_tiny_models(directory: Path) -> tuple[str, str]:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from support import build_tiny_lm, build_tokenizer
+    """The tests' stand-in models (tests/support.py, loaded from its file: tests/ is not a package)."""
+    import importlib.util
 
     from pc_core.hmm import HMM
 
-    tokenizer = build_tokenizer(directory / "tokenizer")
-    build_tiny_lm(directory / "lm", tokenizer)
+    spec = importlib.util.spec_from_file_location("pcgen_test_support", ROOT / "tests" / "support.py")
+    support = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(support)
+    tokenizer = support.build_tokenizer(directory / "tokenizer")
+    support.build_tiny_lm(directory / "lm", tokenizer)
     HMM.random(16, len(tokenizer), seed=0, eos_token_id=tokenizer.eos_token_id).save(directory / "hmm")
     return str(directory / "lm"), str(directory / "hmm")
 
@@ -58,7 +59,7 @@ def free_port() -> int:
 
 def start_server(env: dict[str, str], batching: bool, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "pc_core.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--no-cache",
+    cmd = [sys.executable, "-m", "pcgen", "serve", "--host", "127.0.0.1", "--port", str(port), "--no-cache",
            "--batching" if batching else "--no-batching", "--log-level", "warning"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -127,7 +128,7 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.serve")
     parser.add_argument("--lm", help="LM path or hub id (default: a tiny random GPT-2 built here)")
     parser.add_argument("--hmm", help="HMM path (default: a random H=16 HMM built here)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
@@ -188,7 +189,7 @@ def main() -> None:
                              round(r["p50"], 1), round(r["p95"], 1), round(r["mean_batch"], 2)])  # fmt: skip
     body = (
         "## Service: throughput and latency\n\n"
-        f"`python benchmarks/serve.py` ({machine()}); {source}. `pcgen serve` on loopback, response cache off, "
+        f"`python -m benchmarks.serve` ({machine()}); {source}. `pcgen serve` on loopback, response cache off, "
         f"max_batch_size {args.max_batch_size}; closed-loop clients at each concurrency; every request "
         f"`POST /generate` with its own 2-keyword constraint (compilation and guide precompute included), "
         f"beam search with {args.beams} beams, {args.tokens} new tokens forced. Batching off = one request "

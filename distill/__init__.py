@@ -1,4 +1,4 @@
-"""Offline distillation of an HMM from a causal LM (method notes, section 6).
+"""Offline distillation of an HMM from a causal LM (docs/method.md §8).
 
 Stages, each resumable and each a `pcgen distill` subcommand:
     sample  ancestral samples from the LM into token shards (+ hidden states for LVD)   distill.sample

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import logging
 import os
+from collections.abc import Callable
 
 
 def setup_logging() -> None:
@@ -31,55 +33,48 @@ def shutdown() -> None:
     dist.shutdown()
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
-    from distill.sample import SampleConfig, run_sample
-
+def _run(stage: Callable[[], object]) -> int:
+    """The pattern of every command: logging on, run the stage, leave the process group however it ends.
+    Errors propagate to `pcgen`'s main, which reports a PcgenError (DistillError) with exit status 2."""
     setup_logging()
     try:
-        run_sample(_from_args(SampleConfig, args))
+        stage()
     finally:
         shutdown()
     return 0
 
 
-def cmd_lvd(args: argparse.Namespace) -> int:
-    from distill.lvd import LVDConfig, run_lvd
+def _stage_command(module: str, config: str, runner: str) -> Callable[[argparse.Namespace], int]:
+    """`pcgen distill STAGE`: build `module.config` from the flags (named after its fields), run
+    `module.runner` on it. The module is imported when the command runs, not when the parser is built."""
 
-    setup_logging()
-    try:
-        run_lvd(_from_args(LVDConfig, args))
-    finally:
-        shutdown()
-    return 0
+    def command(args: argparse.Namespace) -> int:
+        stage = importlib.import_module(module)
+        cfg = _from_args(getattr(stage, config), args)
+        return _run(lambda: getattr(stage, runner)(cfg))
+
+    command.__name__ = f"cmd_{runner.removeprefix('run_')}"
+    return command
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from distill.em import TrainConfig, run_train
-
-    setup_logging()
-    try:
-        run_train(_from_args(TrainConfig, args))
-    finally:
-        shutdown()
-    return 0
+cmd_sample = _stage_command("distill.sample", "SampleConfig", "run_sample")
+cmd_lvd = _stage_command("distill.lvd", "LVDConfig", "run_lvd")
+cmd_train = _stage_command("distill.em", "TrainConfig", "run_train")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from distill.pipeline import run_pipeline
 
-    setup_logging()
-    try:
-        run_pipeline(args.config)
-    finally:
-        shutdown()
-    return 0
+    return _run(lambda: run_pipeline(args.config))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from pc_core.lm import DTYPES
+
     parser = sub.add_parser(
         "distill",
         help="distil an HMM from a causal LM: sample, lvd, train, or run the whole pipeline",
-        description="Offline distillation (method notes, section 6). Every stage is resumable: rerun the same "
+        description="Offline distillation (docs/method.md §8). Every stage is resumable: rerun the same "
         "command after an interruption. Multi-process: launch with torchrun.",
     )
     stages = parser.add_subparsers(dest="distill_command", required=True, metavar="STAGE")
@@ -108,7 +103,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--embedding-layer", type=int, default=-1, help="hidden_states index: 0 = embeddings, -1 = last layer"
     )
     p.add_argument("--device", default="auto", help="auto (this rank's GPU if any, else CPU), cpu, cuda:N")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=list(DTYPES),
+        help="LM weights; auto: bf16/fp16 on GPU, fp32 on CPU",
+    )
     p.set_defaults(func=cmd_sample)
 
     p = stages.add_parser("lvd", help="k-means of hidden states -> closed-form initial HMM")

@@ -7,23 +7,21 @@ A data directory holds
     manifest-rank-RRRRR.json     per-rank lists while a multi-process run is in flight (merged by rank 0)
 Shard I holds the global sequences [I * shard_size, I * shard_size + n); its seed depends only on (seed, I),
 so the data do not depend on the number of processes that wrote it. Every file is written to a temporary
-name and renamed (os.replace), so a kill leaves either the old or the new file, never half of one.
+name and renamed (pc_core.files), so a kill leaves either the old or the new file, never half of one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from distill.errors import DistillError
+from pc_core.files import atomic_write, atomic_write_json
 
 FORMAT = "pcgen-distill-data"
 FORMAT_VERSION = 1
@@ -59,40 +57,13 @@ def plan(num_sequences: int, shard_size: int) -> list[tuple[int, int, int]]:
     ]
 
 
-# ---------------------------------------------------------------------------------------------- atomic IO
-
-
-def _atomic(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+# ---------------------------------------------------------------------------------------------- files
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> str:
     """Write an .npy file atomically; returns its sha256."""
-    _atomic(Path(path), lambda fh: np.save(fh, array, allow_pickle=False))
+    atomic_write(path, lambda fh: np.save(fh, array, allow_pickle=False))
     return sha256_file(path)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    _atomic(Path(path), lambda fh: fh.write(json.dumps(obj, indent=2).encode()))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    _atomic(Path(path), lambda fh: fh.write(text.encode()))
-
-
-def remove_stale_temporaries(directory: Path) -> None:
-    """Delete the temporary files a killed writer left behind (call only while no one is writing)."""
-    for tmp in Path(directory).glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
 
 
 def sha256_file(path: Path) -> str:

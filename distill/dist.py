@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as tdist
 
+from pc_core.lm import resolve_device
+
 
 @dataclass(frozen=True)
 class Context:
@@ -29,17 +31,9 @@ class Context:
         return self.world_size > 1
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """ "auto": this process's GPU (LOCAL_RANK) when CUDA is present, else the CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    return torch.device(name)
-
-
 def init(device: str = "auto", timeout_minutes: float = 360.0) -> Context:
     """Join the torchrun process group when WORLD_SIZE > 1 (idempotent); otherwise a one-process context.
+    The device is pc_core.lm.resolve_device's: "auto" is this rank's GPU (LOCAL_RANK) or the CPU.
 
     The timeout is generous because rank 0 alone runs LVD while the others wait in a barrier.
     """
@@ -67,15 +61,6 @@ def all_reduce_sum(ctx: Context, *tensors: torch.Tensor) -> None:
     if ctx.distributed:
         for tensor in tensors:
             tdist.all_reduce(tensor, op=tdist.ReduceOp.SUM)
-
-
-def broadcast_object(ctx: Context, obj: object) -> object:
-    """Rank 0's value on every rank (e.g. a decision only rank 0 can take after reading the disk)."""
-    if not ctx.distributed:
-        return obj
-    box = [obj]
-    tdist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def shutdown() -> None:

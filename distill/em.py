@@ -1,4 +1,4 @@
-"""Stage 3: EM fine-tuning (method notes, section 6.4), resumable, data-parallel.
+"""Stage 3: EM fine-tuning (docs/method.md §8.4), resumable, data-parallel.
 
 E-step, per batch of sequences x (B, T): forward-backward with max-shifts, so that nothing leaves float32's
 range for any T (a 32-token text has probability ~1e-100):
@@ -37,7 +37,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +45,10 @@ import torch
 
 from distill import data, dist
 from distill.errors import DistillError
+from pc_core.files import atomic_write, atomic_write_json, fsync_directory, remove_stale_temporaries
 from pc_core.hmm import HMM
 
-log = logging.getLogger("distill.em")
+log = logging.getLogger(__name__)
 
 TRANSITION_FLOOR = 1e-30
 CHECKPOINTS = "checkpoints"
@@ -265,15 +266,11 @@ def _write_checkpoint(out: Path, step: int, hmm: HMM, state: dict, keep: int) ->
     tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     hmm.save(tmp)
-    data.atomic_write_json(tmp / STATE, state)
+    atomic_write_json(tmp / STATE, state)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    fd = os.open(root, os.O_RDONLY)  # make the rename itself durable
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_directory(root)  # make the rename itself durable
     for old in _checkpoint_dirs(out)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -302,11 +299,11 @@ def _write_logs(out: Path, history: list[dict], plot: bool) -> None:
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(history)
-    data.atomic_write_text(out / "log.csv", buf.getvalue())
+    atomic_write(out / "log.csv", buf.getvalue())
     clean = [
         {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()} for r in history
     ]
-    data.atomic_write_json(out / "log.json", clean)  # strict JSON: null, not NaN
+    atomic_write_json(out / "log.json", clean)  # strict JSON: null, not NaN
     if plot and history:
         import matplotlib
 
@@ -327,7 +324,7 @@ def _write_logs(out: Path, history: list[dict], plot: bool) -> None:
         png = io.BytesIO()
         fig.savefig(png, format="png", dpi=100, bbox_inches="tight")
         plt.close(fig)
-        data._atomic(out / "curve.png", lambda fh: fh.write(png.getvalue()))
+        atomic_write(out / "curve.png", png.getvalue())
 
 
 def _to_device(tokens: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -345,12 +342,55 @@ def _heldout_ll(p: Prepared, tokens: np.ndarray, ctx: dist.Context, batch: int) 
     return float(total[0] / total[1]) if total[1] > 0 else float("nan")
 
 
+@dataclass
+class _Run:
+    """A training run: its settings, data and where it stands (the model, the history, the step)."""
+
+    cfg: TrainConfig
+    ctx: dist.Context
+    out: Path
+    init: HMM
+    train: np.ndarray  # (N, T) training sequences
+    heldout: np.ndarray  # (M, T) evaluation sequences
+    identity: dict  # the settings a checkpoint must share to be resumed
+    hmm: HMM
+    history: list[dict] = field(default_factory=list)
+    step: int = 0
+    epoch: int = 0  # the pass over the data the last step belonged to
+
+    @property
+    def chunk(self) -> int:
+        return self.cfg.chunk_size or len(self.train)
+
+
 def run_train(cfg: TrainConfig) -> HMM:
+    """EM from cfg.init on cfg.data, resuming from the latest checkpoint in cfg.out; returns the final HMM."""
     from tqdm import tqdm
 
     cfg.validate()
     ctx = dist.init(cfg.device)
-    out = Path(cfg.out)
+    run = _setup(cfg, ctx)
+    p = _resume(run)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=min(run.step, cfg.steps),
+        unit="step",
+        desc="EM",
+        disable=not ctx.is_main or None,
+    )
+    while run.step < cfg.steps:
+        p = _em_step(run, p)
+        if ctx.is_main:
+            _save_step(run)
+        bar.update(1)
+        dist.barrier(ctx)  # no rank runs ahead of the checkpoint
+    bar.close()
+    _finish(run)
+    return run.hmm
+
+
+def _setup(cfg: TrainConfig, ctx: dist.Context) -> _Run:
+    """Load the initial HMM and the data, split off the held-out part, and name the run's identity."""
     init = HMM.load(cfg.init)
     tokens, manifest = data.load_tokens(Path(cfg.data))
     data.check_vocab(manifest, init.vocab_size, f"the initial HMM {cfg.init}", cfg.data)
@@ -367,122 +407,131 @@ def run_train(cfg: TrainConfig) -> HMM:
         train, heldout = tokens[: len(tokens) - n_held], tokens[len(tokens) - n_held :]
     if len(train) == 0:
         raise DistillError(f"{cfg.data}: no training sequences")
-    chunk = cfg.chunk_size or len(train)
     identity = {
         "init": init.fingerprint,
         "data": _data_digest(manifest),
         "heldout": _data_digest(held_manifest) if cfg.heldout_data else len(heldout),
-        "chunk_size": chunk,
+        "chunk_size": cfg.chunk_size or len(train),
         "step_size": cfg.step_size,
         "pseudocount": cfg.pseudocount,
         "seed": cfg.seed,
     }
+    return _Run(cfg, ctx, Path(cfg.out), init, train, heldout, identity, hmm=init)
 
-    hmm, history, step = init, [], 0
+
+def _resume(run: _Run) -> Prepared:
+    """Clean the output directory of a kill's leftovers, continue from the latest checkpoint (refusing one
+    of other settings), and log step 0 on a fresh run. Returns the current model, prepared."""
+    out, ctx = run.out, run.ctx
     if ctx.is_main:  # before any rank looks: nobody is writing yet
         out.mkdir(parents=True, exist_ok=True)
-        data.remove_stale_temporaries(out)
+        remove_stale_temporaries(out)
         _remove_partial_checkpoints(out)
     dist.barrier(ctx)
     resumed = _latest_checkpoint(out)
     if resumed is not None:
-        hmm, state = resumed
-        if state["identity"] != identity:
-            diffs = [k for k in identity if state["identity"].get(k) != identity[k]]
+        run.hmm, state = resumed
+        if state["identity"] != run.identity:
+            diffs = [k for k in run.identity if state["identity"].get(k) != run.identity[k]]
             raise DistillError(
                 f"{out} holds a run with other settings ({', '.join(diffs)} differ); use a new --out"
             )
-        step, history = state["step"], state["history"]
-        log.info("resuming %s from step %d", out, step)
+        run.step, run.history = state["step"], state["history"]
+        log.info("resuming %s from step %d", out, run.step)
         if ctx.is_main:
-            _write_logs(out, history, cfg.plot)
-    p = Prepared(hmm, ctx.device)
-    if not history:  # step 0: where the initial model stands
-        history.append(
-            {
-                "step": 0,
-                "train_ll_per_token": float("nan"),
-                "heldout_ll_per_token": _heldout_ll(p, heldout, ctx, cfg.batch_size),
-                "tokens": 0,
-                "tokens_per_s": float("nan"),
-                "seconds": 0.0,
-            }
-        )
-    per_pass = math.ceil(len(train) / chunk)
-    bar = tqdm(
-        total=cfg.steps, initial=min(step, cfg.steps), unit="step", desc="EM", disable=not ctx.is_main or None
+            _write_logs(out, run.history, run.cfg.plot)
+    p = Prepared(run.hmm, ctx.device)
+    if not run.history:  # step 0: where the initial model stands
+        held = _heldout_ll(p, run.heldout, ctx, run.cfg.batch_size)
+        run.history.append(_history_row(0, float("nan"), held, 0, float("nan"), 0.0))
+    return p
+
+
+def _history_row(
+    step: int, train_ll: float, heldout_ll: float, tokens: int, tokens_per_s: float, seconds: float
+) -> dict:
+    return {
+        "step": step,
+        "train_ll_per_token": train_ll,
+        "heldout_ll_per_token": heldout_ll,
+        "tokens": tokens,
+        "tokens_per_s": tokens_per_s,
+        "seconds": seconds,
+    }
+
+
+def _chunk_rows(run: _Run) -> np.ndarray:
+    """This rank's sequence indices for the next step; sets run.epoch. Each pass over the data uses the
+    permutation drawn from (seed, pass), so the chunks are a pure function of the seed and the step."""
+    n, chunk = len(run.train), run.chunk
+    run.epoch, j = divmod(run.step, math.ceil(n / chunk))
+    if chunk < n:
+        gen = torch.Generator().manual_seed(run.cfg.seed * 1_000_003 + run.epoch)
+        order = torch.randperm(n, generator=gen)
+    else:
+        order = torch.arange(n)
+    return order[j * chunk : (j + 1) * chunk][run.ctx.rank :: run.ctx.world_size].numpy()
+
+
+def _em_step(run: _Run, p: Prepared) -> Prepared:
+    """One EM step on the next chunk (counts summed over ranks), then the held-out evaluation; appends the
+    step to the history and returns the new model, prepared."""
+    cfg, ctx = run.cfg, run.ctx
+    began = time.perf_counter()
+    mine = _chunk_rows(run)
+    counts = Counts(run.hmm.hidden_size, run.hmm.vocab_size, ctx.device)
+    stats = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # (log-likelihood, tokens)
+    for start in range(0, len(mine), cfg.batch_size):
+        x = _to_device(run.train[np.sort(mine[start : start + cfg.batch_size])], ctx.device)
+        stats[0] += e_step(p, x, counts).double().sum()
+        stats[1] += x.numel()
+    dist.all_reduce_sum(ctx, *counts.tensors(), stats)
+    run.hmm = m_step(run.hmm, counts, cfg.pseudocount, cfg.step_size)
+    p = Prepared(run.hmm, ctx.device)
+    run.step += 1
+    em_seconds = time.perf_counter() - began
+    held = _heldout_ll(p, run.heldout, ctx, cfg.batch_size)
+    train_ll, tokens = float(stats[0] / stats[1]), int(stats[1])
+    seconds = time.perf_counter() - began
+    run.history.append(_history_row(run.step, train_ll, held, tokens, float(stats[1]) / em_seconds, seconds))
+    return p
+
+
+def _save_step(run: _Run) -> None:
+    """Rank 0: the checkpoint of the step just done, the logs, and the progress line."""
+    state = {
+        "step": run.step,
+        "identity": run.identity,
+        "rng": {"seed": run.cfg.seed, "pass": run.epoch},
+        "history": run.history,
+    }
+    path = _write_checkpoint(run.out, run.step, run.hmm, state, run.cfg.keep_checkpoints)
+    _write_logs(run.out, run.history, run.cfg.plot)
+    row = run.history[-1]
+    log.info(
+        "step %d/%d: train ll/token %.5f (before the step), held-out ll/token %.5f, %.0f tokens/s, "
+        "checkpoint %s",
+        run.step,
+        run.cfg.steps,
+        row["train_ll_per_token"],
+        row["heldout_ll_per_token"],
+        row["tokens_per_s"],
+        path,
     )
-    while step < cfg.steps:
-        began = time.perf_counter()
-        epoch, j = divmod(step, per_pass)
-        if chunk < len(train):
-            order = torch.randperm(
-                len(train), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-            )
-        else:
-            order = torch.arange(len(train))
-        mine = order[j * chunk : (j + 1) * chunk][ctx.rank :: ctx.world_size].numpy()
-        counts = Counts(hmm.hidden_size, hmm.vocab_size, ctx.device)
-        stats = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # (log-likelihood, tokens)
-        for start in range(0, len(mine), cfg.batch_size):
-            x = _to_device(train[np.sort(mine[start : start + cfg.batch_size])], ctx.device)
-            stats[0] += e_step(p, x, counts).double().sum()
-            stats[1] += x.numel()
-        dist.all_reduce_sum(ctx, *counts.tensors(), stats)
-        hmm = m_step(hmm, counts, cfg.pseudocount, cfg.step_size)
-        p = Prepared(hmm, ctx.device)
-        step += 1
-        em_seconds = time.perf_counter() - began
-        held = _heldout_ll(p, heldout, ctx, cfg.batch_size)
-        seconds = time.perf_counter() - began
-        history.append(
-            {
-                "step": step,
-                "train_ll_per_token": float(stats[0] / stats[1]),
-                "heldout_ll_per_token": held,
-                "tokens": int(stats[1]),
-                "tokens_per_s": float(stats[1]) / em_seconds,
-                "seconds": seconds,
-            }
-        )
-        if ctx.is_main:
-            state = {
-                "step": step,
-                "identity": identity,
-                "rng": {"seed": cfg.seed, "pass": epoch},
-                "history": history,
-            }
-            path = _write_checkpoint(out, step, hmm, state, cfg.keep_checkpoints)
-            _write_logs(out, history, cfg.plot)
-            row = history[-1]
-            log.info(
-                "step %d/%d: train ll/token %.5f (before the step), held-out ll/token %.5f, %.0f tokens/s, "
-                "checkpoint %s",
-                step,
-                cfg.steps,
-                row["train_ll_per_token"],
-                held,
-                row["tokens_per_s"],
-                path,
-            )
-        bar.update(1)
-        dist.barrier(ctx)  # no rank runs ahead of the checkpoint
-    bar.close()
-    if ctx.is_main:
-        hmm.metadata = {
-            **init.metadata,
+
+
+def _finish(run: _Run) -> None:
+    """Rank 0 saves the final model with its provenance in the metadata; every rank waits for it."""
+    if run.ctx.is_main:
+        held = run.history[-1]["heldout_ll_per_token"]
+        run.hmm.metadata = {
+            **run.init.metadata,
             "source": "em",
-            "init": str(cfg.init),
-            "data": str(cfg.data),
-            "em": {**asdict(cfg), "steps_done": step},
-            "heldout_ll_per_token": history[-1]["heldout_ll_per_token"],
+            "init": str(run.cfg.init),
+            "data": str(run.cfg.data),
+            "em": {**asdict(run.cfg), "steps_done": run.step},
+            "heldout_ll_per_token": held,
         }
-        hmm.save(out)
-        log.info(
-            "finished: %d EM steps, held-out ll/token %.5f -> %s",
-            step,
-            history[-1]["heldout_ll_per_token"],
-            out,
-        )
-    dist.barrier(ctx)
-    return hmm
+        run.hmm.save(run.out)
+        log.info("finished: %d EM steps, held-out ll/token %.5f -> %s", run.step, held, run.out)
+    dist.barrier(run.ctx)

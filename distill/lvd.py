@@ -1,4 +1,4 @@
-"""Stage 2: latent variable distillation (method notes, section 6.2-6.3).
+"""Stage 2: latent variable distillation (docs/method.md §8.2-8.3).
 
 The LM's hidden state that predicts x_i is clustered by k-means into H-1 clusters; the cluster id is read
 as the latent state z_i. Positions holding EOS (the end of the text and its padding) get the reserved state
@@ -23,12 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distill import data, dist
+from distill import data
 from distill.em import Counts
 from distill.errors import DistillError
 from pc_core.hmm import HMM
+from pc_core.lm import resolve_device
 
-log = logging.getLogger("distill.lvd")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -164,7 +165,7 @@ def _fit_set(emb: data.Embedded, eos: int, limit: int, seed: int, device: torch.
 
 def run_lvd(cfg: LVDConfig) -> HMM:
     cfg.validate()
-    device = dist.resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     out = Path(cfg.out)
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device", "chunk_size")}
     settings["data"] = str(Path(cfg.data).resolve())  # the same directory however it is spelled

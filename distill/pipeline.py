@@ -25,7 +25,7 @@ from pathlib import Path
 from distill import dist
 from distill.errors import DistillError
 
-log = logging.getLogger("distill.pipeline")
+log = logging.getLogger(__name__)
 
 
 def _say(ctx: dist.Context, *args: object) -> None:

@@ -1,4 +1,4 @@
-"""Stage 1: ancestral samples from a causal LM (method notes, section 6.1), sharded and resumable.
+"""Stage 1: ancestral samples from a causal LM (docs/method.md §8.1), sharded and resumable.
 
 Plain sampling: temperature 1, the full vocabulary, no top-k/top-p. A manual decoding loop over the model's
 KV cache (one forward per position for the whole batch). Randomness is one uniform per (sequence, position)
@@ -18,16 +18,19 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from distill import data, dist
 from distill.errors import DistillError
+from pc_core.files import remove_stale_temporaries
+from pc_core.lm import DTYPES, forward_cached, load_lm
 
-log = logging.getLogger("distill.sample")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,7 +46,7 @@ class SampleConfig:
     save_embeddings: int = 0  # store hidden states for the first K sequences (LVD needs them)
     embedding_layer: int = -1  # index into the model's hidden_states: 0 = embeddings, -1 = last layer
     device: str = "auto"
-    dtype: str = "auto"  # auto: bfloat16 on CUDA (float16 without bf16 support), float32 on CPU
+    dtype: str = "auto"  # a name in pc_core.lm.DTYPES; auto: bf16 on CUDA (else fp16), float32 on CPU
 
     def validate(self) -> None:
         for name in ("num_sequences", "seq_len", "batch_size", "shard_size"):
@@ -51,20 +54,12 @@ class SampleConfig:
                 raise DistillError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.save_embeddings < 0:
             raise DistillError(f"save_embeddings must be >= 0, got {self.save_embeddings}")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise DistillError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise DistillError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
 
 # settings that change the samples: a resume must use the same ones
 IDENTITY = ("seed", "prompts_sha256", "save_embeddings", "embedding_layer")
-
-
-def _dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return getattr(torch, name)
 
 
 def read_prompts(path: str, tokenizer: object) -> list[list[int]]:
@@ -104,15 +99,14 @@ def sample_batch(
     hidden = None
     past, inp = None, ids
     for t in range(t_len):
-        out = model(
+        out, past = forward_cached(
+            model,
+            past,
             input_ids=inp,
             attention_mask=mask,
             position_ids=pos,
-            past_key_values=past,
-            use_cache=True,
             output_hidden_states=hidden_layer is not None,
         )
-        past = out.past_key_values
         if hidden_layer is not None:
             state = out.hidden_states[hidden_layer][:, -1].float()  # (B, D): the state that predicts x_t
             if hidden is None:
@@ -167,24 +161,85 @@ def _check_resume(out: Path, header: dict) -> None:
         )
 
 
+@dataclass
+class _Run:
+    """One rank's sampling run, set up once: the LM, the prompts and the manifest header."""
+
+    cfg: SampleConfig
+    ctx: dist.Context
+    out: Path
+    model: Any
+    vocab_size: int
+    eos: int | None
+    start_id: int | None  # the token unconditional samples start from (BOS, else EOS)
+    prompts: list[list[int]] | None
+    hidden_dim: int | None  # set when hidden states are stored
+    header: dict
+    own: list[dict] = field(default_factory=list)  # this rank's part-file entries
+
+    def batch_prompts(self, start: int, b0: int, b1: int) -> list[list[int]]:
+        """Prompts of the shard rows b0..b1 (the shard starts at global sequence `start`), cycled."""
+        if self.prompts:
+            return [self.prompts[(start + j) % len(self.prompts)] for j in range(b0, b1)]
+        return [[self.start_id]] * (b1 - b0)
+
+
 def run_sample(cfg: SampleConfig) -> dict:
     """Sample this rank's unfinished shards; returns the manifest (complete once every rank is done)."""
     from tqdm import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from pc_core.constraints.vocab import tokenizer_fingerprint
 
     cfg.validate()
     ctx = dist.init(cfg.device)
-    out = Path(cfg.out)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.lm)
+    run = _setup(cfg, ctx)
+    _open_output(run)
+    todo = _unfinished_shards(run)
+    bar = tqdm(
+        total=sum(c for _, _, c in todo),
+        unit="seq",
+        desc=f"sample rank {ctx.rank}",
+        disable=None,
+        position=ctx.rank,
+    )
+    for shard in todo:
+        _sample_shard(run, *shard, bar)
+    bar.close()
+    return _finish(run)
+
+
+def _setup(cfg: SampleConfig, ctx: dist.Context) -> _Run:
+    """Load the LM and its tokenizer, read the prompts, check the settings against the model."""
+    from pc_core.constraints.vocab import tokenizer_fingerprint
+
+    model, tokenizer = load_lm(cfg.lm, device=str(ctx.device), dtype=cfg.dtype)
     vocab_size, eos = len(tokenizer), tokenizer.eos_token_id
     start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
     prompts = read_prompts(cfg.prompts, tokenizer) if cfg.prompts else None
     if prompts is None and start_id is None:
         raise DistillError(f"{cfg.lm} has no BOS or EOS token to start unconditional samples; give --prompts")
+    if model.config.vocab_size < vocab_size:
+        raise DistillError(
+            f"vocabulary mismatch: the tokenizer of {cfg.lm} has {vocab_size} tokens, the LM head only "
+            f"{model.config.vocab_size}"
+        )
+    hidden_dim = _hidden_dim(cfg, model.config)
+    header = data.new_header(
+        lm=cfg.lm,
+        vocab_size=vocab_size,
+        eos_token_id=eos,
+        seq_len=cfg.seq_len,
+        num_sequences=cfg.num_sequences,
+        shard_size=cfg.shard_size,
+        settings=_settings(cfg),
+        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+        embedding_dim=hidden_dim,
+    )
+    return _Run(cfg, ctx, Path(cfg.out), model, vocab_size, eos, start_id, prompts, hidden_dim, header)
+
+
+def _settings(cfg: SampleConfig) -> dict:
+    """The manifest's record of the settings (IDENTITY names those a resume must keep)."""
     prompts_sha = hashlib.sha256(Path(cfg.prompts).read_bytes()).hexdigest() if cfg.prompts else None
-    settings = {
+    return {
         "seed": cfg.seed,
         "prompts": cfg.prompts,
         "prompts_sha256": prompts_sha,
@@ -193,108 +248,93 @@ def run_sample(cfg: SampleConfig) -> dict:
         "batch_size": cfg.batch_size,
         "dtype": cfg.dtype,
     }
-    model = AutoModelForCausalLM.from_pretrained(cfg.lm)
-    if model.config.vocab_size < vocab_size:
-        raise DistillError(
-            f"vocabulary mismatch: the tokenizer of {cfg.lm} has {vocab_size} tokens, the LM head only "
-            f"{model.config.vocab_size}"
-        )
-    model = model.to(device=ctx.device, dtype=_dtype(cfg.dtype, ctx.device)).eval()
-    hidden_dim = None
-    if cfg.save_embeddings:
-        layers = model.config.num_hidden_layers + 1
-        if not -layers <= cfg.embedding_layer < layers:
-            raise DistillError(
-                f"embedding_layer must be in {-layers}..{layers - 1}, got {cfg.embedding_layer}"
-            )
-        hidden_dim = model.config.hidden_size
-    header = data.new_header(
-        lm=cfg.lm,
-        vocab_size=vocab_size,
-        eos_token_id=eos,
-        seq_len=cfg.seq_len,
-        num_sequences=cfg.num_sequences,
-        shard_size=cfg.shard_size,
-        settings=settings,
-        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
-        embedding_dim=hidden_dim,
-    )
-    _check_resume(out, header)
-    dist.barrier(ctx)  # every rank has validated before rank 0 touches the directory
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        data.remove_stale_temporaries(out)
-        data.merge_manifest(out, header)
-    dist.barrier(ctx)
 
-    finished = data.finished_shards(out)
-    own_path = out / data.part_file(ctx.rank)
-    own = json.loads(own_path.read_text()) if own_path.exists() else []
-    mine = [s for s in data.plan(cfg.num_sequences, cfg.shard_size) if s[0] % ctx.world_size == ctx.rank]
+
+def _hidden_dim(cfg: SampleConfig, config: Any) -> int | None:
+    """The width of the stored hidden states (None when none are stored), checking embedding_layer."""
+    if not cfg.save_embeddings:
+        return None
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    layers = text.num_hidden_layers + 1
+    if not -layers <= cfg.embedding_layer < layers:
+        raise DistillError(f"embedding_layer must be in {-layers}..{layers - 1}, got {cfg.embedding_layer}")
+    return text.hidden_size
+
+
+def _open_output(run: _Run) -> None:
+    """Refuse a directory sampled with other settings; rank 0 creates it, removes temporaries a kill left
+    and writes the header; every rank then reads its own part file."""
+    _check_resume(run.out, run.header)
+    dist.barrier(run.ctx)  # every rank has validated before rank 0 touches the directory
+    if run.ctx.is_main:
+        run.out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run.out)
+        data.merge_manifest(run.out, run.header)
+    dist.barrier(run.ctx)
+    own_path = run.out / data.part_file(run.ctx.rank)
+    run.own = json.loads(own_path.read_text()) if own_path.exists() else []
+
+
+def _unfinished_shards(run: _Run) -> list[tuple[int, int, int]]:
+    """(index, start, count) of this rank's shards that are not finished and intact."""
+    finished = data.finished_shards(run.out)
+    ctx = run.ctx
     todo = []
-    for index, start, count in mine:
+    for index, start, count in data.plan(run.cfg.num_sequences, run.cfg.shard_size):
+        if index % ctx.world_size != ctx.rank:
+            continue
         entry = finished.get(index)
-        if entry is not None and data.shard_is_intact(out, entry):
+        if entry is not None and data.shard_is_intact(run.out, entry):
             log.info("shard %d: finished earlier, skipping", index)
         else:
             if entry is not None:
                 log.warning("shard %d: files missing or modified, sampling it again", index)
             todo.append((index, start, count))
-    bar = tqdm(
-        total=sum(c for _, _, c in todo),
-        unit="seq",
-        desc=f"sample rank {ctx.rank}",
-        disable=None,
-        position=ctx.rank,
-    )
-    for index, start, count in todo:
-        began = time.perf_counter()
-        seed = data.shard_seed(cfg.seed, index)
-        gen = torch.Generator().manual_seed(seed)
-        uniforms = torch.rand((count, cfg.seq_len), generator=gen, dtype=torch.float64)  # (n, T) on CPU
-        keep = min(max(cfg.save_embeddings - start, 0), count)  # rows of this shard that keep hidden states
-        tokens = np.empty((count, cfg.seq_len), dtype=data.token_dtype(vocab_size))
-        hidden = np.empty((keep, cfg.seq_len, hidden_dim or 0), dtype=data.EMBEDDING_DTYPE)
-        for b0 in range(0, count, cfg.batch_size):
-            b1 = min(b0 + cfg.batch_size, count)
-            batch_prompts = (
-                [prompts[(start + j) % len(prompts)] for j in range(b0, b1)]
-                if prompts
-                else [[start_id]] * (b1 - b0)
-            )
-            want = cfg.embedding_layer if b0 < keep else None
-            x, h = sample_batch(
-                model,
-                batch_prompts,
-                uniforms[b0:b1].to(ctx.device),
-                vocab_size,
-                eos,
-                pad_token_id=start_id if start_id is not None else 0,
-                hidden_layer=want,
-            )
-            tokens[b0:b1] = x.cpu().numpy()
-            if want is not None:
-                rows = min(b1, keep) - b0
-                hidden[b0 : b0 + rows] = h[:rows].cpu().numpy()
-            bar.update(b1 - b0)
-        entry = data.write_shard(out, ctx.rank, index, start, seed, tokens, hidden if keep else None)
-        data.record_shard(out, ctx.rank, entry, own)
-        if ctx.is_main:
-            data.merge_manifest(out, header)
-        elapsed = time.perf_counter() - began
-        log.info(
-            "shard %d: %d sequences, %.0f tokens/s, seed %d -> %s",
-            index,
-            count,
-            count * cfg.seq_len / elapsed,
-            seed,
-            entry["file"],
+    return todo
+
+
+def _sample_shard(run: _Run, index: int, start: int, count: int, bar: Any) -> None:
+    """Sample one shard batch by batch, write its files and record it."""
+    cfg, ctx = run.cfg, run.ctx
+    began = time.perf_counter()
+    seed = data.shard_seed(cfg.seed, index)
+    gen = torch.Generator().manual_seed(seed)
+    uniforms = torch.rand((count, cfg.seq_len), generator=gen, dtype=torch.float64)  # (n, T) on CPU
+    keep = min(max(cfg.save_embeddings - start, 0), count)  # rows of this shard that keep hidden states
+    tokens = np.empty((count, cfg.seq_len), dtype=data.token_dtype(run.vocab_size))
+    hidden = np.empty((keep, cfg.seq_len, run.hidden_dim or 0), dtype=data.EMBEDDING_DTYPE)
+    for b0 in range(0, count, cfg.batch_size):
+        b1 = min(b0 + cfg.batch_size, count)
+        want = cfg.embedding_layer if b0 < keep else None
+        x, h = sample_batch(
+            run.model,
+            run.batch_prompts(start, b0, b1),
+            uniforms[b0:b1].to(ctx.device),
+            run.vocab_size,
+            run.eos,
+            pad_token_id=run.start_id if run.start_id is not None else 0,
+            hidden_layer=want,
         )
-    bar.close()
-    dist.barrier(ctx)
+        tokens[b0:b1] = x.cpu().numpy()
+        if want is not None:
+            rows = min(b1, keep) - b0
+            hidden[b0 : b0 + rows] = h[:rows].cpu().numpy()
+        bar.update(b1 - b0)
+    entry = data.write_shard(run.out, ctx.rank, index, start, seed, tokens, hidden if keep else None)
+    data.record_shard(run.out, ctx.rank, entry, run.own)
     if ctx.is_main:
-        data.merge_manifest(out, header, final=True)
-    dist.barrier(ctx)
-    manifest = data.read_manifest(out)
-    log.info("%s: %d of %d shards finished", out, len(manifest["shards"]), manifest["num_shards"])
+        data.merge_manifest(run.out, run.header)
+    elapsed = time.perf_counter() - began
+    rate = count * cfg.seq_len / elapsed
+    log.info("shard %d: %d sequences, %.0f tokens/s, seed %d -> %s", index, count, rate, seed, entry["file"])
+
+
+def _finish(run: _Run) -> dict:
+    """Once every rank is done, rank 0 writes the final manifest; every rank returns it."""
+    dist.barrier(run.ctx)
+    if run.ctx.is_main:
+        data.merge_manifest(run.out, run.header, final=True)
+    dist.barrier(run.ctx)
+    manifest = data.read_manifest(run.out)
+    log.info("%s: %d of %d shards finished", run.out, len(manifest["shards"]), manifest["num_shards"])
     return manifest

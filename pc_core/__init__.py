@@ -1,41 +1,45 @@
-"""pcgen core: constraints -> token DFAs, the HMM, the exact constraint guide and guided decoding."""
+"""pcgen core: constraints -> token DFAs, the HMM, the exact constraint guide and guided decoding.
 
-from pc_core.constraints import (
-    TokenDFA,
-    check_ids,
-    check_text,
-    compile_constraint,
-    parse_constraint,
-)
-from pc_core.decoding import BatchDecoder, DecodeParams, GenerationOutput, Request, generate
-from pc_core.errors import (
-    ConstraintError,
-    ConstraintTooComplex,
-    HMMFormatError,
-    PcgenError,
-    TokenizerMismatch,
-    UnsatisfiableConstraint,
-)
-from pc_core.guide import ConstraintGuide
-from pc_core.hmm import HMM
+Names are imported on first use (PEP 562), so `import pc_core.constraints` (a constraint-compiling worker
+process) does not load torch."""
 
-__all__ = [
-    "BatchDecoder",
-    "ConstraintGuide",
-    "DecodeParams",
-    "GenerationOutput",
-    "HMM",
-    "Request",
-    "generate",
-    "ConstraintError",
-    "ConstraintTooComplex",
-    "HMMFormatError",
-    "PcgenError",
-    "TokenDFA",
-    "TokenizerMismatch",
-    "UnsatisfiableConstraint",
-    "check_ids",
-    "check_text",
-    "compile_constraint",
-    "parse_constraint",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "TokenDFA": "pc_core.constraints",
+    "check_ids": "pc_core.constraints",
+    "check_text": "pc_core.constraints",
+    "compile_constraint": "pc_core.constraints",
+    "parse_constraint": "pc_core.constraints",
+    "BatchDecoder": "pc_core.decoding",
+    "GenerationOutput": "pc_core.decoding",
+    "GuidedSearch": "pc_core.decoding",
+    "generate": "pc_core.decoding",
+    "prepare": "pc_core.decoding",
+    "ConstraintError": "pc_core.errors",
+    "ConstraintTooComplex": "pc_core.errors",
+    "HMMFormatError": "pc_core.errors",
+    "PcgenError": "pc_core.errors",
+    "TokenizerMismatch": "pc_core.errors",
+    "UnsatisfiableConstraint": "pc_core.errors",
+    "ConstraintGuide": "pc_core.guide",
+    "HMM": "pc_core.hmm",
+    "DecodeParams": "pc_core.params",
+    "DecodingError": "pc_core.params",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pc_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -2,12 +2,12 @@
 token class c, without the banned tokens (those that split a character), in float64.
 
 Summing all of B per constraint is a pass over the whole emission, and fast only with a (V, H) copy of it:
-that copy took 4.1 s to build and 0.8 GB to keep at H = 4096, for this alone, and the sum 65-94 ms per
-constraint (dev box, 1 thread). A keyword constraint's classes are a few hundred tokens plus, per vocabulary
-block (word continuations / the rest), one large class. So the HMM caches per-block totals
-(`HMM.block_totals`, once per model and tokenizer: 1.8 s at H = 4096), a constraint gathers only the tokens
-outside each block's largest class (~600 for five keywords: 55-73 ms at H = 4096), and that class's mass is
-the block total minus what was gathered.
+a second emission-sized buffer, slow to build, kept for this alone, and still a full pass per constraint.
+A keyword constraint's classes are a few hundred tokens plus, per vocabulary block (word continuations / the
+rest), one large class. So the HMM caches per-block totals (`HMM.block_totals`, once per model and
+tokenizer), a constraint gathers only the tokens outside each block's largest class (~600 for five
+keywords), and that class's mass is the block total minus what was gathered. The timings behind this choice
+are in docs/benchmarks.md, "Measurements behind design choices".
 
 Subtracting in float64 is exact to ~1e-16 of the block total, which is only a problem where the remainder
 is a tiny part of the total: a hidden state that emits almost nothing but gathered tokens (a state
@@ -65,7 +65,8 @@ def class_masses(
 def _columns(hmm: HMM, tokens: np.ndarray, rows: list[int] | None = None) -> torch.Tensor:
     """(n, H) float64 B[z, x] for the given tokens (only hidden states `rows`, when given: (n, len(rows)))."""
     log_b = hmm.log_emission if rows is None else hmm.log_emission[rows]
-    # index_select, not log_b[:, ids]: ~3x faster on a row-major (H, V) matrix (25 vs 82 ms, 600 columns)
+    # index_select, not log_b[:, ids]: advanced indexing of columns of a row-major (H, V) matrix is much
+    # slower (docs/benchmarks.md, "Measurements behind design choices")
     return log_b.index_select(1, _long(tokens, hmm.device)).T.double().exp()
 
 

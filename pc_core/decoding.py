@@ -1,17 +1,24 @@
-"""Guided decoding (method notes, section 5): the LM proposes, the guide's exact q(x) reweights.
+"""Guided decoding (docs/method.md §6): the LM proposes, the guide's exact q(x) reweights.
 
     score(x) = log p_lm(x | prompt, prefix) + hmm_weight * log P_hmm(constraint | prefix, x)
 
 Tokens with q(x) = 0 are never chosen, so every finished text satisfies the constraint within
 max_new_tokens; `constraint_satisfied` is then re-checked on the decoded text by the independent checker.
 
-`BatchDecoder` steps many requests together (each with its own constraint, guide state and search): one
-LM forward for all their rows over a shared left-padded KV cache, one guide product for all their beams.
-Requests join and leave between steps (continuous batching). `generate()` is the one-request front door.
+    search = prepare(tokenizer, hmm, constraint, prompt, params)   compile, guide, first state  (any thread)
+    decoder = BatchDecoder(lm); decoder.add(search)                prefill; join the batch
+    finished = decoder.step()                                      one token for every search in the batch
+    search.output                                                  set when it finished
+
+`BatchDecoder` steps many searches together (each with its own constraint, guide state and strategy): one LM
+forward for all their rows over a shared left-padded KV cache, one guide product for all their beams
+(guide.plan / multiply / assemble). Searches join and leave between steps (continuous batching).
+`generate()` is the one-request front door.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -20,56 +27,23 @@ from typing import Any
 
 import torch
 
-from pc_core.constraints import check_ids, compile_constraint, decode_continuation, parse_constraint
-from pc_core.constraints.compiler import DEFAULT_MAX_STATES, DEFAULT_TIME_BUDGET_S, explain_unsatisfiable
-from pc_core.errors import BlocklistInteraction, PcgenError, UnsatisfiableConstraint
-from pc_core.guide import ConstraintGuide, GuideState, batched_next_log_probs
+from pc_core.constraints import (
+    Constraint,
+    check_ids,
+    compile_constraint,
+    decode_continuation,
+    parse_constraint,
+)
+from pc_core.constraints.checker import keyword_matches
+from pc_core.constraints.compiler import explain_unsatisfiable
+from pc_core.constraints.dfa import TokenDFA
+from pc_core.errors import BlocklistInteraction, TokenizerMismatch, UnsatisfiableConstraint
+from pc_core.guide import ConstraintGuide, GuideState, multiply
 from pc_core.hmm import HMM
 from pc_core.lm import KVBatch
+from pc_core.params import DecodeParams
 
 NEG_INF = float("-inf")
-MIN_TEMPERATURE = 1e-3  # below this, logits / temperature overflows float32 on ordinary LM logits
-
-
-class DecodingError(PcgenError, ValueError):
-    """Invalid decoding parameters."""
-
-
-@dataclass
-class DecodeParams:
-    max_new_tokens: int = 32
-    min_new_tokens: int = 0
-    num_beams: int = 1
-    num_return_sequences: int = 1
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    hmm_weight: float = 1.0
-    length_penalty: float = 1.0  # final choice: LM log-likelihood / length ** length_penalty
-    hmm_context_tokens: int = 0  # prompt tokens fed to the HMM's forward vector
-    max_states: int = DEFAULT_MAX_STATES
-    time_budget_s: float = DEFAULT_TIME_BUDGET_S  # for compiling the constraint
-
-    def validate(self) -> None:
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise DecodingError(message)
-
-        need(self.max_new_tokens >= 1, "max_new_tokens must be >= 1")
-        need(0 <= self.min_new_tokens <= self.max_new_tokens, "min_new_tokens must be in 0..max_new_tokens")
-        need(self.num_beams >= 1, "num_beams must be >= 1")
-        need(self.num_return_sequences >= 1, "num_return_sequences must be >= 1")
-        if self.do_sample:
-            need(self.num_beams == 1, "sampling uses num_beams = 1 (num_return_sequences samples instead)")
-        else:
-            need(self.num_return_sequences <= self.num_beams, "num_return_sequences must be <= num_beams")
-        need(MIN_TEMPERATURE <= self.temperature and math.isfinite(self.temperature),
-             f"temperature must be >= {MIN_TEMPERATURE} (use beam search for deterministic output)")  # fmt: skip
-        need(0 < self.top_p <= 1, "top_p must be in (0, 1]")
-        need(self.time_budget_s > 0, "time_budget_s must be > 0")
-        need(self.hmm_weight >= 0 and math.isfinite(self.hmm_weight), "hmm_weight must be >= 0")
-        need(self.hmm_context_tokens >= 0, "hmm_context_tokens must be >= 0")
 
 
 @dataclass
@@ -88,6 +62,28 @@ class GenerationOutput:
     dfa_states: int
     timings: dict[str, float] = field(default_factory=dict)  # dfa_ms, precompute_ms, decode_ms
 
+    def outputs_json(self, constraint: Constraint | dict | str) -> list[dict[str, Any]]:
+        """The outputs as the REST API and `pcgen generate --json` show them, with the character spans of
+        the keywords found (`matches`)."""
+        return [
+            {
+                "text": s.text,
+                "token_ids": list(s.token_ids),
+                "constraint_satisfied": bool(s.constraint_satisfied),
+                "finish_reason": s.finish_reason,
+                "logprob": s.logprob if math.isfinite(s.logprob) else -1e30,  # JSON has no -Infinity
+                "matches": keyword_matches(constraint, s.text),
+            }
+            for s in self.sequences
+        ]
+
+    @property
+    def usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": sum(len(s.token_ids) for s in self.sequences),
+        }
+
 
 @dataclass
 class StreamEvent:
@@ -105,64 +101,96 @@ class _Hypothesis:
     finish_reason: str
 
 
-class Request:
-    """One generation request: its guide, its search state, and its rows in the shared batch."""
+# ---------------------------------------------------------------------------------------------- prepare
+
+
+def prepare(
+    tokenizer: Any,
+    hmm: HMM,
+    constraint: Constraint | dict | str,
+    prompt: str | Sequence[int] = "",
+    params: DecodeParams | None = None,
+    on_stream: Callable[[StreamEvent], None] | None = None,
+) -> GuidedSearch:
+    """Compile the constraint, build its guide and the search's first state. Raises ConstraintError (incl.
+    UnsatisfiableConstraint within max_new_tokens) for the constraint, TokenizerMismatch for the models."""
+    params = params or DecodeParams()
+    if len(tokenizer) != hmm.vocab_size:
+        raise TokenizerMismatch(f"the tokenizer has {len(tokenizer)} tokens but the HMM has {hmm.vocab_size}")
+    prompt_ids = (
+        list(prompt) if not isinstance(prompt, str) else tokenizer.encode(prompt, add_special_tokens=False)
+    )
+    constraint = parse_constraint(constraint)
+    dfa, guide, timings = _guide(tokenizer, hmm, constraint, params)
+    if not bool(guide.tables.feasible[params.max_new_tokens][dfa.initial_state]):
+        needed = int(dfa.steps_to_accept[dfa.initial_state])
+        detail = (
+            f"it needs at least {needed} tokens"
+            if needed >= 0
+            else explain_unsatisfiable(constraint, tokenizer)
+        )
+        raise UnsatisfiableConstraint(
+            "constraint",
+            f"cannot be satisfied within max_new_tokens={params.max_new_tokens} "
+            f"(min_new_tokens={params.min_new_tokens}): {detail}",
+        )
+    context = prompt_ids[-params.hmm_context_tokens :] if params.hmm_context_tokens else []
+    search = GuidedSearch(tokenizer, constraint, dfa, guide, params, prompt_ids, on_stream)
+    search.guide_state = guide.init_state(params.rows, hmm_context=context)
+    search.timings = timings
+    return search
+
+
+def _guide(
+    tokenizer: Any, hmm: HMM, constraint: Constraint, params: DecodeParams
+) -> tuple[TokenDFA, ConstraintGuide, dict[str, float]]:
+    """The DFA, its guide and how long each took (dfa_ms, precompute_ms); a blocklist that could dead-end
+    the rest of the constraint is compiled into one exact product instead."""
+    compile_args = {"max_states": params.max_states, "time_budget_s": params.time_budget_s}
+    guide_args = {"horizon": params.max_new_tokens, "min_new_tokens": params.min_new_tokens}
+    started = time.perf_counter()
+    dfa = compile_constraint(constraint, tokenizer, **compile_args)
+    compiled = time.perf_counter()
+    try:
+        guide = ConstraintGuide(hmm, dfa, **guide_args)
+    except BlocklistInteraction:
+        dfa = compile_constraint(constraint, tokenizer, blocklist_mask=False, **compile_args)
+        guide = ConstraintGuide(hmm, dfa, **guide_args)
+    timings = {
+        "dfa_ms": (compiled - started) * 1000,
+        "precompute_ms": (time.perf_counter() - compiled) * 1000,
+    }
+    return dfa, guide, timings
+
+
+# ---------------------------------------------------------------------------------------------- one search
+
+
+class GuidedSearch:
+    """One request's search: its guide, beams or samples, and what it has generated so far. Built by
+    `prepare`; stepped by BatchDecoder (`choose` after each LM forward)."""
 
     def __init__(
         self,
         tokenizer: Any,
-        hmm: HMM,
-        constraint: Any,
-        prompt: str | Sequence[int] = "",
-        params: DecodeParams | None = None,
-        on_stream: Callable[[StreamEvent], None] | None = None,
+        constraint: Constraint,
+        dfa: TokenDFA,
+        guide: ConstraintGuide,
+        params: DecodeParams,
+        prompt_ids: list[int],
+        on_stream: Callable[[StreamEvent], None] | None,
     ) -> None:
-        self.params = params = params or DecodeParams()
-        params.validate()
-        self.tokenizer, self.hmm, self.on_stream = tokenizer, hmm, on_stream
+        self.tokenizer, self.constraint, self.dfa, self.guide = tokenizer, constraint, dfa, guide
+        self.params, self.on_stream = params, on_stream
         self.eos = tokenizer.eos_token_id
-        self.vocab_size = hmm.vocab_size
-        if len(tokenizer) != hmm.vocab_size:
-            raise DecodingError(f"the tokenizer has {len(tokenizer)} tokens but the HMM has {hmm.vocab_size}")
-        if isinstance(prompt, str):
-            prompt_ids = tokenizer.encode(prompt, add_special_tokens=False) if prompt else []
-        else:
-            prompt_ids = list(prompt)
+        self.vocab_size = guide.hmm.vocab_size
         self.prompt_tokens = len(prompt_ids)
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else self.eos
         self.lm_input = prompt_ids or [bos]  # the LM needs at least one token to condition on
-        started = time.perf_counter()
-        self.constraint = parse_constraint(constraint)
-        compile_args = {"max_states": params.max_states, "time_budget_s": params.time_budget_s}
-        self.dfa = compile_constraint(self.constraint, tokenizer, **compile_args)
-        dfa_done = time.perf_counter()
-        guide_args = {"horizon": params.max_new_tokens, "min_new_tokens": params.min_new_tokens}
-        try:
-            self.guide = ConstraintGuide(hmm, self.dfa, **guide_args)
-        except BlocklistInteraction:  # the blocklist and the rest interact: one exact product instead
-            self.dfa = compile_constraint(self.constraint, tokenizer, blocklist_mask=False, **compile_args)
-            self.guide = ConstraintGuide(hmm, self.dfa, **guide_args)
-        t = self.guide.tables
-        if not bool(t.feasible[params.max_new_tokens][self.dfa.initial_state]):
-            needed = int(self.dfa.steps_to_accept[self.dfa.initial_state])
-            detail = (
-                f"it needs at least {needed} tokens"
-                if needed >= 0
-                else explain_unsatisfiable(self.constraint, tokenizer)
-            )
-            raise UnsatisfiableConstraint(
-                "constraint",
-                f"cannot be satisfied within max_new_tokens={params.max_new_tokens} "
-                f"(min_new_tokens={params.min_new_tokens}): {detail}",
-            )
-        self.timings = {
-            "dfa_ms": (dfa_done - started) * 1000,
-            "precompute_ms": (time.perf_counter() - dfa_done) * 1000,
-        }
-        context = prompt_ids[-params.hmm_context_tokens :] if params.hmm_context_tokens else []
-        self.rows = params.num_return_sequences if params.do_sample else params.num_beams
-        self.guide_state: GuideState = self.guide.init_state(self.rows, hmm_context=context)
-        device = hmm.device
+        self.rows = params.rows
+        self.guide_state: GuideState
+        self.timings: dict[str, float] = {}
+        device = guide.hmm.device
         self.generated = torch.zeros((self.rows, 0), dtype=torch.long, device=device)  # (rows, t)
         self.lm_logprob = torch.zeros(self.rows, device=device)  # cumulative LM log-likelihood
         self.beam_score = torch.full((self.rows,), NEG_INF, device=device)  # cumulative guided log-prob
@@ -172,34 +200,27 @@ class Request:
         self.generator = None
         if params.do_sample:
             self.generator = torch.Generator(device=device)
-            self.generator.manual_seed(
-                params.seed if params.seed is not None else int(torch.randint(2**62, ()))
-            )
+            seed = params.seed if params.seed is not None else int(torch.randint(2**62, ()))
+            self.generator.manual_seed(seed)
         self.streamed: list[list[int]] = [[] for _ in range(params.num_return_sequences)]
         self.done = False
-        self.error: Exception | None = None  # set when this request failed inside a batched step
+        self.error: Exception | None = None  # set when this search failed inside a batched step
         self.step_count = 0
         self.decode_started = time.perf_counter()
         self.output: GenerationOutput | None = None
-
-    # ------------------------------------------------------------------ one step
 
     def choose(self, lm_logits: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pick next tokens from LM logits (rows, V_lm) and guide log-probs (rows, V).
 
         Returns (parent row per continuing row, next token per continuing row); empty when finished.
         """
-        p = self.params
-        lm_logp = torch.log_softmax(lm_logits[:, : self.vocab_size].float(), dim=-1)  # (rows, V)
         if lm_logits.shape[1] < self.vocab_size:
-            raise DecodingError(
+            raise TokenizerMismatch(
                 f"the LM has {lm_logits.shape[1]} output logits, fewer than the {self.vocab_size} tokens"
             )
-        last = self.step_count + 1 >= p.max_new_tokens
-        if p.do_sample:
-            parents, tokens = self._sample(lm_logp, q, last)
-        else:
-            parents, tokens = self._beam(lm_logp, q, last)
+        lm_logp = torch.log_softmax(lm_logits[:, : self.vocab_size].float(), dim=-1)  # (rows, V)
+        last = self.step_count + 1 >= self.params.max_new_tokens
+        parents, tokens = (self._sample if self.params.do_sample else self._beam)(lm_logp, q, last)
         self.step_count += 1
         if tokens.numel():
             self.guide_state = self.guide.advance(self.guide_state.select(parents), tokens)
@@ -219,8 +240,7 @@ class Request:
 
     def _beam(self, lm_logp: torch.Tensor, q: torch.Tensor, last: bool) -> tuple[torch.Tensor, torch.Tensor]:
         beams, v = self.rows, self.vocab_size
-        guided = self.next_distribution(lm_logp, q)
-        scores = (self.beam_score[:, None] + guided).reshape(-1)  # (beams * V,)
+        scores = (self.beam_score[:, None] + self.next_distribution(lm_logp, q)).reshape(-1)  # (beams * V,)
         top = torch.topk(scores, min(2 * beams + 1, scores.numel()))
         parents, tokens, new_scores = [], [], []
         ended = 0
@@ -270,9 +290,8 @@ class Request:
             slot = self.sample_index[row]
             if token == self.eos or last:
                 ids = self.generated[row].tolist() + ([] if token == self.eos else [token])
-                self.finished[slot] = _Hypothesis(
-                    ids, float(logprob[row]), "eos" if token == self.eos else "length"
-                )
+                reason = "eos" if token == self.eos else "length"
+                self.finished[slot] = _Hypothesis(ids, float(logprob[row]), reason)
             else:
                 keep.append(row)
         keep_t = torch.tensor(keep, dtype=torch.long, device=tokens.device)
@@ -280,8 +299,7 @@ class Request:
         self.generated = torch.cat([self.generated[keep_t], tokens[keep_t, None]], 1)
         self.lm_logprob = logprob[keep_t]
         self.rows = len(keep)
-        if not keep:
-            self.done = True
+        self.done = not keep
         return keep_t, tokens[keep_t]
 
     # ------------------------------------------------------------------ streaming and results
@@ -318,109 +336,103 @@ class Request:
 
     def _finish(self) -> None:
         p = self.params
-        hyps = [h for h in self.finished if h is not None]
         results = []
-        for h in hyps:
+        for h in (h for h in self.finished if h is not None):
             text = decode_continuation(self.tokenizer, h.ids)
             results.append((h, text, check_ids(self.constraint, self.tokenizer, h.ids)))
         if not p.do_sample:
 
             def rank(item: tuple) -> tuple:
                 h, _, ok = item
-                length = max(1, len(h.ids))
-                return (bool(ok), h.lm_logprob / (length**p.length_penalty))
+                return (bool(ok), h.lm_logprob / (max(1, len(h.ids)) ** p.length_penalty))
 
-            results.sort(key=rank, reverse=True)
-            results = results[: p.num_return_sequences]
-        if (
-            self.on_stream is not None and not p.do_sample
-        ):  # the rest of each chosen beam, after what was settled
-            for index, (h, text, _) in enumerate(results):
-                sent = (
-                    self.streamed[index] if h.ids[: len(self.streamed[index])] == self.streamed[index] else []
-                )
-                done = decode_continuation(self.tokenizer, sent)
-                if text != done:
-                    self.on_stream(StreamEvent(index, text[len(done) :], h.ids[len(sent) :]))
-        self.output = GenerationOutput(
-            sequences=[
-                SequenceResult(text, h.ids, bool(ok), h.finish_reason, h.lm_logprob)
-                for h, text, ok in results
-            ],
-            prompt_tokens=self.prompt_tokens,
-            dfa_states=self.dfa.num_states,
-            timings={**self.timings, "decode_ms": (time.perf_counter() - self.decode_started) * 1000},
-        )
+            results = sorted(results, key=rank, reverse=True)[: p.num_return_sequences]
+            if self.on_stream is not None:  # the rest of each chosen beam, after what was settled
+                for index, (h, text, _) in enumerate(results):
+                    sent = self.streamed[index]
+                    sent = sent if h.ids[: len(sent)] == sent else []
+                    done = decode_continuation(self.tokenizer, sent)
+                    if text != done:
+                        self.on_stream(StreamEvent(index, text[len(done) :], h.ids[len(sent) :]))
+        sequences = [
+            SequenceResult(text, h.ids, bool(ok), h.finish_reason, h.lm_logprob) for h, text, ok in results
+        ]
+        decode_ms = (time.perf_counter() - self.decode_started) * 1000
+        self.output = GenerationOutput(sequences, self.prompt_tokens, self.dfa.num_states,
+                                       {**self.timings, "decode_ms": decode_ms})  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- batching
 
 
 class BatchDecoder:
-    """Steps many Requests together over one LM; add() between steps, collect finished ones from step()."""
+    """Steps many GuidedSearches together over one LM; add() between steps, collect finished ones from
+    step()."""
 
-    def __init__(self, lm: Any, max_rows: int | None = None) -> None:
+    def __init__(self, lm: Any) -> None:
         self.lm = lm
-        self.max_rows = max_rows
-        self.requests: list[Request] = []
+        self.searches: list[GuidedSearch] = []
         self.kv: KVBatch | None = None
-        self.pending: list[torch.Tensor] = []  # per request: LM logits (rows, V_lm) for its next choice
+        self.pending: list[torch.Tensor] = []  # per search: LM logits (rows, V_lm) for its next choice
 
     @property
     def rows(self) -> int:
-        return sum(r.rows for r in self.requests)
+        return sum(s.rows for s in self.searches)
 
-    def add(self, request: Request) -> None:
+    def add(self, search: GuidedSearch) -> None:
         """Prefill the prompt and join the batch (its rows start as copies of the prompt row)."""
         lm_device = next(self.lm.parameters()).device
-        if lm_device != request.hmm.device:
-            raise DecodingError(
-                f"the LM is on {lm_device} but the HMM is on {request.hmm.device}; use one device"
+        if lm_device != search.guide.hmm.device:
+            raise TokenizerMismatch(
+                f"the LM is on {lm_device} but the HMM is on {search.guide.hmm.device}; use one device"
             )
-        kv, logits = KVBatch.prefill(self.lm, request.lm_input)
-        index = torch.zeros(request.rows, dtype=torch.long, device=logits.device)
-        kv = kv.select(index)
+        kv, logits = KVBatch.prefill(self.lm, search.lm_input)
+        kv = kv.select(torch.zeros(search.rows, dtype=torch.long, device=logits.device))
         self.kv = kv if self.kv is None else KVBatch.concat([self.kv, kv])
-        self.requests.append(request)
-        self.pending.append(logits.expand(request.rows, -1))
+        self.searches.append(search)
+        self.pending.append(logits.expand(search.rows, -1))
 
-    def step(self) -> list[Request]:
-        """One token for every active request; returns the requests that finished in this step (those that
-        failed have `error` set and no output; the others in the batch carry on)."""
-        if not self.requests:
+    def step(self) -> list[GuidedSearch]:
+        """One token for every active search; returns those that finished in this step (those that failed
+        have `error` set and no output; the others in the batch carry on)."""
+        if not self.searches:
             return []
-        qs = batched_next_log_probs([(r.guide, r.guide_state) for r in self.requests])
+        planned = [(s.guide, s.guide.plan(s.guide_state)) for s in self.searches]
+        qs = [guide.assemble(plan, products) for (guide, plan), products in zip(planned, multiply(planned))]
         index, tokens, survivors, finished = [], [], [], []
         offset = 0
-        for request, logits, q in zip(self.requests, self.pending, qs):
+        for search, logits, q in zip(self.searches, self.pending, qs):
             rows_before = logits.shape[0]
             try:
-                parents, next_tokens = request.choose(logits, q)
-            except Exception as err:  # noqa: BLE001 - one bad request must not take its batch down
-                request.error, request.done = err, True
-            if request.done:
-                finished.append(request)
+                parents, next_tokens = search.choose(logits, q)
+            except Exception as err:  # noqa: BLE001 - one bad search must not take its batch down
+                search.error, search.done = err, True
+            if search.done:
+                finished.append(search)
             else:
                 index.append(parents + offset)
                 tokens.append(next_tokens)
-                survivors.append(request)
+                survivors.append(search)
             offset += rows_before
-        self.requests = survivors
+        self.searches = survivors
         if not survivors:
             self.kv, self.pending = None, []
             return finished
         self.kv, logits = self.kv.select(torch.cat(index)).forward(self.lm, torch.cat(tokens))
-        self.pending = list(logits.split([r.rows for r in survivors]))
+        self.pending = list(logits.split([s.rows for s in survivors]))
         return finished
 
-    def cancel(self, request: Request) -> None:
-        """Drop a request's rows (client went away)."""
-        if request not in self.requests:
+    def cancel(self, search: GuidedSearch) -> None:
+        """Drop a search's rows (client went away, deadline passed)."""
+        if search not in self.searches:
             return
         keep, offset = [], 0
-        for r, logits in zip(self.requests, self.pending):
-            if r is not request:
+        for s, logits in zip(self.searches, self.pending):
+            if s is not search:
                 keep.append(torch.arange(offset, offset + logits.shape[0], device=logits.device))
             offset += logits.shape[0]
-        i = self.requests.index(request)
-        del self.requests[i], self.pending[i]
+        i = self.searches.index(search)
+        del self.searches[i], self.pending[i]
         self.kv = self.kv.select(torch.cat(keep)) if keep else None
 
 
@@ -428,38 +440,23 @@ def generate(
     lm: Any,
     tokenizer: Any,
     hmm: HMM,
-    constraint: Any,
+    constraint: Constraint | dict | str,
+    params: DecodeParams | None = None,
+    *,
     prompt: str | Sequence[int] = "",
-    max_new_tokens: int = 32,
-    min_new_tokens: int = 0,
-    num_beams: int = 1,
-    num_return_sequences: int = 1,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    seed: int | None = None,
-    hmm_weight: float = 1.0,
-    length_penalty: float = 1.0,
-    hmm_context_tokens: int = 0,
     on_stream: Callable[[StreamEvent], None] | None = None,
+    **fields: Any,
 ) -> GenerationOutput:
-    """Generate text that satisfies `constraint` (a spec of the constraint language, or parsed)."""
-    params = DecodeParams(
-        max_new_tokens=max_new_tokens,
-        min_new_tokens=min_new_tokens,
-        num_beams=num_beams,
-        num_return_sequences=num_return_sequences,
-        do_sample=do_sample,
-        temperature=temperature,
-        top_p=top_p,
-        seed=seed,
-        hmm_weight=hmm_weight,
-        length_penalty=length_penalty,
-        hmm_context_tokens=hmm_context_tokens,
-    )
-    request = Request(tokenizer, hmm, constraint, prompt, params, on_stream)
+    """Generate text that satisfies `constraint` (a spec of the constraint language, or parsed).
+
+    `params`, or DecodeParams fields as keywords: generate(lm, tok, hmm, spec, max_new_tokens=32, num_beams=8)."""
+    if fields:
+        params = dataclasses.replace(params, **fields) if params else DecodeParams(**fields)
+    search = prepare(tokenizer, hmm, constraint, prompt, params, on_stream)
     decoder = BatchDecoder(lm)
-    decoder.add(request)
-    while not request.done:
+    decoder.add(search)
+    while not search.done:
         decoder.step()
-    return request.output
+    if search.error is not None:
+        raise search.error
+    return search.output

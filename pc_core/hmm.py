@@ -1,4 +1,4 @@
-"""The hidden Markov model (method notes, section 1), its checkpoint format and importers.
+"""The hidden Markov model (docs/method.md §2), its checkpoint format and importers.
 
 Parameters live in log space: `log_initial` (H,), `log_transition` (H, H), `log_emission` (H, V). The guide
 and EM work in probability space with max-shifted matmuls; `transition_probs()`, `emission_probs()` (H, V)
@@ -20,13 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pc_core.errors import HMMFormatError
+from pc_core.files import atomic_path, atomic_write_json
 from pc_core.kernels import onednn_packed
 
 FORMAT = "pcgen-hmm"
@@ -231,8 +231,9 @@ class HMM:
             "log_transition": self.log_transition.detach().float().cpu().contiguous(),
             "log_emission": self.log_emission.detach().float().cpu().contiguous(),
         }
-        _atomic_write(directory / WEIGHTS, lambda path: save_file(tensors, str(path)))
-        _atomic_write(directory / CONFIG, lambda path: Path(path).write_text(json.dumps(config, indent=2)))
+        with atomic_path(directory / WEIGHTS) as tmp:
+            save_file(tensors, str(tmp))
+        atomic_write_json(directory / CONFIG, config)
         return directory
 
     @classmethod
@@ -301,19 +302,6 @@ class HMM:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _resolve(source: str | os.PathLike) -> Path:

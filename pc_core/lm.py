@@ -1,36 +1,70 @@
 """The language model side: loading a Hugging Face causal LM, and a batched KV cache that rows of several
-requests share (left-padded, so prompts of different lengths decode in one forward per step)."""
+requests share (left-padded, so prompts of different lengths decode in one forward per step).
+
+Any transformers causal LM with a KV cache works (GPT-2, Llama, Qwen2, ...): the cache is read and written
+per layer through transformers' `Cache` objects, and passed under the keyword the model's forward expects
+(`cache` in current transformers, `past_key_values` before the rename; see `cache_kwarg`). The context
+length comes from the config (`max_positions`).
+
+Names shared with the service and the distillation stages: `resolve_device` and the dtype table `DTYPES`
+with `resolve_dtype`.
+"""
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+# dtype names accepted everywhere (`pcgen generate/serve --dtype`, PCGEN_DTYPE, `pcgen distill sample
+# --dtype`); "auto" is resolved per device by resolve_dtype
+DTYPES: dict[str, torch.dtype | None] = {
+    "auto": None,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
-def resolve_device(device: str | None) -> torch.device:
+
+def resolve_device(device: str | None = "auto") -> torch.device:
+    """The torch device for a device setting.
+
+    "auto" (or None): this process's GPU when CUDA is available, else the CPU. "This process's GPU" is
+    cuda:LOCAL_RANK, so every process that torchrun starts gets its own GPU; outside torchrun LOCAL_RANK is
+    unset and it is cuda:0. Anything else ("cpu", "cuda", "cuda:1", "mps") is passed to torch.device as is.
+    """
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
-    """ "auto": bf16 on CUDA when supported (else fp16), fp32 on CPU."""
-    if dtype in (None, "auto"):
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}  # fmt: skip
-    if dtype not in table:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(sorted(table))}")
-    return table[dtype]
+def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """The torch dtype for a name in DTYPES. "auto" (or None): bfloat16 on CUDA when the GPU supports it
+    (else float16), float32 elsewhere. An unknown name raises ValueError listing the known ones."""
+    if name is None:
+        name = "auto"
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
+    if DTYPES[name] is not None:
+        return DTYPES[name]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
 
 
 def load_lm(name_or_path: str, device: str | None = "auto", dtype: str | None = "auto") -> tuple[Any, Any]:
-    """(model, tokenizer) through transformers (hub ids work offline from the HF cache)."""
+    """(model, tokenizer) of any transformers causal LM, in eval mode on `device` (see resolve_device) with
+    weights in `dtype` (see resolve_dtype). Hub ids work offline from the HF cache."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = resolve_device(device)
@@ -38,6 +72,19 @@ def load_lm(name_or_path: str, device: str | None = "auto", dtype: str | None = 
     model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=resolve_dtype(dtype, dev))
     model.to(dev).eval()
     return model, tokenizer
+
+
+def max_positions(model_or_config: Any) -> int | None:
+    """The model's context length from its config: `n_positions` (GPT-2 style) or `max_position_embeddings`
+    (Llama, Qwen2, ...); None when the config has neither."""
+    config = getattr(model_or_config, "config", model_or_config)
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config(decoder=True)
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def lm_fingerprint(model: Any) -> str:
@@ -49,6 +96,34 @@ def lm_fingerprint(model: Any) -> str:
             break
         h.update(p.detach().float().flatten()[:4096].cpu().numpy().tobytes())
     return h.hexdigest()[:32]
+
+
+# ---------------------------------------------------------------------------------------------- KV cache
+
+
+@functools.cache
+def _forward_parameters(model_class: type) -> frozenset[str]:
+    return frozenset(inspect.signature(model_class.forward).parameters)
+
+
+def cache_kwarg(model: Any) -> str:
+    """The keyword under which `model`'s forward takes the KV cache: "cache" in current transformers (where
+    `past_key_values` is deprecated and warns on every call), "past_key_values" in earlier versions."""
+    return "cache" if "cache" in _forward_parameters(type(model)) else "past_key_values"
+
+
+def forward_cached(model: Any, cache: Any = None, **inputs: Any) -> tuple[Any, Any]:
+    """model(**inputs, use_cache=True) with `cache` (a transformers Cache, or None to start one) passed
+    under the keyword the model expects; returns (model output, the grown cache)."""
+    out = model(**inputs, use_cache=True, **{cache_kwarg(model): cache})
+    grown = out.get("cache")  # ModelOutput.get: no BC warning, None where the field has its old name
+    return out, grown if grown is not None else out.get("past_key_values")
+
+
+def _cache_layers(cache: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per-layer keys and values (N, heads, L, d) of a transformers DynamicCache."""
+    layers = cache.layers
+    return [lay.keys for lay in layers], [lay.values for lay in layers]
 
 
 @dataclass
@@ -71,18 +146,15 @@ class KVBatch:
 
         cache = DynamicCache(ddp_cache_data=list(zip(self.keys, self.values)), config=model.config)
         mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], 1)
-        out = model(
+        out, grown = forward_cached(
+            model,
+            cache,
             input_ids=tokens.reshape(-1, 1),
             attention_mask=mask,
             position_ids=self.positions.reshape(-1, 1),
-            past_key_values=cache,
-            use_cache=True,
         )
-        layers = out.past_key_values.layers
-        grown = KVBatch(
-            [lay.keys for lay in layers], [lay.values for lay in layers], mask, self.positions + 1
-        )
-        return grown, out.logits[:, -1].float()
+        keys, values = _cache_layers(grown)
+        return KVBatch(keys, values, mask, self.positions + 1), out.logits[:, -1].float()
 
     @classmethod
     @torch.no_grad()
@@ -90,14 +162,9 @@ class KVBatch:
         """Run the prompt (one row); logits for the first generated token (1, V_lm)."""
         device = next(model.parameters()).device
         ids = torch.tensor([prompt_ids], device=device)
-        out = model(input_ids=ids, use_cache=True)
-        layers = out.past_key_values.layers
-        batch = cls(
-            [lay.keys for lay in layers],
-            [lay.values for lay in layers],
-            torch.ones_like(ids),
-            torch.tensor([len(prompt_ids)], device=device),
-        )
+        out, cache = forward_cached(model, None, input_ids=ids)
+        keys, values = _cache_layers(cache)
+        batch = cls(keys, values, torch.ones_like(ids), torch.tensor([len(prompt_ids)], device=device))
         return batch, out.logits[:, -1].float()
 
     def select(self, index: torch.Tensor) -> KVBatch:

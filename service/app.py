@@ -3,8 +3,9 @@
     uvicorn --factory service.app:app_from_env      # settings from PCGEN_* environment variables
 
 Layers, outermost first: ServiceMiddleware (request ID, API keys, body size, metrics, access log) -> routes
-(validation, constraint parsing) -> pipeline (cache, single-flight, deadline, disconnects) -> Engine
-(preparation pool, decoding thread).
+(request models validate and build a GenerationSpec) -> serving (cache, single-flight, deadline, disconnects)
+-> Engine (preparation pool, decoding thread) -> pc_core (prepare, BatchDecoder). docs/architecture.md walks
+one request through them.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from service.routes import generate, health, openai
 from service.runtime import Runtime
 from service.settings import Settings
 
-log = logging.getLogger("pcgen.service")
+log = logging.getLogger(__name__)
 VERSION = "0.1.0"
 DESCRIPTION = """Constrained text generation: a GPT-2 LM guided by a hidden Markov model, so every output
 satisfies its logical constraint (keywords, word positions, order, forbidden words, word counts).

@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 from service.metrics import Metrics
 
-log = logging.getLogger("pcgen.service")
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 REDIS_OP_TIMEOUT_S = 1.0
 
@@ -198,16 +198,41 @@ class SingleFlight:
         return len(self._calls)
 
     async def run(self, key: str, factory: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
-        """(result, shared): shared is True when another request started the computation."""
+        """(result, shared): the computation for `key` in flight (shared), or `factory()` started now (again,
+        if the one in flight is cancelled by its owner)."""
+        while True:
+            call = self._calls.get(key)
+            shared = call is not None
+            result = await self._wait(call or self._start(key, factory()))
+            if result is not None:
+                return result, shared
+
+    def join(self, key: str) -> Awaitable | None:
+        """An awaitable of the computation in flight for `key` (None if its owner cancels it), or None."""
         call = self._calls.get(key)
-        shared = call is not None
-        if call is None:
-            call = _Call(asyncio.ensure_future(factory()))
-            self._calls[key] = call
-            call.task.add_done_callback(lambda task, key=key, call=call: self._done(key, call, task))
+        return None if call is None else self._wait(call)
+
+    def adopt(self, key: str, work: Awaitable[T]) -> None:
+        """Run `work` as the computation for `key` (a stream's job: identical requests may join it); it is
+        not cancelled when nobody waits, its owner cancels the job."""
+        if key not in self._calls:
+            self._start(key, work).waiters = 1 << 30
+
+    def _start(self, key: str, work: Awaitable[T]) -> _Call:
+        call = _Call(asyncio.ensure_future(work))
+        self._calls[key] = call
+        call.task.add_done_callback(lambda task, key=key, call=call: self._done(key, call, task))
+        return call
+
+    async def _wait(self, call: _Call) -> T | None:
+        """The shared result; None when the computation was cancelled by its owner (not by this waiter)."""
         call.waiters += 1
         try:
-            return await asyncio.shield(call.task), shared
+            return await asyncio.shield(call.task)
+        except asyncio.CancelledError:
+            if call.task.cancelled() and not asyncio.current_task().cancelling():
+                return None
+            raise
         finally:
             call.waiters -= 1
             if call.waiters == 0 and not call.task.done():

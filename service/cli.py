@@ -114,7 +114,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    logging.getLogger("pcgen").setLevel(settings.log_level.upper())
+    for package in ("pcgen", "pc_core", "service", "distill"):  # module loggers are named by __name__
+        logging.getLogger(package).setLevel(settings.log_level.upper())
     app = create_app(settings)
     uvicorn.run(
         app,

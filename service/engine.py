@@ -16,9 +16,7 @@ event loop never runs model code.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
-import json
 import logging
 import threading
 import time
@@ -28,52 +26,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from pc_core.constraints import Constraint, canonical_json
-from pc_core.decoding import BatchDecoder, DecodeParams, GenerationOutput, Request, StreamEvent
-from pc_core.errors import PcgenError
-from service.errors import BadRequest, QueueFull, ServiceError, Unavailable, from_pcgen_error
+from pc_core.decoding import BatchDecoder, GenerationOutput, GuidedSearch, StreamEvent, prepare
+from service.errors import BadRequest, QueueFull, ServiceError, Unavailable, classify
+from service.generation import GenerationSpec
 from service.metrics import Metrics
 
-log = logging.getLogger("pcgen.service")
-CACHE_SCHEMA_VERSION = 1
-
-
-@dataclass
-class GenerationSpec:
-    """What to generate, independent of the HTTP shape it came in."""
-
-    prompt: str
-    constraint: Constraint
-    params: DecodeParams
-
-    @property
-    def deterministic(self) -> bool:
-        return not self.params.do_sample or self.params.seed is not None
-
-    def cache_key(self, fingerprints: dict[str, str]) -> str:
-        """SHA-256 over the canonical request, the model fingerprints and the cache schema version."""
-        p = self.params
-        params: dict[str, Any] = {
-            "max_new_tokens": p.max_new_tokens,
-            "min_new_tokens": p.min_new_tokens,
-            "num_return_sequences": p.num_return_sequences,
-            "hmm_weight": p.hmm_weight,
-            "hmm_context_tokens": p.hmm_context_tokens,
-            "max_states": p.max_states,
-        }
-        if p.do_sample:
-            params.update(do_sample=True, temperature=p.temperature, top_p=p.top_p, seed=p.seed)
-        else:
-            params.update(do_sample=False, num_beams=p.num_beams, length_penalty=p.length_penalty)
-        material = {
-            "schema": CACHE_SCHEMA_VERSION,
-            "models": fingerprints,
-            "prompt": self.prompt,
-            "constraint": canonical_json(self.constraint),
-            "params": params,
-        }
-        raw = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+log = logging.getLogger(__name__)
 
 
 _ids = itertools.count(1)
@@ -86,7 +44,7 @@ class Job:
     future: asyncio.Future
     events: asyncio.Queue | None = None  # streaming: ("token", StreamEvent) items, then ("end", None)
     id: int = field(default_factory=lambda: next(_ids))
-    request: Request | None = None
+    search: GuidedSearch | None = None  # built by Engine._prepare
     state: str = "preparing"  # preparing -> queued -> running -> done | cancelled | failed
     accepted_at: float = field(default_factory=time.perf_counter)
     queued_at: float | None = None
@@ -129,7 +87,7 @@ class Job:
     def timings(self) -> dict[str, float]:
         """The engine's dfa_ms, precompute_ms and decode_ms, plus queue_ms: time from acceptance to joining the
         batch not spent compiling (waiting for a preparation thread and for a batch slot)."""
-        out = dict(self.request.output.timings) if self.request is not None and self.request.output else {}
+        out = dict(self.search.output.timings) if self.search is not None and self.search.output else {}
         start = self.started_at or self.finished_at or time.perf_counter()
         preparing = out.get("dfa_ms", 0.0) + out.get("precompute_ms", 0.0)
         out["queue_ms"] = max(0.0, (start - self.accepted_at) * 1000 - preparing)
@@ -146,14 +104,12 @@ class Engine:
         *,
         max_batch_size: int = 8,
         max_queue: int = 64,
-        batching: bool = True,
         prepare_workers: int = 2,
         max_positions: int | None = None,
     ) -> None:
         self.lm, self.tokenizer, self.hmm, self.metrics = lm, tokenizer, hmm, metrics
-        self.max_batch_size = max_batch_size if batching else 1
+        self.max_batch_size = max_batch_size
         self.max_queue = max_queue
-        self.batching = batching
         self.max_positions = max_positions
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -207,7 +163,7 @@ class Engine:
             self.metrics.queue_depth.set(self._waiting)
         job = Job(spec, loop, loop.create_future(), asyncio.Queue() if stream else None)
         try:
-            job.request = await loop.run_in_executor(self._pool, self._prepare, job)
+            job.search = await loop.run_in_executor(self._pool, self._prepare, job)
         except BaseException:
             with self._lock:
                 self._waiting -= 1
@@ -247,30 +203,29 @@ class Engine:
 
     # ------------------------------------------------------------------ preparation (thread pool)
 
-    def _prepare(self, job: Job) -> Request:
+    def _prepare(self, job: Job) -> GuidedSearch:
         spec, params = job.spec, job.spec.params
+        prompt_ids = self.tokenizer.encode(spec.prompt, add_special_tokens=False) if spec.prompt else []
+        needed = max(1, len(prompt_ids)) + params.max_new_tokens
+        if self.max_positions is not None and needed > self.max_positions:
+            raise BadRequest(
+                f"the prompt ({len(prompt_ids)} tokens) plus max_new_tokens ({params.max_new_tokens}) exceeds "
+                f"the model's context of {self.max_positions} tokens",
+                path="prompt",
+                error_type="context_length_exceeded",
+            )
+        on_stream = job.push_event if job.events is not None else None
         try:
-            prompt_ids = self.tokenizer.encode(spec.prompt, add_special_tokens=False) if spec.prompt else []
-            needed = max(1, len(prompt_ids)) + params.max_new_tokens
-            if self.max_positions is not None and needed > self.max_positions:
-                raise BadRequest(
-                    f"the prompt ({len(prompt_ids)} tokens) plus max_new_tokens ({params.max_new_tokens}) exceeds "
-                    f"the model's context of {self.max_positions} tokens",
-                    path="prompt",
-                    error_type="context_length_exceeded",
-                )
-            on_stream = job.push_event if job.events is not None else None
-            request = Request(self.tokenizer, self.hmm, spec.constraint, prompt_ids, params, on_stream)
-        except ServiceError:
-            raise
-        except PcgenError as err:
-            error = from_pcgen_error(err)
-            self.metrics.constraint_errors.labels(error.error_type).inc()
+            search = prepare(self.tokenizer, self.hmm, spec.constraint, prompt_ids, params, on_stream)
+        except Exception as err:
+            error = classify(err, spec.field_names)
+            if error.status < 500:
+                self.metrics.constraint_errors.labels(error.error_type).inc()
             raise error from err
-        self.metrics.dfa_states.observe(request.dfa.num_states)
-        self.metrics.dfa_compile.observe(request.timings["dfa_ms"] / 1000)
-        self.metrics.guide_precompute.observe(request.timings["precompute_ms"] / 1000)
-        return request
+        self.metrics.dfa_states.observe(search.dfa.num_states)
+        self.metrics.dfa_compile.observe(search.timings["dfa_ms"] / 1000)
+        self.metrics.guide_precompute.observe(search.timings["precompute_ms"] / 1000)
+        return search
 
     # ------------------------------------------------------------------ decoding thread
 
@@ -284,16 +239,27 @@ class Engine:
             self._fail_all(Unavailable("the server is shutting down"))
 
     def _cycle(self) -> bool:
+        """One round of the decoding thread: take in cancellations and new jobs, step the batch, hand out
+        the finished. False when the engine stops."""
+        admitted = self._admit()
+        if admitted is None:
+            return False
+        for job in admitted:
+            self._join(job)
+        self.metrics.active.set(len(self._active))
+        if self._active:
+            self._retire(self._step())
+        return True
+
+    def _admit(self) -> list[Job] | None:
+        """Wait for work; drop cancelled jobs from the batch; move ready jobs into free batch slots."""
         with self._wake:
             while not (self._stopping or self._ready or self._active or self._to_cancel):
                 self._wake.wait()
             if self._stopping:
-                return False
+                return None
             to_cancel, self._to_cancel = self._to_cancel, []
             admitted = []
-            for job in to_cancel:
-                if job.state == "running":
-                    job.state = "cancelled"
             while self._ready and len(self._active) + len(admitted) < self.max_batch_size:
                 job = self._ready.popleft()
                 job.state = "running"
@@ -302,22 +268,24 @@ class Engine:
             self.metrics.queue_depth.set(self._waiting)
         for job in to_cancel:
             if job in self._active:
-                self._decoder.cancel(job.request)
+                job.state = "cancelled"
+                self._decoder.cancel(job.search)
                 self._active.remove(job)
-        now = time.perf_counter()
-        for job in admitted:
-            try:
-                self._decoder.add(job.request)
-            except Exception:  # noqa: BLE001 - an LM failure on one prompt fails that request only
-                log.exception("prefill failed (request %s)", job.id)
-                job.fail(ServiceError("prefill failed", error_type="internal_error"))
-                continue
-            job.started_at = now
-            self.metrics.queue_time.observe(now - job.accepted_at)
-            self._active.append(job)
-        self.metrics.active.set(len(self._active))
-        if not self._active:
-            return True
+        return admitted
+
+    def _join(self, job: Job) -> None:
+        try:
+            self._decoder.add(job.search)
+        except Exception:  # noqa: BLE001 - an LM failure on one prompt fails that request only
+            log.exception("prefill failed (request %s)", job.id)
+            job.fail(ServiceError("prefill failed", error_type="internal_error"))
+            return
+        job.started_at = time.perf_counter()
+        self.metrics.queue_time.observe(job.started_at - job.accepted_at)
+        self._active.append(job)
+
+    def _step(self) -> list[GuidedSearch]:
+        """One decoding step for the whole batch; the searches that finished in it."""
         batch, rows = len(self._active), self._decoder.rows
         started = time.perf_counter()
         try:
@@ -329,7 +297,7 @@ class Engine:
             self._active = []
             self._decoder = BatchDecoder(self.lm)
             self.metrics.active.set(0)
-            return True
+            return []
         done = time.perf_counter()
         self.steps += 1
         self.metrics.step_time.observe(done - started)
@@ -339,26 +307,30 @@ class Engine:
             if job.first_token_at is None:
                 job.first_token_at = done
                 self.metrics.ttft.observe(done - job.accepted_at)
-        if finished:
-            finished_ids = {id(r) for r in finished}
-            still = []
-            for job in self._active:
-                if id(job.request) in finished_ids and job.request.error is not None:
-                    log.error("request %s failed in a decoding step: %r", job.id, job.request.error)
-                    job.state = "done"
-                    job.fail(ServiceError("decoding failed", error_type="internal_error"))
-                elif id(job.request) in finished_ids:
-                    job.state = "done"
-                    self._observe_finished(job, done)
-                    job.resolve(job.request.output)
-                else:
-                    still.append(job)
-            self._active = still
-            self.metrics.active.set(len(self._active))
-        return True
+        return finished
+
+    def _retire(self, finished: list[GuidedSearch]) -> None:
+        """Resolve (or fail) the jobs whose searches finished."""
+        if not finished:
+            return
+        ids = {id(search) for search in finished}
+        now, still = time.perf_counter(), []
+        for job in self._active:
+            if id(job.search) not in ids:
+                still.append(job)
+                continue
+            job.state = "done"
+            if job.search.error is not None:
+                log.error("request %s failed in a decoding step: %r", job.id, job.search.error)
+                job.fail(classify(job.search.error, job.spec.field_names))
+            else:
+                self._observe_finished(job, now)
+                job.resolve(job.search.output)
+        self._active = still
+        self.metrics.active.set(len(self._active))
 
     def _observe_finished(self, job: Job, now: float) -> None:
-        out = job.request.output
+        out = job.search.output
         tokens = sum(len(s.token_ids) for s in out.sequences)
         self.metrics.generated_tokens.inc(tokens)
         self.metrics.prompt_tokens.inc(out.prompt_tokens)

@@ -17,13 +17,24 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pc_core.errors import ConstraintError, PcgenError
+from pc_core.errors import (
+    BlocklistInteraction,
+    ConstraintError,
+    ConstraintTooComplex,
+    HMMFormatError,
+    PcgenError,
+    TokenizerMismatch,
+    UnsatisfiableConstraint,
+)
+from pc_core.guide import GuideError
+from pc_core.params import DECODE_FIELDS, DecodingError
 
-log = logging.getLogger("pcgen.service")
+log = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
-    """An error with an HTTP status and a machine-readable type."""
+    """An error with an HTTP status and a machine-readable type. `path` names the request field at fault
+    (client errors); server faults carry the request id instead, so logs and report can be matched."""
 
     status = 500
     error_type = "internal_error"
@@ -43,9 +54,10 @@ class ServiceError(Exception):
         self.error_type = error_type or self.error_type
         self.status = status or self.status
         self.headers = headers or {}
+        self.request_id: str | None = None
 
     def body(self) -> dict[str, Any]:
-        return error_body(self.error_type, self.message, self.path)
+        return error_body(self.error_type, self.message, self.path, self.request_id)
 
 
 class BadRequest(ServiceError):
@@ -58,10 +70,6 @@ class QueueFull(ServiceError):
 
 class RateLimited(ServiceError):
     status, error_type = 429, "rate_limited"
-
-
-class Unauthorized(ServiceError):
-    status, error_type = 401, "unauthorized"
 
 
 class NotFound(ServiceError):
@@ -80,18 +88,54 @@ class ClientGone(Exception):
     """The client disconnected; nothing is sent back."""
 
 
-def error_body(error_type: str, message: str, path: str | None = None) -> dict[str, Any]:
+def error_body(
+    error_type: str, message: str, path: str | None = None, request_id: str | None = None
+) -> dict[str, Any]:
     error: dict[str, Any] = {"type": error_type, "message": _text(message, 2000)}
     if path is not None:
         error["path"] = _text(path)
+    if request_id is not None:
+        error["request_id"] = _text(request_id)
     return {"error": error}
 
 
-def from_pcgen_error(err: PcgenError, path_prefix: str = "") -> ServiceError:
-    """Constraint and decoding errors raised while preparing a request -> 422 with `error.type`."""
-    if isinstance(err, ConstraintError):
-        return BadRequest(err.message, path=path_prefix + err.path, error_type=err.error_type)
-    return BadRequest(str(err), error_type="invalid_parameters")
+# Every pcgen error a request can raise, classified once: (HTTP status, error type, whose fault). Client
+# faults name the field (a constraint path, or the body field of a decoding parameter); server faults (the
+# models do not fit together, a guide or kernel failure) are 5xx with the request id, never blamed on the
+# client. The first matching class wins, so subclasses come first.
+ERROR_TABLE: list[tuple[type[Exception], int, str | None, str]] = [
+    (UnsatisfiableConstraint, 422, None, "client"),  # error types from the class: unsatisfiable_constraint
+    (ConstraintTooComplex, 422, None, "client"),
+    (ConstraintError, 422, None, "client"),
+    (DecodingError, 422, None, "client"),
+    (TokenizerMismatch, 500, "model_mismatch", "server"),
+    (HMMFormatError, 500, "model_error", "server"),
+    (GuideError, 500, "guide_error", "server"),
+    (BlocklistInteraction, 500, "internal_error", "server"),
+    (PcgenError, 500, "internal_error", "server"),
+]
+
+
+def classify(err: BaseException, field_names: dict[str, str] | None = None) -> ServiceError:
+    """The ServiceError for an exception raised while preparing or decoding a request. `field_names` maps
+    DecodeParams fields to the request body's names for them (`max_new_tokens` -> `max_tokens`)."""
+    if isinstance(err, ServiceError):
+        return err
+    row = next((row for row in ERROR_TABLE if isinstance(err, row[0])), None)
+    if row is None:
+        return ServiceError("internal server error")
+    _, status, error_type, fault = row
+    error_type = error_type or getattr(err, "error_type", "internal_error")
+    if fault == "server":
+        log.error("server fault (%s): %s", error_type, err)
+        return ServiceError(
+            f"server error ({error_type}); see the server log", error_type=error_type, status=status
+        )
+    if isinstance(err, DecodingError):
+        names = field_names or {}
+        message = err.message.format_map({k: names.get(k, k) for k in DECODE_FIELDS})
+        return BadRequest(message, path=names.get(err.field, err.field), error_type=error_type, status=status)
+    return BadRequest(err.message, path=err.path, error_type=error_type, status=status)
 
 
 def constraint_path_to_loc(path: str) -> tuple[str | int, ...]:
@@ -172,12 +216,17 @@ async def _http_handler(request: Request, exc: StarletteHTTPException) -> JSONRe
 
 
 async def _service_handler(request: Request, exc: ServiceError) -> JSONResponse:
+    if exc.status >= 500:
+        exc.request_id = getattr(request.state, "request_id", None)
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
 async def _internal_handler(request: Request, exc: Exception) -> JSONResponse:
     log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
+    request_id = getattr(request.state, "request_id", None)
+    return JSONResponse(
+        error_body("internal_error", "internal server error", None, request_id), status_code=500
+    )
 
 
 def install_handlers(app: FastAPI) -> None:

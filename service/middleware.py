@@ -23,7 +23,7 @@ from service.auth import KeyChecker, bearer_token, key_id, unauthorized_body
 from service.errors import error_body
 from service.metrics import Metrics
 
-log = logging.getLogger("pcgen.service")
+log = logging.getLogger(__name__)
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 CLIENT_CLOSED = 499  # nginx's convention for "client closed the request"
 

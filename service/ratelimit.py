@@ -12,7 +12,7 @@ from service.cache import REDIS_OP_TIMEOUT_S, RedisHealth
 from service.errors import RateLimited
 from service.metrics import Metrics
 
-log = logging.getLogger("pcgen.service")
+log = logging.getLogger(__name__)
 
 
 class RateLimiter:

@@ -19,7 +19,7 @@ from service.metrics import Metrics
 from service.ratelimit import RateLimiter
 from service.settings import Settings
 
-log = logging.getLogger("pcgen.service")
+log = logging.getLogger(__name__)
 WARMUP_CONSTRAINT = {"keywords": ["the"]}
 
 
@@ -123,9 +123,8 @@ class Runtime:
             self.tokenizer,
             self.hmm,
             self.metrics,
-            max_batch_size=s.max_batch_size,
+            max_batch_size=s.max_batch_size if s.batching else 1,
             max_queue=s.max_queue,
-            batching=s.batching,
             prepare_workers=s.prepare_workers,
             max_positions=self.max_positions,
         )
@@ -171,8 +170,8 @@ class Runtime:
 
     async def _warmup(self) -> None:
         from pc_core.constraints import parse_constraint
-        from pc_core.decoding import DecodeParams
-        from service.engine import GenerationSpec
+        from pc_core.params import DecodeParams
+        from service.generation import GenerationSpec
 
         assert self.engine is not None
         n = min(8, self.settings.max_new_tokens)

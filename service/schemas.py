@@ -7,7 +7,7 @@ are reported the same way, with the constraint's own path appended, e.g.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -15,13 +15,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pc_core.constraints import Constraint, parse_constraint
 from pc_core.constraints.spec import keywords_by_polarity
 from pc_core.errors import ConstraintError
+from pc_core.params import (
+    DECODE_FIELDS,
+    DEFAULT_MAX_NEW_TOKENS,
+    MIN_TEMPERATURE,
+    MIN_TOP_P,
+    SEED_MAX,
+    DecodeParams,
+    DecodingError,
+)
 from service.errors import constraint_path_to_loc
+from service.generation import GenerationSpec
 from service.settings import Settings
 
-SEED_MAX = 2**63 - 1
-MIN_TEMPERATURE = 1e-3  # smaller ones overflow the scaled log-probabilities (use beam search for "greedy")
-MIN_TOP_P = 1e-6  # smaller ones round to 0 in float32 and keep no token
-DEFAULT_MAX_NEW_TOKENS = 32
 ConstraintSpec = dict[str, Any] | str
 
 
@@ -78,22 +84,18 @@ class GenerateRequest(BaseModel):
 
     _check_prompt = field_validator("prompt")(_valid_unicode)
 
-    def problems(self) -> list[dict]:
-        """Rules across fields, as 422 `detail` entries with exact locations."""
-        errors = []
-        if self.max_new_tokens is not None and self.min_new_tokens > self.max_new_tokens:
-            errors.append(_err(("min_new_tokens",), "must be <= max_new_tokens", self.min_new_tokens))
-        if self.do_sample and self.num_beams != 1:
-            errors.append(_err(("num_beams",), "must be 1 when do_sample is true", self.num_beams))
-        if not self.do_sample and self.num_return_sequences > self.num_beams:
-            errors.append(
-                _err(
-                    ("num_return_sequences",),
-                    "must be <= num_beams for beam search",
-                    self.num_return_sequences,
-                )
-            )
-        return errors
+    def to_generation(self, settings: Settings) -> GenerationSpec:
+        """The validated generation: server limits, the parsed constraint and DecodeParams (which holds the
+        rules across fields), each failure a 422 naming the body field."""
+        check_limits(settings, prompt=self.prompt, max_new_tokens=self.max_new_tokens,
+                     min_new_tokens=self.min_new_tokens, num_beams=self.num_beams,
+                     num_return_sequences=self.num_return_sequences)  # fmt: skip
+        constraint = resolve_constraint(self.keywords, self.constraint, settings)
+        decoding = {name: getattr(self, name) for name in DECODE_FIELDS if name in type(self).model_fields}
+        decoding["max_new_tokens"] = self.max_new_tokens or min(
+            DEFAULT_MAX_NEW_TOKENS, settings.max_new_tokens
+        )
+        return GenerationSpec(self.prompt, constraint, decode_params(settings, decoding, {}))
 
 
 class Match(BaseModel):
@@ -134,14 +136,6 @@ class GenerateResponse(BaseModel):
     timings: Timings
     dfa_states: int | None = Field(None, description="states of the constraint's token automaton")
     cached: bool
-
-
-class TokenEvent(BaseModel):
-    """SSE `event: token`: text settled since the previous event for output `index`."""
-
-    index: int
-    text: str
-    token_ids: list[int]
 
 
 class ErrorDetail(BaseModel):
@@ -208,8 +202,16 @@ class CompletionRequest(BaseModel):
             _valid_unicode(value)
         return value
 
+    FIELD_NAMES: ClassVar[dict[str, str]] = {
+        "max_new_tokens": "max_tokens",
+        "min_new_tokens": "min_tokens",
+        "num_return_sequences": "n",
+        "num_beams": "best_of",
+        "do_sample": "temperature",
+    }
+
     def problems(self) -> list[dict]:
-        """Unsupported OpenAI options and rules across fields, as 422 `detail` entries."""
+        """Unsupported OpenAI options, and `best_of` with sampling, as 422 `detail` entries."""
         errors = []
         unsupported = {
             "stop": self.stop not in (None, "", []),
@@ -224,15 +226,36 @@ class CompletionRequest(BaseModel):
                 errors.append(
                     _err((name,), "not supported by pcgen", getattr(self, name), kind="unsupported")
                 )
-        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
-            errors.append(_err(("min_tokens",), "must be <= max_tokens", self.min_tokens))
-        if self.best_of is not None:
-            if self.temperature > 0 and self.best_of != self.n:
-                errors.append(_err(("best_of",), "with temperature > 0, best_of must equal n (or be omitted)",
-                                   self.best_of))  # fmt: skip
-            if self.temperature == 0 and self.best_of < self.n:
-                errors.append(_err(("best_of",), "must be >= n", self.best_of))
+        if self.best_of is not None and self.temperature > 0 and self.best_of != self.n:
+            errors.append(_err(("best_of",), "with temperature > 0, best_of must equal n (or be omitted)",
+                               self.best_of))  # fmt: skip
         return errors
+
+    def to_generation(self, settings: Settings) -> GenerationSpec:
+        """OpenAI's parameters as DecodeParams: temperature 0 -> beam search over best_of beams (default n),
+        temperature > 0 -> n samples; errors name the OpenAI field."""
+        raise_problems(self.problems())
+        check_limits(settings, prompt=self.prompt_text, max_tokens=self.max_tokens, min_tokens=self.min_tokens,
+                     n=self.n, best_of=self.best_of)  # fmt: skip
+        constraint = resolve_constraint(self.keywords, self.constraint, settings)
+        max_new = self.max_tokens if self.max_tokens is not None else min(16, settings.max_new_tokens)
+        sampling = self.temperature > 0
+        decoding = {
+            "max_new_tokens": max_new,
+            "min_new_tokens": self.min_tokens
+            if self.max_tokens is not None
+            else min(self.min_tokens, max_new),
+            "num_beams": 1 if sampling else (self.best_of or self.n),
+            "num_return_sequences": self.n,
+            "do_sample": sampling,
+            "temperature": max(self.temperature, MIN_TEMPERATURE) if sampling else 1.0,
+            "top_p": max(self.top_p, MIN_TOP_P),
+            "seed": self.seed,
+            "hmm_weight": self.hmm_weight,
+            "length_penalty": self.length_penalty,
+        }
+        params = decode_params(settings, decoding, self.FIELD_NAMES)
+        return GenerationSpec(self.prompt_text, constraint, params, self.FIELD_NAMES)
 
     @property
     def prompt_text(self) -> str:
@@ -358,6 +381,18 @@ def resolve_constraint(
                 raise body_error(base, f"keyword longer than {settings.max_keyword_chars} characters: "
                                  f"{text[:40]!r}...", None, "too_long")  # fmt: skip
     return parsed
+
+
+def decode_params(settings: Settings, decoding: dict[str, Any], field_names: dict[str, str]) -> DecodeParams:
+    """DecodeParams with the server's compile limits; its validation failures as 422s on the body field."""
+    try:
+        return DecodeParams(
+            **decoding, max_states=settings.max_states, time_budget_s=settings.compile_time_budget_s
+        )
+    except DecodingError as err:
+        field = field_names.get(err.field, err.field)
+        message = err.message.format_map({k: field_names.get(k, k) for k in DECODE_FIELDS})
+        raise body_error((field,), message, decoding.get(err.field)) from err
 
 
 def check_limits(settings: Settings, **fields: Any) -> None:

@@ -14,9 +14,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pc_core.constraints.compiler import DEFAULT_MAX_STATES
 from pc_core.guide import DEFAULT_MAX_HORIZON
+from pc_core.lm import DTYPES
 
 DEVICES = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
-DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 API_KEY = re.compile(r"^[\x21-\x7e]{8,256}$")  # printable ASCII without spaces
 

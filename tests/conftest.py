@@ -110,7 +110,7 @@ def redis_server(logs):
 def demo_models(tmp_path_factory):
     """The offline demo's models (quick size): a tiny GPT-2 trained on the demo corpus and an HMM distilled
     from it by `pcgen distill run`. About a minute on 2 cores; shared by the demo and playground tests."""
-    from pc_core.demo import build
+    from pcgen.demo import build
 
     cache = tmp_path_factory.mktemp("demo")
     lm_dir, hmm_dir = build(cache, quick=True)

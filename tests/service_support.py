@@ -25,7 +25,7 @@ def free_port() -> int:
 
 
 class Server:
-    """`python -m pc_core.cli serve` on a free loopback port, configured through PCGEN_* variables."""
+    """`python -m pcgen.cli serve` on a free loopback port, configured through PCGEN_* variables."""
 
     def __init__(self, log_dir: Path, env: dict[str, str], name: str = "server") -> None:
         self.port = free_port()
@@ -37,7 +37,7 @@ class Server:
 
     def start(self, timeout: float = 180.0) -> Server:
         log = open(self.log_path, "w")  # noqa: SIM115 - closed with the process
-        cmd = [sys.executable, "-m", "pc_core.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "pcgen.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

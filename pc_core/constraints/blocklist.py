@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import bisect
 from collections import OrderedDict
-from dataclasses import dataclass, field
 
 import numpy as np
 
+from pc_core.constraints import vocab
 from pc_core.constraints.spec import All, AnyOf, Constraint, Keyword, Not
 from pc_core.constraints.vocab import KIND_SEP, KIND_WORD, VocabTables
 from pc_core.constraints.words import keyword_forms
@@ -65,16 +65,15 @@ def _single_word_keywords(node: Constraint) -> list[Keyword] | None:
     return keywords
 
 
-@dataclass(eq=False)
 class Blocklist:
-    """The mask for one blocklist over one tokenizer (see the module docstring)."""
+    """The mask for one blocklist over one tokenizer (see the module docstring). Pickled without the
+    tokenizer's tables (a compiling worker process sends it back): they are found again by fingerprint in
+    the receiving process's table cache."""
 
-    keywords: tuple[Keyword, ...]
-    tables: VocabTables
-    exact: frozenset[str] = field(init=False)  # forbidden spellings (case natural / sensitive)
-    folded: frozenset[str] = field(init=False)  # forbidden casefolded words (case any)
-
-    def __post_init__(self) -> None:
+    def __init__(self, keywords: tuple[Keyword, ...], tables: VocabTables) -> None:
+        self.keywords = keywords
+        self._tables: VocabTables | None = tables
+        self.fingerprint = tables.fingerprint
         exact, folded = set(), set()
         for keyword in self.keywords:
             for form in keyword_forms(keyword):
@@ -94,6 +93,17 @@ class Blocklist:
         self.lead_bad = bad_string[t.p_id]  # (V,) the leading run, as a word of its own, is forbidden
         self.ok_between_words = self.base_ok & ~self.lead_bad
         self._masks: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    @property
+    def tables(self) -> VocabTables:
+        if self._tables is None:
+            self._tables = vocab.TABLES.get(self.fingerprint)
+            if self._tables is None:
+                raise RuntimeError("the blocklist's tokenizer tables are not loaded in this process")
+        return self._tables
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_tables": None, "_masks": OrderedDict()}
 
     @property
     def nbytes(self) -> int:

@@ -393,118 +393,17 @@ class _Compiler:
     # ------------------------------------------------------------------ exploration
 
     def run(self) -> TokenDFA:
+        """Explore the product breadth-first, then classes, minimisation and (beside a blocklist) the classes
+        that are safe at each state."""
         _check_static_size(self.constraint, self.max_states)
-        t = self.tables
-        matcher = self.matcher
-        q_ids: dict[object, int] = {}
-        q_list: list[object] = []
-
-        def qid(q: object) -> int:
-            if q not in q_ids:
-                q_ids[q] = len(q_list)
-                q_list.append(q)
-            return q_ids[q]
-
-        step_memo: dict[tuple[int, tuple[int, ...], int], int] = {}
-
-        def step_q(q: int, events: tuple[int, ...], tok: int) -> int:
-            key = (q, events, tok)
-            out = step_memo.get(key)
-            if out is None:
-                state = q_list[q]
-                for event in events:
-                    state = matcher.word(state, event) if event >= 0 else matcher.gap(state, -1 - event)
-                state = matcher.token(state, tok)
-                out = step_memo[key] = qid(state)
-            return out
-
-        accept_memo: dict[tuple[int, int], bool] = {}
-
-        def accepting(q: int, cur: int) -> bool:
-            key = (q, cur)
-            if key not in accept_memo:
-                state = q_list[q]
-                if not self.words.is_gap(cur):  # the end of the text finishes the word
-                    state = matcher.word(state, self.words.finish(cur))
-                accept_memo[key] = bool(matcher.accept(state))
-            return accept_memo[key]
-
-        state_ids: dict[tuple, int] = {}
-        keys: list[tuple] = []
-        END_ACCEPT, END_REJECT, SINK = ("end", True), ("end", False), ("sink",)
-
-        def sid(key: tuple) -> int:
-            out = state_ids.get(key)
-            if out is None:
-                out = state_ids[key] = len(keys)
-                keys.append(key)
-                queue.append(out)
-            return out
-
-        queue: deque[int] = deque()
-        explore_cap = self.max_states * EXPLORE_FACTOR
-        initial = sid((NONE, qid(matcher.init())))
-        sid(END_ACCEPT)
-        sid(END_REJECT)
-        sink = sid(SINK)
-        rows: dict[int, tuple[object, np.ndarray]] = {}  # state -> (context name, successor per group)
-        cur_events: dict[int, tuple[list, np.ndarray]] = {}  # tracker -> (distinct events, group -> event)
-        eos = t.eos_token_id
-        while queue:
-            state = queue.popleft()
-            key = keys[state]
-            if key[0] == "end":
-                continue
-            self.explored = len(keys)
-            if len(keys) > explore_cap:
-                raise ConstraintTooComplex(
-                    "constraint",
-                    f"more than {explore_cap} automaton states before minimisation (cap {self.max_states} "
-                    "after); simplify the constraint",
-                    states=len(keys),
-                    limit=self.max_states,
-                )
-            if len(rows) % 64 == 0:
-                self.check_deadline()
-            if key == SINK:
-                ctx = self.context(NONE)
-                succ = np.full(len(ctx.representatives), sink, np.int32)
-                succ[ctx.group_of_token[eos]] = state_ids[END_REJECT]
-                rows[state] = (NONE, succ)
-                continue
-            cur, q = key
-            name = self.context_name(cur)
-            ctx = self.context(name)
-            distinct = cur_events.get(cur)
-            if distinct is None:  # groups of a shared context often do the same from this tracker state
-                events = self._events(cur, ctx)
-                index: dict[object, int] = {}
-                inverse = np.array([index.setdefault(e, len(index)) for e in events], np.int64)
-                distinct = cur_events[cur] = (list(index), inverse)
-            events, inverse = distinct
-            end = state_ids[END_ACCEPT if accepting(q, cur) else END_REJECT]
-            out = np.empty(len(events), np.int32)
-            for u, event in enumerate(events):
-                if event is None:
-                    out[u] = sink
-                elif event is EOS_EVENT:
-                    out[u] = end
-                else:
-                    new_cur, syms, tok_event = event
-                    moves = syms or self.pattern_tokens  # raw-token patterns see every token
-                    out[u] = sid((new_cur, step_q(q, syms, tok_event) if moves else q))
-            rows[state] = (name, out[inverse])
-
-        accepting_flags = np.zeros(len(keys), bool)
-        ended = np.zeros(len(keys), bool)
-        for i, key in enumerate(keys):
-            if key[0] == "end":
-                ended[i] = True
-                accepting_flags[i] = key[1]
-            elif key != SINK:
-                accepting_flags[i] = accepting(key[1], key[0])
-        safe = self._safe_groups(keys, rows) if self.blocklist is not None else None
-        return self._finish(rows, initial, accepting_flags, ended, safe)
+        explored = _Exploration(self)
+        while explored.queue:
+            explored.expand(explored.queue.popleft())
+        keys = explored.keys
+        ended = np.array([key[0] == "end" for key in keys], bool)
+        accepting = np.array([explored.accepting_key(key) for key in keys], bool)
+        safe = self._safe_groups(keys, explored.rows) if self.blocklist is not None else None
+        return self._finish(explored.rows, explored.initial, accepting, ended, safe)
 
     def _safe_groups(self, keys: list[tuple], rows: dict) -> dict[int, np.ndarray]:
         """Per explored state, per group of its context: does the group hold a token that the blocklist allows
@@ -569,6 +468,124 @@ class _Compiler:
         return dfa
 
 
+END_ACCEPT, END_REJECT, SINK = ("end", True), ("end", False), ("sink",)
+
+
+class _Exploration:
+    """The states of the character-level product met at token boundaries: keys (tracker, matcher-state id)
+    plus the two ended states and the sink, numbered in breadth-first order (the initial state is 0), and per
+    explored state its context and successor per group (`rows`)."""
+
+    def __init__(self, compiler: _Compiler) -> None:
+        self.compiler, self.matcher, self.words = compiler, compiler.matcher, compiler.words
+        self.q_ids: dict[object, int] = {}  # matcher states, interned
+        self.q_list: list[object] = []
+        self.step_memo: dict[tuple[int, tuple[int, ...], int], int] = {}
+        self.accept_memo: dict[tuple[int, int], bool] = {}
+        self.state_ids: dict[tuple, int] = {}
+        self.keys: list[tuple] = []
+        self.queue: deque[int] = deque()
+        self.rows: dict[int, tuple[object, np.ndarray]] = {}  # state -> (context name, successor per group)
+        self.cur_events: dict[
+            int, tuple[list, np.ndarray]
+        ] = {}  # tracker -> (distinct events, group -> event)
+        self.explore_cap = compiler.max_states * EXPLORE_FACTOR
+        self.initial = self.sid((NONE, self.qid(self.matcher.init())))
+        self.end_accept, self.end_reject, self.sink = (
+            self.sid(END_ACCEPT),
+            self.sid(END_REJECT),
+            self.sid(SINK),
+        )
+
+    def qid(self, q: object) -> int:
+        if q not in self.q_ids:
+            self.q_ids[q] = len(self.q_list)
+            self.q_list.append(q)
+        return self.q_ids[q]
+
+    def sid(self, key: tuple) -> int:
+        out = self.state_ids.get(key)
+        if out is None:
+            out = self.state_ids[key] = len(self.keys)
+            self.keys.append(key)
+            self.queue.append(out)
+        return out
+
+    def step_q(self, q: int, events: tuple[int, ...], tok: int) -> int:
+        """The matcher state after a token's word / gap events and its raw-token event."""
+        key = (q, events, tok)
+        out = self.step_memo.get(key)
+        if out is None:
+            state = self.q_list[q]
+            for event in events:
+                state = self.matcher.word(state, event) if event >= 0 else self.matcher.gap(state, -1 - event)
+            out = self.step_memo[key] = self.qid(self.matcher.token(state, tok))
+        return out
+
+    def accepting(self, q: int, cur: int) -> bool:
+        key = (q, cur)
+        if key not in self.accept_memo:
+            state = self.q_list[q]
+            if not self.words.is_gap(cur):  # the end of the text finishes the word
+                state = self.matcher.word(state, self.words.finish(cur))
+            self.accept_memo[key] = bool(self.matcher.accept(state))
+        return self.accept_memo[key]
+
+    def accepting_key(self, key: tuple) -> bool:
+        if key[0] == "end":
+            return key[1]
+        return key != SINK and self.accepting(key[1], key[0])
+
+    def expand(self, state: int) -> None:
+        """The successors of one state, per group of its tracker context."""
+        key, compiler = self.keys[state], self.compiler
+        if key[0] == "end":
+            return
+        compiler.explored = len(self.keys)
+        if len(self.keys) > self.explore_cap:
+            raise ConstraintTooComplex(
+                "constraint",
+                f"more than {self.explore_cap} automaton states before minimisation (cap {compiler.max_states} "
+                "after); simplify the constraint",
+                states=len(self.keys),
+                limit=compiler.max_states,
+            )
+        if len(self.rows) % 64 == 0:
+            compiler.check_deadline()
+        if key == SINK:
+            ctx = compiler.context(NONE)
+            succ = np.full(len(ctx.representatives), self.sink, np.int32)
+            succ[ctx.group_of_token[compiler.tables.eos_token_id]] = self.end_reject
+            self.rows[state] = (NONE, succ)
+            return
+        cur, q = key
+        name = compiler.context_name(cur)
+        events, inverse = self.distinct_events(cur, name)
+        end = self.end_accept if self.accepting(q, cur) else self.end_reject
+        out = np.empty(len(events), np.int32)
+        for u, event in enumerate(events):
+            if event is None:
+                out[u] = self.sink
+            elif event is EOS_EVENT:
+                out[u] = end
+            else:
+                new_cur, syms, tok_event = event
+                moves = syms or compiler.pattern_tokens  # raw-token patterns see every token
+                out[u] = self.sid((new_cur, self.step_q(q, syms, tok_event) if moves else q))
+        self.rows[state] = (name, out[inverse])
+
+    def distinct_events(self, cur: int, name: object) -> tuple[list, np.ndarray]:
+        """The distinct events of the context's groups from tracker `cur`, and each group's: groups of a
+        shared context often do the same from one tracker state."""
+        found = self.cur_events.get(cur)
+        if found is None:
+            events = self.compiler._events(cur, self.compiler.context(name))
+            index: dict[object, int] = {}
+            inverse = np.array([index.setdefault(e, len(index)) for e in events], np.int64)
+            found = self.cur_events[cur] = (list(index), inverse)
+        return found
+
+
 def _minimise(
     delta: np.ndarray,
     token_class: np.ndarray,
@@ -580,49 +597,14 @@ def _minimise(
     check_deadline: Any = None,
     safe: np.ndarray | None = None,
 ) -> TokenDFA:
-    """Moore partition refinement. Rows are hashed for speed, then blocks are verified exactly.
+    """The minimal DFA: Moore blocks of states, then token classes with identical columns merged.
 
     `safe` (states, classes), for a DFA beside a blocklist mask: whether the class holds a token the mask allows
     in the state's situation. A merged class is safe where one of its classes is; a merged state where all of
     its states are (TokenDFA.safe_classes)."""
-    n, c = delta.shape
-    block = (accepting.astype(np.int64) * 2 + ended).astype(np.int64)
-    _, block = np.unique(block, return_inverse=True)
-    block = block.reshape(-1)
-    rng = np.random.default_rng(0)
-    weights = rng.integers(1, 2**62, size=c + 1, dtype=np.int64) | 1
-    exact = False
-    while True:
-        if check_deadline is not None:
-            check_deadline()
-        if exact:
-            sig = np.concatenate([block[:, None], block[delta]], axis=1)
-            _, new = np.unique(sig, axis=0, return_inverse=True)
-        else:
-            with np.errstate(over="ignore"):
-                sig = block * weights[0] + (block[delta] * weights[1:]).sum(axis=1)
-            _, new = np.unique(sig, return_inverse=True)
-        new = new.reshape(-1)
-        if new.max() == block.max():
-            # refinement is stable; verify no hash collision merged different rows
-            reps = np.zeros(new.max() + 1, np.int64)
-            reps[new] = np.arange(n)
-            same_rows = np.array_equal(new[delta], new[delta[reps[new]]])
-            if exact or (same_rows and np.array_equal(block, block[reps[new]])):
-                block = new
-                break
-            exact = True
-        block = new
-    # renumber blocks in order of first appearance; the initial state is explored first, so it becomes 0
-    assert initial == 0
-    first_seen = np.unique(block, return_index=True)[1]
-    remap = np.empty(len(first_seen), np.int64)
-    remap[np.argsort(first_seen)] = np.arange(len(first_seen))
-    block = remap[block]
+    assert initial == 0  # explored first: block 0 below
+    block = _moore_blocks(delta, accepting, ended, check_deadline)  # (n,) block of each state
     m = int(block.max()) + 1
-    reps = np.zeros(m, np.int64)
-    reps[block] = np.arange(n)
-    min_delta = block[delta[reps]]  # (m, c)
     if m > max_states:
         raise ConstraintTooComplex(
             "constraint",
@@ -630,17 +612,15 @@ def _minimise(
             states=m,
             limit=max_states,
         )
-    # merge token classes with identical columns
+    reps = np.zeros(m, np.int64)
+    reps[block] = np.arange(len(block))
+    min_delta = block[delta[reps]]  # (m, classes)
     _, col_reps, col_of_class = np.unique(min_delta.T, axis=0, return_index=True, return_inverse=True)
     col_of_class = col_of_class.reshape(-1)
     safe_classes = None
     if safe is not None:
-        by_column = np.argsort(col_of_class, kind="stable")
-        starts = np.flatnonzero(np.diff(col_of_class[by_column], prepend=-1))
-        per_column = np.logical_or.reduceat(safe[:, by_column], starts, axis=1)  # (n, merged classes)
-        by_block = np.argsort(block, kind="stable")
-        starts = np.flatnonzero(np.diff(block[by_block], prepend=-1))
-        safe_classes = np.logical_and.reduceat(per_column[by_block], starts, axis=0)  # (m, merged classes)
+        per_column = _reduce_groups(safe.T, col_of_class, np.logical_or).T  # (n, merged classes)
+        safe_classes = _reduce_groups(per_column, block, np.logical_and)  # (m, merged classes)
     return TokenDFA(
         transitions=np.ascontiguousarray(min_delta[:, col_reps]).astype(np.int32),
         token_class=col_of_class[token_class].astype(np.int32),
@@ -653,6 +633,49 @@ def _minimise(
         token_block=(np.asarray(tables.p_id) == 0).astype(np.int8),  # p_id 0 is the empty leading run
         safe_classes=safe_classes,
     )
+
+
+def _moore_blocks(
+    delta: np.ndarray, accepting: np.ndarray, ended: np.ndarray, check_deadline: Any = None
+) -> np.ndarray:
+    """Moore partition refinement: rows are hashed for speed, then the stable partition is verified exactly.
+    Blocks are numbered in order of first appearance."""
+    n, c = delta.shape
+    block = np.unique(accepting.astype(np.int64) * 2 + ended, return_inverse=True)[1].reshape(-1)
+    weights = np.random.default_rng(0).integers(1, 2**62, size=c + 1, dtype=np.int64) | 1
+    exact = False
+    while True:
+        if check_deadline is not None:
+            check_deadline()
+        if exact:
+            new = np.unique(
+                np.concatenate([block[:, None], block[delta]], axis=1), axis=0, return_inverse=True
+            )[1]
+        else:
+            with np.errstate(over="ignore"):
+                signature = block * weights[0] + (block[delta] * weights[1:]).sum(axis=1)
+            new = np.unique(signature, return_inverse=True)[1]
+        new = new.reshape(-1)
+        if new.max() == block.max():  # stable; verify no hash collision merged different rows
+            reps = np.zeros(new.max() + 1, np.int64)
+            reps[new] = np.arange(n)
+            same_rows = np.array_equal(new[delta], new[delta[reps[new]]])
+            if exact or (same_rows and np.array_equal(block, block[reps[new]])):
+                block = new
+                break
+            exact = True
+        block = new
+    first_seen = np.unique(block, return_index=True)[1]
+    remap = np.empty(len(first_seen), np.int64)
+    remap[np.argsort(first_seen)] = np.arange(len(first_seen))
+    return remap[block]
+
+
+def _reduce_groups(rows: np.ndarray, group: np.ndarray, op: np.ufunc) -> np.ndarray:
+    """(groups, ...) op-reduction of the rows of each group (group ids 0..G-1, each present)."""
+    order = np.argsort(group, kind="stable")
+    starts = np.flatnonzero(np.diff(group[order], prepend=-1))
+    return op.reduceat(rows[order], starts, axis=0)
 
 
 def _check_static_size(constraint: Constraint, max_states: int) -> None:

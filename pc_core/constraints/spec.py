@@ -217,75 +217,89 @@ def _parse(spec: Any, path: str, depth: int) -> Constraint:
         raise ConstraintError(path, f"expected an object or a keyword string, got {_type_name(spec)}")
     if not spec:
         raise ConstraintError(path, "empty constraint object")
+    kind = next((kind for kind in _KINDS if kind in spec), None)
+    if kind is None:
+        raise ConstraintError(
+            path, f"unknown constraint kind {sorted(spec)}; expected one of: {', '.join(_KINDS)}"
+        )
+    return _KINDS[kind](spec, path, depth)
 
-    if "keywords" in spec:
-        _only(spec, {"keywords"} | _KEYWORD_OPTIONS, path)
-        items = _list(spec["keywords"], f"{path}.keywords", min_len=1)
-        options = {k: spec[k] for k in _KEYWORD_OPTIONS - {"variants"} if k in spec}
-        if "variants" in spec:
-            raise ConstraintError(
-                f"{path}.variants", 'variants apply to a single keyword; use {"keyword": ...}'
-            )
-        return All(
-            tuple(_parse_keyword_item(x, f"{path}.keywords[{i}]", options) for i, x in enumerate(items))
+
+def _keyword_list(spec: dict, key: str, path: str, max_len: int = 256) -> tuple[Keyword, ...]:
+    """`keywords`, `ordered`, `forbidden`: a list of keywords sharing the options given beside it."""
+    _only(spec, {key} | _KEYWORD_OPTIONS, path)
+    if "variants" in spec:
+        raise ConstraintError(f"{path}.variants", 'variants apply to a single keyword; use {"keyword": ...}')
+    items = _list(spec[key], f"{path}.{key}", min_len=1, max_len=max_len)
+    options = {k: spec[k] for k in _KEYWORD_OPTIONS if k in spec}
+    return tuple(_parse_keyword_item(x, f"{path}.{key}[{i}]", options) for i, x in enumerate(items))
+
+
+def _parse_combination(spec: dict, path: str, depth: int) -> Constraint:
+    key = "all" if "all" in spec else "any"
+    _only(spec, {key}, path)
+    items = _list(spec[key], f"{path}.{key}", min_len=1)
+    children = tuple(_parse(x, f"{path}.{key}[{i}]", depth + 1) for i, x in enumerate(items))
+    return All(children) if key == "all" else AnyOf(children)
+
+
+def _parse_not(spec: dict, path: str, depth: int) -> Constraint:
+    _only(spec, {"not"}, path)
+    return Not(_parse(spec["not"], f"{path}.not", depth + 1))
+
+
+def _parse_word_at(spec: dict, path: str, depth: int) -> Constraint:
+    _only(spec, {"word_at", "word"} | _KEYWORD_OPTIONS, path)
+    index = _int(spec["word_at"], f"{path}.word_at", lo=1, hi=MAX_WORD_INDEX)
+    if "word" not in spec:
+        raise ConstraintError(f"{path}.word", "required with word_at")
+    word = _parse_keyword(spec["word"], {"inflections": False, **spec}, path, text_path=f"{path}.word")
+    for variant in (word.text, *word.variants):
+        if len(split_words(variant)) != 1:
+            raise ConstraintError(f"{path}.word", f"must be a single word, got {variant!r}")
+    return WordAt(index, word)
+
+
+def _parse_word_count(spec: dict, path: str, depth: int) -> Constraint:
+    _only(spec, {"word_count"}, path)
+    body = spec["word_count"]
+    if not isinstance(body, dict):
+        raise ConstraintError(
+            f"{path}.word_count", f"expected an object {{min, max}}, got {_type_name(body)}"
         )
-    if "keyword" in spec:
-        _only(spec, {"keyword"} | _KEYWORD_OPTIONS, path)
-        return _parse_keyword(spec["keyword"], spec, path, text_path=f"{path}.keyword")
-    if "all" in spec or "any" in spec:
-        key = "all" if "all" in spec else "any"
-        _only(spec, {key}, path)
-        items = _list(spec[key], f"{path}.{key}", min_len=1)
-        children = tuple(_parse(x, f"{path}.{key}[{i}]", depth + 1) for i, x in enumerate(items))
-        return All(children) if key == "all" else AnyOf(children)
-    if "not" in spec:
-        _only(spec, {"not"}, path)
-        return Not(_parse(spec["not"], f"{path}.not", depth + 1))
-    if "ordered" in spec:
-        _only(spec, {"ordered"} | _KEYWORD_OPTIONS - {"variants"}, path)
-        items = _list(spec["ordered"], f"{path}.ordered", min_len=1)
-        options = {k: spec[k] for k in _KEYWORD_OPTIONS - {"variants"} if k in spec}
-        return Ordered(
-            tuple(_parse_keyword_item(x, f"{path}.ordered[{i}]", options) for i, x in enumerate(items))
-        )
-    if "forbidden" in spec:
-        _only(spec, {"forbidden"} | _KEYWORD_OPTIONS - {"variants"}, path)
-        items = _list(spec["forbidden"], f"{path}.forbidden", min_len=1, max_len=MAX_FORBIDDEN)
-        options = {k: spec[k] for k in _KEYWORD_OPTIONS - {"variants"} if k in spec}
-        words = tuple(_parse_keyword_item(x, f"{path}.forbidden[{i}]", options) for i, x in enumerate(items))
-        return Not(AnyOf(words))
-    if "word_at" in spec:
-        _only(spec, {"word_at", "word"} | _KEYWORD_OPTIONS, path)
-        index = _int(spec["word_at"], f"{path}.word_at", lo=1, hi=MAX_WORD_INDEX)
-        if "word" not in spec:
-            raise ConstraintError(f"{path}.word", "required with word_at")
-        options = {"inflections": False, **spec}
-        word = _parse_keyword(spec["word"], options, path, text_path=f"{path}.word")
-        for variant in (word.text, *word.variants):
-            if len(split_words(variant)) != 1:
-                raise ConstraintError(f"{path}.word", f"must be a single word, got {variant!r}")
-        return WordAt(index, word)
-    if "word_count" in spec:
-        _only(spec, {"word_count"}, path)
-        body = spec["word_count"]
-        if not isinstance(body, dict):
-            raise ConstraintError(
-                f"{path}.word_count", f"expected an object {{min, max}}, got {_type_name(body)}"
-            )
-        _only(body, {"min", "max"}, f"{path}.word_count")
-        lo = _int(body.get("min", 0), f"{path}.word_count.min", lo=0, hi=MAX_WORD_INDEX)
-        hi = body.get("max")
-        if hi is not None:
-            hi = _int(hi, f"{path}.word_count.max", lo=0, hi=MAX_WORD_INDEX)
-            if hi < lo:
-                raise ConstraintError(f"{path}.word_count", f"min ({lo}) must be <= max ({hi})")
-        return WordCount(lo, hi)
-    if "tokens" in spec:
-        _only(spec, {"tokens"}, path)
-        ids = _list(spec["tokens"], f"{path}.tokens", min_len=1, max_len=MAX_TOKEN_PATTERN)
-        return Tokens(tuple(_int(x, f"{path}.tokens[{i}]", lo=0) for i, x in enumerate(ids)))
-    known = "keywords, keyword, all, any, not, ordered, forbidden, word_at, word_count, tokens"
-    raise ConstraintError(path, f"unknown constraint kind {sorted(spec)}; expected one of: {known}")
+    _only(body, {"min", "max"}, f"{path}.word_count")
+    lo = _int(body.get("min", 0), f"{path}.word_count.min", lo=0, hi=MAX_WORD_INDEX)
+    hi = body.get("max")
+    if hi is not None:
+        hi = _int(hi, f"{path}.word_count.max", lo=0, hi=MAX_WORD_INDEX)
+        if hi < lo:
+            raise ConstraintError(f"{path}.word_count", f"min ({lo}) must be <= max ({hi})")
+    return WordCount(lo, hi)
+
+
+def _parse_tokens(spec: dict, path: str, depth: int) -> Constraint:
+    _only(spec, {"tokens"}, path)
+    ids = _list(spec["tokens"], f"{path}.tokens", min_len=1, max_len=MAX_TOKEN_PATTERN)
+    return Tokens(tuple(_int(x, f"{path}.tokens[{i}]", lo=0) for i, x in enumerate(ids)))
+
+
+def _parse_single_keyword(spec: dict, path: str, depth: int) -> Constraint:
+    _only(spec, {"keyword"} | _KEYWORD_OPTIONS, path)
+    return _parse_keyword(spec["keyword"], spec, path, text_path=f"{path}.keyword")
+
+
+_KINDS = {  # the first of these fields present in an object says what kind of constraint it is
+    "keywords": lambda spec, path, depth: All(_keyword_list(spec, "keywords", path)),
+    "keyword": _parse_single_keyword,
+    "all": _parse_combination,
+    "any": _parse_combination,
+    "not": _parse_not,
+    "ordered": lambda spec, path, depth: Ordered(_keyword_list(spec, "ordered", path)),
+    "forbidden": lambda spec, path, depth: Not(AnyOf(_keyword_list(spec, "forbidden", path, MAX_FORBIDDEN))),
+    "word_at": _parse_word_at,
+    "word_count": _parse_word_count,
+    "tokens": _parse_tokens,
+}
 
 
 def _parse_keyword_item(item: Any, path: str, options: dict) -> Keyword:

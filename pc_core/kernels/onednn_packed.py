@@ -1,16 +1,11 @@
 """CPU fast path for products with the (V, H) emission: oneDNN with the matrix reordered once.
 
-torch's default CPU product (MKL sgemm) handles few rows badly: measured on the 2-core AMD EPYC dev box
-(AVX-512), H = 4096, V = 50,257, fp32, 1 thread, median of 5 (`benchmarks/row_product.py`, docs/benchmarks.md
-section "rows"):
-
-    rows                     1      2      4     16     64    128
-    MKL, best layout, ms    44     86    135    196    527    792
-    oneDNN, packed, ms      47     44     44     76    254    518   (fewer than 4 rows padded to 4)
-
-Up to ~8 rows the packed product is bound by reading the emission once, so a guide step's extra rows (the
+torch's default CPU product (MKL sgemm) handles few rows badly: its time grows with every row, while the
+packed oneDNN product is bound by reading the emission once up to ~8 rows, so a guide step's extra rows (the
 marginal next to each joint) are nearly free there; from ~16 rows it is compute-bound and time grows with
-rows. oneDNN picks a slower kernel for 1-2 rows (58 and 77 ms unpadded in a separate run), hence the padding.
+rows. oneDNN picks a slower kernel for 1-2 rows, hence the padding to MIN_ROWS. Measured by
+`python -m benchmarks.row_product` (docs/benchmarks.md, section "rows" and "Measurements behind design
+choices").
 The ops are internal to torch (inductor's CPU weight prepacking); when they are missing or fail, `pack`
 returns None and callers keep the plain torch product.
 """

@@ -32,8 +32,9 @@ def edge_logsumexp(
 
     log_mass (E + 1, H) with a last all -inf row that padding slots point at; log_values (S', H);
     edge_index / edge_dst (S, K) long, one row per source state padded to the largest out-degree K.
-    A dense (S, K, H) logsumexp instead of scatter ops: measured 2-3x faster on CPU (H = 1024, 118 states,
-    1,507 edges). States are processed in chunks so the (chunk, K, H) intermediate stays under ~256 MB.
+    A dense (S, K, H) logsumexp instead of scatter ops, which were slower on CPU at guide sizes
+    (docs/benchmarks.md, "Measurements behind design choices"). States are processed in chunks so the
+    (chunk, K, H) intermediate stays under ~256 MB.
     """
     s, k = edge_index.shape
     h = log_mass.shape[1]
@@ -53,10 +54,10 @@ def matmul_exp_nt(
 
     right_t (N, K) >= 0, e.g. the (V, H) emission; out (R, N) float32, shift (R,), the row max of `left`
     (0 for all -inf rows). Callers that combine rows (a ratio of two products) take one log instead of two.
-    `right_t` may be given packed (onednn_packed), the CPU fast path: 2-3x at a guide step's row counts,
-    measured there. Plain on CPU, the product is taken as (right_t @ probs^T)^T: with few rows MKL's sgemm is
-    several times faster that way (measured on the 2-core dev box, H = 1024, V = 50,257, 3 rows: 9.0 ms vs
-    36.5 ms for probs @ right with right stored (K, N)); the result is then a transposed view.
+    `right_t` may be given packed (onednn_packed), the CPU fast path at a guide step's row counts (see that
+    module). Plain on CPU, the product is taken as (right_t @ probs^T)^T: with few rows MKL's sgemm handles
+    that layout much better than probs @ right with right stored (K, N); the result is then a transposed
+    view. Timings: docs/benchmarks.md, "Measurements behind design choices".
     """
     shift = left.max(dim=1).values  # (R,)
     shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
@@ -100,9 +101,9 @@ def edge_scaled_sum(
     coef = torch.exp(dst_scale - safe_peak[src])  # (E,), 0 for -inf scales
     lossy = bool(((coef < LOSSLESS) & torch.isfinite(dst_scale)).any())
     total = torch.zeros(num_states, h, device=values.device, dtype=values.dtype)
-    # Edges in chunks of ~2 MB so the (chunk, H) terms stay in cache: measured on the CPU dev box (H = 1024,
-    # 690 states, 13k edges, 1 thread) 14-17 ms per call instead of 54 ms for one (E, H) temporary, most of
-    # which was first-touch page faults on the fresh 53 MB buffer. On CUDA one chunk takes everything.
+    # Edges in chunks of ~2 MB so the (chunk, H) terms stay in cache: one (E, H) temporary is a fresh buffer
+    # per call, and its first-touch page faults dominated the call (docs/benchmarks.md, "Measurements behind
+    # design choices"). On CUDA one chunk takes everything.
     chunk = len(src) if values.is_cuda else max(1, 2**19 // max(1, h))
     for start in range(0, len(src), chunk):
         part = slice(start, start + chunk)

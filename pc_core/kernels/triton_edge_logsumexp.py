@@ -1,4 +1,4 @@
-"""Triton kernel for the backward-table step's edge sum (method notes, section 4):
+"""Triton kernel for the backward-table step's edge sum (docs/method.md §5.2):
 
     W[s, z] = log sum_{edges e out of s} exp(logE[e, z] + logU[dst[e], z])
 

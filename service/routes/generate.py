@@ -13,29 +13,14 @@ Errors found before decoding starts (validation, constraint, queue full) are pla
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from pc_core.constraints import Constraint
-from pc_core.decoding import DecodeParams, DecodingError
-from service import pipeline
+from service import serving
 from service.deps import RateLimit, RuntimeDep
-from service.engine import GenerationSpec
-from service.errors import BadRequest
-from service.pipeline import Result, Stream
-from service.schemas import (
-    DEFAULT_MAX_NEW_TOKENS,
-    ErrorResponse,
-    GenerateRequest,
-    GenerateResponse,
-    body_error,
-    check_limits,
-    raise_problems,
-    resolve_constraint,
-)
-from service.settings import Settings
+from service.schemas import ErrorResponse, GenerateRequest, GenerateResponse
+from service.serving import Result, Stream
 from service.sse import SSE_HEADERS, sse
 
 router = APIRouter(tags=["generation"])
@@ -48,51 +33,6 @@ ERRORS = {
     503: {"model": ErrorResponse, "description": "models not loaded yet"},
     504: {"model": ErrorResponse, "description": "request deadline passed"},
 }
-
-
-def build_spec(body: GenerateRequest, settings: Settings) -> GenerationSpec:
-    raise_problems(body.problems())
-    check_limits(
-        settings,
-        prompt=body.prompt,
-        max_new_tokens=body.max_new_tokens,
-        min_new_tokens=body.min_new_tokens,
-        num_beams=body.num_beams,
-        num_return_sequences=body.num_return_sequences,
-    )
-    constraint = resolve_constraint(body.keywords, body.constraint, settings)
-    max_new = body.max_new_tokens or min(DEFAULT_MAX_NEW_TOKENS, settings.max_new_tokens)
-    if body.min_new_tokens > max_new:
-        raise body_error(("min_new_tokens",), f"must be <= max_new_tokens ({max_new})", body.min_new_tokens)
-    return validated_spec(
-        body.prompt,
-        constraint,
-        settings,
-        max_new_tokens=max_new,
-        min_new_tokens=body.min_new_tokens,
-        num_beams=body.num_beams,
-        num_return_sequences=body.num_return_sequences,
-        do_sample=body.do_sample,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        seed=body.seed,
-        hmm_weight=body.hmm_weight,
-        length_penalty=body.length_penalty,
-    )
-
-
-def validated_spec(
-    prompt: str, constraint: Constraint, settings: Settings, **decoding: Any
-) -> GenerationSpec:
-    """The request's decoding fields plus the server's compile limits, validated (a 400 naming the problem)."""
-    params = DecodeParams(
-        **decoding, max_states=settings.max_states, time_budget_s=settings.compile_time_budget_s
-    )
-    try:
-        params.validate()
-    except DecodingError as err:
-        raise BadRequest(str(err), error_type="invalid_parameters") from err
-    return GenerationSpec(prompt, constraint, params)
 
 
 def response_body(result: Result, request_id: str, model: str) -> dict:
@@ -113,10 +53,10 @@ def response_body(result: Result, request_id: str, model: str) -> dict:
     responses={200: {"content": {"text/event-stream": {}}}, **ERRORS},
     summary="Generate text that satisfies a constraint",
 )
-async def generate(body: GenerateRequest, request: Request, runtime: RuntimeDep, _: RateLimit) -> object:
+async def post_generate(body: GenerateRequest, request: Request, runtime: RuntimeDep, _: RateLimit) -> object:
     """Every returned output satisfies the constraint within `max_new_tokens` (`constraint_satisfied` is the
     independent re-check). Deterministic requests (beam search, or sampling with a `seed`) are cached."""
-    spec = build_spec(body, runtime.settings)
+    spec = body.to_generation(runtime.settings)
     request_id = request.state.request_id
     model = runtime.settings.served_model
     if body.stream:
@@ -124,7 +64,7 @@ async def generate(body: GenerateRequest, request: Request, runtime: RuntimeDep,
         return StreamingResponse(
             _events(stream, request_id, model), media_type="text/event-stream", headers=SSE_HEADERS
         )
-    result = await pipeline.generate(runtime, request, spec)
+    result = await serving.answer(runtime, request, spec)
     return response_body(result, request_id, model)
 
 

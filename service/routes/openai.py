@@ -20,22 +20,13 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from service import pipeline
+from service import serving
 from service.deps import RateLimit, RuntimeDep
-from service.engine import GenerationSpec
 from service.errors import NotFound
-from service.pipeline import Result, Stream
-from service.routes.generate import ERRORS, validated_spec
-from service.schemas import (
-    MIN_TEMPERATURE,
-    MIN_TOP_P,
-    CompletionRequest,
-    CompletionResponse,
-    ModelList,
-    check_limits,
-    raise_problems,
-    resolve_constraint,
-)
+from service.generation import GenerationSpec
+from service.routes.generate import ERRORS
+from service.schemas import CompletionRequest, CompletionResponse, ModelList
+from service.serving import Result, Stream
 from service.settings import Settings
 from service.sse import SSE_HEADERS, sse
 
@@ -43,31 +34,11 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 FINISH = {"eos": "stop", "length": "length"}
 
 
-def build_spec(body: CompletionRequest, settings: Settings) -> GenerationSpec:
+def _spec(body: CompletionRequest, settings: Settings) -> GenerationSpec:
     if body.model is not None and body.model != settings.served_model:
         raise NotFound(f"model {body.model!r} is not served here; see /v1/models", path="model",
                        error_type="model_not_found")  # fmt: skip
-    raise_problems(body.problems())
-    check_limits(settings, prompt=body.prompt_text, max_tokens=body.max_tokens, min_tokens=body.min_tokens,
-                 n=body.n, best_of=body.best_of)  # fmt: skip
-    constraint = resolve_constraint(body.keywords, body.constraint, settings)
-    max_new = body.max_tokens if body.max_tokens is not None else min(16, settings.max_new_tokens)
-    sampling = body.temperature > 0
-    return validated_spec(
-        body.prompt_text,
-        constraint,
-        settings,
-        max_new_tokens=max_new,
-        min_new_tokens=min(body.min_tokens, max_new),
-        num_beams=1 if sampling else max(body.n, body.best_of or body.n),
-        num_return_sequences=body.n,
-        do_sample=sampling,
-        temperature=max(body.temperature, MIN_TEMPERATURE) if sampling else 1.0,
-        top_p=max(body.top_p, MIN_TOP_P),
-        seed=body.seed,
-        hmm_weight=body.hmm_weight,
-        length_penalty=body.length_penalty,
-    )
+    return body.to_generation(settings)
 
 
 def _usage(result: Result) -> dict:
@@ -83,7 +54,7 @@ def _usage(result: Result) -> dict:
     summary="OpenAI-compatible text completion under a constraint",
 )
 async def completions(body: CompletionRequest, request: Request, runtime: RuntimeDep, _: RateLimit) -> object:
-    spec = build_spec(body, runtime.settings)
+    spec = _spec(body, runtime.settings)
     model = runtime.settings.served_model
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
@@ -93,7 +64,7 @@ async def completions(body: CompletionRequest, request: Request, runtime: Runtim
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = _chunks(stream, completion_id, created, model, echo, body.n, include_usage)
         return StreamingResponse(chunks, media_type="text/event-stream", headers=SSE_HEADERS)
-    result = await pipeline.generate(runtime, request, spec)
+    result = await serving.answer(runtime, request, spec)
     choices = [
         {
             "text": echo + out["text"],

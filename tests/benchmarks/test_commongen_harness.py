@@ -7,10 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from benchmarks.commongen import lemma_coverage, load_dev, score
 
-from benchmarks.commongen import lemma_coverage, load_dev, score  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 SETS = [
     ("dog_N#frisbee_N#catch_V", ["The dog caught a frisbee.", "A dog catches the frisbee in the park."]),
@@ -47,7 +46,7 @@ def test_scores_follow_their_definitions(tmp_path):
 def test_harness_runs_all_systems_and_caches_outputs(tmp_path, model_env):
     data = write_dataset(tmp_path / "data")
     report = tmp_path / "quality.md"
-    command = [sys.executable, str(ROOT / "benchmarks" / "commongen.py"), "--lm", model_env["PCGEN_LM"],
+    command = [sys.executable, "-m", "benchmarks.commongen", "--lm", model_env["PCGEN_LM"],
                "--hmm", model_env["PCGEN_HMM"], "--data", str(data), "--work", str(tmp_path / "work"),
                "--beams", "2", "--max-new-tokens", "12", "--report", str(report)]  # fmt: skip
     first = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
@@ -72,7 +71,7 @@ def test_harness_runs_all_systems_and_caches_outputs(tmp_path, model_env):
 
 def test_missing_dataset_is_a_clean_skip(tmp_path):
     out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "commongen.py"), "--lm", "unused", "--data", str(tmp_path)],
+        [sys.executable, "-m", "benchmarks.commongen", "--lm", "unused", "--data", str(tmp_path)],
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )  # fmt: skip
     assert out.returncode == 0 and "not found" in out.stdout

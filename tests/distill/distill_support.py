@@ -21,7 +21,7 @@ def cli_env() -> dict:
 
 
 def pcgen(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pc_core.cli", *args]
+    return [sys.executable, "-m", "pcgen.cli", *args]
 
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -10,9 +10,9 @@ from distill.errors import DistillError
 from distill.lvd import LVDConfig, run_lvd
 from distill.pipeline import load_config
 from distill.sample import SampleConfig, run_sample
-from pc_core.cli import main
 from pc_core.errors import PcgenError
 from pc_core.hmm import HMM
+from pcgen.cli import main
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ import yaml
 from distill_support import ROOT, cli_env
 
 from distill import data
-from pc_core.cli import main
 from pc_core.hmm import HMM
+from pcgen.cli import main
 
 
 def test_sample_lvd_train_then_guide(tiny_lm, tokenizer, tmp_path, capsys):
@@ -137,7 +137,7 @@ def test_run_config_produces_every_stage_and_skips_them_after(single, tiny_lm, c
 def test_torchrun_two_gloo_processes_match_one(single, tiny_lm, tmp_path):
     config = _config(tmp_path, tiny_lm)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    cmd += ["-m", "pc_core.cli", "distill", "run", "--config", str(config)]
+    cmd += ["-m", "pcgen.cli", "distill", "run", "--config", str(config)]
     proc = subprocess.run(cmd, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "[rank 1]" in proc.stderr  # really two processes

@@ -50,6 +50,17 @@ def test_dockerfiles_run_as_non_root_with_a_healthcheck_and_model_cache():
         assert "HF_HOME=/data/hf" in text and 'VOLUME ["/data/hf"' in text
 
 
+def test_dockerfiles_copy_every_installed_package():
+    """`pip install .` in the image installs what pyproject's packages.find includes; each must be copied in
+    (pcgen, the CLI the ENTRYPOINT runs, included)."""
+    include = re.search(r"^include = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    packages = {name.strip(' "*') for name in include.split(",")}
+    assert {"pc_core", "pcgen", "distill", "service"} <= packages
+    for dockerfile in DOCKERFILES:
+        copied = set(re.findall(r"^COPY (\w+) \./\1$", dockerfile.read_text(), re.M))
+        assert packages <= copied, f"{dockerfile.name} does not copy {sorted(packages - copied)}"
+
+
 def test_compose_validates_against_the_compose_specification():
     import jsonschema
 
@@ -80,7 +91,7 @@ def test_compose_services_are_complete():
 
 
 def test_every_pcgen_command_and_setting_used_in_deployment_exists():
-    from pc_core.cli import build_parser
+    from pcgen.cli import build_parser
     from service.settings import Settings
 
     parser = build_parser()
@@ -321,7 +332,7 @@ def test_native_stand_in_for_the_compose_stack(tmp_path, model_env):
                 "PCGEN_PORT": str(port), "PCGEN_METRICS_PORT": str(metrics_port), "HF_HOME": str(tmp_path / "hf"),
                 "HF_HUB_OFFLINE": "1", "PCGEN_API_KEYS": "stand-in-key-1"})  # fmt: skip
     api_log = open(tmp_path / "api.log", "w")  # noqa: SIM115
-    api = subprocess.Popen([sys.executable, "-m", "pc_core.cli", *services["api"]["command"]],
+    api = subprocess.Popen([sys.executable, "-m", "pcgen.cli", *services["api"]["command"]],
                            env={**os.environ, **env}, stdout=api_log, stderr=subprocess.STDOUT)  # fmt: skip
     config = yaml.safe_load((ROOT / "docker" / "prometheus.yml").read_text())
     compose_metrics_port = services["api"]["environment"]["PCGEN_METRICS_PORT"]

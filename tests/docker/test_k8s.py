@@ -75,7 +75,7 @@ def test_base_renders_the_expected_objects(base):
 
 
 def test_api_runs_pcgen_serve_from_the_image(base):
-    from pc_core.cli import build_parser
+    from pcgen.cli import build_parser
 
     container = api_container(base)
     assert container["image"] == "pcgen:latest"

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from pc_core import check_ids
-from pc_core.decoding import BatchDecoder, DecodeParams, DecodingError, Request, generate
-from pc_core.errors import UnsatisfiableConstraint
+from pc_core.decoding import BatchDecoder, generate, prepare
+from pc_core.errors import TokenizerMismatch, UnsatisfiableConstraint
 from pc_core.hmm import HMM
 from pc_core.lm import KVBatch
+from pc_core.params import DecodeParams, DecodingError
 
 SINGLE = ["dog", "frisbee", "catch", "coffee", "building", "garden", "snow", "winter", "children", "lake", "house",
           "night", "team", "tree", "girl", "fish", "field", "sky", "stove", "city", "park", "couch", "cat", "pan",
@@ -120,13 +121,13 @@ def test_batched_mixed_requests_equal_individual_runs(tiny_lm, tokenizer, tiny_h
     alone = []
     for spec, prompt, params in jobs:
         decoder = BatchDecoder(tiny_lm)
-        request = Request(tokenizer, tiny_hmm, spec, prompt, params)
+        request = prepare(tokenizer, tiny_hmm, spec, prompt, params)
         decoder.add(request)
         while not request.done:
             decoder.step()
         alone.append([s.token_ids for s in request.output.sequences])
     decoder = BatchDecoder(tiny_lm)
-    requests = [Request(tokenizer, tiny_hmm, spec, prompt, params) for spec, prompt, params in jobs]
+    requests = [prepare(tokenizer, tiny_hmm, spec, prompt, params) for spec, prompt, params in jobs]
     decoder.add(requests[0])
     decoder.add(requests[1])
     max_rows = 0
@@ -145,10 +146,10 @@ def test_batched_mixed_requests_equal_individual_runs(tiny_lm, tokenizer, tiny_h
 
 def test_cancel_drops_only_that_request(tiny_lm, tokenizer, tiny_hmm):
     decoder = BatchDecoder(tiny_lm)
-    a = Request(
+    a = prepare(
         tokenizer, tiny_hmm, {"keywords": ["dog"]}, "The", DecodeParams(max_new_tokens=10, num_beams=2)
     )
-    b = Request(tokenizer, tiny_hmm, {"keywords": ["cat"]}, "A", DecodeParams(max_new_tokens=10, num_beams=2))
+    b = prepare(tokenizer, tiny_hmm, {"keywords": ["cat"]}, "A", DecodeParams(max_new_tokens=10, num_beams=2))
     decoder.add(a)
     decoder.add(b)
     decoder.step()
@@ -176,7 +177,7 @@ def test_bad_parameters(tiny_lm, tokenizer, tiny_hmm):
         with pytest.raises(DecodingError):
             generate(tiny_lm, tokenizer, tiny_hmm, spec, **kwargs)
     wrong = HMM.random(4, len(tokenizer) + 1, seed=0)
-    with pytest.raises(DecodingError, match="tokens but the HMM"):
+    with pytest.raises(TokenizerMismatch, match="tokens but the HMM"):
         generate(tiny_lm, tokenizer, wrong, spec)
 
 
@@ -191,7 +192,7 @@ def test_guided_distribution_is_normalised_product(tmp_path):
     spec = {"keywords": ["dog", "cat"]}
     for weight in (1.0, 0.5):
         params = DecodeParams(max_new_tokens=3, do_sample=True, seed=0, hmm_weight=weight)
-        request = Request(micro, hmm, spec, [2, 4], params)
+        request = prepare(micro, hmm, spec, [2, 4], params)
         _, logits = KVBatch.prefill(lm, request.lm_input)
         q = request.guide.next_log_probs(request.guide_state)
         got = request.next_distribution(torch.log_softmax(logits, -1), q)[0].double().exp().numpy()
@@ -206,10 +207,10 @@ def test_guided_distribution_is_normalised_product(tmp_path):
 
 def test_a_failing_request_does_not_take_its_batch_down(tiny_lm, tokenizer, tiny_hmm):
     decoder = BatchDecoder(tiny_lm)
-    good = Request(
+    good = prepare(
         tokenizer, tiny_hmm, {"keywords": ["dog"]}, "The", DecodeParams(max_new_tokens=8, num_beams=2)
     )
-    bad = Request(
+    bad = prepare(
         tokenizer, tiny_hmm, {"keywords": ["cat"]}, "A", DecodeParams(max_new_tokens=8, num_beams=2)
     )
     decoder.add(good)
@@ -232,22 +233,3 @@ def test_extreme_sampling_parameters(tiny_lm, tokenizer, tiny_hmm):
     out = generate(tiny_lm, tokenizer, tiny_hmm, {"keywords": ["dog"]}, max_new_tokens=6, do_sample=True,
                    top_p=1e-12, temperature=1e-3, seed=0)  # fmt: skip
     assert out.sequences[0].constraint_satisfied  # top_p below float32 resolution keeps the best token
-
-
-def test_generate_cli_prints_json(tiny_lm_dir, tokenizer, tmp_path):
-    import json
-    import subprocess
-    import sys
-
-    HMM.random(8, len(tokenizer), seed=0, eos_token_id=tokenizer.eos_token_id).save(tmp_path / "hmm")
-    cmd = [sys.executable, "-m", "pc_core.cli", "generate", "--lm", str(tiny_lm_dir), "--hmm", str(tmp_path / "hmm"),
-           "--keywords", "dog", "park", "--prompt", "The", "--max-new-tokens", "10", "--device", "cpu", "--json"]  # fmt: skip
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    result = json.loads(run.stdout)
-    assert result["sequences"][0]["constraint_satisfied"] and set(result["timings"]) >= {
-        "dfa_ms",
-        "decode_ms",
-    }
-    bad = subprocess.run(cmd[:-1] + ["--max-new-tokens", "1"], capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "max_new_tokens=1" in bad.stderr

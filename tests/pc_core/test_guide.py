@@ -245,9 +245,9 @@ def test_vocabulary_blocks_change_nothing_but_the_product_split(tokenizer):
     assert (split.tables.dense_succ[state.dfa_state] >= 0).sum(1).max() >= 2
     # multiply-adds of the product: each block's rows times its columns, against all rows times all of V
     split_cost = sum(
-        len(plan.rows) * len(ids) for plan, ids in zip(split._dense_rows(state), split.tables.block_tokens)
+        len(plan.rows) * len(ids) for plan, ids in zip(split.plan(state).blocks, split.tables.block_tokens)
     )
-    assert split_cost < 0.9 * len(plain._dense_rows(state)[0].rows) * len(tokenizer)
+    assert split_cost < 0.9 * len(plain.plan(state).blocks[0].rows) * len(tokenizer)
     got, want = split.next_log_probs(state), plain.next_log_probs(state)
     assert torch.equal(torch.isneginf(got), torch.isneginf(want))
     finite = torch.isfinite(want)
@@ -265,7 +265,7 @@ def test_beams_with_nothing_left_to_decide_need_no_product_rows(tokenizer):
     texts = [" the dog.", " the", " a dog"]
     prefixes = [tokenizer.encode(text, add_special_tokens=False) for text in texts]
     done_state = guide.state_for(prefixes[0])
-    assert all(len(plan.rows) == 0 for plan in guide._dense_rows(done_state))
+    assert all(len(plan.rows) == 0 for plan in guide.plan(done_state).blocks)
     done = guide.next_log_probs(done_state)[0]
     assert torch.equal(torch.isneginf(done), torch.from_numpy(dfa.banned_tokens))
     assert (done[~torch.from_numpy(dfa.banned_tokens)] == 0).all()
@@ -344,7 +344,8 @@ def _tables_close(a, b):
 
 
 def test_linear_backward_step_equals_log_space_path(tokenizer, monkeypatch):
-    from pc_core.guide import TABLES, GuideTables
+    from pc_core.guide import TABLES
+    from pc_core.guide_tables import GuideTables
 
     dfa = compile_constraint({"all": ["dog", "frisbee", {"word_count": {"min": 3, "max": 9}}]}, tokenizer)
     hmm = HMM.random(64, len(tokenizer), seed=7, eos_token_id=tokenizer.eos_token_id, concentration=3.0)
@@ -368,11 +369,11 @@ def test_tokens_beyond_float32_range_stay_exact(micro, monkeypatch, big_class_fr
     every state (scaled emission columns keep its products in range); " the" is emitted only by a state the
     forward vector gives e^-100, so its products leave float32's normal range and the exact log-space
     fallback must take over: no NaN, no spurious -inf, full precision."""
-    import pc_core.guide as guide_module
+    import pc_core.guide_tables as tables_module
     from pc_core.guide import TABLES
 
     monkeypatch.setattr(
-        guide_module, "BIG_CLASS_FRACTION", big_class_fraction
+        tables_module, "BIG_CLASS_FRACTION", big_class_fraction
     )  # 0.9: every class in the tail
     base = HMM.random(3, len(micro), seed=11, eos_token_id=micro.eos_token_id)
     log_emission = base.log_emission.clone()
@@ -408,14 +409,14 @@ def test_tokens_beyond_float32_range_stay_exact(micro, monkeypatch, big_class_fr
 
 def test_underflow_in_the_linear_path_falls_back_to_log_space(tokenizer, monkeypatch):
     """If a scaled row underflows where the DFA says feasible, the step is redone in log space."""
-    import pc_core.guide as guide_module
+    import pc_core.guide_tables as tables_module
     from pc_core.guide import TABLES
 
     dfa = compile_constraint({"keywords": ["dog", "cat"]}, tokenizer)
     hmm = HMM.random(16, len(tokenizer), seed=3, eos_token_id=tokenizer.eos_token_id)
     TABLES.clear()
     reference = ConstraintGuide(hmm, dfa, horizon=10).tables.log_u
-    real = guide_module.edge_scaled_sum
+    real = tables_module.edge_scaled_sum
     calls = []
 
     def underflowing(*args, **kwargs):
@@ -423,7 +424,7 @@ def test_underflow_in_the_linear_path_falls_back_to_log_space(tokenizer, monkeyp
         calls.append(1)
         return w, scale, lossy or len(calls) == 3  # as if a term fell out of float32 at the third step
 
-    monkeypatch.setattr(guide_module, "edge_scaled_sum", underflowing)
+    monkeypatch.setattr(tables_module, "edge_scaled_sum", underflowing)
     TABLES.clear()
     fallback = ConstraintGuide(hmm, dfa, horizon=10)
     assert fallback.tables.used_log_space_fallback and len(calls) == 3

@@ -175,7 +175,7 @@ def test_import_hmm_cli(tmp_path):
     hmm = HMM.random(4, 16, seed=5, eos_token_id=15)
     _ctrlg_dir(tmp_path / "src", hmm)
     out = subprocess.run(
-        [sys.executable, "-m", "pc_core.cli", "import-hmm", str(tmp_path / "src"), str(tmp_path / "dst")],
+        [sys.executable, "-m", "pcgen.cli", "import-hmm", str(tmp_path / "src"), str(tmp_path / "dst")],
         capture_output=True,
         text=True,
         check=True,
@@ -183,7 +183,7 @@ def test_import_hmm_cli(tmp_path):
     assert "hidden_size=4" in out.stdout
     assert json.loads((tmp_path / "dst" / "config.json").read_text())["format"] == "pcgen-hmm"
     bad = subprocess.run(
-        [sys.executable, "-m", "pc_core.cli", "import-hmm", str(tmp_path / "missing"), str(tmp_path / "x")],
+        [sys.executable, "-m", "pcgen.cli", "import-hmm", str(tmp_path / "missing"), str(tmp_path / "x")],
         capture_output=True,
         text=True,
     )

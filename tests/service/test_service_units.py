@@ -12,11 +12,13 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from pc_core.decoding import DecodeParams, GenerationOutput, SequenceResult
+from pc_core.decoding import GenerationOutput, SequenceResult
+from pc_core.params import DecodeParams
 from service.cache import MemoryBackend, RedisHealth, ResponseCache, SingleFlight
 from service.cli import BOOL_SETTINGS, VALUE_SETTINGS, build_parser, load_settings
-from service.engine import Engine, GenerationSpec, Job
+from service.engine import Engine, Job
 from service.errors import constraint_path_to_loc, loc_to_path
+from service.generation import GenerationSpec
 from service.metrics import Metrics
 from service.settings import Settings, describe_error
 
@@ -170,7 +172,7 @@ class FakeEngine:
     async def submit(self, spec: GenerationSpec, stream: bool = False) -> Job:
         loop = asyncio.get_running_loop()
         job = Job(spec, loop, loop.create_future(), asyncio.Queue() if stream else None)
-        job.request = SimpleNamespace(output=None)
+        job.search = SimpleNamespace(output=None)
         job.state = "running"
         job.started_at = time.perf_counter()
         self.submitted.append(job)
@@ -181,9 +183,9 @@ class FakeEngine:
     def _finish(self, job: Job) -> None:
         if job.future.done():
             return
-        job.request.output = _output()
+        job.search.output = _output()
         job.finished_at = time.perf_counter()
-        job._set(job.request.output, None)
+        job._set(job.search.output, None)
 
     def cancel(self, job: Job, reason: str = "disconnect") -> bool:
         self.cancelled.append(job)

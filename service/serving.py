@@ -1,10 +1,11 @@
-"""From a validated `GenerationSpec` to a result, shared by /generate and /v1/completions:
-cache lookup -> single-flight -> engine, under the request deadline and watching for the client leaving."""
+"""From a validated `GenerationSpec` to a result, shared by every endpoint and by streaming: cache lookup ->
+an identical computation in flight (single-flight) -> the engine, under the request deadline and watching for
+the client leaving. Full and streamed responses take the same path; a stream that finds its result cached or
+in flight replays it as one event per output."""
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, replace
@@ -12,8 +13,9 @@ from typing import Any, TypeVar
 
 from starlette.requests import Request as HttpRequest
 
-from service.engine import GenerationSpec, Job
+from service.engine import Job
 from service.errors import ClientGone, ServiceError, Timeout
+from service.generation import GenerationSpec
 from service.runtime import Runtime
 
 T = TypeVar("T")
@@ -39,39 +41,14 @@ class Result:
 
     @classmethod
     def from_job(cls, job: Job) -> Result:
-        out = job.request.output
-        outputs = [
-            {
-                "text": s.text,
-                "token_ids": list(s.token_ids),
-                "constraint_satisfied": bool(s.constraint_satisfied),
-                "finish_reason": s.finish_reason,
-                "logprob": s.logprob if math.isfinite(s.logprob) else -1e30,
-                "matches": _matches(job.spec.constraint, s.text),
-            }
-            for s in out.sequences
-        ]
-        usage = {
-            "prompt_tokens": out.prompt_tokens,
-            "completion_tokens": sum(len(s.token_ids) for s in out.sequences),
-        }
+        out = job.search.output
         timings = {k: round(v, 3) for k, v in job.timings().items()}
-        return cls(outputs, usage, timings, dfa_states=out.dfa_states)
+        return cls(out.outputs_json(job.spec.constraint), out.usage, timings, dfa_states=out.dfa_states)
 
     def with_total(self, started: float) -> Result:
         timings = {"queue_ms": 0.0, "dfa_ms": 0.0, "precompute_ms": 0.0, "decode_ms": 0.0, **self.timings}
         timings["total_ms"] = round((time.perf_counter() - started) * 1000, 3)
         return replace(self, timings=timings)
-
-
-def _matches(constraint: Any, text: str) -> list[dict[str, Any]]:
-    """Character spans of the keywords found in the text (what the playground highlights)."""
-    from pc_core.constraints.checker import keyword_matches
-
-    try:
-        return keyword_matches(constraint, text)
-    except Exception:  # noqa: BLE001 - a presentation aid must never fail a generation
-        return []
 
 
 async def _wait_disconnect(request: HttpRequest) -> None:
@@ -114,32 +91,56 @@ async def guarded(runtime: Runtime, request: HttpRequest, work: Awaitable[T], de
 async def _compute(runtime: Runtime, spec: GenerationSpec) -> Result:
     engine = runtime.require_engine()
     job = await engine.submit(spec)
+    return await _result(runtime, job)
+
+
+async def _result(runtime: Runtime, job: Job, key: str | None = None) -> Result:
+    """The job's result (stored in the cache under `key`); cancelling this cancels the job."""
     try:
         await asyncio.shield(job.future)
     except asyncio.CancelledError:
-        engine.cancel(job)
+        runtime.require_engine().cancel(job)
         raise
-    return Result.from_job(job)
+    result = Result.from_job(job)
+    if key is not None:
+        await runtime.cache.set(key, result.to_cache())
+    return result
 
 
-async def generate(runtime: Runtime, request: HttpRequest, spec: GenerationSpec) -> Result:
+async def _lookup(
+    runtime: Runtime, spec: GenerationSpec
+) -> tuple[str | None, Result | None, Awaitable | None]:
+    """(cache key, cached result, identical computation in flight); the key is None when not cacheable."""
+    if not (runtime.cache.enabled and spec.params.deterministic):
+        return None, None, None
+    key = spec.cache_key(runtime.fingerprints)
+    hit = await runtime.cache.get(key)
+    if hit is not None:
+        return key, Result.from_cache(hit), None
+    shared = runtime.singleflight.join(key)
+    if shared is not None:
+        runtime.metrics.cache_shared.inc()
+    return key, None, shared
+
+
+async def answer(runtime: Runtime, request: HttpRequest, spec: GenerationSpec) -> Result:
     """A complete result: from the cache, from an identical request in flight, or computed."""
     started = time.perf_counter()
     deadline = started + runtime.settings.request_timeout_s
     runtime.require_engine()
 
     async def work() -> Result:
-        key = spec.cache_key(runtime.fingerprints) if runtime.cache.enabled and spec.deterministic else None
+        key, hit, shared = await _lookup(runtime, spec)
+        if hit is not None:
+            return hit
+        if shared is not None and (result := await shared) is not None:
+            return result
         if key is None:
             return await _compute(runtime, spec)
-        hit = await runtime.cache.get(key)
-        if hit is not None:
-            return Result.from_cache(hit)
 
         async def compute_and_store() -> Result:
-            result = await _compute(runtime, spec)
-            await runtime.cache.set(key, result.to_cache())
-            return result
+            job = await runtime.require_engine().submit(spec)
+            return await _result(runtime, job, key)
 
         result, shared = await runtime.singleflight.run(key, compute_and_store)
         if shared:
@@ -165,13 +166,13 @@ class Stream:
     async def open(cls, runtime: Runtime, request: HttpRequest, spec: GenerationSpec) -> Stream:
         self = cls(runtime, spec, time.perf_counter())
         engine = runtime.require_engine()
-        if runtime.cache.enabled and spec.deterministic:
-            self.key = spec.cache_key(runtime.fingerprints)
-            hit = await runtime.cache.get(self.key)
-            if hit is not None:
-                self.cached = Result.from_cache(hit)
-                return self
-        self.job = await guarded(runtime, request, engine.submit(spec, stream=True), self.deadline)
+        self.key, self.cached, shared = await _lookup(runtime, spec)
+        if shared is not None:  # an identical request is computing it: replay its result when it comes
+            self.cached = await guarded(runtime, request, shared, self.deadline)  # None: it was cancelled
+        if self.cached is None:
+            self.job = await guarded(runtime, request, engine.submit(spec, stream=True), self.deadline)
+            if self.key is not None:  # identical requests arriving meanwhile share this computation
+                runtime.singleflight.adopt(self.key, _result(runtime, self.job, self.key))
         return self
 
     async def events(self) -> AsyncIterator[tuple[str, Any]]:
@@ -213,8 +214,10 @@ class Stream:
                     )
                     return
                 result = Result.from_job(job)
-                if self.key is not None:
-                    await self.runtime.cache.set(self.key, result.to_cache())
+                if self.key is not None and not self.runtime.singleflight.join(self.key):
+                    await self.runtime.cache.set(
+                        self.key, result.to_cache()
+                    )  # (else the shared task stores it)
                 yield "result", result.with_total(self.started)
                 return
         finally:

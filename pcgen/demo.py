@@ -1,7 +1,7 @@
 """`pcgen demo`: the whole product on a laptop, offline, from nothing.
 
 1. Write a corpus of everyday sentences from a small grammar (no download).
-2. Train a tiny GPT-2 and its byte-level BPE on it (pc_core.tinylm; a few minutes on 2 cores, cached).
+2. Train a tiny GPT-2 and its byte-level BPE on it (pcgen.tinylm; a few minutes on 2 cores, cached).
 3. Distill an HMM from that LM with the real pipeline (`pcgen distill run`: sample, LVD, EM).
 4. Start the API server (`pcgen serve`), send an example request, print the texts with the requested words.
 
@@ -15,13 +15,15 @@ import json
 import logging
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-from pc_core.tinylm import TinyLMConfig, train_lm, train_tokenizer
+from pcgen.tinylm import TinyLMConfig, train_lm, train_tokenizer
 
 log = logging.getLogger("pcgen.demo")
 
@@ -59,7 +61,7 @@ def synthetic_corpus(n: int, seed: int = 0) -> list[str]:
     """Simple English sentences: subject, verb (any tense), object, place, time."""
     rng = random.Random(seed)
 
-    def noun_phrase(nouns: list[str]) -> str:
+    def noun_phrase(nouns: list[str]) -> tuple[str, bool]:
         noun = rng.choice(nouns)
         plural = rng.random() < 0.25
         det = rng.choice(["the", "a", "my", "the"]) if not plural else rng.choice(["the", "two", "some"])
@@ -128,32 +130,82 @@ def build(cache: Path, quick: bool = False) -> tuple[Path, Path]:
         config_path.write_text(json.dumps(config, indent=2))
         started = time.time()
         subprocess.run(
-            [sys.executable, "-m", "pc_core.cli", "distill", "run", "--config", str(config_path)], check=True
+            [sys.executable, "-m", "pcgen.cli", "distill", "run", "--config", str(config_path)], check=True
         )
         log.info("HMM distilled in %.0f s: %s", time.time() - started, hmm_dir)
     return lm_dir, hmm_dir
 
 
+class _Stopped(BaseException):  # not Exception: no library handler may swallow it
+    """SIGINT or SIGTERM arrived; raised by the handler so the `finally` below stops the server."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise _Stopped(signum)
+
+
+def _stop_server(server: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM to the server's process group (it runs in a session of its own), then SIGKILL after `timeout`."""
+    if server.poll() is not None:
+        return
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=timeout)
+    except ProcessLookupError:
+        server.wait()
+    except subprocess.TimeoutExpired:
+        log.warning("the server did not stop within %.0f s; killing it", timeout)
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+def _error_line(response: object) -> str:
+    """One line for an error response: the service's {"error": {"type", "message", "path"}}, else the text."""
+    try:
+        error = response.json()["error"]
+        line = f"{error['type']}: {error['message']}" + (
+            f" (path: {error['path']})" if error.get("path") else ""
+        )
+    except Exception:  # noqa: BLE001 - not the service's error shape (a proxy, a crash): show the raw text
+        line = response.text.strip() or response.reason_phrase
+    return " ".join(f"HTTP {response.status_code} {line}".split())
+
+
 def serve_and_ask(
     lm_dir: Path, hmm_dir: Path, keywords: list[str], keep_serving: bool, port: int | None
 ) -> int:
+    """Start `pcgen serve`, send one request, print the outputs; 0 on success. The server always stops with this
+    function, also on SIGINT / SIGTERM (which return 0 once the example has been answered, 128 + the signal
+    before) and on an error answer (printed on one line, exit code 1)."""
     import httpx
 
     port = port or _free_port()
     env = {**os.environ, "PCGEN_LM": str(lm_dir), "PCGEN_HMM": str(hmm_dir), "PCGEN_DEVICE": "cpu",
            "PCGEN_HOST": "127.0.0.1", "PCGEN_PORT": str(port)}  # fmt: skip
     log_path = lm_dir.parent / "server.log"
-    log_file = open(log_path, "w")  # noqa: SIM115 - closed with the server
-    server = subprocess.Popen([sys.executable, "-m", "pc_core.cli", "serve"], env=env, stdout=log_file,
-                              stderr=subprocess.STDOUT)  # fmt: skip
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    log.info("starting pcgen serve on port %d (log: %s)", port, log_path)
     base = f"http://127.0.0.1:{port}"
+    answered = False
+    server: subprocess.Popen | None = None
+    log_file = open(log_path, "w")  # noqa: SIM115 - closed with the server
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        # A session of its own: the terminal's Ctrl-C reaches only this process, which stops the whole group.
+        server = subprocess.Popen([sys.executable, "-m", "pcgen.cli", "serve"], env=env, stdout=log_file,
+                                  stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        log.info("starting pcgen serve (pid %d) on port %d (log: %s)", server.pid, port, log_path)
         deadline = time.time() + 300
         while time.time() < deadline:
             if server.poll() is not None:
-                raise SystemExit(f"the server exited with code {server.returncode}; see {log_path}")
+                raise SystemExit(
+                    f"pcgen demo: the server exited with code {server.returncode}; see {log_path}"
+                )
             try:
                 if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
                     break
@@ -161,7 +213,7 @@ def serve_and_ask(
                 pass
             time.sleep(0.5)
         else:
-            raise SystemExit("the server did not become ready within 5 minutes")
+            raise SystemExit(f"pcgen demo: the server did not become ready within 5 minutes; see {log_path}")
         body = {
             "prompt": "",
             "keywords": keywords,
@@ -169,25 +221,42 @@ def serve_and_ask(
             "num_beams": 4,
             "num_return_sequences": 3,
         }
-        print(f"\nPOST {base}/generate {json.dumps(body)}")
-        response = httpx.post(f"{base}/generate", json=body, timeout=300)
-        response.raise_for_status()
+        print(f"\nPOST {base}/generate {json.dumps(body)}", flush=True)
+        try:
+            response = httpx.post(f"{base}/generate", json=body, timeout=300)
+        except httpx.HTTPError as err:
+            raise SystemExit(f"pcgen demo: POST /generate failed: {type(err).__name__}: {err}") from None
+        if response.status_code >= 400:
+            raise SystemExit(f"pcgen demo: {_error_line(response)}")
         result = response.json()
         for output in result["outputs"]:
             mark = "satisfied" if output["constraint_satisfied"] else "NOT satisfied"
             print(f"  [{mark}] {output['text'].strip()}")
-        print(f"  timings (ms): {json.dumps({k: round(v, 1) for k, v in result['timings'].items()})}")
+        print(
+            f"  timings (ms): {json.dumps({k: round(v, 1) for k, v in result['timings'].items()})}",
+            flush=True,
+        )
+        answered = True
         if keep_serving:
-            print(f"\nServing on {base} (playground at {base}/, API docs at {base}/docs). Ctrl-C to stop.")
-            server.wait()
+            print(f"\nServing on {base} (playground at {base}/, API docs at {base}/docs). Ctrl-C to stop.",
+                  flush=True)  # fmt: skip
+            code = server.wait()
+            raise SystemExit(f"pcgen demo: the server exited with code {code}; see {log_path}")
         return 0
-    except KeyboardInterrupt:
-        return 0
+    except (_Stopped, KeyboardInterrupt) as err:
+        signum = err.signum if isinstance(err, _Stopped) else signal.SIGINT
+        log.info("%s: stopping the server", signal.Signals(signum).name)
+        return 0 if answered else 128 + signum
     finally:
-        if server.poll() is None:
-            server.terminate()
-            server.wait(timeout=30)
-        log_file.close()
+        for sig in previous:  # a second Ctrl-C must not abandon the server half-stopped
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            if server is not None:
+                _stop_server(server)
+            log_file.close()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

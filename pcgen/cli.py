@@ -86,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     registrars: list[Callable[[argparse._SubParsersAction], None]] = [_register_compile, _register_import_hmm]
     for module, name in (
-        ("pc_core.cli_generate", "register"),
-        ("pc_core.demo", "register"),
+        ("pcgen.cli_generate", "register"),
+        ("pcgen.demo", "register"),
         ("distill.cli", "register"),
         ("service.cli", "register"),
     ):

@@ -1,0 +1,47 @@
+"""The `pcgen` command line (package pcgen): entry points and `pcgen generate`."""
+
+import json
+import subprocess
+import sys
+
+from pc_core.constraints.checker import check_text
+from pc_core.hmm import HMM
+
+
+def test_python_m_pcgen_is_the_pcgen_command():
+    run = subprocess.run(
+        [sys.executable, "-m", "pcgen", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    for command in ("compile", "import-hmm", "generate", "demo", "distill", "serve"):
+        assert command in run.stdout
+
+
+def test_generate_json_has_the_rest_response_shape(tiny_lm_dir, tokenizer, tmp_path):
+    """`pcgen generate --json` prints what POST /generate answers, less id, model and cached: the service's own
+    response schema accepts it once those three are added."""
+    from service.schemas import GenerateResponse
+
+    HMM.random(8, len(tokenizer), seed=0, eos_token_id=tokenizer.eos_token_id).save(tmp_path / "hmm")
+    cmd = [sys.executable, "-m", "pcgen.cli", "generate", "--lm", str(tiny_lm_dir), "--hmm", str(tmp_path / "hmm"),
+           "--keywords", "dog", "park", "--prompt", "The", "--max-new-tokens", "10", "--num-return-sequences", "2",
+           "--device", "cpu", "--json"]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout)
+    assert set(result) == {"outputs", "usage", "timings", "dfa_states"}
+    GenerateResponse.model_validate({**result, "id": "cli", "model": "tiny", "cached": False})
+    assert len(result["outputs"]) == 2 and result["dfa_states"] > 1
+    for output in result["outputs"]:
+        assert output["constraint_satisfied"] and check_text({"keywords": ["dog", "park"]}, output["text"])
+        assert {m["keyword"] for m in output["matches"]} == {"dog", "park"}
+        for match in output["matches"]:
+            assert output["text"][match["start"] : match["end"]].lower().startswith(match["keyword"])
+    assert result["usage"]["completion_tokens"] == sum(len(o["token_ids"]) for o in result["outputs"])
+    assert result["usage"]["prompt_tokens"] == len(tokenizer("The")["input_ids"])
+    timings = result["timings"]
+    assert set(timings) == {"queue_ms", "dfa_ms", "precompute_ms", "decode_ms", "total_ms"}
+    assert timings["queue_ms"] == 0 and timings["total_ms"] >= timings["dfa_ms"] + timings["decode_ms"]
+
+    bad = subprocess.run(cmd[:-1] + ["--max-new-tokens", "1"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "max_new_tokens=1" in bad.stderr
