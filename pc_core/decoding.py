@@ -111,9 +111,15 @@ def prepare(
     prompt: str | Sequence[int] = "",
     params: DecodeParams | None = None,
     on_stream: Callable[[StreamEvent], None] | None = None,
+    *,
+    compile: Callable[..., TokenDFA] = compile_constraint,
+    deadline: float | None = None,
 ) -> GuidedSearch:
     """Compile the constraint, build its guide and the search's first state. Raises ConstraintError (incl.
-    UnsatisfiableConstraint within max_new_tokens) for the constraint, TokenizerMismatch for the models."""
+    UnsatisfiableConstraint within max_new_tokens) for the constraint, TokenizerMismatch for the models.
+
+    `compile` replaces compile_constraint (same arguments: a server compiles in worker processes);
+    `deadline` (time.perf_counter()) stops the guide's precompute once passed (DeadlineExceeded)."""
     params = params or DecodeParams()
     if len(tokenizer) != hmm.vocab_size:
         raise TokenizerMismatch(f"the tokenizer has {len(tokenizer)} tokens but the HMM has {hmm.vocab_size}")
@@ -121,7 +127,7 @@ def prepare(
         list(prompt) if not isinstance(prompt, str) else tokenizer.encode(prompt, add_special_tokens=False)
     )
     constraint = parse_constraint(constraint)
-    dfa, guide, timings = _guide(tokenizer, hmm, constraint, params)
+    dfa, guide, timings = _guide(tokenizer, hmm, constraint, params, compile, deadline)
     if not bool(guide.tables.feasible[params.max_new_tokens][dfa.initial_state]):
         needed = int(dfa.steps_to_accept[dfa.initial_state])
         detail = (
@@ -142,19 +148,28 @@ def prepare(
 
 
 def _guide(
-    tokenizer: Any, hmm: HMM, constraint: Constraint, params: DecodeParams
+    tokenizer: Any,
+    hmm: HMM,
+    constraint: Constraint,
+    params: DecodeParams,
+    compile: Callable[..., TokenDFA] = compile_constraint,
+    deadline: float | None = None,
 ) -> tuple[TokenDFA, ConstraintGuide, dict[str, float]]:
     """The DFA, its guide and how long each took (dfa_ms, precompute_ms); a blocklist that could dead-end
     the rest of the constraint is compiled into one exact product instead."""
     compile_args = {"max_states": params.max_states, "time_budget_s": params.time_budget_s}
-    guide_args = {"horizon": params.max_new_tokens, "min_new_tokens": params.min_new_tokens}
+    guide_args = {
+        "horizon": params.max_new_tokens,
+        "min_new_tokens": params.min_new_tokens,
+        "deadline": deadline,
+    }
     started = time.perf_counter()
-    dfa = compile_constraint(constraint, tokenizer, **compile_args)
+    dfa = compile(constraint, tokenizer, **compile_args)
     compiled = time.perf_counter()
     try:
         guide = ConstraintGuide(hmm, dfa, **guide_args)
     except BlocklistInteraction:
-        dfa = compile_constraint(constraint, tokenizer, blocklist_mask=False, **compile_args)
+        dfa = compile(constraint, tokenizer, blocklist_mask=False, **compile_args)
         guide = ConstraintGuide(hmm, dfa, **guide_args)
     timings = {
         "dfa_ms": (compiled - started) * 1000,

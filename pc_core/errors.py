@@ -17,6 +17,9 @@ class ConstraintError(PcgenError, ValueError):
         self.message = message
         super().__init__(f"{path}: {message}")
 
+    def __reduce__(self) -> tuple:  # picklable across processes (a compiling worker sends it back)
+        return (type(self), (self.path, self.message), self.__dict__)
+
 
 class ConstraintTooComplex(ConstraintError):
     """Compiling the constraint would exceed the state cap or the time budget."""
@@ -48,3 +51,7 @@ class HMMFormatError(PcgenError, ValueError):
 class BlocklistInteraction(PcgenError):
     """A blocklist enforced beside the guide could dead-end the rest of the constraint within this horizon; the
     caller compiles the constraint as one exact product instead (compile_constraint(blocklist_mask=False))."""
+
+
+class DeadlineExceeded(PcgenError):
+    """Work for a request stopped because the request's deadline passed (nobody waits for the result)."""

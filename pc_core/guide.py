@@ -91,12 +91,17 @@ TABLES: LRUCache[GuideTables] = LRUCache("guide", 2 * 2**30, lambda tables: tabl
 
 
 def tables_for(
-    hmm: HMM, dfa: TokenDFA, horizon: int, min_new_tokens: int, emission_dtype: torch.dtype
+    hmm: HMM,
+    dfa: TokenDFA,
+    horizon: int,
+    min_new_tokens: int,
+    emission_dtype: torch.dtype,
+    deadline: float | None = None,
 ) -> GuideTables:
     key = (dfa.content_key, horizon, min_new_tokens, hmm.fingerprint, str(hmm.device), emission_dtype)
     tables = TABLES.get(key)
     if tables is None:
-        tables = GuideTables(hmm, dfa, horizon, min_new_tokens, emission_dtype)
+        tables = GuideTables(hmm, dfa, horizon, min_new_tokens, emission_dtype, deadline)
         TABLES.put(key, tables)
     return tables
 
@@ -112,7 +117,9 @@ class ConstraintGuide:
         min_new_tokens: int = 0,
         max_horizon: int = DEFAULT_MAX_HORIZON,
         emission_dtype: torch.dtype = torch.float32,
+        deadline: float | None = None,
     ) -> None:
+        """`deadline` (time.perf_counter()): a precompute still running then stops (DeadlineExceeded)."""
         if dfa.vocab_size != hmm.vocab_size:
             raise TokenizerMismatch(
                 f"the DFA was compiled for a vocabulary of {dfa.vocab_size} tokens but the HMM has {hmm.vocab_size}"
@@ -125,7 +132,7 @@ class ConstraintGuide:
             raise GuideError(f"min_new_tokens must be in 0..horizon ({horizon}), got {min_new_tokens}")
         self.hmm, self.dfa, self.horizon, self.min_new_tokens = hmm, dfa, horizon, min_new_tokens
         self.emission_dtype = emission_dtype
-        self.tables = tables_for(hmm, dfa, horizon, min_new_tokens, emission_dtype)
+        self.tables = tables_for(hmm, dfa, horizon, min_new_tokens, emission_dtype, deadline)
 
     # ------------------------------------------------------------------ states
 

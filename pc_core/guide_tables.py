@@ -14,13 +14,14 @@ tokens: those that start, extend or finish a relevant word) are handled per toke
 from __future__ import annotations
 
 import hashlib
+import time
 
 import numpy as np
 import torch
 
 from pc_core.class_masses import class_masses
 from pc_core.constraints.dfa import TokenDFA
-from pc_core.errors import BlocklistInteraction
+from pc_core.errors import BlocklistInteraction, DeadlineExceeded
 from pc_core.hmm import HMM
 from pc_core.kernels import edge_logsumexp, edge_scaled_sum, log_matmul_exp, onednn_packed
 from pc_core.kernels.reference import LOSSLESS
@@ -35,9 +36,17 @@ class GuideTables:
     LINEAR_PATH = True  # the scaled linear-space backward step; False forces the log-space reference path
 
     def __init__(
-        self, hmm: HMM, dfa: TokenDFA, horizon: int, min_new_tokens: int, emission_dtype: torch.dtype
+        self,
+        hmm: HMM,
+        dfa: TokenDFA,
+        horizon: int,
+        min_new_tokens: int,
+        emission_dtype: torch.dtype,
+        deadline: float | None = None,
     ) -> None:
+        """`deadline` (time.perf_counter()): stop with DeadlineExceeded once it passes (nobody waits)."""
         self.horizon, self.min_new_tokens = horizon, min_new_tokens
+        self.deadline = deadline
         self.device = hmm.device
         self.num_states = dfa.num_states
         self.eos_token_id = dfa.eos_token_id
@@ -56,6 +65,10 @@ class GuideTables:
         self._build_vocabulary_blocks(hmm, dfa, emission_dtype)
         tensors = (self.log_u, self.edge_log_mass, self.tail_emission_t, self.tail_succ)
         self.nbytes = sum(t.numel() * t.element_size() for t in tensors)
+
+    def _check_deadline(self) -> None:
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            raise DeadlineExceeded("the guide's precompute stopped: the request's deadline passed")
 
     # ------------------------------------------------------------------ feasibility (§5.3, 5.4)
 
@@ -168,6 +181,7 @@ class GuideTables:
         scale = torch.where(accepting, 0.0, NEG_INF)  # (S,) log of each row's factor
         robust = not self.LINEAR_PATH
         for r in range(1, self.horizon):
+            self._check_deadline()
             if not robust:
                 mass, src, dst = linear[bool(self.allowed[r, self.eos_class])]
                 w, w_scale, lossy = edge_scaled_sum(mass, scaled, scale, src, dst, s_count)
@@ -197,6 +211,7 @@ class GuideTables:
         self.big_classes = big
         slot_of_class = np.full((s_count, c_count), -1, np.int64)
         dense = []
+        self._check_deadline()
         for s in range(s_count):
             succ = list(dict.fromkeys(self.delta[s, big].tolist()))
             dense.append(succ)
