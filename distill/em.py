@@ -354,6 +354,7 @@ class _Run:
     heldout: np.ndarray  # (M, T) evaluation sequences
     identity: dict  # the settings a checkpoint must share to be resumed
     hmm: HMM
+    pairing: dict = field(default_factory=dict)  # lm, tokenizer_fingerprint of the data's manifest
     history: list[dict] = field(default_factory=list)
     step: int = 0
     epoch: int = 0  # the pass over the data the last step belonged to
@@ -394,6 +395,13 @@ def _setup(cfg: TrainConfig, ctx: dist.Context) -> _Run:
     init = HMM.load(cfg.init)
     tokens, manifest = data.load_tokens(Path(cfg.data))
     data.check_vocab(manifest, init.vocab_size, f"the initial HMM {cfg.init}", cfg.data)
+    pairing = {k: manifest.get(k) for k in ("lm", "tokenizer_fingerprint") if manifest.get(k)}
+    recorded = init.metadata.get("tokenizer_fingerprint")
+    if recorded and pairing.get("tokenizer_fingerprint") not in (None, recorded):
+        raise DistillError(
+            f"tokenizer mismatch: {cfg.data} was sampled with tokenizer {pairing['tokenizer_fingerprint']} "
+            f"({manifest.get('lm')}), the initial HMM {cfg.init} was made for tokenizer {recorded}"
+        )
     if init.eos_token_id is not None and manifest["eos_token_id"] not in (None, init.eos_token_id):
         raise DistillError(
             f"EOS mismatch: {cfg.data} uses EOS {manifest['eos_token_id']}, the HMM {init.eos_token_id}"
@@ -416,7 +424,7 @@ def _setup(cfg: TrainConfig, ctx: dist.Context) -> _Run:
         "pseudocount": cfg.pseudocount,
         "seed": cfg.seed,
     }
-    return _Run(cfg, ctx, Path(cfg.out), init, train, heldout, identity, hmm=init)
+    return _Run(cfg, ctx, Path(cfg.out), init, train, heldout, identity, hmm=init, pairing=pairing)
 
 
 def _resume(run: _Run) -> Prepared:
@@ -531,6 +539,7 @@ def _finish(run: _Run) -> None:
             "data": str(run.cfg.data),
             "em": {**asdict(run.cfg), "steps_done": run.step},
             "heldout_ll_per_token": held,
+            **run.pairing,  # the LM and tokenizer the data were sampled from: HMM.save writes them to config.json
         }
         run.hmm.save(run.out)
         log.info("finished: %d EM steps, held-out ll/token %.5f -> %s", run.step, held, run.out)

@@ -7,10 +7,14 @@ bytes and entries are readable for metrics.
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any, Generic, TypeVar
+
+import numpy as np
 
 V = TypeVar("V")
 
@@ -65,3 +69,39 @@ class LRUCache(Generic[V]):
         with self._lock:
             self._entries.clear()
             self.bytes = 0
+
+
+def buffer_bytes(values: Iterable[Any]) -> int:
+    """Bytes of the tensors and arrays among `values` (lists, tuples and dicts searched too), each buffer once:
+    a tensor made by torch.from_numpy shares its array's buffer. What a cache entry really holds, so that a
+    byte bound is a bound on memory."""
+    torch = sys.modules.get("torch")  # not imported: no tensors (the constraint compiler runs without torch)
+    seen: set[int] = set()
+    total, stack = 0, list(values)
+    while stack:
+        value = stack.pop()
+        if torch is not None and isinstance(value, torch.Tensor):
+            try:
+                storage = value.untyped_storage()
+                key, size = storage.data_ptr(), storage.nbytes()
+            except (RuntimeError, NotImplementedError):  # opaque layouts (oneDNN-packed weights)
+                key, size = id(value), value.numel() * value.element_size()
+        elif isinstance(value, np.ndarray):
+            while isinstance(value.base, np.ndarray):
+                value = value.base
+            key, size = value.__array_interface__["data"][0], value.nbytes
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+            continue
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+            continue
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):  # e.g. a oneDNN-packed matrix
+            stack.extend(vars(value).values())
+            continue
+        else:
+            continue
+        if key not in seen:
+            seen.add(key)
+            total += size
+    return total

@@ -14,6 +14,11 @@ max_new_tokens; `constraint_satisfied` is then re-checked on the decoded text by
 forward for all their rows over a shared left-padded KV cache, one guide product for all their beams
 (guide.plan / multiply / assemble). Searches join and leave between steps (continuous batching).
 `generate()` is the one-request front door.
+
+With `suffix` / `stop` (DecodeParams) the DFA is compiled for the constraint with them (spec.Affixed): a token
+that completes the suffix or a stop string ends its text like EOS (the DFA moves to an ended state), outputs
+are judged by checker.judge_ids, and streamed text holds back what may still turn out to be the suffix or a
+stop string.
 """
 
 from __future__ import annotations
@@ -32,27 +37,33 @@ from pc_core.constraints import (
     check_ids,
     compile_constraint,
     decode_continuation,
-    parse_constraint,
 )
-from pc_core.constraints.checker import keyword_matches
+from pc_core.constraints.checker import first_stop, judge_ids, keyword_matches
 from pc_core.constraints.compiler import explain_unsatisfiable
 from pc_core.constraints.dfa import TokenDFA
+from pc_core.constraints.spec import All, AnyOf, Not, Tokens, WordCount, split_affixes, with_affixes
 from pc_core.errors import BlocklistInteraction, TokenizerMismatch, UnsatisfiableConstraint
 from pc_core.guide import ConstraintGuide, GuideState, multiply
 from pc_core.hmm import HMM
 from pc_core.lm import KVBatch
-from pc_core.params import DecodeParams
+from pc_core.params import DecodeParams, DecodingError
+from pc_core.token_scores import LogitAdjustment, LogprobTrail, TokenLogprob
 
 NEG_INF = float("-inf")
 
 
 @dataclass
 class SequenceResult:
-    text: str
-    token_ids: list[int]
+    text: str  # the span: before the suffix or the stop string, cut at EOS
+    token_ids: list[int]  # everything generated (the suffix's tokens included)
     constraint_satisfied: bool
-    finish_reason: str  # "eos" | "length"
-    logprob: float  # LM log-likelihood of the continuation (EOS included when generated)
+    finish_reason: str  # "eos" (EOS, or the suffix completed) | "stop" (a stop string) | "length"
+    logprob: float  # LM log-likelihood of the continuation (EOS, the suffix's tokens included when generated)
+    full_text: str = ""  # the span followed by the suffix (the span itself without a suffix)
+    logprobs: list[TokenLogprob] | None = None  # with params.logprobs: one per token id (token_scores.py)
+
+    def __post_init__(self) -> None:
+        self.full_text = self.full_text or self.text
 
 
 @dataclass
@@ -61,21 +72,30 @@ class GenerationOutput:
     prompt_tokens: int
     dfa_states: int
     timings: dict[str, float] = field(default_factory=dict)  # dfa_ms, precompute_ms, decode_ms
+    suffix: str | None = None
 
     def outputs_json(self, constraint: Constraint | dict | str) -> list[dict[str, Any]]:
         """The outputs as the REST API and `pcgen generate --json` show them, with the character spans of
-        the keywords found (`matches`)."""
-        return [
+        the keywords found in the span (`matches`), and `full_text` (span + suffix) when there is a suffix."""
+        body = split_affixes(constraint)[0]
+        out = [
             {
                 "text": s.text,
                 "token_ids": list(s.token_ids),
                 "constraint_satisfied": bool(s.constraint_satisfied),
                 "finish_reason": s.finish_reason,
                 "logprob": s.logprob if math.isfinite(s.logprob) else -1e30,  # JSON has no -Infinity
-                "matches": keyword_matches(constraint, s.text),
+                "matches": keyword_matches(body, s.text),
             }
             for s in self.sequences
         ]
+        if self.suffix is not None:
+            for item, s in zip(out, self.sequences):
+                item["full_text"] = s.full_text
+        for item, s in zip(out, self.sequences):
+            if s.logprobs is not None:  # [token id, logprob, [[id, logprob], ...]] per token id
+                item["logprobs"] = [[t, lp, [list(a) for a in top]] for t, lp, top in s.logprobs]
+        return out
 
     @property
     def usage(self) -> dict[str, int]:
@@ -98,7 +118,9 @@ class StreamEvent:
 class _Hypothesis:
     ids: list[int]
     lm_logprob: float
-    finish_reason: str
+    finish_reason: str  # "eos", "length", or "text" (a stop string or the suffix: judged when finishing)
+    judgement: tuple | None = None  # (span text, satisfied, finish reason, full text), once judged
+    logprobs: list[TokenLogprob] | None = None  # set by LogprobTrail when params.logprobs asks for them
 
 
 # ---------------------------------------------------------------------------------------------- prepare
@@ -126,25 +148,90 @@ def prepare(
     prompt_ids = (
         list(prompt) if not isinstance(prompt, str) else tokenizer.encode(prompt, add_special_tokens=False)
     )
-    constraint = parse_constraint(constraint)
-    dfa, guide, timings = _guide(tokenizer, hmm, constraint, params, compile, deadline)
+    constraint = split_affixes(constraint)[0]
+    check_token_ids(params, hmm.vocab_size)
+    judged = guided_constraint(constraint, params)  # the constraint on the span, with the affixes and bans
+    dfa, guide, timings = _guide(tokenizer, hmm, judged, params, compile, deadline)
     if not bool(guide.tables.feasible[params.max_new_tokens][dfa.initial_state]):
-        needed = int(dfa.steps_to_accept[dfa.initial_state])
-        detail = (
-            f"it needs at least {needed} tokens"
-            if needed >= 0
-            else explain_unsatisfiable(constraint, tokenizer)
-        )
-        raise UnsatisfiableConstraint(
-            "constraint",
-            f"cannot be satisfied within max_new_tokens={params.max_new_tokens} "
-            f"(min_new_tokens={params.min_new_tokens}): {detail}",
-        )
+        raise _unsatisfiable(tokenizer, constraint, dfa, params, compile)
+    constraint = with_bans(constraint, params.banned_tokens)  # judged on every output too
     context = prompt_ids[-params.hmm_context_tokens :] if params.hmm_context_tokens else []
     search = GuidedSearch(tokenizer, constraint, dfa, guide, params, prompt_ids, on_stream)
     search.guide_state = guide.init_state(params.rows, hmm_context=context)
     search.timings = timings
     return search
+
+
+def guided_constraint(constraint: Constraint | dict | str, params: DecodeParams) -> Constraint:
+    """What `prepare` compiles for these parameters: the constraint on the span with the tokens logit_bias
+    bans (exact bans: the guide steers clear of them), and the suffix and stop strings (`with_affixes`). A
+    caller that compiles ahead of `prepare` (a server's compile pool) compiles this."""
+    body = with_bans(split_affixes(constraint)[0], params.banned_tokens)
+    return with_affixes(body, params.suffix, params.stop)
+
+
+def with_bans(constraint: Constraint, banned: Sequence[int]) -> Constraint:
+    """The constraint and "none of these token ids is generated"."""
+    if not banned:
+        return constraint
+    never = Not(AnyOf(tuple(Tokens((token,)) for token in banned)))
+    return All((constraint, never))
+
+
+def check_token_ids(params: DecodeParams, vocab_size: int) -> None:
+    """The token ids the parameters name (logit_bias) are in the vocabulary (DecodingError otherwise)."""
+    for token, _ in params.logit_bias:
+        if token >= vocab_size:
+            raise DecodingError("logit_bias", f"token {token} is not in the vocabulary (0..{vocab_size - 1})")
+
+
+def _unsatisfiable(
+    tokenizer: Any,
+    constraint: Constraint,
+    dfa: TokenDFA,
+    params: DecodeParams,
+    compile: Callable[..., TokenDFA],
+) -> UnsatisfiableConstraint:
+    """The error for a request no text can satisfy within max_new_tokens, naming what is to blame: the suffix
+    (it cannot be written, or not within the horizon), the stop strings (they cut every satisfying text),
+    or the constraint."""
+    n, m = params.max_new_tokens, params.min_new_tokens
+    limits = {"max_states": params.max_states, "time_budget_s": params.time_budget_s}
+    within = f"within max_new_tokens={n} (min_new_tokens={m})"
+    if params.banned_tokens:  # the bans are to blame when the request without them could be met
+        dfa = compile(with_affixes(constraint, params.suffix, params.stop), tokenizer, **limits)
+        if dfa.can_accept_within(n):
+            return UnsatisfiableConstraint(
+                "logit_bias",
+                f"the tokens it bans (bias -100) leave no text that satisfies the request {within}",
+            )
+    needed = int(dfa.steps_to_accept[dfa.initial_state])
+    if params.suffix is not None:
+        alone = compile(with_affixes(WordCount(0, None), params.suffix), tokenizer, **limits)
+        least = int(alone.steps_to_accept[alone.initial_state])
+        if least < 0:
+            return UnsatisfiableConstraint(
+                "suffix",
+                f"{params.suffix!r} cannot be written with this tokenizer: every way needs a token that ends "
+                "inside a UTF-8 character or decodes to U+FFFD, which pcgen never generates (docs/method.md §3)",
+            )
+        if least > n:
+            return UnsatisfiableConstraint(
+                "suffix", f"writing it takes at least {least} tokens, more than max_new_tokens={n} (which "
+                "counts the span and the suffix)"
+            )  # fmt: skip
+    if params.stop:
+        unstopped = compile(with_affixes(constraint, params.suffix), tokenizer, **limits)
+        if unstopped.can_accept_within(n):
+            return UnsatisfiableConstraint(
+                "stop", f"every text that satisfies the constraint {within} contains a stop string"
+            )
+    with_what = " followed by the suffix" if params.suffix is not None else ""
+    if needed >= 0:
+        detail = f"it needs at least {needed} tokens" + (" (the suffix's included)" if with_what else "")
+    else:
+        detail = explain_unsatisfiable(constraint, tokenizer)
+    return UnsatisfiableConstraint("constraint", f"cannot be satisfied {within}{with_what}: {detail}")
 
 
 def _guide(
@@ -197,6 +284,8 @@ class GuidedSearch:
     ) -> None:
         self.tokenizer, self.constraint, self.dfa, self.guide = tokenizer, constraint, dfa, guide
         self.params, self.on_stream = params, on_stream
+        self.judged = with_affixes(constraint, params.suffix, params.stop)  # what outputs are judged on
+        self.affixed = self.judged is not constraint  # a suffix or stop strings: text can end a sequence
         self.eos = tokenizer.eos_token_id
         self.vocab_size = guide.hmm.vocab_size
         self.prompt_tokens = len(prompt_ids)
@@ -218,9 +307,13 @@ class GuidedSearch:
             seed = params.seed if params.seed is not None else int(torch.randint(2**62, ()))
             self.generator.manual_seed(seed)
         self.streamed: list[list[int]] = [[] for _ in range(params.num_return_sequences)]
+        self.streamed_text: list[str] = ["" for _ in range(params.num_return_sequences)]
+        self.stream_closed: set[int] = set()  # sampling: outputs whose finished text has been streamed
         self.done = False
         self.error: Exception | None = None  # set when this search failed inside a batched step
         self.step_count = 0
+        self.adjust = LogitAdjustment(params, self.vocab_size, device)  # logit_bias, penalties
+        self.trail = LogprobTrail(params.logprobs, self.rows) if params.logprobs is not None else None
         self.decode_started = time.perf_counter()
         self.output: GenerationOutput | None = None
 
@@ -233,9 +326,17 @@ class GuidedSearch:
             raise TokenizerMismatch(
                 f"the LM has {lm_logits.shape[1]} output logits, fewer than the {self.vocab_size} tokens"
             )
-        lm_logp = torch.log_softmax(lm_logits[:, : self.vocab_size].float(), dim=-1)  # (rows, V)
+        logits = lm_logits[:, : self.vocab_size].float()
+        if self.adjust.active:
+            logits = self.adjust(logits, self.generated)
+        lm_logp = torch.log_softmax(logits, dim=-1)  # (rows, V)
         last = self.step_count + 1 >= self.params.max_new_tokens
+        step = None
+        if self.trail is not None:
+            step = self.trail.step(self.next_distribution(lm_logp, q), self.generated, self.finished)
         parents, tokens = (self._sample if self.params.do_sample else self._beam)(lm_logp, q, last)
+        if step is not None:
+            step.commit(parents, tokens, self.finished)
         self.step_count += 1
         if tokens.numel():
             self.guide_state = self.guide.advance(self.guide_state.select(parents), tokens)
@@ -253,6 +354,19 @@ class GuidedSearch:
         guided = lm_logp + weighted
         return guided - torch.logsumexp(guided, dim=-1, keepdim=True).nan_to_num(neginf=0.0)
 
+    def _ends(self, row: int, token: int) -> bool:
+        """Does `token` end the text of this row: EOS, or (with a suffix or stop strings) a token that
+        completes one, which takes the DFA to an ended state?"""
+        if token == self.eos:
+            return True
+        if not self.affixed:
+            return False
+        state = int(self.guide_state.dfa_state[row])
+        return bool(self.dfa.ended[self.dfa.transitions[state, self.dfa.token_class[token]]])
+
+    def _reason(self, token: int) -> str:
+        return "eos" if token == self.eos else "text"
+
     def _beam(self, lm_logp: torch.Tensor, q: torch.Tensor, last: bool) -> tuple[torch.Tensor, torch.Tensor]:
         beams, v = self.rows, self.vocab_size
         scores = (self.beam_score[:, None] + self.next_distribution(lm_logp, q)).reshape(-1)  # (beams * V,)
@@ -263,11 +377,12 @@ class GuidedSearch:
             if score == NEG_INF or len(parents) == beams:
                 break
             parent, token = divmod(flat, v)
-            if token == self.eos or last:
+            ends = self._ends(parent, token)
+            if ends or last:
                 if rank < beams and ended < beams:  # like transformers: only EOS among the top beams counts
                     ids = self.generated[parent].tolist() + ([] if token == self.eos else [token])
                     logprob = float(self.lm_logprob[parent] + lm_logp[parent, token])
-                    self.finished.append(_Hypothesis(ids, logprob, "eos" if token == self.eos else "length"))
+                    self.finished.append(_Hypothesis(ids, logprob, self._reason(token) if ends else "length"))
                     ended += 1
             else:
                 parents.append(parent)
@@ -303,9 +418,10 @@ class GuidedSearch:
         keep = []
         for row, token in enumerate(tokens.tolist()):
             slot = self.sample_index[row]
-            if token == self.eos or last:
+            ends = self._ends(row, token)
+            if ends or last:
                 ids = self.generated[row].tolist() + ([] if token == self.eos else [token])
-                reason = "eos" if token == self.eos else "length"
+                reason = self._reason(token) if ends else "length"
                 self.finished[slot] = _Hypothesis(ids, float(logprob[row]), reason)
             else:
                 keep.append(row)
@@ -319,62 +435,99 @@ class GuidedSearch:
 
     # ------------------------------------------------------------------ streaming and results
 
-    def _settled(self) -> list[list[int]]:
-        """Per output index, the token ids that can no longer change."""
+    def _settled(self) -> list[tuple[list[int], _Hypothesis | None]]:
+        """Per output index, the token ids that can no longer change, and the hypothesis when they are a
+        finished one (sampling)."""
         if self.params.do_sample:
-            out = [h.ids if h else [] for h in self.finished]
+            out: list[tuple[list[int], _Hypothesis | None]] = [
+                (h.ids, h) if h else ([], None) for h in self.finished
+            ]
             for row, slot in enumerate(self.sample_index):
-                out[slot] = self.generated[row].tolist()
+                out[slot] = (self.generated[row].tolist(), None)
             return out
         candidates = [h.ids for h in self.finished] + self.generated.tolist()
         if not candidates:
-            return [[]]
+            return [([], None)]
         common = candidates[0]
         for ids in candidates[1:]:
             n = 0
             while n < min(len(common), len(ids)) and common[n] == ids[n]:
                 n += 1
             common = common[:n]
-        return [common] + [[] for _ in range(self.params.num_return_sequences - 1)]
+        return [(common, None)] + [([], None) for _ in range(self.params.num_return_sequences - 1)]
+
+    def _settled_text(self, ids: list[int], finished: _Hypothesis | None) -> str:
+        """The text of settled ids that is certain to be part of the output's text (the span): all of it
+        without a suffix or stop strings; else without the last len(suffix) characters (they may be the
+        suffix) and the end of the text from where a stop string may start. A finished output: its span."""
+        if finished is not None:
+            return self._judge(finished)[0]
+        text = decode_continuation(self.tokenizer, ids)
+        if not self.affixed:
+            return text
+        keep = len(text)
+        if self.params.suffix is not None:
+            keep -= len(self.params.suffix)
+        if self.params.stop:
+            cut = first_stop(text, self.params.stop)[1]
+            keep = min(
+                keep, len(text) if cut is None else cut, len(text) - max(map(len, self.params.stop)) + 1
+            )
+        return text[: max(0, keep)]
+
+    def _judge(self, h: _Hypothesis) -> tuple[str, bool, str, str]:
+        """(span text, satisfied, finish reason, full text) of a finished hypothesis, by the independent
+        checker."""
+        if h.judgement is None:
+            if not self.affixed:
+                text = decode_continuation(self.tokenizer, h.ids)
+                h.judgement = (text, check_ids(self.constraint, self.tokenizer, h.ids), h.finish_reason, text)
+            else:
+                found = judge_ids(self.judged, self.tokenizer, h.ids)
+                reason = {"suffix": "eos"}.get(found.reason, found.reason)
+                h.judgement = (found.text, found.satisfied, reason, found.full_text)
+        return h.judgement
 
     def _stream(self) -> None:
         if self.on_stream is None or (not self.params.do_sample and self.done):
             return  # beam search: the final result carries what was not settled before the end
-        for index, ids in enumerate(self._settled()):
+        for index, (ids, finished) in enumerate(self._settled()):
             sent = self.streamed[index]
-            if len(ids) > len(sent):
-                old = decode_continuation(self.tokenizer, sent)
-                new = decode_continuation(self.tokenizer, ids)
+            if len(ids) > len(sent) or (finished is not None and index not in self.stream_closed):
+                old = self.streamed_text[index]
+                new = self._settled_text(ids, finished)
                 self.streamed[index] = ids
-                if new != old:
+                if finished is not None:
+                    self.stream_closed.add(index)
+                if len(new) > len(old) and new.startswith(old):
+                    self.streamed_text[index] = new
                     self.on_stream(StreamEvent(index, new[len(old) :], ids[len(sent) :]))
 
     def _finish(self) -> None:
         p = self.params
         results = []
         for h in (h for h in self.finished if h is not None):
-            text = decode_continuation(self.tokenizer, h.ids)
-            results.append((h, text, check_ids(self.constraint, self.tokenizer, h.ids)))
+            results.append((h, *self._judge(h)))
         if not p.do_sample:
 
             def rank(item: tuple) -> tuple:
-                h, _, ok = item
+                h, _, ok, _, _ = item
                 return (bool(ok), h.lm_logprob / (max(1, len(h.ids)) ** p.length_penalty))
 
             results = sorted(results, key=rank, reverse=True)[: p.num_return_sequences]
             if self.on_stream is not None:  # the rest of each chosen beam, after what was settled
-                for index, (h, text, _) in enumerate(results):
+                for index, (h, text, _, _, _) in enumerate(results):
                     sent = self.streamed[index]
-                    sent = sent if h.ids[: len(sent)] == sent else []
-                    done = decode_continuation(self.tokenizer, sent)
-                    if text != done:
+                    done = self.streamed_text[index] if h.ids[: len(sent)] == sent else ""
+                    if text != done and text.startswith(done):
                         self.on_stream(StreamEvent(index, text[len(done) :], h.ids[len(sent) :]))
         sequences = [
-            SequenceResult(text, h.ids, bool(ok), h.finish_reason, h.lm_logprob) for h, text, ok in results
+            SequenceResult(text, h.ids, bool(ok), reason, h.lm_logprob, full, h.logprobs)
+            for h, text, ok, reason, full in results
         ]
         decode_ms = (time.perf_counter() - self.decode_started) * 1000
         self.output = GenerationOutput(sequences, self.prompt_tokens, self.dfa.num_states,
-                                       {**self.timings, "decode_ms": decode_ms})  # fmt: skip
+                                       {**self.timings, "decode_ms": decode_ms}, p.suffix)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- batching

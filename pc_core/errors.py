@@ -27,11 +27,27 @@ class ConstraintTooComplex(ConstraintError):
     error_type = "constraint_too_complex"
 
     def __init__(
-        self, path: str, message: str, *, states: int | None = None, limit: int | None = None
+        self,
+        path: str,
+        message: str,
+        *,
+        states: int | None = None,
+        limit: int | None = None,
+        out_of_time: bool = False,
     ) -> None:
         self.states = states
         self.limit = limit
+        self.out_of_time = (
+            out_of_time  # the time budget ran out (another budget might do); else the state cap
+        )
         super().__init__(path, message)
+
+    def fresh(self) -> ConstraintTooComplex:
+        """The same rejection without a traceback: what a cache keeps. A raised exception's traceback holds
+        the frames it passed through (the compiler's tables, the request), megabytes per rejection."""
+        return ConstraintTooComplex(
+            self.path, self.message, states=self.states, limit=self.limit, out_of_time=self.out_of_time
+        )
 
 
 class UnsatisfiableConstraint(ConstraintError):
@@ -55,3 +71,9 @@ class BlocklistInteraction(PcgenError):
 
 class DeadlineExceeded(PcgenError):
     """Work for a request stopped because the request's deadline passed (nobody waits for the result)."""
+
+
+class ModelLoadError(PcgenError, OSError):
+    """A model or tokenizer cannot be loaded: no such local directory (or not a saved model), or a hub id that
+    is neither in the local Hugging Face cache nor downloadable (offline). The message is one line naming the
+    source and what was expected."""

@@ -240,7 +240,8 @@ class ConstraintGuide:
 
     def assemble(self, plan: StepPlan, products: Sequence[Product]) -> torch.Tensor:
         """(B, V) log P(constraint | prefix, x) from this guide's slices of the block products plus the tail,
-        with banned tokens, EOS before the minimum length and the blocklist's tokens at -inf."""
+        with banned tokens, ending tokens (EOS, and those that complete a stop string or the suffix) before the
+        minimum length and the blocklist's tokens at -inf."""
         state, tables = plan.state, self.tables
         out = torch.empty(state.batch_size, self.hmm.vocab_size, device=state.log_alpha.device)  # block order
         column = 0
@@ -255,8 +256,11 @@ class ConstraintGuide:
             out = out.index_select(1, tables.block_position)  # back to token order
         if tables.banned is not None:
             out[:, tables.banned] = NEG_INF
-        if state.position + 1 < self.min_new_tokens + 1:
+        if state.position + 1 < self.min_new_tokens + 1:  # no end (EOS, a stop string, the suffix) yet
             out[:, tables.eos_token_id] = NEG_INF
+            if tables.ends_by_text:
+                ending = tables.ending_t[state.dfa_state][:, tables.token_class]  # (B, V)
+                out.masked_fill_(ending, NEG_INF)
         if state.open_words is not None:  # the blocklist beside the DFA
             for beam, word in enumerate(state.open_words):
                 blocked = torch.from_numpy(~self.dfa.blocklist.allowed(word)).to(out.device)

@@ -19,6 +19,7 @@ import time
 import numpy as np
 import torch
 
+from pc_core.cache import buffer_bytes
 from pc_core.class_masses import class_masses
 from pc_core.constraints.dfa import TokenDFA
 from pc_core.errors import BlocklistInteraction, DeadlineExceeded
@@ -63,8 +64,7 @@ class GuideTables:
         self._build_backward_tables(hmm, dfa, edge_mass, edges)
         self._build_successor_slots(dfa)
         self._build_vocabulary_blocks(hmm, dfa, emission_dtype)
-        tensors = (self.log_u, self.edge_log_mass, self.tail_emission_t, self.tail_succ)
-        self.nbytes = sum(t.numel() * t.element_size() for t in tensors)
+        self.nbytes = buffer_bytes(vars(self).values())
 
     def _check_deadline(self) -> None:
         if self.deadline is not None and time.perf_counter() > self.deadline:
@@ -73,25 +73,35 @@ class GuideTables:
     # ------------------------------------------------------------------ feasibility (§5.3, 5.4)
 
     def _build_feasibility(self, dfa: TokenDFA, banned: np.ndarray) -> None:
-        """The exact -inf / 0 pattern, decided on the DFA: feasible[r, s] / certain[r, s] with r tokens left,
-        and allowed[r, c] (EOS is not allowed among the first min_new_tokens tokens)."""
+        """The exact -inf / 0 pattern, decided on the DFA: feasible[r, s] / certain[r, s] with r tokens left.
+        An *ending* transition leads from a live state to an ended one: EOS, and with a suffix or stop strings
+        the tokens that complete them. end_allowed[r]: may the first of r tokens end the text (not among the
+        first min_new_tokens tokens)."""
         n, (s_count, c_count) = self.horizon, dfa.transitions.shape
         ended = dfa.ended
         # Banned tokens lead to the rejecting sink, which must not keep a state from being certain: under B'
         # they have probability 0, so a class of only banned tokens cannot be reached.
         possible = np.bincount(dfa.token_class[~banned], minlength=c_count) > 0  # (C,)
+        self.ending = ~ended[:, None] & ended[self.delta]  # (S, C)
         feasible = np.zeros((n + 1, s_count), bool)
         certain = np.zeros((n + 1, s_count), bool)
         feasible[0] = certain[0] = dfa.accepting
-        allowed = np.ones((n + 1, c_count), bool)  # allowed[r, c]: class c allowed as the first of r tokens
+        end_allowed = np.ones(n + 1, bool)
         for r in range(1, n + 1):
-            allowed[r, self.eos_class] = n - r + 1 >= self.min_new_tokens + 1
-            ok = np.where(ended[:, None], True, allowed[r][None, :])  # after EOS, everything is allowed
+            end_allowed[r] = n - r + 1 >= self.min_new_tokens + 1
+            ok = (
+                ~self.ending if not end_allowed[r] else np.ones_like(self.ending)
+            )  # after an end, all is allowed
             feasible[r] = (ok & feasible[r - 1][self.delta]).any(axis=1)
             certain[r] = ((ok & certain[r - 1][self.delta]) | ~possible).all(axis=1)
+        self.end_allowed = end_allowed
+        # tokens other than EOS that end the text (they complete a stop string or the suffix), for the step's mask
+        self.ending_t = torch.from_numpy(self.ending).to(self.device)
+        eos_column = np.zeros(c_count, bool)
+        eos_column[self.eos_class] = True
+        self.ends_by_text = bool((self.ending & ~eos_column[None, :]).any())
         if dfa.safe_classes is not None:
-            _check_blocklist_cannot_dead_end(dfa, feasible, allowed, n)
-        self.allowed = allowed
+            _check_blocklist_cannot_dead_end(dfa, feasible, self.ending, end_allowed, n)
         self.feasible = torch.from_numpy(feasible).to(self.device)
         self.certain = torch.from_numpy(certain).to(self.device)
 
@@ -137,18 +147,19 @@ class GuideTables:
         edge_index[edges[:, 0], slot] = np.arange(e_count)
         edge_dst = np.zeros_like(edge_index)
         edge_dst[edges[:, 0], slot] = edges[:, 1]
-        self.is_eos_edge = (~dfa.ended[edges[:, 0]]) & dfa.ended[edges[:, 1]]  # only EOS leaves for ended
+        self.is_eos_edge = (~dfa.ended[edges[:, 0]]) & dfa.ended[edges[:, 1]]  # ending edges (EOS, a stop...)
         self.edge_index = torch.from_numpy(edge_index).to(self.device)
-        # steps where EOS is not allowed: EOS edges point at the padding row instead of a table of their own
+        # steps where ending is not allowed: ending edges point at the padding row instead of a table of their own
         no_eos = np.where(np.append(self.is_eos_edge, False)[edge_index], e_count, edge_index)
         self.edge_index_no_eos = torch.from_numpy(no_eos).to(self.device)
         self.edge_dst = torch.from_numpy(edge_dst).to(self.device)
         return edge_mass, edges
 
     def edge_sum(self, log_u_next: torch.Tensor, r: int, states: torch.Tensor | None = None) -> torch.Tensor:
-        """W_r: sum over edges of mass x U_{r-1}[dst], without EOS edges where EOS is not allowed.
+        """W_r: sum over edges of mass x U_{r-1}[dst], without ending edges (EOS, a completed stop string or
+        suffix) where ending is not allowed.
         For all states (S, H), or for `states` only (B, H)."""
-        index = self.edge_index if self.allowed[r].all() else self.edge_index_no_eos
+        index = self.edge_index if self.end_allowed[r] else self.edge_index_no_eos
         dst = self.edge_dst
         if states is not None:
             index, dst = index[states], dst[states]
@@ -173,8 +184,8 @@ class GuideTables:
         log_u = torch.empty(self.horizon, s_count, h, device=device)
         log_u[0] = torch.where(accepting[:, None], 0.0, NEG_INF).expand(s_count, h)
         src, dst = torch.from_numpy(edges[:, 0]).to(device), torch.from_numpy(edges[:, 1]).to(device)
-        linear = {True: (edge_mass, src, dst)}  # keyed by "EOS allowed"
-        if not self.allowed[1:, self.eos_class].all():  # the minimum length forbids EOS at some steps
+        linear = {True: (edge_mass, src, dst)}  # keyed by "ending allowed"
+        if not self.end_allowed[1:].all():  # the minimum length forbids ending at some steps
             keep = torch.from_numpy(np.flatnonzero(~self.is_eos_edge)).to(device)
             linear[False] = (edge_mass[keep], src[keep], dst[keep])
         scaled = accepting.float()[:, None].expand(s_count, h).contiguous()  # (S, H) rows in [0, 1]
@@ -183,7 +194,7 @@ class GuideTables:
         for r in range(1, self.horizon):
             self._check_deadline()
             if not robust:
-                mass, src, dst = linear[bool(self.allowed[r, self.eos_class])]
+                mass, src, dst = linear[bool(self.end_allowed[r])]
                 w, w_scale, lossy = edge_scaled_sum(mass, scaled, scale, src, dst, s_count)
                 u = w @ transition_t  # (S, H), rows of W scaled to max 1, so no underflow in the product
                 rowmax = u.amax(dim=1).clamp_min(torch.finfo(u.dtype).tiny)
@@ -258,11 +269,11 @@ class GuideTables:
         self.block_slot = torch.from_numpy(block_slot).to(device)
         self.block_slot_everywhere = (block_slot >= 0).all(0).tolist()  # per block: no state needs a gather
         self.tail_emission_t = hmm.emission_scaled_t(self.tail_tokens, emission_dtype)  # (T, H)
-        self.tail_emission = onednn_packed.pack(self.tail_emission_t) or self.tail_emission_t  # packed on CPU
+        self.tail_emission = onednn_packed.pack(self.tail_emission_t, pad=True) or self.tail_emission_t
 
 
 def _check_blocklist_cannot_dead_end(
-    dfa: TokenDFA, feasible: np.ndarray, allowed: np.ndarray, horizon: int
+    dfa: TokenDFA, feasible: np.ndarray, ending: np.ndarray, end_allowed: np.ndarray, horizon: int
 ) -> None:
     """With a blocklist masked beside the DFA, decoding takes only tokens the mask allows. Feasibility computed
     with just the classes that hold a token the mask allows in every text a state stands for must equal
@@ -271,7 +282,7 @@ def _check_blocklist_cannot_dead_end(
     delta = dfa.transitions.astype(np.int64)
     reachable = feasible[0].copy()
     for r in range(1, horizon + 1):
-        ok = np.where(dfa.ended[:, None], True, allowed[r][None, :] & dfa.safe_classes)
+        ok = np.where(dfa.ended[:, None], True, (end_allowed[r] | ~ending) & dfa.safe_classes)
         reachable = (ok & reachable[delta]).any(axis=1)
         if not np.array_equal(reachable, feasible[r]):
             lost = int((feasible[r] & ~reachable).sum())

@@ -7,19 +7,25 @@ per layer through transformers' `Cache` objects, and passed under the keyword th
 length comes from the config (`max_positions`).
 
 Names shared with the service and the distillation stages: `resolve_device` and the dtype table `DTYPES`
-with `resolve_dtype`.
+with `resolve_dtype`; `load_lm` / `load_tokenizer` (a wrong source is one ModelLoadError line, see
+pc_core.hub); `check_pairing` (an HMM next to the tokenizer it was distilled for).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
+import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+log = logging.getLogger(__name__)
 
 # dtype names accepted everywhere (`pcgen generate/serve --dtype`, PCGEN_DTYPE, `pcgen distill sample
 # --dtype`); "auto" is resolved per device by resolve_dtype
@@ -64,14 +70,108 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
 
 def load_lm(name_or_path: str, device: str | None = "auto", dtype: str | None = "auto") -> tuple[Any, Any]:
     """(model, tokenizer) of any transformers causal LM, in eval mode on `device` (see resolve_device) with
-    weights in `dtype` (see resolve_dtype). Hub ids work offline from the HF cache."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    weights in `dtype` (see resolve_dtype). Hub ids work offline from the HF cache. A source that cannot be
+    loaded (no such directory, not a saved model, a hub id that is not cached while offline) raises
+    ModelLoadError with one line, without waiting for the hub (pc_core.hub)."""
+    from pc_core.hub import LM_FILES, check_source
 
+    local_only = check_source(name_or_path, "model", LM_FILES)
+    source = _expand(name_or_path)
     dev = resolve_device(device)
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=resolve_dtype(dtype, dev))
+    torch_dtype = resolve_dtype(dtype, dev)
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(name_or_path, _local_only=local_only)
+    with _load_errors("model", name_or_path):
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, local_files_only=local_only)
     model.to(dev).eval()
     return model, tokenizer
+
+
+def load_tokenizer(name_or_path: str, *, _local_only: bool | None = None) -> Any:
+    """The tokenizer of a local directory or hub id (AutoTokenizer), failing like load_lm: ModelLoadError."""
+    from pc_core.hub import TOKENIZER_FILES, check_source
+
+    if _local_only is None:
+        _local_only = check_source(name_or_path, "tokenizer", TOKENIZER_FILES)
+    from transformers import AutoTokenizer
+
+    with _load_errors("tokenizer", name_or_path):
+        return AutoTokenizer.from_pretrained(_expand(name_or_path), local_files_only=_local_only)
+
+
+def _expand(name_or_path: str) -> str:
+    path = os.path.expanduser(name_or_path)
+    return path if os.path.exists(path) else name_or_path
+
+
+@contextlib.contextmanager
+def _load_errors(what: str, name_or_path: str) -> Iterator[None]:
+    """transformers' OSError / ValueError (unknown repo, missing files, unreadable config) as one line."""
+    from pc_core.errors import ModelLoadError, PcgenError
+    from pc_core.hub import first_line
+
+    try:
+        yield
+    except PcgenError:
+        raise
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot load {what} {name_or_path!r}: {first_line(err)}") from err
+
+
+def check_pairing(hmm: Any, tokenizer: Any, lm_id: str | None = None, allow_mismatch: bool = False) -> str:
+    """Check that `hmm` was distilled for `tokenizer` (and the LM `lm_id`) before they are used together.
+
+    * Vocabulary sizes must agree (always: the guide cannot run otherwise): TokenizerMismatch.
+    * The HMM records the fingerprint of the tokenizer it was distilled with (pc_core.constraints.vocab.
+      tokenizer_fingerprint): a different one raises TokenizerMismatch naming both, unless `allow_mismatch`
+      (then a warning). An HMM without one (imported from Ctrl-G / GeLaTo, or saved by hand) loads with a
+      warning that the pairing cannot be checked.
+    * A different LM id than the one it was distilled from is a warning (the same tokenizer, another LM:
+      allowed, but the guide approximates the LM it was distilled from).
+
+    Returns "match", "unchecked" (no fingerprint recorded) or "mismatch" (allowed)."""
+    from pc_core.constraints.vocab import tokenizer_fingerprint
+    from pc_core.errors import TokenizerMismatch
+
+    if hmm.vocab_size != len(tokenizer):
+        raise TokenizerMismatch(
+            f"the HMM has {hmm.vocab_size} tokens but the tokenizer of {lm_id or 'the LM'} has {len(tokenizer)}"
+        )
+    recorded = hmm.metadata.get("tokenizer_fingerprint")
+    distilled_for = hmm.metadata.get("lm")
+    if distilled_for and lm_id and not _same_lm(distilled_for, lm_id):
+        log.warning("the HMM was distilled from the LM %s but is used with %s", distilled_for, lm_id)
+    if not recorded:
+        log.warning(
+            "the HMM records no tokenizer fingerprint (imported from Ctrl-G / GeLaTo, or saved without one): its "
+            "pairing with the tokenizer of %s cannot be checked",
+            lm_id or "the LM",
+        )
+        return "unchecked"
+    actual = tokenizer_fingerprint(tokenizer)
+    if actual == recorded:
+        return "match"
+    message = (
+        f"the HMM was distilled for tokenizer {recorded}"
+        + (f" (LM {distilled_for})" if distilled_for else "")
+        + f" but the tokenizer of {lm_id or 'the LM'} is {actual}"
+    )
+    if not allow_mismatch:
+        raise TokenizerMismatch(
+            f"{message}; pair it with the LM it was distilled from, or allow the mismatch (allow_mismatch=True, "
+            "pcgen generate --allow-tokenizer-mismatch, PCGEN_ALLOW_TOKENIZER_MISMATCH=true)"
+        )
+    log.warning("%s; loading anyway (tokenizer mismatch allowed)", message)
+    return "mismatch"
+
+
+def _same_lm(a: str, b: str) -> bool:
+    """Equal ids, or paths to one directory."""
+    if a.rstrip("/") == b.rstrip("/"):
+        return True
+    pa, pb = (os.path.realpath(os.path.expanduser(x)) for x in (a, b))
+    return os.path.exists(pa) and pa == pb
 
 
 def max_positions(model_or_config: Any) -> int | None:

@@ -12,12 +12,17 @@ import math
 from dataclasses import dataclass, field, fields
 
 from pc_core.constraints.compiler import DEFAULT_MAX_STATES, DEFAULT_TIME_BUDGET_S
+from pc_core.constraints.spec import MAX_AFFIX_CHARS, MAX_STOP_STRINGS, affix_problem
 from pc_core.errors import PcgenError
 
 MIN_TEMPERATURE = 1e-3  # below this, logits / temperature overflows float32 on ordinary LM logits
 MIN_TOP_P = 1e-6  # the API's floor: smaller values keep just the most likely token, as this does
 SEED_MAX = 2**63 - 1
 DEFAULT_MAX_NEW_TOKENS = 32
+MAX_LOGIT_BIAS = 100.0  # OpenAI's range; -100 is a ban
+MAX_LOGIT_BIAS_TOKENS = 1024
+MAX_PENALTY = 2.0  # OpenAI's range for presence_penalty and frequency_penalty
+MAX_LOGPROBS = 20  # alternatives per token (vLLM's default cap; OpenAI allows 5 on completions, 20 on chat)
 
 
 class DecodingError(PcgenError, ValueError):
@@ -55,8 +60,50 @@ class DecodeParams:
     time_budget_s: float = field(
         default=DEFAULT_TIME_BUDGET_S, metadata=_help("cap on compiling it, seconds")
     )
+    suffix: str | None = field(
+        default=None,
+        metadata=_help(
+            f"infilling: text that must follow the generated span (generated too, any tokenisation; "
+            f"at most {MAX_AFFIX_CHARS} characters); the constraint is judged on the span"
+        ),
+    )
+    stop: tuple[str, ...] = field(
+        default=(),
+        metadata=_help(
+            f"stop strings (at most {MAX_STOP_STRINGS}, {MAX_AFFIX_CHARS} characters each): the text ends "
+            "before the first one, and the constraint is judged on that text"
+        ),
+    )
+    logit_bias: tuple[tuple[int, float], ...] = field(
+        default=(),
+        metadata=_help(
+            f"(token id, bias) pairs added to the LM's logits before the guide, bias in "
+            f"[{-MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}]; {-MAX_LOGIT_BIAS:g} bans the token exactly (the guide "
+            "knows, so no search is steered towards it; not EOS, whose bias stays a bias)"
+        ),
+    )
+    presence_penalty: float = field(
+        default=0.0, metadata=_help("subtracted from the LM's logit of every token generated already")
+    )
+    frequency_penalty: float = field(
+        default=0.0, metadata=_help("times its count so far, subtracted from each generated token's LM logit")
+    )
+    logprobs: int | None = field(
+        default=None,
+        metadata=_help(
+            f"record each generated token's log-probability under the guided distribution and its top "
+            f"alternatives (this many, at most {MAX_LOGPROBS})"
+        ),
+    )
 
     def __post_init__(self) -> None:
+        if isinstance(self.stop, (str, list)):  # one string, or a list (JSON), is normalised to a tuple
+            object.__setattr__(self, "stop", (self.stop,) if isinstance(self.stop, str) else tuple(self.stop))
+        if isinstance(self.logit_bias, (dict, list)):  # {id: bias} or [(id, bias), ...] -> sorted pairs
+            pairs = self.logit_bias.items() if isinstance(self.logit_bias, dict) else self.logit_bias
+            object.__setattr__(
+                self, "logit_bias", tuple(tuple(p) if isinstance(p, list) else p for p in pairs)
+            )
         for f in fields(self):
             _check_type(f.name, getattr(self, f.name), f.type)
         need = _rule
@@ -85,6 +132,41 @@ class DecodeParams:
         need(self.hmm_context_tokens >= 0, "hmm_context_tokens", "must be >= 0")
         need(self.max_states >= 2, "max_states", "must be >= 2")
         need(self.time_budget_s > 0, "time_budget_s", "must be > 0")
+        if self.suffix is not None:
+            problem = affix_problem(self.suffix)
+            hint = " (leave it out, or null, for no suffix)" if self.suffix == "" else ""
+            need(problem is None, "suffix", f"{problem}{hint}")
+        need(len(self.stop) <= MAX_STOP_STRINGS, "stop", f"at most {MAX_STOP_STRINGS} stop strings")
+        for i, text in enumerate(self.stop):
+            problem = affix_problem(text)
+            need(problem is None, "stop", f"stop string {i} {text!r}: {problem}")
+            need(self.suffix is None or text not in self.suffix, "stop",
+                 f"stop string {text!r} occurs in the suffix, so the suffix could never be written")  # fmt: skip
+        self._check_logit_bias()
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            need(math.isfinite(value) and abs(value) <= MAX_PENALTY, name,
+                 f"must be in [-{MAX_PENALTY:g}, {MAX_PENALTY:g}]")  # fmt: skip
+        need(self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS, "logprobs",
+             f"must be in 0..{MAX_LOGPROBS}")  # fmt: skip
+        object.__setattr__(self, "stop", tuple(sorted(set(self.stop))))  # canonical: the order means nothing
+
+    def _check_logit_bias(self) -> None:
+        need = _rule
+        need(len(self.logit_bias) <= MAX_LOGIT_BIAS_TOKENS, "logit_bias",
+             f"at most {MAX_LOGIT_BIAS_TOKENS} tokens")  # fmt: skip
+        for token, bias in self.logit_bias:
+            need(0 <= token, "logit_bias", f"token ids are >= 0, got {token}")
+            need(math.isfinite(bias) and abs(bias) <= MAX_LOGIT_BIAS, "logit_bias",
+                 f"token {token}: the bias must be in [{-MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}]")  # fmt: skip
+        tokens = [token for token, _ in self.logit_bias]
+        need(len(set(tokens)) == len(tokens), "logit_bias", "a token appears twice")
+        object.__setattr__(self, "logit_bias", tuple(sorted(self.logit_bias)))  # canonical order
+
+    @property
+    def banned_tokens(self) -> tuple[int, ...]:
+        """The tokens logit_bias bans (bias -100): enforced exactly, by the constraint's automaton."""
+        return tuple(token for token, bias in self.logit_bias if bias <= -MAX_LOGIT_BIAS)
 
     @property
     def rows(self) -> int:
@@ -113,6 +195,31 @@ def _rule(ok: bool, name: str, message: str) -> None:
 
 def _check_type(name: str, value: object, annotation: str) -> None:
     """Strict types: a bool is not an int, a string is not a number."""
-    expected = {"int": int, "bool": bool, "float": (int, float), "int | None": (int, type(None))}[annotation]
+    if annotation == "tuple[str, ...]":
+        if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+            raise DecodingError(name, f"expected a string or a list of strings, got {_value_type(value)}")
+        return
+    if annotation == "tuple[tuple[int, float], ...]":
+        if not isinstance(value, tuple) or not all(_is_bias_pair(p) for p in value):
+            raise DecodingError(name, "expected a mapping of token ids to biases, or (token id, bias) pairs")
+        return
+    expected = {
+        "int": int,
+        "bool": bool,
+        "float": (int, float),
+        "int | None": (int, type(None)),
+        "str | None": (str, type(None)),
+    }[annotation]
     if isinstance(value, bool) and annotation != "bool" or not isinstance(value, expected):
         raise DecodingError(name, f"expected {annotation}, got {type(value).__name__}")
+
+
+def _is_bias_pair(p: object) -> bool:
+    number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)
+    return isinstance(p, tuple) and len(p) == 2 and number(p[0]) and isinstance(p[0], int) and number(p[1])
+
+
+def _value_type(value: object) -> str:
+    if isinstance(value, tuple):
+        return "a list holding " + ", ".join(sorted({type(v).__name__ for v in value}))
+    return type(value).__name__

@@ -28,13 +28,15 @@ def add_constraint_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from transformers import AutoTokenizer
+    from pc_core.hub import TOKENIZER_FILES, check_source
 
+    local_only = check_source(args.tokenizer, "tokenizer", TOKENIZER_FILES)  # before the heavy imports
     from pc_core.constraints import compile_constraint
     from pc_core.constraints.spec import expanded_forms, parse_constraint
+    from pc_core.lm import load_tokenizer
 
     constraint = parse_constraint(_constraint_from_args(args))
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    tokenizer = load_tokenizer(args.tokenizer, _local_only=local_only)
     dfa = compile_constraint(constraint, tokenizer, max_states=args.max_states)
     summary = {**dfa.summary(), "keywords": expanded_forms(constraint)}
     if args.json:
@@ -63,6 +65,16 @@ def cmd_import_hmm(args: argparse.Namespace) -> int:
     hmm = HMM.load(args.src)
     if args.eos_token_id is not None:
         hmm.eos_token_id = args.eos_token_id
+    if args.lm is not None:  # record the pairing the checkpoint does not carry
+        from pc_core.constraints.vocab import tokenizer_fingerprint
+        from pc_core.errors import TokenizerMismatch
+        from pc_core.lm import load_tokenizer
+
+        tokenizer = load_tokenizer(args.lm)
+        if len(tokenizer) != hmm.vocab_size:
+            raise TokenizerMismatch(f"the HMM has {hmm.vocab_size} tokens but the tokenizer of {args.lm} has "
+                                    f"{len(tokenizer)}")  # fmt: skip
+        hmm.metadata.update(lm=args.lm, tokenizer_fingerprint=tokenizer_fingerprint(tokenizer))
     hmm.save(args.dst)
     print(
         f"wrote {args.dst}: hidden_size={hmm.hidden_size} vocab_size={hmm.vocab_size} eos={hmm.eos_token_id}"
@@ -78,6 +90,12 @@ def _register_import_hmm(sub: argparse._SubParsersAction) -> None:
     p.add_argument("src", help="Ctrl-G directory, GeLaTo torch file, pcgen directory, or hub id")
     p.add_argument("dst", help="output directory (config.json + model.safetensors)")
     p.add_argument("--eos-token-id", type=int, default=None, help="set when the source does not record it")
+    p.add_argument(
+        "--lm",
+        default=None,
+        help="the LM (path or hub id) the HMM was distilled from: records it and its tokenizer's fingerprint, "
+        "so that loading the HMM next to another tokenizer is an error",
+    )
     p.set_defaults(func=cmd_import_hmm)
 
 

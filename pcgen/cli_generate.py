@@ -17,9 +17,12 @@ SERVER_ONLY = ("max_states", "time_budget_s")  # compile limits: library default
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from pc_core.hub import check_source
+
+    check_source(args.lm, "model")  # a wrong source fails in a moment, before the heavy imports
     from pc_core.decoding import generate
     from pc_core.hmm import HMM
-    from pc_core.lm import load_lm
+    from pc_core.lm import check_pairing, load_lm
     from pc_core.params import DecodeParams
 
     if args.num_beams is None:
@@ -27,6 +30,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     params = DecodeParams(**{f.name: getattr(args, f.name) for f in _decode_fields()})
     model, tokenizer = load_lm(args.lm, device=args.device, dtype=args.dtype)
     hmm = HMM.load(args.hmm, device=next(model.parameters()).device)
+    check_pairing(hmm, tokenizer, args.lm, allow_mismatch=args.allow_tokenizer_mismatch)
 
     def stream(event) -> None:  # noqa: ANN001
         if event.index == 0:
@@ -41,10 +45,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(json.dumps(json_body(out, constraint, (time.perf_counter() - started) * 1000), indent=2))
         return 0
     if args.stream:
-        print()
+        print(params.suffix or "")  # the stream carries the span; the suffix follows it
     for seq in out.sequences:
         mark = "ok" if seq.constraint_satisfied else "NOT SATISFIED"
-        print(f"[{mark}, {seq.finish_reason}, logprob {seq.logprob:.2f}] {args.prompt}{seq.text}")
+        print(f"[{mark}, {seq.finish_reason}, logprob {seq.logprob:.2f}] {args.prompt}{seq.full_text}")
     return 0
 
 
@@ -70,10 +74,25 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
         default = CLI_DEFAULTS.get(f.name, f.default)
         if f.type == "bool":
             p.add_argument(flag, action="store_true", help=f.metadata["help"])
+        elif f.type == "tuple[str, ...]":  # repeatable: --stop A --stop B
+            p.add_argument(
+                flag, action="append", default=[], metavar="TEXT", help=f"{f.metadata['help']} (repeatable)"
+            )
+        elif f.type == "tuple[tuple[int, float], ...]":  # repeatable: --logit-bias 50256=-100
+            p.add_argument(flag, action="append", default=[], type=_token_bias, metavar="ID=BIAS",
+                           help=f"{f.metadata['help']} (repeatable)")  # fmt: skip
         else:
-            kind = {"int": int, "float": float, "int | None": int}[f.type]
+            kind = {"int": int, "float": float, "int | None": int, "str | None": str}[f.type]
             shown = "4, or 1 with --do-sample" if f.name == "num_beams" else default
             p.add_argument(flag, type=kind, default=default, help=f"{f.metadata['help']} (default {shown})")
+
+
+def _token_bias(text: str) -> tuple[int, float]:
+    token, sep, bias = text.partition("=")
+    try:
+        return int(token), float(bias)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected TOKEN_ID=BIAS, got {text!r}") from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -86,6 +105,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--stream", action="store_true", help="print the first output as it is settled")
+    p.add_argument(
+        "--allow-tokenizer-mismatch",
+        action="store_true",
+        help="use an HMM whose recorded tokenizer fingerprint differs from the LM's tokenizer (a warning)",
+    )
     p.add_argument(
         "--json",
         action="store_true",

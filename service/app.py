@@ -26,7 +26,7 @@ from service.auth import KeyChecker, playground_paths, public_paths
 from service.errors import ClientGone, install_handlers
 from service.metrics import Metrics
 from service.middleware import CLIENT_CLOSED, ServiceMiddleware
-from service.routes import generate, health, openai
+from service.routes import chat, generate, health, openai
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -35,16 +35,18 @@ VERSION = "0.1.0"
 DESCRIPTION = """Constrained text generation: a GPT-2 LM guided by a hidden Markov model, so every output
 satisfies its logical constraint (keywords, word positions, order, forbidden words, word counts).
 
-Native `POST /generate`, OpenAI-compatible `POST /v1/completions` and `GET /v1/models`, Server-Sent Events
-streaming, probes at `/health/live` and `/health/ready`, Prometheus metrics at `/metrics`. With API keys
-configured, send `Authorization: Bearer <key>`. Errors: `{"error": {"type", "message", "path"}}`."""
+Native `POST /generate`, OpenAI-compatible `POST /v1/completions`, `POST /v1/chat/completions` and
+`GET /v1/models`, Server-Sent Events streaming, probes at `/health/live` and `/health/ready`, Prometheus
+metrics at `/metrics`. With API keys configured, send `Authorization: Bearer <key>`. Errors:
+`{"error": {"type", "message", "path"}}`; on `/v1/*` OpenAI's `{"error": {"message", "type", "param",
+"code"}}`, with 400 for invalid requests."""
 
 
 def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
     """The app; its lifespan connects Redis and loads the models (in the background, see `Runtime`).
     `load=False` skips the models (for tests of the HTTP layer)."""
     settings = settings or Settings()
-    metrics = Metrics()
+    metrics = Metrics(settings.served_model)
     runtime = Runtime(settings, metrics)
 
     @asynccontextmanager
@@ -68,13 +70,17 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
         return Response(status_code=CLIENT_CLOSED)
 
     app.add_exception_handler(ClientGone, client_gone)
-    app.include_router(generate.router)
-    app.include_router(openai.router)
-    app.include_router(health.router)
+    routers = (generate.router, openai.router, chat.router, health.router)
+    for router in routers:
+        app.include_router(router)
     if settings.playground:
         playground.install(app)
     keys = KeyChecker(settings.api_keys)
+    app.state.key_checker = keys
     known = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+    # from the routers themselves: newer FastAPI wraps included routers, so app.routes does not list them
+    paths = (getattr(route, "path", "{") for router in (app.router, *routers) for route in router.routes)
+    known |= {path for path in paths if "{" not in path}  # route labels for requests refused before routing
     if settings.playground:
         known |= playground_paths()
     public = public_paths(settings.metrics_public, settings.docs_public, settings.playground)
@@ -85,8 +91,9 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
         public=public,
         max_body_bytes=settings.max_body_bytes,
         known_paths=known,
+        body_timeout_s=settings.body_timeout_s,
     )
-    _customize_openapi(app, settings, public, keys.enabled)
+    _customize_openapi(app, runtime, public, keys.enabled)
     return app
 
 
@@ -136,13 +143,16 @@ def _limit(
                 branch.setdefault("items", {}).update(items)
 
 
-def _customize_openapi(app: FastAPI, settings: Settings, public: frozenset[str], bearer: bool) -> None:
-    """The OpenAPI document states this server's limits (max_new_tokens, beams, prompt and keyword sizes),
-    that a constraint is required, and the Bearer scheme when API keys are configured."""
+def _customize_openapi(app: FastAPI, runtime: Runtime, public: frozenset[str], bearer: bool) -> None:
+    """The OpenAPI document states this server's limits (max_new_tokens as the loaded model allows it, beams,
+    prompt and keyword sizes), that a constraint is required, and the Bearer scheme when API keys are
+    configured."""
+    runtime.on_limits.append(lambda: setattr(app, "openapi_schema", None))
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
+        settings = runtime.settings
         schema = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
@@ -153,6 +163,8 @@ def _customize_openapi(app: FastAPI, settings: Settings, public: frozenset[str],
                                  "num_beams": "max_beams", "num_return_sequences": "max_beams"}),
             ("CompletionRequest", {"max_tokens": "max_new_tokens", "min_tokens": "max_new_tokens", "n": "max_beams",
                                    "best_of": "max_beams"}),
+            ("ChatCompletionRequest", {"max_tokens": "max_new_tokens", "max_completion_tokens": "max_new_tokens",
+                                       "min_tokens": "max_new_tokens", "n": "max_beams", "best_of": "max_beams"}),
         ):  # fmt: skip
             model = components.get(name)
             if model is None:

@@ -1,10 +1,10 @@
 """Response cache for deterministic requests, failing open, with single-flight for identical requests.
 
-Backends: Redis (`redis.asyncio`, values under `pcgen:cache:<sha256>` with a TTL) or, without Redis, a bounded
-in-process LRU with the same TTL. When Redis errors, the request goes on as a miss, the error is counted
-(`pcgen_cache_errors_total`, which counts every cache operation Redis could not serve) and `RedisHealth` opens a
-short circuit so a dead Redis costs at most one failed call per second; the next successful call (or readiness
-ping) closes it and caching resumes.
+Backends: Redis (`redis.asyncio`, values under `pcgen:cache:<sha256>` with a TTL) or, without Redis, an
+in-process LRU bounded in entries and bytes, with the same TTL. When Redis errors or does not answer within
+the socket timeout (PCGEN_REDIS_TIMEOUT_S), the request goes on as a miss, the error is counted
+(`pcgen_cache_errors_total`, every cache operation Redis could not serve) and `RedisHealth` opens its circuit:
+requests skip Redis until a background probe gets an answer, and caching resumes.
 """
 
 from __future__ import annotations
@@ -22,19 +22,25 @@ from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-REDIS_OP_TIMEOUT_S = 1.0
 
 
 class RedisHealth:
-    """Shared view of Redis for the cache, the rate limiter and readiness: "disabled", "ok" or "down"."""
+    """Shared view of Redis for the cache, the rate limiter and readiness: "disabled", "ok" or "down".
 
-    def __init__(self, client: Any | None, metrics: Metrics, retry_s: float = 1.0) -> None:
+    A circuit breaker: after a failure, requests skip Redis (fail open) instead of waiting on it, and a
+    background task probes it every `probe_s`; the first answer closes the circuit. Readiness reads the state
+    without touching Redis, so a hung Redis costs no request more than one socket timeout."""
+
+    def __init__(
+        self, client: Any | None, metrics: Metrics, timeout_s: float = 0.1, probe_s: float = 1.0
+    ) -> None:
         self.client = client
         self.metrics = metrics
-        self.retry_s = retry_s
+        self.timeout_s = timeout_s
+        self.probe_s = probe_s
         self.state = "disabled" if client is None else "ok"
         self.last_error: str | None = None
-        self._retry_at = 0.0
+        self._prober: asyncio.Task | None = None
         metrics.redis_up.set(-1 if client is None else 1)
 
     @property
@@ -42,15 +48,16 @@ class RedisHealth:
         return self.client is not None
 
     def available(self) -> bool:
-        """False while the circuit is open (Redis failed less than `retry_s` ago)."""
-        return self.state != "down" or time.monotonic() >= self._retry_at
+        """False while the circuit is open: Redis failed and has not answered a probe since."""
+        return self.state != "down"
 
     def failure(self, err: BaseException) -> None:
         if self.state != "down":
-            log.warning("redis unavailable (%s); failing open", type(err).__name__)
+            log.warning(
+                "redis unavailable (%s); failing open and probing it in the background", type(err).__name__
+            )
         self.state = "down"
         self.last_error = f"{type(err).__name__}: {err}"[:200]
-        self._retry_at = time.monotonic() + self.retry_s
         self.metrics.redis_up.set(0)
 
     def success(self) -> None:
@@ -64,12 +71,30 @@ class RedisHealth:
         if self.client is None:
             return "disabled"
         try:
-            await asyncio.wait_for(self.client.ping(), REDIS_OP_TIMEOUT_S)
+            await asyncio.wait_for(self.client.ping(), self.timeout_s)
         except Exception as err:  # noqa: BLE001 - any failure means "down"
             self.failure(err)
         else:
             self.success()
         return self.state
+
+    def start_probing(self) -> None:
+        if self.client is not None and self._prober is None:
+            self._prober = asyncio.create_task(self._probe())
+
+    async def stop_probing(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            try:
+                await self._prober
+            except asyncio.CancelledError:
+                pass
+            self._prober = None
+
+    async def _probe(self) -> None:
+        while True:
+            await asyncio.sleep(self.probe_s)
+            await self.ping()
 
 
 class Backend(Protocol):
@@ -79,11 +104,16 @@ class Backend(Protocol):
 
 
 class MemoryBackend:
-    """Bounded LRU with per-entry expiry (single event loop: no locking needed)."""
+    """LRU with per-entry expiry, bounded in entries and in bytes (single event loop: no locking needed)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, max_bytes: int = 64 * 2**20) -> None:
         self.size = size
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._data)
 
     async def get(self, key: str) -> bytes | None:
         item = self._data.get(key)
@@ -91,18 +121,24 @@ class MemoryBackend:
             return None
         expires, value = item
         if time.monotonic() >= expires:
-            del self._data[key]
+            self._drop(key)
             return None
         self._data.move_to_end(key)
         return value
 
     async def set(self, key: str, value: bytes, ttl_s: int) -> None:
-        if self.size <= 0:
+        if self.size <= 0 or len(value) > self.max_bytes:
             return
+        self._drop(key)
         self._data[key] = (time.monotonic() + ttl_s, value)
-        self._data.move_to_end(key)
-        while len(self._data) > self.size:
-            self._data.popitem(last=False)
+        self.bytes += len(value)
+        while len(self._data) > self.size or self.bytes > self.max_bytes:
+            self._drop(next(iter(self._data)))
+
+    def _drop(self, key: str) -> None:
+        item = self._data.pop(key, None)
+        if item is not None:
+            self.bytes -= len(item[1])
 
 
 class RedisBackend:
@@ -133,6 +169,10 @@ class ResponseCache:
     def enabled(self) -> bool:
         return self.backend is not None
 
+    @property
+    def _timeout_s(self) -> float:
+        return self.health.timeout_s if self.health is not None else 1.0
+
     async def get(self, key: str) -> dict | None:
         if self.backend is None:
             return None
@@ -141,7 +181,7 @@ class ResponseCache:
             self.metrics.cache_misses.inc()
             return None
         try:
-            raw = await asyncio.wait_for(self.backend.get(key), REDIS_OP_TIMEOUT_S)
+            raw = await asyncio.wait_for(self.backend.get(key), self._timeout_s)
         except Exception as err:  # noqa: BLE001 - fail open
             self._failed("get", err)
             self.metrics.cache_misses.inc()
@@ -168,7 +208,7 @@ class ResponseCache:
             return
         raw = json.dumps(value, separators=(",", ":")).encode()
         try:
-            await asyncio.wait_for(self.backend.set(key, raw, self.ttl_s), REDIS_OP_TIMEOUT_S)
+            await asyncio.wait_for(self.backend.set(key, raw, self.ttl_s), self._timeout_s)
         except Exception as err:  # noqa: BLE001 - fail open
             self._failed("set", err)
         else:

@@ -19,8 +19,12 @@ VALUE_SETTINGS = (
     "cache_size", "rate_limit", "api_keys", "max_batch_size", "max_queue", "prepare_workers",
     "request_timeout_s", "max_new_tokens", "max_prompt_chars", "max_keywords", "max_forbidden",
     "max_keyword_chars", "max_beams", "max_body_bytes", "max_states", "compile_time_budget_s", "metrics_port",
+    "response_cache_bytes", "redis_timeout_s", "compile_workers", "compile_backlog", "body_timeout_s",
+    "dfa_cache_bytes", "guide_cache_bytes",
 )  # fmt: skip
-BOOL_SETTINGS = ("playground", "warmup", "cache", "metrics_public", "docs_public", "batching")
+BOOL_SETTINGS = (
+    "playground", "warmup", "cache", "metrics_public", "docs_public", "batching", "allow_tokenizer_mismatch",
+)  # fmt: skip
 
 
 class _FullHelp(argparse.Action):
@@ -117,7 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for package in ("pcgen", "pc_core", "service", "distill"):  # module loggers are named by __name__
         logging.getLogger(package).setLevel(settings.log_level.upper())
     app = create_app(settings)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -125,4 +129,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=False,  # ServiceMiddleware logs one line per request, without prompts or keys
         timeout_graceful_shutdown=5,
     )
+    server = uvicorn.Server(config)
+    runtime = app.state.runtime
+
+    def stop_serving(error: str) -> None:  # models that cannot serve: exit instead of answering 503 forever
+        server.should_exit = True
+
+    runtime.on_fatal = stop_serving
+    server.run()
+    if runtime.error is not None:
+        print(f"pcgen serve: {runtime.error}", file=sys.stderr)
+        return 1
     return 0

@@ -17,8 +17,9 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 async def rate_limit(request: Request, runtime: RuntimeDep) -> None:
-    """Per API key (or client IP without keys); 429 with Retry-After when spent."""
-    await runtime.limiter.check(request.state.identity)
+    """Per API key (or client IP without keys); 429 with Retry-After when spent. The X-RateLimit-* headers
+    go on the response (the middleware adds them)."""
+    request.state.rate_limit_headers = await runtime.limiter.check(request.state.identity)
 
 
 RateLimit = Annotated[None, Depends(rate_limit)]

@@ -1,16 +1,19 @@
-"""The scheduler: bounded admission, constraint preparation off the event loop, and continuous batching on
-one dedicated decoding thread.
+"""The scheduler: bounded admission, constraint compilation in worker processes, preparation off the event
+loop, and continuous batching on one dedicated decoding thread.
 
-    submit() ──> [prepare pool: tokenize, compile the DFA, precompute the guide] ──> ready queue
+    submit() ──> [compile pool: worker processes, fair per client] ──> [prepare threads: the guide's
+    precompute, the first state] ──> ready queue
                                                                                        │
     decoding thread: admit ready requests between steps (up to max_batch_size) ──> BatchDecoder.step()
                                                                                        │
     asyncio futures / per-request event queues  <── loop.call_soon_threadsafe ─────────┘
 
-The queue bound counts accepted requests that are not decoding yet (preparing or waiting for a slot): past it
-`submit` raises QueueFull (429). Constraint errors surface from `submit` (422) before anything is queued for
-decoding. `cancel` (client gone, deadline passed) drops the request's rows at the next step boundary. The
-event loop never runs model code.
+The queue bound counts accepted requests that are not decoding yet (compiling, preparing or waiting for a
+slot): past it `submit` raises QueueFull (429). Constraint errors surface from `submit` (422) before anything
+is queued for decoding. Every stage honours the request's deadline: a compile not yet started is dropped, a
+running one stops at its time budget (cut to the deadline), the precompute stops, a request still waiting for
+a batch slot is not started, and `cancel` (client gone, deadline passed) drops a running request's rows at the
+next step boundary. The event loop never runs model code.
 """
 
 from __future__ import annotations
@@ -26,8 +29,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from pc_core.decoding import BatchDecoder, GenerationOutput, GuidedSearch, StreamEvent, prepare
-from service.errors import BadRequest, QueueFull, ServiceError, Unavailable, classify
+from pc_core.constraints import compile_constraint
+from pc_core.decoding import (
+    BatchDecoder,
+    GenerationOutput,
+    GuidedSearch,
+    StreamEvent,
+    check_token_ids,
+    guided_constraint,
+    prepare,
+)
+from service.compile_pool import CompilePool
+from service.errors import BadRequest, QueueFull, ServiceError, Timeout, Unavailable, classify
 from service.generation import GenerationSpec
 from service.metrics import Metrics
 
@@ -43,6 +56,8 @@ class Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
     events: asyncio.Queue | None = None  # streaming: ("token", StreamEvent) items, then ("end", None)
+    client: str = "anonymous"  # API key id or address: compile work is shared out fairly between clients
+    deadline: float | None = None  # time.perf_counter(); work for the job stops once it passes
     id: int = field(default_factory=lambda: next(_ids))
     search: GuidedSearch | None = None  # built by Engine._prepare
     state: str = "preparing"  # preparing -> queued -> running -> done | cancelled | failed
@@ -52,6 +67,7 @@ class Job:
     first_token_at: float | None = None
     finished_at: float | None = None
     cancel_reason: str | None = None
+    observed: bool = True  # counted in the per-request metrics (False: the warm-up generation)
 
     # called on the decoding thread -----------------------------------------------------------------
 
@@ -106,8 +122,12 @@ class Engine:
         max_queue: int = 64,
         prepare_workers: int = 2,
         max_positions: int | None = None,
+        compile_pool: CompilePool | None = None,
     ) -> None:
+        """`compile_pool`: worker processes for constraint compilation; None compiles in the prepare threads
+        (a library default: simple, but a long compile there competes with decoding for the GIL)."""
         self.lm, self.tokenizer, self.hmm, self.metrics = lm, tokenizer, hmm, metrics
+        self.compile_pool = compile_pool
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self.max_positions = max_positions
@@ -122,6 +142,8 @@ class Engine:
         self._pool = ThreadPoolExecutor(prepare_workers, thread_name_prefix="pcgen-prepare")
         self._thread = threading.Thread(target=self._run, name="pcgen-decode", daemon=True)
         self.steps = 0
+        self._finished = 0  # requests decoded, and an average of how long that took (for admission)
+        self._seconds_per_request = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -135,6 +157,16 @@ class Engine:
         if self._thread.is_alive():
             self._thread.join(timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.compile_pool is not None:
+            self.compile_pool.shutdown()
+
+    def expected_wait_s(self) -> float | None:
+        """How long a request accepted now would wait for a batch slot, from the recent time requests took
+        (None until enough have finished to say). Callers hold the lock."""
+        if self._finished < 10:
+            return None
+        rounds = (self._waiting + len(self._active)) // self.max_batch_size
+        return rounds * self._seconds_per_request
 
     @property
     def queue_depth(self) -> int:
@@ -146,9 +178,16 @@ class Engine:
 
     # ------------------------------------------------------------------ event loop side
 
-    async def submit(self, spec: GenerationSpec, stream: bool = False) -> Job:
-        """Admit, prepare (off the loop) and queue for decoding. Raises QueueFull, BadRequest (constraint and
-        parameter errors, with `error.type`) or Unavailable."""
+    async def submit(
+        self,
+        spec: GenerationSpec,
+        stream: bool = False,
+        client: str = "anonymous",
+        deadline: float | None = None,
+        observed: bool = True,
+    ) -> Job:
+        """Admit, compile, prepare (off the loop) and queue for decoding. Raises QueueFull, BadRequest
+        (constraint and parameter errors, with `error.type`), Timeout or Unavailable."""
         loop = asyncio.get_running_loop()
         with self._lock:
             if self._stopping:
@@ -159,11 +198,20 @@ class Engine:
                     f"the queue is full ({self.max_queue} requests waiting); retry later",
                     headers={"Retry-After": "1"},
                 )
+            wait = self.expected_wait_s()
+            if deadline is not None and wait is not None and time.perf_counter() + wait > deadline:
+                self.metrics.abandoned.labels("admission").inc()
+                raise Unavailable(
+                    f"the queue ahead would take about {wait:.1f} s, past this request's deadline; retry later",
+                    headers={"Retry-After": str(max(1, round(wait)))},
+                )
             self._waiting += 1
             self.metrics.queue_depth.set(self._waiting)
-        job = Job(spec, loop, loop.create_future(), asyncio.Queue() if stream else None)
+        job = Job(spec, loop, loop.create_future(), asyncio.Queue() if stream else None, client=client,
+                  deadline=deadline, observed=observed)  # fmt: skip
         try:
-            job.search = await loop.run_in_executor(self._pool, self._prepare, job)
+            dfa = await self._compile(job)
+            job.search = await loop.run_in_executor(self._pool, self._prepare, job, dfa)
         except BaseException:
             with self._lock:
                 self._waiting -= 1
@@ -179,6 +227,33 @@ class Engine:
             self._ready.append(job)
             self._wake.notify()
         return job
+
+    async def _compile(self, job: Job) -> Any:
+        """The constraint's DFA: cached, or compiled quickly in a prepare thread, or else from the compile pool
+        (None without a pool: the prepare thread compiles). Waits for the pool without holding a thread;
+        cancelling the request drops a compile that has not started."""
+        pool = self.compile_pool
+        if pool is None:
+            return None
+        params = job.spec.params
+        loop = asyncio.get_running_loop()
+        try:
+            # what prepare will compile: the constraint with the suffix, stop strings and token bans
+            check_token_ids(params, len(self.tokenizer))
+            constraint = guided_constraint(job.spec.constraint, params)
+            if not pool.cached(constraint, self.tokenizer, params.max_states, params.time_budget_s):
+                pool.check_room(job.client)
+                quick = await loop.run_in_executor(self._pool, pool.try_quick, constraint,
+                                                   self.tokenizer, params.max_states)  # fmt: skip
+                if quick is not None:
+                    return quick
+            future = pool.submit(job.client, constraint, self.tokenizer, params.max_states,
+                                 params.time_budget_s, deadline=job.deadline)  # fmt: skip
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            raise self._classified(err, job, "compile") from err
 
     def cancel(self, job: Job, reason: str = "disconnect") -> bool:
         """Stop a job (from the event loop): dropped from the queue now, or from the batch at the next step.
@@ -203,29 +278,68 @@ class Engine:
 
     # ------------------------------------------------------------------ preparation (thread pool)
 
-    def _prepare(self, job: Job) -> GuidedSearch:
+    def _prepare(self, job: Job, dfa: Any = None) -> GuidedSearch:
+        """The request's GuidedSearch: the guide's precompute (stopped at the deadline) and first state."""
         spec, params = job.spec, job.spec.params
-        prompt_ids = self.tokenizer.encode(spec.prompt, add_special_tokens=False) if spec.prompt else []
-        needed = max(1, len(prompt_ids)) + params.max_new_tokens
-        if self.max_positions is not None and needed > self.max_positions:
-            raise BadRequest(
-                f"the prompt ({len(prompt_ids)} tokens) plus max_new_tokens ({params.max_new_tokens}) exceeds "
-                f"the model's context of {self.max_positions} tokens",
-                path="prompt",
-                error_type="context_length_exceeded",
-            )
+        if job.deadline is not None and time.perf_counter() >= job.deadline:
+            self.metrics.abandoned.labels("prepare").inc()
+            raise Timeout("the request's deadline passed before it could be prepared")
+        prompt_ids = self._prompt_ids(spec.prompt)
+        self._check_context(len(prompt_ids), params.max_new_tokens)
         on_stream = job.push_event if job.events is not None else None
+
+        compiled = guided_constraint(spec.constraint, params) if dfa is not None else None
+
+        def compile(constraint: Any, tokenizer: Any, blocklist_mask: bool = True, **limits: Any) -> Any:
+            if blocklist_mask and constraint == compiled:  # compiled already, in the pool
+                return dfa
+            if self.compile_pool is None:
+                return compile_constraint(constraint, tokenizer, blocklist_mask=blocklist_mask, **limits)
+            return self.compile_pool.compile(job.client, constraint, tokenizer, blocklist_mask=blocklist_mask,
+                                             deadline=job.deadline, **limits)  # fmt: skip
+
         try:
-            search = prepare(self.tokenizer, self.hmm, spec.constraint, prompt_ids, params, on_stream)
+            search = prepare(self.tokenizer, self.hmm, spec.constraint, prompt_ids, params, on_stream,
+                             compile=compile, deadline=job.deadline)  # fmt: skip
         except Exception as err:
-            error = classify(err, spec.field_names)
-            if error.status < 500:
-                self.metrics.constraint_errors.labels(error.error_type).inc()
-            raise error from err
-        self.metrics.dfa_states.observe(search.dfa.num_states)
-        self.metrics.dfa_compile.observe(search.timings["dfa_ms"] / 1000)
-        self.metrics.guide_precompute.observe(search.timings["precompute_ms"] / 1000)
+            raise self._classified(err, job, "prepare") from err
+        if job.observed:
+            self.metrics.dfa_states.observe(search.dfa.num_states)
+            self.metrics.dfa_compile.observe(search.timings["dfa_ms"] / 1000)
+            self.metrics.guide_precompute.observe(search.timings["precompute_ms"] / 1000)
         return search
+
+    def _prompt_ids(self, prompt: str | tuple[int, ...]) -> list[int]:
+        """A text prompt tokenized, or token ids (OpenAI's token prompts) checked against the vocabulary."""
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt, add_special_tokens=False) if prompt else []
+        size = len(self.tokenizer)
+        bad = next((t for t in prompt if not 0 <= t < size), None)
+        if bad is not None:
+            raise BadRequest(f"token id {bad} is not in the vocabulary (0..{size - 1})", path="prompt")
+        return list(prompt)
+
+    def _check_context(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        """The prompt plus the horizon must fit the LM's context; the error names the field at fault."""
+        if self.max_positions is None or max(1, prompt_tokens) + max_new_tokens <= self.max_positions:
+            return
+        if max_new_tokens >= self.max_positions:  # too long whatever the prompt
+            path, detail = "max_new_tokens", f"must be < the model's context of {self.max_positions} tokens"
+        else:
+            path = "prompt"
+            detail = (f"the prompt ({prompt_tokens} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the "
+                      f"model's context of {self.max_positions} tokens")  # fmt: skip
+        raise BadRequest(detail, path=path, error_type="context_length_exceeded")
+
+    def _classified(self, err: BaseException, job: Job, stage: str) -> ServiceError:
+        error = classify(err, job.spec.field_names)
+        if error.status == 504:  # the deadline stopped the work
+            self.metrics.abandoned.labels(stage).inc()
+        elif error.status == 429:
+            self.metrics.rejected.labels("compile_backlog").inc()
+        elif error.status < 500:
+            self.metrics.constraint_errors.labels(error.error_type).inc()
+        return error
 
     # ------------------------------------------------------------------ decoding thread
 
@@ -260,10 +374,16 @@ class Engine:
                 return None
             to_cancel, self._to_cancel = self._to_cancel, []
             admitted = []
+            now = time.perf_counter()
             while self._ready and len(self._active) + len(admitted) < self.max_batch_size:
                 job = self._ready.popleft()
-                job.state = "running"
                 self._waiting -= 1
+                if job.deadline is not None and now >= job.deadline:  # too late to start: do not
+                    job.state = "failed"
+                    self.metrics.abandoned.labels("admission").inc()
+                    job.fail(Timeout("the request's deadline passed while it waited for a batch slot"))
+                    continue
+                job.state = "running"
                 admitted.append(job)
             self.metrics.queue_depth.set(self._waiting)
         for job in to_cancel:
@@ -281,7 +401,8 @@ class Engine:
             job.fail(ServiceError("prefill failed", error_type="internal_error"))
             return
         job.started_at = time.perf_counter()
-        self.metrics.queue_time.observe(job.started_at - job.accepted_at)
+        if job.observed:
+            self.metrics.queue_time.observe(job.started_at - job.accepted_at)
         self._active.append(job)
 
     def _step(self) -> list[GuidedSearch]:
@@ -306,7 +427,8 @@ class Engine:
         for job in self._active:
             if job.first_token_at is None:
                 job.first_token_at = done
-                self.metrics.ttft.observe(done - job.accepted_at)
+                if job.observed:
+                    self.metrics.ttft.observe(done - job.accepted_at)
         return finished
 
     def _retire(self, finished: list[GuidedSearch]) -> None:
@@ -326,14 +448,24 @@ class Engine:
             else:
                 self._observe_finished(job, now)
                 job.resolve(job.search.output)
+                seconds = now - (job.started_at or now)
+                weight = 1.0 / min(self._finished + 1, 20)  # a running mean over about the last 20
+                self._seconds_per_request += weight * (seconds - self._seconds_per_request)
+                self._finished += 1
         self._active = still
         self.metrics.active.set(len(self._active))
 
     def _observe_finished(self, job: Job, now: float) -> None:
+        """Per-request metrics of a computed request (vLLM's request_prompt_tokens, request_generation_tokens,
+        finish reasons), unless it is the warm-up."""
+        if not job.observed:
+            return
         out = job.search.output
         tokens = sum(len(s.token_ids) for s in out.sequences)
         self.metrics.generated_tokens.inc(tokens)
         self.metrics.prompt_tokens.inc(out.prompt_tokens)
+        self.metrics.prompt_length.observe(out.prompt_tokens)
+        self.metrics.generation_length.observe(tokens)
         longest = max((len(s.token_ids) for s in out.sequences), default=0)
         if longest > 1 and job.first_token_at is not None:
             self.metrics.tpot.observe((now - job.first_token_at) / (longest - 1))
@@ -341,6 +473,7 @@ class Engine:
             self.metrics.constraint_outcomes.labels(
                 "satisfied" if seq.constraint_satisfied else "not_satisfied"
             ).inc()
+            self.metrics.finish_reasons.labels(seq.finish_reason).inc()
 
     def _fail_all(self, error: ServiceError) -> None:
         with self._wake:

@@ -4,12 +4,20 @@
 
 Schema validation errors (422) keep FastAPI's `detail` list (each entry with its `loc` path) and add the same
 `error` object, naming the first problem.
+
+The OpenAI endpoint family (`/v1/*`) answers every error in OpenAI's shape instead (`openai_shaped`), so the
+OpenAI SDKs raise their typed errors with `param` set:
+
+    {"error": {"message": "...", "type": "invalid_request_error", "param": "max_tokens", "code": "..."}}
+
+an invalid request there is a 400 (OpenAI's status, where the native API answers 422); other statuses stay.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,6 +29,7 @@ from pc_core.errors import (
     BlocklistInteraction,
     ConstraintError,
     ConstraintTooComplex,
+    DeadlineExceeded,
     HMMFormatError,
     PcgenError,
     TokenizerMismatch,
@@ -28,6 +37,7 @@ from pc_core.errors import (
 )
 from pc_core.guide import GuideError
 from pc_core.params import DECODE_FIELDS, DecodingError
+from service.compile_pool import CompileBacklogFull
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +114,8 @@ def error_body(
 # models do not fit together, a guide or kernel failure) are 5xx with the request id, never blamed on the
 # client. The first matching class wins, so subclasses come first.
 ERROR_TABLE: list[tuple[type[Exception], int, str | None, str]] = [
+    (DeadlineExceeded, 504, "timeout", "client"),  # the request's own deadline
+    (CompileBacklogFull, 429, "compile_backlog_full", "client"),
     (UnsatisfiableConstraint, 422, None, "client"),  # error types from the class: unsatisfiable_constraint
     (ConstraintTooComplex, 422, None, "client"),
     (ConstraintError, 422, None, "client"),
@@ -114,6 +126,39 @@ ERROR_TABLE: list[tuple[type[Exception], int, str | None, str]] = [
     (BlocklistInteraction, 500, "internal_error", "server"),
     (PcgenError, 500, "internal_error", "server"),
 ]
+
+
+OPENAI_PREFIX = "/v1/"
+# OpenAI's error `type` by HTTP status (the category; pcgen's own error type goes in `code`)
+OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "invalid_request_error", 429: "rate_limit_error"}  # fmt: skip
+
+
+def openai_shaped(url_path: str, status: int, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """(status, body) as the endpoint family at `url_path` answers an error given in the native shape: on
+    `/v1/*`, OpenAI's object with `param` the body field at fault (`max_tokens`, `constraint.all[1].word_at`),
+    `code` pcgen's error type, and 400 for what the native API answers with 422."""
+    if not url_path.startswith(OPENAI_PREFIX):
+        return status, body
+    native = body["error"]
+    status = 400 if status == 422 else status
+    param = native.get("path")
+    if param is not None:
+        param = None if param == "body" else param.removeprefix("body.")
+    message, code = native["message"], native["type"]
+    first = (body.get("detail") or [None])[0]
+    if isinstance(first, dict) and first.get("type") == "extra_forbidden":  # OpenAI's words for it
+        message, code = f"Unrecognized request argument supplied: {param}", "unknown_parameter"
+    kind = "server_error" if status >= 500 else OPENAI_TYPES.get(status, "invalid_request_error")
+    error = {"message": message, "type": kind, "param": param, "code": code}
+    if "request_id" in native:
+        error["request_id"] = native["request_id"]
+    return status, {"error": error}
+
+
+def error_response(request: Request, status: int, body: dict, headers: dict | None = None) -> JSONResponse:
+    status, body = openai_shaped(request.url.path, status, body)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def classify(err: BaseException, field_names: dict[str, str] | None = None) -> ServiceError:
@@ -135,7 +180,20 @@ def classify(err: BaseException, field_names: dict[str, str] | None = None) -> S
         names = field_names or {}
         message = err.message.format_map({k: names.get(k, k) for k in DECODE_FIELDS})
         return BadRequest(message, path=names.get(err.field, err.field), error_type=error_type, status=status)
-    return BadRequest(err.message, path=err.path, error_type=error_type, status=status)
+    if isinstance(err, ConstraintError):  # its message may name decoding parameters (max_new_tokens=3)
+        message = _with_body_names(err.message, field_names or {})
+        path = (field_names or {}).get(err.path, err.path)
+        return BadRequest(message, path=path, error_type=error_type, status=status)
+    headers = {"Retry-After": "1"} if status == 429 else None
+    return ServiceError(str(err), error_type=error_type, status=status, headers=headers)
+
+
+def _with_body_names(message: str, field_names: dict[str, str]) -> str:
+    """The message with DecodeParams' field names written as the request body's (max_tokens=3)."""
+    if not field_names:
+        return message
+    names = re.compile(r"\b(" + "|".join(map(re.escape, field_names)) + r")\b")
+    return names.sub(lambda match: field_names[match.group()], message)
 
 
 def constraint_path_to_loc(path: str) -> tuple[str | int, ...]:
@@ -204,29 +262,32 @@ async def _validation_handler(request: Request, exc: RequestValidationError) -> 
     first = errors[0] if errors else {"msg": "invalid request", "loc": [], "type": ""}
     kind = first["type"] if first["type"] in CONSTRAINT_ERROR_TYPES else "validation_error"
     body = {"detail": errors, **error_body(kind, first["msg"], loc_to_path(first["loc"]))}
-    return JSONResponse(body, status_code=422)
+    return error_response(request, 422, body)
 
 
 async def _http_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    from service.json_body import BodyError
+
+    if isinstance(exc, BodyError):
+        return await _validation_handler(request, RequestValidationError(exc.errors))
     kinds = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-             413: "payload_too_large", 415: "unsupported_media_type"}  # fmt: skip
+             408: "request_timeout", 413: "payload_too_large", 415: "unsupported_media_type"}  # fmt: skip
     message = _text(exc.detail) if isinstance(exc.detail, str) else "error"
     body = {"detail": message, **error_body(kinds.get(exc.status_code, "http_error"), message)}
-    return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    return error_response(request, exc.status_code, body, getattr(exc, "headers", None))
 
 
 async def _service_handler(request: Request, exc: ServiceError) -> JSONResponse:
     if exc.status >= 500:
         exc.request_id = getattr(request.state, "request_id", None)
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+    return error_response(request, exc.status, exc.body(), exc.headers)
 
 
 async def _internal_handler(request: Request, exc: Exception) -> JSONResponse:
     log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
     request_id = getattr(request.state, "request_id", None)
-    return JSONResponse(
-        error_body("internal_error", "internal server error", None, request_id), status_code=500
-    )
+    body = error_body("internal_error", "internal server error", None, request_id)
+    return error_response(request, 500, body)
 
 
 def install_handlers(app: FastAPI) -> None:

@@ -16,7 +16,7 @@ CACHE_SCHEMA_VERSION = 2
 
 @dataclass(frozen=True)
 class GenerationSpec:
-    prompt: str
+    prompt: str | tuple[int, ...]  # text, or token ids (OpenAI's token prompts)
     constraint: Constraint
     params: DecodeParams
     # DecodeParams field -> the request body's name for it (OpenAI's `max_tokens`), for error paths

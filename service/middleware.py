@@ -2,12 +2,14 @@
 
 - request IDs: `X-Request-ID` echoed when well-formed, generated otherwise; returned on every response;
 - API keys (service.auth): 401 before anything else runs;
-- body size: 413 from `Content-Length` before reading, and while reading bodies sent without it;
+- body size: 413 from `Content-Length` before reading, and while reading bodies sent without it; a body that
+  does not arrive within `body_timeout_s` gets 408 (a client cannot hold a connection open with a trickle);
 - per-request metrics (route template, status) and one structured log line (no prompt, no key).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -20,7 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.auth import KeyChecker, bearer_token, key_id, unauthorized_body
-from service.errors import error_body
+from service.errors import error_body, openai_shaped
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,7 @@ class ServiceMiddleware:
         public: frozenset[str],
         max_body_bytes: int,
         known_paths: frozenset[str] = frozenset(),
+        body_timeout_s: float = 10.0,
     ) -> None:
         self.app = app
         self.metrics = metrics
@@ -44,6 +47,7 @@ class ServiceMiddleware:
         self.public = public
         self.max_body_bytes = max_body_bytes
         self.known_paths = known_paths
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,7 +67,10 @@ class ServiceMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+                response_headers = MutableHeaders(scope=message)
+                response_headers["X-Request-ID"] = request_id
+                for name, value in state.get("rate_limit_headers", {}).items():  # set by the rate limit
+                    response_headers.setdefault(name, value)
             await send(message)
 
         path = scope.get("path", "")
@@ -74,24 +81,27 @@ class ServiceMiddleware:
                     self.metrics.rejected.labels("unauthorized").inc()
                     message = "missing API key" if token is None else "invalid API key"
                     await _send_json(
-                        send_with_id, 401, unauthorized_body(message), {"WWW-Authenticate": "Bearer"}
+                        send_with_id, path, 401, unauthorized_body(message), {"WWW-Authenticate": "Bearer"}
                     )
                     return
                 state["identity"] = key_id(token)
             length = _header(headers, b"content-length")
             if length is not None:
                 if not length.isdigit():
-                    await _send_json(send_with_id, 400, error_body("bad_request", "invalid Content-Length"))
+                    await _send_json(
+                        send_with_id, path, 400, error_body("bad_request", "invalid Content-Length")
+                    )
                     return
                 if int(length) > self.max_body_bytes:
                     self.metrics.rejected.labels("too_large").inc()
-                    await _send_json(send_with_id, 413, _too_large(self.max_body_bytes))
+                    await _send_json(send_with_id, path, 413, _too_large(self.max_body_bytes))
                     return
             await self.app(scope, self._limited(receive), send_with_id)
         except HTTPException as exc:  # raised by the limited receive outside FastAPI's handlers
             if status[0] is None and exc.status_code == 413:
-                self.metrics.rejected.labels("too_large").inc()
-                await _send_json(send_with_id, 413, _too_large(self.max_body_bytes))
+                await _send_json(send_with_id, path, 413, _too_large(self.max_body_bytes))
+            elif status[0] is None and exc.status_code == 408:
+                await _send_json(send_with_id, path, 408, error_body("request_timeout", exc.detail))
             else:
                 raise
         except Exception:
@@ -99,7 +109,7 @@ class ServiceMiddleware:
                 status[0] = 500
             raise
         finally:
-            code = status[0] if status[0] is not None else CLIENT_CLOSED
+            code = state.get("final_status") or (status[0] if status[0] is not None else CLIENT_CLOSED)
             route = self._route(scope)
             elapsed = time.perf_counter() - started
             self.metrics.requests.labels(route, str(code)).inc()
@@ -114,14 +124,25 @@ class ServiceMiddleware:
             )
 
     def _limited(self, receive: Receive) -> Receive:
-        limit, seen = self.max_body_bytes, 0
+        """`receive` with the body's size and arrival time bounded (413, 408); counted as rejections."""
+        limit, seen, done = self.max_body_bytes, 0, False
 
         async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, done
+            if done:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout_s)
+            except asyncio.TimeoutError:
+                self.metrics.rejected.labels("body_timeout").inc()
+                raise HTTPException(
+                    408, f"request body not received within {self.body_timeout_s:g} s"
+                ) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                done = not message.get("more_body", False)
                 if seen > limit:
+                    self.metrics.rejected.labels("too_large").inc()
                     raise HTTPException(413, f"request body larger than {limit} bytes")
             return message
 
@@ -147,7 +168,11 @@ def _too_large(limit: int) -> dict[str, Any]:
     return error_body("payload_too_large", f"request body larger than {limit} bytes")
 
 
-async def _send_json(send: Send, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+async def _send_json(
+    send: Send, url_path: str, status: int, body: dict, headers: dict[str, str] | None = None
+) -> None:
+    """An error answered here, before the app: in the shape of the endpoint family of `url_path`."""
+    status, body = openai_shaped(url_path, status, body)
     raw = json.dumps(body).encode()
     raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
     raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]

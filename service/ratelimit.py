@@ -8,7 +8,7 @@ import math
 import time
 from typing import Any
 
-from service.cache import REDIS_OP_TIMEOUT_S, RedisHealth
+from service.cache import RedisHealth
 from service.errors import RateLimited
 from service.metrics import Metrics
 
@@ -53,35 +53,47 @@ class RateLimiter:
     def enabled(self) -> bool:
         return self.limiter is not None
 
-    async def check(self, identity: str) -> None:
+    @property
+    def _timeout_s(self) -> float:
+        return self.health.timeout_s if self.health is not None else 1.0
+
+    async def check(self, identity: str) -> dict[str, str]:
+        """Count one request for `identity`; raise RateLimited when a limit is spent. Returns the
+        `X-RateLimit-*` headers of the tightest limit (empty without limits or when failing open)."""
         if self.limiter is None:
-            return
+            return {}
         if self.health is not None and not self.health.available():
             self.metrics.ratelimit_errors.inc()  # Redis is down: fail open
-            return
+            return {}
+        tightest: tuple[int, Any, float] | None = None  # (remaining, item, seconds to reset)
         for item in self.items:
             try:
-                allowed = await asyncio.wait_for(
-                    self.limiter.hit(item, "pcgen", identity), REDIS_OP_TIMEOUT_S
+                allowed = await asyncio.wait_for(self.limiter.hit(item, "pcgen", identity), self._timeout_s)
+                stats = await asyncio.wait_for(
+                    self.limiter.get_window_stats(item, "pcgen", identity), self._timeout_s
                 )
             except Exception as err:  # noqa: BLE001 - fail open
                 self.metrics.ratelimit_errors.inc()
                 if self.health is not None:
                     self.health.failure(err)
-                return
+                return {}
             if self.health is not None:
                 self.health.success()
+            reset_s = max(1, math.ceil(stats.reset_time - time.time()))
             if not allowed:
-                retry_after = 1
-                try:
-                    stats = await asyncio.wait_for(
-                        self.limiter.get_window_stats(item, "pcgen", identity), REDIS_OP_TIMEOUT_S
-                    )
-                    retry_after = max(1, math.ceil(stats.reset_time - time.time()))
-                except Exception:  # noqa: BLE001 - the header is advisory
-                    pass
                 self.metrics.rejected.labels("rate_limited").inc()
-                raise RateLimited(
-                    f"rate limit {item} exceeded; retry in {retry_after} s",
-                    headers={"Retry-After": str(retry_after)},
-                )
+                headers = {"Retry-After": str(reset_s), **_headers(item, 0, reset_s)}
+                raise RateLimited(f"rate limit {item} exceeded; retry in {reset_s} s", headers=headers)
+            if tightest is None or stats.remaining < tightest[0]:
+                tightest = (stats.remaining, item, reset_s)
+        assert tightest is not None
+        return _headers(tightest[1], tightest[0], tightest[2])
+
+
+def _headers(item: Any, remaining: int, reset_s: int) -> dict[str, str]:
+    """The limit in requests per window, the requests left in it, and seconds until it frees up."""
+    return {
+        "X-RateLimit-Limit": str(item.amount),
+        "X-RateLimit-Remaining": str(max(0, remaining)),
+        "X-RateLimit-Reset": str(reset_s),
+    }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from service.cache import MemoryBackend, RedisBackend, RedisHealth, ResponseCache, SingleFlight
@@ -26,7 +27,7 @@ WARMUP_CONSTRAINT = {"keywords": ["the"]}
 class Runtime:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or Metrics(settings.served_model)
         self.created = int(time.time())
         self.lm: Any = None
         self.tokenizer: Any = None
@@ -43,6 +44,9 @@ class Runtime:
         self.limiter = RateLimiter(None, self.metrics)
         self.singleflight = SingleFlight()
         self._loader: asyncio.Task | None = None
+        self.compile_pool: Any = None
+        self.on_limits: list[Callable[[], None]] = []  # called when the loaded model changes the caps
+        self.on_fatal: Callable[[str], None] | None = None  # `pcgen serve` stops the server (and exits 1)
 
     # ------------------------------------------------------------------ state
 
@@ -71,20 +75,23 @@ class Runtime:
 
             self.redis = aioredis.Redis.from_url(
                 s.redis_url,
-                socket_timeout=1.0,
-                socket_connect_timeout=1.0,
+                socket_timeout=s.redis_timeout_s,
+                socket_connect_timeout=s.redis_timeout_s,
                 retry=Retry(NoBackoff(), 1),  # one reconnect attempt: a restarted Redis is picked up at once
                 health_check_interval=0,
             )
-            self.health = RedisHealth(self.redis, self.metrics)
+            self.health = RedisHealth(self.redis, self.metrics, timeout_s=s.redis_timeout_s)
             await self.health.ping()
             if self.health.state == "down":
                 log.warning("redis at the configured URL is not answering; failing open until it does")
+            self.health.start_probing()
         if s.cache:
             if self.redis is not None:
                 self.cache = ResponseCache(RedisBackend(self.redis), self.metrics, s.cache_ttl_s, self.health)
             elif s.cache_size > 0:
-                self.cache = ResponseCache(MemoryBackend(s.cache_size), self.metrics, s.cache_ttl_s)
+                backend = MemoryBackend(s.cache_size, s.response_cache_bytes)
+                self.cache = ResponseCache(backend, self.metrics, s.cache_ttl_s)
+                self.metrics.caches.watch("response", backend)
         self.limiter = RateLimiter(
             s.rate_limit,
             self.metrics,
@@ -98,6 +105,7 @@ class Runtime:
     async def stop(self) -> None:
         if self._loader is not None and not self._loader.done():
             self._loader.cancel()
+        await self.health.stop_probing()
         if self.engine is not None:
             await asyncio.to_thread(self.engine.stop)
         if self.redis is not None:
@@ -115,8 +123,7 @@ class Runtime:
         except asyncio.CancelledError:
             raise
         except Exception as err:  # noqa: BLE001 - reported by /health/ready, logged here
-            self.error = f"loading failed: {type(err).__name__}: {err}"
-            log.error("%s", self.error)
+            self._fatal(f"loading failed: {type(err).__name__}: {err}")
             return
         self.engine = Engine(
             self.lm,
@@ -127,25 +134,26 @@ class Runtime:
             max_queue=s.max_queue,
             prepare_workers=s.prepare_workers,
             max_positions=self.max_positions,
+            compile_pool=self.compile_pool,
         )
         self.engine.start()
+        self._apply_model_limits()
         if s.warmup:
             await self._warmup()
 
     def _load_models(self) -> None:
         from pc_core.constraints.vocab import tokenizer_fingerprint, vocab_tables
+        from pc_core.constraints.words import load_dictionaries
         from pc_core.hmm import HMM
-        from pc_core.lm import lm_fingerprint, load_lm
+        from pc_core.lm import check_pairing, lm_fingerprint, load_lm
 
         s = self.settings
         lm, tokenizer = load_lm(s.lm, device=s.device, dtype=s.dtype)
         device = next(lm.parameters()).device
         hmm = HMM.load(s.hmm, device=device)
-        if hmm.vocab_size != len(tokenizer):
-            raise ValueError(
-                f"the HMM has {hmm.vocab_size} tokens but the LM's tokenizer has {len(tokenizer)}"
-            )
+        check_pairing(hmm, tokenizer, s.lm, allow_mismatch=s.allow_tokenizer_mismatch)
         vocab_tables(tokenizer)  # per-tokenizer tables for constraint compilation, built once up front
+        load_dictionaries()  # keyword inflections: loaded here, not inside the first request that needs them
         config = lm.config
         self.max_positions = getattr(config, "n_positions", None) or getattr(
             config, "max_position_embeddings", None
@@ -156,7 +164,16 @@ class Runtime:
             "tokenizer": tokenizer_fingerprint(tokenizer),
         }
         self.device = str(device)
+        self.metrics.devices.watch(self.device)  # pcgen_device_memory_bytes on CUDA; nothing on CPU
         self.lm, self.tokenizer, self.hmm = lm, tokenizer, hmm
+        self._bound_caches()
+        if s.compile_workers:
+            from service.compile_pool import CompilePool
+
+            self.compile_pool = CompilePool(
+                tokenizer, s.compile_workers, s.compile_backlog, s.dfa_cache_bytes, metrics=self.metrics
+            )
+            self.compile_pool.warm_up()
         self.metrics.model_info.info(
             {
                 "lm": s.served_model,
@@ -168,6 +185,35 @@ class Runtime:
             }
         )
 
+    def _apply_model_limits(self) -> None:
+        """The caps the loaded model allows: a request's horizon must leave room for at least one prompt
+        token in the context. Settings above that are lowered (and the OpenAPI document follows)."""
+        if self.max_positions is not None and self.settings.max_new_tokens > self.max_positions - 1:
+            cap = max(1, self.max_positions - 1)
+            log.info("max_new_tokens capped at %d by the model's context of %d", cap, self.max_positions)
+            self.settings = self.settings.model_copy(update={"max_new_tokens": cap})
+        for listener in self.on_limits:
+            listener()
+
+    def _bound_caches(self) -> None:
+        """The settings' byte bounds on the per-process caches that grow with traffic, exported as metrics."""
+        from pc_core.constraints import vocab
+        from pc_core.constraints.compiler import COMPILED
+        from pc_core.guide import TABLES
+
+        COMPILED.resize(self.settings.dfa_cache_bytes)
+        TABLES.resize(self.settings.guide_cache_bytes)
+        for name, cache in (("dfa", COMPILED), ("guide", TABLES), ("vocab", vocab.TABLES)):
+            self.metrics.caches.watch(name, cache)
+
+    def _fatal(self, error: str) -> None:
+        """The models cannot serve: say so in readiness and the log, and let `pcgen serve` exit (on_fatal)
+        rather than answer 503 forever."""
+        self.error = error
+        log.error("%s", error)
+        if self.on_fatal is not None:
+            self.on_fatal(error)
+
     async def _warmup(self) -> None:
         from pc_core.constraints import parse_constraint
         from pc_core.params import DecodeParams
@@ -178,14 +224,13 @@ class Runtime:
         spec = GenerationSpec("", parse_constraint(WARMUP_CONSTRAINT), DecodeParams(max_new_tokens=n))
         started = time.perf_counter()
         try:
-            job = await self.engine.submit(spec)
+            job = await self.engine.submit(spec, observed=False)  # not a client request: not in the metrics
             output = await asyncio.wait_for(job.future, self.settings.request_timeout_s)
             if not all(seq.constraint_satisfied for seq in output.sequences):
                 raise RuntimeError("the warm-up output does not satisfy its constraint")
         except Exception as err:  # noqa: BLE001 - reported by /health/ready
             self.warmup = "failed"
-            self.error = f"warm-up failed: {type(err).__name__}: {err}"
-            log.error("%s", self.error)
+            self._fatal(f"warm-up failed: {type(err).__name__}: {err}")
             return
         self.warmup = "ok"
         log.info("warm-up generation passed in %.2f s; ready", time.perf_counter() - started)

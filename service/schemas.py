@@ -2,15 +2,16 @@
 
 Schema errors are FastAPI 422s whose `detail` entries carry the field path in `loc`; constraint parse errors
 are reported the same way, with the constraint's own path appended, e.g.
-`["body", "constraint", "all", 2, "word_at"]`.
+`["body", "constraint", "all", 2, "word_at"]`. The OpenAI endpoint family's bodies are in
+`openai_schemas.py`; they share the checks below.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from pc_core.constraints import Constraint, parse_constraint
 from pc_core.constraints.spec import keywords_by_polarity
@@ -27,6 +28,8 @@ from pc_core.params import (
 from service.errors import constraint_path_to_loc
 from service.generation import GenerationSpec
 from service.settings import Settings
+
+KEYWORD_FORMS_SHOWN = 100  # keyword entries echoed in a /generate response
 
 ConstraintSpec = dict[str, Any] | str
 
@@ -72,7 +75,7 @@ class GenerateRequest(BaseModel):
     min_new_tokens: int = Field(0, ge=0)
     num_beams: int = Field(1, ge=1, description="beam search width (do_sample=false)")
     num_return_sequences: int = Field(1, ge=1, description="outputs: best beams, or independent samples")
-    do_sample: bool = Field(False, description="sample instead of beam search")
+    do_sample: StrictBool = Field(False, description="sample instead of beam search")
     temperature: float = Field(
         1.0, ge=MIN_TEMPERATURE, le=100, allow_inf_nan=False, description="sampling only"
     )
@@ -80,7 +83,21 @@ class GenerateRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=SEED_MAX, description="sampling seed (makes sampling cacheable)")
     hmm_weight: float = Field(1.0, ge=0, le=100, allow_inf_nan=False, description="exponent w on the guide")
     length_penalty: float = Field(1.0, ge=-10, le=10, allow_inf_nan=False, description="beam ranking")
-    stream: bool = Field(False, description="Server-Sent Events: `token` events, then one `result` event")
+    suffix: str | None = Field(
+        None,
+        description="infilling: text the generated span must be followed by (generated too, in any "
+        "tokenisation); the constraint is judged on the span, which `text` returns",
+    )
+    stop: str | list[str] = Field(
+        default_factory=list,
+        description="stop strings: the text ends before the first one (it is judged, and returned, without it)",
+    )
+    return_full_text: StrictBool = Field(
+        False, description="with a suffix: also return `full_text` (span + suffix)"
+    )
+    stream: StrictBool = Field(
+        False, description="Server-Sent Events: `token` events, then one `result` event"
+    )
 
     _check_prompt = field_validator("prompt")(_valid_unicode)
 
@@ -108,8 +125,11 @@ class Output(BaseModel):
     text: str
     token_ids: list[int]
     constraint_satisfied: bool
-    finish_reason: Literal["eos", "length"]
-    logprob: float = Field(description="LM log-likelihood of the continuation")
+    finish_reason: Literal["eos", "stop", "length"] = Field(
+        description="eos: the model ended (or the suffix was completed); stop: a stop string; length: the horizon"
+    )
+    logprob: float = Field(description="LM log-likelihood of the continuation (the suffix's tokens included)")
+    full_text: str | None = Field(None, description="span + suffix (with `return_full_text`)")
     matches: list[Match] = Field(
         default_factory=list, description="character spans of the keywords found in `text` (not under `not`)"
     )
@@ -128,6 +148,13 @@ class Timings(BaseModel):
     total_ms: float
 
 
+class KeywordForms(BaseModel):
+    keyword: str
+    case: Literal["natural", "sensitive", "any"]
+    polarity: Literal["required", "forbidden"]
+    forms: list[str] = Field(description="the surface forms the keyword accepts (casefolded for case `any`)")
+
+
 class GenerateResponse(BaseModel):
     id: str
     model: str
@@ -136,6 +163,10 @@ class GenerateResponse(BaseModel):
     timings: Timings
     dfa_states: int | None = Field(None, description="states of the constraint's token automaton")
     cached: bool
+    keywords: list[KeywordForms] = Field(
+        default_factory=list,
+        description=f"what each keyword of the constraint accepts (the first {KEYWORD_FORMS_SHOWN})",
+    )
 
 
 class ErrorDetail(BaseModel):
@@ -146,157 +177,6 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
-
-
-# ---------------------------------------------------------------------------------------------- OpenAI
-
-
-class StreamOptions(BaseModel):
-    include_usage: bool = False
-
-
-class CompletionRequest(BaseModel):
-    """OpenAI `/v1/completions` body plus pcgen's `constraint` / `keywords` (required, one of them).
-
-    Mapping: `temperature` 0 -> beam search with `best_of` beams (default `n`), returning the `n` best;
-    `temperature` > 0 -> `n` independent samples (with `top_p`, `seed`; temperatures below 0.001 count as
-    0.001, top_p below 1e-6 as 1e-6). `max_tokens` -> max_new_tokens,
-    `min_tokens` -> min_new_tokens. Unknown fields are ignored; `stop`, `suffix`, `logprobs`, `logit_bias` and
-    non-zero penalties are not supported (422)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    model: str | None = Field(None, description="must be the served model id when given")
-    prompt: str | list[str] = Field("", description="a string (or a list holding exactly one)")
-    max_tokens: int | None = Field(None, ge=1, description="default 16 (capped by the server)")
-    min_tokens: int = Field(0, ge=0, description="pcgen extension: min_new_tokens")
-    temperature: float = Field(1.0, ge=0, le=2, allow_inf_nan=False)
-    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
-    n: int = Field(1, ge=1)
-    best_of: int | None = Field(None, ge=1)
-    seed: int | None = Field(None, ge=0, le=SEED_MAX)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    echo: bool = False
-    logprobs: int | None = Field(None, ge=0)
-    stop: str | list[str] | None = None
-    suffix: str | None = None
-    presence_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
-    frequency_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
-    logit_bias: dict[str, float] | None = None
-    user: str | None = None
-    # pcgen extensions
-    keywords: list[str] | None = Field(None, min_length=1)
-    constraint: ConstraintSpec | None = None
-    hmm_weight: float = Field(1.0, ge=0, le=100, allow_inf_nan=False)
-    length_penalty: float = Field(1.0, ge=-10, le=10, allow_inf_nan=False)
-
-    @field_validator("prompt")
-    @classmethod
-    def _one_prompt(cls, value: str | list[str]) -> str | list[str]:
-        if isinstance(value, list):
-            if len(value) != 1:
-                raise ValueError("only one prompt per request is supported")
-            _valid_unicode(value[0])
-        else:
-            _valid_unicode(value)
-        return value
-
-    FIELD_NAMES: ClassVar[dict[str, str]] = {
-        "max_new_tokens": "max_tokens",
-        "min_new_tokens": "min_tokens",
-        "num_return_sequences": "n",
-        "num_beams": "best_of",
-        "do_sample": "temperature",
-    }
-
-    def problems(self) -> list[dict]:
-        """Unsupported OpenAI options, and `best_of` with sampling, as 422 `detail` entries."""
-        errors = []
-        unsupported = {
-            "stop": self.stop not in (None, "", []),
-            "suffix": self.suffix is not None,
-            "logprobs": bool(self.logprobs),
-            "logit_bias": bool(self.logit_bias),
-            "presence_penalty": self.presence_penalty != 0,
-            "frequency_penalty": self.frequency_penalty != 0,
-        }
-        for name, bad in unsupported.items():
-            if bad:
-                errors.append(
-                    _err((name,), "not supported by pcgen", getattr(self, name), kind="unsupported")
-                )
-        if self.best_of is not None and self.temperature > 0 and self.best_of != self.n:
-            errors.append(_err(("best_of",), "with temperature > 0, best_of must equal n (or be omitted)",
-                               self.best_of))  # fmt: skip
-        return errors
-
-    def to_generation(self, settings: Settings) -> GenerationSpec:
-        """OpenAI's parameters as DecodeParams: temperature 0 -> beam search over best_of beams (default n),
-        temperature > 0 -> n samples; errors name the OpenAI field."""
-        raise_problems(self.problems())
-        check_limits(settings, prompt=self.prompt_text, max_tokens=self.max_tokens, min_tokens=self.min_tokens,
-                     n=self.n, best_of=self.best_of)  # fmt: skip
-        constraint = resolve_constraint(self.keywords, self.constraint, settings)
-        max_new = self.max_tokens if self.max_tokens is not None else min(16, settings.max_new_tokens)
-        sampling = self.temperature > 0
-        decoding = {
-            "max_new_tokens": max_new,
-            "min_new_tokens": self.min_tokens
-            if self.max_tokens is not None
-            else min(self.min_tokens, max_new),
-            "num_beams": 1 if sampling else (self.best_of or self.n),
-            "num_return_sequences": self.n,
-            "do_sample": sampling,
-            "temperature": max(self.temperature, MIN_TEMPERATURE) if sampling else 1.0,
-            "top_p": max(self.top_p, MIN_TOP_P),
-            "seed": self.seed,
-            "hmm_weight": self.hmm_weight,
-            "length_penalty": self.length_penalty,
-        }
-        params = decode_params(settings, decoding, self.FIELD_NAMES)
-        return GenerationSpec(self.prompt_text, constraint, params, self.FIELD_NAMES)
-
-    @property
-    def prompt_text(self) -> str:
-        return self.prompt[0] if isinstance(self.prompt, list) else self.prompt
-
-
-class CompletionChoice(BaseModel):
-    text: str
-    index: int
-    logprobs: None = None
-    finish_reason: Literal["stop", "length"] | None
-    constraint_satisfied: bool | None = Field(None, description="pcgen extension")
-
-
-class CompletionUsage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-class CompletionResponse(BaseModel):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: CompletionUsage | None = None
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "pcgen"
-    max_model_len: int | None = None
-    hmm: dict[str, Any]
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -402,6 +282,7 @@ def check_limits(settings: Settings, **fields: Any) -> None:
         "prompt": settings.max_prompt_chars,
         "max_new_tokens": settings.max_new_tokens,
         "max_tokens": settings.max_new_tokens,
+        "max_completion_tokens": settings.max_new_tokens,
         "min_new_tokens": settings.max_new_tokens,
         "min_tokens": settings.max_new_tokens,
         "num_beams": settings.max_beams,

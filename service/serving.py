@@ -1,20 +1,22 @@
 """From a validated `GenerationSpec` to a result, shared by every endpoint and by streaming: cache lookup ->
 an identical computation in flight (single-flight) -> the engine, under the request deadline and watching for
 the client leaving. Full and streamed responses take the same path; a stream that finds its result cached or
-in flight replays it as one event per output."""
+in flight replays it as one event per output. Several generations of one request (OpenAI's list of prompts)
+run concurrently, so they share decoding steps (`answer_all`, `open_streams`, `merged_events`)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from fastapi.exceptions import RequestValidationError
 from starlette.requests import Request as HttpRequest
 
 from service.engine import Job
-from service.errors import ClientGone, ServiceError, Timeout
+from service.errors import CONSTRAINT_ERROR_TYPES, ClientGone, ServiceError, Timeout
 from service.generation import GenerationSpec
 from service.runtime import Runtime
 
@@ -88,10 +90,35 @@ async def guarded(runtime: Runtime, request: HttpRequest, work: Awaitable[T], de
     raise Timeout(f"no result within {runtime.settings.request_timeout_s:g} s")
 
 
-async def _compute(runtime: Runtime, spec: GenerationSpec) -> Result:
-    engine = runtime.require_engine()
-    job = await engine.submit(spec)
-    return await _result(runtime, job)
+def generation_of(body: Any, runtime: Runtime) -> GenerationSpec:
+    """`body.to_generation(settings)`, with constraint errors found while parsing counted like those found
+    later (`pcgen_constraint_errors_total`)."""
+    return counting_constraint_errors(runtime, lambda: body.to_generation(runtime.settings))
+
+
+def counting_constraint_errors(runtime: Runtime, build: Callable[[], T]) -> T:
+    """`build()` (a request model's conversion), with the constraint errors it raises counted."""
+    try:
+        return build()
+    except RequestValidationError as err:
+        for entry in err.errors():
+            if entry.get("type") in CONSTRAINT_ERROR_TYPES:
+                runtime.metrics.constraint_errors.labels(entry["type"]).inc()
+        raise
+
+
+def returned(runtime: Runtime, result: Result) -> Result:
+    """`result` as a generation request returns it, its end-to-end latency (`timings.total_ms`) counted in
+    pcgen_e2e_request_latency_seconds by whether the response cache answered it. Only generation routes come
+    through here: probes and /metrics never do."""
+    cached = "true" if result.cached else "false"
+    runtime.metrics.e2e_latency.labels(cached).observe(result.timings["total_ms"] / 1000)
+    return result
+
+
+def _who(request: HttpRequest) -> str:
+    """The client a request's compile work is charged to: its API key's id, else its address."""
+    return getattr(request.state, "identity", "anonymous")
 
 
 async def _result(runtime: Runtime, job: Job, key: str | None = None) -> Result:
@@ -125,9 +152,34 @@ async def _lookup(
 
 async def answer(runtime: Runtime, request: HttpRequest, spec: GenerationSpec) -> Result:
     """A complete result: from the cache, from an identical request in flight, or computed."""
+    return (await answer_all(runtime, request, [spec]))[0]
+
+
+async def answer_all(runtime: Runtime, request: HttpRequest, specs: list[GenerationSpec]) -> list[Result]:
+    """Complete results for the generations of one request, computed concurrently under its deadline; the
+    first error cancels the others and is raised."""
     started = time.perf_counter()
     deadline = started + runtime.settings.request_timeout_s
     runtime.require_engine()
+    work = _all([_compute(runtime, request, spec, deadline) for spec in specs])
+    results = await guarded(runtime, request, work, deadline)
+    return [returned(runtime, result.with_total(started)) for result in results]
+
+
+async def _all(works: list[Awaitable[T]]) -> list[T]:
+    """`asyncio.gather`, except that a failure (or being cancelled) cancels the works still running."""
+    tasks = [asyncio.ensure_future(work) for work in works]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # their jobs are cancelled before we go on
+        raise
+
+
+async def _compute(runtime: Runtime, request: HttpRequest, spec: GenerationSpec, deadline: float) -> Result:
+    """One generation's result: cached, shared with an identical one in flight, or computed."""
 
     async def work() -> Result:
         key, hit, shared = await _lookup(runtime, spec)
@@ -136,10 +188,11 @@ async def answer(runtime: Runtime, request: HttpRequest, spec: GenerationSpec) -
         if shared is not None and (result := await shared) is not None:
             return result
         if key is None:
-            return await _compute(runtime, spec)
+            job = await runtime.require_engine().submit(spec, client=_who(request), deadline=deadline)
+            return await _result(runtime, job)
 
         async def compute_and_store() -> Result:
-            job = await runtime.require_engine().submit(spec)
+            job = await runtime.require_engine().submit(spec, client=_who(request), deadline=deadline)
             return await _result(runtime, job, key)
 
         result, shared = await runtime.singleflight.run(key, compute_and_store)
@@ -147,16 +200,15 @@ async def answer(runtime: Runtime, request: HttpRequest, spec: GenerationSpec) -
             runtime.metrics.cache_shared.inc()
         return result
 
-    result = await guarded(runtime, request, work(), deadline)
-    return result.with_total(started)
+    return await work()
 
 
 class Stream:
     """A prepared streaming generation: iterate for ("token", StreamEvent) items, then one ("result", Result)
     or ("error", ServiceError). Preparation errors (422, 429, ...) are raised by `open`, before any event."""
 
-    def __init__(self, runtime: Runtime, spec: GenerationSpec, started: float) -> None:
-        self.runtime, self.spec, self.started = runtime, spec, started
+    def __init__(self, runtime: Runtime, request: HttpRequest, spec: GenerationSpec, started: float) -> None:
+        self.runtime, self.request, self.spec, self.started = runtime, request, spec, started
         self.deadline = started + runtime.settings.request_timeout_s
         self.job: Job | None = None
         self.cached: Result | None = None
@@ -164,16 +216,23 @@ class Stream:
 
     @classmethod
     async def open(cls, runtime: Runtime, request: HttpRequest, spec: GenerationSpec) -> Stream:
-        self = cls(runtime, spec, time.perf_counter())
+        self = cls(runtime, request, spec, time.perf_counter())
         engine = runtime.require_engine()
         self.key, self.cached, shared = await _lookup(runtime, spec)
         if shared is not None:  # an identical request is computing it: replay its result when it comes
             self.cached = await guarded(runtime, request, shared, self.deadline)  # None: it was cancelled
         if self.cached is None:
-            self.job = await guarded(runtime, request, engine.submit(spec, stream=True), self.deadline)
+            submitted = engine.submit(spec, stream=True, client=_who(request), deadline=self.deadline)
+            self.job = await guarded(runtime, request, submitted, self.deadline)
             if self.key is not None:  # identical requests arriving meanwhile share this computation
                 runtime.singleflight.adopt(self.key, _result(runtime, self.job, self.key))
         return self
+
+    def _error(self, err: ServiceError) -> tuple[str, ServiceError]:
+        """An error event; the response's status was sent as 200 with the first byte, so the request is
+        counted under the error's status instead (ServiceMiddleware reads final_status)."""
+        self.request.state.final_status = err.status
+        return "error", err
 
     async def events(self) -> AsyncIterator[tuple[str, Any]]:
         if self.cached is not None:
@@ -182,7 +241,7 @@ class Stream:
             for index, out in enumerate(self.cached.outputs):
                 if out["text"]:
                     yield "token", StreamEvent(index, out["text"], out["token_ids"])
-            yield "result", self.cached.with_total(self.started)
+            yield "result", returned(self.runtime, self.cached.with_total(self.started))
             return
         job, engine = self.job, self.runtime.engine
         assert job is not None and job.events is not None and engine is not None
@@ -196,7 +255,9 @@ class Stream:
                     engine.cancel(job, "timeout")
                     self.runtime.metrics.cancelled.labels("timeout").inc()
                     finished = True
-                    yield "error", Timeout(f"no result within {self.runtime.settings.request_timeout_s:g} s")
+                    yield self._error(
+                        Timeout(f"no result within {self.runtime.settings.request_timeout_s:g} s")
+                    )
                     return
                 if kind == "token":
                     yield "token", event
@@ -205,21 +266,67 @@ class Stream:
                 try:
                     job.future.result()
                 except ServiceError as err:
-                    yield "error", err
+                    yield self._error(err)
                     return
                 except asyncio.CancelledError:
-                    yield (
-                        "error",
-                        ServiceError("the request was cancelled", error_type="cancelled", status=499),
+                    yield self._error(
+                        ServiceError("the request was cancelled", error_type="cancelled", status=499)
                     )
                     return
-                result = Result.from_job(job)
-                if self.key is not None and not self.runtime.singleflight.join(self.key):
-                    await self.runtime.cache.set(
-                        self.key, result.to_cache()
-                    )  # (else the shared task stores it)
-                yield "result", result.with_total(self.started)
+                # the result is stored in the cache by the computation this stream registered (Stream.open)
+                yield "result", returned(self.runtime, Result.from_job(job).with_total(self.started))
                 return
         finally:
             if not finished and engine.cancel(job):  # the client went away mid-stream
                 self.runtime.metrics.cancelled.labels("disconnect").inc()
+
+
+async def open_streams(runtime: Runtime, request: HttpRequest, specs: list[GenerationSpec]) -> list[Stream]:
+    """Streams for the generations of one request, opened concurrently; when one cannot be opened (its
+    error is raised) the others are cancelled."""
+    tasks = [asyncio.ensure_future(Stream.open(runtime, request, spec)) for spec in specs]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(outcome, Stream) and outcome.job is not None and runtime.engine is not None:
+                runtime.engine.cancel(outcome.job)
+        raise
+
+
+async def merged_events(streams: list[Stream]) -> AsyncIterator[tuple[int, str, Any]]:
+    """The events of several streams as they come, as (position of the stream, kind, item). Ends after every
+    stream's last event, or right after the first error event; closing it early cancels what still runs."""
+    if len(streams) == 1:
+        async for kind, item in streams[0].events():
+            yield 0, kind, item
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(position: int, stream: Stream) -> None:
+        try:
+            async for kind, item in stream.events():
+                queue.put_nowait((position, kind, item))
+        except Exception as err:  # noqa: BLE001 - handed to the consumer, which raises it
+            queue.put_nowait((position, "raise", err))
+        finally:
+            queue.put_nowait((position, "closed", None))
+
+    pumps = [asyncio.ensure_future(pump(i, stream)) for i, stream in enumerate(streams)]
+    try:
+        running = len(pumps)
+        while running:
+            position, kind, item = await queue.get()
+            if kind == "closed":
+                running -= 1
+            elif kind == "raise":
+                raise item
+            else:
+                yield position, kind, item
+                if kind == "error":
+                    return
+    finally:
+        for task in pumps:  # cancelling a pump closes its stream, which cancels its job
+            task.cancel()

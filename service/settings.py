@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     dtype: str = Field("auto", description="LM dtype: auto (bf16/fp16 on GPU, fp32 on CPU), float32, ...")
     model_name: str | None = Field(None, description="model id reported by the API (default: the LM)")
+    allow_tokenizer_mismatch: bool = Field(
+        False,
+        description="load an HMM whose recorded tokenizer fingerprint differs from the LM's (a warning)",
+    )
 
     # server
     host: str = Field("127.0.0.1", description="interface to bind")
@@ -54,7 +58,11 @@ class Settings(BaseSettings):
     cache: bool = Field(True, description="cache responses of deterministic requests")
     cache_ttl_s: int = Field(3600, ge=1, description="response cache TTL in seconds")
     cache_size: int = Field(1024, ge=0, description="in-process cache entries (0 disables that cache)")
+    response_cache_bytes: int = Field(64 * 2**20, ge=0, description="in-process response cache, bytes")
     rate_limit: str | None = Field(None, description='per API key (or client IP), e.g. "60/minute"')
+    redis_timeout_s: float = Field(
+        0.1, gt=0, le=30, description="Redis socket timeout; past it the request fails open (no cache)"
+    )
 
     # security
     api_keys: Annotated[list[str], NoDecode] = Field(
@@ -67,8 +75,19 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(8, ge=1, le=512, description="requests decoded together in one step")
     max_queue: int = Field(64, ge=1, description="requests waiting for a batch slot before 429")
     batching: bool = Field(True, description="continuous batching (off: one request at a time)")
-    prepare_workers: int = Field(2, ge=1, le=64, description="threads compiling constraints")
+    prepare_workers: int = Field(2, ge=1, le=64, description="threads preparing requests (guide precompute)")
+    compile_workers: int = Field(
+        1, ge=0, le=64, description="processes compiling constraints (0: in the preparing threads)"
+    )
+    compile_backlog: int = Field(
+        4, ge=1, description="constraints one client (API key or address) may have waiting to compile"
+    )
     request_timeout_s: float = Field(120.0, gt=0, description="per-request deadline (504 after it)")
+    body_timeout_s: float = Field(10.0, gt=0, description="time to receive a request body (408 after it)")
+
+    # memory: every cache that grows with traffic, in bytes (size them with docs in service/README.md)
+    dfa_cache_bytes: int = Field(256 * 2**20, ge=0, description="compiled constraints (and rejections)")
+    guide_cache_bytes: int = Field(1024 * 2**20, ge=0, description="guide tables (per constraint, horizon)")
 
     # request limits
     max_new_tokens: int = Field(64, ge=1, le=DEFAULT_MAX_HORIZON, description="cap on max_new_tokens")

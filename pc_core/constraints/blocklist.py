@@ -30,6 +30,7 @@ from pc_core.constraints.vocab import KIND_SEP, KIND_WORD, VocabTables
 from pc_core.constraints.words import keyword_forms
 
 MASK_MIN_WORDS = 4
+MASKS_KEPT = 64  # masks cached per blocklist, by open word (each a (V,) bool array)
 """A blocklist with at least this many single-word keywords is enforced by the mask; smaller ones are
 compiled into the DFA, where the guide also models their effect on the probability of the rest."""
 
@@ -107,7 +108,8 @@ class Blocklist:
 
     @property
     def nbytes(self) -> int:
-        return 3 * self.tables.vocab_size + sum(m.nbytes for m in self._masks.values())
+        """What it may hold: three (V,) arrays and up to MASKS_KEPT cached masks."""
+        return (3 + MASKS_KEPT) * self.base_ok.shape[0]
 
     def is_forbidden(self, word: str) -> bool:
         return word in self.exact or word.casefold() in self.folded
@@ -123,7 +125,7 @@ class Blocklist:
             mask[self._completing(open_word)] = False
             mask.flags.writeable = False
             self._masks[open_word] = mask
-            if len(self._masks) > 4096:
+            if len(self._masks) > MASKS_KEPT:
                 self._masks.popitem(last=False)
         else:
             self._masks.move_to_end(open_word)

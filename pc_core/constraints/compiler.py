@@ -19,11 +19,17 @@ exactly multiplies the automaton by ~300 classes of partial characters (measured
 contains U+FFFD (invalid bytes), lead to a rejecting sink and get probability zero: every accepted token
 sequence is valid text and is judged exactly (vocab.py says which tokens are banned).
 
+With a suffix or stop strings (`spec.Affixed`) the product gets a third part, the partial matches of those
+texts with a flag each (affixes.py): a state is (tracker, matcher state, partial matches). Completing a stop
+string or the suffix leads to an ended state, like EOS. `ends_with` nodes read each token's text
+(matchers.EndsWithMatcher); tokens are grouped by what they do to it.
+
 TokenDFA stores a (states x classes) successor table plus the class of every token; see dfa.py.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -32,21 +38,40 @@ from typing import Any
 import numpy as np
 
 from pc_core.cache import LRUCache
+from pc_core.constraints.affixes import (
+    EMPTY,
+    END,
+    Affixes,
+    TextReps,
+    ends_with_signatures,
+    prefix_tables,
+    token_texts,
+)
 from pc_core.constraints.blocklist import Blocklist, split_blocklist
 from pc_core.constraints.dfa import TokenDFA
 from pc_core.constraints.matchers import Matcher, build_matcher
 from pc_core.constraints.spec import (
+    Affixed,
     All,
     Constraint,
+    EndsWith,
     Keyword,
     Tokens,
     canonical_json,
     iter_keywords,
     keywords_by_polarity,
     parse_constraint,
+    split_affixes,
     walk,
 )
-from pc_core.constraints.vocab import KIND_EOS, KIND_SEP, KIND_SPECIAL, KIND_WORD, VocabTables, vocab_tables
+from pc_core.constraints.vocab import (
+    KIND_EOS,
+    KIND_SEP,
+    KIND_SPECIAL,
+    KIND_WORD,
+    VocabTables,
+    vocab_tables,
+)
 from pc_core.constraints.words import is_space_char, is_word_char, keyword_forms
 from pc_core.errors import ConstraintError, ConstraintTooComplex
 
@@ -235,6 +260,7 @@ class _Compiler:
         time_budget_s: float,
         blocklist: Blocklist | None = None,
     ) -> None:
+        constraint, suffix, stop = split_affixes(constraint)
         self.constraint = constraint
         self.blocklist = blocklist
         self.tables = tables
@@ -253,8 +279,40 @@ class _Compiler:
                     "constraint.tokens", f"token id {t} is outside the vocabulary (size {tables.vocab_size})"
                 )
         self.pattern_set = set(self.pattern_tokens)
+        if self.pattern_tokens and (suffix is not None or stop):
+            raise ConstraintError(
+                "suffix" if suffix is not None else "stop",
+                "cannot be combined with a `tokens` constraint (the span's token ids are not defined when the "
+                "suffix or a stop string starts inside a token)",
+            )
+        self.text_patterns = sorted({node.text for node in walk(constraint) if isinstance(node, EndsWith)})
+        needs_texts = self.text_patterns or suffix is not None or stop
+        self.texts = token_texts(tables) if needs_texts else []
+        self.text_sig = ends_with_signatures(self.text_patterns, self.texts) if self.text_patterns else None
+        self.affixes = (
+            Affixes(suffix, stop, self.texts, tables.banned) if suffix is not None or stop else None
+        )
+        self.text_reps = TextReps(self.text_patterns)
+        self.plain_groups: dict[object, np.ndarray] = {}
         self.contexts: dict[object, _Context] = {}
         self._prepare_static()
+        self.prefix_compiler = self._prefix_compiler()
+
+    def _prefix_compiler(self) -> _Compiler | None:
+        """The same compiler over a vocabulary of the prefix strings (affixes.py), sharing the tracker and
+        the matcher: its contexts group the prefix strings that act alike from every tracker state."""
+        if self.affixes is None or not self.affixes.prefixes:
+            return None
+        pseudo = copy.copy(self)
+        strings = list(self.affixes.prefixes)
+        pseudo.tables = prefix_tables(strings)
+        pseudo.texts = [*strings, ""]
+        pseudo.text_sig = (
+            ends_with_signatures(self.text_patterns, pseudo.texts) if self.text_patterns else None
+        )
+        pseudo.contexts, pseudo.affixes, pseudo.plain_groups = {}, None, {}
+        pseudo._prepare_static()
+        return pseudo
 
     def check_deadline(self) -> None:
         if time.perf_counter() > self.deadline:
@@ -264,6 +322,7 @@ class _Compiler:
                 f"({self.explored} states explored)",
                 states=self.explored,
                 limit=self.max_states,
+                out_of_time=True,
             )
 
     # ------------------------------------------------------------------ static per-token arrays
@@ -319,7 +378,8 @@ class _Compiler:
         return self.words.run(cur, t.runs(tok))
 
     def _events(self, cur: int, ctx: _Context) -> list:
-        """Per group of `ctx`: (tracker, events, token event), EOS_EVENT, or None (to the sink)."""
+        """Per group of `ctx`: (tracker, events, token event, text event), EOS_EVENT, or None (to the sink).
+        The text event is the token's text when the constraint has `ends_with` nodes (None otherwise)."""
         out: list = []
         eos = self.tables.eos_token_id
         for i, tok in enumerate(ctx.representatives.tolist()):
@@ -329,7 +389,8 @@ class _Compiler:
             if event is None:
                 out.append(EOS_EVENT if tok == eos else None)
             else:
-                out.append((*event, tok if tok in self.pattern_set else -1))
+                text = self.text_reps(self.texts[tok]) if self.text_patterns else None
+                out.append((*event, tok if tok in self.pattern_set else -1, text))
         return out
 
     def _partition(self, keys: np.ndarray) -> _Context:
@@ -342,6 +403,8 @@ class _Compiler:
     def _combine(self, columns: list[np.ndarray]) -> np.ndarray:
         """One int64 key per token from non-negative columns (mixed radix), banned tokens in one group."""
         key = np.zeros(self.tables.vocab_size, np.int64)
+        if self.text_sig is not None:  # what the token does to the `ends_with` automata
+            columns = [*columns, self.text_sig]
         for col in columns:
             key = key * (int(col.max()) + 1) + col
         key[self.tables.banned] = -(3 * 10**12)
@@ -385,6 +448,21 @@ class _Compiler:
         self.contexts[name] = ctx
         return ctx
 
+    def plain_events(self, name: object, inverse: np.ndarray, count: int) -> np.ndarray:
+        """(events,) bool: which of a state's distinct events some token without a suffix / stop role has
+        (the others are only ever reached through Affixes, and are not interned)."""
+        if self.affixes is None:
+            return np.ones(count, bool)
+        found = self.plain_groups.get(name)
+        if found is None:
+            groups = self.context(name).group_of_token
+            inert = np.ones(self.tables.vocab_size, bool)
+            inert[self.affixes.relevant] = False
+            found = self.plain_groups[name] = np.bincount(groups[inert], minlength=len(inverse)) > 0
+        out = np.zeros(count, bool)
+        out[inverse[found]] = True
+        return out
+
     def context_name(self, cur: int) -> object:
         if cur in (NONE, DEAD):
             return cur
@@ -403,14 +481,14 @@ class _Compiler:
         ended = np.array([key[0] == "end" for key in keys], bool)
         accepting = np.array([explored.accepting_key(key) for key in keys], bool)
         safe = self._safe_groups(keys, explored.rows) if self.blocklist is not None else None
-        return self._finish(explored.rows, explored.initial, accepting, ended, safe)
+        return self._finish(explored.rows, explored.initial, accepting, ended, safe, explored.affix_memo)
 
     def _safe_groups(self, keys: list[tuple], rows: dict) -> dict[int, np.ndarray]:
         """Per explored state, per group of its context: does the group hold a token that the blocklist allows
         in every text the state's tracker stands for? (All true where masking never lets a text reach it.)"""
         by_cur: dict[int, np.ndarray] = {}
         out = {}
-        for state, (name, succ) in rows.items():
+        for state, (name, succ, _) in rows.items():
             key = keys[state]
             if not isinstance(key[0], int):  # the sink: never part of a feasible path
                 out[state] = np.ones(len(succ), bool)
@@ -436,13 +514,31 @@ class _Compiler:
     # ------------------------------------------------------------------ classes and minimisation
 
     def _finish(
-        self, rows: dict, initial: int, accepting: np.ndarray, ended: np.ndarray, safe: dict | None
+        self,
+        rows: dict,
+        initial: int,
+        accepting: np.ndarray,
+        ended: np.ndarray,
+        safe: dict | None,
+        affix_keys: dict[object, tuple[np.ndarray, list]] | None = None,
     ) -> TokenDFA:
+        """Token classes (the groups of every context used, and for the tokens with a suffix / stop role their
+        key per context), the successor table over them, then minimisation."""
         t = self.tables
-        used = sorted({name for name, _ in rows.values()}, key=str)
+        used = sorted({row[0] for row in rows.values()}, key=str)
+        columns = [self.contexts[name].group_of_token.astype(np.int64) for name in used]
+        relevant = self.affixes.relevant if self.affixes is not None else np.zeros(0, np.int64)
+        key_of_token = {}
+        if len(relevant):
+            role = np.zeros(t.vocab_size, np.int64)
+            role[relevant] = 1
+            columns.append(role)
+            for name, (keymap, _) in (affix_keys or {}).items():
+                key_of_token[name] = np.full(t.vocab_size, -1, np.int64)
+                key_of_token[name][relevant] = keymap
+                columns.append(key_of_token[name] + 1)
         token_class = np.zeros(t.vocab_size, np.int64)
-        for name in used:
-            groups = self.contexts[name].group_of_token.astype(np.int64)
+        for groups in columns:
             token_class = token_class * (int(groups.max()) + 1) + groups
             _, token_class = np.unique(token_class, return_inverse=True)
             token_class = token_class.reshape(-1)
@@ -452,12 +548,17 @@ class _Compiler:
         delta = np.empty((n, len(reps)), np.int32)
         safe_pre = np.ones((n, len(reps)), bool) if safe is not None else None  # (states, classes)
         group_of_class = {name: self.contexts[name].group_of_token[reps] for name in used}
+        role_classes = np.flatnonzero(np.isin(reps, relevant))  # classes of tokens with a suffix / stop role
+        key_of_class = {name: keys[reps[role_classes]] for name, keys in key_of_token.items()}
         for state in range(n):
             if ended[state]:
                 delta[state] = state  # absorbing
             else:
-                name, succ = rows[state]
+                name, succ, affix = rows[state]
                 delta[state] = succ[group_of_class[name]]
+                if affix is not None:
+                    affix_name, key_succ = affix
+                    delta[state, role_classes] = key_succ[key_of_class[affix_name]]
                 if safe is not None:
                     safe_pre[state] = safe[state][group_of_class[name]]
         dfa = _minimise(
@@ -485,12 +586,17 @@ class _Exploration:
         self.state_ids: dict[tuple, int] = {}
         self.keys: list[tuple] = []
         self.queue: deque[int] = deque()
-        self.rows: dict[int, tuple[object, np.ndarray]] = {}  # state -> (context name, successor per group)
+        # state -> (context name, successor per group, None or (context name, successor per affix key))
+        self.rows: dict[int, tuple[object, np.ndarray, tuple | None]] = {}
         self.cur_events: dict[
             int, tuple[list, np.ndarray]
         ] = {}  # tracker -> (distinct events, group -> event)
         self.explore_cap = compiler.max_states * EXPLORE_FACTOR
-        self.initial = self.sid((NONE, self.qid(self.matcher.init())))
+        self.affixes = compiler.affixes
+        self.suffix_mode = self.affixes is not None and self.affixes.suffix_mode
+        self.affix_memo: dict[object, tuple[np.ndarray, list[tuple]]] = {}  # per context name
+        self.prefix_events: dict[int, list] = {}  # per tracker: the event of each group of prefix strings
+        self.initial = self.sid((NONE, self.qid(self.matcher.init()), EMPTY))
         self.end_accept, self.end_reject, self.sink = (
             self.sid(END_ACCEPT),
             self.sid(END_REJECT),
@@ -511,15 +617,18 @@ class _Exploration:
             self.queue.append(out)
         return out
 
-    def step_q(self, q: int, events: tuple[int, ...], tok: int) -> int:
-        """The matcher state after a token's word / gap events and its raw-token event."""
-        key = (q, events, tok)
+    def step_q(self, q: int, events: tuple[int, ...], tok: int, text: str | None = None) -> int:
+        """The matcher state after a token's word / gap events, its raw-token event and its text event."""
+        key = (q, events, tok, text)
         out = self.step_memo.get(key)
         if out is None:
             state = self.q_list[q]
             for event in events:
                 state = self.matcher.word(state, event) if event >= 0 else self.matcher.gap(state, -1 - event)
-            out = self.step_memo[key] = self.qid(self.matcher.token(state, tok))
+            state = self.matcher.token(state, tok)
+            if text is not None:
+                state = self.matcher.text(state, text)
+            out = self.step_memo[key] = self.qid(state)
         return out
 
     def accepting(self, q: int, cur: int) -> bool:
@@ -532,9 +641,43 @@ class _Exploration:
         return self.accept_memo[key]
 
     def accepting_key(self, key: tuple) -> bool:
+        """Accepted if the text ended here (EOS or the horizon): never before a required suffix."""
         if key[0] == "end":
             return key[1]
-        return key != SINK and self.accepting(key[1], key[0])
+        return key != SINK and not self.suffix_mode and self.accepting(key[1], key[0])
+
+    def flag(self, cur: int, q: int, prefix_group: int) -> bool:
+        """Does the constraint hold on the text so far, plus a prefix string of `prefix_group` (-1: nothing)?"""
+        if prefix_group < 0:
+            return self.accepting(q, cur)
+        found = self.prefix_events.get(cur)
+        if found is None:
+            pseudo = self.compiler.prefix_compiler
+            found = self.prefix_events[cur] = pseudo._events(cur, pseudo.context(pseudo.context_name(cur)))
+        new_cur, events, _, text = found[prefix_group]
+        return self.accepting(self.step_q(q, events, -1, text), new_cur)
+
+    def affix_keys(self, name: object) -> tuple[np.ndarray, list[tuple]]:
+        """For the relevant tokens (those that can start, continue or complete the suffix or a stop string)
+        in context `name`: (key index per token, keys). A key is (the token's group in the context, what it
+        does to partial matches: Affixes.structure); tokens with equal keys act alike in every state of the
+        context."""
+        found = self.affix_memo.get(name)
+        if found is None:
+            compiler = self.compiler
+            compiler.check_deadline()
+            groups = compiler.context(name).group_of_token
+            pseudo = compiler.prefix_compiler
+            prefix_groups = (
+                pseudo.context(name).group_of_token if pseudo is not None else np.zeros(0, np.int32)
+            )
+            index: dict[tuple, int] = {}
+            keymap = np.empty(len(self.affixes.relevant), np.int64)
+            for j, tok in enumerate(self.affixes.relevant.tolist()):
+                key = (int(groups[tok]), self.affixes.structure(tok, prefix_groups))
+                keymap[j] = index.setdefault(key, len(index))
+            found = self.affix_memo[name] = (keymap, list(index))
+        return found
 
     def expand(self, state: int) -> None:
         """The successors of one state, per group of its tracker context."""
@@ -556,23 +699,43 @@ class _Exploration:
             ctx = compiler.context(NONE)
             succ = np.full(len(ctx.representatives), self.sink, np.int32)
             succ[ctx.group_of_token[compiler.tables.eos_token_id]] = self.end_reject
-            self.rows[state] = (NONE, succ)
+            self.rows[state] = (NONE, succ, None)
             return
-        cur, q = key
+        cur, q, matches = key
         name = compiler.context_name(cur)
         events, inverse = self.distinct_events(cur, name)
-        end = self.end_accept if self.accepting(q, cur) else self.end_reject
-        out = np.empty(len(events), np.int32)
+        accepted = not self.suffix_mode and self.accepting(q, cur)
+        end = self.end_accept if accepted else self.end_reject
+        out = np.full(len(events), -1, np.int32)
+        moved: list[int | None] = [None] * len(events)
+        plain = compiler.plain_events(name, inverse, len(events))  # events some inert token has
         for u, event in enumerate(events):
             if event is None:
                 out[u] = self.sink
             elif event is EOS_EVENT:
                 out[u] = end
             else:
-                new_cur, syms, tok_event = event
-                moves = syms or compiler.pattern_tokens  # raw-token patterns see every token
-                out[u] = self.sid((new_cur, self.step_q(q, syms, tok_event) if moves else q))
-        self.rows[state] = (name, out[inverse])
+                new_cur, syms, tok_event, text = event
+                moves = syms or compiler.pattern_tokens or text is not None  # raw tokens: every token moves
+                moved[u] = self.step_q(q, syms, tok_event, text) if moves else q
+                if plain[u]:
+                    out[u] = self.sid((new_cur, moved[u], EMPTY))  # no partial match survives an inert token
+        affix = None
+        if self.affixes is not None:  # the tokens that can start, continue or complete a suffix / stop string
+            _, keys = self.affix_keys(name)
+            key_succ = np.empty(len(keys), np.int32)
+            for j, (group, structure) in enumerate(keys):
+                u = inverse[group]
+                if moved[u] is None:  # banned
+                    key_succ[j] = out[u]
+                    continue
+                kind, value = self.affixes.step(structure, matches, lambda prefix: self.flag(cur, q, prefix))
+                if kind == END:
+                    key_succ[j] = self.end_accept if value else self.end_reject
+                else:
+                    key_succ[j] = self.sid((events[u][0], moved[u], value))
+            affix = (name, key_succ)
+        self.rows[state] = (name, out[inverse], affix)
 
     def distinct_events(self, cur: int, name: object) -> tuple[list, np.ndarray]:
         """The distinct events of the context's groups from tracker `cur`, and each group's: groups of a
@@ -709,7 +872,8 @@ def _check_static_size(constraint: Constraint, max_states: int) -> None:
 def explain_unsatisfiable(constraint: Any, tokenizer: Any) -> str:
     """Why no text satisfies a constraint whose DFA cannot accept: a keyword it requires that this tokenizer
     cannot write (every spelling needs a token that ends inside a UTF-8 character), else the logic itself."""
-    for keyword in keywords_by_polarity(parse_constraint(constraint))[0]:
+    body = split_affixes(constraint)[0]
+    for keyword in keywords_by_polarity(body)[0]:
         dfa = compile_constraint(keyword, tokenizer)
         if dfa.steps_to_accept[dfa.initial_state] < 0:
             return (
@@ -726,6 +890,14 @@ COMPILED: LRUCache[TokenDFA | ConstraintTooComplex] = LRUCache(
 )
 """Compiled DFAs and rejections, by (canonical constraint, tokenizer, cap, budget): a rejected constraint
 costs a dictionary lookup the second time."""
+
+
+def compile_key(
+    spec: Any, tokenizer: Any, max_states: int, time_budget_s: float, blocklist_mask: bool = True
+) -> tuple:
+    """The cache key of compile_constraint's result: equal keys, equal DFAs (or equal rejections)."""
+    fingerprint = vocab_tables(tokenizer).fingerprint
+    return (canonical_json(parse_constraint(spec)), fingerprint, max_states, time_budget_s, blocklist_mask)
 
 
 def compile_constraint(
@@ -746,14 +918,15 @@ def compile_constraint(
     """
     constraint = parse_constraint(spec)
     tables = vocab_tables(tokenizer)
-    key = (canonical_json(constraint), tables.fingerprint, max_states, time_budget_s, blocklist_mask)
+    key = compile_key(constraint, tokenizer, max_states, time_budget_s, blocklist_mask)
     cached = COMPILED.get(key)
     if isinstance(cached, ConstraintTooComplex):
-        raise ConstraintTooComplex(cached.path, cached.message, states=cached.states, limit=cached.limit)
+        raise cached.fresh()
     if cached is not None:
         return cached
     started = time.perf_counter()
-    split = split_blocklist(constraint) if blocklist_mask else None
+    # with a suffix or stop strings the blocklist stays in the product (the mask would judge the suffix too)
+    split = split_blocklist(constraint) if blocklist_mask and not isinstance(constraint, Affixed) else None
     try:
         if split is None:
             dfa = _Compiler(constraint, tables, max_states, time_budget_s).run()
@@ -762,7 +935,7 @@ def compile_constraint(
             blocklist = Blocklist(blocked, tables)
             dfa = _Compiler(rest, tables, max_states, time_budget_s, blocklist).run()
     except ConstraintTooComplex as err:
-        COMPILED.put(key, err)
+        COMPILED.put(key, err.fresh())
         raise
     dfa.compile_seconds = time.perf_counter() - started
     COMPILED.put(key, dfa)

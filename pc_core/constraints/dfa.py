@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pc_core.cache import buffer_bytes
+
 if TYPE_CHECKING:
     from pc_core.constraints.blocklist import Blocklist
 
@@ -75,15 +77,9 @@ class TokenDFA:
 
     @property
     def nbytes(self) -> int:
-        arrays = (
-            self.transitions,
-            self.token_class,
-            self.accepting,
-            self.ended,
-            self.banned_tokens,
-            self.token_block,
-        )
-        return sum(a.nbytes for a in arrays if a is not None)
+        arrays = (self.transitions, self.token_class, self.accepting, self.ended, self.banned_tokens,
+                  self.token_block, self.safe_classes)  # fmt: skip
+        return buffer_bytes(arrays) + (self.blocklist.nbytes if self.blocklist is not None else 0)
 
     def is_accepting(self, state: int) -> bool:
         return bool(self.accepting[state])

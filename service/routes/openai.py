@@ -1,14 +1,16 @@
-"""OpenAI-compatible `POST /v1/completions` and `GET /v1/models`.
+"""OpenAI-compatible `POST /v1/completions` and `GET /v1/models`, and what the chat endpoint (routes/chat.py)
+shares with them. Which OpenAI fields do what: service/openai_schemas.py.
 
-The constraint travels as an extra body field (`constraint` or `keywords`). Parameter mapping:
-`max_tokens` -> max_new_tokens, `min_tokens` -> min_new_tokens, `n` -> outputs; `temperature` 0 -> beam search
-over `best_of` beams (default `n`; 1 = greedy), `temperature` > 0 -> `n` samples with `top_p` and `seed` (temperatures below 0.001 count as 0.001, top_p
-below 1e-6 as 1e-6).
-`finish_reason` is "stop" when the model ended the text (EOS) and "length" at `max_tokens`.
+The constraint travels as an extra body field (`constraint` or `keywords`; with the OpenAI SDKs, in
+`extra_body`). `finish_reason` is "stop" when the text ended (EOS, the suffix written, or a stop string) and
+"length" at `max_tokens`. A list of prompts gives `n` choices per prompt, numbered as OpenAI does (prompt i's
+j-th choice has index i * n + j); the prompts are generated concurrently, so they share decoding steps.
 
 Streaming sends `data: {chunk}` lines in the OpenAI chunk shape (text deltas with `finish_reason: null`, then
-one chunk per choice with its `finish_reason`, then a usage chunk when `stream_options.include_usage`), and
-ends with `data: [DONE]`. An error during the stream is sent as `data: {"error": {...}}` before `[DONE]`.
+one chunk per choice with its `finish_reason` (and its `logprobs`, all of them at once: the guided
+log-probabilities of a beam are only known when the search ends), then a usage chunk when
+`stream_options.include_usage`), and ends with `data: [DONE]`. An error during the stream is sent as
+`data: {"error": {...}}` in OpenAI's error shape before `[DONE]`.
 """
 
 from __future__ import annotations
@@ -16,105 +18,172 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from pc_core.constraints import decode_continuation
 from service import serving
 from service.deps import RateLimit, RuntimeDep
-from service.errors import NotFound
-from service.generation import GenerationSpec
+from service.errors import NotFound, ServiceError, openai_shaped
+from service.json_body import JSONRoute
+from service.openai_schemas import CompletionRequest, CompletionResponse, ModelList, OpenAIRequest
 from service.routes.generate import ERRORS
-from service.schemas import CompletionRequest, CompletionResponse, ModelList
-from service.serving import Result, Stream
-from service.settings import Settings
+from service.runtime import Runtime
+from service.serving import Result
 from service.sse import SSE_HEADERS, sse
 
-router = APIRouter(prefix="/v1", tags=["openai"])
-FINISH = {"eos": "stop", "length": "length"}
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=JSONRoute)
+FINISH = {"eos": "stop", "stop": "stop", "length": "length"}  # pcgen's finish reasons -> OpenAI's
+OPENAI_ERRORS = {
+    **{status: entry for status, entry in ERRORS.items() if status != 422},
+    400: {"description": 'invalid request: `{"error": {"message", "type", "param", "code"}}`'},
+    404: {"description": "unknown model"},
+}
 
 
-def _spec(body: CompletionRequest, settings: Settings) -> GenerationSpec:
-    if body.model is not None and body.model != settings.served_model:
+# ---------------------------------------------------------------------------------------------- shared
+
+
+def check_model(body: OpenAIRequest, runtime: Runtime) -> None:
+    if body.model is not None and body.model != runtime.settings.served_model:
         raise NotFound(f"model {body.model!r} is not served here; see /v1/models", path="model",
                        error_type="model_not_found")  # fmt: skip
-    return body.to_generation(settings)
 
 
-def _usage(result: Result) -> dict:
-    u = result.usage
-    return {**u, "total_tokens": u["prompt_tokens"] + u["completion_tokens"]}
+def usage(results: list[Result]) -> dict[str, int]:
+    prompt = sum(r.usage["prompt_tokens"] for r in results)
+    completion = sum(r.usage["completion_tokens"] for r in results)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def error_event(err: ServiceError) -> str:
+    """An error inside a stream, in OpenAI's shape (the status was sent already, as 200)."""
+    return sse(openai_shaped(router.prefix + "/", err.status, err.body())[1])
+
+
+def token_logprobs(tokenizer: Any, output: dict) -> list[tuple[str, float, list[tuple[str, float]]]]:
+    """An output's guided logprobs with token texts: (text, logprob, [(alternative, logprob), ...]). A token's
+    text is what it adds to a text it continues; special tokens show their name (EOS: `<|endoftext|>`)."""
+    special = set(tokenizer.all_special_ids)
+
+    def text(token: int) -> str:
+        if token in special:
+            return tokenizer.convert_ids_to_tokens(token)
+        return decode_continuation(tokenizer, [token])
+
+    return [
+        (text(token), logprob, [(text(a), lp) for a, lp in top]) for token, logprob, top in output["logprobs"]
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- completions
+
+
+def completion_logprobs(tokenizer: Any, output: dict, offset: int) -> dict[str, Any]:
+    """OpenAI's completion `logprobs` object: one entry per generated token; `text_offset` counts characters
+    of the choice's text (from `offset`: the echoed prompt's length). Each `top_logprobs` entry holds the
+    chosen token too, like vLLM's."""
+    tokens, token_logprobs_, top_logprobs, offsets = [], [], [], []
+    for text, logprob, top in token_logprobs(tokenizer, output):
+        tokens.append(text)
+        token_logprobs_.append(logprob)
+        top_logprobs.append({**dict(top), text: logprob})
+        offsets.append(offset)
+        offset += len(text)
+    return {"tokens": tokens, "token_logprobs": token_logprobs_, "top_logprobs": top_logprobs,
+            "text_offset": offsets}  # fmt: skip
+
+
+def _echoes(body: CompletionRequest, tokenizer: Any) -> list[str]:
+    """Per prompt, the text `echo` prepends (token prompts decoded)."""
+    if not body.echo:
+        return ["" for _ in body.prompts]
+    return [p if isinstance(p, str) else tokenizer.decode(list(p)) for p in body.prompts]
 
 
 @router.post(
     "/completions",
     response_model=CompletionResponse,
     response_model_exclude_none=False,
-    responses={200: {"content": {"text/event-stream": {}}}, 404: {"description": "unknown model"}, **ERRORS},
+    responses={200: {"content": {"text/event-stream": {}}}, **OPENAI_ERRORS},
     summary="OpenAI-compatible text completion under a constraint",
 )
 async def completions(body: CompletionRequest, request: Request, runtime: RuntimeDep, _: RateLimit) -> object:
-    spec = _spec(body, runtime.settings)
-    model = runtime.settings.served_model
-    completion_id = f"cmpl-{uuid.uuid4().hex}"
-    created = int(time.time())
-    echo = body.prompt_text if body.echo else ""
+    check_model(body, runtime)
+    specs = serving.counting_constraint_errors(runtime, lambda: body.to_generations(runtime.settings))
+    runtime.require_engine()
+    tokenizer = runtime.tokenizer
+    echoes = _echoes(body, tokenizer)
+    head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+            "model": runtime.settings.served_model}  # fmt: skip
+
+    def choice(index: int, text: str, output: dict | None, echo: str) -> dict[str, Any]:
+        out = {"text": text, "index": index, "logprobs": None, "finish_reason": None}
+        if output is not None:
+            if body.logprobs is not None:
+                out["logprobs"] = completion_logprobs(tokenizer, output, len(echo))
+            out["finish_reason"] = FINISH[output["finish_reason"]]
+            out["constraint_satisfied"] = output["constraint_satisfied"]
+        return out
+
     if body.stream:
-        stream = await Stream.open(runtime, request, spec)
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = _chunks(stream, completion_id, created, model, echo, body.n, include_usage)
+        streams = await serving.open_streams(runtime, request, specs)
+        chunks = _chunks(streams, head, echoes, body.n, body.include_usage, choice)
         return StreamingResponse(chunks, media_type="text/event-stream", headers=SSE_HEADERS)
-    result = await serving.answer(runtime, request, spec)
+    results = await serving.answer_all(runtime, request, specs)
     choices = [
-        {
-            "text": echo + out["text"],
-            "index": i,
-            "logprobs": None,
-            "finish_reason": FINISH[out["finish_reason"]],
-            "constraint_satisfied": out["constraint_satisfied"],
-        }
-        for i, out in enumerate(result.outputs)
+        choice(i * body.n + j, echoes[i] + out["text"], out, echoes[i])
+        for i, result in enumerate(results)
+        for j, out in enumerate(result.outputs)
     ]
-    return {"id": completion_id, "object": "text_completion", "created": created, "model": model,
-            "choices": choices, "usage": _usage(result)}  # fmt: skip
+    return {**head, "choices": choices, "usage": usage(results)}
 
 
 async def _chunks(
-    stream: Stream, completion_id: str, created: int, model: str, echo: str, n: int, include_usage: bool
+    streams: list[serving.Stream], head: dict, echoes: list[str], n: int, include_usage: bool, choice: Any
 ) -> AsyncIterator[str]:
     def chunk(choices: list[dict], **extra: object) -> str:
-        return sse({"id": completion_id, "object": "text_completion", "created": created, "model": model,
-                    "choices": choices, **extra})  # fmt: skip
+        return sse({**head, "choices": choices, **extra})
 
-    def choice(index: int, text: str, finish: str | None = None, **extra: object) -> dict:
-        return {"text": text, "index": index, "logprobs": None, "finish_reason": finish, **extra}
-
-    if echo:
-        for i in range(n):
-            yield chunk([choice(i, echo)])
-    async for kind, item in stream.events():
+    for i, echo in enumerate(echoes):
+        if echo:
+            for j in range(n):
+                yield chunk([choice(i * n + j, echo, None, echo)])
+    results: list[Result] = []
+    async for position, kind, item in serving.merged_events(streams):
         if kind == "token":
-            yield chunk([choice(item.index, item.text)])
+            yield chunk([choice(position * n + item.index, item.text, None, "")])
         elif kind == "result":
-            for i, out in enumerate(item.outputs):
-                yield chunk([choice(i, "", FINISH[out["finish_reason"]],
-                                    constraint_satisfied=out["constraint_satisfied"])])  # fmt: skip
-            if include_usage:
-                yield chunk([], usage=_usage(item))
+            results.append(item)
+            for j, out in enumerate(item.outputs):
+                yield chunk([choice(position * n + j, "", out, echoes[position])])
         else:
-            yield sse(item.body())
+            yield error_event(item)
+            break
+    else:
+        if include_usage:
+            yield chunk([], usage=usage(results))
     yield sse("[DONE]")
+
+
+# ---------------------------------------------------------------------------------------------- models
 
 
 @router.get("/models", response_model=ModelList, summary="The served model (OpenAI list shape)")
 async def models(runtime: RuntimeDep) -> dict:
-    hmm = runtime.hmm
+    hmm, tokenizer = runtime.hmm, runtime.tokenizer
     card = {
         "id": runtime.settings.served_model,
         "object": "model",
         "created": runtime.created,
         "owned_by": "pcgen",
         "max_model_len": runtime.max_positions,
+        "max_new_tokens": runtime.settings.max_new_tokens,
+        "capabilities": None
+        if tokenizer is None
+        else {"completions": True, "chat": getattr(tokenizer, "chat_template", None) is not None},
         "hmm": {
             "source": runtime.settings.hmm,
             "loaded": hmm is not None,

@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const keywords = []; // {text, inflections, case_sensitive}
+const keywords = []; // {text, inflections, case, forms (from the last response, or null)}
 let controller = null;
 
 const PRESETS = {
@@ -11,6 +11,8 @@ const PRESETS = {
   positions: { keywords: [], constraint: JSON.stringify({ all: [{ word_at: 3, word: "pan" }, { word_at: 5, word: "vegetable" }] }, null, 1) },
   forbidden: { keywords: ["dog"], constraint: JSON.stringify({ all: [{ keyword: "dog" }, { forbidden: ["cat"] }] }, null, 1) },
   ordered: { keywords: [], constraint: JSON.stringify({ ordered: ["wake", "coffee", "work"] }, null, 1) },
+  insert: { keywords: ["kite"], constraint: "", task: "insert", prompt: "The girl went to the lake", suffix: " and smiled.",
+            minWords: 3, maxWords: 10 },
 };
 
 function renderChips() {
@@ -23,22 +25,34 @@ function renderChips() {
     const label = document.createElement("span");
     label.textContent = kw.text;
     chip.append(label);
-    for (const [field, name] of [["inflections", "inflections"], ["case_sensitive", "case"]]) {
-      const toggle = document.createElement("label");
-      const box2 = document.createElement("input");
-      box2.type = "checkbox";
-      box2.checked = kw[field];
-      box2.setAttribute("aria-label", `${name} for ${kw.text}`);
-      box2.addEventListener("change", () => { kw[field] = box2.checked; });
-      toggle.append(box2, name);
-      chip.append(toggle);
-    }
+    const toggle = document.createElement("label");
+    const inflections = document.createElement("input");
+    inflections.type = "checkbox";
+    inflections.checked = kw.inflections;
+    inflections.setAttribute("aria-label", `inflections for ${kw.text}`);
+    inflections.addEventListener("change", () => { kw.inflections = inflections.checked; kw.forms = null; renderChips(); });
+    toggle.append(inflections, "inflections");
+    chip.append(toggle);
+    const caseSelect = document.createElement("select");
+    caseSelect.setAttribute("aria-label", `case for ${kw.text}`);
+    for (const mode of ["natural", "sensitive", "any"]) caseSelect.append(new Option(`case: ${mode}`, mode));
+    caseSelect.value = kw.case;
+    caseSelect.addEventListener("change", () => { kw.case = caseSelect.value; kw.forms = null; renderChips(); });
+    chip.append(caseSelect);
     const remove = document.createElement("button");
     remove.type = "button";
     remove.textContent = "×";
     remove.setAttribute("aria-label", `remove ${kw.text}`);
     remove.addEventListener("click", () => { keywords.splice(i, 1); renderChips(); $("keyword-input").focus(); });
     chip.append(remove);
+    if (kw.forms) {
+      // what the server's compiler accepts for this keyword, from the last response
+      const forms = document.createElement("span");
+      forms.className = "forms";
+      forms.dataset.testid = "forms";
+      forms.textContent = kw.forms.join(" · ");
+      chip.append(forms);
+    }
     box.append(chip);
   });
 }
@@ -46,8 +60,19 @@ function renderChips() {
 function addKeyword(text) {
   text = (text || "").trim();
   if (!text || keywords.some((k) => k.text === text)) return;
-  keywords.push({ text, inflections: true, case_sensitive: false });
+  keywords.push({ text, inflections: true, case: "natural", forms: null });
   renderChips();
+}
+
+function task() {
+  return document.querySelector("input[name=task]:checked").value;
+}
+
+function setTask(value) {
+  document.querySelector(`input[name=task][value=${value}]`).checked = true;
+  document.body.classList.toggle("insert", value === "insert");
+  $("prompt-label").textContent = value === "insert" ? "Prefix" : "Prompt";
+  $("prompt").placeholder = value === "insert" ? "text before the inserted span" : "(optional) text to continue";
 }
 
 function applyPreset(name) {
@@ -55,6 +80,11 @@ function applyPreset(name) {
   keywords.length = 0;
   preset.keywords.forEach(addKeyword);
   renderChips();
+  setTask(preset.task || "continue");
+  if (preset.prompt !== undefined) $("prompt").value = preset.prompt;
+  $("suffix").value = preset.suffix || "";
+  $("min_words").value = preset.minWords ?? "";
+  $("max_words").value = preset.maxWords ?? "";
   $("constraint").value = preset.constraint;
   $("advanced").open = Boolean(preset.constraint);
   hideFieldError();
@@ -94,17 +124,28 @@ function buildRequest() {
   } else {
     Object.assign(body, { do_sample: false, num_beams: Math.max(numberField("num_beams") || 1, body.num_return_sequences || 1) });
   }
+  const parts = [];
   const advanced = $("constraint").value.trim();
   if (advanced) {
     try {
-      body.constraint = JSON.parse(advanced);
+      parts.push(JSON.parse(advanced));
     } catch (err) {
       throw { field: `constraint: not valid JSON (${err.message})` };
     }
-  } else if (keywords.length) {
-    body.constraint = { all: keywords.map((k) => ({ keyword: k.text, inflections: k.inflections, case_sensitive: k.case_sensitive })) };
   } else {
-    throw { field: "constraint: add at least one keyword, or write a constraint in the advanced box" };
+    parts.push(...keywords.map((k) => ({ keyword: k.text, inflections: k.inflections, case: k.case })));
+  }
+  const minWords = numberField("min_words"), maxWords = numberField("max_words");
+  if (minWords !== undefined || maxWords !== undefined) {
+    parts.push({ word_count: { min: minWords ?? 0, ...(maxWords !== undefined ? { max: maxWords } : {}) } });
+  }
+  if (!parts.length) {
+    throw { field: "constraint: add at least one keyword or a word count, or write a constraint in the advanced box" };
+  }
+  body.constraint = parts.length === 1 ? parts[0] : { all: parts };
+  if (task() === "insert") {
+    if (!$("suffix").value) throw { field: "suffix: write the text the inserted span must lead into" };
+    body.suffix = $("suffix").value;
   }
   for (const key of Object.keys(body)) if (body[key] === undefined) delete body[key];
   return body;
@@ -167,8 +208,11 @@ function renderResult(result) {
   result.outputs.forEach((out, i) => {
     const li = document.createElement("li");
     const ok = out.constraint_satisfied;
+    const inserting = task() === "insert";
+    const before = inserting ? `<span class="context">${escapeHtml($("prompt").value)}</span>` : escapeHtml($("prompt").value);
+    const after = inserting ? `<span class="context">${escapeHtml($("suffix").value)}</span>` : "";
     li.innerHTML = `<span class="badge ${ok ? "ok" : "bad"}" data-testid="badge">${ok ? "satisfied" : "not satisfied"}</span>` +
-      `<span class="text" data-testid="output-text">${escapeHtml($("prompt").value)}${highlight(out.text, out.matches)}</span>` +
+      `<span class="text" data-testid="output-text">${before}<span data-testid="span">${highlight(out.text, out.matches)}</span>${after}</span>` +
       `<div class="meta">#${i + 1} · finish: ${out.finish_reason} · LM log-likelihood ${out.logprob.toFixed(2)}</div>`;
     list.append(li);
   });
@@ -180,6 +224,27 @@ function renderResult(result) {
   if (result.cached) rows.push(`<dt>cache</dt><dd>hit</dd>`);
   $("timings").innerHTML = rows.join("");
   $("timings").hidden = rows.length === 0;
+  showForms(result.keywords || []);
+}
+
+function showForms(entries) {
+  // entries: [{keyword, case, polarity, forms}] as the server expanded them
+  const required = entries.filter((e) => e.polarity === "required");
+  for (const kw of keywords) {
+    const entry = required.find((e) => e.keyword === kw.text && e.case === kw.case);
+    kw.forms = entry ? entry.forms : null;
+  }
+  renderChips();
+  const list = $("forms");
+  list.replaceChildren();
+  for (const e of entries) {
+    const dt = document.createElement("dt");
+    dt.textContent = `${e.polarity === "forbidden" ? "never: " : ""}${e.keyword} (case ${e.case})`;
+    const dd = document.createElement("dd");
+    dd.textContent = e.forms.join(", ");
+    list.append(dt, dd);
+  }
+  list.hidden = entries.length === 0;
 }
 
 async function readEvents(response, onEvent) {
@@ -220,14 +285,17 @@ async function generate(event) {
   $("results").replaceChildren();
   $("timings").hidden = true;
   const streams = [];
-  $("stream").textContent = "";
+  const inserting = task() === "insert";
+  $("stream-prefix").textContent = inserting ? $("prompt").value : "";
+  $("stream-suffix").textContent = inserting ? $("suffix").value : "";
+  $("stream-span").textContent = "";
   try {
     const response = await fetch("generate", { method: "POST", headers, body: JSON.stringify(body), signal: controller.signal });
     if (!response.ok) { await explainFailure(response); return; }
     await readEvents(response, (kind, data) => {
       if (kind === "token") {
         streams[data.index] = (streams[data.index] || "") + data.text;
-        $("stream").textContent = streams.map((s, i) => (streams.length > 1 ? `[${i + 1}] ` : "") + (s || "")).join("\n");
+        $("stream-span").textContent = streams.map((s, i) => (streams.length > 1 ? `[${i + 1}] ` : "") + (s || "")).join("\n");
       } else if (kind === "result") {
         renderResult(data);
       } else if (kind === "error") {
@@ -246,6 +314,7 @@ async function generate(event) {
 
 function init() {
   document.body.classList.add("beam");
+  document.querySelectorAll("input[name=task]").forEach((r) => r.addEventListener("change", () => setTask(task())));
   $("mode").addEventListener("change", () => {
     document.body.classList.toggle("sample", $("mode").value === "sample");
     document.body.classList.toggle("beam", $("mode").value !== "sample");

@@ -221,7 +221,7 @@ def route_matcher(expr: str) -> set[str]:
 
 def test_dashboard_latency_panels_show_generation_routes_only():
     routes = generation_routes()
-    assert routes == {"/generate", "/v1/completions"}
+    assert routes == {"/generate", "/v1/completions", "/v1/chat/completions"}
     latency = [(p, t) for p, t in targets() if "pcgen_request_duration_seconds" in t["expr"]]
     assert latency, "no request latency panel"
     for panel, target in latency:
@@ -306,6 +306,53 @@ def test_dashboard_constraint_errors_count_validation_errors_too():
     assert all(route_matcher(e) == generation_routes() for e in validation)
 
 
+def model_metric_names() -> set[str]:
+    """Sample names of the metrics that carry model_name (service/metrics.py's table, device memory)."""
+    from service.metrics import DEVICE_MEMORY, METRICS, MODEL
+
+    suffixes = {"Counter": ("_total",), "Histogram": ("_bucket", "_sum", "_count"), "Gauge": ("",)}
+    names = {DEVICE_MEMORY}
+    for _, kind, name, _, labels, _ in METRICS:
+        if labels[:1] == [MODEL]:
+            names |= {name + suffix for suffix in suffixes[kind.__name__]}
+    return names
+
+
+def test_dashboard_model_metrics_filter_by_the_model_variable():
+    """Every selector of a metric with model_name picks the $model values; the others (HTTP, cache, Redis)
+    have no model_name to filter on and are narrowed through $instance alone."""
+    model_metrics = model_metric_names()
+    for panel, target in targets():
+        for name, labels in SELECTOR.findall(target["expr"]):
+            if name in model_metrics:
+                assert 'model_name=~"$model"' in labels, (panel["title"], name, target["expr"])
+            else:
+                assert "model_name" not in labels, (panel["title"], name, target["expr"])
+
+
+def test_dashboard_shows_the_vllm_style_metrics():
+    """End-to-end latency p50/p95 split by cache hits, finish reasons, prompt and generation lengths per
+    request and device memory, each in its own panel with the unit of its quantity."""
+    panels = {p["title"]: p for p in dashboard_json()["panels"]}
+
+    def exprs(title: str) -> list[str]:
+        return [t["expr"] for t in panels[title]["targets"]]
+
+    e2e = exprs("End-to-end generation latency (p50, p95)")
+    assert {re.search(r"histogram_quantile\(([\d.]+)", e).group(1) for e in e2e} == {"0.5", "0.95"}
+    assert all("pcgen_e2e_request_latency_seconds_bucket" in e and "by (le, cached)" in e for e in e2e)
+    assert all("/health" not in e and "/metrics" not in e for e in e2e)
+    (finish,) = exprs("Finish reasons")
+    assert "pcgen_request_finish_reason_total" in finish and "by (finish_reason)" in finish
+    title = "Prompt and generation length per request (p50, p95)"
+    lengths = " ".join(exprs(title))
+    assert all(f"pcgen_request_{kind}_tokens_bucket" in lengths for kind in ("prompt", "generation"))
+    assert panels[title]["fieldConfig"]["defaults"]["unit"] == "suffix: tok"
+    (memory,) = exprs("Device memory")
+    assert "pcgen_device_memory_bytes" in memory and "kind" in memory
+    assert panels["Device memory"]["fieldConfig"]["defaults"]["unit"] == "bytes"
+
+
 def label_values(prom: str, query: str) -> list[str]:
     """Grafana's `label_values(selector, label)` variable query against the Prometheus API ($model: All)."""
     match = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", query.replace("$model", ".*"))
@@ -359,8 +406,9 @@ def test_native_stand_in_for_the_compose_stack(tmp_path, model_env):
             assert api.poll() is None, (tmp_path / "api.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the api never became healthy"
             time.sleep(0.5)
-        ready = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=5).json()
-        assert json.dumps(ready).count("ok") >= 1  # redis reported up
+        auth = {"Authorization": "Bearer stand-in-key-1"}  # the details of readiness need a key
+        ready = httpx.get(f"http://127.0.0.1:{port}/health/ready", headers=auth, timeout=5).json()
+        assert ready["status"] == "ready" and ready["redis"] == "ok"
         assert httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 401
         health, target = None, {}
         deadline = time.monotonic() + 60
@@ -405,6 +453,8 @@ def test_native_stand_in_for_the_compose_stack(tmp_path, model_env):
         variables = {v["name"]: v for v in board["templating"]["list"]}
         assert label_values(prom, variable_query(variables["model"])) == [model_env["PCGEN_LM"]]
         assert label_values(prom, variable_query(variables["instance"])) == [instance]
+        # the $model values (pcgen_model_info's lm) are the model_name label of the model metrics
+        assert label_values(prom, "label_values(pcgen_queue_depth, model_name)") == [model_env["PCGEN_LM"]]
 
         def evaluate(expr: str) -> list:
             expr = expr.replace("$instance", instance).replace("$model", ".*")
@@ -422,21 +472,28 @@ def test_native_stand_in_for_the_compose_stack(tmp_path, model_env):
             "Generation request latency (p50, p95, p99)": {"/generate", "/v1/completions"},
             "Constraint outcomes and errors": {"/generate"},  # the 422
             "Redis state by instance": {instance},
+            "End-to-end generation latency (p50, p95)": {"false", "true"},  # computed, and the cache hits
         }
+        plotted = {"Finish reasons", "Prompt and generation length per request (p50, p95)"}  # some value
         seen: dict[str, set] = {}
+        with_data: set[str] = set()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            seen = {title: set() for title in expected}
+            seen, with_data = {title: set() for title in expected}, set()
             for panel in board["panels"]:
                 for t in panel["targets"]:
                     result = evaluate(t["expr"])  # every query is valid PromQL against real data
+                    if finite(result):
+                        with_data.add(panel["title"])
                     if panel["title"] in expected:
                         seen[panel["title"]] |= {v for m in finite(result) for v in json.loads(m).values()}
-            if all(expected[title] <= seen[title] for title in expected):
+            if all(expected[title] <= seen[title] for title in expected) and plotted <= with_data:
                 break
             time.sleep(1)
         for title, values in expected.items():
             assert values <= seen[title], (title, seen[title])
+        assert plotted <= with_data, plotted - with_data
+        assert "Device memory" not in with_data  # on CPU: no device memory series
     finally:
         for proc in (prometheus, api):
             proc.terminate()

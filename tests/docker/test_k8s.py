@@ -195,6 +195,11 @@ def test_hpa_scales_the_api_on_the_exported_queue_depth_gauge(base):
     (rule,) = values["rules"]["custom"]
     assert rule["name"]["as"] == name and rule["seriesQuery"].startswith(name + "{")
     assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+    # one value per pod whatever other labels the gauge carries (model_name)
+    query = r"max\(<<\.Series>>\{<<\.LabelMatchers>>\}\) by \(<<\.GroupBy>>\)"
+    assert re.fullmatch(query, rule["metricsQuery"])
+    labels = {tuple(s.labels) for m in Metrics("m").registry.collect() if m.name == name for s in m.samples}
+    assert labels == {("model_name",)}
     assert "prometheus-adapter" in (K8S / "base" / "api-hpa.yaml").read_text()
 
 

@@ -70,7 +70,7 @@ def test_guide_with_triton_path_equals_torch_path(tokenizer, monkeypatch):
     from pc_core.kernels import onednn_packed
 
     monkeypatch.setattr(
-        onednn_packed, "pack", lambda right_t: None
+        onednn_packed, "pack", lambda right_t, pad=False: None
     )  # plain emission: the Triton product runs
     dfa = compile_constraint({"keywords": ["dog", "cat"]}, tokenizer)
     prefix = tokenizer.encode(" the dog", add_special_tokens=False)

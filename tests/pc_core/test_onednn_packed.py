@@ -57,3 +57,21 @@ def test_guide_step_same_with_and_without_packed_emission(tokenizer, monkeypatch
     assert torch.equal(torch.isneginf(packed), torch.isneginf(plain))
     finite = torch.isfinite(plain)
     torch.testing.assert_close(packed[finite], plain[finite], rtol=1e-5, atol=1e-5)
+
+
+def test_padded_matrices_give_the_same_product_and_few_shapes():
+    """A guide's own tokens are packed padded (oneDNN caches a kernel per shape): the product is unchanged and
+    the padded sizes of all N up to a 128k vocabulary are few."""
+    torch.manual_seed(0)
+    for n in (1, 63, 65, 300, 1000):
+        right_t = torch.rand(n, 16)
+        packed = onednn_packed.pack(right_t, pad=True)
+        if packed is None:
+            pytest.skip("oneDNN packing is unavailable here")
+        left = torch.rand(3, 16)
+        out = onednn_packed.matmul_nt(left, packed)
+        assert out.shape == (3, n)
+        torch.testing.assert_close(out, left @ right_t.T, rtol=1e-5, atol=1e-5)
+    sizes = {onednn_packed.padded_size(n) for n in range(1, 128_257)}
+    assert len(sizes) <= 4 * 17 + 1
+    assert all(n <= onednn_packed.padded_size(n) <= max(64, 1.25 * n) for n in range(1, 5000))

@@ -1,16 +1,22 @@
 """The token DFA agrees with the independent text checker for every tokenizer family: byte-level BPE,
 Llama-2-style SentencePiece BPE with byte fallback, Unigram with a Metaspace decoder, and WordPiece.
 
-Only constraints whose meaning is settled are used: single-word keywords that are case-sensitive or without
-inflections, ordered single words, word_at, word_count, forbidden, not and tokens. Sequences that contain a
-token the DFA bans (one ending inside a UTF-8 character) are skipped: the DFA rejects them by design.
+Two sets of constraints (docs/method.md §3). The first: single-word keywords that are case-sensitive or
+without inflections, ordered single words, word_at, word_count, forbidden, not and tokens. The second, the
+rest of the semantics: natural case (the default) with inflections, case "any" (casefold, including words
+whose casefold is longer: ß, ﬁ, İ), phrases whose separators must appear as written (whitespace runs, Unicode
+spaces included, equal), keywords normalised to NFC (text judged as generated), `pos`, and blocklists
+(`forbidden` lists of 4+ single words enforced beside the DFA, which `dfa.accepts` checks too).
+
+Sequences that contain a token ending inside a UTF-8 character, or decoding to U+FFFD, are skipped: the DFA
+rejects them by design (support.has_banned_token, which the DFA's banned_tokens must match).
 """
 
 import random
 
 import numpy as np
 import pytest
-from support import random_text
+from support import has_banned_token, random_text
 from tokenizer_families import FAMILIES, build_family, plain_ids, resplit
 
 from pc_core.constraints import check_ids, compile_constraint, decode_continuation
@@ -209,3 +215,146 @@ def test_named_cases(family, spec, text, expected):
         assert decode_continuation(tokenizer, ids) == text
     assert check_ids(spec, tokenizer, ids) is expected
     assert dfa.accepts(ids) is (expected and not _banned(dfa, tokenizer, ids))
+
+
+# ------------------------------------------------------------------ the rest of the semantics
+
+BLOCK = ["cat", "dog", "pan", "niño", "the"]
+SEMANTIC_CONSTRAINTS = [
+    # natural case (as written, lower, Capitalised, ALL CAPS) with inflections, the default
+    {"keyword": "dog"},
+    {"keyword": "Dog"},
+    {"keyword": "straße", "inflections": False},
+    {"keywords": ["dog", "frisbee"]},
+    # case any: casefold word by word (ß -> ss, ﬁ -> fi, İ -> i + combining dot)
+    {"keyword": "dog", "case": "any"},
+    {"keyword": "STRASSE", "case": "any", "inflections": False},
+    {"keyword": "fish", "case": "any", "pos": "noun"},
+    {"keyword": "istanbul", "case": "any"},
+    {"keyword": "müller", "case": "any", "inflections": False},
+    # phrases: separators as written, any whitespace run equal to any other
+    {"keyword": "New York"},
+    {"keyword": "New York", "case": "any"},
+    {"keyword": "New York", "case": "sensitive", "inflections": False},
+    {"keyword": "well-known"},
+    {"keyword": "rock 'n' roll"},
+    {"keyword": "hot dog"},
+    {"keyword": "El niño", "inflections": False},
+    {"ordered": ["New York", "dog"]},
+    {"all": [{"keyword": "New York"}, {"not": {"keyword": "well-known"}}]},
+    # NFC keywords against text judged as generated (a decomposed é is "e" + a separator)
+    {"keyword": "cafe\u0301", "inflections": False},
+    {"keyword": "Mu\u0308ller"},
+    # part of speech
+    {"keyword": "run", "pos": "noun"},
+    {"keyword": "run", "pos": "verb"},
+    {"keyword": "fish", "pos": "verb"},
+    # blocklists: 4+ single words beside the DFA, alone, with case any, next to keywords
+    {"forbidden": BLOCK},
+    {"forbidden": BLOCK, "case": "any"},
+    {"all": [{"keyword": "frisbee"}, {"forbidden": BLOCK}]},
+    {"all": [{"keyword": "New York"}, {"forbidden": ["cat", "pan", "straße", "fish"], "case": "any"}]},
+    # "dogged" (a form of "dog", and a lemma of its own) is forbidden: the blocklist interacts with the keyword
+    {"all": [{"keyword": "dog"}, {"forbidden": ["dogged", "cat", "pan", "run"]}]},
+]
+# WordPiece's decoder puts a space before every piece without "##", and punctuation is never inside a "##"
+# piece: these phrases cannot be written in that family (the DFA knows: no accepting state is reachable)
+UNWRITABLE = {("wordpiece", "well-known"), ("wordpiece", "rock 'n' roll")}
+
+SEMANTIC_WORDS = [
+    "dog", "dogs", "Dog", "DOG", "dOg", "DOGS", "dogged", "hotdog", "hot", "Hot", "frisbee", "Frisbee",
+    "cat", "CAT", "pan", "the", "The", "THE",
+    "New", "new", "NEW", "York", "york", "YORK", "yOrk", "New York", "new york", "NEW YORK", "New  York",
+    "New\nYork", "New\u00a0York", "New\u3000York", "New-York", "New York's", "NewYork",
+    "well-known", "Well-Known", "WELL-KNOWN", "well known", "well-knowns", "well", "known",
+    "rock 'n' roll", "rock n roll", "rock 'n' rolls", "rock", "roll", "hot dog", "hot dogs", "hot  dog",
+    "straße", "Straße", "STRASSE", "strasse", "Strasse", "STRAẞE", "straßen",
+    "fish", "fishes", "fishing", "fished", "ﬁsh", "FISH", "Fish",
+    "istanbul", "Istanbul", "ISTANBUL", "İstanbul", "İSTANBUL",
+    "müller", "Müller", "MÜLLER", "mu\u0308ller", "MuLLER",
+    "café", "Café", "CAFÉ", "cafe\u0301", "cafe", "cafés",
+    "El niño", "el niño", "EL NIÑO", "El  niño", "niño", "niños", "El",
+    "run", "runs", "ran", "running", "Runs", "RUNNING",
+]  # fmt: skip
+SEMANTIC_SEPARATORS = [" ", " ", " ", ", ", ". ", "-", "\n", "  ", "\t", " \n ", "\u00a0", "'", "é"]
+SEMANTIC_FIXED = [
+    " the New York dog",
+    " a well-known hot dog in NEW  YORK",
+    " rock 'n' roll and hot dogs",
+    " El niño fishes near the STRASSE",
+    " ﬁsh from İstanbul, Müller's café",
+    " new\nyork runs, a frisbee",
+    " cafe\u0301 mu\u0308ller",
+    " the DOG caught a Frisbee in New York",
+    " a dog and a frisbee",  # the tiny WordPiece vocabulary has no "DOG" (it encodes as [UNK])
+    " İSTANBUL, istanbul and a ﬁsh run",
+]
+
+
+def _banned_ids(tokenizer) -> set[int]:
+    """Every id support.has_banned_token rejects on its own (independent of the compiler)."""
+    return {t for t in range(len(tokenizer)) if has_banned_token(tokenizer, [t])}
+
+
+@pytest.fixture(scope="module")
+def semantic_family(family):
+    """The family with its independently banned ids and its sequences: random texts of the words above, each
+    in several tokenizations (canonical, split at characters, one token per character, resplit into smaller
+    pieces and byte-fallback bytes, after random tokens), and random token strings of word pieces."""
+    name, tokenizer = family
+    rng = random.Random(7)
+    eos = tokenizer.eos_token_id
+    encode = lambda s: tokenizer.encode(s, add_special_tokens=False)
+    plain = plain_ids(tokenizer)
+    seqs = []
+    texts = SEMANTIC_FIXED + [random_text(rng, SEMANTIC_WORDS, SEMANTIC_SEPARATORS) for _ in range(60)]
+    for text in texts:
+        for ids in _tokenizations(tokenizer, text, rng) + [[t for ch in text for t in encode(ch)]]:
+            seqs.append(ids)
+            if rng.random() < 0.3:
+                seqs.append(ids + [eos] + [rng.randrange(len(tokenizer)) for _ in range(3)])
+    pool = set()
+    for word in SEMANTIC_WORDS:
+        for text in (word, " " + word):
+            ids = encode(text)
+            pool.update(ids)
+            pool.update(resplit(tokenizer, ids, rng, p=0.8))
+    pool = sorted(pool)
+    for _ in range(150):
+        source = pool if rng.random() < 0.8 else plain
+        seqs.append([rng.choice(source) for _ in range(rng.randint(0, 10))])
+    return name, tokenizer, _banned_ids(tokenizer), seqs
+
+
+def _skipped(banned_ids, tokenizer, ids) -> bool:
+    eos = tokenizer.eos_token_id
+    return any(t in banned_ids for t in (ids[: ids.index(eos)] if eos in ids else ids))
+
+
+@pytest.mark.parametrize("spec", SEMANTIC_CONSTRAINTS, ids=[str(i) for i in range(len(SEMANTIC_CONSTRAINTS))])
+def test_semantics_dfa_agrees_with_text_checker(semantic_family, spec):
+    name, tokenizer, banned_ids, seqs = semantic_family
+    dfa = compile_constraint(spec, tokenizer, max_states=4096)
+    assert set(np.flatnonzero(dfa.banned_tokens).tolist()) == banned_ids
+    dfas = [dfa]
+    if "forbidden" in spec or "forbidden" in str(spec.get("all")):
+        assert dfa.blocklist is not None  # the list is enforced beside the DFA ...
+        exact = compile_constraint(spec, tokenizer, max_states=4096, blocklist_mask=False)
+        assert exact.blocklist is None  # ... or, the same constraint, inside one exact automaton
+        dfas.append(exact)
+    checked, accepted, disagreements = 0, 0, []
+    for ids in seqs:
+        if _skipped(banned_ids, tokenizer, ids):
+            continue
+        checked += 1
+        expected = check_ids(spec, tokenizer, ids)
+        accepted += expected
+        if any(d.accepts(ids) != expected for d in dfas):
+            disagreements.append((tokenizer.convert_ids_to_tokens(ids), decode_continuation(tokenizer, ids)))
+    assert not disagreements, (name, spec, len(disagreements), disagreements[:5])
+    assert checked >= len(seqs) // 3, (name, checked, len(seqs))
+    assert accepted < checked, (name, spec, accepted, checked)
+    if (name, spec.get("keyword")) in UNWRITABLE:
+        assert accepted == 0 and dfa.steps_to_accept[dfa.initial_state] == -1
+    else:
+        assert accepted > 0, (name, spec, checked)

@@ -30,7 +30,11 @@ def test_protected_routes_need_a_key(auth_server, method, path, body):
         ):
             r = client.request(method, path, json=body, headers=headers)
             assert r.status_code == 401, (path, headers, r.text)
-            assert r.json()["error"]["type"] == "unauthorized"
+            error = r.json()["error"]
+            if path.startswith("/v1/"):  # OpenAI's error shape: the category in `type`, pcgen's in `code`
+                assert error["type"] == "authentication_error" and error["code"] == "unauthorized"
+            else:
+                assert error["type"] == "unauthorized"
             assert r.headers["www-authenticate"] == "Bearer"
         r = client.request(method, path, json=body, headers={"Authorization": "Bearer key-two-5678"})
         assert r.status_code == 200, r.text
@@ -40,6 +44,7 @@ def test_probes_stay_open(auth_server):
     with httpx.Client(base_url=auth_server.url, timeout=30) as client:
         assert client.get("/health/live").status_code == 200
         assert client.get("/health/ready").status_code == 200
+        assert client.get("/health").status_code == 200  # the alias is a public probe too
 
 
 def test_bearer_scheme_is_documented(auth_server):
@@ -54,10 +59,16 @@ def test_rate_limit_per_key(auth_server):
     body = {"prompt": "A", "keywords": ["cat"], "max_new_tokens": 6}
     key_one = {"Authorization": "Bearer key-one-1234"}
     with httpx.Client(base_url=auth_server.url, timeout=60) as client:
-        codes = [client.post("/generate", json=body, headers=key_one).status_code for _ in range(6)]
+        replies = [client.post("/generate", json=body, headers=key_one) for _ in range(6)]
+        codes = [r.status_code for r in replies]
         assert codes[:4] == [200] * 4 and codes[4:] == [429, 429], codes
+        # X-RateLimit-* on every answer: the limit, what is left of it, seconds until it frees up
+        assert [r.headers["x-ratelimit-remaining"] for r in replies] == ["3", "2", "1", "0", "0", "0"]
+        assert {r.headers["x-ratelimit-limit"] for r in replies} == {"4"}
+        assert all(1 <= int(r.headers["x-ratelimit-reset"]) <= 60 for r in replies)
         r = client.post("/generate", json=body, headers=key_one)
         assert r.json()["error"]["type"] == "rate_limited" and int(r.headers["retry-after"]) >= 1
+        assert r.headers["x-ratelimit-remaining"] == "0"
         # another key has its own budget (key-two spent one call in the route tests at most twice)
         r = client.post("/generate", json=body, headers={"Authorization": "Bearer key-two-5678"})
         assert r.status_code == 200

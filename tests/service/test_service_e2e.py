@@ -1,5 +1,6 @@
 """End to end against `pcgen serve` in a subprocess (tiny GPT-2, H=16 HMM): every output satisfies its
-constraint, streaming reassembles the result, the OpenAI shapes, errors and limits."""
+constraint, streaming reassembles the result, errors and limits (the OpenAI endpoints:
+test_service_openai.py)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,18 @@ def test_generate_outputs_satisfy_constraints(server, tokenizer, body):
             assert {m["keyword"] for m in o["matches"]} == set(body["keywords"])
             for m in o["matches"]:
                 assert m["keyword"].lower() in o["text"][m["start"] : m["end"]].lower()
+        # what each keyword accepted: natural case and inflections by default
+        forms = {k["keyword"]: k for k in out["keywords"]}
+        assert set(forms) == set(body["keywords"])
+        for word, form_set in forms.items():
+            assert {word, word.capitalize(), word.upper()} <= set(form_set["forms"])
+        if "dog" in forms:
+            assert "dogs" in forms["dog"]["forms"]
+        assert all(k["polarity"] == "required" and k["case"] == "natural" for k in out["keywords"])
+    if "forbidden" in str(body.get("constraint")):
+        assert {"keyword": "the", "polarity": "forbidden"}.items() <= next(
+            k for k in out["keywords"] if k["polarity"] == "forbidden"
+        ).items()
 
 
 @pytest.mark.parametrize("body", [REQUESTS[0], REQUESTS[1]])
@@ -72,56 +85,6 @@ def test_generate_stream_reassembles_the_result(server, tokenizer, body):
         assert "".join(t["text"] for t in tokens if t["index"] == index) == o["text"]
         assert [i for t in tokens if t["index"] == index for i in t["token_ids"]] == o["token_ids"]
         assert o["constraint_satisfied"] and check_ids(_spec(body), tokenizer, o["token_ids"])
-
-
-def test_openai_completions(server, tokenizer):
-    with server.client() as client:
-        models = client.get("/v1/models").json()
-        model = models["data"][0]["id"]
-        assert models["object"] == "list" and models["data"][0]["hmm"]["hidden_size"] == 16
-        body = {
-            "model": model,
-            "prompt": "The",
-            "keywords": ["dog"],
-            "max_tokens": 10,
-            "temperature": 0,
-            "n": 2,
-        }
-        r = client.post("/v1/completions", json=body)
-        assert r.status_code == 200, r.text
-        out = r.json()
-        assert out["object"] == "text_completion" and out["model"] == model and out["id"].startswith("cmpl-")
-        assert [c["index"] for c in out["choices"]] == [0, 1]
-        for c in out["choices"]:
-            assert c["finish_reason"] in ("stop", "length") and c["logprobs"] is None
-            assert c["constraint_satisfied"] and "dog" in c["text"].lower()
-        u = out["usage"]
-        assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
-
-        body = {"prompt": "A", "constraint": {"keywords": ["cat"]}, "max_tokens": 10, "n": 2, "seed": 5,
-                "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
-        r = client.post("/v1/completions", json=body)
-        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-        events = [data for _, data in sse_events(r.text)]
-        assert events[-1] == "[DONE]"
-        chunks = events[:-1]
-        assert all(c["object"] == "text_completion" for c in chunks)
-        assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
-        texts = {0: "", 1: ""}
-        finished = {}
-        for c in chunks[:-1]:
-            (choice,) = c["choices"]
-            texts[choice["index"]] += choice["text"]
-            if choice["finish_reason"] is not None:
-                finished[choice["index"]] = choice
-        assert set(finished) == {0, 1}
-        assert all(f["constraint_satisfied"] for f in finished.values())
-        assert all("cat" in t.lower() for t in texts.values())
-
-        r = client.post("/v1/completions", json={"model": "nope", "prompt": "x", "keywords": ["dog"]})
-        assert r.status_code == 404 and r.json()["error"]["type"] == "model_not_found"
-        r = client.post("/v1/completions", json={"prompt": "x", "keywords": ["dog"], "stop": ["."]})
-        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "stop"]
 
 
 def test_deterministic_requests_are_cached(server):
@@ -219,6 +182,8 @@ def test_probes_and_metrics(server):
         body = ready.json()
         assert body["status"] == "ready" and body["lm_loaded"] and body["hmm_loaded"]
         assert body["warmup"] == "ok" and body["redis"] == "disabled"
+        alias = client.get("/health")  # where vLLM and TGI users look
+        assert alias.status_code == 200 and alias.json()["status"] == "ready"
         assert client.get("/docs").status_code == 200
         assert "/generate" in client.get("/openapi.json").json()["paths"]
     text = server.metrics()

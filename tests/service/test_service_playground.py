@@ -54,7 +54,8 @@ def test_page_is_public_when_keys_are_required(start_server):
 @pytest.fixture(scope="module")
 def demo_server(start_server, demo_models):
     """The demo's trained tiny LM and distilled HMM: readable text for the screenshot."""
-    return start_server("playground-demo", PCGEN_LM=str(demo_models["lm"]), PCGEN_HMM=str(demo_models["hmm"]))
+    return start_server("playground-demo", PCGEN_LM=str(demo_models["lm"]), PCGEN_HMM=str(demo_models["hmm"]),
+                        PCGEN_MAX_NEW_TOKENS="24")  # fmt: skip  # an inserted span and its suffix
 
 
 def test_generate_highlights_keywords_and_shows_errors(demo_server, browser, tmp_path):
@@ -68,6 +69,7 @@ def test_generate_highlights_keywords_and_shows_errors(demo_server, browser, tmp
         page.get_by_label("Keywords").fill(word)
         page.get_by_label("Keywords").press("Enter")
     assert page.locator(".chip").count() == 2
+    page.get_by_label("case for kite").select_option("sensitive")
     page.get_by_label("Max new tokens").fill("12")
     page.get_by_label("Outputs").fill("2")
     page.get_by_role("button", name="Generate").click()
@@ -84,6 +86,12 @@ def test_generate_highlights_keywords_and_shows_errors(demo_server, browser, tmp
         "decode" in page.locator("#timings").inner_text()
         and "states" in page.locator("#timings").inner_text()
     )
+    # the forms the server's compiler accepted, per keyword chip and in the output panel
+    girl_forms = page.locator(".chip[data-keyword=girl] [data-testid=forms]").inner_text().split(" · ")
+    assert {"girl", "girls", "Girl", "GIRLS"} <= set(girl_forms)
+    kite_forms = set(page.locator(".chip[data-keyword=kite] [data-testid=forms]").inner_text().split(" · "))
+    assert {"kite", "kites"} <= kite_forms and "Kite" not in kite_forms  # case: sensitive
+    assert "girls" in page.get_by_label("accepted keyword forms").inner_text()
     page.screenshot(path=str((DOCS if UPDATE_SCREENSHOT else tmp_path) / "playground.png"), full_page=True)
 
     # an invalid constraint: the server's 422 is shown inline, with the field path
@@ -97,6 +105,29 @@ def test_generate_highlights_keywords_and_shows_errors(demo_server, browser, tmp
     page.get_by_label("Constraint (JSON)").fill("{not json")
     page.get_by_role("button", name="Generate").click()
     assert "not valid JSON" in page.locator("#constraint-error").inner_text()
+    page.close()
+
+
+def test_insert_mode_fills_the_gap_between_prefix_and_suffix(demo_server, browser):
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.goto(f"{demo_server.url}/")
+    page.get_by_role("button", name="Insert between two texts").click()
+    assert page.get_by_label("Prefix", exact=True).input_value() == "The girl went to the lake"
+    assert page.get_by_label("Suffix", exact=True).is_visible()
+    page.get_by_label("Max new tokens").fill("20")
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_selector("[data-testid=badge]", timeout=60_000)
+    assert page.locator("[data-testid=badge]").first.inner_text() == "satisfied"
+    text = page.locator("[data-testid=output-text]").first.inner_text()
+    span = page.locator("[data-testid=span]").first.inner_text()
+    assert text == "The girl went to the lake" + span + " and smiled."  # the span sits between them
+    assert "kite" in span.lower() and 3 <= len(span.split()) <= 10
+    # the stream showed the span between the two texts as it was generated
+    assert page.locator("#stream").inner_text().startswith("The girl went to the lake")
+    assert page.locator("#stream").inner_text().endswith("and smiled.")
+    # back to continuing: the suffix box goes away
+    page.get_by_label("Continue a prompt").check()
+    assert not page.get_by_label("Suffix", exact=True).is_visible()
     page.close()
 
 

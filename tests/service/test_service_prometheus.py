@@ -1,6 +1,7 @@
-"""A real Prometheus server (the Debian package) scrapes the service on loopback and sees pcgen_requests_total;
-with API keys, compose's scrape job (docker/prometheus.yml) reaches the unauthenticated metrics listener
-(PCGEN_METRICS_PORT) while /metrics on the API port stays behind the keys."""
+"""A real Prometheus server (the Debian package) scrapes the service on loopback and sees pcgen_requests_total
+and the vLLM-style request metrics (model_name, finish reasons, prompt and generation lengths, end-to-end
+latency); with API keys, compose's scrape job (docker/prometheus.yml) reaches the unauthenticated metrics
+listener (PCGEN_METRICS_PORT) while /metrics on the API port stays behind the keys."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from service_support import free_port, metric_value
+from service_support import free_port, metric_value, sse_events
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "metrics-key-0001"
@@ -73,15 +74,7 @@ def query_until(port: int, proc: subprocess.Popen, query: str, tmp_path: Path, t
 def test_prometheus_scrapes_the_service(server, tmp_path):
     binary = prometheus_binary()
     target = server.url.removeprefix("http://")
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        "scrape_configs:\n"
-        "  - job_name: pcgen\n"
-        "    scrape_interval: 1s\n"
-        "    metrics_path: /metrics\n"
-        f"    static_configs:\n      - targets: ['{target}']\n"
-    )
+    config = scrape_config(tmp_path, target)
     with server.client() as client:
         assert (
             client.post(
@@ -97,6 +90,130 @@ def test_prometheus_scrapes_the_service(server, tmp_path):
         routes = {sample["metric"].get("route") for sample in result}
         assert "/generate" in routes
         assert all(sample["metric"]["job"] == "pcgen" for sample in result)
+
+
+def scrape_config(tmp_path: Path, target: str) -> Path:
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "scrape_configs:\n"
+        "  - job_name: pcgen\n"
+        "    scrape_interval: 1s\n"
+        "    metrics_path: /metrics\n"
+        f"    static_configs:\n      - targets: ['{target}']\n"
+    )
+    return config
+
+
+def values_by(result: list, label: str) -> dict[str, float]:
+    return {sample["metric"].get(label, ""): float(sample["value"][1]) for sample in result}
+
+
+def test_prometheus_sees_the_request_metrics_in_vllm_vocabulary(start_server, tmp_path):
+    """A fresh server (served as `tiny-served`) answers computed, cached and streamed generations on both
+    routes, a 422 and probes; Prometheus then holds: model_name on the model metrics (not on HTTP ones), finish
+    reasons summing to the outputs returned, one prompt/generation length observation per computed request
+    with the tokens of the responses' usage, end-to-end latency per generation request only (cache hits under
+    cached="true"), inside the HTTP latency, and no device memory series on CPU. The warm-up is not counted."""
+    from service.metrics import METRICS, MODEL
+
+    binary = prometheus_binary()
+    served = "tiny-served"
+    server = start_server("vllm-vocabulary", PCGEN_MODEL_NAME=served)
+    computed: list[dict] = []  # usage and finish reasons of the requests the model computed
+    cached = 0
+    with server.client() as client:
+        beam = {"prompt": "The", "keywords": ["sky"], "max_new_tokens": 6, "num_beams": 2,
+                "num_return_sequences": 2}  # fmt: skip
+        sampled = {"prompt": "A dog", "keywords": ["park"], "max_new_tokens": 8, "do_sample": True,
+                   "num_return_sequences": 3}  # fmt: skip
+        for body in (beam, beam, sampled, {**sampled, "stream": True}, {**beam, "stream": True}):
+            r = client.post("/generate", json=body)
+            assert r.status_code == 200, r.text
+            answer = sse_events(r.text)[-1][1] if body.get("stream") else r.json()
+            if answer["cached"]:
+                cached += 1
+                continue
+            reasons = [out["finish_reason"] for out in answer["outputs"]]
+            computed.append({**answer["usage"], "reasons": reasons})
+        body = {"prompt": "Birds", "keywords": ["lake"], "max_tokens": 7, "temperature": 0.8, "n": 2}
+        r = client.post("/v1/completions", json=body)
+        assert r.status_code == 200, r.text
+        openai = {"stop": "eos", "length": "length"}  # OpenAI's "stop" is EOS (or a stop string)
+        reasons = [openai.get(c["finish_reason"], c["finish_reason"]) for c in r.json()["choices"]]
+        computed.append({**r.json()["usage"], "reasons": reasons})
+        r = client.post("/generate", json={"constraint": {"word_at": 0, "word": "x"}})
+        assert r.status_code == 422
+        for path in ("/health/live", "/health/ready", "/metrics"):
+            assert client.get(path).status_code == 200
+    assert cached == 2 and len(computed) == 4
+    outputs = [reason for request in computed for reason in request["reasons"]]
+
+    config = scrape_config(tmp_path, server.url.removeprefix("http://"))
+    with running_prometheus(binary, config, tmp_path) as (port, proc):
+
+        def query(expr: str) -> list:
+            result = query_until(port, proc, expr, tmp_path)
+            assert result, (
+                f"Prometheus has nothing for {expr}:\n" + (tmp_path / "prometheus.log").read_text()[-3000:]
+            )
+            return result
+
+        # model_name on every model metric, the served name (not the LM path); never on HTTP metrics
+        labelled = query(f'count by (__name__) ({{__name__=~"pcgen_.+", {MODEL}="{served}"}})')
+        names = {sample["metric"]["__name__"] for sample in labelled}
+        suffix = {"Counter": "_total", "Histogram": "_count", "Gauge": ""}
+        expected = {
+            name + suffix[kind.__name__] for _, kind, name, _, labels, _ in METRICS if labels == [MODEL]
+        }
+        assert expected <= names, sorted(expected - names)
+        assert {"pcgen_request_finish_reason_total", "pcgen_constraint_errors_total"} <= names
+        assert not {
+            n for n in names if n.startswith(("pcgen_requests", "pcgen_request_duration", "pcgen_cache"))
+        }
+        unlabelled = query(f'count by (__name__) ({{__name__=~"pcgen_.+", {MODEL}=""}})')
+        assert "pcgen_requests_total" in {sample["metric"]["__name__"] for sample in unlabelled}
+
+        # finish reasons: one per returned output of the computed requests
+        reasons = query("pcgen_request_finish_reason_total")
+        assert {sample["metric"][MODEL] for sample in reasons} == {served}
+        counts = values_by(reasons, "finish_reason")
+        assert sum(counts.values()) == len(outputs)
+        assert {k: v for k, v in counts.items() if v} == {r: outputs.count(r) for r in set(outputs)}
+        assert set(counts) <= {"eos", "stop", "length"}
+
+        # prompt and generation lengths: one observation per computed request, the usage's tokens
+        selector = f'{{{MODEL}="{served}"}}'
+        prompt = query(f"pcgen_request_prompt_tokens_count{selector}")
+        assert float(prompt[0]["value"][1]) == len(computed)
+        total = float(query(f"pcgen_request_prompt_tokens_sum{selector}")[0]["value"][1])
+        assert total == sum(request["prompt_tokens"] for request in computed)
+        generation = query(f"pcgen_request_generation_tokens_count{selector}")
+        assert float(generation[0]["value"][1]) == len(computed)
+        total = float(query(f"pcgen_request_generation_tokens_sum{selector}")[0]["value"][1])
+        assert total == sum(request["completion_tokens"] for request in computed)
+        assert total == float(query(f"pcgen_generated_tokens_total{selector}")[0]["value"][1])
+        buckets = f'pcgen_request_generation_tokens_bucket{{{MODEL}="{served}", le=~"1.0|50.0"}}'
+        # every request generated 2-3 outputs of 1-8 tokens each
+        assert values_by(query(buckets), "le") == {"1.0": 0, "50.0": len(computed)}
+
+        # end-to-end latency: the generation requests that returned a result, nothing else (no probes,
+        # /metrics or the 422), split by cache hits; in all within the HTTP latency of the generation routes
+        e2e = values_by(query("pcgen_e2e_request_latency_seconds_count"), "cached")
+        assert e2e == {"false": len(computed), "true": cached}
+        e2e_sum = float(query("sum(pcgen_e2e_request_latency_seconds_sum)")[0]["value"][1])
+        http = 'pcgen_request_duration_seconds_sum{route=~"/generate|/v1/completions"}'
+        http_sum = float(query(f"sum({http})")[0]["value"][1])
+        assert 0 < e2e_sum <= http_sum
+        p50 = query(
+            "histogram_quantile(0.5, sum by (le) (pcgen_e2e_request_latency_seconds_bucket"
+            f'{{{MODEL}="{served}", cached="false"}}))'
+        )
+        assert 0 < float(p50[0]["value"][1]) <= 120  # within the request timeout
+
+        # device memory: CUDA only
+        r = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": "pcgen_device_memory_bytes"})
+        assert r.json()["data"]["result"] == []
 
 
 def test_compose_scrape_job_reaches_the_metrics_listener_with_api_keys(start_server, tmp_path):

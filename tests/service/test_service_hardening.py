@@ -1,0 +1,389 @@
+"""The service under hostile and heavy traffic, against real processes (uvicorn, redis-server): compilation
+isolated from decoding and shared out fairly, memory bounded by settings, deadlines that stop the work, a hung
+Redis that costs nothing, caps from the loaded model, and the smaller defects an operator found."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import threading
+import time
+
+import httpx
+import pytest
+from service_support import metric_value
+
+KEY_A, KEY_B = "noisy-key-1234", "quiet-key-5678"
+WORDS = ("dog cat pan park snow lake tree girl fish sky city team house night garden winter coffee boy "
+         "field frisbee book game roof rain stove couch bird children building vegetable").split()  # fmt: skip
+ORDINARY = {"prompt": "The", "keywords": ["dog"], "max_new_tokens": 8}
+
+
+def _auth(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _expensive(rng: random.Random) -> dict:
+    """A constraint that takes the compiler about two seconds on the test vocabulary and is then rejected
+    (too many states); new words each time, so no cache helps."""
+    word = lambda: "".join(rng.choice("abcdefghij") for _ in range(rng.randint(3, 7)))  # noqa: E731
+    return {"prompt": "x", "keywords": [word() for _ in range(8)], "max_new_tokens": 8}
+
+
+def _slowest(rng: random.Random) -> dict:
+    """16 ordered keywords of 32 variants each: seconds of compiling before the state cap rejects it."""
+    word = lambda: "".join(rng.choice("abcdefghij") for _ in range(rng.randint(3, 7)))  # noqa: E731
+    ordered = [{"keyword": word(), "variants": [word() for _ in range(31)]} for _ in range(16)]
+    return {"prompt": "x", "constraint": {"ordered": ordered}, "max_new_tokens": 8}
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+
+
+def _cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except OSError:
+                pass
+    return out
+
+
+@pytest.fixture(scope="module")
+def hardened(start_server):
+    return start_server(
+        "hardened",
+        PCGEN_API_KEYS=f"{KEY_A},{KEY_B}",
+        PCGEN_COMPILE_WORKERS="1",
+        PCGEN_PREPARE_WORKERS="2",
+        PCGEN_COMPILE_BACKLOG="2",
+        PCGEN_REQUEST_TIMEOUT_S="4",
+        PCGEN_BODY_TIMEOUT_S="1",
+        PCGEN_CACHE="false",
+        PCGEN_MAX_NEW_TOKENS="500",  # above the tiny LM's context of 128: the model lowers it
+    )
+
+
+# ------------------------------------------------------------------------------- 1. one client cannot stall all
+
+
+def test_a_noisy_client_cannot_stall_the_others(hardened):
+    quiet = hardened.client(headers=_auth(KEY_B))
+
+    words = iter(["dog", "cat", "park", "snow", "lake", "tree", "girl", "fish", "sky", "pan", "city", "team",
+                  "coffee", "garden", "winter", "house", "night", "field", "stove", "couch"])  # fmt: skip
+
+    def latencies(n: int) -> list[float]:
+        out = []
+        for _ in range(n):  # a new constraint each time: compiled for this request, beside the noisy ones
+            started = time.perf_counter()
+            assert quiet.post("/generate", json=ORDINARY | {"keywords": [next(words)]}).status_code == 200
+            out.append(time.perf_counter() - started)
+        return out
+
+    idle = latencies(8)
+    stop = threading.Event()
+    noisy_statuses: list[int] = []
+
+    def noisy(seed: int) -> None:
+        rng = random.Random(seed)
+        with hardened.client(headers=_auth(KEY_A)) as client:
+            while not stop.is_set():
+                noisy_statuses.append(client.post("/generate", json=_expensive(rng)).status_code)
+
+    threads = [threading.Thread(target=noisy, args=(seed,)) for seed in range(2)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)  # the compile worker is busy with the noisy client's constraints
+    try:
+        loaded = latencies(10)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    busy = sorted(loaded)[-2]  # p90 of 10
+    assert busy < max(4 * max(idle), 1.0), (idle, loaded)  # was 170x before compilation left the process
+    assert set(noisy_statuses) <= {422, 429, 504} and 422 in noisy_statuses
+
+
+def test_a_rejected_constraint_costs_little_the_second_time(hardened):
+    rng = random.Random(7)
+    body = _expensive(rng)
+    with hardened.client(headers=_auth(KEY_B)) as client:
+        started = time.perf_counter()
+        first = client.post("/generate", json=body)
+        first_s = time.perf_counter() - started
+        started = time.perf_counter()
+        again = client.post("/generate", json=body)
+        again_s = time.perf_counter() - started
+    assert first.status_code == again.status_code == 422
+    assert again.json()["error"]["type"] == "constraint_too_complex"
+    assert again_s < 0.1 and again_s < first_s / 10, (first_s, again_s)
+
+
+# ------------------------------------------------------------------------------------- 3. deadlines that mean it
+
+
+def test_deadlines_stop_the_work_and_do_not_block_others(start_server):
+    env = {"PCGEN_COMPILE_WORKERS": "1", "PCGEN_REQUEST_TIMEOUT_S": "1.5", "PCGEN_CACHE": "false"}
+    server = start_server("deadlines", **env)
+    assert (
+        httpx.post(server.url + "/generate", json=ORDINARY, timeout=30).status_code == 200
+    )  # first-use costs
+    rng = random.Random(3)
+    slow = [_slowest(rng) for _ in range(3)]  # each many seconds of compiling: far past the deadline
+    results: list[tuple[int, float]] = []
+
+    def send(body: dict) -> None:
+        started = time.perf_counter()
+        r = httpx.post(server.url + "/generate", json=body, timeout=30)
+        results.append((r.status_code, time.perf_counter() - started))
+
+    threads = [threading.Thread(target=send, args=(body,)) for body in slow]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert [status for status, _ in results] == [504, 504, 504], results
+    assert all(1.4 < seconds < 2.5 for _, seconds in results), results
+    started = (
+        time.perf_counter()
+    )  # an unrelated trivial request right after: the slow ones left nothing behind
+    assert (
+        httpx.post(server.url + "/generate", json=ORDINARY | {"max_new_tokens": 9}, timeout=30).status_code
+        == 200
+    )
+    assert time.perf_counter() - started < 1.5
+    workers = _children(server.proc.pid)
+    time.sleep(0.3)
+    before = sum(_cpu_s(pid) for pid in workers)
+    time.sleep(1.0)
+    assert sum(_cpu_s(pid) for pid in workers) - before < 0.1  # the abandoned compiles really stopped
+    text = server.metrics()
+    abandoned = sum(metric_value(text, "pcgen_abandoned_work_total", {"stage": s}) or 0
+                    for s in ("compile", "prepare", "admission"))  # fmt: skip
+    assert abandoned >= 1
+
+
+# --------------------------------------------------------------------------------------- 2. bounded memory
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_over_many_distinct_requests(start_server):
+    limits = {"PCGEN_DFA_CACHE_BYTES": str(2 * 2**20), "PCGEN_GUIDE_CACHE_BYTES": str(8 * 2**20),
+              "PCGEN_RESPONSE_CACHE_BYTES": str(2**20)}  # fmt: skip
+    server = start_server("memory", PCGEN_COMPILE_WORKERS="1", **limits)
+    rng = random.Random(0)
+    bodies = []
+    while len(bodies) < 2000:
+        words = rng.sample(WORDS, rng.randint(1, 3))
+        bodies.append({"prompt": rng.choice(["The", "A", "In the"]), "keywords": words,
+                       "max_new_tokens": 8 + len(bodies) % 5, "num_beams": 1 + len(bodies) % 2})  # fmt: skip
+
+    def run(chunk: list[dict]) -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            for body in chunk:
+                assert client.post("/generate", json=body).status_code in (200, 422)
+
+    def run_all(part: list[dict]) -> None:
+        threads = [threading.Thread(target=run, args=(part[i::4],)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(600)
+
+    run_all(bodies[:400])
+    warm = _rss_kb(server.proc.pid)
+    run_all(bodies[400:])
+    grown_mb = (_rss_kb(server.proc.pid) - warm) / 1024
+    bound_mb = (2 + 8 + 1) + 40  # the caches' bounds plus allocator slack
+    assert grown_mb < bound_mb, grown_mb
+    text = server.metrics()
+    for cache, limit in (("dfa", 2 * 2**20), ("guide", 8 * 2**20), ("response", 2**20)):
+        assert metric_value(text, "pcgen_cache_bytes", {"cache": cache}) <= limit
+
+
+# ------------------------------------------------------------------------------------------ 4. a hung Redis
+
+
+def test_a_hung_redis_adds_no_second(start_server, redis_server):
+    server = start_server("hung-redis", PCGEN_REDIS_URL=redis_server.url, PCGEN_RATE_LIMIT="1000/minute")
+    with server.client() as client:
+        assert client.post("/generate", json=ORDINARY).status_code == 200
+        idle = statistics.median(_timed(client, ORDINARY) for _ in range(3))
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)
+        try:
+            hung = [_timed(client, ORDINARY | {"max_new_tokens": 6 + i % 3}) for i in range(6)]
+            probes = [_timed_get(client, "/health/ready") for _ in range(5)]
+            assert max(hung[1:]) < idle + 0.5, (idle, hung)  # the first may wait one socket timeout
+            assert max(probes) < 0.05, probes
+            assert client.get("/health/ready").json()["redis"] == "down"
+        finally:
+            os.kill(redis_server.proc.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 5
+        while client.get("/health/ready").json()["redis"] != "ok" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert client.get("/health/ready").json()["redis"] == "ok"
+
+
+def _timed(client: httpx.Client, body: dict) -> float:
+    started = time.perf_counter()
+    assert client.post("/generate", json=body).status_code == 200
+    return time.perf_counter() - started
+
+
+def _timed_get(client: httpx.Client, path: str) -> float:
+    started = time.perf_counter()
+    client.get(path)
+    return time.perf_counter() - started
+
+
+# -------------------------------------------------------------------------------- 5. limits from the model
+
+
+def test_caps_follow_the_loaded_model(hardened):
+    with hardened.client(headers=_auth(KEY_B)) as client:
+        schema = client.get("/openapi.json").json()
+        props = schema["components"]["schemas"]["GenerateRequest"]["properties"]
+        advertised = [
+            b.get("maximum") for b in props["max_new_tokens"].get("anyOf", [props["max_new_tokens"]])
+        ]
+        assert 127 in advertised  # the tiny LM's context is 128 tokens; the setting asked for 500
+        card = client.get("/v1/models").json()["data"][0]
+        assert card["max_model_len"] == 128 and card["max_new_tokens"] == 127
+        r = client.post("/generate", json={"keywords": ["dog"], "max_new_tokens": 128})
+        assert r.status_code == 422 and r.json()["error"]["path"] == "body.max_new_tokens"
+
+
+# ------------------------------------------------------------------------------------ 6. the smaller defects
+
+
+def test_refused_bodies_are_counted_under_their_route(hardened):
+    headers = _auth(KEY_B) | {"content-type": "application/json"}
+    text = hardened.metrics(_auth(KEY_B))
+    before = metric_value(text, "pcgen_rejected_requests_total", {"reason": "too_large"}) or 0
+    big = b'{"prompt": "' + b"a" * 1_100_000 + b'"}'
+    with hardened.client() as client:
+        assert client.post("/generate", content=big, headers=headers).status_code == 413
+
+        def chunks():
+            yield b'{"prompt": "'
+            for _ in range(20):
+                yield b"a" * 60_000
+            yield b'"}'
+
+        assert client.post("/generate", content=chunks(), headers=headers).status_code == 413
+    text = hardened.metrics(_auth(KEY_B))
+    assert metric_value(text, "pcgen_rejected_requests_total", {"reason": "too_large"}) == before + 2
+    assert metric_value(text, "pcgen_requests_total", {"route": "/generate", "status": "413"}) >= 2
+    assert metric_value(text, "pcgen_requests_total", {"route": "unmatched", "status": "413"}) in (None, 0)
+
+
+def test_constraint_errors_found_while_parsing_are_counted(hardened):
+    count = lambda: metric_value(hardened.metrics(_auth(KEY_B)), "pcgen_constraint_errors_total",  # noqa: E731
+                                 {"type": "invalid_constraint"}) or 0  # fmt: skip
+    before = count()
+    with hardened.client(headers=_auth(KEY_B)) as client:
+        bad = [{"keywords": [""]}, {"constraint": {"word_at": 0, "word": "x"}}, {"constraint": {"colour": 1}},
+               {"keywords": ["do\u200dg"]}, {"constraint": {"word_count": {"min": 5, "max": 1}}}]  # fmt: skip
+        for body in bad:
+            assert client.post("/generate", json=body).status_code == 422
+    assert count() == before + len(bad)
+
+
+def test_booleans_are_strict_and_limits_name_their_field(hardened):
+    with hardened.client(headers=_auth(KEY_B)) as client:
+        for field in ("do_sample", "stream"):
+            r = client.post("/generate", json=ORDINARY | {field: "yes"})
+            assert r.status_code == 422 and r.json()["error"]["path"] == f"body.{field}"
+        deep = (
+            b'{"constraint": ' + b'{"not": ' * 1000 + b'"dog"' + b"}" * 1000 + b"}"
+        )  # past json.dumps' recursion
+        r = client.post("/generate", content=deep, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["error"]["path"] == "body.constraint", r.text
+        assert "nested" in r.json()["error"]["message"]
+        raw = b'{"keywords": ["dog"], "max_new_tokens": ' + b"9" * 5000 + b"}"
+        r = client.post("/generate", content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["error"]["path"] == "body.max_new_tokens", r.text
+
+
+def test_a_body_that_does_not_arrive_times_out(hardened):
+    with socket.create_connection(("127.0.0.1", hardened.port)) as sock:
+        sock.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Authorization: Bearer " + KEY_B.encode() + b"\r\nContent-Length: 100\r\n\r\n{\"pro")  # fmt: skip
+        sock.settimeout(5)
+        started = time.perf_counter()
+        reply = sock.recv(4096)
+    assert b" 408 " in reply.split(b"\r\n")[0] and time.perf_counter() - started < 3
+
+
+def test_public_readiness_shows_only_the_status(hardened):
+    public = httpx.get(hardened.url + "/health/ready", timeout=10).json()
+    assert public == {"status": "ready"}
+    detailed = httpx.get(hardened.url + "/health/ready", headers=_auth(KEY_B), timeout=10).json()
+    assert detailed["status"] == "ready" and "model" in detailed and "redis" in detailed
+
+
+def test_a_stream_that_times_out_is_counted_as_504(start_server):
+    server = start_server("stream-timeout", PCGEN_REQUEST_TIMEOUT_S="0.5", PCGEN_CACHE="false",
+                          PCGEN_MAX_NEW_TOKENS="120")  # fmt: skip
+    body = {"prompt": "The", "keywords": ["dog"], "max_new_tokens": 120, "min_new_tokens": 120, "num_beams": 8,
+            "stream": True}  # fmt: skip
+    with httpx.stream("POST", server.url + "/generate", json=body, timeout=30) as r:
+        text = "".join(r.iter_text())
+    assert r.status_code == 200 and "event: error" in text and "timeout" in text
+    time.sleep(0.2)
+    assert (
+        metric_value(server.metrics(), "pcgen_requests_total", {"route": "/generate", "status": "504"}) >= 1
+    )
+
+
+def test_server_faults_are_5xx_with_the_request_id():
+    import asyncio
+
+    from pc_core.errors import TokenizerMismatch
+    from service.app import create_app
+    from service.errors import classify
+    from service.settings import Settings
+
+    app = create_app(Settings(hmm="unused", warmup=False), load=False)
+    runtime = app.state.runtime
+
+    class Broken:
+        queue_depth = active = 0
+
+        async def submit(self, *args, **kwargs):
+            raise classify(TokenizerMismatch("the HMM was distilled for another tokenizer"))
+
+        def stop(self) -> None:
+            pass
+
+    async def run():
+        await runtime.start(load=False)
+        runtime.engine, runtime.warmup = Broken(), "ok"
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            r = await client.post("/generate", json=ORDINARY, headers={"X-Request-ID": "req-42"})
+        await runtime.stop()
+        return r
+
+    r = asyncio.run(run())
+    assert r.status_code == 500 and r.json()["error"]["type"] == "model_mismatch"
+    assert r.json()["error"]["request_id"] == "req-42" and "path" not in r.json()["error"]
+    assert json.dumps(r.json()).find("another tokenizer") == -1  # details stay in the server log
