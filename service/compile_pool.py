@@ -48,7 +48,10 @@ def _compile(constraint: Any, max_states: int, time_budget_s: float, blocklist_m
     return compile_constraint(constraint, _TOKENIZER, max_states, time_budget_s, blocklist_mask)
 
 
-QUICK_BUDGET_S = 0.05  # an ordinary constraint compiles in a few milliseconds: no need for a worker
+QUICK_BUDGET_S = 0.05
+SLOW_COMPILE_S = 0.5
+SLOW_CLIENT_S = 10.0
+MAX_SLOW_CLIENTS = 10_000  # an ordinary constraint compiles in a few milliseconds: no need for a worker
 
 
 class CompileBacklogFull(PcgenError):
@@ -63,6 +66,7 @@ class _Task:
     deadline: float | None
     future: Future = field(default_factory=Future)  # this process's view of the result
     capped: bool = False  # its time budget was cut to the request's deadline
+    started: float = 0.0  # time.monotonic() when a worker took it
 
 
 class CompilePool:
@@ -78,6 +82,9 @@ class CompilePool:
         self._lock = threading.Lock()
         self._queues: OrderedDict[str, deque[_Task]] = OrderedDict()  # round-robin order of waiting clients
         self._running: dict[str, int] = {}
+        self._slow: OrderedDict[str, float] = (
+            OrderedDict()
+        )  # client -> when a constraint of its needed a worker
         self.abandoned = 0  # compiles dropped or stopped because their request's deadline passed
 
     def _abandon(self) -> None:
@@ -151,6 +158,21 @@ class CompilePool:
                 f"{waiting} constraints of this client are already waiting to compile; retry later"
             )
 
+    def quick_for(self, client: str) -> bool:
+        """Whether `client`'s next constraint gets the quick attempt: not within SLOW_CLIENT_S of a constraint
+        of its that a worker took over SLOW_COMPILE_S on or rejected (a client sending slow constraints would
+        otherwise spend the quick budget of this process's GIL on every one of them)."""
+        with self._lock:
+            slow = self._slow.get(client)
+        return slow is None or time.monotonic() - slow > SLOW_CLIENT_S
+
+    def _note_slow(self, client: str) -> None:
+        with self._lock:
+            self._slow.pop(client, None)
+            self._slow[client] = time.monotonic()
+            while len(self._slow) > MAX_SLOW_CLIENTS:
+                self._slow.popitem(last=False)
+
     def try_quick(self, constraint: Any, tokenizer: Any, max_states: int, blocklist_mask: bool = True) -> Any:
         """Compile in the calling thread within QUICK_BUDGET_S: the DFA, or None when it needs longer (then it
         goes to a worker). Ordinary constraints take this path, so they never wait for a worker that another
@@ -207,6 +229,7 @@ class CompilePool:
             budget, task.capped = max(0.01, task.deadline - time.perf_counter()), True
         log.debug("compile for %s starts (budget %.2f s)", task.client, budget)
         self._running[task.client] = self._running.get(task.client, 0) + 1
+        task.started = time.monotonic()
         try:
             remote = self._executor.submit(_compile, constraint, max_states, budget, mask)
         except BrokenProcessPool:
@@ -217,6 +240,8 @@ class CompilePool:
 
     def _finished(self, task: _Task, remote: Future) -> None:
         error = remote.exception()
+        if isinstance(error, ConstraintTooComplex) or time.monotonic() - task.started > SLOW_COMPILE_S:
+            self._note_slow(task.client)
         log.debug("compile for %s finished: %s", task.client, type(error).__name__ if error else "ok")
         if error is None:
             COMPILED.put(task.key, remote.result())

@@ -241,7 +241,8 @@ class Engine:
             # what prepare will compile: the constraint with the suffix, stop strings and token bans
             check_token_ids(params, len(self.tokenizer))
             constraint = guided_constraint(job.spec.constraint, params)
-            if not pool.cached(constraint, self.tokenizer, params.max_states, params.time_budget_s):
+            known = pool.cached(constraint, self.tokenizer, params.max_states, params.time_budget_s)
+            if not known and pool.quick_for(job.client):
                 pool.check_room(job.client)
                 quick = await loop.run_in_executor(self._pool, pool.try_quick, constraint,
                                                    self.tokenizer, params.max_states)  # fmt: skip

@@ -5,6 +5,8 @@ its name. Without this, both were a 400 that named nothing."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import math
 import re
@@ -15,7 +17,17 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
+from pc_core.cache import LRUCache
+from service.errors import ServiceError
+
 MAX_DEPTH = 64
+# refusals that cost a compile to find (constraint_too_complex, unsatisfiable_constraint) are the same for the
+# same body: a repeat is answered from here, before parsing and validating it again
+MEMO_TYPES = frozenset({"constraint_too_complex", "unsatisfiable_constraint"})
+REFUSED: LRUCache[ServiceError] = LRUCache("refused", 2**20, lambda err: 256 + len(err.message))
+# and answered after this pause (a tarpit): a client that loops a refused request, never backing off, then
+# sends a few a second instead of hundreds, each of which would take the GIL from the decoding of others
+REPEAT_REFUSAL_DELAY_S = 0.05
 MAX_INT_DIGITS = 64
 _TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)
 
@@ -64,12 +76,34 @@ class _BodyRequest(Request):
 
 
 class JSONRoute(APIRoute):
-    """An APIRoute whose request bodies go through `parse`."""
+    """An APIRoute whose request bodies go through `parse`, and whose costly refusals are remembered by body:
+    a client looping a rejected 5 KB constraint costs a hash per request, not a parse (and the decoding of
+    other clients' requests keeps the GIL)."""
 
     def get_route_handler(self) -> Callable:
         handler = super().get_route_handler()
 
         async def route(request: Request) -> Response:
-            return await handler(_BodyRequest(request.scope, request.receive))
+            body_request = _BodyRequest(request.scope, request.receive)
+            key = (request.url.path, hashlib.blake2b(await body_request.body(), digest_size=16).digest())
+            known = REFUSED.get(key)
+            if known is not None:
+                runtime = getattr(request.app.state, "runtime", None)
+                if runtime is not None:
+                    runtime.metrics.constraint_errors.labels(known.error_type).inc()
+                await asyncio.sleep(REPEAT_REFUSAL_DELAY_S)
+                raise _copy(known)
+            try:
+                return await handler(body_request)
+            except ServiceError as err:
+                if err.error_type in MEMO_TYPES and err.status == 422:
+                    REFUSED.put(key, _copy(err))
+                raise
 
         return route
+
+
+def _copy(err: ServiceError) -> ServiceError:
+    """The refusal without its traceback (and request id): what the memo keeps and what a repeat raises."""
+    return ServiceError(err.message, path=err.path, error_type=err.error_type, status=err.status,
+                        headers=dict(err.headers))  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,7 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 WARMUP_CONSTRAINT = {"keywords": ["the"]}
+SWITCH_INTERVAL_S = 0.0002  # see start()
 
 
 class Runtime:
@@ -68,6 +70,10 @@ class Runtime:
 
     async def start(self, load: bool = True) -> None:
         s = self.settings
+        # The decode loop releases the GIL in every torch op and must win it back each time; at Python's
+        # default 5 ms interval, a thread busy with other requests' JSON makes it wait up to 5 ms per op
+        # (a flood of cheap requests made an ordinary one 60x slower). docs/benchmarks.md, "noisy neighbours".
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         if s.redis_url:
             import redis.asyncio as aioredis
             from redis.asyncio.retry import Retry
@@ -203,7 +209,12 @@ class Runtime:
 
         COMPILED.resize(self.settings.dfa_cache_bytes)
         TABLES.resize(self.settings.guide_cache_bytes)
-        for name, cache in (("dfa", COMPILED), ("guide", TABLES), ("vocab", vocab.TABLES)):
+        from pc_core.constraints.spec import PARSED
+        from service.json_body import REFUSED
+
+        caches = (("dfa", COMPILED), ("guide", TABLES), ("vocab", vocab.TABLES), ("parsed", PARSED),
+                  ("refused", REFUSED))  # fmt: skip
+        for name, cache in caches:
             self.metrics.caches.watch(name, cache)
 
     def _fatal(self, error: str) -> None:

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from pc_core.cache import LRUCache
 from pc_core.constraints.words import CASE_MODES, PARTS_OF_SPEECH, bad_keyword_char, split_words
 from pc_core.errors import ConstraintError
 
@@ -156,11 +157,25 @@ NODE_TYPES = (Keyword, All, AnyOf, Not, Ordered, WordAt, WordCount, Tokens, Ends
 _KEYWORD_OPTIONS = {"inflections", "case", "case_sensitive", "variants", "pos"}
 
 
+PARSED: LRUCache[tuple[Constraint, int]] = LRUCache("parsed", 16 * 2**20, lambda entry: entry[1])
+"""Parsed constraints by their JSON text: a client repeating a large constraint (hundreds of keywords, which
+the server then rejects from its cache) costs a JSON dump, not a parse."""
+
+
 def parse_constraint(spec: Any, path: str = "constraint") -> Constraint:
     """Parse a JSON-compatible spec (or an already parsed node) into a `Constraint`."""
     if isinstance(spec, NODE_TYPES):
         return spec
-    return _parse(spec, path, depth=0)
+    try:
+        key = json.dumps(spec, sort_keys=True, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):  # not JSON, or too deep: parse; errors name the part
+        return _parse(spec, path, depth=0)
+    hit = PARSED.get(key)
+    if hit is not None:
+        return hit[0]
+    node = _parse(spec, path, depth=0)
+    PARSED.put(key, (node, 8 * len(key)))  # the node's objects: a few times its text
+    return node
 
 
 def with_affixes(

@@ -13,6 +13,7 @@ Errors found before decoding starts (validation, constraint, queue full) are pla
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
@@ -37,7 +38,9 @@ ERRORS = {
 }
 
 
-def response_body(result: Result, request_id: str, model: str, keywords: list[dict], full_text: bool) -> dict:
+def response_body(result: Result, request_id: str, model: str, constraint: Any, full_text: bool) -> dict:
+    """The JSON answer. The keywords' accepted forms are listed only here, for an answer: a request that is
+    refused (a flood of rejected constraints) must not pay for expanding hundreds of keywords."""
     outputs = result.outputs
     if not full_text:
         outputs = [{k: v for k, v in out.items() if k != "full_text"} for out in outputs]
@@ -49,7 +52,7 @@ def response_body(result: Result, request_id: str, model: str, keywords: list[di
         "timings": result.timings,
         "dfa_states": result.dfa_states,
         "cached": result.cached,
-        "keywords": keywords,
+        "keywords": expanded_forms(constraint, KEYWORD_FORMS_SHOWN),
     }
 
 
@@ -65,25 +68,24 @@ async def post_generate(body: GenerateRequest, request: Request, runtime: Runtim
     spec = serving.generation_of(body, runtime)
     request_id = request.state.request_id
     model = runtime.settings.served_model
-    keywords = expanded_forms(spec.constraint, KEYWORD_FORMS_SHOWN)
     if body.stream:
         stream = await Stream.open(runtime, request, spec)
         return StreamingResponse(
-            _events(stream, request_id, model, keywords, body.return_full_text),
+            _events(stream, request_id, model, spec.constraint, body.return_full_text),
             media_type="text/event-stream",
             headers=SSE_HEADERS,
         )
     result = await serving.answer(runtime, request, spec)
-    return response_body(result, request_id, model, keywords, body.return_full_text)
+    return response_body(result, request_id, model, spec.constraint, body.return_full_text)
 
 
 async def _events(
-    stream: Stream, request_id: str, model: str, keywords: list[dict], full_text: bool
+    stream: Stream, request_id: str, model: str, constraint: Any, full_text: bool
 ) -> AsyncIterator[str]:
     async for kind, item in stream.events():
         if kind == "token":
             yield sse({"index": item.index, "text": item.text, "token_ids": item.token_ids}, "token")
         elif kind == "result":
-            yield sse(response_body(item, request_id, model, keywords, full_text), "result")
+            yield sse(response_body(item, request_id, model, constraint, full_text), "result")
         else:
             yield sse(item.body(), "error")
