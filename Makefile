@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup test lint demo bench clean compose-test
 
 setup: $(STAMP)
 
@@ -21,8 +21,17 @@ lint: setup
 	$(BIN)/ruff check --output-format concise .
 	$(BIN)/ruff format --check .
 
+# The suite runs on every core (pytest-xdist): a test file's tests stay on one worker, so its module fixtures
+# (servers) start once; models built for the tests are shared by the workers (tests/conftest.py).
+TEST_WORKERS ?= auto
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+# docker-compose.yml for real with podman (root; .ci/run's packages): local base + images, the stack, teardown.
+# Part of `make test` too; here a machine that cannot run podman fails instead of skipping.
+compose-test: setup
+	PCGEN_COMPOSE_TEST_REQUIRED=1 $(BIN)/python -m pytest -p no:cacheprovider -n 0 -rs -s \
+		tests/docker/test_compose_podman.py
 
 demo: setup
 	$(BIN)/pcgen demo

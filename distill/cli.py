@@ -1,4 +1,4 @@
-"""`pcgen distill {sample,lvd,train,run}`. Only argparse here: each command imports its stage lazily.
+"""`pcgen distill {sample,embed,lvd,train,run}`. Only argparse here: each command imports its stage lazily.
 
 Every setting is a flag named after the field of the stage's config dataclass (same defaults), so the
 flags, the YAML/TOML keys of `run --config` and the Python API stay one list.
@@ -58,6 +58,7 @@ def _stage_command(module: str, config: str, runner: str) -> Callable[[argparse.
 
 
 cmd_sample = _stage_command("distill.sample", "SampleConfig", "run_sample")
+cmd_embed = _stage_command("distill.embed", "EmbedConfig", "run_embed")
 cmd_lvd = _stage_command("distill.lvd", "LVDConfig", "run_lvd")
 cmd_train = _stage_command("distill.em", "TrainConfig", "run_train")
 
@@ -109,7 +110,37 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=list(DTYPES),
         help="LM weights; auto: bf16/fp16 on GPU, fp32 on CPU",
     )
+    g = p.add_argument_group("sampling through OpenAI-compatible servers (vLLM, SGLang, TGI, pcgen serve)")
+    g.add_argument(
+        "--server",
+        default=None,
+        metavar="URL[,URL...]",
+        help="sample through these /v1/completions servers; --lm then only gives the tokenizer",
+    )
+    g.add_argument(
+        "--api-key", default=None, help="bearer token (default: $PCGEN_DISTILL_API_KEY, $OPENAI_API_KEY)"
+    )
+    g.add_argument("--model", default=None, help="served model name (default: the first in /v1/models)")
+    g.add_argument("--concurrency", type=int, default=8, help="requests in flight over all servers")
+    g.add_argument("--max-retries", type=int, default=8, help="failures of one request before giving up")
+    g.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request")
     p.set_defaults(func=cmd_sample)
+
+    p = stages.add_parser(
+        "embed", help="hidden states for LVD by batched forward passes over samples (e.g. server-sampled)"
+    )
+    p.add_argument("--lm", required=True, help="the causal LM the samples came from (hub id or directory)")
+    p.add_argument("--data", required=True, help="sample directory; hidden states are added to it")
+    p.add_argument(
+        "--num-sequences", type=int, default=0, help="the first K sequences get hidden states; 0 = all"
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="sequences per forward pass")
+    p.add_argument(
+        "--embedding-layer", type=int, default=-1, help="hidden_states index: 0 = embeddings, -1 = last layer"
+    )
+    p.add_argument("--device", default="auto", help="auto (this rank's GPU if any, else CPU), cpu, cuda:N")
+    p.add_argument("--dtype", default="auto", choices=list(DTYPES), help="auto: bf16 on GPU, fp32 on CPU")
+    p.set_defaults(func=cmd_embed)
 
     p = stages.add_parser("lvd", help="k-means of hidden states -> closed-form initial HMM")
     p.add_argument("--data", required=True, help="data directory sampled with --save-embeddings")
@@ -120,6 +151,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kmeans-points", type=int, default=1_000_000, help="vectors the centroids are fitted on")
     p.add_argument("--kmeans-init", default="kmeans++", choices=["kmeans++", "random"])
     p.add_argument("--kmeans-tol", type=float, default=1e-4, help="stop below this relative inertia gain")
+    p.add_argument(
+        "--kmeans-backend",
+        default="auto",
+        choices=["auto", "torch", "faiss"],
+        help="auto: faiss when installed (pip install 'pcgen[faiss]'), else torch",
+    )
     p.add_argument("--chunk-size", type=int, default=65536, help="vectors per distance block (bounds memory)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")

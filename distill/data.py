@@ -111,6 +111,10 @@ def merge_manifest(directory: Path, header: dict, final: bool = False) -> dict:
     directory = Path(directory)
     entries = finished_shards(directory)
     manifest = dict(header)
+    if header.get("embedding_dim") is None and (directory / MANIFEST).exists():
+        old = read_manifest(directory)  # hidden states added later by `pcgen distill embed` stay listed
+        if old.get("embed"):
+            manifest["embedding_dim"], manifest["embed"] = old["embedding_dim"], old["embed"]
     manifest["shards"] = [entries[i] for i in sorted(entries)]
     manifest["complete"] = len(entries) == header["num_shards"]
     atomic_write_json(directory / MANIFEST, manifest)

@@ -6,10 +6,11 @@ H-1 instead, so that state is absorbing and emits EOS: after the first EOS every
 as in the padded samples. With (x, z) observed the maximum-likelihood HMM is closed-form: count initial
 states, transitions and emissions, add a pseudocount (every entry stays > 0), normalise rows.
 
-k-means is a plain torch implementation (k-means++ or random init from a seeded CPU generator, Lloyd
-iterations) that runs on the GPU when present. Distances are computed block by block ((chunk, k) at a
-time), and the centroids are fitted on at most `kmeans_points` vectors; every position is then assigned
-block by block, so memory stays bounded by the fit set plus one block.
+k-means (distill/kmeans.py) is faiss's where faiss is installed (`pip install 'pcgen[faiss]'`), else a
+plain torch implementation (k-means++ or random init from a seeded CPU generator, Lloyd iterations) that
+runs on the GPU when present; `kmeans_backend` picks one. The centroids are fitted on at most
+`kmeans_points` vectors; every position is then assigned block by block ((chunk, k) distances at a time),
+so memory stays bounded by the fit set plus one block.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import torch
 from distill import data
 from distill.em import Counts
 from distill.errors import DistillError
+from distill.kmeans import fit as fit_kmeans
+from distill.kmeans import nearest, resolve_backend
 from pc_core.hmm import HMM
 from pc_core.lm import resolve_device
 
@@ -41,7 +44,8 @@ class LVDConfig:
     kmeans_iters: int = 30
     kmeans_points: int = 1_000_000  # vectors the centroids are fitted on (a seeded subsample)
     kmeans_init: str = "kmeans++"  # or "random"
-    kmeans_tol: float = 1e-4  # stop when the relative inertia improvement falls below this
+    kmeans_tol: float = 1e-4  # stop when the relative inertia improvement falls below this (torch)
+    kmeans_backend: str = "auto"  # faiss when installed, else torch (distill/kmeans.py)
     chunk_size: int = 65536  # vectors per distance block
     seed: int = 0
     device: str = "auto"
@@ -59,86 +63,7 @@ class LVDConfig:
             )
         if self.kmeans_points < 1 or self.chunk_size < 1 or self.kmeans_iters < 0:
             raise DistillError("kmeans_points and chunk_size must be >= 1, kmeans_iters >= 0")
-
-
-# ---------------------------------------------------------------------------------------------- k-means
-
-
-def _sq_dist_to(points: torch.Tensor, sq_norms: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """(M,) squared distances of every point to one centroid c (D,), without an (M, D) temporary."""
-    return (sq_norms - 2 * (points @ c) + c @ c).clamp_min(0)
-
-
-def _nearest(points: torch.Tensor, centroids: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest centroid (M,) and squared distance (M,), (chunk, k) distances at a time."""
-    c_sq = (centroids * centroids).sum(1)  # (k,)
-    labels, dists = [], []
-    for start in range(0, points.shape[0], chunk):
-        x = points[start : start + chunk]  # (n, D)
-        d = c_sq[None, :] - 2 * (x @ centroids.T)  # (n, k): ||x - c||^2 - ||x||^2
-        best, lab = d.min(1)
-        labels.append(lab)
-        dists.append((best + (x * x).sum(1)).clamp_min(0))
-    return torch.cat(labels), torch.cat(dists)
-
-
-def _draw(weights: torch.Tensor, gen: torch.Generator) -> int:
-    """Index drawn with probability proportional to weights (M,); the random number comes from a CPU
-    generator so the draw does not depend on the device."""
-    cdf = weights.double().cumsum(0)
-    u = torch.rand((), generator=gen, dtype=torch.float64).item() * float(cdf[-1])
-    return min(
-        int(torch.searchsorted(cdf, torch.tensor([u], dtype=cdf.dtype, device=cdf.device), right=True)),
-        len(cdf) - 1,
-    )
-
-
-def kmeans(
-    points: torch.Tensor,
-    k: int,
-    iters: int = 30,
-    seed: int = 0,
-    init: str = "kmeans++",
-    chunk: int = 65536,
-    tol: float = 1e-4,
-) -> tuple[torch.Tensor, float]:
-    """Lloyd's k-means on points (M, D) float32. Returns centroids (k, D) and the final inertia."""
-    m = points.shape[0]
-    if k > m:
-        raise DistillError(
-            f"cannot make {k} clusters from {m} vectors; store more embeddings (--save-embeddings)"
-        )
-    gen = torch.Generator().manual_seed(seed)
-    if init == "random":
-        centroids = points[torch.randperm(m, generator=gen)[:k].to(points.device)].clone()
-    else:  # k-means++: each new centroid drawn with probability ~ squared distance to the nearest so far
-        sq_norms = (points * points).sum(1)  # (M,)
-        centroids = torch.empty((k, points.shape[1]), device=points.device, dtype=points.dtype)
-        centroids[0] = points[int(torch.randint(m, (), generator=gen))]
-        d2 = _sq_dist_to(points, sq_norms, centroids[0])  # (M,)
-        for j in range(1, k):
-            idx = _draw(d2, gen) if float(d2.sum()) > 0 else int(torch.randint(m, (), generator=gen))
-            centroids[j] = points[idx]
-            d2 = torch.minimum(d2, _sq_dist_to(points, sq_norms, centroids[j]))
-    inertia = float("inf")
-    for it in range(iters):
-        labels, dists = _nearest(points, centroids, chunk)
-        new_inertia = float(dists.double().sum())
-        counts = torch.bincount(labels, minlength=k)  # (k,)
-        sums = torch.zeros_like(centroids, dtype=torch.float64).index_add_(0, labels, points.double())
-        centroids = (sums / counts.clamp_min(1)[:, None]).to(points.dtype)
-        empty = (counts == 0).nonzero().flatten()
-        if len(empty):  # re-seed empty clusters at the points worst served so far
-            far = dists.topk(len(empty)).indices
-            centroids[empty] = points[far]
-        log.info(
-            "k-means iteration %d: inertia %.6g, %d empty clusters re-seeded", it + 1, new_inertia, len(empty)
-        )
-        improved = (inertia - new_inertia) / max(abs(new_inertia), 1e-30)
-        inertia = new_inertia
-        if len(empty) == 0 and 0 <= improved < tol:
-            break
-    return centroids, inertia
+        resolve_backend(self.kmeans_backend)
 
 
 # ---------------------------------------------------------------------------------------------- the stage
@@ -168,6 +93,7 @@ def run_lvd(cfg: LVDConfig) -> HMM:
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device", "chunk_size")}
+    settings["kmeans_backend"] = resolve_backend(cfg.kmeans_backend)  # what "auto" meant on this machine
     settings["data"] = str(Path(cfg.data).resolve())  # the same directory however it is spelled
     if (out / "config.json").exists():
         done = json.loads((out / "config.json").read_text()).get("metadata", {}).get("lvd")
@@ -191,8 +117,15 @@ def run_lvd(cfg: LVDConfig) -> HMM:
         h - 1,
         device,
     )
-    centroids, inertia = kmeans(
-        fit, h - 1, cfg.kmeans_iters, cfg.seed, cfg.kmeans_init, cfg.chunk_size, cfg.kmeans_tol
+    centroids, inertia, backend = fit_kmeans(
+        fit,
+        h - 1,
+        cfg.kmeans_backend,
+        cfg.kmeans_iters,
+        cfg.seed,
+        cfg.kmeans_init,
+        cfg.chunk_size,
+        cfg.kmeans_tol,
     )
     del fit
 
@@ -201,7 +134,7 @@ def run_lvd(cfg: LVDConfig) -> HMM:
     for tokens_np, vectors in emb.chunks(rows):
         tokens = torch.from_numpy(tokens_np.astype(np.int64)).to(device)  # (n, T)
         flat = torch.from_numpy(vectors).to(device).float().flatten(0, 1)  # (n*T, D)
-        labels, _ = _nearest(flat, centroids, cfg.chunk_size)
+        labels, _ = nearest(flat, centroids, cfg.chunk_size)
         states = torch.where(tokens == eos, h - 1, labels.view(tokens.shape))  # EOS positions: end state
         counts.add_observed(tokens, states)
     # the end state is absorbing and emits EOS even if no sample ended early
@@ -214,6 +147,7 @@ def run_lvd(cfg: LVDConfig) -> HMM:
         "tokenizer_fingerprint": manifest.get("tokenizer_fingerprint"),
         "end_state": h - 1,
         "kmeans_inertia": inertia,
+        "kmeans_backend": backend,
         "lvd": settings,
     }
     hmm = counts.to_hmm(cfg.pseudocount, eos, metadata)

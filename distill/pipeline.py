@@ -9,6 +9,15 @@
     em_sample: {num_sequences: 8000000, seq_len: 32, batch_size: 256}   # optional: EM on fresh samples
     train:     {steps: 40, chunk_size: 1000000, batch_size: 1024}
 
+With a `server:` section, sampling goes through OpenAI-compatible servers and an embed stage computes the
+hidden states LVD needs with the local LM (sample (server) -> embed -> lvd -> em_sample (server) -> train):
+
+    server: {url: "http://gpu-a:8000,http://gpu-b:8000", model: gpt2-large, concurrency: 64}
+    embed:  {batch_size: 256}     # optional: EmbedConfig fields; default: every LVD sample, last layer
+
+`url` is a comma-separated string or a list; the other keys are SampleConfig's server fields (api_key, model,
+concurrency, max_retries, request_timeout). `sample` then must not set save_embeddings.
+
 Section keys are the fields of SampleConfig / LVDConfig / TrainConfig (the CLI flags with '_'); a section
 may set its own `out` and `seed` (em_sample defaults to seed + 1, so its samples are fresh). Relative paths (out, prompts, heldout_data) are relative to the config file.
 Every stage is resumable, and finished ones are skipped: rerunning the same file after a kill continues
@@ -33,7 +42,8 @@ def _say(ctx: dist.Context, *args: object) -> None:
         log.info(*args)
 
 
-TOP = {"lm", "out", "seed", "device", "sample", "lvd", "em_sample", "train"}
+TOP = {"lm", "out", "seed", "device", "server", "sample", "embed", "lvd", "em_sample", "train"}
+SERVER_KEYS = {"url", "api_key", "model", "concurrency", "max_retries", "request_timeout"}
 
 
 def load_config(path: str | Path) -> dict:
@@ -63,7 +73,23 @@ def load_config(path: str | Path) -> dict:
     for key in ("sample", "lvd", "train"):
         if not isinstance(config.get(key), dict):
             raise DistillError(f"{path}: missing section {key!r}")
+    server = config.get("server")
+    if server is not None and (
+        not isinstance(server, dict) or "url" not in server or set(server) - SERVER_KEYS
+    ):
+        raise DistillError(
+            f"{path}: server: a mapping with `url` and optionally {sorted(SERVER_KEYS - {'url'})}"
+        )
     return config
+
+
+def _server_fields(config: dict) -> dict:
+    """The `server:` section as SampleConfig fields (url -> server, a list joined with commas)."""
+    section = dict(config.get("server") or {})
+    if not section:
+        return {}
+    url = section.pop("url")
+    return {"server": ",".join(url) if isinstance(url, list) else str(url), **section}
 
 
 def _section(cls: type, values: dict, where: str, **fixed: object) -> object:
@@ -100,7 +126,7 @@ def run_pipeline(config_path: str | Path) -> Path:
         section["out"] = rel(section.get("out", root / default_dir))
         if section.get("prompts"):
             section["prompts"] = rel(section["prompts"])
-        fixed = dict(common, lm=config["lm"])
+        fixed = dict(common, lm=config["lm"], **_server_fields(config))
         if name == "em_sample":  # fresh samples: other shard seeds than the LVD samples unless set
             fixed["seed"] = common["seed"] + 1
         cfg = _section(SampleConfig, section, f"{config_path}: {name}", **fixed)
@@ -110,6 +136,9 @@ def run_pipeline(config_path: str | Path) -> Path:
         else:
             _say(ctx, "stage %s -> %s", name, cfg.out)
             run_sample(cfg)
+
+    if config.get("server") or config.get("embed"):
+        _embed(config, config_path, samples["sample"], common)
 
     section = dict(config["lvd"])
     section["out"] = rel(section.get("out", root / "lvd"))
@@ -134,6 +163,16 @@ def run_pipeline(config_path: str | Path) -> Path:
         _say(ctx, "stage train -> %s", out)
         run_train(train_cfg)
     return out
+
+
+def _embed(config: dict, config_path: Path, samples: Path, common: dict) -> None:
+    """Hidden states for LVD over the LVD samples (run_embed skips the shards it finished before)."""
+    from distill.embed import EmbedConfig, run_embed
+
+    fixed = dict(lm=config["lm"], data=str(samples), device=common["device"])
+    cfg = _section(EmbedConfig, dict(config.get("embed") or {}), f"{config_path}: embed", **fixed)
+    _say(dist.init(common["device"]), "stage embed -> %s", samples)
+    run_embed(cfg)
 
 
 def _sample_finished(cfg: object, data: object) -> bool:

@@ -47,6 +47,13 @@ class SampleConfig:
     embedding_layer: int = -1  # index into the model's hidden_states: 0 = embeddings, -1 = last layer
     device: str = "auto"
     dtype: str = "auto"  # a name in pc_core.lm.DTYPES; auto: bf16 on CUDA (else fp16), float32 on CPU
+    # sampling through OpenAI-compatible servers instead of the local LM (distill/sample_server.py)
+    server: str | None = None  # comma-separated base URLs; the local --lm then only gives the tokenizer
+    api_key: str | None = None  # else $PCGEN_DISTILL_API_KEY or $OPENAI_API_KEY; never recorded
+    model: str | None = None  # the served model name; default: the first of the first server's /v1/models
+    concurrency: int = 8  # requests in flight over all servers
+    max_retries: int = 8  # failed attempts of one request (429, 5xx, dropped connection) before giving up
+    request_timeout: float = 600.0  # seconds per request
 
     def validate(self) -> None:
         for name in ("num_sequences", "seq_len", "batch_size", "shard_size"):
@@ -56,10 +63,14 @@ class SampleConfig:
             raise DistillError(f"save_embeddings must be >= 0, got {self.save_embeddings}")
         if self.dtype not in DTYPES:
             raise DistillError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.server:
+            from distill.sample_server import check_settings
+
+            check_settings(self)
 
 
-# settings that change the samples: a resume must use the same ones
-IDENTITY = ("seed", "prompts_sha256", "save_embeddings", "embedding_layer")
+# settings that change the samples: a resume must use the same ones (the servers may change: a fleet does)
+IDENTITY = ("seed", "prompts_sha256", "save_embeddings", "embedding_layer", "source", "model", "sampling")
 
 
 def read_prompts(path: str, tokenizer: object) -> list[list[int]]:
@@ -189,6 +200,8 @@ def run_sample(cfg: SampleConfig) -> dict:
     from tqdm import tqdm
 
     cfg.validate()
+    if cfg.server:
+        return _run_server_sample(cfg)
     ctx = dist.init(cfg.device)
     run = _setup(cfg, ctx)
     _open_output(run)
@@ -206,22 +219,56 @@ def run_sample(cfg: SampleConfig) -> dict:
     return _finish(run)
 
 
-def _setup(cfg: SampleConfig, ctx: dist.Context) -> _Run:
-    """Load the LM and its tokenizer, read the prompts, check the settings against the model."""
+def _run_server_sample(cfg: SampleConfig) -> dict:
+    """The same stage through inference servers: the local LM directory gives only the tokenizer."""
+    import asyncio
+
+    from tqdm import tqdm
+
+    from distill import sample_server
+    from pc_core.lm import load_tokenizer
+
+    ctx = sample_server.ctx_for_server(cfg)
+    tokenizer = load_tokenizer(cfg.lm)
+    fleet = sample_server.open_fleet(cfg)
+    run = _setup(cfg, ctx, tokenizer=tokenizer)
+
+    async def prepare() -> None:
+        async with fleet:
+            await fleet.prepare(tokenizer, run.batch_prompts(0, 0, 1)[0], cfg.seq_len)
+
+    asyncio.run(prepare())
+    run.header["settings"].update(sample_server.server_settings(cfg, fleet))
+    _open_output(run)
+    todo = _unfinished_shards(run)
+    total = sum(c for _, _, c in todo)
+    bar = tqdm(total=total, unit="seq", desc=f"sample via {len(fleet.servers)} server(s)", disable=None)
+    sample_server.sample_shards(run, fleet, todo, bar)
+    bar.close()
+    run.header["server_stats"] = sample_server.fleet_stats(fleet)  # this invocation's, not the resumed ones'
+    return _finish(run)
+
+
+def _setup(cfg: SampleConfig, ctx: dist.Context, tokenizer: Any = None) -> _Run:
+    """Load the LM and its tokenizer (only the tokenizer when one is given: server sampling), read the
+    prompts, check the settings against the model."""
     from pc_core.constraints.vocab import tokenizer_fingerprint
 
-    model, tokenizer = load_lm(cfg.lm, device=str(ctx.device), dtype=cfg.dtype)
+    if tokenizer is None:
+        model, tokenizer = load_lm(cfg.lm, device=str(ctx.device), dtype=cfg.dtype)
+    else:
+        model = None
     vocab_size, eos = len(tokenizer), tokenizer.eos_token_id
     start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
     prompts = read_prompts(cfg.prompts, tokenizer) if cfg.prompts else None
     if prompts is None and start_id is None:
         raise DistillError(f"{cfg.lm} has no BOS or EOS token to start unconditional samples; give --prompts")
-    if model.config.vocab_size < vocab_size:
+    if model is not None and model.config.vocab_size < vocab_size:
         raise DistillError(
             f"vocabulary mismatch: the tokenizer of {cfg.lm} has {vocab_size} tokens, the LM head only "
             f"{model.config.vocab_size}"
         )
-    hidden_dim = _hidden_dim(cfg, model.config)
+    hidden_dim = _hidden_dim(cfg, model.config) if model is not None else None
     header = data.new_header(
         lm=cfg.lm,
         vocab_size=vocab_size,
@@ -247,6 +294,9 @@ def _settings(cfg: SampleConfig) -> dict:
         "embedding_layer": cfg.embedding_layer if cfg.save_embeddings else None,
         "batch_size": cfg.batch_size,
         "dtype": cfg.dtype,
+        "source": None,  # "server" for server sampling, with the servers, model and sampling parameters
+        "model": None,
+        "sampling": None,
     }
 
 

@@ -43,9 +43,11 @@ from pc_core.constraints.compiler import explain_unsatisfiable
 from pc_core.constraints.dfa import TokenDFA
 from pc_core.constraints.spec import All, AnyOf, Not, Tokens, WordCount, split_affixes, with_affixes
 from pc_core.errors import BlocklistInteraction, TokenizerMismatch, UnsatisfiableConstraint
+from pc_core.factored_guide import build_guide
 from pc_core.guide import ConstraintGuide, GuideState, multiply
 from pc_core.hmm import HMM
-from pc_core.lm import KVBatch
+from pc_core.infill import SuffixPlan, fim_prompt, plan_suffix, rank_finished, split_suffix, terminal_vector
+from pc_core.lm import KVBatch, max_positions
 from pc_core.params import DecodeParams, DecodingError
 from pc_core.token_scores import LogitAdjustment, LogprobTrail, TokenLogprob
 
@@ -73,11 +75,13 @@ class GenerationOutput:
     dfa_states: int
     timings: dict[str, float] = field(default_factory=dict)  # dfa_ms, precompute_ms, decode_ms
     suffix: str | None = None
+    ranking: str | None = None  # with a suffix: what `logprob` and the beams' order cover (pc_core.infill)
+    guide: str | None = "exact"  # which guide ran: exact, or factored past the exact budget (pc_core.factored_guide)
 
     def outputs_json(self, constraint: Constraint | dict | str) -> list[dict[str, Any]]:
         """The outputs as the REST API and `pcgen generate --json` show them, with the character spans of
         the keywords found in the span (`matches`), and `full_text` (span + suffix) when there is a suffix."""
-        body = split_affixes(constraint)[0]
+        body = split_affixes(constraint)[0] if constraint is not None else None  # None: unconstrained
         out = [
             {
                 "text": s.text,
@@ -85,13 +89,14 @@ class GenerationOutput:
                 "constraint_satisfied": bool(s.constraint_satisfied),
                 "finish_reason": s.finish_reason,
                 "logprob": s.logprob if math.isfinite(s.logprob) else -1e30,  # JSON has no -Infinity
-                "matches": keyword_matches(body, s.text),
+                "matches": keyword_matches(body, s.text) if body is not None else [],
             }
             for s in self.sequences
         ]
         if self.suffix is not None:
             for item, s in zip(out, self.sequences):
                 item["full_text"] = s.full_text
+                item["ranking"] = self.ranking
         for item, s in zip(out, self.sequences):
             if s.logprobs is not None:  # [token id, logprob, [[id, logprob], ...]] per token id
                 item["logprobs"] = [[t, lp, [list(a) for a in top]] for t, lp, top in s.logprobs]
@@ -121,6 +126,7 @@ class _Hypothesis:
     finish_reason: str  # "eos", "length", or "text" (a stop string or the suffix: judged when finishing)
     judgement: tuple | None = None  # (span text, satisfied, finish reason, full text), once judged
     logprobs: list[TokenLogprob] | None = None  # set by LogprobTrail when params.logprobs asks for them
+    scored_tokens: int = 0  # tokens scored after the generated ones (the suffix's rest, pc_core.infill)
 
 
 # ---------------------------------------------------------------------------------------------- prepare
@@ -150,13 +156,18 @@ def prepare(
     )
     constraint = split_affixes(constraint)[0]
     check_token_ids(params, hmm.vocab_size)
+    suffix_plan = plan_suffix(tokenizer, params.suffix)  # infilling: the LM writes the junction, not the rest
+    if suffix_plan is not None:
+        params = dataclasses.replace(params, suffix=suffix_plan.junction)
     judged = guided_constraint(constraint, params)  # the constraint on the span, with the affixes and bans
-    dfa, guide, timings = _guide(tokenizer, hmm, judged, params, compile, deadline)
+    terminal = terminal_vector(hmm, suffix_plan)  # the HMM conditions on the whole suffix
+    dfa, guide, timings = _guide(tokenizer, hmm, judged, params, compile, deadline, terminal)
     if not bool(guide.tables.feasible[params.max_new_tokens][dfa.initial_state]):
         raise _unsatisfiable(tokenizer, constraint, dfa, params, compile)
     constraint = with_bans(constraint, params.banned_tokens)  # judged on every output too
     context = prompt_ids[-params.hmm_context_tokens :] if params.hmm_context_tokens else []
     search = GuidedSearch(tokenizer, constraint, dfa, guide, params, prompt_ids, on_stream)
+    search.suffix_plan, search.prompt_ids = suffix_plan, prompt_ids
     search.guide_state = guide.init_state(params.rows, hmm_context=context)
     search.timings = timings
     return search
@@ -167,7 +178,8 @@ def guided_constraint(constraint: Constraint | dict | str, params: DecodeParams)
     bans (exact bans: the guide steers clear of them), and the suffix and stop strings (`with_affixes`). A
     caller that compiles ahead of `prepare` (a server's compile pool) compiles this."""
     body = with_bans(split_affixes(constraint)[0], params.banned_tokens)
-    return with_affixes(body, params.suffix, params.stop)
+    junction = split_suffix(params.suffix)[0] if params.suffix is not None else None  # pc_core.infill
+    return with_affixes(body, junction, params.stop)
 
 
 def with_bans(constraint: Constraint, banned: Sequence[int]) -> Constraint:
@@ -217,8 +229,8 @@ def _unsatisfiable(
             )
         if least > n:
             return UnsatisfiableConstraint(
-                "suffix", f"writing it takes at least {least} tokens, more than max_new_tokens={n} (which "
-                "counts the span and the suffix)"
+                "suffix", f"writing its first word {params.suffix!r} takes at least {least} tokens, more than "
+                f"max_new_tokens={n} (which counts the span and the suffix's first word)"
             )  # fmt: skip
     if params.stop:
         unstopped = compile(with_affixes(constraint, params.suffix), tokenizer, **limits)
@@ -228,7 +240,8 @@ def _unsatisfiable(
             )
     with_what = " followed by the suffix" if params.suffix is not None else ""
     if needed >= 0:
-        detail = f"it needs at least {needed} tokens" + (" (the suffix's included)" if with_what else "")
+        included = " (the suffix's first word included)" if with_what else ""
+        detail = f"it needs at least {needed} tokens{included}"
     else:
         detail = explain_unsatisfiable(constraint, tokenizer)
     return UnsatisfiableConstraint("constraint", f"cannot be satisfied {within}{with_what}: {detail}")
@@ -241,6 +254,7 @@ def _guide(
     params: DecodeParams,
     compile: Callable[..., TokenDFA] = compile_constraint,
     deadline: float | None = None,
+    terminal: torch.Tensor | None = None,
 ) -> tuple[TokenDFA, ConstraintGuide, dict[str, float]]:
     """The DFA, its guide and how long each took (dfa_ms, precompute_ms); a blocklist that could dead-end
     the rest of the constraint is compiled into one exact product instead."""
@@ -249,15 +263,17 @@ def _guide(
         "horizon": params.max_new_tokens,
         "min_new_tokens": params.min_new_tokens,
         "deadline": deadline,
+        "terminal": terminal,
     }
     started = time.perf_counter()
     dfa = compile(constraint, tokenizer, **compile_args)
     compiled = time.perf_counter()
-    try:
-        guide = ConstraintGuide(hmm, dfa, **guide_args)
+    groups = lambda c: compile(c, tokenizer, blocklist_mask=False, **compile_args)  # noqa: E731 (factored)
+    try:  # exact when it fits the budget, else factored (pc_core.factored_guide)
+        guide = build_guide(hmm, dfa, constraint, params, groups, **guide_args)
     except BlocklistInteraction:
         dfa = compile(constraint, tokenizer, blocklist_mask=False, **compile_args)
-        guide = ConstraintGuide(hmm, dfa, **guide_args)
+        guide = build_guide(hmm, dfa, constraint, params, groups, **guide_args)
     timings = {
         "dfa_ms": (compiled - started) * 1000,
         "precompute_ms": (time.perf_counter() - compiled) * 1000,
@@ -271,6 +287,11 @@ def _guide(
 class GuidedSearch:
     """One request's search: its guide, beams or samples, and what it has generated so far. Built by
     `prepare`; stepped by BatchDecoder (`choose` after each LM forward)."""
+
+    suffix_plan: SuffixPlan | None = None  # infilling: the junction is params.suffix, the rest is attached
+    prompt_ids: list[int] | None = None
+    lm: Any = None  # set by BatchDecoder.add: ranks finished beams by span + suffix (pc_core.infill)
+    fim = False  # the LM's prompt is in fill-in-the-middle form
 
     def __init__(
         self,
@@ -338,7 +359,7 @@ class GuidedSearch:
         if step is not None:
             step.commit(parents, tokens, self.finished)
         self.step_count += 1
-        if tokens.numel():
+        if tokens.numel() and self.guide is not None:  # no guide: pc_core.unguided
             self.guide_state = self.guide.advance(self.guide_state.select(parents), tokens)
         self._stream()
         if self.done:
@@ -485,7 +506,10 @@ class GuidedSearch:
             else:
                 found = judge_ids(self.judged, self.tokenizer, h.ids)
                 reason = {"suffix": "eos"}.get(found.reason, found.reason)
-                h.judgement = (found.text, found.satisfied, reason, found.full_text)
+                full = found.full_text
+                if self.suffix_plan is not None and found.reason == "suffix":
+                    full += self.suffix_plan.rest  # attached as text after the junction
+                h.judgement = (found.text, found.satisfied, reason, full)
         return h.judgement
 
     def _stream(self) -> None:
@@ -508,11 +532,13 @@ class GuidedSearch:
         results = []
         for h in (h for h in self.finished if h is not None):
             results.append((h, *self._judge(h)))
+        ranking = self._score_suffix([item[0] for item in results])
         if not p.do_sample:
 
             def rank(item: tuple) -> tuple:
                 h, _, ok, _, _ = item
-                return (bool(ok), h.lm_logprob / (max(1, len(h.ids)) ** p.length_penalty))
+                length = max(1, len(h.ids) + h.scored_tokens)
+                return (bool(ok), h.lm_logprob / (length**p.length_penalty))
 
             results = sorted(results, key=rank, reverse=True)[: p.num_return_sequences]
             if self.on_stream is not None:  # the rest of each chosen beam, after what was settled
@@ -526,8 +552,41 @@ class GuidedSearch:
             for h, text, ok, reason, full in results
         ]
         decode_ms = (time.perf_counter() - self.decode_started) * 1000
-        self.output = GenerationOutput(sequences, self.prompt_tokens, self.dfa.num_states,
+        states = self.dfa.num_states if self.dfa is not None else None  # None: no constraint
+        self.output = GenerationOutput(sequences, self.prompt_tokens, states,
                                        {**self.timings, "decode_ms": decode_ms}, p.suffix)  # fmt: skip
+        if self.suffix_plan is not None:
+            self.output.suffix, self.output.ranking = self.suffix_plan.suffix, ranking
+        self.output.guide = getattr(self.guide, "kind", None)  # None: no guide (pc_core.unguided)
+
+    def _score_suffix(self, finished: list[_Hypothesis]) -> str | None:
+        """With a suffix: add the LM's log-likelihood of its rest to each finished beam that ended with the
+        junction, when the LM's context holds prompt, span and suffix (one batched forward); returns how the
+        beams are ranked (pc_core.infill.rank_finished)."""
+        if self.suffix_plan is None:
+            return None
+        suffix = self.suffix_plan.suffix
+        ended = [h for h in finished if h.judgement is not None and h.judgement[3].endswith(suffix) and h.ids]
+        spans = [[t for t in h.ids if t != self.eos] for h in ended]
+        ranking, rest = rank_finished(self.lm, self.lm_input, spans, self.suffix_plan, self.fim)
+        for h, value in zip(ended, rest):
+            if ranking == "span+suffix" and self.suffix_plan.rest_ids:
+                h.lm_logprob += value
+                h.scored_tokens = len(self.suffix_plan.rest_ids)
+        return ranking
+
+    def bind_lm(self, lm: Any) -> None:
+        """The LM this search decodes with (BatchDecoder.add): with a suffix and an LM trained for
+        fill-in-the-middle (FIM tokens in the tokenizer), the prompt takes FIM form, so the LM sees the
+        suffix too (pc_core.infill.fim_prompt)."""
+        self.lm = lm
+        if self.suffix_plan is None or self.prompt_ids is None:
+            return
+        limit = max_positions(lm)
+        room = None if limit is None else limit - self.params.max_new_tokens
+        fim = fim_prompt(self.tokenizer, self.prompt_ids, self.suffix_plan.suffix, room)
+        if fim is not None:
+            self.lm_input, self.fim = fim, True
 
 
 # ---------------------------------------------------------------------------------------------- batching
@@ -550,10 +609,11 @@ class BatchDecoder:
     def add(self, search: GuidedSearch) -> None:
         """Prefill the prompt and join the batch (its rows start as copies of the prompt row)."""
         lm_device = next(self.lm.parameters()).device
-        if lm_device != search.guide.hmm.device:
+        if lm_device != search.generated.device:
             raise TokenizerMismatch(
-                f"the LM is on {lm_device} but the HMM is on {search.guide.hmm.device}; use one device"
+                f"the LM is on {lm_device} but the HMM is on {search.generated.device}; use one device"
             )
+        search.bind_lm(self.lm)
         kv, logits = KVBatch.prefill(self.lm, search.lm_input)
         kv = kv.select(torch.zeros(search.rows, dtype=torch.long, device=logits.device))
         self.kv = kv if self.kv is None else KVBatch.concat([self.kv, kv])
@@ -565,8 +625,11 @@ class BatchDecoder:
         have `error` set and no output; the others in the batch carry on)."""
         if not self.searches:
             return []
-        planned = [(s.guide, s.guide.plan(s.guide_state)) for s in self.searches]
-        qs = [guide.assemble(plan, products) for (guide, plan), products in zip(planned, multiply(planned))]
+        guided = [s for s in self.searches if s.guide is not None]  # unguided searches take q = None
+        planned = [(s.guide, s.guide.plan(s.guide_state)) for s in guided]
+        products = multiply(planned) if planned else []
+        q_of = {id(s): guide.assemble(plan, p) for s, (guide, plan), p in zip(guided, planned, products)}
+        qs = [q_of.get(id(s)) for s in self.searches]
         index, tokens, survivors, finished = [], [], [], []
         offset = 0
         for search, logits, q in zip(self.searches, self.pending, qs):

@@ -23,6 +23,7 @@ phases for a list of (guide, state) pairs.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -32,6 +33,7 @@ import torch
 from pc_core.cache import LRUCache
 from pc_core.constraints.dfa import TokenDFA
 from pc_core.errors import PcgenError, TokenizerMismatch
+from pc_core.feasibility import Feasibility
 from pc_core.guide_tables import GuideTables
 from pc_core.hmm import HMM
 from pc_core.kernels import log_matmul_exp, matmul_exp_nt
@@ -97,17 +99,27 @@ def tables_for(
     min_new_tokens: int,
     emission_dtype: torch.dtype,
     deadline: float | None = None,
+    terminal: torch.Tensor | None = None,
+    table_dtype: torch.dtype = torch.float32,
+    feasibility: Feasibility | None = None,
 ) -> GuideTables:
     key = (dfa.content_key, horizon, min_new_tokens, hmm.fingerprint, str(hmm.device), emission_dtype)
+    key += (table_dtype,) if table_dtype != torch.float32 else ()
+    if terminal is not None:  # infilling: the suffix's rest (pc_core.infill)
+        key += (hashlib.sha256(terminal.detach().float().cpu().numpy().tobytes()).hexdigest(),)
     tables = TABLES.get(key)
     if tables is None:
-        tables = GuideTables(hmm, dfa, horizon, min_new_tokens, emission_dtype, deadline)
+        tables = GuideTables(
+            hmm, dfa, horizon, min_new_tokens, emission_dtype, deadline, terminal, table_dtype, feasibility
+        )
         TABLES.put(key, tables)
     return tables
 
 
 class ConstraintGuide:
     """`ConstraintGuide(hmm, dfa, horizon=n)`; see the module docstring for the mathematics."""
+
+    kind = "exact"  # beside factored_guide.FactoredGuide: which guide a response says ran
 
     def __init__(
         self,
@@ -118,8 +130,12 @@ class ConstraintGuide:
         max_horizon: int = DEFAULT_MAX_HORIZON,
         emission_dtype: torch.dtype = torch.float32,
         deadline: float | None = None,
+        terminal: torch.Tensor | None = None,
+        table_dtype: torch.dtype = torch.float32,
+        feasibility: Feasibility | None = None,
     ) -> None:
-        """`deadline` (time.perf_counter()): a precompute still running then stops (DeadlineExceeded)."""
+        """`deadline` (time.perf_counter()): a precompute still running then stops (DeadlineExceeded).
+        `terminal` (H,): infilling, log P(the suffix's rest | z emits its first token) (pc_core.infill)."""
         if dfa.vocab_size != hmm.vocab_size:
             raise TokenizerMismatch(
                 f"the DFA was compiled for a vocabulary of {dfa.vocab_size} tokens but the HMM has {hmm.vocab_size}"
@@ -132,7 +148,9 @@ class ConstraintGuide:
             raise GuideError(f"min_new_tokens must be in 0..horizon ({horizon}), got {min_new_tokens}")
         self.hmm, self.dfa, self.horizon, self.min_new_tokens = hmm, dfa, horizon, min_new_tokens
         self.emission_dtype = emission_dtype
-        self.tables = tables_for(hmm, dfa, horizon, min_new_tokens, emission_dtype, deadline)
+        self.tables = tables_for(
+            hmm, dfa, horizon, min_new_tokens, emission_dtype, deadline, terminal, table_dtype, feasibility
+        )
 
     # ------------------------------------------------------------------ states
 
@@ -199,11 +217,14 @@ class ConstraintGuide:
         state = self.state_for(state_or_prefix) if single else state_or_prefix
         tables = self.tables
         k = self.horizon - state.position
-        if k == 0:
+        if tables.terminal is not None and bool(self.dfa.ended[state.dfa_state.cpu().numpy()].all()):
+            out = torch.logsumexp(state.log_alpha + tables.terminal, dim=1)  # ended: the rest must follow
+            out = torch.where(tables.feasible[0][state.dfa_state], out, NEG_INF)
+        elif k == 0:
             out = torch.where(tables.feasible[0][state.dfa_state], 0.0, NEG_INF)
         else:
             # R_k[s] = edge sum over U_{k-1}, only for the beams' states
-            r_k = tables.edge_sum(tables.log_u[k - 1], k, state.dfa_state)  # (B, H)
+            r_k = tables.edge_sum(k, state.dfa_state)  # (B, H)
             r_k = torch.where(tables.feasible[k][state.dfa_state][:, None], r_k, NEG_INF)
             out = torch.logsumexp(state.log_alpha + r_k, dim=1)
             out = torch.where(tables.certain[k][state.dfa_state], 0.0, out.clamp_max(0.0))
@@ -232,7 +253,7 @@ class ConstraintGuide:
             need = needed & in_block[:, :, k]  # (B, D)
             with_marginal, marginal_row = _marginal_rows(need)
             beam, slot = need.nonzero(as_tuple=True)
-            rows = torch.cat([left[with_marginal], left[beam] + tables.log_u[r][succ_or_0[beam, slot]]], 0)
+            rows = torch.cat([left[with_marginal], left[beam] + tables.rows(r, succ_or_0[beam, slot])], 0)
             row_of_slot = torch.full(succ.shape, ROW_IMPOSSIBLE, dtype=torch.long, device=succ.device)
             row_of_slot[beam, slot] = len(with_marginal) + torch.arange(len(beam), device=succ.device)
             blocks.append(BlockPlan(rows, torch.where(certain, ROW_CERTAIN, row_of_slot), marginal_row))
@@ -307,7 +328,7 @@ class ConstraintGuide:
         keys, inverse = torch.unique(torch.where(needed, pair_key, -1), return_inverse=True)
         pairs = keys[keys >= 0]
         left = state.log_alpha + tables.log_scale  # (B, H)
-        rows = torch.cat([left[with_marginal], left[pairs // s_count] + tables.log_u[r][pairs % s_count]])
+        rows = torch.cat([left[with_marginal], left[pairs // s_count] + tables.rows(r, pairs % s_count)])
         product, shift = matmul_exp_nt(rows, tables.tail_emission)  # (M + P, T), (M + P,)
         row = m + inverse - int((keys < 0).sum())  # (B, T) product row, < m where not needed
         log_ratio = torch.empty(succ.shape, device=succ.device)
@@ -366,7 +387,7 @@ class ConstraintGuide:
             emitted = (state.log_alpha[beams[part]] + tables.log_scale).double()  # (chunk, H)
             emitted += self.hmm.log_emission.index_select(1, tokens[part]).T.double()
             marginal = torch.logsumexp(emitted, dim=1)
-            joint = torch.logsumexp(emitted + tables.log_u[r][succ[part]], dim=1)
+            joint = torch.logsumexp(emitted + tables.rows(r, succ[part]), dim=1)
             out[part] = (joint - marginal).float()
         out = torch.where(tables.feasible[r][succ], out, NEG_INF)
         return torch.where(tables.certain[r][succ], 0.0, out)

@@ -6,7 +6,8 @@
     E[e, z]  = sum_{c: delta(s, c) = s'} M[c, z]   for edge e = s -> s'                          (E, H)
     U_0[s]   = 0 if s accepts else -inf;  W_r[s] = logsumexp_e (E[e] + U_{r-1}[s'_e]);  U_r = W_r @ A^T
                                                                                                  (n, S, H)
-B' is the emission without the banned tokens (docs/method.md §5.8). The step (guide.py) reads U_r through
+Only the rows of live (r, s) pairs are computed and stored (reachable in n - r tokens, able to accept, not
+certain: feasibility.py); `rows(r, states)` reads them (§5.9). B' is the emission without the banned tokens (docs/method.md §5.8). The step (guide.py) reads U_r through
 rows per *successor slot*: the few successors a state's large token classes lead to; small classes ("tail"
 tokens: those that start, extend or finish a relevant word) are handled per token.
 """
@@ -22,13 +23,16 @@ import torch
 from pc_core.cache import buffer_bytes
 from pc_core.class_masses import class_masses
 from pc_core.constraints.dfa import TokenDFA
-from pc_core.errors import BlocklistInteraction, DeadlineExceeded
+from pc_core.errors import DeadlineExceeded
+from pc_core.feasibility import Feasibility
 from pc_core.hmm import HMM
-from pc_core.kernels import edge_logsumexp, edge_scaled_sum, log_matmul_exp, onednn_packed
+from pc_core.kernels import edge_scaled_sum, log_matmul_exp, onednn_packed
 from pc_core.kernels.reference import LOSSLESS
 
 NEG_INF = float("-inf")
 BIG_CLASS_FRACTION = 0.01  # classes holding >= 1% of the vocabulary get a dense product row
+SPECIAL_ROWS = 3  # rows every step shares: -inf (impossible), 0 (certain), the terminal vector's row
+ROW_NEG_INF, ROW_ZERO, ROW_FINAL = 0, 1, 2
 
 
 class GuideTables:
@@ -44,9 +48,16 @@ class GuideTables:
         min_new_tokens: int,
         emission_dtype: torch.dtype,
         deadline: float | None = None,
+        terminal: torch.Tensor | None = None,
+        table_dtype: torch.dtype = torch.float32,
+        feasibility: Feasibility | None = None,
     ) -> None:
-        """`deadline` (time.perf_counter()): stop with DeadlineExceeded once it passes (nobody waits)."""
+        """`deadline` (time.perf_counter()): stop with DeadlineExceeded once it passes (nobody waits).
+        `terminal` (H,): infilling, log P(the suffix's rest | z emits its first token) (pc_core.infill); the
+        rows of the accepting ended states hold it, one transition back, instead of 0 (docs/method.md §4)."""
         self.horizon, self.min_new_tokens = horizon, min_new_tokens
+        self.terminal = terminal
+        self.table_dtype, self.feasibility = table_dtype, feasibility  # rows' storage; a precomputed one
         self.deadline = deadline
         self.device = hmm.device
         self.num_states = dfa.num_states
@@ -73,37 +84,26 @@ class GuideTables:
     # ------------------------------------------------------------------ feasibility (§5.3, 5.4)
 
     def _build_feasibility(self, dfa: TokenDFA, banned: np.ndarray) -> None:
-        """The exact -inf / 0 pattern, decided on the DFA: feasible[r, s] / certain[r, s] with r tokens left.
-        An *ending* transition leads from a live state to an ended one: EOS, and with a suffix or stop strings
-        the tokens that complete them. end_allowed[r]: may the first of r tokens end the text (not among the
-        first min_new_tokens tokens)."""
-        n, (s_count, c_count) = self.horizon, dfa.transitions.shape
-        ended = dfa.ended
-        # Banned tokens lead to the rejecting sink, which must not keep a state from being certain: under B'
-        # they have probability 0, so a class of only banned tokens cannot be reached.
-        possible = np.bincount(dfa.token_class[~banned], minlength=c_count) > 0  # (C,)
-        self.ending = ~ended[:, None] & ended[self.delta]  # (S, C)
-        feasible = np.zeros((n + 1, s_count), bool)
-        certain = np.zeros((n + 1, s_count), bool)
-        feasible[0] = certain[0] = dfa.accepting
-        end_allowed = np.ones(n + 1, bool)
-        for r in range(1, n + 1):
-            end_allowed[r] = n - r + 1 >= self.min_new_tokens + 1
-            ok = (
-                ~self.ending if not end_allowed[r] else np.ones_like(self.ending)
-            )  # after an end, all is allowed
-            feasible[r] = (ok & feasible[r - 1][self.delta]).any(axis=1)
-            certain[r] = ((ok & certain[r - 1][self.delta]) | ~possible).all(axis=1)
-        self.end_allowed = end_allowed
+        """The exact -inf / 0 pattern and which rows are stored, decided on the DFA (feasibility.py):
+        feasible[r, s] / certain[r, s] with r tokens left, and the states reached in exactly n - r tokens."""
+        f = self.feasibility
+        if f is None or f.horizon != self.horizon or f.min_new_tokens != self.min_new_tokens:
+            f = Feasibility(dfa, self.horizon, self.min_new_tokens, no_certain=self.terminal is not None)
+        if self.terminal is not None:  # the suffix's rest has probability < 1: no state is certain
+            f.certain[:] = False
+        self.feasibility = None  # not kept: its arrays live on below as tensors
+        self._feasibility = f  # for the backward tables only (deleted there)
+        self.ending, self.end_allowed = f.ending, f.end_allowed
+        c_count = dfa.num_classes
         # tokens other than EOS that end the text (they complete a stop string or the suffix), for the step's mask
         self.ending_t = torch.from_numpy(self.ending).to(self.device)
         eos_column = np.zeros(c_count, bool)
         eos_column[self.eos_class] = True
         self.ends_by_text = bool((self.ending & ~eos_column[None, :]).any())
-        if dfa.safe_classes is not None:
-            _check_blocklist_cannot_dead_end(dfa, feasible, self.ending, end_allowed, n)
-        self.feasible = torch.from_numpy(feasible).to(self.device)
-        self.certain = torch.from_numpy(certain).to(self.device)
+        self.feasible = torch.from_numpy(f.feasible).to(self.device)
+        self.certain = torch.from_numpy(f.certain).to(self.device)
+        # reached[r, s]: some prefix of n - r tokens ends in s (rows of other pairs are never read)
+        self.reached = torch.from_numpy(f.reach[self.horizon : 0 : -1].copy()).to(self.device)  # (n, S)
 
     # ------------------------------------------------------------------ masses (§5.1, 5.8)
 
@@ -155,61 +155,141 @@ class GuideTables:
         self.edge_dst = torch.from_numpy(edge_dst).to(self.device)
         return edge_mass, edges
 
-    def edge_sum(self, log_u_next: torch.Tensor, r: int, states: torch.Tensor | None = None) -> torch.Tensor:
-        """W_r: sum over edges of mass x U_{r-1}[dst], without ending edges (EOS, a completed stop string or
-        suffix) where ending is not allowed.
-        For all states (S, H), or for `states` only (B, H)."""
-        index = self.edge_index if self.end_allowed[r] else self.edge_index_no_eos
-        dst = self.edge_dst
-        if states is not None:
-            index, dst = index[states], dst[states]
-        return edge_logsumexp(self.edge_log_mass, log_u_next, index, dst)
+    def edge_sum(self, r: int, states: torch.Tensor) -> torch.Tensor:
+        """W_r for `states` (B,), (B, H): the sum over their edges of mass x U_{r-1}[dst], without ending edges
+        (EOS, a completed stop string or suffix) where ending is not allowed."""
+        index = (self.edge_index if self.end_allowed[r] else self.edge_index_no_eos)[states]  # (B, K)
+        values = self.rows(r - 1, self.edge_dst[states])  # (B, K, H)
+        return torch.logsumexp(self.edge_log_mass[index] + values, dim=1)
 
     # ------------------------------------------------------------------ backward tables (§5.2, 5.7)
 
     def _build_backward_tables(
         self, hmm: HMM, dfa: TokenDFA, edge_mass: torch.Tensor, edges: np.ndarray
     ) -> None:
-        """log U_r (n, S, H), r = 0..n-1. Fast path: U_r kept as rows in [0, 1] times a per-state scale, so a
-        step is gathers, products, an index_add and one matmul, with no exp/log per element. If anything it
-        keeps falls below 1e-30 of its row's or edge group's largest value (a dynamic range float32 cannot
-        hold exactly), that step and the rest take the exact log-space path (edge_logsumexp). Rows are then
-        set to exactly -inf / 0 where the DFA says impossible / certain."""
-        s_count, h, device = self.num_states, hmm.hidden_size, self.device
+        """log U_r for the live (r, s) pairs only (feasibility.Feasibility.live), r = 0..n-1, stored as rows
+        of one table with row_index (n, S) pointing every pair at its row: ROW_NEG_INF (impossible, or never
+        reached in n - r tokens), ROW_ZERO (certain), ROW_FINAL (an accepting ended state with a terminal
+        vector) or a computed row. Fast path: rows in [0, 1] times a per-row scale, so a step is gathers,
+        products, an index_add and one matmul over the live sources, with no exp/log per element. If anything
+        it keeps falls below 1e-30 of its row's or edge group's largest value (a dynamic range float32 cannot
+        hold exactly), that step and the rest take the exact log-space path."""
+        f, n, h, device = self._feasibility, self.horizon, hmm.hidden_size, self.device
+        del self._feasibility
         transition_t = hmm.transition_probs().T  # U = W @ A^T on the transposed view: BLAS reads it as is
-        accepting = torch.from_numpy(dfa.accepting).to(device)
-        feasible, certain = self.feasible.cpu().numpy(), self.certain.cpu().numpy()
-        infeasible_rows = [torch.from_numpy(np.flatnonzero(~f)).to(device) for f in feasible]
-        certain_rows = [torch.from_numpy(np.flatnonzero(c)).to(device) for c in certain]
-        log_u = torch.empty(self.horizon, s_count, h, device=device)
-        log_u[0] = torch.where(accepting[:, None], 0.0, NEG_INF).expand(s_count, h)
-        src, dst = torch.from_numpy(edges[:, 0]).to(device), torch.from_numpy(edges[:, 1]).to(device)
-        linear = {True: (edge_mass, src, dst)}  # keyed by "ending allowed"
-        if not self.end_allowed[1:].all():  # the minimum length forbids ending at some steps
-            keep = torch.from_numpy(np.flatnonzero(~self.is_eos_edge)).to(device)
-            linear[False] = (edge_mass[keep], src[keep], dst[keep])
-        scaled = accepting.float()[:, None].expand(s_count, h).contiguous()  # (S, H) rows in [0, 1]
-        scale = torch.where(accepting, 0.0, NEG_INF)  # (S,) log of each row's factor
-        robust = not self.LINEAR_PATH
-        for r in range(1, self.horizon):
+        final, final_u = self._terminal_rows(dfa, transition_t)  # accepting ended states, their row
+        is_final = np.zeros(self.num_states, bool)
+        is_final[final.cpu().numpy()] = True
+        row_index, live = self._row_layout(f, dfa.accepting, is_final)
+        total = SPECIAL_ROWS + sum(len(states) for states in live)
+        log_rows = torch.empty(total, h, device=device)  # (SPECIAL_ROWS + P, H)
+        log_rows[ROW_NEG_INF], log_rows[ROW_ZERO], log_rows[ROW_FINAL] = NEG_INF, 0.0, final_u
+        final_peak = final_u.max()
+        special_scaled = torch.stack([torch.zeros(h), torch.ones(h), torch.zeros(h)]).to(device)
+        special_scaled[ROW_FINAL] = (final_u - final_peak).exp()
+        special_scale = torch.tensor([NEG_INF, 0.0, 0.0], device=device)
+        special_scale[ROW_FINAL] = final_peak
+        scaled, scale = special_scaled, special_scale  # rows of step r - 1, in row_index[r - 1]'s local order
+        src_all, dst_all = edges[:, 0], edges[:, 1]
+        robust, start = not self.LINEAR_PATH, SPECIAL_ROWS
+        for r in range(1, n):
             self._check_deadline()
+            states = live[r]  # (L,) sources with a row at this step
+            local = np.full(self.num_states, -1, np.int64)
+            local[states] = np.arange(len(states))
+            keep = local[src_all] >= 0
+            if not self.end_allowed[r]:  # the minimum length forbids ending here
+                keep &= ~self.is_eos_edge
+            sel = np.flatnonzero(keep)
+            prev = row_index[r - 1]  # destination rows, relative to step r - 1's block
+            dst_rows = np.where(prev[dst_all[sel]] >= SPECIAL_ROWS, prev[dst_all[sel]] - self._block_start[r - 1] + SPECIAL_ROWS, prev[dst_all[sel]])
+            src_t, dst_t = _long(local[src_all[sel]], device), _long(dst_rows, device)
             if not robust:
-                mass, src, dst = linear[bool(self.end_allowed[r])]
-                w, w_scale, lossy = edge_scaled_sum(mass, scaled, scale, src, dst, s_count)
-                u = w @ transition_t  # (S, H), rows of W scaled to max 1, so no underflow in the product
+                w, w_scale, lossy = edge_scaled_sum(edge_mass[_long(sel, device)], scaled, scale, src_t, dst_t, len(states))
+                u = w @ transition_t  # (L, H), rows of W scaled to max 1, so no underflow in the product
                 rowmax = u.amax(dim=1).clamp_min(torch.finfo(u.dtype).tiny)
-                scaled, scale = u.div_(rowmax[:, None]), w_scale + torch.log(rowmax)
-                # a feasible row spanning > 69 nats, or whose largest entry is itself that small: float32
-                # cannot hold it exactly, so this step is redone in log space
-                tiny_rows = (scaled.amin(dim=1) < LOSSLESS) | (rowmax < LOSSLESS)
-                robust = lossy or bool(tiny_rows[self.feasible[r]].any())
+                new_scaled, new_scale = u.div_(rowmax[:, None]), w_scale + torch.log(rowmax)
+                # a row spanning > 69 nats, or whose largest entry is itself that small: float32 cannot hold it
+                # exactly, so this step is redone in log space
+                tiny_rows = (new_scaled.amin(dim=1) < LOSSLESS) | (rowmax < LOSSLESS)
+                robust = lossy or bool(tiny_rows.any())
                 if not robust:
-                    torch.log(scaled, out=log_u[r]).add_(scale[:, None])
+                    torch.log(new_scaled, out=log_rows[start : start + len(states)]).add_(new_scale[:, None])
+                    scaled = torch.cat([special_scaled, new_scaled])
+                    scale = torch.cat([special_scale, new_scale])
             if robust:  # exact log-space step
-                log_u[r] = log_matmul_exp(self.edge_sum(log_u[r - 1], r), transition_t)
-            log_u[r].index_fill_(0, infeasible_rows[r], NEG_INF).index_fill_(0, certain_rows[r], 0.0)
+                prev_log = torch.cat([log_rows[:SPECIAL_ROWS], log_rows[self._block_start[r - 1] : start]])
+                w_log = _edge_logsumexp_flat(self.edge_log_mass[_long(sel, device)], prev_log, src_t, dst_t, len(states))
+                log_rows[start : start + len(states)] = log_matmul_exp(w_log, transition_t)
+            start += len(states)
         self.used_log_space_fallback = robust
-        self.log_u = log_u
+        self.row_index = torch.from_numpy(row_index).to(device)  # (n, S)
+        self._store_rows(log_rows)
+
+    def _row_layout(self, f: Feasibility, accepting: np.ndarray, is_final: np.ndarray) -> tuple[np.ndarray, list]:
+        """row_index (n, S) and the live states of each step, rows numbered step by step after the special
+        rows; self._block_start[r] is the first row of step r."""
+        n, s_count = self.horizon, self.num_states
+        row_index = np.full((n, s_count), ROW_NEG_INF, np.int64)
+        live, starts, start = [], [], SPECIAL_ROWS
+        has_terminal = bool(is_final.any()) or self.terminal is not None
+        for r in range(n):
+            if r == 0:  # U_0: 0 where accepting (the terminal row with one), else -inf
+                row_index[0][accepting] = ROW_FINAL if has_terminal else ROW_ZERO
+                states = np.zeros(0, np.int64)
+            else:
+                row_index[r][f.certain[r]] = ROW_ZERO
+                row_index[r][is_final & f.feasible[r]] = ROW_FINAL
+                states = np.flatnonzero(f.live(r) & ~is_final)
+                row_index[r][states] = start + np.arange(len(states))
+            live.append(states)
+            starts.append(start)
+            start += len(states)
+        self._block_start = starts
+        return row_index, live
+
+    def _store_rows(self, log_rows: torch.Tensor) -> None:
+        """Keep the rows in log space (float32), or with table_dtype bfloat16 as rows scaled to max 1 in
+        bfloat16 times a float32 scale: half the bytes, and every value within a relative 2^-8 of float32
+        (bfloat16 keeps float32's exponent range, so nothing the fast path kept underflows; a table that
+        needed the log-space path stays float32). docs/method.md §5.9 bounds the effect on the guide."""
+        self._block_start = None
+        if self.table_dtype == torch.float32 or self.used_log_space_fallback:
+            self.log_rows, self.row_scale = log_rows, None
+            return
+        peak = log_rows.amax(dim=1)  # (R,)
+        peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+        self.log_rows = (log_rows - peak[:, None]).exp_().to(self.table_dtype)  # (R, H) scaled rows
+        self.row_scale = peak
+
+    def rows(self, r: int, states: torch.Tensor) -> torch.Tensor:
+        """log U_r[states]: states.shape + (H,) float32."""
+        return self.rows_by_id(self.row_index[r][states])
+
+    def rows_by_id(self, ids: torch.Tensor) -> torch.Tensor:
+        out = self.log_rows[ids]
+        if self.row_scale is None:
+            return out
+        return out.float().log_().add_(self.row_scale[ids][..., None])
+
+    @property
+    def log_u(self) -> torch.Tensor:
+        """(n, S, H) dense view of the stored rows (tests, debugging): rows never reached are -inf."""
+        return self.rows_by_id(self.row_index)
+
+    @property
+    def stored_rows(self) -> int:
+        return int(self.log_rows.shape[0]) - SPECIAL_ROWS
+
+    def _terminal_rows(self, dfa: TokenDFA, transition_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The accepting ended states (none without a terminal vector) and their row (H,): log P(the suffix's
+        rest | z emitted the text's last token) = log sum_z' A[z, z'] exp(terminal[z']); 0 without one."""
+        h = transition_t.shape[0]
+        if self.terminal is None:
+            return torch.empty(0, dtype=torch.long, device=self.device), torch.zeros(h, device=self.device)
+        final = torch.from_numpy(np.flatnonzero(dfa.accepting & dfa.ended)).to(self.device)
+        row = log_matmul_exp(self.terminal.float().to(self.device)[None, :], transition_t)[0]  # (H,)
+        return final, row
 
     # ------------------------------------------------------------------ step layout (§5.6)
 
@@ -272,21 +352,19 @@ class GuideTables:
         self.tail_emission = onednn_packed.pack(self.tail_emission_t, pad=True) or self.tail_emission_t
 
 
-def _check_blocklist_cannot_dead_end(
-    dfa: TokenDFA, feasible: np.ndarray, ending: np.ndarray, end_allowed: np.ndarray, horizon: int
-) -> None:
-    """With a blocklist masked beside the DFA, decoding takes only tokens the mask allows. Feasibility computed
-    with just the classes that hold a token the mask allows in every text a state stands for must equal
-    feasibility with all classes: then every feasible state has a feasible, allowed next token, whatever
-    the mask, and masking cannot dead-end a beam (docs/method.md §7). Raises BlocklistInteraction otherwise."""
-    delta = dfa.transitions.astype(np.int64)
-    reachable = feasible[0].copy()
-    for r in range(1, horizon + 1):
-        ok = np.where(dfa.ended[:, None], True, (end_allowed[r] | ~ending) & dfa.safe_classes)
-        reachable = (ok & reachable[delta]).any(axis=1)
-        if not np.array_equal(reachable, feasible[r]):
-            lost = int((feasible[r] & ~reachable).sum())
-            raise BlocklistInteraction(
-                f"the blocklist could block every way to satisfy the rest of the constraint from {lost} "
-                f"automaton states with {r} tokens left"
-            )
+
+def _long(values: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(values, np.int64)).to(device)
+
+
+def _edge_logsumexp_flat(
+    log_mass: torch.Tensor, log_values: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, count: int
+) -> torch.Tensor:
+    """out[s] = logsumexp over edges e with src[e] = s of log_mass[e] + log_values[dst[e]]: (count, H).
+    Max-shifted per source, so exact to float32 rounding whatever the range."""
+    terms = log_mass + log_values[dst]  # (E, H)
+    peak = torch.full((count, terms.shape[1]), NEG_INF, device=terms.device)
+    peak = peak.scatter_reduce(0, src[:, None].expand_as(terms), terms, reduce="amax", include_self=True)
+    safe = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    total = torch.zeros_like(safe).index_add_(0, src, (terms - safe[src]).exp_())
+    return total.log_().add_(safe)

@@ -158,6 +158,26 @@ class HMM:
 
         return self._cached(("block-totals", key), build)
 
+    def suffix_log_backward(self, token_ids: Any) -> torch.Tensor:
+        """(H,) float64 log P(x_1..x_m | z_1 = z): the probability that the hidden state z emits the suffix's
+        first token and the chain goes on to emit the rest, by one backward pass over its m tokens (m
+        matrix-vector products, H^2 each). The guide's terminal vector for infilling (docs/method.md §5.3).
+        Each step shifts by the vector's peak so that no entry underflows, and adds the shift back in log
+        space (float64); every A entry is > 0, so A @ exp(v - peak) >= min A > 0 and its log is finite. The
+        product itself reads the cached float32 A (a float64 copy would double the bytes every step reads)."""
+        ids = [int(t) for t in token_ids]
+        if not ids:
+            raise ValueError("the suffix's tokens are empty: there is nothing to condition on")
+        columns = self.log_emission[:, ids].double().T  # (m, H): only the suffix's columns of B
+        transition = self.transition_probs()  # (H, H) float32
+        out = columns[-1]  # log P(x_m | z_m)
+        for i in range(len(ids) - 2, -1, -1):
+            peak = out.max()
+            # P(x_i.. | z_i) = B[z_i, x_i] sum_z' A[z_i, z'] P(x_{i+1}.. | z_{i+1} = z')
+            step = transition @ torch.exp(out - peak).float()  # (H,), >= min A
+            out = columns[i] + torch.log(step.double()) + peak
+        return out
+
     def _cached(self, key: tuple, build: Any) -> Any:
         if key not in self._cache:
             self._cache[key] = build()

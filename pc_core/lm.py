@@ -299,3 +299,23 @@ class KVBatch:
             torch.cat([pad(b.mask, 1) for b in batches]),
             torch.cat([b.positions for b in batches]),
         )
+
+
+@torch.no_grad()
+def continuation_logprobs(model: Any, rows: list[list[int]], starts: list[int]) -> list[float]:
+    """Per row, the sum of the LM's log-probabilities of its tokens from index `starts[i]` on, given the
+    tokens before: one forward over the batch, right-padded (padding comes after every scored token, so a
+    causal LM's scores do not see it). Used to rank infilling beams by span + suffix (pc_core.infill)."""
+    device = next(model.parameters()).device
+    length = max(len(r) for r in rows)
+    ids = torch.zeros((len(rows), length), dtype=torch.long, device=device)  # (N, L)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, device=device)
+        mask[i, : len(row)] = 1
+    logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), dim=-1)
+    picked = logp.gather(2, ids[:, 1:, None])[:, :, 0]  # (N, L - 1): log p(token j + 1 | tokens .. j)
+    out = []
+    for i, (row, start) in enumerate(zip(rows, starts)):
+        out.append(float(picked[i, max(0, start - 1) : len(row) - 1].sum()))
+    return out

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field, fields
 
 from pc_core.constraints.compiler import DEFAULT_MAX_STATES, DEFAULT_TIME_BUDGET_S
-from pc_core.constraints.spec import MAX_AFFIX_CHARS, MAX_STOP_STRINGS, affix_problem
+from pc_core.constraints.spec import MAX_AFFIX_CHARS, MAX_STOP_STRINGS, MAX_SUFFIX_CHARS, affix_problem
 from pc_core.errors import PcgenError
 
 MIN_TEMPERATURE = 1e-3  # below this, logits / temperature overflows float32 on ordinary LM logits
@@ -57,14 +57,29 @@ class DecodeParams:
         default=0, metadata=_help("prompt tokens fed to the HMM's forward vector")
     )
     max_states: int = field(default=DEFAULT_MAX_STATES, metadata=_help("cap on the constraint's DFA states"))
+    guide: str = field(
+        default="auto",
+        metadata=_help("auto: the exact guide when it fits the budget, else the factored one; exact: refuse past "
+                       "the budget; factored: always factored (docs/method.md §5.9)"),
+    )  # fmt: skip
+    guide_budget_bytes: int | None = field(
+        default=None, metadata=_help("exact guide's table bytes at most (default: follows the device)")
+    )
+    guide_budget_gflops: float | None = field(
+        default=None, metadata=_help("exact guide's precompute GFLOP at most (default: follows the device)")
+    )
+    guide_table_dtype: str = field(
+        default="auto", metadata=_help("guide rows stored in: auto (bfloat16 on GPU), float32, bfloat16")
+    )
     time_budget_s: float = field(
         default=DEFAULT_TIME_BUDGET_S, metadata=_help("cap on compiling it, seconds")
     )
     suffix: str | None = field(
         default=None,
         metadata=_help(
-            f"infilling: text that must follow the generated span (generated too, any tokenisation; "
-            f"at most {MAX_AFFIX_CHARS} characters); the constraint is judged on the span"
+            f"infilling: text that must follow the generated span (at most {MAX_SUFFIX_CHARS} characters; "
+            "the LM writes its first word, any tokenisation, and the rest is attached; the HMM conditions on "
+            "all of it); the constraint is judged on the span"
         ),
     )
     stop: tuple[str, ...] = field(
@@ -132,8 +147,14 @@ class DecodeParams:
         need(self.hmm_context_tokens >= 0, "hmm_context_tokens", "must be >= 0")
         need(self.max_states >= 2, "max_states", "must be >= 2")
         need(self.time_budget_s > 0, "time_budget_s", "must be > 0")
+        need(self.guide in ("auto", "exact", "factored"), "guide", "must be auto, exact or factored")
+        need(self.guide_budget_bytes is None or self.guide_budget_bytes >= 0, "guide_budget_bytes", "must be >= 0")
+        need(self.guide_budget_gflops is None or self.guide_budget_gflops >= 0, "guide_budget_gflops",
+             "must be >= 0")  # fmt: skip
+        need(self.guide_table_dtype in ("auto", "float32", "bfloat16"), "guide_table_dtype",
+             "must be auto, float32 or bfloat16")  # fmt: skip
         if self.suffix is not None:
-            problem = affix_problem(self.suffix)
+            problem = affix_problem(self.suffix, MAX_SUFFIX_CHARS)
             hint = " (leave it out, or null, for no suffix)" if self.suffix == "" else ""
             need(problem is None, "suffix", f"{problem}{hint}")
         need(len(self.stop) <= MAX_STOP_STRINGS, "stop", f"at most {MAX_STOP_STRINGS} stop strings")
@@ -209,6 +230,8 @@ def _check_type(name: str, value: object, annotation: str) -> None:
         "float": (int, float),
         "int | None": (int, type(None)),
         "str | None": (str, type(None)),
+        "str": str,
+        "float | None": (int, float, type(None)),
     }[annotation]
     if isinstance(value, bool) and annotation != "bool" or not isinstance(value, expected):
         raise DecodingError(name, f"expected {annotation}, got {type(value).__name__}")

@@ -59,7 +59,7 @@ def json_body(out: Any, constraint: Any, total_ms: float) -> dict[str, Any]:
     timings["total_ms"] = total_ms
     timings = {k: round(v, 3) for k, v in timings.items()}
     return {"outputs": out.outputs_json(constraint), "usage": out.usage, "timings": timings,
-            "dfa_states": out.dfa_states}  # fmt: skip
+            "dfa_states": out.dfa_states, "guide": out.guide}  # fmt: skip
 
 
 def _decode_fields() -> list[dataclasses.Field]:
@@ -82,7 +82,8 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, action="append", default=[], type=_token_bias, metavar="ID=BIAS",
                            help=f"{f.metadata['help']} (repeatable)")  # fmt: skip
         else:
-            kind = {"int": int, "float": float, "int | None": int, "str | None": str}[f.type]
+            kind = {"int": int, "float": float, "int | None": int, "str | None": str, "str": str,
+                    "float | None": float}[f.type]  # fmt: skip
             shown = "4, or 1 with --do-sample" if f.name == "num_beams" else default
             p.add_argument(flag, type=kind, default=default, help=f"{f.metadata['help']} (default {shown})")
 

@@ -23,6 +23,7 @@ from fastapi.responses import Response
 
 from service import playground
 from service.auth import KeyChecker, playground_paths, public_paths
+from service.client_identity import parse_networks
 from service.errors import ClientGone, install_handlers
 from service.metrics import Metrics
 from service.middleware import CLIENT_CLOSED, ServiceMiddleware
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         known_paths=known,
         body_timeout_s=settings.body_timeout_s,
+        trusted_proxies=parse_networks(settings.trusted_proxies.split(",")),
     )
     _customize_openapi(app, runtime, public, keys.enabled)
     return app
@@ -184,7 +186,8 @@ def _customize_openapi(app: FastAPI, runtime: Runtime, public: frozenset[str], b
                     props[field] = (
                         {**branches[0], **extra} if len(branches) == 1 else {"anyOf": branches, **extra}
                     )
-            model["anyOf"] = [{"required": ["keywords"]}, {"required": ["constraint"]}]
+            if name == "GenerateRequest":  # the OpenAI endpoints serve requests without a constraint too
+                model["anyOf"] = [{"required": ["keywords"]}, {"required": ["constraint"]}]
         if bearer:
             schema["components"].setdefault("securitySchemes", {})["bearerAuth"] = {
                 "type": "http",

@@ -20,7 +20,8 @@ VALUE_SETTINGS = (
     "request_timeout_s", "max_new_tokens", "max_prompt_chars", "max_keywords", "max_forbidden",
     "max_keyword_chars", "max_beams", "max_body_bytes", "max_states", "compile_time_budget_s", "metrics_port",
     "response_cache_bytes", "redis_timeout_s", "compile_workers", "compile_backlog", "body_timeout_s",
-    "dfa_cache_bytes", "guide_cache_bytes",
+    "dfa_cache_bytes", "guide_cache_bytes", "guide", "guide_budget_bytes", "guide_budget_gflops",
+    "guide_table_dtype",
 )  # fmt: skip
 BOOL_SETTINGS = (
     "playground", "warmup", "cache", "metrics_public", "docs_public", "batching", "allow_tokenizer_mismatch",
@@ -128,6 +129,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         access_log=False,  # ServiceMiddleware logs one line per request, without prompts or keys
         timeout_graceful_shutdown=5,
+        # uvicorn would believe X-Forwarded-For from any loopback peer; pcgen believes forwarding headers only
+        # from the proxies in the `trusted_proxies` setting (service/client_identity.py)
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     runtime = app.state.runtime

@@ -39,6 +39,7 @@ from pc_core.decoding import (
     guided_constraint,
     prepare,
 )
+from pc_core.unguided import prepare_unguided
 from service.compile_pool import CompilePool
 from service.errors import BadRequest, QueueFull, ServiceError, Timeout, Unavailable, classify
 from service.generation import GenerationSpec
@@ -233,7 +234,7 @@ class Engine:
         (None without a pool: the prepare thread compiles). Waits for the pool without holding a thread;
         cancelling the request drops a compile that has not started."""
         pool = self.compile_pool
-        if pool is None:
+        if pool is None or job.spec.constraint is None:  # no pool, or nothing to compile
             return None
         params = job.spec.params
         loop = asyncio.get_running_loop()
@@ -242,7 +243,7 @@ class Engine:
             check_token_ids(params, len(self.tokenizer))
             constraint = guided_constraint(job.spec.constraint, params)
             known = pool.cached(constraint, self.tokenizer, params.max_states, params.time_budget_s)
-            if not known and pool.quick_for(job.client):
+            if not known and pool.quick_for(job.client, constraint):
                 pool.check_room(job.client)
                 quick = await loop.run_in_executor(self._pool, pool.try_quick, constraint,
                                                    self.tokenizer, params.max_states)  # fmt: skip
@@ -288,6 +289,12 @@ class Engine:
         prompt_ids = self._prompt_ids(spec.prompt)
         self._check_context(len(prompt_ids), params.max_new_tokens)
         on_stream = job.push_event if job.events is not None else None
+        if spec.constraint is None:  # no constraint: the LM's own distribution, no automaton or guide
+            try:
+                return prepare_unguided(self.tokenizer, prompt_ids, params, on_stream,
+                                        device=next(self.lm.parameters()).device)  # fmt: skip
+            except Exception as err:
+                raise self._classified(err, job, "prepare") from err
 
         compiled = guided_constraint(spec.constraint, params) if dfa is not None else None
 
@@ -306,6 +313,7 @@ class Engine:
             raise self._classified(err, job, "prepare") from err
         if job.observed:
             self.metrics.dfa_states.observe(search.dfa.num_states)
+            self.metrics.guides.labels(kind=getattr(search.guide, "kind", "exact")).inc()
             self.metrics.dfa_compile.observe(search.timings["dfa_ms"] / 1000)
             self.metrics.guide_precompute.observe(search.timings["precompute_ms"] / 1000)
         return search
@@ -471,9 +479,10 @@ class Engine:
         if longest > 1 and job.first_token_at is not None:
             self.metrics.tpot.observe((now - job.first_token_at) / (longest - 1))
         for seq in out.sequences:
-            self.metrics.constraint_outcomes.labels(
-                "satisfied" if seq.constraint_satisfied else "not_satisfied"
-            ).inc()
+            outcome = "satisfied" if seq.constraint_satisfied else "not_satisfied"
+            if job.spec.constraint is None:
+                outcome = "unconstrained"
+            self.metrics.constraint_outcomes.labels(outcome).inc()
             self.metrics.finish_reasons.labels(seq.finish_reason).inc()
 
     def _fail_all(self, error: ServiceError) -> None:

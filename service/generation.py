@@ -17,7 +17,7 @@ CACHE_SCHEMA_VERSION = 2
 @dataclass(frozen=True)
 class GenerationSpec:
     prompt: str | tuple[int, ...]  # text, or token ids (OpenAI's token prompts)
-    constraint: Constraint
+    constraint: Constraint | None  # None: no constraint (OpenAI requests without one), the LM's own text
     params: DecodeParams
     # DecodeParams field -> the request body's name for it (OpenAI's `max_tokens`), for error paths
     field_names: dict[str, str] = field(default_factory=dict, compare=False)
@@ -35,7 +35,7 @@ class GenerationSpec:
             "schema": CACHE_SCHEMA_VERSION,
             "models": fingerprints,
             "prompt": self.prompt,
-            "constraint": canonical_json(self.constraint),
+            "constraint": canonical_json(self.constraint) if self.constraint is not None else None,
             "params": params,
         }
         raw = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

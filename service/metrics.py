@@ -79,6 +79,8 @@ METRICS = [
      "computed outputs by constraint outcome (satisfied, not_satisfied)", [MODEL, "outcome"], None),
     ("constraint_errors", Counter, "pcgen_constraint_errors", "rejected constraints by error type",
      [MODEL, "type"], None),
+    ("guides", Counter, "pcgen_guides", "guides built per request, by kind (exact; factored past the budget)",
+     [MODEL, "kind"], None),
     ("dfa_states", Histogram, "pcgen_dfa_states", "token DFA states per request", [MODEL], STATES),
     ("dfa_compile", Histogram, "pcgen_dfa_compile_seconds", "constraint compilation (cache lookups included)",
      [MODEL], FAST),

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.auth import KeyChecker, bearer_token, key_id, unauthorized_body
+from service.client_identity import client_address
 from service.errors import error_body, openai_shaped
 from service.metrics import Metrics
 
@@ -40,6 +41,7 @@ class ServiceMiddleware:
         max_body_bytes: int,
         known_paths: frozenset[str] = frozenset(),
         body_timeout_s: float = 10.0,
+        trusted_proxies: tuple = (),
     ) -> None:
         self.app = app
         self.metrics = metrics
@@ -48,6 +50,7 @@ class ServiceMiddleware:
         self.max_body_bytes = max_body_bytes
         self.known_paths = known_paths
         self.body_timeout_s = body_timeout_s
+        self.trusted_proxies = trusted_proxies  # service.client_identity.parse_networks of the setting
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,7 +64,7 @@ class ServiceMiddleware:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         client = scope.get("client")
-        state["identity"] = f"ip:{client[0]}" if client else "ip:unknown"
+        state["identity"] = "ip:" + client_address(client[0] if client else None, headers, self.trusted_proxies)
         status: list[int | None] = [None]
 
         async def send_with_id(message: Message) -> None:

@@ -12,8 +12,11 @@ What each OpenAI field does here:
   `service_tier`, `parallel_tool_calls`, `prompt_cache_key`, `safety_identifier`);
 - accepted only when they ask for nothing (chat): `tools` (empty), `tool_choice` ("none"), `response_format`
   ({"type": "text"}), `functions`, `function_call`; anything else there is a 400 naming the field;
-- pcgen's own: `constraint` or `keywords` (one is required), `min_tokens`, `hmm_weight`, `length_penalty`,
-  `best_of` on chat too;
+- pcgen's own: `constraint` or `keywords` (without either: the LM's own distribution, no HMM and no guide, in
+  the same batches; with a `suffix`, the guide writes it under a constraint that always holds), `min_tokens`,
+  `hmm_weight`, `length_penalty`, `best_of` on chat too;
+- vLLM's: `return_tokens_as_token_ids` (logprobs name each token as "token_id:<id>", so a client gets the
+  exact token ids: what distillation needs);
 - any other field is a 400 naming it (a misspelt `temprature` is never silently ignored).
 
 Errors name the field the caller sent (`max_tokens`, not max_new_tokens): `field_names` maps DecodeParams'
@@ -26,6 +29,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
+from pc_core.constraints.spec import WordCount
 from pc_core.params import MAX_LOGPROBS, MIN_TEMPERATURE, MIN_TOP_P, SEED_MAX
 from service.errors import BadRequest
 from service.generation import GenerationSpec
@@ -86,6 +90,10 @@ class OpenAIRequest(BaseModel):
     constraint: ConstraintSpec | None = Field(None, description="a constraint in the constraint language")
     hmm_weight: float = Field(1.0, ge=0, le=100, allow_inf_nan=False, description="exponent w on the guide")
     length_penalty: float = Field(1.0, ge=-10, le=10, allow_inf_nan=False, description="beam ranking")
+    # vLLM extension
+    return_tokens_as_token_ids: StrictBool = Field(
+        False, description='vLLM extension: logprobs name each token "token_id:<id>" instead of its text'
+    )
 
     FIELD_NAMES: ClassVar[dict[str, str]] = {
         "max_new_tokens": "max_tokens",
@@ -156,7 +164,11 @@ class OpenAIRequest(BaseModel):
         return biases
 
     def generation(self, settings: Settings, prompt: str | tuple[int, ...], decoding: dict) -> GenerationSpec:
-        constraint = resolve_constraint(self.keywords, self.constraint, settings)
+        constraint = None  # no constraint: the LM's own distribution (pc_core.unguided)
+        if self.keywords is not None or self.constraint is not None:
+            constraint = resolve_constraint(self.keywords, self.constraint, settings)
+        elif decoding.get("suffix") is not None:  # infilling needs the guide: under a constraint that holds
+            constraint = WordCount(0, None)
         params = decode_params(settings, decoding, self.field_names)
         return GenerationSpec(prompt, constraint, params, self.field_names)
 
@@ -165,7 +177,7 @@ class OpenAIRequest(BaseModel):
 
 
 class CompletionRequest(OpenAIRequest):
-    """OpenAI `/v1/completions` plus pcgen's `constraint` / `keywords` (one of them is required)."""
+    """OpenAI `/v1/completions` plus pcgen's `constraint` / `keywords` (without either, the LM's own text)."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -297,8 +309,8 @@ OFF = {
 
 
 class ChatCompletionRequest(OpenAIRequest):
-    """OpenAI `/v1/chat/completions` plus pcgen's `constraint` / `keywords` (one is required). The prompt is
-    the model's chat template applied to `messages`; the constraint applies to the assistant's reply."""
+    """OpenAI `/v1/chat/completions` plus pcgen's `constraint` / `keywords` (optional). The prompt is the
+    model's chat template applied to `messages`; the constraint applies to the assistant's reply."""
 
     model_config = ConfigDict(
         extra="forbid",

@@ -177,7 +177,12 @@ class Runtime:
             from service.compile_pool import CompilePool
 
             self.compile_pool = CompilePool(
-                tokenizer, s.compile_workers, s.compile_backlog, s.dfa_cache_bytes, metrics=self.metrics
+                tokenizer,
+                s.compile_workers,
+                s.compile_backlog,
+                s.dfa_cache_bytes,
+                metrics=self.metrics,
+                light_workers=s.compile_light_workers,
             )
             self.compile_pool.warm_up()
         self.metrics.model_info.info(

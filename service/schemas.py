@@ -48,7 +48,7 @@ def _valid_unicode(value: str) -> str:
 class GenerateRequest(BaseModel):
     """Native request. Give the constraint either as `keywords` (all must appear, with inflections) or as
     `constraint` (the full constraint language: keywords, keyword, all, any, not, ordered, forbidden, word_at,
-    word_count, tokens)."""
+    word_count, count, at_least, at_most, tokens, ends_with)."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -85,8 +85,10 @@ class GenerateRequest(BaseModel):
     length_penalty: float = Field(1.0, ge=-10, le=10, allow_inf_nan=False, description="beam ranking")
     suffix: str | None = Field(
         None,
-        description="infilling: text the generated span must be followed by (generated too, in any "
-        "tokenisation); the constraint is judged on the span, which `text` returns",
+        description="infilling: text the generated span must be followed by (up to the server's "
+        "max_suffix_chars, 32,000 by default): the LM writes its first word, in any tokenisation, the rest is "
+        "attached as text, and the HMM conditions on all of it; the constraint is judged on the span, which "
+        "`text` returns",
     )
     stop: str | list[str] = Field(
         default_factory=list,
@@ -104,7 +106,7 @@ class GenerateRequest(BaseModel):
     def to_generation(self, settings: Settings) -> GenerationSpec:
         """The validated generation: server limits, the parsed constraint and DecodeParams (which holds the
         rules across fields), each failure a 422 naming the body field."""
-        check_limits(settings, prompt=self.prompt, max_new_tokens=self.max_new_tokens,
+        check_limits(settings, prompt=self.prompt, suffix=self.suffix, max_new_tokens=self.max_new_tokens,
                      min_new_tokens=self.min_new_tokens, num_beams=self.num_beams,
                      num_return_sequences=self.num_return_sequences)  # fmt: skip
         constraint = resolve_constraint(self.keywords, self.constraint, settings)
@@ -128,8 +130,14 @@ class Output(BaseModel):
     finish_reason: Literal["eos", "stop", "length"] = Field(
         description="eos: the model ended (or the suffix was completed); stop: a stop string; length: the horizon"
     )
-    logprob: float = Field(description="LM log-likelihood of the continuation (the suffix's tokens included)")
+    logprob: float = Field(description="LM log-likelihood of the continuation (with a suffix: see `ranking`)")
     full_text: str | None = Field(None, description="span + suffix (with `return_full_text`)")
+    ranking: str | None = Field(
+        None,
+        description="with a suffix: what `logprob` covers and beams are ranked by: `span+suffix` (the LM's "
+        "context holds prompt, span and suffix), `span+junction` (span and the suffix's first word), "
+        "`span+junction|fim` (the LM saw the suffix in a fill-in-the-middle prompt)",
+    )
     matches: list[Match] = Field(
         default_factory=list, description="character spans of the keywords found in `text` (not under `not`)"
     )
@@ -162,6 +170,10 @@ class GenerateResponse(BaseModel):
     usage: Usage
     timings: Timings
     dfa_states: int | None = Field(None, description="states of the constraint's token automaton")
+    guide: Literal["exact", "factored"] | None = Field(
+        None, description="which guide ran: exact, or factored past the exact guide's budget (the constraint "
+        "holds either way; docs/method.md §5.9)"
+    )  # fmt: skip
     cached: bool
     keywords: list[KeywordForms] = Field(
         default_factory=list,
@@ -267,8 +279,10 @@ def decode_params(settings: Settings, decoding: dict[str, Any], field_names: dic
     """DecodeParams with the server's compile limits; its validation failures as 422s on the body field."""
     try:
         return DecodeParams(
-            **decoding, max_states=settings.max_states, time_budget_s=settings.compile_time_budget_s
-        )
+            **decoding, max_states=settings.max_states, time_budget_s=settings.compile_time_budget_s,
+            guide=settings.guide, guide_budget_bytes=settings.guide_budget_bytes,
+            guide_budget_gflops=settings.guide_budget_gflops, guide_table_dtype=settings.guide_table_dtype,
+        )  # fmt: skip
     except DecodingError as err:
         field = field_names.get(err.field, err.field)
         message = err.message.format_map({k: field_names.get(k, k) for k in DECODE_FIELDS})
@@ -280,6 +294,7 @@ def check_limits(settings: Settings, **fields: Any) -> None:
     errors = []
     caps = {
         "prompt": settings.max_prompt_chars,
+        "suffix": settings.max_suffix_chars,
         "max_new_tokens": settings.max_new_tokens,
         "max_tokens": settings.max_new_tokens,
         "max_completion_tokens": settings.max_new_tokens,
@@ -294,7 +309,7 @@ def check_limits(settings: Settings, **fields: Any) -> None:
         if value is None:
             continue
         cap = caps[name]
-        if name == "prompt":
+        if name in ("prompt", "suffix"):
             if len(value) > cap:
                 errors.append(_err((name,), f"at most {cap} characters", len(value), "string_too_long"))
         elif value > cap:

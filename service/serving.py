@@ -30,22 +30,25 @@ class Result:
     timings: dict[str, float]  # queue_ms, dfa_ms, precompute_ms, decode_ms (total_ms added per response)
     cached: bool = False
     dfa_states: int | None = None  # size of the constraint's automaton
+    guide: str | None = None  # which guide ran: exact or factored (pc_core.factored_guide)
 
     def to_cache(self) -> dict[str, Any]:
-        return {"outputs": self.outputs, "usage": self.usage, "dfa_states": self.dfa_states}
+        return {"outputs": self.outputs, "usage": self.usage, "dfa_states": self.dfa_states, "guide": self.guide}
 
     @classmethod
     def from_cache(cls, payload: dict[str, Any]) -> Result:
         zero = {"queue_ms": 0.0, "dfa_ms": 0.0, "precompute_ms": 0.0, "decode_ms": 0.0}
         return cls(
-            payload["outputs"], payload["usage"], zero, cached=True, dfa_states=payload.get("dfa_states")
-        )
+            payload["outputs"], payload["usage"], zero, cached=True, dfa_states=payload.get("dfa_states"),
+            guide=payload.get("guide"),
+        )  # fmt: skip
 
     @classmethod
     def from_job(cls, job: Job) -> Result:
         out = job.search.output
         timings = {k: round(v, 3) for k, v in job.timings().items()}
-        return cls(out.outputs_json(job.spec.constraint), out.usage, timings, dfa_states=out.dfa_states)
+        return cls(out.outputs_json(job.spec.constraint), out.usage, timings, dfa_states=out.dfa_states,
+                   guide=out.guide)  # fmt: skip
 
     def with_total(self, started: float) -> Result:
         timings = {"queue_ms": 0.0, "dfa_ms": 0.0, "precompute_ms": 0.0, "decode_ms": 0.0, **self.timings}

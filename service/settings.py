@@ -77,10 +77,22 @@ class Settings(BaseSettings):
     batching: bool = Field(True, description="continuous batching (off: one request at a time)")
     prepare_workers: int = Field(2, ge=1, le=64, description="threads preparing requests (guide precompute)")
     compile_workers: int = Field(
-        1, ge=0, le=64, description="processes compiling constraints (0: in the preparing threads)"
+        1,
+        ge=0,
+        le=64,
+        description="processes compiling heavy constraints, at a lower OS priority (0: no compile processes; "
+        "constraints compile in the preparing threads)",
+    )
+    compile_light_workers: int = Field(
+        1, ge=1, le=64, description="processes compiling light constraints (a lane heavy ones never hold)"
     )
     compile_backlog: int = Field(
         4, ge=1, description="constraints one client (API key or address) may have waiting to compile"
+    )
+    trusted_proxies: str = Field(
+        "",
+        description="comma-separated addresses or CIDR blocks of proxies whose X-Forwarded-For / Forwarded "
+        'headers name the client (like uvicorn\'s --forwarded-allow-ips; "*" trusts every peer)',
     )
     request_timeout_s: float = Field(120.0, gt=0, description="per-request deadline (504 after it)")
     body_timeout_s: float = Field(10.0, gt=0, description="time to receive a request body (408 after it)")
@@ -92,6 +104,7 @@ class Settings(BaseSettings):
     # request limits
     max_new_tokens: int = Field(64, ge=1, le=DEFAULT_MAX_HORIZON, description="cap on max_new_tokens")
     max_prompt_chars: int = Field(8000, ge=1, description="cap on prompt length in characters")
+    max_suffix_chars: int = Field(32_000, ge=1, le=32_000, description="cap on an infilling suffix's length")
     max_keywords: int = Field(16, ge=1, description="cap on required keywords in a constraint")
     max_forbidden: int = Field(
         2000, ge=0, description="cap on forbidden keywords (blocklists are masked beside the guide)"
@@ -99,8 +112,32 @@ class Settings(BaseSettings):
     max_keyword_chars: int = Field(100, ge=1, description="cap on one keyword's length")
     max_beams: int = Field(16, ge=1, description="cap on num_beams and num_return_sequences")
     max_body_bytes: int = Field(1_048_576, ge=256, description="request bodies above this get 413")
-    max_states: int = Field(DEFAULT_MAX_STATES, ge=2, description="cap on a constraint's DFA states")
+    max_states: int = Field(
+        DEFAULT_MAX_STATES, ge=2, description="cap on a constraint's DFA states (memory; the guide's cost has "
+        "its own budget: guide_budget_bytes / guide_budget_gflops)"
+    )  # fmt: skip
+    guide: Literal["auto", "exact"] = Field(
+        "auto", description="auto: the exact guide within the budget, else the factored guide (the constraint "
+        "still holds, steering is approximate); exact: refuse constraints past the budget (422)"
+    )  # fmt: skip
+    guide_budget_bytes: int | None = Field(
+        None, ge=0, description="exact guide's tables, bytes at most (unset: 512 MiB on CPU, 4 GiB on GPU)"
+    )
+    guide_budget_gflops: float | None = Field(
+        None, ge=0, description="exact guide's precompute, GFLOP at most (unset: 40 on CPU, 20,000 on GPU)"
+    )
+    guide_table_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="guide rows stored in: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16"
+    )
     compile_time_budget_s: float = Field(10.0, gt=0, le=600, description="cap on compiling one constraint")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, value: str) -> str:
+        from service.client_identity import parse_networks
+
+        parse_networks(value.split(","))  # a ValueError naming the entry that is not an address or block
+        return value
 
     @field_validator("device")
     @classmethod
@@ -116,7 +153,8 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown dtype {value!r}; use one of {', '.join(DTYPES)}")
         return value
 
-    @field_validator("redis_url", "rate_limit", "model_name", "metrics_port", mode="before")
+    @field_validator("redis_url", "rate_limit", "model_name", "metrics_port", "guide_budget_bytes",
+                     "guide_budget_gflops", mode="before")  # fmt: skip
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -5,8 +5,15 @@ import shutil
 from pathlib import Path
 
 import pytest
+from guards import (  # noqa: F401 - the watchdog and the end-of-run process check (hooks)
+    pytest_configure,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+    pytest_testnodedown,
+    pytest_timeout_set_timer,
+)
 from service_support import MAX_NEW_TOKENS, RedisServer, Server
-from support import build_tiny_lm, build_tokenizer
+from support import build_tiny_lm, build_tokenizer, shared_build, shared_root, source_digest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -76,25 +83,52 @@ def logs(tmp_path_factory):
     return tmp_path_factory.mktemp("service-logs")
 
 
+SLOW_FIXTURE_TIMEOUT_S = 1200  # tests that may build the demo models (minutes on a loaded 2-core machine)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Per-test timeouts (the watchdog in tests/guards.py): pyproject's default, longer where a test may pay
+    for building the demo models or is marked slow; an explicit @pytest.mark.timeout wins."""
+    for item in items:
+        if item.get_closest_marker("timeout") is None and (
+            "demo_models" in getattr(item, "fixturenames", ()) or item.get_closest_marker("slow")
+        ):
+            item.add_marker(pytest.mark.timeout(SLOW_FIXTURE_TIMEOUT_S))
+
+
+_MODULE_SERVERS: list[Server] = []  # started by a test or a module's fixture: stopped when the module ends
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After the last test of a module (and its module fixtures): stop the servers it started, so that a run
+    does not keep every test's server (and its compile workers) alive to the end."""
+    yield
+    if nextitem is None or getattr(nextitem, "module", None) is not getattr(item, "module", None):
+        while _MODULE_SERVERS:
+            _MODULE_SERVERS.pop().stop()
+
+
 @pytest.fixture(scope="session")
 def start_server(model_env, logs):
-    """start_server(name, **env) -> a ready Server; all are stopped at the end of the session."""
-    servers: list[Server] = []
+    """start_server(name, **env) -> a ready Server, stopped after the last test of the module that started it
+    (stop() it earlier where a test is done with it)."""
+    session_servers: list[Server] = []
 
-    def start(name: str, **env: str) -> Server:
+    def start(name: str, _keep: bool = False, **env: str) -> Server:
         server = Server(logs, {**model_env, **env}, name)
-        servers.append(server)
+        (session_servers if _keep else _MODULE_SERVERS).append(server)
         return server.start()
 
     yield start
-    for server in servers:
+    for server in session_servers + _MODULE_SERVERS:
         server.stop()
 
 
 @pytest.fixture(scope="session")
 def server(start_server):
-    """Default configuration: in-process cache and limiter, continuous batching."""
-    return start_server("default", PCGEN_MAX_BATCH_SIZE="8")
+    """Default configuration: in-process cache and limiter, continuous batching (one per session)."""
+    return start_server("default", _keep=True, PCGEN_MAX_BATCH_SIZE="8")
 
 
 @pytest.fixture(scope="session")
@@ -109,9 +143,11 @@ def redis_server(logs):
 @pytest.fixture(scope="session")
 def demo_models(tmp_path_factory):
     """The offline demo's models (quick size): a tiny GPT-2 trained on the demo corpus and an HMM distilled
-    from it by `pcgen distill run`. About a minute on 2 cores; shared by the demo and playground tests."""
+    from it by `pcgen distill run`. About a minute on 2 cores: built once per run (keyed by the code that
+    builds them) and shared by every xdist worker; used by the demo and playground tests."""
     from pcgen.demo import build
 
-    cache = tmp_path_factory.mktemp("demo")
-    lm_dir, hmm_dir = build(cache, quick=True)
+    key = source_digest("pc_core", "distill", "pcgen")
+    cache = shared_build(shared_root(tmp_path_factory), "demo-quick", key, lambda d: build(d, quick=True))
+    lm_dir, hmm_dir = build(cache, quick=True)  # found, not built again
     return {"cache": cache, "lm": lm_dir, "hmm": hmm_dir}

@@ -35,7 +35,7 @@ class Server:
                     "TOKENIZERS_PARALLELISM": "false", "PCGEN_DEVICE": "cpu", **env}  # fmt: skip
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 180.0) -> Server:
+    def start(self, timeout: float = 420.0) -> Server:  # seconds on a quiet machine, minutes on a crowded one
         log = open(self.log_path, "w")  # noqa: SIM115 - closed with the process
         cmd = [sys.executable, "-m", "pcgen.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)

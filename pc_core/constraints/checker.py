@@ -17,11 +17,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from pc_core.constraints.continuation import cut_at_eos, decode_continuation
+from pc_core.constraints.patterns import CHAR_NODES
+from pc_core.constraints.patterns import holds as pattern_holds
 from pc_core.constraints.spec import (
     Affixed,
     All,
     AnyOf,
+    AtLeast,
+    AtMost,
     Constraint,
+    Count,
     EndsWith,
     Keyword,
     Not,
@@ -213,6 +218,23 @@ def keyword_spans(keyword: Keyword, text: Words) -> list[tuple[int, int]]:
     return sorted(spans, key=lambda s: (s[1], s[0]))
 
 
+def word_index(index: int, n_words: int) -> int | None:
+    """The 0-based position of `word_at`'s word (1-based, or from the end when negative) in a text of
+    `n_words` words, or None when the text is too short."""
+    position = index - 1 if index > 0 else n_words + index
+    return position if 0 <= position < n_words else None
+
+
+def disjoint_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The most pairwise non-overlapping spans, taken greedily by earliest end (spans sorted by end, as
+    keyword_spans gives them): the classic interval-scheduling optimum."""
+    out: list[tuple[int, int]] = []
+    for start, end in spans:
+        if not out or start >= out[-1][1]:
+            out.append((start, end))
+    return out
+
+
 def _holds(node: Constraint, words: Words, ids: list[int] | None) -> bool:
     if isinstance(node, Keyword):
         return bool(keyword_spans(node, words))
@@ -231,11 +253,19 @@ def _holds(node: Constraint, words: Words, ids: list[int] | None) -> bool:
             position = min(ends)
         return True
     if isinstance(node, WordAt):
-        if len(words) < node.index:
-            return False
-        return bool([s for s in keyword_spans(node.word, words) if s[0] == node.index - 1])
+        start = word_index(node.index, len(words))
+        return start is not None and any(s[0] == start for s in keyword_spans(node.word, words))
+    if isinstance(node, Count):
+        found = len(disjoint_spans(keyword_spans(node.keyword, words)))
+        return node.min <= found and (node.max is None or found <= node.max)
+    if isinstance(node, AtLeast):
+        return sum(_holds(c, words, ids) for c in node.children) >= node.k
+    if isinstance(node, AtMost):
+        return sum(_holds(c, words, ids) for c in node.children) <= node.k
     if isinstance(node, WordCount):
         return node.min <= len(words) and (node.max is None or len(words) <= node.max)
+    if isinstance(node, CHAR_NODES):  # regex / pattern / choice / JSON: re, json and jsonschema
+        return pattern_holds(node, words.text)
     if isinstance(node, EndsWith):
         return words.text.endswith(node.text)
     if isinstance(node, Affixed):
@@ -258,10 +288,9 @@ def keyword_matches(constraint: Constraint | dict | str, text: str) -> list[dict
         if negated:
             continue
         if isinstance(node, WordAt):
-            if len(words) >= node.index and any(
-                s[0] == node.index - 1 for s in keyword_spans(node.word, words)
-            ):
-                a, b = positions[node.index - 1]
+            start = word_index(node.index, len(words))
+            if start is not None and any(s[0] == start for s in keyword_spans(node.word, words)):
+                a, b = positions[start]
                 out.append({"keyword": node.word.text, "start": a, "end": b})
             continue
         for keyword in iter_keywords(node):

@@ -30,6 +30,7 @@ TokenDFA stores a (states x classes) successor table plus the class of every tok
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -42,12 +43,11 @@ from pc_core.constraints.affixes import (
     EMPTY,
     END,
     Affixes,
-    TextReps,
-    ends_with_signatures,
     prefix_tables,
     token_texts,
 )
 from pc_core.constraints.blocklist import Blocklist, split_blocklist
+from pc_core.constraints.char_tokens import TextEffects, char_only_dfa, compile_char_only
 from pc_core.constraints.dfa import TokenDFA
 from pc_core.constraints.matchers import Matcher, build_matcher
 from pc_core.constraints.spec import (
@@ -75,14 +75,13 @@ from pc_core.constraints.vocab import (
 from pc_core.constraints.words import is_space_char, is_word_char, keyword_forms
 from pc_core.errors import ConstraintError, ConstraintTooComplex
 
-DEFAULT_MAX_STATES = 2048
-"""Cap on the minimised DFA. Exact keyword DFAs grow as (prefixes of unmatched keywords) x (subsets found)
-(sizes in docs/benchmarks.md). The guide's tables cost horizon x states x hidden floats (32 x 2048 x 4096 x
-4 B = 1 GiB at production size) and its precompute one (states x H) x (H x H) product per token of horizon,
-so anything bigger is a deployment decision (the service has its own, lower, setting). Exploration before
-minimisation may use 8x."""
+DEFAULT_MAX_STATES = 250_000
+"""Cap on the minimised DFA: what the compiler and the exact feasibility tables hold in memory, not what the
+guide costs. The guide's cost depends on the model and device (H, bytes per value, live (step, state) pairs)
+and is budgeted where the guide is built (pc_core.guide_budget); past that budget the factored guide runs
+(pc_core.factored_guide). Exploration before minimisation may use 4x."""
 DEFAULT_TIME_BUDGET_S = 10.0
-EXPLORE_FACTOR = 8
+EXPLORE_FACTOR = 4
 CACHE_BYTES = 256 * 2**20
 
 NONE, DEAD = 0, 1  # tracker: inside a gap no phrase mentions (or at the start) / an irrelevant word
@@ -251,6 +250,11 @@ class _Context:
     representatives: np.ndarray  # (G,) a token of each group
 
 
+# Test-only hook: a constraint that mentions this word compiles, spending CPU, until its time budget (or the
+# request's deadline) stops it, so tests of deadlines do not depend on how fast the machine compiles.
+STALL_WORD = os.environ.get("PCGEN_TEST_STALL_WORD", "")
+
+
 class _Compiler:
     def __init__(
         self,
@@ -286,13 +290,14 @@ class _Compiler:
                 "suffix or a stop string starts inside a token)",
             )
         self.text_patterns = sorted({node.text for node in walk(constraint) if isinstance(node, EndsWith)})
-        needs_texts = self.text_patterns or suffix is not None or stop
+        self.text_effects = TextEffects(self.text_patterns, constraint)  # ends_with + regex / JSON nodes
+        needs_texts = self.text_effects.active or suffix is not None or stop
         self.texts = token_texts(tables) if needs_texts else []
-        self.text_sig = ends_with_signatures(self.text_patterns, self.texts) if self.text_patterns else None
+        self.text_sig = self.text_effects.signatures(self.texts) if self.text_effects.active else None
         self.affixes = (
             Affixes(suffix, stop, self.texts, tables.banned) if suffix is not None or stop else None
         )
-        self.text_reps = TextReps(self.text_patterns)
+        self.text_reps = self.text_effects
         self.plain_groups: dict[object, np.ndarray] = {}
         self.contexts: dict[object, _Context] = {}
         self._prepare_static()
@@ -308,7 +313,7 @@ class _Compiler:
         pseudo.tables = prefix_tables(strings)
         pseudo.texts = [*strings, ""]
         pseudo.text_sig = (
-            ends_with_signatures(self.text_patterns, pseudo.texts) if self.text_patterns else None
+            self.text_effects.signatures(pseudo.texts) if self.text_effects.active else None
         )
         pseudo.contexts, pseudo.affixes, pseudo.plain_groups = {}, None, {}
         pseudo._prepare_static()
@@ -389,7 +394,7 @@ class _Compiler:
             if event is None:
                 out.append(EOS_EVENT if tok == eos else None)
             else:
-                text = self.text_reps(self.texts[tok]) if self.text_patterns else None
+                text = self.text_reps(self.texts[tok]) if self.text_effects.active else None
                 out.append((*event, tok if tok in self.pattern_set else -1, text))
         return out
 
@@ -474,6 +479,9 @@ class _Compiler:
         """Explore the product breadth-first, then classes, minimisation and (beside a blocklist) the classes
         that are safe at each state."""
         _check_static_size(self.constraint, self.max_states)
+        if STALL_WORD and STALL_WORD in canonical_json(self.constraint):
+            while True:  # test-only (see STALL_WORD): busy until the budget or deadline stops it
+                self.check_deadline()
         explored = _Exploration(self)
         while explored.queue:
             explored.expand(explored.queue.popleft())
@@ -596,6 +604,9 @@ class _Exploration:
         self.suffix_mode = self.affixes is not None and self.affixes.suffix_mode
         self.affix_memo: dict[object, tuple[np.ndarray, list[tuple]]] = {}  # per context name
         self.prefix_events: dict[int, list] = {}  # per tracker: the event of each group of prefix strings
+        self.event_plans: dict[int, tuple] = {}  # per tracker: its events sorted for `successors`
+        self.event_ids: dict[tuple, int] = {}  # (syms, token event, text) -> id, for the int-keyed step memo
+        self.step_ids: dict[int, int] = {}  # (matcher state << 24 | event id) -> matcher state
         self.initial = self.sid((NONE, self.qid(self.matcher.init()), EMPTY))
         self.end_accept, self.end_reject, self.sink = (
             self.sid(END_ACCEPT),
@@ -706,20 +717,7 @@ class _Exploration:
         events, inverse = self.distinct_events(cur, name)
         accepted = not self.suffix_mode and self.accepting(q, cur)
         end = self.end_accept if accepted else self.end_reject
-        out = np.full(len(events), -1, np.int32)
-        moved: list[int | None] = [None] * len(events)
-        plain = compiler.plain_events(name, inverse, len(events))  # events some inert token has
-        for u, event in enumerate(events):
-            if event is None:
-                out[u] = self.sink
-            elif event is EOS_EVENT:
-                out[u] = end
-            else:
-                new_cur, syms, tok_event, text = event
-                moves = syms or compiler.pattern_tokens or text is not None  # raw tokens: every token moves
-                moved[u] = self.step_q(q, syms, tok_event, text) if moves else q
-                if plain[u]:
-                    out[u] = self.sid((new_cur, moved[u], EMPTY))  # no partial match survives an inert token
+        out, moved = self.successors(cur, name, q, events, inverse, end)
         affix = None
         if self.affixes is not None:  # the tokens that can start, continue or complete a suffix / stop string
             _, keys = self.affix_keys(name)
@@ -736,6 +734,60 @@ class _Exploration:
                     key_succ[j] = self.sid((events[u][0], moved[u], value))
             affix = (name, key_succ)
         self.rows[state] = (name, out[inverse], affix)
+
+    def successors(
+        self, cur: int, name: object, q: int, events: list, inverse: np.ndarray, end: int
+    ) -> tuple[np.ndarray, list[int | None]]:
+        """(successor per distinct event (E,) int32, matcher state after each event): the hot loop of the
+        compiler, over lists prepared once per tracker state (_event_plan) and integer-keyed memos."""
+        plan = self.event_plans.get(cur)
+        if plan is None:
+            plan = self.event_plans[cur] = self._event_plan(cur, name, events, inverse)
+        sink_events, eos_events, still, moving = plan
+        out = [-1] * len(events)
+        moved: list[int | None] = [None] * len(events)
+        for u in sink_events:
+            out[u] = self.sink
+        for u in eos_events:
+            out[u] = end
+        ids, sid, memo = self.state_ids, self.sid, self.step_ids
+        for u, new_cur, plain in still:  # the matcher sees nothing: same q
+            moved[u] = q
+            if plain:  # no partial match survives an inert token
+                key = (new_cur, q, EMPTY)
+                found = ids.get(key)
+                out[u] = found if found is not None else sid(key)
+        for u, new_cur, plain, event_id, step in moving:
+            m = memo.get((q << 24) | event_id)
+            if m is None:
+                m = memo[(q << 24) | event_id] = self.step_q(q, *step)
+            moved[u] = m
+            if plain:
+                key = (new_cur, m, EMPTY)
+                found = ids.get(key)
+                out[u] = found if found is not None else sid(key)
+        return np.array(out, np.int32), moved
+
+    def _event_plan(self, cur: int, name: object, events: list, inverse: np.ndarray) -> tuple:
+        """A tracker state's distinct events sorted for `successors`: to the sink, EOS, inert for the matcher
+        (u, new tracker, plain), moving it (u, new tracker, plain, event id, (syms, token event, text))."""
+        compiler = self.compiler
+        plain = compiler.plain_events(name, inverse, len(events))  # events some inert token has
+        sink_events, eos_events, still, moving = [], [], [], []
+        for u, event in enumerate(events):
+            if event is None:
+                sink_events.append(u)
+            elif event is EOS_EVENT:
+                eos_events.append(u)
+            else:
+                new_cur, syms, tok_event, text = event
+                if syms or compiler.pattern_tokens or text is not None:  # raw tokens: every token moves
+                    step = (syms, tok_event, text)
+                    event_id = self.event_ids.setdefault(step, len(self.event_ids))
+                    moving.append((u, new_cur, bool(plain[u]), event_id, step))
+                else:
+                    still.append((u, new_cur, bool(plain[u])))
+        return sink_events, eos_events, still, moving
 
     def distinct_events(self, cur: int, name: object) -> tuple[list, np.ndarray]:
         """The distinct events of the context's groups from tracker `cur`, and each group's: groups of a
@@ -869,6 +921,16 @@ def _check_static_size(constraint: Constraint, max_states: int) -> None:
             )
 
 
+def _deadline_check(deadline: float, budget_s: float) -> Any:
+    def check() -> None:
+        if time.perf_counter() > deadline:
+            raise ConstraintTooComplex(
+                "constraint", f"compilation exceeded its time budget of {budget_s:g}s", out_of_time=True
+            )
+
+    return check
+
+
 def explain_unsatisfiable(constraint: Any, tokenizer: Any) -> str:
     """Why no text satisfies a constraint whose DFA cannot accept: a keyword it requires that this tokenizer
     cannot write (every spelling needs a token that ends inside a UTF-8 character), else the logic itself."""
@@ -928,7 +990,11 @@ def compile_constraint(
     # with a suffix or stop strings the blocklist stays in the product (the mask would judge the suffix too)
     split = split_blocklist(constraint) if blocklist_mask and not isinstance(constraint, Affixed) else None
     try:
-        if split is None:
+        char_dfa = char_only_dfa(constraint)  # regex / choice / JSON nodes alone: vectorised (char_tokens.py)
+        if char_dfa is not None:
+            deadline = time.perf_counter() + time_budget_s
+            dfa = compile_char_only(char_dfa, tables, max_states, _deadline_check(deadline, time_budget_s))
+        elif split is None:
             dfa = _Compiler(constraint, tables, max_states, time_budget_s).run()
         else:
             rest, blocked = split

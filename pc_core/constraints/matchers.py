@@ -16,10 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from pc_core.constraints.patterns import CHAR_NODES
 from pc_core.constraints.spec import (
     All,
     AnyOf,
+    AtLeast,
+    AtMost,
     Constraint,
+    Count,
     EndsWith,
     Keyword,
     Not,
@@ -335,7 +339,8 @@ def build_matcher(
     node: Constraint, syms_for: Callable[[str, bool], WordSyms], gap_sym: Callable[[str], int]
 ) -> Matcher:
     """`syms_for(word, casefolded)` gives the symbol ids that count as `word`; `gap_sym(gap)` the id of a
-    normalised gap the constraint's phrases mention."""
+    normalised gap the constraint's phrases mention. The counting operators' matchers are in counting.py."""
+    from pc_core.constraints import counting  # it builds on the classes above
 
     def items(form: Form, casefolded: bool) -> list[WordSyms | int]:
         out: list[WordSyms | int] = [syms_for(form.words[0], casefolded)]
@@ -365,13 +370,24 @@ def build_matcher(
             syms: set[int] = set()
             for form in keyword_forms(node.word):
                 syms |= syms_for(form.words[0], node.word.case == "any")
+            if node.index < 0:
+                return counting.WordFromEndMatcher(-node.index, frozenset(syms))
             return WordAtMatcher(node.index, frozenset(syms))
+        if isinstance(node, Count):
+            return counting.CountMatcher(keyword(node.keyword), node.min, node.max)
+        if isinstance(node, (AtLeast, AtMost)):
+            return counting.KOfMatcher([build(c) for c in node.children], node.k, isinstance(node, AtLeast))
         if isinstance(node, WordCount):
             return WordCountMatcher(node.min, node.max)
         if isinstance(node, Tokens):
             return TokensMatcher(node.ids)
         if isinstance(node, EndsWith):
             return EndsWithMatcher(node.text)
+        if isinstance(node, CHAR_NODES):  # fed each token's text (char_tokens.py)
+            from pc_core.constraints.char_tokens import CharMatcher
+            from pc_core.constraints.patterns import char_automaton
+
+            return CharMatcher(char_automaton(node))
         raise TypeError(f"unknown constraint node {node!r}")
 
     return build(node)

@@ -4,7 +4,8 @@
     {"keyword": "New York", "inflections": false, "case": "sensitive", "variants": ["NYC"]}
     {"keyword": "fish", "pos": "noun"}
     {"all": [...]}  {"any": [...]}  {"not": {...}}  {"ordered": ["wake", "coffee"]}
-    {"word_at": 3, "word": "pan"}     {"word_count": {"min": 5, "max": 15}}
+    {"word_at": 3, "word": "pan"}     {"word_at": -1, "word": "pan"}     {"word_count": {"min": 5, "max": 15}}
+    {"count": "dog", "min": 2, "max": 2}     {"at_least": 2, "of": [...]}     {"at_most": 1, "of": [...]}
     {"forbidden": ["cat", "dog"]}     {"tokens": [1532, 287]}     {"ends_with": "."}
 
 A bare string where a constraint is expected is a keyword. Keyword options (`inflections`, `case`: natural |
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pc_core.cache import LRUCache
+from pc_core.constraints.patterns import CHAR_NODES, parse_choice, parse_json_schema, parse_regex_node
 from pc_core.constraints.words import CASE_MODES, PARTS_OF_SPEECH, bad_keyword_char, split_words
 from pc_core.errors import ConstraintError
 
@@ -38,6 +40,7 @@ MAX_WORD_INDEX = 512
 MAX_TOKEN_PATTERN = 64
 MAX_FORBIDDEN = 10_000  # blocklists are enforced beside the guide (blocklist.py), not multiplied into it
 MAX_AFFIX_CHARS = 200
+MAX_SUFFIX_CHARS = 32_000  # infilling: the LM writes the suffix's first word, the HMM reads all of it
 """Longest `ends_with` string, `suffix` and stop string: the automaton tracks partial matches of these texts
 character by character, so its size grows with their length."""
 MAX_STOP_STRINGS = 16
@@ -97,13 +100,15 @@ class Ordered:
 
 @dataclass(frozen=True)
 class WordAt:
-    """The index-th word (1-based) of the text is `word` (a single word, with its variants)."""
+    """The index-th word (1-based; negative counts from the end, -1 is the last word) of the text is `word`
+    (a single word, with its variants)."""
 
     index: int
     word: Keyword
 
-    def to_json(self) -> dict:
-        return {"word_at": self.index, **self.word.to_json()}
+    def to_json(self) -> dict:  # parses back: the word under "word", its options beside it
+        word = self.word.to_json()
+        return {"word_at": self.index, "word": word.pop("keyword"), **word}
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,41 @@ class WordCount:
 
     def to_json(self) -> dict:
         return {"word_count": {"min": self.min, "max": self.max}}
+
+
+@dataclass(frozen=True)
+class Count:
+    """The keyword occurs at least `min` and at most `max` (None: no upper bound) times: whole words, the most
+    non-overlapping occurrences (taken greedily, earliest end first)."""
+
+    keyword: Keyword
+    min: int = 0
+    max: int | None = None
+
+    def to_json(self) -> dict:
+        return {"count": self.keyword.to_json(), "min": self.min, "max": self.max}
+
+
+@dataclass(frozen=True)
+class AtLeast:
+    """At least k of the children hold."""
+
+    k: int
+    children: tuple[Constraint, ...]
+
+    def to_json(self) -> dict:
+        return {"at_least": self.k, "of": [c.to_json() for c in self.children]}
+
+
+@dataclass(frozen=True)
+class AtMost:
+    """At most k of the children hold."""
+
+    k: int
+    children: tuple[Constraint, ...]
+
+    def to_json(self) -> dict:
+        return {"at_most": self.k, "of": [c.to_json() for c in self.children]}
 
 
 @dataclass(frozen=True)
@@ -151,8 +191,10 @@ class Affixed:
         }
 
 
-Constraint = Keyword | All | AnyOf | Not | Ordered | WordAt | WordCount | Tokens | EndsWith
-NODE_TYPES = (Keyword, All, AnyOf, Not, Ordered, WordAt, WordCount, Tokens, EndsWith, Affixed)
+Constraint = (
+    Keyword | All | AnyOf | Not | Ordered | WordAt | WordCount | Count | AtLeast | AtMost | Tokens | EndsWith
+)
+NODE_TYPES = (*Constraint.__args__, *CHAR_NODES, Affixed)  # regex / choice / JSON: patterns.py
 
 _KEYWORD_OPTIONS = {"inflections", "case", "case_sensitive", "variants", "pos"}
 
@@ -204,15 +246,15 @@ def split_affixes(constraint: Any) -> tuple[Constraint, str | None, tuple[str, .
     return node, None, ()
 
 
-def affix_problem(text: Any) -> str | None:
+def affix_problem(text: Any, limit: int = MAX_AFFIX_CHARS) -> str | None:
     """Why `text` cannot be an `ends_with` string, a suffix or a stop string, or None. No text can contain
     U+FFFD: pcgen never generates a token whose text has one (docs/method.md §3)."""
     if not isinstance(text, str):
         return f"expected a string, got {_type_name(text)}"
     if not text:
         return "must not be empty"
-    if len(text) > MAX_AFFIX_CHARS:
-        return f"longer than {MAX_AFFIX_CHARS} characters"
+    if len(text) > limit:
+        return f"longer than {limit} characters"
     if any(0xD800 <= ord(ch) <= 0xDFFF for ch in text):
         return "contains a lone surrogate, which is not text (it has no UTF-8 encoding)"
     if "\ufffd" in text:
@@ -242,7 +284,7 @@ def iter_keywords(constraint: Constraint) -> list[Keyword]:
     """Every keyword in the tree (including `word_at` words), in order."""
     if isinstance(constraint, Keyword):
         return [constraint]
-    if isinstance(constraint, (All, AnyOf)):
+    if isinstance(constraint, (All, AnyOf, AtLeast, AtMost)):
         return [k for c in constraint.children for k in iter_keywords(c)]
     if isinstance(constraint, Not):
         return iter_keywords(constraint.child)
@@ -250,20 +292,26 @@ def iter_keywords(constraint: Constraint) -> list[Keyword]:
         return list(constraint.items)
     if isinstance(constraint, WordAt):
         return [constraint.word]
+    if isinstance(constraint, Count):
+        return [constraint.keyword]
     if isinstance(constraint, Affixed):
         return iter_keywords(constraint.body)
     return []
 
 
 def leaves(constraint: Constraint, negated: bool = False) -> Iterator[tuple[Constraint, bool]]:
-    """Every node below the all / any / not structure, with whether it sits under an odd number of `not`s."""
+    """Every node below the all / any / not / at_least / at_most structure, with whether it counts against
+    the constraint: under an odd number of `not`s, where `at_most 0` and `count ... max 0` count as a `not`."""
     if isinstance(constraint, Not):
         yield from leaves(constraint.child, not negated)
     elif isinstance(constraint, Affixed):
         yield from leaves(constraint.body, negated)
-    elif isinstance(constraint, (All, AnyOf)):
+    elif isinstance(constraint, (All, AnyOf, AtLeast, AtMost)):
+        flip = isinstance(constraint, AtMost) and constraint.k == 0
         for child in constraint.children:
-            yield from leaves(child, negated)
+            yield from leaves(child, negated != flip)
+    elif isinstance(constraint, Count):
+        yield constraint, negated != (constraint.max == 0)
     else:
         yield constraint, negated
 
@@ -342,7 +390,7 @@ def _keyword_list(spec: dict, key: str, path: str, max_len: int = 256) -> tuple[
 def _parse_combination(spec: dict, path: str, depth: int) -> Constraint:
     key = "all" if "all" in spec else "any"
     _only(spec, {key}, path)
-    items = _list(spec[key], f"{path}.{key}", min_len=1)
+    items = _list(spec[key], f"{path}.{key}", min_len=0)  # all [] is true, any [] false (docs/method.md §3)
     children = tuple(_parse(x, f"{path}.{key}[{i}]", depth + 1) for i, x in enumerate(items))
     return All(children) if key == "all" else AnyOf(children)
 
@@ -354,7 +402,11 @@ def _parse_not(spec: dict, path: str, depth: int) -> Constraint:
 
 def _parse_word_at(spec: dict, path: str, depth: int) -> Constraint:
     _only(spec, {"word_at", "word"} | _KEYWORD_OPTIONS, path)
-    index = _int(spec["word_at"], f"{path}.word_at", lo=1, hi=MAX_WORD_INDEX)
+    index = _int(spec["word_at"], f"{path}.word_at", lo=-MAX_WORD_INDEX, hi=MAX_WORD_INDEX)
+    if index == 0:
+        raise ConstraintError(
+            f"{path}.word_at", "must be >= 1 (1 is the first word) or <= -1 (-1 is the last word)"
+        )
     if "word" not in spec:
         raise ConstraintError(f"{path}.word", "required with word_at")
     word = _parse_keyword(spec["word"], {"inflections": False, **spec}, path, text_path=f"{path}.word")
@@ -379,6 +431,39 @@ def _parse_word_count(spec: dict, path: str, depth: int) -> Constraint:
         if hi < lo:
             raise ConstraintError(f"{path}.word_count", f"min ({lo}) must be <= max ({hi})")
     return WordCount(lo, hi)
+
+
+def _parse_count(spec: dict, path: str, depth: int) -> Constraint:
+    _only(spec, {"count", "min", "max"} | _KEYWORD_OPTIONS, path)
+    if "min" not in spec and "max" not in spec:
+        raise ConstraintError(f"{path}.min", "required with count: give min, max or both")
+    if not isinstance(spec["count"], (str, dict)):
+        got = _type_name(spec["count"])
+        raise ConstraintError(f"{path}.count", f'expected a keyword string or {{"keyword": ...}}, got {got}')
+    options = {k: spec[k] for k in _KEYWORD_OPTIONS if k in spec}
+    keyword = _parse_keyword_item(spec["count"], f"{path}.count", options)
+    lo = _int(spec.get("min", 0), f"{path}.min", lo=0, hi=MAX_WORD_INDEX)
+    hi = spec.get("max")
+    if hi is not None:
+        hi = _int(hi, f"{path}.max", lo=0, hi=MAX_WORD_INDEX)
+        if hi < lo:
+            raise ConstraintError(f"{path}.max", f"min ({lo}) must be <= max ({hi})")
+    return Count(keyword, lo, hi)
+
+
+def _parse_k_of(spec: dict, path: str, depth: int) -> Constraint:
+    key = "at_least" if "at_least" in spec else "at_most"
+    _only(spec, {key, "of"}, path)
+    if "of" not in spec:
+        raise ConstraintError(f"{path}.of", f"required with {key}: the list of constraints to count")
+    items = _list(spec["of"], f"{path}.of", min_len=0)
+    children = tuple(_parse(x, f"{path}.of[{i}]", depth + 1) for i, x in enumerate(items))
+    k = _int(spec[key], f"{path}.{key}", lo=0, hi=256)
+    if key == "at_least" and k > len(children):  # cannot hold: saying why here beats "unsatisfiable" later
+        raise ConstraintError(
+            f"{path}.at_least", f"must be <= {len(children)}, the number of constraints in `of`"
+        )
+    return AtLeast(k, children) if key == "at_least" else AtMost(k, children)
 
 
 def _parse_tokens(spec: dict, path: str, depth: int) -> Constraint:
@@ -410,8 +495,16 @@ _KINDS = {  # the first of these fields present in an object says what kind of c
     "forbidden": lambda spec, path, depth: Not(AnyOf(_keyword_list(spec, "forbidden", path, MAX_FORBIDDEN))),
     "word_at": _parse_word_at,
     "word_count": _parse_word_count,
+    "count": _parse_count,
+    "at_least": _parse_k_of,
+    "at_most": _parse_k_of,
     "tokens": _parse_tokens,
     "ends_with": _parse_ends_with,
+    "regex": parse_regex_node,  # character-level kinds: patterns.py
+    "pattern": parse_regex_node,
+    "choice": parse_choice,
+    "json_schema": parse_json_schema,
+    "json": parse_json_schema,
 }
 
 

@@ -28,16 +28,16 @@ from service.sse import SSE_HEADERS, sse
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=JSONRoute)
 
 
-def chat_logprobs(tokenizer: Any, output: dict) -> dict[str, Any]:
+def chat_logprobs(tokenizer: Any, output: dict, as_ids: bool = False) -> dict[str, Any]:
     """OpenAI's chat `logprobs` object: per generated token its text, guided logprob, UTF-8 bytes and the
-    top alternatives."""
+    top alternatives (`as_ids`: vLLM's "token_id:<id>" names, and their bytes, as vLLM does)."""
 
     def item(text: str, logprob: float) -> dict[str, Any]:
         return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
 
     content = [
         {**item(text, logprob), "top_logprobs": [item(a, lp) for a, lp in top]}
-        for text, logprob, top in token_logprobs(tokenizer, output)
+        for text, logprob, top in token_logprobs(tokenizer, output, as_ids)
     ]
     return {"content": content}
 
@@ -61,7 +61,7 @@ async def chat_completions(
 
     def finished(output: dict) -> dict[str, Any]:
         return {
-            "logprobs": chat_logprobs(tokenizer, output) if body.logprobs else None,
+            "logprobs": chat_logprobs(tokenizer, output, body.return_tokens_as_token_ids) if body.logprobs else None,
             "finish_reason": FINISH[output["finish_reason"]],
             "constraint_satisfied": output["constraint_satisfied"],
         }

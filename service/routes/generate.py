@@ -51,6 +51,7 @@ def response_body(result: Result, request_id: str, model: str, constraint: Any, 
         "usage": result.usage,
         "timings": result.timings,
         "dfa_states": result.dfa_states,
+        "guide": result.guide,
         "cached": result.cached,
         "keywords": expanded_forms(constraint, KEYWORD_FORMS_SHOWN),
     }

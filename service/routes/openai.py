@@ -63,12 +63,17 @@ def error_event(err: ServiceError) -> str:
     return sse(openai_shaped(router.prefix + "/", err.status, err.body())[1])
 
 
-def token_logprobs(tokenizer: Any, output: dict) -> list[tuple[str, float, list[tuple[str, float]]]]:
+def token_logprobs(
+    tokenizer: Any, output: dict, as_ids: bool = False
+) -> list[tuple[str, float, list[tuple[str, float]]]]:
     """An output's guided logprobs with token texts: (text, logprob, [(alternative, logprob), ...]). A token's
-    text is what it adds to a text it continues; special tokens show their name (EOS: `<|endoftext|>`)."""
+    text is what it adds to a text it continues; special tokens show their name (EOS: `<|endoftext|>`).
+    `as_ids` (vLLM's return_tokens_as_token_ids): "token_id:<id>" instead, which names the token exactly."""
     special = set(tokenizer.all_special_ids)
 
     def text(token: int) -> str:
+        if as_ids:
+            return f"token_id:{token}"
         if token in special:
             return tokenizer.convert_ids_to_tokens(token)
         return decode_continuation(tokenizer, [token])
@@ -81,17 +86,18 @@ def token_logprobs(tokenizer: Any, output: dict) -> list[tuple[str, float, list[
 # ---------------------------------------------------------------------------------------------- completions
 
 
-def completion_logprobs(tokenizer: Any, output: dict, offset: int) -> dict[str, Any]:
+def completion_logprobs(tokenizer: Any, output: dict, offset: int, as_ids: bool = False) -> dict[str, Any]:
     """OpenAI's completion `logprobs` object: one entry per generated token; `text_offset` counts characters
-    of the choice's text (from `offset`: the echoed prompt's length). Each `top_logprobs` entry holds the
-    chosen token too, like vLLM's."""
+    of the choice's text (from `offset`: the echoed prompt's length; with `as_ids` too, where vLLM counts
+    the "token_id:<id>" names). Each `top_logprobs` entry holds the chosen token too, like vLLM's."""
     tokens, token_logprobs_, top_logprobs, offsets = [], [], [], []
-    for text, logprob, top in token_logprobs(tokenizer, output):
-        tokens.append(text)
+    texts = token_logprobs(tokenizer, output) if as_ids else None
+    for i, (name, logprob, top) in enumerate(token_logprobs(tokenizer, output, as_ids)):
+        tokens.append(name)
         token_logprobs_.append(logprob)
-        top_logprobs.append({**dict(top), text: logprob})
+        top_logprobs.append({**dict(top), name: logprob})
         offsets.append(offset)
-        offset += len(text)
+        offset += len(texts[i][0] if texts is not None else name)
     return {"tokens": tokens, "token_logprobs": token_logprobs_, "top_logprobs": top_logprobs,
             "text_offset": offsets}  # fmt: skip
 
@@ -123,7 +129,9 @@ async def completions(body: CompletionRequest, request: Request, runtime: Runtim
         out = {"text": text, "index": index, "logprobs": None, "finish_reason": None}
         if output is not None:
             if body.logprobs is not None:
-                out["logprobs"] = completion_logprobs(tokenizer, output, len(echo))
+                out["logprobs"] = completion_logprobs(
+                    tokenizer, output, len(echo), body.return_tokens_as_token_ids
+                )
             out["finish_reason"] = FINISH[output["finish_reason"]]
             out["constraint_satisfied"] = output["constraint_satisfied"]
         return out

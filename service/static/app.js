@@ -11,6 +11,7 @@ const PRESETS = {
   positions: { keywords: [], constraint: JSON.stringify({ all: [{ word_at: 3, word: "pan" }, { word_at: 5, word: "vegetable" }] }, null, 1) },
   forbidden: { keywords: ["dog"], constraint: JSON.stringify({ all: [{ keyword: "dog" }, { forbidden: ["cat"] }] }, null, 1) },
   ordered: { keywords: [], constraint: JSON.stringify({ ordered: ["wake", "coffee", "work"] }, null, 1) },
+  counting: { keywords: [], constraint: JSON.stringify({ all: [{ count: "dog", min: 2, max: 2 }, { at_least: 1, of: ["park", "beach", "lake"] }, { word_at: -1, word: "ball", inflections: true }] }, null, 1) },
   insert: { keywords: ["kite"], constraint: "", task: "insert", prompt: "The girl went to the lake", suffix: " and smiled.",
             minWords: 3, maxWords: 10 },
 };

@@ -7,7 +7,8 @@ from distill_support import per_token_ll
 
 from distill import data
 from distill.em import Counts, Prepared, e_step, m_step
-from distill.lvd import LVDConfig, kmeans, run_lvd
+from distill.kmeans import kmeans
+from distill.lvd import LVDConfig, run_lvd
 from distill.synthetic import ending_hmm, noisy_embeddings, sample_hmm
 from pc_core.hmm import HMM
 
@@ -99,6 +100,9 @@ def test_kmeans_fit_subsample_is_bounded(teacher, tmp_path):
         kmeans_points=500,
         chunk_size=64,
         device="cpu",
+        # 7 clusters from 500 points: whether a seed lands in the best local optimum is luck (about half the
+        # seeds of either backend do); this test is about the bound, so it keeps the backend it was set for
+        kmeans_backend="torch",
     )
     hmm = run_lvd(cfg)
     assert per_token_ll(hmm, root / "heldout") > per_token_ll(true, root / "heldout") - 0.05

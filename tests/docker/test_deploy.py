@@ -20,7 +20,8 @@ from service_support import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
-DOCKERFILES = [ROOT / "docker" / "Dockerfile", ROOT / "docker" / "Dockerfile.cpu"]
+DOCKERFILES = [ROOT / "docker" / "Dockerfile"]  # the api and distill image (CPU or CUDA torch: TORCH_INDEX)
+LOCAL_DOCKERFILES = sorted((ROOT / "docker" / "local").glob("*.Dockerfile"))  # redis, prometheus from Debian
 BIN = Path(sys.executable).parent
 
 
@@ -33,7 +34,7 @@ def interpolate(value: str) -> str:
     return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: m.group(2), value)
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("dockerfile", DOCKERFILES + LOCAL_DOCKERFILES, ids=lambda p: p.name)
 def test_dockerfiles_pass_hadolint(dockerfile):
     hadolint = shutil.which("hadolint") or str(BIN / "hadolint")
     if not Path(hadolint).exists():

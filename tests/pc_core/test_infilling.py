@@ -18,11 +18,18 @@ from test_guide import Brute, _close
 
 from pc_core import compile_constraint
 from pc_core.constraints.checker import check_ids, check_text, decode_continuation, judge_ids, judge_text
-from pc_core.constraints.spec import MAX_AFFIX_CHARS, Affixed, parse_constraint, with_affixes
+from pc_core.constraints.spec import (
+    MAX_AFFIX_CHARS,
+    MAX_SUFFIX_CHARS,
+    Affixed,
+    parse_constraint,
+    with_affixes,
+)
 from pc_core.decoding import generate
 from pc_core.errors import ConstraintError, UnsatisfiableConstraint
 from pc_core.guide import ConstraintGuide
 from pc_core.hmm import HMM
+from pc_core.infill import split_suffix
 from pc_core.params import DecodeParams, DecodingError
 
 
@@ -311,10 +318,11 @@ def test_every_output_is_span_plus_suffix_and_satisfies_the_constraint(tiny_lm, 
         for s in stop:
             assert s not in seq.text, (s, seq.text)
         if suffix is not None:
+            junction = split_suffix(suffix)[0]  # the LM writes the suffix's first word; the rest is attached
             assert seq.full_text == seq.text + suffix
-            assert generated == seq.text + suffix, (generated, seq.text)  # the text ends with the suffix
+            assert generated == seq.text + junction, (generated, seq.text)  # the text ends with the junction
             assert seq.finish_reason == "eos" and tokenizer.eos_token_id not in seq.token_ids
-            assert check_ids(spec, tokenizer, seq.token_ids, suffix=suffix, stop=stop)
+            assert check_ids(spec, tokenizer, seq.token_ids, suffix=junction, stop=stop)
         elif seq.finish_reason == "stop":
             assert any(generated.startswith(seq.text + s) for s in stop), (generated, seq.text)
         else:
@@ -351,15 +359,25 @@ def test_streaming_reassembles_the_span(tiny_lm, tokenizer, tiny_hmm):
 
 
 def test_no_output_contains_a_replacement_character(tiny_lm, tokenizer, tiny_hmm):
-    """Every text the decoding tests above produced, and generations after prompts with characters the
-    tokenizer can only write with split (banned) tokens: valid text, never U+FFFD."""
+    """Generations after prompts with characters the tokenizer can only write with split (banned) tokens, and
+    eight of the decoding cases above (suffixes, stop strings, beams and sampling): valid text, never U+FFFD.
+    Self-contained: it makes every text it needs (and also reads what the tests above produced, when they ran
+    first in this process)."""
+    texts = []
     for prompt in ("Ж😀", "日本 café €", "\ufffd"):
         out = generate(tiny_lm, tokenizer, tiny_hmm, {"keywords": ["dog"]}, prompt=prompt, max_new_tokens=12,
                        suffix="😀.", do_sample=True, seed=0, num_return_sequences=3)  # fmt: skip
-        OUTPUTS.extend(s.full_text for s in out.sequences)
-        OUTPUTS.extend(decode_continuation(tokenizer, s.token_ids) for s in out.sequences)
-    assert len(OUTPUTS) > 150
-    assert not [text for text in OUTPUTS if "\ufffd" in text]
+        texts.extend(s.full_text for s in out.sequences)
+        texts.extend(decode_continuation(tokenizer, s.token_ids) for s in out.sequences)
+    for index in range(8):
+        spec, suffix, stop, prompt = _decode_case(index)
+        kwargs = {"num_beams": 3} if index % 2 else {"do_sample": True, "seed": index}
+        out = generate(tiny_lm, tokenizer, tiny_hmm, spec, prompt=prompt, max_new_tokens=16, suffix=suffix,
+                       stop=stop, num_return_sequences=2, **kwargs)  # fmt: skip
+        for s in out.sequences:
+            texts.extend([s.text, s.full_text or s.text, decode_continuation(tokenizer, s.token_ids)])
+    assert len(texts) == 3 * 3 * 2 + 8 * 2 * 3
+    assert not [text for text in texts + OUTPUTS if "\ufffd" in text]
 
 
 # ------------------------------------------------------------------------------------------ bad inputs
@@ -369,7 +387,7 @@ def test_no_output_contains_a_replacement_character(tiny_lm, tokenizer, tiny_hmm
     "kwargs, field",
     [
         ({"suffix": ""}, "suffix"),
-        ({"suffix": "x" * (MAX_AFFIX_CHARS + 1)}, "suffix"),
+        ({"suffix": "x" * (MAX_SUFFIX_CHARS + 1)}, "suffix"),
         ({"suffix": 3}, "suffix"),
         ({"suffix": "a\ufffd"}, "suffix"),
         ({"suffix": "a\ud800"}, "suffix"),
@@ -412,7 +430,8 @@ def test_bad_ends_with(tokenizer, spec, path):
 
 def test_unsatisfiable_combinations_name_the_culprit(tiny_lm, tokenizer, tiny_hmm):
     cases = [
-        ({"keywords": ["dog"]}, {"suffix": " and the cat in the park", "max_new_tokens": 4}, "suffix", "at least"),
+        ({"keywords": ["dog"]}, {"suffix": " catdogcatdogcatdog in the park", "max_new_tokens": 4}, "suffix",
+         "at least"),  # the LM writes the first word (the junction): it alone takes more than 4 tokens
         ({"keywords": ["dog"]}, {"suffix": " Жук"}, "suffix", "cannot be written"),
         ({"keywords": ["dog"]}, {"stop": ["o", "O"]}, "stop", "contains a stop string"),
         ({"keywords": ["celebrated", "vegetable"]}, {"suffix": ".", "max_new_tokens": 2}, "constraint",

@@ -1,7 +1,6 @@
 """What "satisfied" means (docs/method.md §3): inflections, case modes, phrase separators, Unicode. Each case is
 judged twice, by the text checker and by the compiled DFA on the text's tokens (two tokenizations)."""
 
-import time
 import unicodedata
 
 import pytest
@@ -134,11 +133,9 @@ def test_forbidden_and_any_grow_linearly(big_tokenizer):
     sizes = {}
     for kind in ("forbidden", "any"):
         for n in (4, 8, 12):
-            started = time.perf_counter()
             spec = {kind: words[:n]} if kind == "forbidden" else {"any": words[:n]}
             dfa = compile_constraint(spec, big_tokenizer, blocklist_mask=False)
-            sizes[kind, n] = dfa.num_states
-            assert time.perf_counter() - started < 5
+            sizes[kind, n] = dfa.num_states  # sizes, not seconds: the time is a benchmark's to measure
     for kind in ("forbidden", "any"):  # the decided outcomes collapse: no 2^n growth
         assert sizes[kind, 12] < 3 * sizes[kind, 4] + 50, sizes
 

