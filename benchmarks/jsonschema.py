@@ -111,7 +111,9 @@ def token_level(rows: list[tuple[dict, object]], limit: int, timeout: float) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--limit", type=int, default=0, help="an even sample of N schemas (0: all)")
     parser.add_argument("--timeout", type=float, default=20.0, help="seconds per schema")
     parser.add_argument("--token-schemas", type=int, default=100)
@@ -161,10 +163,29 @@ def render(rows, per_group, reasons, crashes, mismatches, times, states, instanc
         "",
         table(
             ["group", "schemas", "compiled", "share", "422", "time limit", "crash"],
-            [[g, sum(c.values()), c["ok"], f"{c['ok'] / max(1, sum(c.values())):.1%}", c["422"], c["timeout"],
-              c["crash"]] for g, c in sorted(per_group.items())]
-            + [["all", len(rows), total, f"{total / max(1, len(rows)):.1%}", sum(c["422"] for c in per_group.values()),
-                sum(c["timeout"] for c in per_group.values()), len(crashes)]],
+            [
+                [
+                    g,
+                    sum(c.values()),
+                    c["ok"],
+                    f"{c['ok'] / max(1, sum(c.values())):.1%}",
+                    c["422"],
+                    c["timeout"],
+                    c["crash"],
+                ]
+                for g, c in sorted(per_group.items())
+            ]
+            + [
+                [
+                    "all",
+                    len(rows),
+                    total,
+                    f"{total / max(1, len(rows)):.1%}",
+                    sum(c["422"] for c in per_group.values()),
+                    sum(c["timeout"] for c in per_group.values()),
+                    len(crashes),
+                ]
+            ],
         ),  # fmt: skip
         "",
         f"Correctness: {instances} test instances of the compiled schemas judged by the character automaton, "
@@ -181,7 +202,12 @@ def render(rows, per_group, reasons, crashes, mismatches, times, states, instanc
             f"p50 {pct(t['states'], 0.5)}, max {max(t['states'], default=0)}; blocked: {dict(t['blocked']) or 'none'}; "
             f"{t['judged']} instances judged on their token ids, {len(t['mismatches'])} mismatches.",
         ]  # fmt: skip
-    lines += ["", "Reasons for the 422s (schemas):", "", table(["reason", "schemas"], reasons.most_common(25))]
+    lines += [
+        "",
+        "Reasons for the 422s (schemas):",
+        "",
+        table(["reason", "schemas"], reasons.most_common(25)),
+    ]
     if crashes:
         lines += ["", "Crashes (bugs): " + "; ".join(f"{i}: {d}" for i, d in crashes[:10])]
     return "\n".join(lines)

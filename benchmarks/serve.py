@@ -218,12 +218,18 @@ def expensive_constraint(rng: random.Random) -> dict:
     return {"ordered": [{"keyword": word(), "variants": [word() for _ in range(31)]} for _ in range(16)]}
 
 
-def quiet_latencies(url: str, bodies: list[dict], time_limit_s: float) -> tuple[list[float], int]:
+def key_header(key: str, keys: bool) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if keys else {}
+
+
+def quiet_latencies(
+    url: str, bodies: list[dict], time_limit_s: float, keys: bool = True
+) -> tuple[list[float], int]:
     """The quiet client's latencies, one request after another (stops early at the time limit); and how
     many of its requests failed."""
     latencies, failed = [], 0
     stop_at = time.monotonic() + time_limit_s
-    with httpx.Client(base_url=url, timeout=120, headers={"Authorization": f"Bearer {QUIET_KEY}"}) as client:
+    with httpx.Client(base_url=url, timeout=120, headers=key_header(QUIET_KEY, keys)) as client:
         for body in bodies:
             if time.monotonic() > stop_at:
                 break
@@ -234,7 +240,7 @@ def quiet_latencies(url: str, bodies: list[dict], time_limit_s: float) -> tuple[
     return latencies, failed
 
 
-def noisy_client(index: int, url: str, repeat: bool, stop: Any, statuses: Any) -> None:
+def noisy_client(index: int, url: str, repeat: bool, stop: Any, statuses: Any, keys: bool) -> None:
     """One noisy client: its own process at the lowest CPU priority, as a client on another machine (in a
     thread of the measuring process it would take the GIL from the quiet client's thread; at normal priority
     its JSON encoding would take the cores the server runs on). It still sends its next request the moment
@@ -244,7 +250,7 @@ def noisy_client(index: int, url: str, repeat: bool, stop: Any, statuses: Any) -
     )  # their own CPU (elsewhere in a deployment) must not take this 2-core box's cores from the server
     rng = random.Random(index)
     fixed = expensive_constraint(rng)
-    headers = {"Authorization": f"Bearer {NOISY_KEYS[index]}"}
+    headers = key_header(NOISY_KEYS[index], keys)
     counts: dict[int, int] = {}
     with httpx.Client(base_url=url, timeout=120, headers=headers) as client:
         while not stop.is_set():
@@ -258,12 +264,12 @@ def noisy_client(index: int, url: str, repeat: bool, stop: Any, statuses: Any) -
     statuses.put(counts)
 
 
-def with_noisy_clients(url: str, repeat: bool, measure) -> tuple[object, dict[int, int]]:
+def with_noisy_clients(url: str, repeat: bool, measure, keys: bool = True) -> tuple[object, dict[int, int]]:
     """Run `measure()` while two clients loop expensive constraints (one fixed each when `repeat`), never
     backing off; returns measure's result and the noisy clients' response status counts."""
     context = multiprocessing.get_context("spawn")
     stop, queue = context.Event(), context.Queue()
-    clients = [context.Process(target=noisy_client, args=(i, url, repeat, stop, queue), daemon=True)
+    clients = [context.Process(target=noisy_client, args=(i, url, repeat, stop, queue, keys), daemon=True)
                for i in range(len(NOISY_KEYS))]  # fmt: skip
     for client in clients:
         client.start()
@@ -282,7 +288,12 @@ def with_noisy_clients(url: str, repeat: bool, measure) -> tuple[object, dict[in
 
 
 ISOLATION = (
-    "What holds it: the compile pool; a client whose constraint a worker rejected or took over 0.5 s on skips the in-process quic"
+    "What holds it, with or without API keys (without keys all three clients are one address, so nothing "
+    "that tells clients apart can help): the compile pool judges the work, not the client. A constraint's "
+    "cost is estimated from its structure before compiling (keywords x variants x counters); obviously heavy "
+    "ones go to the heavy lane (worker processes at nice 10), the rest to the light lane (its own worker, "
+    "compiles of at most 1 s; a misjudged one moves on to the heavy lane when it overruns), so a heavy compile "
+    "never delays a light one, and only light constraints get the quick in-process attempt. Also: a client whose constraint a worker rejected or took over 0.5 s on skips the in-process quic"
     "k attempt for 10 s (else each of its slow constraints would hold the GIL for the quick budget); refu"
     "sals that cost a compile are remembered by request body and a repeat is answered from memory after a"
     " 50 ms pause (a tarpit: a looping client sends a few requests a second, not hundreds); the server se"
@@ -301,29 +312,33 @@ def neighbours_scenario(args: argparse.Namespace, env: dict[str, str], source: s
                 for _ in range(n)]  # fmt: skip
 
     n, rows = args.quiet_requests, []
-    for workers in (args.compile_workers, 0):
-        proc, url = start_server(
-            {**env, "PCGEN_COMPILE_WORKERS": str(workers)}, True, tmp_path / f"n{workers}.log"
-        )
+    modes = [(args.compile_workers, True), (args.compile_workers, False)] + [(0, True)] * args.without_pool
+    for workers, keys in modes:
+        server_env = {**env, "PCGEN_COMPILE_WORKERS": str(workers)}
+        if not keys:
+            server_env.pop("PCGEN_API_KEYS")
+        proc, url = start_server(server_env, True, tmp_path / f"n{workers}-{keys}.log")
         try:
-            quiet_latencies(url, ordinary(3), 60)  # first-use costs out of the floor
-            floor, _ = quiet_latencies(url, ordinary(n), 600)
+            quiet_latencies(url, ordinary(3), 60, keys)  # first-use costs out of the floor
+            floor, _ = quiet_latencies(url, ordinary(n), 600, keys)
             floor_p95 = percentile(floor, 95)
-            rows.append(row(workers, "alone (floor)", floor, 0, floor_p95, {}))
+            label = f"{workers}, {'own API keys' if keys else 'no keys, one address'}"
+            rows.append(row(label, "alone (floor)", floor, 0, floor_p95, {}))
             scenarios = (("same constraint repeated", True), ("new constraint every request", False))
             for name, repeat in scenarios if workers else scenarios[1:]:
                 limit = 600 if workers else 120  # without the pool a quiet request can take many seconds
                 (latencies, failed), statuses = with_noisy_clients(
-                    url, repeat, lambda: quiet_latencies(url, ordinary(n), limit)
+                    url, repeat, lambda: quiet_latencies(url, ordinary(n), limit, keys), keys
                 )
-                rows.append(row(workers, name, latencies, failed, floor_p95, statuses))
+                rows.append(row(label, name, latencies, failed, floor_p95, statuses))
                 print(rows[-1], flush=True)
         finally:
             stop_servers([proc])
     body = (
         "## Service: noisy neighbours\n\n"
         f"`python -m benchmarks.serve --scenario neighbours` ({machine()}); {source}. One `pcgen serve`; two "
-        "clients (each its own API key, each its own process at nice 19: in a deployment their CPU is elsewhere) loop "
+        "clients (each its own process at nice 19: in a deployment their CPU is elsewhere; with their own API "
+        "keys, or all three clients without keys from 127.0.0.1) loop "
         "the most expensive rejected constraint (16 `ordered` keywords x 32 variants, ~5 KB) as fast as the server "
         "answers, without backing off; a third client sends ordinary "
         f"requests one after another (a new two-keyword constraint each, beam 2, {args.tokens} new tokens). "
@@ -333,7 +348,7 @@ def neighbours_scenario(args: argparse.Namespace, env: dict[str, str], source: s
         + "\n\n"
         + table(
             [
-                "compile workers",
+                "compile workers, identities",
                 "noisy clients",
                 "quiet requests",
                 "failed",
@@ -354,7 +369,7 @@ def percentile(values: list[float], q: int) -> float:
 
 
 def row(
-    workers: int, name: str, latencies: list[float], failed: int, floor_p95: float, statuses: dict
+    workers: int | str, name: str, latencies: list[float], failed: int, floor_p95: float, statuses: dict
 ) -> list:
     p95 = percentile(latencies, 95)
     answers = ", ".join(f"{status}: {count}" for status, count in sorted(statuses.items())) or "-"
@@ -453,7 +468,13 @@ def main() -> None:
     parser.add_argument(
         "--quiet-requests", type=int, default=40, help="neighbours: the quiet client's requests"
     )
-    parser.add_argument("--compile-workers", type=int, default=1, help="neighbours: the pool's size")
+    parser.add_argument("--compile-workers", type=int, default=1, help="neighbours: the heavy lane's size")
+    parser.add_argument(
+        "--without-pool",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="neighbours: also run the design before the compile pool (compile workers 0)",
+    )
     args = parser.parse_args()
     if args.scenario == "memory" and not args.requests:
         args.requests = 2000

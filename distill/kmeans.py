@@ -161,7 +161,9 @@ def kmeans(
         labels, dists = nearest(points, centroids, chunk)
         new_inertia = float(dists.double().sum())
         counts = torch.bincount(labels, minlength=k)  # (k,)
-        sums = torch.zeros_like(centroids, dtype=torch.float64).index_add_(0, labels, points.double())
+        sums = torch.zeros_like(centroids, dtype=torch.float64)  # (k, D), float64 block by block
+        for start in range(0, points.shape[0], chunk):
+            sums.index_add_(0, labels[start : start + chunk], points[start : start + chunk].double())
         centroids = (sums / counts.clamp_min(1)[:, None]).to(points.dtype)
         empty = (counts == 0).nonzero().flatten()
         if len(empty):  # re-seed empty clusters at the points worst served so far

@@ -506,6 +506,8 @@ class GuidedSearch:
             else:
                 found = judge_ids(self.judged, self.tokenizer, h.ids)
                 reason = {"suffix": "eos"}.get(found.reason, found.reason)
+                if reason == "length" and h.finish_reason == "eos":  # h.ids stop before the EOS that ended it
+                    reason = "eos"
                 full = found.full_text
                 if self.suffix_plan is not None and found.reason == "suffix":
                     full += self.suffix_plan.rest  # attached as text after the junction

@@ -69,7 +69,11 @@ class FactoredTables:
         self.transitions = torch.from_numpy(dfa.transitions.astype("int64")).to(device)  # (S, C)
         self.token_class = torch.from_numpy(dfa.token_class.astype("int64")).to(device)  # (V,)
         self.num_states, self.eos_token_id = dfa.num_states, dfa.eos_token_id
-        self.block_key, self.num_blocks, self.block_tokens = first.block_key, first.num_blocks, first.block_tokens
+        self.block_key, self.num_blocks, self.block_tokens = (
+            first.block_key,
+            first.num_blocks,
+            first.block_tokens,
+        )
         self.log_scale, self.device = first.log_scale, device
 
 
@@ -93,7 +97,8 @@ class FactoredGuide:
         self.hmm, self.dfa, self.horizon, self.min_new_tokens = hmm, dfa, horizon, min_new_tokens
         self.note = note
         self.guides = [
-            ConstraintGuide(hmm, f, horizon, min_new_tokens, feasibility=ff, **guide_args) for f, ff in factors
+            ConstraintGuide(hmm, f, horizon, min_new_tokens, feasibility=ff, **guide_args)
+            for f, ff in factors
         ]
         self.emission_dtype = self.guides[0].emission_dtype
         self.tables = FactoredTables(dfa, feasibility, self.guides[0].tables)

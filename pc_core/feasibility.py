@@ -41,7 +41,9 @@ def distinct_edges(delta: np.ndarray, columns: np.ndarray | None = None) -> np.n
 class Feasibility:
     """feasible / certain / reach for (DFA, horizon, min_new_tokens); see the module docstring."""
 
-    def __init__(self, dfa: TokenDFA, horizon: int, min_new_tokens: int = 0, no_certain: bool = False) -> None:
+    def __init__(
+        self, dfa: TokenDFA, horizon: int, min_new_tokens: int = 0, no_certain: bool = False
+    ) -> None:
         """`no_certain`: no state counts as certain (infilling: the suffix's rest has probability < 1)."""
         n, (s_count, c_count) = horizon, dfa.transitions.shape
         self.horizon, self.min_new_tokens = horizon, min_new_tokens

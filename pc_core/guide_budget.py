@@ -5,7 +5,7 @@ from the start, able to accept in the remaining steps, not certain) and computes
 product, so for P live pairs, H hidden states, b bytes per stored value, S states and T tail tokens:
 
     table bytes   = P x H x b  +  S x (C + T) x 8     (rows, plus the per-state step layout)
-    precompute    = 2 x H^2 x P flops
+    precompute    = 2 x H^2 x P  +  3 x H x P x E / S flops   (the (H, H) products, the edge sums)
 
 A flat cap on DFA states cannot say this: 3,330 states cost ~100 MB and a fraction of a second at H = 256,
 and 64 times the bytes and 256 times the flops at H = 4096. The defaults follow the device: a CPU is
@@ -46,7 +46,9 @@ class GuideBudget:
         """The defaults of `device` (CPU or an accelerator), each replaced where given. `table_dtype`:
         auto (bfloat16 rows on an accelerator, float32 on CPU), float32 or bfloat16."""
         accelerator = torch.device(device).type != "cpu"
-        default_bytes, default_flops = (GPU_TABLE_BYTES, GPU_FLOPS) if accelerator else (CPU_TABLE_BYTES, CPU_FLOPS)
+        default_bytes, default_flops = (
+            (GPU_TABLE_BYTES, GPU_FLOPS) if accelerator else (CPU_TABLE_BYTES, CPU_FLOPS)
+        )
         dtype = {"auto": torch.bfloat16 if accelerator else torch.float32, "float32": torch.float32,
                  "bfloat16": torch.bfloat16}[table_dtype]  # fmt: skip
         return cls(
@@ -81,9 +83,13 @@ def exact_cost(dfa: TokenDFA, feasibility: Feasibility, hidden: int, bytes_per_v
     """The exact guide's cost for this DFA and horizon (the module docstring's formulas)."""
     pairs = feasibility.live_pairs
     s_count, c_count = dfa.transitions.shape
-    tail = int((~(dfa.class_sizes >= max(1, int(BIG_CLASS_FRACTION * dfa.vocab_size))))[dfa.token_class].sum())
+    tail = int(
+        (~(dfa.class_sizes >= max(1, int(BIG_CLASS_FRACTION * dfa.vocab_size))))[dfa.token_class].sum()
+    )
     layout = s_count * (c_count + tail) * 8
-    return GuideCost(pairs, s_count, hidden, pairs * hidden * bytes_per_value + layout, 2.0 * hidden**2 * pairs)
+    edge_work = 3.0 * hidden * pairs * len(feasibility.edges) / max(1, s_count)  # the edge sum, per live row
+    flops = 2.0 * hidden**2 * pairs + edge_work
+    return GuideCost(pairs, s_count, hidden, pairs * hidden * bytes_per_value + layout, flops)
 
 
 def too_costly(cost: GuideCost, budget: GuideBudget) -> ConstraintTooComplex:
@@ -112,6 +118,3 @@ def _flops(n: float) -> str:
 
 def dtype_bytes(dtype: torch.dtype) -> int:
     return int(torch.empty(0, dtype=dtype).element_size())
-
-
-

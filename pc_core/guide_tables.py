@@ -190,22 +190,15 @@ class GuideTables:
         special_scale = torch.tensor([NEG_INF, 0.0, 0.0], device=device)
         special_scale[ROW_FINAL] = final_peak
         scaled, scale = special_scaled, special_scale  # rows of step r - 1, in row_index[r - 1]'s local order
-        src_all, dst_all = edges[:, 0], edges[:, 1]
         robust, start = not self.LINEAR_PATH, SPECIAL_ROWS
         for r in range(1, n):
             self._check_deadline()
             states = live[r]  # (L,) sources with a row at this step
-            local = np.full(self.num_states, -1, np.int64)
-            local[states] = np.arange(len(states))
-            keep = local[src_all] >= 0
-            if not self.end_allowed[r]:  # the minimum length forbids ending here
-                keep &= ~self.is_eos_edge
-            sel = np.flatnonzero(keep)
-            prev = row_index[r - 1]  # destination rows, relative to step r - 1's block
-            dst_rows = np.where(prev[dst_all[sel]] >= SPECIAL_ROWS, prev[dst_all[sel]] - self._block_start[r - 1] + SPECIAL_ROWS, prev[dst_all[sel]])
-            src_t, dst_t = _long(local[src_all[sel]], device), _long(dst_rows, device)
+            sel, src_t, dst_t = self._step_edges(r, states, row_index[r - 1], edges)
             if not robust:
-                w, w_scale, lossy = edge_scaled_sum(edge_mass[_long(sel, device)], scaled, scale, src_t, dst_t, len(states))
+                w, w_scale, lossy = edge_scaled_sum(
+                    edge_mass[_long(sel, device)], scaled, scale, src_t, dst_t, len(states)
+                )
                 u = w @ transition_t  # (L, H), rows of W scaled to max 1, so no underflow in the product
                 rowmax = u.amax(dim=1).clamp_min(torch.finfo(u.dtype).tiny)
                 new_scaled, new_scale = u.div_(rowmax[:, None]), w_scale + torch.log(rowmax)
@@ -219,14 +212,33 @@ class GuideTables:
                     scale = torch.cat([special_scale, new_scale])
             if robust:  # exact log-space step
                 prev_log = torch.cat([log_rows[:SPECIAL_ROWS], log_rows[self._block_start[r - 1] : start]])
-                w_log = _edge_logsumexp_flat(self.edge_log_mass[_long(sel, device)], prev_log, src_t, dst_t, len(states))
+                w_log = _edge_logsumexp_flat(
+                    self.edge_log_mass[_long(sel, device)], prev_log, src_t, dst_t, len(states)
+                )
                 log_rows[start : start + len(states)] = log_matmul_exp(w_log, transition_t)
             start += len(states)
         self.used_log_space_fallback = robust
         self.row_index = torch.from_numpy(row_index).to(device)  # (n, S)
         self._store_rows(log_rows)
 
-    def _row_layout(self, f: Feasibility, accepting: np.ndarray, is_final: np.ndarray) -> tuple[np.ndarray, list]:
+    def _step_edges(
+        self, r: int, states: np.ndarray, prev: np.ndarray, edges: np.ndarray
+    ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """The edges of step r: those leaving `states` (not ending ones where ending is not allowed), as
+        (edge ids, source's position in `states`, destination's row among step r - 1's special + live rows)."""
+        local = np.full(self.num_states, -1, np.int64)
+        local[states] = np.arange(len(states))
+        keep = local[edges[:, 0]] >= 0
+        if not self.end_allowed[r]:  # the minimum length forbids ending here
+            keep &= ~self.is_eos_edge
+        sel = np.flatnonzero(keep)
+        rows = prev[edges[sel, 1]]  # (E_r,) global rows of step r - 1
+        rows = np.where(rows >= SPECIAL_ROWS, rows - self._block_start[r - 1] + SPECIAL_ROWS, rows)
+        return sel, _long(local[edges[sel, 0]], self.device), _long(rows, self.device)
+
+    def _row_layout(
+        self, f: Feasibility, accepting: np.ndarray, is_final: np.ndarray
+    ) -> tuple[np.ndarray, list]:
         """row_index (n, S) and the live states of each step, rows numbered step by step after the special
         rows; self._block_start[r] is the first row of step r."""
         n, s_count = self.horizon, self.num_states
@@ -350,7 +362,6 @@ class GuideTables:
         self.block_slot_everywhere = (block_slot >= 0).all(0).tolist()  # per block: no state needs a gather
         self.tail_emission_t = hmm.emission_scaled_t(self.tail_tokens, emission_dtype)  # (T, H)
         self.tail_emission = onednn_packed.pack(self.tail_emission_t, pad=True) or self.tail_emission_t
-
 
 
 def _long(values: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -23,6 +23,7 @@ import threading
 import time
 from pathlib import Path
 
+from pc_core.lifetime import set_parent_death_signal
 from pcgen.tinylm import TinyLMConfig, train_lm, train_tokenizer
 
 log = logging.getLogger("pcgen.demo")
@@ -196,8 +197,11 @@ def serve_and_ask(
         previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         # A session of its own: the terminal's Ctrl-C reaches only this process, which stops the whole group.
+        # The server dies with the demo even when the demo is killed outright (its workers follow the server);
+        # the thread starting it lives until it has stopped the server (the signal is tied to that thread).
         server = subprocess.Popen([sys.executable, "-m", "pcgen.cli", "serve"], env=env, stdout=log_file,
-                                  stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+                                  stderr=subprocess.STDOUT, start_new_session=True,
+                                  preexec_fn=set_parent_death_signal)  # fmt: skip
         logging.getLogger("httpx").setLevel(logging.WARNING)
         log.info("starting pcgen serve (pid %d) on port %d (log: %s)", server.pid, port, log_path)
         deadline = time.time() + 300

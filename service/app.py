@@ -21,7 +21,8 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 
-from service import playground
+from pc_core.version import __version__, commit
+from service import docs_pages, playground
 from service.auth import KeyChecker, playground_paths, public_paths
 from service.client_identity import parse_networks
 from service.errors import ClientGone, install_handlers
@@ -29,10 +30,10 @@ from service.metrics import Metrics
 from service.middleware import CLIENT_CLOSED, ServiceMiddleware
 from service.routes import chat, generate, health, openai
 from service.runtime import Runtime
-from service.settings import Settings
+from service.settings import Settings, short_name
 
 log = logging.getLogger(__name__)
-VERSION = "0.1.0"
+VERSION = __version__
 DESCRIPTION = """Constrained text generation: a GPT-2 LM guided by a hidden Markov model, so every output
 satisfies its logical constraint (keywords, word positions, order, forbidden words, word counts).
 
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
     `load=False` skips the models (for tests of the HTTP layer)."""
     settings = settings or Settings()
     metrics = Metrics(settings.served_model)
+    metrics.set_build_info(VERSION, commit(), short_name(settings.hmm))
     runtime = Runtime(settings, metrics)
 
     @asynccontextmanager
@@ -63,7 +65,9 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
             if listener is not None:
                 await asyncio.to_thread(_stop_metrics_listener, listener)
 
-    app = FastAPI(title="pcgen", version=VERSION, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="pcgen", version=VERSION, description=DESCRIPTION, lifespan=lifespan, docs_url=None,
+                  redoc_url=None)  # fmt: skip
+    docs_pages.install(app)  # /docs and /redoc with local assets: they work offline
     app.state.runtime = runtime
     install_handlers(app)
 
@@ -84,7 +88,10 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
     known |= {path for path in paths if "{" not in path}  # route labels for requests refused before routing
     if settings.playground:
         known |= playground_paths()
+    known |= docs_pages.asset_paths()
+    # the docs' scripts and styles hold no data: public, like the playground's
     public = public_paths(settings.metrics_public, settings.docs_public, settings.playground)
+    public |= docs_pages.asset_paths()
     app.add_middleware(
         ServiceMiddleware,
         metrics=metrics,

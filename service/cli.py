@@ -21,7 +21,7 @@ VALUE_SETTINGS = (
     "max_keyword_chars", "max_beams", "max_body_bytes", "max_states", "compile_time_budget_s", "metrics_port",
     "response_cache_bytes", "redis_timeout_s", "compile_workers", "compile_backlog", "body_timeout_s",
     "dfa_cache_bytes", "guide_cache_bytes", "guide", "guide_budget_bytes", "guide_budget_gflops",
-    "guide_table_dtype",
+    "guide_table_dtype", "compile_light_workers", "trusted_proxies",
 )  # fmt: skip
 BOOL_SETTINGS = (
     "playground", "warmup", "cache", "metrics_public", "docs_public", "batching", "allow_tokenizer_mismatch",
@@ -107,7 +107,10 @@ def load_settings(overrides: dict[str, object]) -> object:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import logging
+    import os
 
+    # a server's log is for events: no "Loading weights" / download progress bars (tqdm) in it
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     names = set(VALUE_SETTINGS) | set(BOOL_SETTINGS)
     settings = load_settings({k: v for k, v in vars(args).items() if k in names})
 
@@ -121,6 +124,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     for package in ("pcgen", "pc_core", "service", "distill"):  # module loggers are named by __name__
         logging.getLogger(package).setLevel(settings.log_level.upper())
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # in case transformers was imported before the variable was set
     app = create_app(settings)
     config = uvicorn.Config(
         app,

@@ -68,6 +68,7 @@ class Job:
     first_token_at: float | None = None
     finished_at: float | None = None
     cancel_reason: str | None = None
+    compile_ms: float = 0.0  # getting the automaton ahead of prepare (compile pool: the wait for a worker too)
     observed: bool = True  # counted in the per-request metrics (False: the warm-up generation)
 
     # called on the decoding thread -----------------------------------------------------------------
@@ -105,6 +106,8 @@ class Job:
         """The engine's dfa_ms, precompute_ms and decode_ms, plus queue_ms: time from acceptance to joining the
         batch not spent compiling (waiting for a preparation thread and for a batch slot)."""
         out = dict(self.search.output.timings) if self.search is not None and self.search.output else {}
+        if out:
+            out["dfa_ms"] = out.get("dfa_ms", 0.0) + self.compile_ms
         start = self.started_at or self.finished_at or time.perf_counter()
         preparing = out.get("dfa_ms", 0.0) + out.get("precompute_ms", 0.0)
         out["queue_ms"] = max(0.0, (start - self.accepted_at) * 1000 - preparing)
@@ -211,7 +214,9 @@ class Engine:
         job = Job(spec, loop, loop.create_future(), asyncio.Queue() if stream else None, client=client,
                   deadline=deadline, observed=observed)  # fmt: skip
         try:
+            compiling = time.perf_counter()
             dfa = await self._compile(job)
+            job.compile_ms = (time.perf_counter() - compiling) * 1000
             job.search = await loop.run_in_executor(self._pool, self._prepare, job, dfa)
         except BaseException:
             with self._lock:
@@ -287,7 +292,7 @@ class Engine:
             self.metrics.abandoned.labels("prepare").inc()
             raise Timeout("the request's deadline passed before it could be prepared")
         prompt_ids = self._prompt_ids(spec.prompt)
-        self._check_context(len(prompt_ids), params.max_new_tokens)
+        self._check_context(len(prompt_ids), params.max_new_tokens, spec.field_names.get("max_new_tokens"))
         on_stream = job.push_event if job.events is not None else None
         if spec.constraint is None:  # no constraint: the LM's own distribution, no automaton or guide
             try:
@@ -314,7 +319,7 @@ class Engine:
         if job.observed:
             self.metrics.dfa_states.observe(search.dfa.num_states)
             self.metrics.guides.labels(kind=getattr(search.guide, "kind", "exact")).inc()
-            self.metrics.dfa_compile.observe(search.timings["dfa_ms"] / 1000)
+            self.metrics.dfa_compile.observe((search.timings["dfa_ms"] + job.compile_ms) / 1000)
             self.metrics.guide_precompute.observe(search.timings["precompute_ms"] / 1000)
         return search
 
@@ -328,15 +333,17 @@ class Engine:
             raise BadRequest(f"token id {bad} is not in the vocabulary (0..{size - 1})", path="prompt")
         return list(prompt)
 
-    def _check_context(self, prompt_tokens: int, max_new_tokens: int) -> None:
-        """The prompt plus the horizon must fit the LM's context; the error names the field at fault."""
+    def _check_context(self, prompt_tokens: int, max_new_tokens: int, horizon: str | None = None) -> None:
+        """The prompt plus the horizon must fit the LM's context; the error names the field at fault, as the
+        request body names it (`horizon`: OpenAI's max_tokens)."""
         if self.max_positions is None or max(1, prompt_tokens) + max_new_tokens <= self.max_positions:
             return
+        horizon = horizon or "max_new_tokens"
         if max_new_tokens >= self.max_positions:  # too long whatever the prompt
-            path, detail = "max_new_tokens", f"must be < the model's context of {self.max_positions} tokens"
+            path, detail = horizon, f"must be < the model's context of {self.max_positions} tokens"
         else:
             path = "prompt"
-            detail = (f"the prompt ({prompt_tokens} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the "
+            detail = (f"the prompt ({prompt_tokens} tokens) plus {horizon} ({max_new_tokens}) exceeds the "
                       f"model's context of {self.max_positions} tokens")  # fmt: skip
         raise BadRequest(detail, path=path, error_type="context_length_exceeded")
 

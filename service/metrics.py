@@ -4,7 +4,9 @@ One table declares them all: (attribute, kind, name, help, labels, buckets). Met
 vLLM's `model_name` label first (the served model, `settings.served_model`); each app binds it once, so call
 sites pass only the other labels (`metrics.finish_reasons.labels("eos").inc()`, `metrics.ttft.observe(t)`).
 HTTP, response-cache, Redis and rate-limiter metrics describe the server, not a model, and have no
-`model_name`. service/README.md ("Metrics") lists them all."""
+`model_name`. Beside them: the process and Python collectors (`process_*`, `python_gc_*`, `python_info`),
+`pcgen_build_info` and the compile workers' health (`pcgen_compile_workers`). No `*_created` series (they double
+the series count and no dashboard reads them). service/README.md ("Metrics") lists them all."""
 
 from __future__ import annotations
 
@@ -12,7 +14,18 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -49,7 +62,8 @@ METRICS = [
      [MODEL, "finish_reason"], None),
     # scheduling
     ("queue_time", Histogram, "pcgen_queue_time_seconds",
-     "acceptance to joining the decoding batch (includes constraint compilation)", [MODEL], LATENCY),
+     "acceptance to joining the decoding batch (constraint compilation and the guide's precompute included)",
+     [MODEL], LATENCY),
     ("ttft", Histogram, "pcgen_time_to_first_token_seconds", "acceptance to the first decoded token", [MODEL],
      LATENCY),
     ("tpot", Histogram, "pcgen_time_per_output_token_seconds", "decode time per output token after the first",
@@ -82,8 +96,9 @@ METRICS = [
     ("guides", Counter, "pcgen_guides", "guides built per request, by kind (exact; factored past the budget)",
      [MODEL, "kind"], None),
     ("dfa_states", Histogram, "pcgen_dfa_states", "token DFA states per request", [MODEL], STATES),
-    ("dfa_compile", Histogram, "pcgen_dfa_compile_seconds", "constraint compilation (cache lookups included)",
-     [MODEL], FAST),
+    ("dfa_compile", Histogram, "pcgen_dfa_compile_seconds",
+     "getting a constraint's automaton: a cache lookup or its compilation (with compile workers, the wait for one "
+     "too); not observed for requests without a constraint", [MODEL], FAST),
     ("guide_precompute", Histogram, "pcgen_guide_precompute_seconds", "guide table precompute per request",
      [MODEL], FAST),
     ("step_time", Histogram, "pcgen_decode_step_seconds", "one batched decoding step (LM + guide)", [MODEL], FAST),
@@ -94,7 +109,11 @@ class Metrics:
     def __init__(self, model_name: str = "unknown") -> None:
         """`model_name`: the value of every `model_name` label (the app passes `settings.served_model`)."""
         self.model_name = model_name
+        disable_created_metrics()  # process-wide: no `*_created` series
         self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        PlatformCollector(registry=self.registry)  # python_info
+        GCCollector(registry=self.registry)  # python_gc_*
         for attribute, kind, name, help_text, labels, buckets in METRICS:
             extra = {"buckets": buckets} if buckets is not None else {}
             family = kind(name, help_text, labels, registry=self.registry, **extra)
@@ -104,6 +123,15 @@ class Metrics:
         self.registry.register(self.caches)
         self.devices = _DeviceCollector(model_name)
         self.registry.register(self.devices)
+        self.build_info = Gauge("pcgen_build_info", "1, labelled with the build (version, commit) and the models "
+                                "served (model: the served id, hmm: the HMM's name)",
+                                ["version", "commit", "model", "hmm"], registry=self.registry)  # fmt: skip
+        self.compile_workers = _CompileWorkerCollector()
+        self.registry.register(self.compile_workers)
+
+    def set_build_info(self, version: str, commit: str, hmm: str) -> None:
+        self.build_info.clear()
+        self.build_info.labels(version, commit, self.model_name, hmm).set(1)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -212,4 +240,40 @@ class _DeviceCollector:
             self._failed.discard(device)
             for kind, value in values.items():
                 family.add_metric([self.model_name, device, kind], float(value))
+        yield family
+
+
+COMPILE_WORKERS = "pcgen_compile_workers"
+COMPILE_WORKERS_HELP = (
+    "constraint compile worker processes by lane (light, heavy) and state: configured, and alive at scrape time "
+    "(alive < configured: a worker died and its lane restarts it on the next compile)"
+)
+
+
+class _CompileWorkerCollector:
+    """pcgen_compile_workers{lane, state}, read at scrape time from the compile pool (none without one)."""
+
+    def __init__(self) -> None:
+        self.pool: Any = None
+        self.configured: dict[str, int] = {}
+
+    def watch(self, pool: Any, configured: dict[str, int]) -> None:
+        """`pool.workers_alive()` gives the live workers per lane; `configured`, how many each lane should have."""
+        self.pool, self.configured = pool, dict(configured)
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(COMPILE_WORKERS, COMPILE_WORKERS_HELP, labels=["lane", "state"])
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(COMPILE_WORKERS, COMPILE_WORKERS_HELP, labels=["lane", "state"])
+        pool = self.pool
+        if pool is not None:
+            try:
+                alive = pool.workers_alive()
+            except Exception as err:  # noqa: BLE001 - a scrape never fails for it
+                log.warning("cannot read the compile workers: %s: %s", type(err).__name__, err)
+                alive = {}
+            for lane, count in self.configured.items():
+                family.add_metric([lane, "configured"], float(count))
+                family.add_metric([lane, "alive"], float(alive.get(lane, 0)))
         yield family

@@ -185,6 +185,8 @@ class Runtime:
                 light_workers=s.compile_light_workers,
             )
             self.compile_pool.warm_up()
+            configured = {"light": s.compile_light_workers, "heavy": s.compile_workers}
+            self.metrics.compile_workers.watch(self.compile_pool, configured)  # pcgen_compile_workers
         self.metrics.model_info.info(
             {
                 "lm": s.served_model,

@@ -95,7 +95,7 @@ class GenerateRequest(BaseModel):
         description="stop strings: the text ends before the first one (it is judged, and returned, without it)",
     )
     return_full_text: StrictBool = Field(
-        False, description="with a suffix: also return `full_text` (span + suffix)"
+        True, description="with a suffix: return `full_text` (span + suffix) beside `text` (false: omit it)"
     )
     stream: StrictBool = Field(
         False, description="Server-Sent Events: `token` events, then one `result` event"
@@ -131,7 +131,9 @@ class Output(BaseModel):
         description="eos: the model ended (or the suffix was completed); stop: a stop string; length: the horizon"
     )
     logprob: float = Field(description="LM log-likelihood of the continuation (with a suffix: see `ranking`)")
-    full_text: str | None = Field(None, description="span + suffix (with `return_full_text`)")
+    full_text: str | None = Field(
+        None, description="with a suffix: span + suffix (null without a suffix, or with `return_full_text: false`)"
+    )
     ranking: str | None = Field(
         None,
         description="with a suffix: what `logprob` covers and beams are ranked by: `span+suffix` (the LM's "

@@ -7,6 +7,7 @@ the flag (see `describe_error`).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
@@ -212,7 +213,16 @@ class Settings(BaseSettings):
 
     @property
     def served_model(self) -> str:
-        return self.model_name or self.lm
+        """The model id of the API and the metrics' `model_name`: --model-name, else the LM's short name."""
+        return self.model_name or short_name(self.lm)
+
+
+def short_name(source: str) -> str:
+    """A model source as an id: a local directory's name (not its absolute path), or the hub id as given."""
+    path = Path(source).expanduser()
+    if source.startswith(("/", ".", "~")) or path.exists():
+        return path.resolve().name or source
+    return source
 
 
 def env_name(field: str) -> str:

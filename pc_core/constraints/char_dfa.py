@@ -126,7 +126,9 @@ class _NFA:
 
     def new(self) -> int:
         if len(self.eps) >= MAX_NFA_STATES:
-            raise ConstraintError(self.path, f"the pattern expands to more than {MAX_NFA_STATES} automaton states")
+            raise ConstraintError(
+                self.path, f"the pattern expands to more than {MAX_NFA_STATES} automaton states"
+            )
         self.moves.append([])
         self.eps.append([])
         return len(self.eps) - 1
@@ -135,7 +137,9 @@ class _NFA:
         found = self.atom_ranges.get(ranges)
         if found is None:
             ss = self.starts
-            found = [range(int(np.searchsorted(ss, lo)), int(np.searchsorted(ss, hi + 1))) for lo, hi in ranges]
+            found = [
+                range(int(np.searchsorted(ss, lo)), int(np.searchsorted(ss, hi + 1))) for lo, hi in ranges
+            ]
             self.atom_ranges[ranges] = found
         return found
 
@@ -176,7 +180,6 @@ class _NFA:
         for state in exits:
             self.eps[state].append(start)
         return start
-
 
     def embed(self, dfa: CharDFA, start: int) -> int:
         """A string-content DFA inside a JSON string: characters that JSON escapes are written escaped."""
@@ -274,7 +277,9 @@ def _subsets(nfa: _NFA, final: int, path: str) -> tuple[np.ndarray, np.ndarray]:
             key = closure(targets)
             if key not in ids:
                 if len(order) >= MAX_CHAR_STATES:
-                    raise ConstraintError(path, f"the pattern needs more than {MAX_CHAR_STATES} automaton states")
+                    raise ConstraintError(
+                        path, f"the pattern needs more than {MAX_CHAR_STATES} automaton states"
+                    )
                 ids[key] = len(order)
                 order.append(key)
             row[lo:hi] = ids[key]
@@ -349,7 +354,9 @@ def combine(kind: str, dfas: list[CharDFA]) -> CharDFA:
         for a, key in enumerate(map(tuple, succ.tolist())):
             if key not in ids:
                 if len(order) >= MAX_CHAR_STATES:
-                    raise ConstraintError("constraint", f"the product needs more than {MAX_CHAR_STATES} states")
+                    raise ConstraintError(
+                        "constraint", f"the product needs more than {MAX_CHAR_STATES} states"
+                    )
                 ids[key] = len(order)
                 order.append(key)
             row[a] = ids[key]

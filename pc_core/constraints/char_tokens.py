@@ -65,65 +65,79 @@ def char_only_dfa(constraint: object) -> CharDFA | None:
         return None if inner is None else combine("not", [inner])
     if isinstance(constraint, (All, AnyOf)):
         parts = [char_only_dfa(c) for c in constraint.children]
-        if any(p is None for p in parts):
+        if not parts or any(p is None for p in parts):  # all [] / any []: the word-level compiler
             return None
         return combine("all" if isinstance(constraint, All) else "any", parts)
     return None
 
 
 def token_sequences(dfa: CharDFA, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(seq of each token (V,), column matrix (max length, U) of the distinct sequences sorted by length,
-    longest first, their lengths (U,)). Tokens without text get the empty sequence."""
+    """(seq of each token (V,), column matrix (U, max length) of the distinct non-empty sequences (padded with
+    -1), their lengths (U,)). Tokens without text get -1."""
     lengths = np.fromiter((len(t) for t in texts), np.int64, len(texts))
     codes = np.fromiter((ord(c) for t in texts for c in t), np.int64, int(lengths.sum()))
-    cols = dfa.columns(codes).astype(np.int32)
-    bounds = np.concatenate([[0], np.cumsum(lengths)])
-    ids: dict[bytes, int] = {}
-    seq_of = np.empty(len(texts), np.int64)
-    firsts = []
-    for t in range(len(texts)):
-        key = cols[bounds[t] : bounds[t + 1]].tobytes()
-        if key not in ids:
-            ids[key] = len(ids)
-            firsts.append(t)
-        seq_of[t] = ids[key]
-    seq_len = lengths[firsts]
-    order = np.argsort(-seq_len, kind="stable")
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    width = int(seq_len.max()) if len(seq_len) else 0
-    matrix = np.zeros((width, len(firsts)), np.int32)
-    for j, u in enumerate(order.tolist()):
-        t = firsts[u]
-        matrix[: lengths[t], j] = cols[bounds[t] : bounds[t + 1]]
-    return rank[seq_of], matrix, seq_len[order]
+    width = max(1, int(lengths.max()) if len(lengths) else 1)
+    padded = np.full((len(texts), width), -1, np.int32)
+    rows = np.repeat(np.arange(len(texts)), lengths)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    padded[rows, np.arange(len(codes)) - np.repeat(starts, lengths)] = dfa.columns(codes)
+    matrix, seq_of = np.unique(padded, axis=0, return_inverse=True)
+    seq_of = seq_of.reshape(-1)
+    seq_len = (matrix >= 0).sum(axis=1)
+    empty = np.flatnonzero(seq_len == 0)
+    if len(empty):  # drop the empty sequence: its tokens change nothing
+        keep = seq_len > 0
+        renumber = np.cumsum(keep) - 1
+        seq_of = np.where(lengths == 0, -1, renumber[seq_of])
+        matrix, seq_len = matrix[keep], seq_len[keep]
+    return seq_of, matrix, seq_len
 
 
-def run_all(dfa: CharDFA, states: np.ndarray, matrix: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """(B, U) the state after each distinct sequence from each of `states` (B,)."""
-    cur = np.repeat(states[:, None].astype(np.int32), matrix.shape[1], axis=1)
-    active = np.searchsorted(-lengths, -np.arange(1, matrix.shape[0] + 1), side="right")  # len > pos
-    for pos in range(matrix.shape[0]):
-        n = int(active[pos])
-        cur[:, :n] = dfa.trans[cur[:, :n], matrix[pos, :n]]
-    return cur
+def run_sparse(dfa: CharDFA, states: np.ndarray, matrix: np.ndarray, lengths: np.ndarray,
+               by_first: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """(row in `states`, sequence, end state) of every sequence that does not die, from each of `states`.
+    Only sequences whose first character is alive from a state are run at all."""
+    dead = min(dfa.dead) if dfa.dead else -1
+    rows, seqs = [], []
+    for i, s in enumerate(states.tolist()):
+        for c in np.flatnonzero(dfa.trans[s] != dead).tolist():
+            if len(by_first[c]):
+                seqs.append(by_first[c])
+                rows.append(np.full(len(by_first[c]), i, np.int64))
+    if not seqs:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32)
+    row, seq = np.concatenate(rows), np.concatenate(seqs)
+    cur = states[row].astype(np.int32)
+    alive = np.arange(len(cur))
+    for pos in range(matrix.shape[1]):  # only sequences still running and not yet dead move on
+        alive = alive[(lengths[seq[alive]] > pos) & (cur[alive] != dead)]
+        if not len(alive):
+            break
+        cur[alive] = dfa.trans[cur[alive], matrix[seq[alive], pos]]
+    keep = cur != dead
+    return row[keep], seq[keep], cur[keep]
 
 
 def compile_char_only(dfa: CharDFA, tables: object, max_states: int, check_deadline: Callable) -> object:
-    """The minimal TokenDFA of a character DFA over `tables` (vocab.VocabTables)."""
+    """The minimal TokenDFA of a character DFA over `tables` (vocab.VocabTables). Sequences are classed by a
+    64-bit hash of their successors over all reachable states (dead ones contribute nothing), then the
+    successor table is computed for one sequence per class."""
     from pc_core.constraints.compiler import _minimise
 
     texts = token_texts(tables)
     seq_of, matrix, lengths = token_sequences(dfa, texts)
-    order, index, rows = [dfa.initial], {dfa.initial: 0}, []
+    first = matrix[:, 0]
+    by_first = [np.flatnonzero(first == c) for c in range(dfa.trans.shape[1])]
+    order, index = [dfa.initial], {dfa.initial: 0}
+    weights = np.random.default_rng(1).integers(1, 2**61, size=8 * max_states + 1, dtype=np.int64) | 1
+    signature = np.zeros(len(matrix), np.int64)
     cap = max_states * EXPLORE_FACTOR
     done = 0
     while done < len(order):
         check_deadline()
         batch = np.array(order[done:], np.int64)
-        done = len(order)
-        result = run_all(dfa, batch, matrix, lengths)
-        for s in np.unique(result).tolist():
+        row, seq, end = run_sparse(dfa, batch, matrix, lengths, by_first)
+        for s in np.unique(end).tolist():
             if s not in index:
                 index[s] = len(order)
                 order.append(s)
@@ -131,28 +145,45 @@ def compile_char_only(dfa: CharDFA, tables: object, max_states: int, check_deadl
             raise ConstraintTooComplex("constraint", f"more than {cap} automaton states before minimisation (cap "
                                        f"{max_states} after); simplify the constraint", states=len(order),
                                        limit=max_states)  # fmt: skip
-        rows.append(result)
-    n = len(order)
-    remap = np.full(dfa.num_states, -1, np.int64)
-    remap[order] = np.arange(n)
+        lookup = np.full(dfa.num_states, -1, np.int64)
+        lookup[order] = np.arange(len(order))
+        ids = lookup[end]
+        with np.errstate(over="ignore"):
+            np.add.at(signature, seq, weights[(row + done) % len(weights)] * (ids + 1))
+        done += len(batch)
+    _, reps, seq_class = np.unique(signature, return_index=True, return_inverse=True)
+    n_cls = len(reps)
+    token_class = np.where(seq_of >= 0, seq_class.reshape(-1)[np.maximum(seq_of, 0)], n_cls + 2)
+    token_class[np.asarray(tables.banned, bool)] = n_cls + 1
+    token_class[tables.eos_token_id] = n_cls
+    delta, accepting, ended = _successors(dfa, order, matrix[reps], lengths[reps])
+    return _minimise(
+        delta, token_class.astype(np.int32), 0, accepting, ended, tables, max_states, check_deadline
+    )
+
+
+def _successors(
+    dfa: CharDFA, order: list[int], rep_matrix: np.ndarray, rep_lengths: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(successor table over (sequence classes, EOS, banned, empty) for the reachable states then the sink
+    and the two ended states, accepting, ended)."""
+    n, n_cls = len(order), len(rep_matrix)
     sink, end_yes, end_no = n, n + 1, n + 2
-    eos_col, banned_col, empty_col = (matrix.shape[1] + k for k in range(3))
-    delta = np.empty((n + 3, matrix.shape[1] + 3), np.int32)
-    delta[:n, : matrix.shape[1]] = remap[np.concatenate(rows)]
+    eos_col, empty_col = n_cls, n_cls + 2
+    delta = np.full((n + 3, n_cls + 3), sink, np.int32)
+    by_first = [np.flatnonzero(rep_matrix[:, 0] == c) for c in range(dfa.trans.shape[1])]
+    row, seq, end = run_sparse(dfa, np.array(order, np.int64), rep_matrix, rep_lengths, by_first)
+    remap = np.full(dfa.num_states, sink, np.int64)
+    remap[order] = np.arange(n)
+    delta[row, seq] = remap[end]
     accept = dfa.accept[order]
     delta[:n, eos_col] = np.where(accept, end_yes, end_no)
-    delta[:n, banned_col] = sink
     delta[:n, empty_col] = np.arange(n)
-    delta[sink] = sink
     delta[sink, eos_col] = end_no
     delta[end_yes], delta[end_no] = end_yes, end_no
-    token_class = seq_of.copy()
-    token_class[[len(t) == 0 for t in texts]] = empty_col
-    token_class[np.asarray(tables.banned, bool)] = banned_col
-    token_class[tables.eos_token_id] = eos_col
     accepting = np.concatenate([accept, [False, True, False]])
     ended = np.concatenate([np.zeros(n + 1, bool), [True, True]])
-    return _minimise(delta, token_class.astype(np.int32), 0, accepting, ended, tables, max_states, check_deadline)
+    return delta, accepting, ended
 
 
 class TextEffects:

@@ -47,6 +47,7 @@ REFUSED = {
     "additionalItems", "unevaluatedProperties", "unevaluatedItems", "multipleOf", "if", "then", "else",
     "$dynamicRef", "$recursiveRef", "contentSchema",
 }  # fmt: skip
+MAX_NESTING = 48
 TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
 
 
@@ -66,8 +67,8 @@ class _Translator:
         raise ConstraintError(path, what)
 
     def value(self, schema: Any, path: str, depth: int) -> Node:
-        if schema is True or schema == {}:
-            return any_value(self.max_depth - depth, self.space)
+        if schema is True or schema == {}:  # unconstrained values nest up to max_depth levels
+            return any_value(self.max_depth, self.space)
         if schema is False:
             return ("alt", ())  # nothing
         if not isinstance(schema, dict):
@@ -101,8 +102,8 @@ class _Translator:
             return self.string(schema, path)
         if kind in ("integer", "number"):
             return self.number(kind, schema, path)
-        if depth >= self.max_depth:  # unrolled recursion stops here: deeper documents are not written
-            return ("alt", ())
+        if depth >= MAX_NESTING:
+            self.fail(path, f"nested more than {MAX_NESTING} levels deep")
         return self.array(schema, path, depth) if kind == "array" else self.object(schema, path, depth)
 
     def string(self, schema: dict, path: str) -> Node:
@@ -112,7 +113,9 @@ class _Translator:
                 self.fail(f"{path}.{key}", "expected a non-negative integer")
         fmt = schema.get("format")
         if fmt is not None and fmt not in FORMATS:
-            self.fail(f"{path}.format", f"the format {fmt!r} is not supported (supported: {', '.join(FORMATS)})")
+            self.fail(
+                f"{path}.format", f"the format {fmt!r} is not supported (supported: {', '.join(FORMATS)})"
+            )
         return json_string(string_body(lo, hi, schema.get("pattern"), fmt, f"{path}.pattern"))
 
     def number(self, kind: str, schema: dict, path: str) -> Node:
@@ -125,10 +128,15 @@ class _Translator:
         lo, lo_x = _bound(bounds["minimum"], bounds["exclusiveMinimum"], max)
         hi, hi_x = _bound(bounds["maximum"], bounds["exclusiveMaximum"], min)
         if kind == "integer":  # 100.0 is an integer too (JSON Schema counts values, not spellings)
-            return seq([integer_range(lo, lo_x, hi, hi_x), opt(seq([literal("."), rep(literal("0"), 1, None)]))])
+            return seq(
+                [integer_range(lo, lo_x, hi, hi_x), opt(seq([literal("."), rep(literal("0"), 1, None)]))]
+            )
         found = number_range(lo, lo_x, hi, hi_x)
         if found is None:
-            self.fail(f"{path}.minimum" if lo is not None else f"{path}.maximum", "non-integer number bounds are not supported")
+            self.fail(
+                f"{path}.minimum" if lo is not None else f"{path}.maximum",
+                "non-integer number bounds are not supported",
+            )
         return found
 
     def array(self, schema: dict, path: str, depth: int) -> Node:
@@ -189,7 +197,9 @@ class _Translator:
 
         if self.validator is None:
             cls = jsonschema.validators.validator_for(self.root, default=jsonschema.Draft202012Validator)
-            self.validator = cls(self.root if isinstance(self.root, dict) else {}, format_checker=cls.FORMAT_CHECKER)
+            self.validator = cls(
+                self.root if isinstance(self.root, dict) else {}, format_checker=cls.FORMAT_CHECKER
+            )
         return self.validator.evolve(schema=schema)
 
     def alternatives(self, schema: dict, key: str, path: str, depth: int) -> Node:
@@ -227,8 +237,8 @@ class _Translator:
     def ref(self, schema: dict, path: str, depth: int) -> Node:
         target = self.lookup(schema["$ref"], f"{path}.$ref")
         ref = schema["$ref"]
-        if self.refs.count(ref) >= self.max_depth:
-            self.fail(f"{path}.$ref", f"recursive beyond max_depth={self.max_depth}")
+        if self.refs.count(ref) >= self.max_depth:  # recursion unrolled max_depth times, then cut
+            return ("alt", ())
         rest = {k: v for k, v in schema.items() if k != "$ref" and k not in ANNOTATIONS}
         merged = _merge(rest, target, path) if rest else target
         self.refs.append(ref)
@@ -254,7 +264,9 @@ class _Translator:
 
 def _harmless(key: str, value: Any) -> bool:
     """Refused keywords whose value constrains nothing."""
-    return (key == "uniqueItems" and value is False) or (key in ("minProperties", "minContains") and value == 0)
+    return (key == "uniqueItems" and value is False) or (
+        key in ("minProperties", "minContains") and value == 0
+    )
 
 
 def _bound(inclusive: Any, exclusive: Any, pick: Any) -> tuple[float | None, bool]:
@@ -294,7 +306,9 @@ def _merge(a: Any, b: Any, path: str) -> Any:
             both += [t for t in tb if t == "integer" and "number" in ta and t not in both]
             out[key] = both
         elif out[key] != value:
-            raise ConstraintError(f"{path}.{key}", "allOf branches that disagree on this keyword are not supported")
+            raise ConstraintError(
+                f"{path}.{key}", "allOf branches that disagree on this keyword are not supported"
+            )
     if any(k in side for side in (a, b) for k in ("properties", "additionalProperties")):
         pa, pb = a.get("properties", {}), b.get("properties", {})
         xa, xb = a.get("additionalProperties", True), b.get("additionalProperties", True)

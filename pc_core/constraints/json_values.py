@@ -36,7 +36,9 @@ RAW = subtract(negate(((0, 0x1F), (0x22, 0x22), (0x5C, 0x5C))), SURROGATES)  # u
 DIGIT = char_set([(48, 57)])
 DIGIT19 = char_set([(49, 57)])
 HEX = char_set([(48, 57), (65, 70), (97, 102)])
-ESCAPE = seq([literal("\\"), alt([char_set([(ord(c), ord(c)) for c in '"\\/bfnrt']), seq([literal("u")] + [HEX] * 4)])])
+ESCAPE = seq(
+    [literal("\\"), alt([char_set([(ord(c), ord(c)) for c in '"\\/bfnrt']), seq([literal("u")] + [HEX] * 4)])]
+)
 UNIT = alt([("set", RAW), ESCAPE])  # one character of string content
 UINT = alt([literal("0"), seq([DIGIT19, rep(DIGIT, 0, None)])])
 FRACTION = seq([literal("."), rep(DIGIT, 1, None)])
@@ -184,7 +186,9 @@ def number_range(lo: float | None, lo_x: bool, hi: float | None, hi_x: bool) -> 
     hi = None if hi is None else int(hi)
     parts = []
     if hi is None or hi > 0 or (hi == 0 and not hi_x):  # x >= 0, written without a sign
-        parts.append(_unsigned(lo if lo is not None and lo > 0 else 0, lo_x and lo is not None and lo >= 0, hi, hi_x))
+        parts.append(
+            _unsigned(lo if lo is not None and lo > 0 else 0, lo_x and lo is not None and lo >= 0, hi, hi_x)
+        )
     if lo is None or lo < 0:  # x < 0: -y with 0 < y, y <= -lo (or <), y >= -hi (or >)
         y_lo, y_lo_x = (-hi, hi_x) if hi is not None and hi < 0 else (0, True)
         body = _unsigned(y_lo, y_lo_x, None if lo is None else -lo, lo_x)

@@ -60,7 +60,11 @@ class JsonSchema:
     max_depth: int = 3
 
     def to_json(self) -> dict:
-        return {"json_schema": json.loads(self.schema), "whitespace": self.whitespace, "max_depth": self.max_depth}
+        return {
+            "json_schema": json.loads(self.schema),
+            "whitespace": self.whitespace,
+            "max_depth": self.max_depth,
+        }
 
 
 CHAR_NODES = (Regex, Choice, JsonSchema)
@@ -123,7 +127,9 @@ def parse_json_schema(spec: dict, path: str, depth: int) -> JsonSchema:
 def _only(spec: dict, allowed: set[str], path: str) -> None:
     extra = sorted(set(spec) - allowed)
     if extra:
-        raise ConstraintError(f"{path}.{extra[0]}", f"unexpected field (allowed here: {', '.join(sorted(allowed))})")
+        raise ConstraintError(
+            f"{path}.{extra[0]}", f"unexpected field (allowed here: {', '.join(sorted(allowed))})"
+        )
 
 
 def char_automaton(node: Regex | Choice | JsonSchema) -> CharDFA:
@@ -156,7 +162,9 @@ def _build(node: Regex | Choice | JsonSchema, path: str) -> CharDFA:
     body = schema_ir(json.loads(node.schema), path, node.whitespace, node.max_depth)
     dfa = build_char_dfa(full(body), path)
     if not dfa.accept.any():
-        raise ConstraintError(path, f"no JSON document satisfies the schema within max_depth={node.max_depth}")
+        raise ConstraintError(
+            path, f"no JSON document satisfies the schema within max_depth={node.max_depth}"
+        )
     return dfa
 
 

@@ -145,11 +145,14 @@ def test_sampler_killed_and_resumed_equals_uninterrupted(server_a, tiny_lm, tmp_
         run_sample(_cfg(tiny_lm, out, server_a.url, num_sequences=256, seed=6))
 
 
-def test_rate_limited_server_is_retried_after_its_429s(start, tiny_lm, tmp_path):
+def test_rate_limited_server_is_retried_after_its_429s(start, tiny_lm, tmp_path, caplog):
+    """6 requests in flight against 4 per second: the server answers 429 (Retry-After), the client waits
+    and retries, and every sequence arrives."""
     limited = start("distill-limited", PCGEN_RATE_LIMIT="4/second")
-    manifest = run_sample(_cfg(tiny_lm, tmp_path / "s", limited.url, num_sequences=24, concurrency=6))
+    with caplog.at_level("WARNING", logger="distill.remote"):
+        manifest = run_sample(_cfg(tiny_lm, tmp_path / "s", limited.url, num_sequences=24, concurrency=6))
+    assert f"server {limited.url}: HTTP 429" in caplog.text
     assert manifest["complete"] and len(data.load_tokens(tmp_path / "s")[0]) == 24
-    assert 'status="429"' in limited.metrics() or "429" in limited.log()  # the server did refuse requests
 
 
 def test_refuses_a_server_with_another_tokenizer(server_a, tmp_path):

@@ -135,7 +135,7 @@ def generate_and_cache(api: str, stack: Stack) -> None:
         assert first.status_code == 200, first.text + stack.all_logs()
         first = first.json()
         assert first["outputs"] and all(o["constraint_satisfied"] for o in first["outputs"]), first
-        assert all("dog" in o["text"] for o in first["outputs"]), first
+        assert all("dog" in o["text"].lower() for o in first["outputs"]), first  # "Dog" counts too
         assert first["cached"] is False
         second = client.post("/generate", json=body).json()  # from Redis (the api's in-process cache too)
         assert second["cached"] is True and second["outputs"] == first["outputs"], second

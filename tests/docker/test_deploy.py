@@ -70,6 +70,39 @@ def test_compose_validates_against_the_compose_specification():
     jsonschema.validate(compose(), schema)
 
 
+def test_compose_image_names_are_variables_with_hub_defaults():
+    """The same file runs on hub images (the defaults) and on local ones (docker/local/podman.env)."""
+    services = compose()["services"]
+    expected = {"api": "API_IMAGE", "distill": "API_IMAGE", "redis": "REDIS_IMAGE",
+                "prometheus": "PROMETHEUS_IMAGE", "grafana": "GRAFANA_IMAGE"}  # fmt: skip
+    local = dict(line.split("=", 1) for line in (ROOT / "docker/local/podman.env").read_text().splitlines()
+                 if line and not line.startswith("#"))  # fmt: skip
+    for name, variable in expected.items():
+        match = re.fullmatch(r"\$\{(\w+):-([^}]+)\}", services[name]["image"])
+        assert match and match.group(1) == variable, services[name]["image"]
+        assert not match.group(2).startswith("localhost/"), "the default must be the hub image"
+    assert set(local) == {"API_IMAGE", "REDIS_IMAGE", "PROMETHEUS_IMAGE"}
+    for name in ("api", "distill"):
+        args = services[name]["build"]["args"]
+        assert interpolate(args["TORCH_INDEX"]).endswith("/whl/cu128")  # GPU stack by default
+        assert interpolate(args["BASE_IMAGE"]) == "debian:bookworm-slim"
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu" in dockerfile  # the image alone: CPU torch
+    assert "ARG BASE_IMAGE=debian:bookworm-slim" in dockerfile
+
+
+def test_cpu_compose_file_removes_the_gpu_reservations():
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!reset", lambda loader, node: "!reset")
+    cpu = yaml.load((ROOT / "docker" / "compose.cpu.yml").read_text(), Loader=Loader)["services"]
+    for name, service in compose()["services"].items():
+        assert ("deploy" in service) == (cpu.get(name, {}).get("deploy") == "!reset"), name
+    assert interpolate(cpu["api"]["build"]["args"]["TORCH_INDEX"]).endswith("/whl/cpu")
+    assert cpu["api"]["environment"]["PCGEN_DEVICE"] == "cpu"
+
+
 def test_compose_services_are_complete():
     services = compose()["services"]
     assert {"api", "redis", "prometheus", "grafana", "distill"} <= set(services)
@@ -452,10 +485,11 @@ def test_native_stand_in_for_the_compose_stack(tmp_path, model_env):
 
         board = dashboard_json()
         variables = {v["name"]: v for v in board["templating"]["list"]}
-        assert label_values(prom, variable_query(variables["model"])) == [model_env["PCGEN_LM"]]
+        served = Path(model_env["PCGEN_LM"]).name  # the served model id: the LM directory's name
+        assert label_values(prom, variable_query(variables["model"])) == [served]
         assert label_values(prom, variable_query(variables["instance"])) == [instance]
         # the $model values (pcgen_model_info's lm) are the model_name label of the model metrics
-        assert label_values(prom, "label_values(pcgen_queue_depth, model_name)") == [model_env["PCGEN_LM"]]
+        assert label_values(prom, "label_values(pcgen_queue_depth, model_name)") == [served]
 
         def evaluate(expr: str) -> list:
             expr = expr.replace("$instance", instance).replace("$model", ".*")

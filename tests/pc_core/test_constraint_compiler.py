@@ -7,7 +7,7 @@ import pytest
 from support import has_banned_token, random_text
 
 from pc_core import check_ids, compile_constraint
-from pc_core.constraints.compiler import _minimise
+from pc_core.constraints.compiler import DEFAULT_MAX_STATES, _minimise
 from pc_core.errors import ConstraintError, ConstraintTooComplex
 
 WORDS = [
@@ -316,7 +316,7 @@ def test_huge_conjunction_fails_fast_with_numbers(big_tokenizer):
     with pytest.raises(ConstraintTooComplex) as info:
         compile_constraint({"keywords": words}, big_tokenizer, time_budget_s=600)
     assert not info.value.out_of_time and "2^200" in str(info.value)  # before exploring: no state was built
-    assert info.value.limit == 2048
+    assert info.value.limit == DEFAULT_MAX_STATES
     assert info.value.states > info.value.limit
     assert "200" in str(info.value)
 

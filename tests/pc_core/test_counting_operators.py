@@ -81,6 +81,19 @@ def test_polarity_of_counted_keywords():
     assert [k.text for k in forbidden] == ["cat", "pan"]
 
 
+def test_matches_show_counted_keywords_and_words_from_the_end():
+    from pc_core.constraints.checker import keyword_matches
+
+    assert keyword_matches({"word_at": -1, "word": "pan"}, " the pan.") == [
+        {"keyword": "pan", "start": 5, "end": 8}
+    ]
+    assert keyword_matches({"word_at": -2, "word": "pan"}, " the pan.") == []
+    found = keyword_matches(
+        {"at_least": 1, "of": [{"count": "dog", "min": 2}, {"not": "cat"}]}, " dog, cat dogs"
+    )
+    assert [(m["keyword"], m["start"]) for m in found] == [("dog", 1), ("dog", 10)]
+
+
 @pytest.mark.parametrize(
     "spec, path, fragment",
     [

@@ -60,11 +60,15 @@ def test_coworkers_served_and_satisfied(tokenizer, tiny_lm, tiny_hmm):
 
 def test_exact_only_past_the_budget_says_what_it_would_cost(tokenizer, tiny_lm, tiny_hmm):
     with pytest.raises(ConstraintTooComplex, match=r"exact guide would need .* live \(step, state\) pairs"):
-        generate(tiny_lm, tokenizer, tiny_hmm, SIX, max_new_tokens=32, guide="exact", guide_budget_gflops=1e-4)
+        generate(
+            tiny_lm, tokenizer, tiny_hmm, SIX, max_new_tokens=32, guide="exact", guide_budget_gflops=1e-4
+        )
 
 
 def test_past_the_budget_auto_runs_factored(tokenizer, tiny_lm, tiny_hmm):
-    out = generate(tiny_lm, tokenizer, tiny_hmm, SIX, max_new_tokens=32, num_beams=2, guide_budget_gflops=1e-4)
+    out = generate(
+        tiny_lm, tokenizer, tiny_hmm, SIX, max_new_tokens=32, num_beams=2, guide_budget_gflops=1e-4
+    )
     assert out.guide == "factored"
     assert all(s.constraint_satisfied and check_ids(SIX, tokenizer, s.token_ids) for s in out.sequences)
 
@@ -111,7 +115,9 @@ def test_only_live_pairs_get_rows_and_lookups_match(tokenizer):
     assert torch.isfinite(dense[live]).all() and torch.isneginf(dense[~t.feasible[:12]]).all()
 
 
-@pytest.mark.parametrize("spec", [{"keywords": ["dog", "frisbee", "catch"]}, COWORKERS], ids=["keywords", "count"])
+@pytest.mark.parametrize(
+    "spec", [{"keywords": ["dog", "frisbee", "catch"]}, COWORKERS], ids=["keywords", "count"]
+)
 def test_bfloat16_rows_within_bound(tokenizer, spec):
     """bfloat16 rows (scaled to max 1, float32 scale) change each stored U by a relative 2^-9 at most, so
     log q moves by at most log(1 / (1 - 2^-9)) < 2^-8 (docs/method.md §5.9); the -inf pattern is identical."""

@@ -54,9 +54,14 @@ def _value(rng, depth=0):
         keys = ["name", "age", "email", "tags", "kind", "id", "d", "x", "a", "b"]
         choices.append(lambda: {k: _value(rng, depth + 1) for k in rng.sample(keys, rng.randint(0, 4))})
         person = lambda: rng.choice(  # noqa: E731
-            [{"name": rng.choice(["Al", "", "é€", "toolongname"]), "kind": "person"}, {"a": rng.choice([True, 1]), "b": rng.choice([None, 1])}]
+            [
+                {"name": rng.choice(["Al", "", "é€", "toolongname"]), "kind": "person"},
+                {"a": rng.choice([True, 1]), "b": rng.choice([None, 1])},
+            ]
         )
-        choices.append(lambda: {**person(), **{k: _value(rng, depth + 1) for k in rng.sample(keys, rng.randint(0, 2))}})
+        choices.append(
+            lambda: {**person(), **{k: _value(rng, depth + 1) for k in rng.sample(keys, rng.randint(0, 2))}}
+        )
     return rng.choice(choices)()
 
 
@@ -100,17 +105,30 @@ def test_layout_is_compact_and_ordered():
 
 
 def test_integer_and_number_bounds_exhaustive():
-    bounds = [(None, False), (-17, False), (-17, True), (0, False), (0, True), (9, False), (10, True), (123, False)]
+    bounds = [
+        (None, False),
+        (-17, False),
+        (-17, True),
+        (0, False),
+        (0, True),
+        (9, False),
+        (10, True),
+        (123, False),
+    ]
     for lo, lo_x in bounds:
         for hi, hi_x in bounds:
             whole = build_char_dfa(full(integer_range(lo, lo_x, hi, hi_x)), "t")
             number = build_char_dfa(full(number_range(lo, lo_x, hi, hi_x)), "t")
             for n in range(-150, 150):
-                ok = (lo is None or (n > lo if lo_x else n >= lo)) and (hi is None or (n < hi if hi_x else n <= hi))
+                ok = (lo is None or (n > lo if lo_x else n >= lo)) and (
+                    hi is None or (n < hi if hi_x else n <= hi)
+                )
                 assert whole.accepts(str(n)) == ok, (lo, lo_x, hi, hi_x, n)
                 for text in (str(n), f"{n}.5", f"{n}.0", f"{n}.05"):
                     x = float(text)
-                    ok = (lo is None or (x > lo if lo_x else x >= lo)) and (hi is None or (x < hi if hi_x else x <= hi))
+                    ok = (lo is None or (x > lo if lo_x else x >= lo)) and (
+                        hi is None or (x < hi if hi_x else x <= hi)
+                    )
                     assert number.accepts(text) == ok or text.startswith("-0"), (lo, lo_x, hi, hi_x, text)
 
 
@@ -122,7 +140,15 @@ def test_date_format_is_exact():
     while day.year < 2002:
         assert dfa.accepts(day.isoformat())
         day += datetime.timedelta(days=1)
-    for bad in ("1900-02-29", "2100-02-29", "2023-02-29", "2023-04-31", "0000-01-01", "2023-13-01", "2023-1-01"):
+    for bad in (
+        "1900-02-29",
+        "2100-02-29",
+        "2023-02-29",
+        "2023-04-31",
+        "0000-01-01",
+        "2023-13-01",
+        "2023-1-01",
+    ):
         assert not dfa.accepts(bad), bad
     for good in ("2000-02-29", "2024-02-29", "0004-02-29"):
         assert dfa.accepts(good), good
@@ -152,7 +178,8 @@ def test_recursion_unrolls_to_max_depth():
     node = parse_constraint({"json_schema": tree, "max_depth": 4})
     dfa = char_automaton(node)
     assert dfa.accepts('{"c":[{"c":[]},{}]}')
-    assert not dfa.accepts('{"c":[{"c":[{"c":[{"c":[]}]}]}]}')  # deeper than 4 levels
+    assert dfa.accepts('{"c":[{"c":[{"c":[{"c":[]}]}]}]}')  # four expansions of the reference
+    assert not dfa.accepts('{"c":[{"c":[{"c":[{"c":[{"c":[]}]}]}]}]}')  # a fifth is cut
     assert parse_constraint({"json": True}).to_json()["json_schema"] == {"type": "object"}
 
 

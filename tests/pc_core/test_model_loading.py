@@ -2,9 +2,9 @@
 PcgenError: `pcgen` exits 2), at once instead of after a transformers traceback or the hub's retries."""
 
 import os
+import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,10 +20,22 @@ ROOT = Path(__file__).resolve().parents[2]
 def _pcgen(args, **env):
     clean = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     clean.update(PYTHONPATH=str(ROOT), **env)
-    started = time.monotonic()
-    run = subprocess.run([sys.executable, "-m", "pcgen", *args], capture_output=True, text=True, env=clean,
-                         cwd=ROOT, timeout=120)  # fmt: skip
-    return run, time.monotonic() - started
+    return subprocess.run([sys.executable, "-m", "pcgen", *args], capture_output=True, text=True, env=clean,
+                          cwd=ROOT, timeout=600)  # fmt: skip
+
+
+def _connections(monkeypatch) -> list:
+    """The address of every socket connection this process attempts from now on (a count, not a clock: the
+    hub's retries would be many attempts)."""
+    attempts = []
+    real = socket.socket.connect
+
+    def connect(self, address):
+        attempts.append(address)
+        return real(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return attempts
 
 
 @pytest.fixture
@@ -55,26 +67,24 @@ def no_hub(tmp_path, monkeypatch):
     ],
 )  # fmt: skip
 def test_a_wrong_path_is_one_line_and_exit_2(args, message):
-    run, seconds = _pcgen(args, HF_HUB_OFFLINE="1")
+    run = _pcgen(args, HF_HUB_OFFLINE="1")
     assert run.returncode == 2, run.stderr[-3000:]
     (line,) = run.stderr.strip().splitlines()
     assert line.startswith(f"pcgen {args[0]}: {message}")
     assert "Traceback" not in run.stderr and "Repo id must be" not in run.stderr
-    assert seconds < 30  # the interpreter and torch start-up; the check itself takes milliseconds
 
 
 def test_a_hub_id_offline_is_one_line_within_seconds(tmp_path):
-    run, seconds = _pcgen(["compile", "--tokenizer", "someone/not-cached", "--keywords", "dog"],
-                          HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))  # fmt: skip
+    run = _pcgen(["compile", "--tokenizer", "someone/not-cached", "--keywords", "dog"],
+                 HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))  # fmt: skip
     assert run.returncode == 2, run.stderr[-3000:]
     (line,) = run.stderr.strip().splitlines()
     assert line.startswith("pcgen compile: cannot load tokenizer 'someone/not-cached': ")
     assert "not in the Hugging Face cache" in line and "HF_HUB_OFFLINE" in line
-    assert seconds < 30
 
 
-def test_a_hub_id_without_network_fails_at_once(no_hub):
-    started = time.monotonic()
+def test_a_hub_id_without_network_fails_at_once(no_hub, monkeypatch):
+    attempts = _connections(monkeypatch)
     for load in (lambda: load_tokenizer("gpt2"), lambda: load_lm("someone/some-lm", device="cpu")):
         with pytest.raises(
             ModelLoadError, match=r"cannot be downloaded: no connection to http://127\.0\.0\.1:9 "
@@ -82,17 +92,17 @@ def test_a_hub_id_without_network_fails_at_once(no_hub):
             load()
     with pytest.raises(HMMFormatError, match="cannot load HMM 'someone/hmm': .* no connection"):
         HMM.load("someone/hmm")
-    assert time.monotonic() - started < 5  # not huggingface_hub's retries (about a minute)
+    # one reachability probe per load at most (remembered for a while), not huggingface_hub's retries
+    assert 1 <= len(attempts) <= 3 and set(attempts) == {("127.0.0.1", 9)}, attempts
 
 
 def test_the_pcgen_command_without_network(no_hub):
-    run, seconds = _pcgen(["compile", "--tokenizer", "gpt2", "--keywords", "dog"], **no_hub)
+    run = _pcgen(["compile", "--tokenizer", "gpt2", "--keywords", "dog"], **no_hub)
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr[-3000:]
     assert "cannot load tokenizer 'gpt2'" in run.stderr and "no connection" in run.stderr
-    assert seconds < 30
 
 
-def test_a_cached_hub_id_loads_without_the_network(no_hub, tiny_lm_dir, tmp_path):
+def test_a_cached_hub_id_loads_without_the_network(no_hub, tiny_lm_dir, tmp_path, monkeypatch):
     """Unreachable hub, model in the cache: loaded from it (local_files_only), no waiting."""
     cache = Path(os.environ["HF_HUB_CACHE"])
     revision = "0123456789abcdef0123456789abcdef01234567"
@@ -103,9 +113,10 @@ def test_a_cached_hub_id_loads_without_the_network(no_hub, tiny_lm_dir, tmp_path
     snapshot.mkdir(parents=True)
     for item in tiny_lm_dir.iterdir():
         (snapshot / item.name).symlink_to(item)
-    started = time.monotonic()
+    attempts = _connections(monkeypatch)
     model, tokenizer = load_lm("someone/tiny", device="cpu")
-    assert len(tokenizer) == model.config.vocab_size and time.monotonic() - started < 30
+    assert len(tokenizer) == model.config.vocab_size
+    assert len(attempts) <= 1, attempts  # at most the reachability probe: nothing asked the hub
 
 
 def test_source_checks():

@@ -129,7 +129,10 @@ def test_token_automaton_agrees_with_checker(tokenizer, index):
 def test_suffix_and_stop_compose(tokenizer):
     from pc_core.constraints import with_affixes
 
-    for spec in (with_affixes({"regex": r"[a-z ]+"}, stop=("\n",)), with_affixes({"choice": ["yes", "no"]}, suffix=".")):
+    for spec in (
+        with_affixes({"regex": r"[a-z ]+"}, stop=("\n",)),
+        with_affixes({"choice": ["yes", "no"]}, suffix="."),
+    ):
         dfa = compile_constraint(spec, tokenizer)
         for ids in _sequences(tokenizer, 7) + [tokenizer.encode("yes.", add_special_tokens=False)]:
             expected = check_ids(spec, tokenizer, ids) and not has_banned_token(tokenizer, ids)

@@ -237,3 +237,26 @@ def test_shutdown_leaks_no_semaphores(tmp_path):
                           timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "leaked" not in done.stderr, done.stderr
+
+
+def test_a_heavy_compile_never_delays_a_light_one(pool, tokenizer):
+    """The heavy lane held forever (a compile that never ends): light constraints still compile."""
+    assert pool.lane_of(HEAVY) == "heavy" and pool.lane_of(SMALL) == "light"
+    pool._lanes["heavy"].submit = lambda *args: Future()  # never answers
+    held = pool.submit("noisy", HEAVY, tokenizer, 100_000, 600.0)
+    light = _in_thread(lambda: pool.compile("noisy", SMALL, tokenizer, 2048, 10.0), "light behind heavy")
+    assert light.num_states > 1 and not held.done()
+
+
+def test_a_misjudged_constraint_moves_on_to_the_heavy_lane(pool, tokenizer, monkeypatch):
+    """A constraint estimated light that overruns the light lane's budget is finished by the heavy lane with
+    its full budget, not rejected."""
+    import service.compile_pool as compile_pool
+
+    monkeypatch.setattr(compile_pool, "LIGHT_BUDGET_S", 1e-6)
+    started = []
+    heavy_submit = pool._lanes["heavy"].submit
+    pool._lanes["heavy"].submit = lambda *args: started.append(args) or heavy_submit(*args)
+    dfa = _in_thread(lambda: pool.compile("c", {"keywords": ["dog", "ball"]}, tokenizer, 2048, 30.0), "moved")
+    assert dfa.num_states > 1
+    assert started and started[0][2] == 30.0  # the heavy lane got the full budget

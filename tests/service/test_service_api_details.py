@@ -37,9 +37,9 @@ def chat_server(start_server, tmp_path_factory, tiny_lm_dir):
     return start_server("chat-details", PCGEN_LM=str(path))
 
 
-def _fresh_word() -> str:
-    """A keyword no other request of the session used (so its automaton is compiled, not cached)."""
-    return "w" + uuid.uuid4().hex[:8]
+def _fresh_constraint() -> dict:
+    """A constraint no other request of the session used (so its automaton is compiled, not cached)."""
+    return {"all": ["dog", {"not": "q" + uuid.uuid4().hex[:6]}]}
 
 
 # ---------------------------------------------------------------------------------------------- finish_reason
@@ -105,7 +105,7 @@ def test_dfa_ms_counts_the_compile_when_compile_workers_are_on(server):
     before = server.metrics()
     with server.client() as http:
         r = http.post("/generate", json={"prompt": "The", "max_new_tokens": MAX_NEW_TOKENS,
-                                         "keywords": [_fresh_word(), _fresh_word()]})  # fmt: skip
+                                         "constraint": _fresh_constraint()})  # fmt: skip
     assert r.status_code == 200, r.text
     after = server.metrics()
     timings = r.json()["timings"]
@@ -148,6 +148,20 @@ def test_version_and_help_without_torch():
             "print('TORCH', 'torch' in sys.modules, 'transformers' in sys.modules)"  # fmt: skip
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert "serve" in out.stdout and "TORCH False False" in out.stdout, out
+
+
+def test_the_quick_command_list_says_what_each_command_says():
+    """`pcgen --help` lists the commands from pcgen.cli's table without importing them: each line there is the
+    help the command's own module registers."""
+    import argparse
+
+    from pcgen.cli import build_parser
+
+    def helps(parser: argparse.ArgumentParser) -> dict[str, str]:
+        (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        return {choice.dest: choice.help for choice in sub._choices_actions}
+
+    assert helps(build_parser(listing=True)) == helps(build_parser())
 
 
 def test_output_into_a_closed_pipe_is_not_a_traceback(tiny_lm_dir):
