@@ -8,12 +8,15 @@ script exits cleanly when it or the proxy models are absent), with n = 5, 10 and
 A keyword is a concept with the inflections of its CommonGen part of speech (`field_N` ->
 {"keyword": "field", "pos": "noun"}). The families:
 
-  once      each keyword exactly once                  all of count(k, 1, 1)                 3^n explicit states
-  even      each keyword an even number of times       all of any(count(k, m, m), m = 0, 2)   4^n
+  once      each keyword exactly once                  all of count(k, 1, 1)                 2^n explicit states
+  even      each keyword an even number of times       all of any(count(k, m, m), m = 0, 2)   3^n
             (0 or 2: the language counts with bounds, so parity is written out up to a bound)
   at_least  at least ceil(n/2) of the n keywords       at_least(ceil(n/2), keywords)         sum C(n, i), i < n/2
   kth_last  one of the keywords is the k-th last word  any(word_at -k, keyword), k seeded in [1, n]   2^k
   mix       one of the above (in turn) and a word-count range [w, w + 12], w = the words it needs + 2
+
+(State counts are the word-level matcher's; the token automaton multiplies them by the keyword prefixes a
+token boundary can fall inside.)
 
 Every instance is decoded with the proxy LM and its H = 256 HMM (../shared/models/commongen-proxy, as
 benchmarks/commongen.py and benchmarks/editing.py load them) by HMM-guided beam search (pc_core.generate,
@@ -30,13 +33,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import statistics
 import time
 from collections import Counter
 from pathlib import Path
 
-from benchmarks._report import SHARED, command, machine, table, write_section
+from benchmarks._report import ROOT, SHARED, command, machine, table, write_section
 from benchmarks.commongen import POS
 from benchmarks.proxy_lm import prompt_for
 
@@ -127,7 +131,7 @@ def run_instance(lm, tokenizer, hmm, case: dict, args) -> dict:  # noqa: ANN001
 
 
 def run_all(lm, tokenizer, hmm, cases: list[dict], args) -> list[dict]:  # noqa: ANN001
-    """Every instance, resuming from the records cached under --work."""
+    """Every instance, resuming from the records cached under --work (with --report-only: only those)."""
     path = args.work / "results.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     done = {}
@@ -135,6 +139,8 @@ def run_all(lm, tokenizer, hmm, cases: list[dict], args) -> list[dict]:  # noqa:
         for line in path.read_text().splitlines():
             record = json.loads(line)
             done[record["id"]] = record
+    if args.report_only:
+        return [done.get(case["id"]) for case in cases]
     with path.open("a") as sink:
         for case in cases:
             if case["id"] in done:
@@ -169,6 +175,11 @@ def summary_rows(cases: list[dict], records: list[dict]) -> list[list]:
     return rows
 
 
+def _shown(path: str) -> str:
+    """A path as the docs show it: relative to the repository (../shared/...)."""
+    return os.path.relpath(path, ROOT)
+
+
 def write_report(args, cases: list[dict], records: list[dict]) -> None:  # noqa: ANN001
     from pc_core.params import DecodeParams
 
@@ -184,9 +195,10 @@ def write_report(args, cases: list[dict], records: list[dict]) -> None:  # noqa:
         "### Constraint families (counting operators, exponential automata)",
         "",
         f"Measured with `{command()}` on {machine()}.",
-        f"Proxy LM `{args.lm}` with its H = 256 HMM `{args.hmm}`; {args.beams} beams, max_new_tokens "
+        f"Proxy LM `{_shown(args.lm)}` with its H = 256 HMM `{_shown(args.hmm)}`; {args.beams} beams, max_new_tokens "
         f"{args.horizon}, {limits}; "
-        f"{len(cases)} seeded instances (seed {args.seed}) over CommonGen dev concepts. Success = served and "
+        f"{len(cases)} seeded instances (seed {args.seed}; {args.planned} planned) over CommonGen dev "
+        "concepts. Success = served and "
         "satisfied by the independent checker; seconds are wall clock per instance (compile, precompute, "
         "decode). The families are defined in `benchmarks/families.py`.",
         "",
@@ -223,6 +235,7 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--fresh", action="store_true", help="ignore cached results under --work")
+    parser.add_argument("--report-only", action="store_true", help="report the instances already run")
     parser.add_argument("--no-report", dest="write", action="store_false")
     args = parser.parse_args()
     if not (args.data / "commongen.dev.jsonl").exists() or not Path(args.lm).exists():
@@ -244,6 +257,8 @@ def main() -> None:
     if args.fresh and (args.work / "results.jsonl").exists():
         (args.work / "results.jsonl").unlink()
     records = run_all(lm, tokenizer, hmm, cases, args)
+    args.planned = len(cases)
+    cases, records = [c for c, r in zip(cases, records) if r], [r for r in records if r]
     for row in summary_rows(cases, records):
         print(row)
     if args.write:

@@ -6,9 +6,11 @@ The same LM everywhere: by default the tests' tiny random GPT-2 (2 layers, d = 3
 --lm/--hmm. The local row is the stage itself (`distill.sample.run_sample`, batch 64, KV-cached loop); the
 server rows are the same stage with `server=` (`distill.sample_server`: one seeded completion request per
 sequence, `concurrency` in flight over the fleet) against `pcgen serve` processes on loopback (response cache
-off, continuous batching on), each a fresh output directory. tokens/s counts the sampled tokens (up to and
-including EOS, not the padding) over the stage's wall time (after the servers are up); "per sequence" is
-tokens / request latency as the client saw it, i.e. the decoding rate one sequence gets from the server.
+off, continuous batching on), each a fresh output directory. "sampling" is the rate the stage logs for its
+shard (local: every position of the batch loop; servers: the returned tokens), without loading the LM or
+probing the servers; "whole stage" is the sampled tokens (up to and including EOS) over run_sample's wall
+time, setup included; "per sequence" is tokens / request latency as the client saw it, i.e. the decoding rate
+one sequence gets from the server.
 Every process shares the machine's cores. Writes docs/benchmarks.md ("sample-server").
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -37,15 +40,37 @@ def sampled_tokens(directory: Path) -> int:
     return int(first.sum())
 
 
-def measure(cfg: SampleConfig) -> tuple[float, float | None]:
-    """(tokens/s of the whole stage, tokens/s per sequence on the servers or None)."""
+class ShardRates(logging.Handler):
+    """The tokens/s each stage logs per shard ("shard %d: %d sequences, %.0f tokens/s ..."): the sampling
+    alone, without loading the LM or probing the servers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rates: list[float] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if str(record.msg).startswith("shard %d: %d sequences, %.0f tokens/s"):
+            self.rates.append(float(record.args[2]))
+
+
+def measure(cfg: SampleConfig) -> tuple[float, float, float | None]:
+    """(tokens/s of sampling, tokens/s of the whole stage, tokens/s per sequence on the servers or None)."""
+    handler = ShardRates()
+    for name in ("distill.sample", "distill.sample_server"):
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).setLevel(logging.INFO)
     began = time.perf_counter()
-    manifest = run_sample(cfg)
+    try:
+        manifest = run_sample(cfg)
+    finally:
+        for name in ("distill.sample", "distill.sample_server"):
+            logging.getLogger(name).removeHandler(handler)
     seconds = time.perf_counter() - began
     stats = manifest.get("server_stats") or {}
     rates = [(s["tokens"], s["tokens_per_s_per_sequence"]) for s in stats.values() if s["tokens"]]
     per_sequence = sum(t for t, _ in rates) / sum(t / r for t, r in rates) if rates else None
-    return sampled_tokens(Path(cfg.out)) / seconds, per_sequence
+    (rate,) = handler.rates  # one shard per run
+    return rate, sampled_tokens(Path(cfg.out)) / seconds, per_sequence
 
 
 def main() -> None:
@@ -70,8 +95,8 @@ def main() -> None:
             return SampleConfig(out=str(tmp_path / f"run-{next(runs)}"), num_sequences=n, **sizes, **kw)
 
         rows = []
-        tps, _ = measure(cfg(args.sequences, batch_size=64))
-        rows.append(["local sampler (batch 64)", "-", round(tps), "-"])
+        tps, stage, _ = measure(cfg(args.sequences, batch_size=64))
+        rows.append(["local sampler (batch 64)", "-", round(tps), round(stage), "-"])
         print(rows[-1], flush=True)
         procs, urls = [], []
         try:
@@ -81,12 +106,18 @@ def main() -> None:
             for c in args.concurrency:
                 n = args.sequences if c > 1 else max(8, args.sequences // 3)
                 for k in (1, 2):
-                    tps, per_seq = measure(cfg(n, server=",".join(urls[:k]), concurrency=c))
-                    rows.append([f"{k} pcgen serve", c, round(tps), round(per_seq)])
+                    tps, stage, per_seq = measure(cfg(n, server=",".join(urls[:k]), concurrency=c))
+                    rows.append([f"{k} pcgen serve", c, round(tps), round(stage), round(per_seq)])
                     print(rows[-1], flush=True)
         finally:
             stop_servers(procs)
-    headers = ["sampler", "concurrency", "tokens/s", "tokens/s per sequence (server side)"]
+    headers = [
+        "sampler",
+        "concurrency",
+        "tokens/s sampling",
+        "tokens/s whole stage",
+        "tokens/s per sequence (server)",
+    ]
     source = f"LM {args.lm}" if args.lm else "the tests' tiny random GPT-2 (2 layers, d = 32, V = 643)"
     body = (
         "## Sampling through servers (distill.sample_server)\n\n"

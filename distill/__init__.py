@@ -2,9 +2,11 @@
 
 Stages, each resumable and each a `pcgen distill` subcommand:
     sample  ancestral samples from the LM into token shards (+ hidden states for LVD)   distill.sample
-    lvd     k-means of the hidden states -> latent states -> closed-form counts          distill.lvd
+            ... or through OpenAI-compatible servers (--server)          distill.sample_server, distill.remote
+    embed   hidden states for LVD by batched prefill over stored samples                 distill.embed
+    lvd     k-means (faiss or torch) of the hidden states -> closed-form counts   distill.lvd, distill.kmeans
     train   EM with forward-backward in log space, checkpoints, logs and a curve         distill.em
-    run     the three stages from one YAML/TOML file                                     distill.pipeline
+    run     the stages from one YAML/TOML file                                           distill.pipeline
 Multi-process via torchrun (distill.dist). Kept import-light: torch is imported by the stage modules.
 """
 

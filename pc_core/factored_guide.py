@@ -66,7 +66,7 @@ class FactoredTables:
         self.feasible = torch.from_numpy(feasibility.feasible).to(device)  # (n + 1, S)
         self.certain = torch.from_numpy(feasibility.certain).to(device)
         self.ending_t = torch.from_numpy(feasibility.ending).to(device)  # (S, C)
-        self.transitions = torch.from_numpy(dfa.transitions.astype("int64")).to(device)  # (S, C)
+        self.transitions = torch.from_numpy(dfa.transitions).to(device)  # (S, C) int32: big automata
         self.token_class = torch.from_numpy(dfa.token_class.astype("int64")).to(device)  # (V,)
         self.num_states, self.eos_token_id = dfa.num_states, dfa.eos_token_id
         self.block_key, self.num_blocks, self.block_tokens = (
@@ -120,7 +120,7 @@ class FactoredGuide:
             t = guide.tables
             columns.append(t.transitions[state.factor_states[:, i], t.token_class[tokens]])
         tables = self.tables
-        next_dfa = tables.transitions[state.dfa_state, tables.token_class[tokens]]
+        next_dfa = tables.transitions[state.dfa_state, tables.token_class[tokens]].long()
         words = state.open_words
         if words is not None:
             words = tuple(self.dfa.blocklist.advance(w, x) for w, x in zip(words, tokens.tolist()))
@@ -163,7 +163,7 @@ class FactoredGuide:
             q = guide.assemble(part, mine)
             total = q if total is None else total.add_(q)
         r = self.horizon - state.position - 1
-        succ = tables.transitions[state.dfa_state][:, tables.token_class]  # (B, V)
+        succ = tables.transitions[state.dfa_state][:, tables.token_class].long()  # (B, V)
         total.masked_fill_(~tables.feasible[r][succ], NEG_INF)
         total.masked_fill_(tables.certain[r][succ], 0.0)
         if state.position + 1 < self.min_new_tokens + 1:  # no end yet (EOS, a stop string, the suffix)

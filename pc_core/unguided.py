@@ -7,7 +7,7 @@ at temperature 1, top_p 1) is served by the same BatchDecoder, in the same batch
     p(x | prefix) = softmax(LM logits after logit_bias and penalties)
 
 over the whole vocabulary, with no U+FFFD blocklist (re-shaping the distribution would make samples useless
-for distillation). Stop strings end a text when its decoded text contains one, as in vLLM; `min_new_tokens`
+for distillation); a logit_bias of -100 bans its token exactly, as on the guided path. Stop strings end a text when its decoded text contains one, as in vLLM; `min_new_tokens`
 keeps EOS out until that many tokens. A suffix (infilling) needs the automaton, so it is not served here:
 callers use the guided path with a constraint that always holds (`prepare`).
 """
@@ -47,6 +47,8 @@ def prepare_unguided(
     for token, _ in params.logit_bias:
         if token >= len(tokenizer):
             raise DecodingError("logit_bias", f"token {token} is not in the vocabulary (0..{len(tokenizer) - 1})")
+    if len(set(params.banned_tokens)) >= len(tokenizer):
+        raise DecodingError("logit_bias", "it bans every token (bias -100)")
     return UnguidedSearch(tokenizer, params, prompt_ids, on_stream, torch.device(device))
 
 
@@ -92,6 +94,8 @@ class UnguidedSearch(GuidedSearch):
         self.error = None
         self.step_count = 0
         self.adjust = LogitAdjustment(params, self.vocab_size, device)
+        if params.banned_tokens:  # a bias of -100 is a ban, exact as on the guided path
+            self.adjust.bias[list(params.banned_tokens)] = NEG_INF
         self.trail = LogprobTrail(params.logprobs, self.rows) if params.logprobs is not None else None
         self.decode_started = time.perf_counter()
         self.output = None

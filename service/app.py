@@ -28,7 +28,7 @@ from service.client_identity import parse_networks
 from service.errors import ClientGone, install_handlers
 from service.metrics import Metrics
 from service.middleware import CLIENT_CLOSED, ServiceMiddleware
-from service.routes import chat, generate, health, openai
+from service.routes import chat, generate, health, openai, tokenize
 from service.runtime import Runtime
 from service.settings import Settings, short_name
 
@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
         return Response(status_code=CLIENT_CLOSED)
 
     app.add_exception_handler(ClientGone, client_gone)
-    routers = (generate.router, openai.router, chat.router, health.router)
+    routers = (generate.router, openai.router, chat.router, tokenize.router, health.router)
     for router in routers:
         app.include_router(router)
     if settings.playground:

@@ -87,8 +87,11 @@ def _cost(node: Any) -> float:
         return 2.5 * (1 + len(node.variants)) ** 0.5
     if name in ("WordCount",):
         return float((node.max if node.max is not None else node.min) + 1)
-    if name == "WordAt":
-        return float(abs(node.index) + 1) * _cost(node.word)
+    if name == "WordAt":  # from the end: a history of |index| words, 2^|index| states
+        positions = node.index + 1 if node.index > 0 else 2.0 ** min(-node.index, 60)
+        return float(positions) * _cost(node.word)
+    if name == "Count":
+        return float((node.max if node.max is not None else node.min) + 2) * _cost(node.keyword)
     if name in ("Ordered",):
         return float(len(node.items) + 1) * math.prod(_cost(k) for k in node.items)
     if name in ("Tokens", "EndsWith"):
@@ -98,7 +101,7 @@ def _cost(node: Any) -> float:
         return _cost(node.body) * (1 + extra)
     children = [v for v in _node_values(node)]
     product = math.prod(_cost(c) for c in children) if children else 1.0
-    known = name in ("All", "AnyOf", "Not")
+    known = name in ("All", "AnyOf", "Not", "AtLeast", "AtMost")
     return product if known else 16.0 * product  # an operator this estimate does not know: assume heavier
 
 

@@ -389,19 +389,21 @@ class Engine:
             if self._stopping:
                 return None
             to_cancel, self._to_cancel = self._to_cancel, []
-            admitted = []
+            admitted, late = [], []
             now = time.perf_counter()
             while self._ready and len(self._active) + len(admitted) < self.max_batch_size:
                 job = self._ready.popleft()
                 self._waiting -= 1
                 if job.deadline is not None and now >= job.deadline:  # too late to start: do not
                     job.state = "failed"
-                    self.metrics.abandoned.labels("admission").inc()
-                    job.fail(Timeout("the request's deadline passed while it waited for a batch slot"))
+                    late.append(job)
                     continue
                 job.state = "running"
                 admitted.append(job)
             self.metrics.queue_depth.set(self._waiting)
+        for job in late:  # outside the lock: nothing that hands a result on runs under it
+            self.metrics.abandoned.labels("admission").inc()
+            job.fail(Timeout("the request's deadline passed while it waited for a batch slot"))
         for job in to_cancel:
             if job in self._active:
                 job.state = "cancelled"

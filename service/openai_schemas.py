@@ -10,13 +10,16 @@ What each OpenAI field does here:
   guided distribution; chat: `logprobs` + `top_logprobs`), `echo` (completions), `stream`, `stream_options`;
 - accepted and ignored, because they do not change the text: `user` (chat also `metadata`, `store`,
   `service_tier`, `parallel_tool_calls`, `prompt_cache_key`, `safety_identifier`);
-- accepted only when they ask for nothing (chat): `tools` (empty), `tool_choice` ("none"), `response_format`
-  ({"type": "text"}), `functions`, `function_call`; anything else there is a 400 naming the field;
+- accepted only when they ask for nothing (chat): `tools` (empty), `tool_choice` ("none"), `functions`,
+  `function_call`; anything else there is a 400 naming the field;
+- structured output (service/structured.py): `response_format` (text, json_object, json_schema) and vLLM's
+  `guided_json`, `guided_regex`, `guided_choice`, `structured_outputs`, combined with pcgen's constraint by `all`;
 - pcgen's own: `constraint` or `keywords` (without either: the LM's own distribution, no HMM and no guide, in
   the same batches; with a `suffix`, the guide writes it under a constraint that always holds), `min_tokens`,
   `hmm_weight`, `length_penalty`, `best_of` on chat too;
 - vLLM's: `return_tokens_as_token_ids` (logprobs name each token as "token_id:<id>", so a client gets the
-  exact token ids: what distillation needs);
+  exact token ids: what distillation needs); `top_k`, `min_p`, `repetition_penalty` accepted when off (-1 or
+  0, 0, 1: what a vLLM client sends to turn them off), else a 400 naming the field;
 - any other field is a 400 naming it (a misspelt `temprature` is never silently ignored).
 
 Errors name the field the caller sent (`max_tokens`, not max_new_tokens): `field_names` maps DecodeParams'
@@ -42,12 +45,14 @@ from service.schemas import (
     resolve_constraint,
 )
 from service.settings import Settings
+from service.structured import with_structured
 
 MAX_PROMPTS = 32  # prompts in one /v1/completions request (each is a generation of its own)
 COMPLETIONS_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 CHAT_MAX_TOKENS = 32  # pcgen's default for chat (OpenAI's, "up to the context", would make every guide huge)
 
 TokenIds = list[StrictInt]
+VLLM_OFF = {"top_k": (-1, 0), "min_p": (0,), "repetition_penalty": (1,)}  # vLLM's fields: their "off" values
 
 
 def _check_unicode(text: str) -> None:
@@ -90,10 +95,19 @@ class OpenAIRequest(BaseModel):
     constraint: ConstraintSpec | None = Field(None, description="a constraint in the constraint language")
     hmm_weight: float = Field(1.0, ge=0, le=100, allow_inf_nan=False, description="exponent w on the guide")
     length_penalty: float = Field(1.0, ge=-10, le=10, allow_inf_nan=False, description="beam ranking")
-    # vLLM extension
+    # structured output (service/structured.py): OpenAI's response_format, vLLM's guided_* / structured_outputs
+    response_format: dict[str, Any] | None = None
+    guided_json: dict[str, Any] | bool | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    structured_outputs: dict[str, Any] | None = None
+    # vLLM extensions
     return_tokens_as_token_ids: StrictBool = Field(
         False, description='vLLM extension: logprobs name each token "token_id:<id>" instead of its text'
     )
+    top_k: int | None = Field(None, description="vLLM extension, accepted when off (-1 or 0)")
+    min_p: float | None = Field(None, description="vLLM extension, accepted when off (0)")
+    repetition_penalty: float | None = Field(None, description="vLLM extension, accepted when off (1)")
 
     FIELD_NAMES: ClassVar[dict[str, str]] = {
         "max_new_tokens": "max_tokens",
@@ -119,10 +133,16 @@ class OpenAIRequest(BaseModel):
 
     def problems(self) -> list[dict]:
         """Combinations the schema cannot express, as validation entries."""
+        errors = []
         if self.best_of is not None and self.temperature > 0 and self.best_of != self.n:
             message = "with temperature > 0, best_of must equal n (or be omitted)"
-            return [body_error(("best_of",), message, self.best_of).errors()[0]]
-        return []
+            errors.append(body_error(("best_of",), message, self.best_of).errors()[0])
+        for field, off in VLLM_OFF.items():  # what vLLM clients send to turn them off
+            value = getattr(self, field)
+            if value is not None and value not in off:
+                message = f"not supported by pcgen; accepted only when off ({' or '.join(map(str, off))})"
+                errors.append(body_error((field,), message, value).errors()[0])
+        return errors
 
     def decoding(self, settings: Settings, default_max_tokens: int, logprobs: int | None) -> dict[str, Any]:
         """DecodeParams' fields from OpenAI's: temperature 0 -> beam search over best_of beams (default n),
@@ -169,6 +189,7 @@ class OpenAIRequest(BaseModel):
             constraint = resolve_constraint(self.keywords, self.constraint, settings)
         elif decoding.get("suffix") is not None:  # infilling needs the guide: under a constraint that holds
             constraint = WordCount(0, None)
+        constraint = with_structured(self, constraint)  # response_format / guided_*: all(...) with the rest
         params = decode_params(settings, decoding, self.field_names)
         return GenerationSpec(prompt, constraint, params, self.field_names)
 
@@ -304,7 +325,6 @@ OFF = {
     "functions": lambda v: v in (None, []),
     "tool_choice": lambda v: v in (None, "none"),
     "function_call": lambda v: v in (None, "none"),
-    "response_format": lambda v: v is None or v == {"type": "text"},
 }
 
 
@@ -345,7 +365,6 @@ class ChatCompletionRequest(OpenAIRequest):
     functions: list[Any] | None = None
     tool_choice: str | dict[str, Any] | None = None
     function_call: str | dict[str, Any] | None = None
-    response_format: dict[str, Any] | None = None
 
     @field_validator("messages")
     @classmethod

@@ -21,6 +21,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -124,10 +125,15 @@ def describe(pid: int) -> str:
     return f"pid {pid}: {command}\n    started during: {started_by}"
 
 
-def survivors(exclude: set[int] = frozenset(), grace_s: float = EXIT_GRACE_S) -> list[str]:
-    """The marked processes still alive after `grace_s`, described, then killed."""
+def live_descendants() -> set[int]:
+    """This process's children, theirs, and so on (marked or not), except zombies."""
+    return {pid for pid in _descendants(os.getpid()) if _alive(pid)}
+
+
+def survivors(find: Callable[[], set[int]], grace_s: float = EXIT_GRACE_S) -> list[str]:
+    """The processes `find` returns that are still alive after `grace_s`, described, then killed."""
     deadline = time.monotonic() + grace_s
-    while (pids := [p for p in marked_processes() if p not in exclude]) and time.monotonic() < deadline:
+    while (pids := sorted(find())) and time.monotonic() < deadline:
         time.sleep(0.2)
     described = [describe(pid) for pid in pids]
     for pid in pids:
@@ -152,10 +158,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     leaked = config.stash.get(_LEAKED, [])
     if _is_xdist_worker(config):
         # other workers' processes carry the mark too: only this worker's own leaks are reported from here
-        leaked += survivors(exclude=set(marked_processes()) - _descendants(os.getpid()))
+        leaked += survivors(live_descendants)
         config.workeroutput["leaked_processes"] = leaked
         return
-    leaked += survivors()
+    leaked += survivors(lambda: set(marked_processes()) | live_descendants())
     config.stash[_LEAKED] = leaked
     if leaked and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

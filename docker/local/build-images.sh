@@ -47,3 +47,5 @@ fi
 SECONDS=0
 "${build[@]}" "${pip[@]}" -f docker/Dockerfile -t "localhost/pcgen:$TAG" .
 echo "pcgen image: ${SECONDS}s"
+# the images these tags replaced (their layers stay cached only while a tagged image uses them)
+podman image prune -f >/dev/null

@@ -107,7 +107,7 @@ def _atom_starts(node: Node) -> np.ndarray:
                 points.update((lo, hi + 1))
         elif item[0] == "rep":
             stack.append(item[1])
-        elif item[0] == "dfa":  # its atoms, and ASCII for the escapes it may write
+        elif item[0] in ("dfa", "sub"):  # its atoms, and ASCII for the escapes it may write
             points.update(item[1].starts.tolist())
             points.update(range(129))
         else:
@@ -161,8 +161,8 @@ class _NFA:
                 self.eps[start].append(entry)
                 self.eps[self.build(branch, entry)].append(end)
             return end
-        if kind == "dfa":
-            return self.embed(node[1], start)
+        if kind in ("dfa", "sub"):  # a DFA inside a JSON string (escaping) / as it is
+            return self.embed(node[1], start, escape=kind == "dfa")
         _, body, lo, hi = node
         for _ in range(lo):
             start = self.build(body, start)
@@ -181,7 +181,7 @@ class _NFA:
             self.eps[state].append(start)
         return start
 
-    def embed(self, dfa: CharDFA, start: int) -> int:
+    def embed(self, dfa: CharDFA, start: int, escape: bool = True) -> int:
         """A string-content DFA inside a JSON string: characters that JSON escapes are written escaped."""
         states = [self.new() for _ in range(dfa.num_states)]
         end = self.new()
@@ -193,7 +193,7 @@ class _NFA:
             for c, t in enumerate(dfa.rows[s]):
                 if dfa.is_dead(t):
                     continue
-                plain, escaped = split_escapes(ranges_of[c])
+                plain, escaped = split_escapes(ranges_of[c]) if escape else (ranges_of[c], [])
                 for atoms in self.atoms(plain):
                     self.moves[states[s]].append((atoms, states[t]))
                 for text in escaped:

@@ -857,7 +857,8 @@ def _moore_blocks(
     Blocks are numbered in order of first appearance."""
     n, c = delta.shape
     block = np.unique(accepting.astype(np.int64) * 2 + ended, return_inverse=True)[1].reshape(-1)
-    weights = np.random.default_rng(0).integers(1, 2**62, size=c + 1, dtype=np.int64) | 1
+    rng = np.random.default_rng(0)
+    starts, dst, edge_weight = _weighted_edges(delta, rng.integers(1, 2**62, size=c, dtype=np.int64) | 1)
     exact = False
     while True:
         if check_deadline is not None:
@@ -866,9 +867,9 @@ def _moore_blocks(
             new = np.unique(
                 np.concatenate([block[:, None], block[delta]], axis=1), axis=0, return_inverse=True
             )[1]
-        else:
-            with np.errstate(over="ignore"):
-                signature = block * weights[0] + (block[delta] * weights[1:]).sum(axis=1)
+        else:  # a random linear hash of (own block, class -> successor's block), over distinct successors
+            own, of_block = rng.integers(1, 2**62, size=(2, int(block.max()) + 1), dtype=np.int64) | 1
+            signature = own[block] + np.add.reduceat(edge_weight * of_block[block[dst]], starts)  # wraps
             new = np.unique(signature, return_inverse=True)[1]
         new = new.reshape(-1)
         if new.max() == block.max():  # stable; verify no hash collision merged different rows
@@ -884,6 +885,27 @@ def _moore_blocks(
     remap = np.empty(len(first_seen), np.int64)
     remap[np.argsort(first_seen)] = np.arange(len(first_seen))
     return remap[block]
+
+
+def _weighted_edges(delta: np.ndarray, weights: np.ndarray, chunk: int = 2**16) -> tuple[np.ndarray, ...]:
+    """Each state's distinct successors with the (wrapping) sum of the weights of the classes leading there:
+    (first edge of each state (n,), destinations (E,), weights (E,)). A round of Moore's refinement then
+    costs O(E), a few successors per state, instead of O(n x classes); rows are sorted in chunks."""
+    n, c = delta.shape
+    parts_dst, parts_w, counts = [], [], []
+    for lo in range(0, n, chunk):
+        rows = delta[lo : lo + chunk]
+        order = np.argsort(rows, axis=1)
+        succ = np.take_along_axis(rows, order, axis=1)  # (m, c) each row sorted
+        first = np.ones(succ.shape, bool)
+        first[:, 1:] = succ[:, 1:] != succ[:, :-1]
+        runs = np.flatnonzero(first.reshape(-1))
+        parts_dst.append(succ.reshape(-1)[runs].astype(np.int64))
+        parts_w.append(np.add.reduceat(weights[order].reshape(-1), runs))
+        counts.append(first.sum(axis=1))
+    counts = np.concatenate(counts)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    return starts, np.concatenate(parts_dst), np.concatenate(parts_w)
 
 
 def _reduce_groups(rows: np.ndarray, group: np.ndarray, op: np.ufunc) -> np.ndarray:

@@ -10,6 +10,8 @@ states; `word_at -k` the match bits of the last k words, 2^k states, which is in
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from pc_core.constraints.matchers import (
     DECIDED,
     NO,
@@ -18,8 +20,10 @@ from pc_core.constraints.matchers import (
     KeywordMatcher,
     Matcher,
     State,
+    WordAtMatcher,
     WordSyms,
 )
+from pc_core.constraints.spec import Constraint, Keyword, WordAt
 
 
 class CountMatcher(Matcher):
@@ -105,3 +109,27 @@ class WordFromEndMatcher(Matcher):
 
     def accept(self, state: State) -> bool:
         return len(state) == self.distance and state[0]
+
+
+def word_at_matcher(index: int, syms: WordSyms) -> Matcher:
+    """`word_at index`: from the start (1-based) or, negative, from the end."""
+    return WordFromEndMatcher(-index, syms) if index < 0 else WordAtMatcher(index, syms)
+
+
+def any_children(
+    children: Sequence[Constraint],
+    build: Callable[[Constraint], Matcher],
+    word_syms: Callable[[Keyword], WordSyms],
+) -> list[Matcher]:
+    """The matchers of an `any`'s children, the `word_at`s of one index merged into one ("the i-th word is
+    w1, or it is w2" is "the i-th word is in w1 | w2"). The product of separate ones is not minimal and much
+    bigger: "one of n keywords is the k-th last word" keeps which keyword each of the last k words was,
+    (n + 1)^k states, where one merged history of k bits (2^k) is all it needs."""
+    merged: dict[int, WordSyms] = {}
+    out = []
+    for child in children:
+        if isinstance(child, WordAt):
+            merged[child.index] = merged.get(child.index, frozenset()) | word_syms(child.word)
+        else:
+            out.append(build(child))
+    return [word_at_matcher(index, syms) for index, syms in merged.items()] + out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import lru_cache
 from typing import Any
 
 from pc_core.constraints.char_dfa import CharDFA, build_char_dfa, combine
@@ -96,11 +97,22 @@ def literal_value(value: Any) -> Node:
 
 
 def any_value(depth: int, space: Node) -> Node:
+    """Any JSON value nested at most `depth` levels, as one shared automaton embedded where it is used."""
+    return ("sub", _any_value_dfa(depth, space))
+
+
+@lru_cache(maxsize=32)
+def _any_value_dfa(depth: int, space: Node) -> CharDFA:
+    body = _any_value(depth, space)
+    return build_char_dfa(seq([char_set([(BOS, BOS)]), body, char_set([(EOS, EOS)])]), "constraint")
+
+
+def _any_value(depth: int, space: Node) -> Node:
     """Any JSON value nested at most `depth` levels (arrays and objects count one each)."""
     scalars = [json_string(rep(UNIT, 0, None)), NUMBER, literal("true"), literal("false"), literal("null")]
     if depth <= 0:
         return alt(scalars)
-    inner = any_value(depth - 1, space)
+    inner = any_value(depth - 1, space)  # embedded once per use: the DFA is built a level at a time
     comma = seq([literal(","), space])
     array = seq([literal("["), opt(seq([inner, rep(seq([comma, inner]), 0, None)])), literal("]")])
     pair = seq([json_string(rep(UNIT, 0, None)), literal(":"), space, inner])

@@ -355,24 +355,23 @@ def build_matcher(
         phrases = [items(f, casefolded) for f in forms if len(f.words) > 1]
         return KeywordMatcher(([[single]] if single else []) + phrases)
 
+    def word_syms(word: Keyword) -> WordSyms:
+        casefolded = word.case == "any"
+        return frozenset().union(*(syms_for(f.words[0], casefolded) for f in keyword_forms(word)))
+
     def build(node: Constraint) -> Matcher:
         if isinstance(node, Keyword):
             return keyword(node)
         if isinstance(node, All):
             return AllMatcher([build(c) for c in node.children])
         if isinstance(node, AnyOf):
-            return AnyMatcher([build(c) for c in node.children])
+            return AnyMatcher(counting.any_children(node.children, build, word_syms))
         if isinstance(node, Not):
             return NotMatcher(build(node.child))
         if isinstance(node, Ordered):
             return OrderedMatcher([keyword(k) for k in node.items])
         if isinstance(node, WordAt):
-            syms: set[int] = set()
-            for form in keyword_forms(node.word):
-                syms |= syms_for(form.words[0], node.word.case == "any")
-            if node.index < 0:
-                return counting.WordFromEndMatcher(-node.index, frozenset(syms))
-            return WordAtMatcher(node.index, frozenset(syms))
+            return counting.word_at_matcher(node.index, word_syms(node.word))
         if isinstance(node, Count):
             return counting.CountMatcher(keyword(node.keyword), node.min, node.max)
         if isinstance(node, (AtLeast, AtMost)):

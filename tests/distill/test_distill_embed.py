@@ -101,3 +101,22 @@ def test_embed_refuses_another_tokenizer_and_incomplete_samples(tiny_lm, tmp_pat
     (tmp_path / "s" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DistillError, match="incomplete"):
         run_embed(EmbedConfig(lm=str(tiny_lm), data=str(tmp_path / "s"), device="cpu"))
+
+
+def test_torchrun_two_gloo_processes_embed_like_one(tiny_lm, tmp_path):
+    import subprocess
+    import sys
+
+    from distill_support import ROOT, cli_env
+
+    _sample(tiny_lm, tmp_path / "one", num_sequences=48, shard_size=16)
+    shutil.copytree(tmp_path / "one", tmp_path / "two")
+    run_embed(EmbedConfig(lm=str(tiny_lm), data=str(tmp_path / "one"), device="cpu"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+           "pcgen.cli", "distill", "embed", "--lm", str(tiny_lm), "--data", str(tmp_path / "two"), "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    files = sorted(p.name for p in (tmp_path / "two").glob("embeddings-*.npy"))
+    assert files == ["embeddings-00000-00000.npy", "embeddings-00000-00002.npy", "embeddings-00001-00001.npy"]
+    assert not list((tmp_path / "two").glob("embed-rank-*"))
+    np.testing.assert_allclose(_vectors(tmp_path / "two"), _vectors(tmp_path / "one"), atol=1e-5)

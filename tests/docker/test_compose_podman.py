@@ -106,7 +106,7 @@ def test_compose_stack_builds_serves_scrapes_and_recovers_with_podman(tmp_path, 
         distill_into_the_shared_volume(stack)
         stack.compose("up", "-d", "--no-build", "api", "redis", "prometheus")
         api = f"http://127.0.0.1:{api_port}"
-        wait_for("the api's HEALTHCHECK", lambda: stack.healthcheck("api"), 300, stack)
+        wait_healthy(stack, restarts=0)
         ready = httpx.get(f"{api}/health/ready", timeout=10).json()
         assert ready["status"] == "ready" and ready["redis"] == "ok" and ready["hmm_loaded"], ready
         generate_and_cache(api, stack)
@@ -119,6 +119,18 @@ def test_compose_stack_builds_serves_scrapes_and_recovers_with_podman(tmp_path, 
         stack.remove_everything()
     times["stack"] = time.monotonic() - start
     print("compose test seconds:", {k: round(v, 1) for k, v in times.items()})
+
+
+def wait_healthy(stack: Stack, restarts: int) -> None:
+    """The api's HEALTHCHECK passes; an api that exits on its own meanwhile (restarted by its policy) fails
+    the test at once, with its log."""
+
+    def healthy() -> bool:
+        count = stack.inspect("api")["RestartCount"]
+        assert count == restarts, f"the api exited while starting ({count} restarts)\n{stack.logs('api', 80)}"
+        return stack.healthcheck("api")
+
+    wait_for("the api's HEALTHCHECK", healthy, 300, stack)
 
 
 def distill_into_the_shared_volume(stack: Stack) -> None:
@@ -177,7 +189,7 @@ def api_restarts_after_a_crash(api: str, stack: Stack) -> None:
         return state["RestartCount"] > before["RestartCount"] and state["State"]["Running"]
 
     wait_for("the api restarted by its restart policy", restarted, 120, stack)
-    wait_for("the restarted api's HEALTHCHECK", lambda: stack.healthcheck("api"), 300, stack)
+    wait_healthy(stack, restarts=stack.inspect("api")["RestartCount"])
     body = {"keywords": ["cat"], "max_new_tokens": 8}
     answer = httpx.post(f"{api}/generate", json=body, timeout=120)
     assert answer.status_code == 200 and answer.json()["outputs"][0]["constraint_satisfied"], answer.text

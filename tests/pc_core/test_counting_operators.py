@@ -232,6 +232,15 @@ CONSTRAINTS = [
     {"any": [{"count": "dog", "min": 2, "max": 2}, {"count": "dog", "min": 4, "max": 4}]},
     {"all": [{"count": "dog", "min": 1, "max": 1}, {"count": "cat", "min": 1, "max": 1}, {"all": []}]},
     {"not": {"at_most": 0, "of": [{"ordered": ["the", "pan"]}, {"count": "café", "min": 2}]}},
+    {
+        "any": [
+            {"word_at": -2, "word": "dog"},
+            {"word_at": -2, "word": "cat", "case": "any"},
+            {"word_at": 1, "word": "pan"},
+            {"word_at": 1, "word": "the"},
+            "ha",
+        ]
+    },
 ]
 
 
@@ -343,6 +352,24 @@ def test_random_nested_constraints_agree(tokenizer, seed):
     _agree(spec, tokenizer, _sequences(tokenizer, seed=seed, n_text=30, n_random=30))
 
 
+def test_word_at_of_one_index_merge_under_any():
+    """any(word_at -k, w) over n words is one k-bit history of "one of them", not one per word ((n + 1)^k
+    explored states); the other children keep their own matchers."""
+    from pc_core.constraints.counting import WordFromEndMatcher
+    from pc_core.constraints.matchers import WordAtMatcher, build_matcher
+
+    words = ["dog", "cat", "pan", "the"]
+    spec = {"any": [*({"word_at": -3, "word": w} for w in words), {"word_at": 2, "word": "dog"}, "ha"]}
+    symbols = {w: i + 1 for i, w in enumerate(words + ["ha"])}
+    matcher = build_matcher(parse_constraint(spec), lambda w, _: frozenset({symbols[w.lower()]}), lambda g: 1)
+    kinds = [type(c).__name__ for c in matcher.children]
+    assert kinds == ["WordFromEndMatcher", "WordAtMatcher", "KeywordMatcher"]
+    assert matcher.children[0].syms == frozenset({1, 2, 3, 4}) and matcher.children[0].distance == 3
+    assert isinstance(matcher.children[1], WordAtMatcher) and not isinstance(
+        matcher.children[1], WordFromEndMatcher
+    )
+
+
 # ------------------------------------------------------------------------------ the guide: brute force
 
 BRUTE_SPECS = [
@@ -356,16 +383,21 @@ BRUTE_SPECS = [
 ]
 
 
-@pytest.mark.parametrize("spec", BRUTE_SPECS, ids=[str(i) for i in range(len(BRUTE_SPECS))])
-def test_guide_matches_brute_force(tmp_path_factory, spec):
-    """The exact guide over these automata equals enumeration of every continuation on a 14-token vocabulary."""
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
     from support import build_micro_tokenizer
+
+    return build_micro_tokenizer(tmp_path_factory.mktemp("micro"))
+
+
+@pytest.mark.parametrize("spec", BRUTE_SPECS, ids=[str(i) for i in range(len(BRUTE_SPECS))])
+def test_guide_matches_brute_force(micro, spec):
+    """The exact guide over these automata equals enumeration of every continuation on a 14-token vocabulary."""
     from test_guide import Brute, _close
 
     from pc_core.guide import ConstraintGuide
     from pc_core.hmm import HMM
 
-    micro = build_micro_tokenizer(tmp_path_factory.mktemp("micro"))
     dfa = compile_constraint(spec, micro)
     for h, horizon, prefixes in ((2, 3, [[], [0], [4], [3]]), (3, 2, [[], [1]])):
         hmm = HMM.random(h, len(micro), seed=h * 5 + horizon, eos_token_id=micro.eos_token_id)

@@ -86,3 +86,8 @@ def test_stop_strings_and_refusals(tiny_lm, tokenizer):
     with pytest.raises(DecodingError) as info:
         _unguided(tokenizer, "The", logit_bias=((len(tokenizer), 1.0),))
     assert info.value.field == "logit_bias"
+    banned = [t for t in range(len(tokenizer)) if t != tokenizer.eos_token_id][:50]
+    search = _unguided(tokenizer, "The", max_new_tokens=12, do_sample=True, seed=5, num_return_sequences=4,
+                       logit_bias=tuple((t, -100.0) for t in banned))  # fmt: skip
+    _run(tiny_lm, [search])
+    assert not set(banned) & {t for s in search.output.sequences for t in s.token_ids}

@@ -54,3 +54,14 @@ def test_empty_any_is_unsatisfiable(server):
     assert r.status_code == 422, r.text
     assert r.json()["error"]["type"] == "unsatisfiable_constraint"
     assert r.json()["error"]["path"] == "constraint"
+
+
+def test_the_compile_lane_estimate_knows_the_counting_operators():
+    """word_at -k keeps a k-word history (2^k states): heavy; a count of one keyword is light."""
+    from service.compile_pool import HEAVY_COST, estimated_cost
+
+    assert estimated_cost({"word_at": -12, "word": "dog"}) > HEAVY_COST
+    assert estimated_cost({"word_at": 12, "word": "dog"}) < HEAVY_COST
+    assert estimated_cost({"count": "dog", "min": 1, "max": 1}) < HEAVY_COST
+    at_least = {"at_least": 3, "of": ["dog", "cat", "park", "snow", "lake", "tree"]}
+    assert estimated_cost(at_least) == estimated_cost({"keywords": at_least["of"]})

@@ -54,7 +54,9 @@ def test_a_plain_openai_request_is_served_through_the_engine_without_a_guide(ser
         sampled = http.post("/v1/completions", json={"prompt": "The", "max_tokens": 8, "temperature": 1,
                                                       "top_p": 1, "seed": 5, "n": 3})  # fmt: skip
         greedy = http.post("/v1/completions", json={"prompt": "The", "max_tokens": 6, "temperature": 0})
-        streamed = http.post("/v1/completions", json={"prompt": "A", "max_tokens": 5, "stream": True, "seed": 1})
+        streamed = http.post(
+            "/v1/completions", json={"prompt": "A", "max_tokens": 5, "stream": True, "seed": 1}
+        )
     for r in (sampled, greedy, streamed):
         assert r.status_code == 200, r.text
     assert len(sampled.json()["choices"]) == 3 and len(greedy.json()["choices"]) == 1
@@ -134,3 +136,38 @@ def test_a_suffix_without_a_constraint_is_infilled(server):
                                                 "temperature": 0})  # fmt: skip
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["constraint_satisfied"] is True
+
+
+def test_a_vllm_clients_sampling_request_and_tokenizer_check(server, tokenizer):
+    """What a distillation client sends a vLLM server: temperature 1, top_p 1, no penalties, vLLM's knobs set
+    to off (top_k -1, min_p 0, repetition_penalty 1), token prompts, token ids back; and vLLM's /tokenize and
+    /detokenize to check that its tokenizer is the server's. A knob that is on is a 400 naming it."""
+    text = "The quick brown fox, 42 times: naïve café\n  indented"
+    body = {"prompt": [tokenizer.eos_token_id], "max_tokens": 6, "n": 1, "temperature": 1.0, "top_p": 1.0,
+            "presence_penalty": 0.0, "frequency_penalty": 0.0, "logprobs": 0, "return_tokens_as_token_ids": True,
+            "top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0, "seed": 0}  # fmt: skip
+    with server.client() as http:
+        r = http.post("/v1/completions", json=body)
+        refused = [http.post("/v1/completions", json={**body, name: value})
+                   for name, value in (("top_k", 5), ("min_p", 0.1), ("repetition_penalty", 1.2))]  # fmt: skip
+        tokenized = http.post("/tokenize", json={"prompt": text, "add_special_tokens": False})
+        detokenized = http.post("/detokenize", json={"tokens": tokenized.json()["tokens"]})
+        bad = http.post("/detokenize", json={"tokens": [len(tokenizer)]})
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    ids = _ids(choice["logprobs"]["tokens"])
+    assert decode_continuation(tokenizer, ids) == choice["text"]
+    logprobs = choice["logprobs"]  # logprobs 0: each top_logprobs entry holds the chosen token alone
+    assert logprobs["top_logprobs"] == [
+        {t: lp} for t, lp in zip(logprobs["tokens"], logprobs["token_logprobs"])
+    ]
+    for (name, _), answer in zip((("top_k", 5), ("min_p", 0.1), ("repetition_penalty", 1.2)), refused):
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == name, answer.text
+    assert tokenized.status_code == 200, tokenized.text
+    assert tokenized.json()["tokens"] == tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert (
+        tokenized.json()["count"] == len(tokenized.json()["tokens"])
+        and tokenized.json()["max_model_len"] == 128
+    )
+    assert detokenized.json()["prompt"] == tokenizer.decode(tokenized.json()["tokens"])
+    assert bad.status_code == 422 and bad.json()["error"]["path"] == "tokens", bad.text
