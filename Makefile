@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev,gpu,eval]"
+	$(PIP) install -q -e ".[dev,gpu,eval,faiss]"
 	@touch $(STAMP)
 
 lint: setup

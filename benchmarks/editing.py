@@ -110,9 +110,14 @@ def run_free(lm, tokenizer, case: dict, beams: int, mask_only: bool) -> dict:
     budget = case["horizon"] - case["junction_tokens"]
     processors = LogitsProcessorList()
     if mask_only:
-        dfa = compile_constraint(
-            case["constraint"], tokenizer, max_states=case["max_states"], time_budget_s=600
-        )
+        from pc_core.errors import ConstraintError
+
+        try:
+            dfa = compile_constraint(
+                case["constraint"], tokenizer, max_states=case["max_states"], time_budget_s=600
+            )
+        except ConstraintError as err:  # the mask needs the automaton too: not served
+            return {"text": None, "error": type(err).__name__, "path": err.path, "message": err.message}
         processors.append(MaskOnly(dfa, ids.shape[1], tokenizer.eos_token_id))
     with torch.no_grad():
         out = lm.generate(ids, attention_mask=torch.ones_like(ids), num_beams=beams, do_sample=False,

@@ -156,8 +156,8 @@ def run_all(lm, tokenizer, hmm, cases: list[dict], args) -> list[dict]:  # noqa:
 
 
 def summary_rows(cases: list[dict], records: list[dict]) -> list[list]:
-    """Per (family, n): instances, served, satisfied, success, seconds per instance (mean, max), guides,
-    refusals by type."""
+    """Per (family, n): instances, served, satisfied, success, seconds per instance (mean, max), the served
+    automata's median size, guides, refusals by type."""
     groups: dict[tuple[str, int], list[tuple[dict, dict]]] = {}
     for case, record in zip(cases, records, strict=True):
         groups.setdefault((case["family"], case["n"]), []).append((case, record))
@@ -168,8 +168,9 @@ def summary_rows(cases: list[dict], records: list[dict]) -> list[list]:
         ok = sum(r["satisfied"] for r in recs)
         guides = Counter(r["guide"] for r in recs if r["served"])
         errors = Counter(r["error"] for r in recs if not r["served"])
+        states = [r["dfa_states"] for r in recs if r["served"]]
         rows.append([family, n, len(recs), sum(r["served"] for r in recs), ok, f"{100 * ok / len(recs):.0f}%",
-                     statistics.mean(seconds), max(seconds),
+                     statistics.mean(seconds), max(seconds), int(statistics.median(states)) if states else "-",
                      ", ".join(f"{g} {c}" for g, c in sorted(guides.items())) or "-",
                      ", ".join(f"{e} {c}" for e, c in sorted(errors.items())) or "-"])  # fmt: skip
     return rows
@@ -189,8 +190,8 @@ def write_report(args, cases: list[dict], records: list[dict]) -> None:  # noqa:
     limits = f"compile budget {args.time_budget or defaults.time_budget_s:g} s, max_states {max_states}"
     total_ok = sum(r["satisfied"] for r in records)
     seconds = [r["seconds"] for r in records]
-    headers = ["family", "n", "instances", "served", "satisfied", "success", "s/instance", "max s", "guide",
-               "refused / failed"]  # fmt: skip
+    headers = ["family", "n", "instances", "served", "satisfied", "success", "s/instance", "max s",
+               "DFA states (median, served)", "guide", "refused / failed"]  # fmt: skip
     body = "\n".join([
         "### Constraint families (counting operators, exponential automata)",
         "",

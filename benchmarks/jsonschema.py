@@ -29,6 +29,15 @@ from pc_core.errors import ConstraintError, ConstraintTooComplex
 DATA = SHARED / "data" / "jsonschema" / "maskbench-shared.jsonl.gz"
 
 
+PUBLISHED = (
+    "Published figures on the whole MaskBench (10,163 schemas, Llama-3 128k tokenizer, one thread; the data's "
+    "README): schemas compiled and passing every test: LLGuidance 7,765 (76.4%), XGrammar 5,216 (51.3%), "
+    "Outlines 4,259 (41.9%); time to first mask mean / p50: LLGuidance 1.6 / 1.0 ms, XGrammar 4.1 / 0.54 s, "
+    "Outlines 37.9 / 7.0 s; per-token mask mean / p99: LLGuidance 47 / 460 us, XGrammar 292 / 4,936 us. "
+    "None of them guarantees a complete document within max_tokens."
+)
+
+
 class Timeout(Exception):
     pass
 
@@ -60,7 +69,9 @@ def compile_one(row: dict, timeout: float) -> tuple[str, object, float]:
         return "422", reason(err), time.perf_counter() - started
     except RecursionError:
         return "422", "schema nested too deeply", time.perf_counter() - started
-    except Exception as err:  # a crash is a bug: reported by name
+    except Exception as err:  # a crash is a bug: reported by name (unless the timer fired inside numpy)
+        if time.perf_counter() - started >= timeout:
+            return "timeout", f"over {timeout:g}s", time.perf_counter() - started
         return "crash", f"{type(err).__name__}: {err}"[:120], time.perf_counter() - started
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -203,6 +214,8 @@ def render(rows, per_group, reasons, crashes, mismatches, times, states, instanc
             f"{t['judged']} instances judged on their token ids, {len(t['mismatches'])} mismatches.",
         ]  # fmt: skip
     lines += [
+        "",
+        PUBLISHED,
         "",
         "Reasons for the 422s (schemas):",
         "",

@@ -107,6 +107,7 @@ class Fleet:
     max_retries: int = 8
     servers: list[Server] = field(init=False)
     client: httpx.AsyncClient | None = field(init=False, default=None)
+    tokenize_path: str = field(init=False, default="/tokenize")  # vLLM's (and pcgen serve's) path
 
     def __post_init__(self) -> None:
         if not self.urls:
@@ -239,7 +240,7 @@ class Fleet:
     async def _check_tokenizer(self, server: Server, tokenizer: Any) -> None:
         local = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
         body = {"model": self.model, "prompt": PROBE_TEXT, "add_special_tokens": False}
-        r = await self._checked_post(server, "/tokenize", body)
+        r = await self._checked_post(server, self.tokenize_path, body)
         theirs = _tokenize_ids(r) if r.status_code == 200 else None
         if theirs is not None:
             server.check = "tokenize"

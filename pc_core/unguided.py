@@ -46,7 +46,9 @@ def prepare_unguided(
     )
     for token, _ in params.logit_bias:
         if token >= len(tokenizer):
-            raise DecodingError("logit_bias", f"token {token} is not in the vocabulary (0..{len(tokenizer) - 1})")
+            raise DecodingError(
+                "logit_bias", f"token {token} is not in the vocabulary (0..{len(tokenizer) - 1})"
+            )
     if len(set(params.banned_tokens)) >= len(tokenizer):
         raise DecodingError("logit_bias", "it bans every token (bias -100)")
     return UnguidedSearch(tokenizer, params, prompt_ids, on_stream, torch.device(device))

@@ -111,9 +111,10 @@ class Metrics:
         self.model_name = model_name
         disable_created_metrics()  # process-wide: no `*_created` series
         self.registry = CollectorRegistry(auto_describe=True)
-        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
-        PlatformCollector(registry=self.registry)  # python_info
-        GCCollector(registry=self.registry)  # python_gc_*
+        # process_* (cpu seconds, resident memory, open fds, ...), python_info, python_gc_*
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         for attribute, kind, name, help_text, labels, buckets in METRICS:
             extra = {"buckets": buckets} if buckets is not None else {}
             family = kind(name, help_text, labels, registry=self.registry, **extra)

@@ -132,7 +132,8 @@ class Output(BaseModel):
     )
     logprob: float = Field(description="LM log-likelihood of the continuation (with a suffix: see `ranking`)")
     full_text: str | None = Field(
-        None, description="with a suffix: span + suffix (null without a suffix, or with `return_full_text: false`)"
+        None,
+        description="with a suffix: span + suffix (null without a suffix, or with `return_full_text: false`)",
     )
     ranking: str | None = Field(
         None,

@@ -6,9 +6,10 @@
 #   localhost/pcgen-prometheus:local  docker/local/prometheus.Dockerfile   -> PROMETHEUS_IMAGE
 # (docker/local/podman.env names them for compose). podman's layer cache makes a rebuild after a source change
 # take seconds. pip in the pcgen build trusts PIP_CERT (a CA bundle, e.g. a proxy's) and, when PIP_FIND_LINKS
-# names a wheel directory, installs torch from it (the CPU wheel of the pinned version) with PIP_INDEX_URL (or
-# PyPI) for the rest; both are mounted into the build only. Without PIP_FIND_LINKS torch comes from the PyTorch
-# CPU index, as for any user. Needs: podman, runc, netavark, aardvark-dns, debootstrap; run as root.
+# (or the host pip's find-links) names a wheel directory, installs torch from it (the CPU wheel of the pinned
+# version) with PIP_INDEX_URL (or PyPI) for the rest; both are mounted into the build only. Without a wheel
+# directory torch comes from the PyTorch CPU index, as for any user. Needs: podman, runc, netavark,
+# aardvark-dns, debootstrap; run as root.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$(docker/local/containers-conf.sh)}
@@ -35,12 +36,18 @@ SECONDS=0
 "${build[@]}" -f docker/local/prometheus.Dockerfile -t "localhost/pcgen-prometheus:$TAG" docker/local
 echo "redis and prometheus images: ${SECONDS}s"
 
+# pip's settings as the host has them: the environment, else the host pip's configuration, else the system CA
+# bundle (the image's own lacks a proxy's CA)
+host_pip() { python3 -m pip config get "$1" 2>/dev/null || true; }
+cert=${PIP_CERT:-$(host_pip global.cert)}
+[ -z "$cert" ] && cert=/etc/ssl/certs/ca-certificates.crt
+wheels=${PIP_FIND_LINKS:-$(host_pip global.find-links)}
 pip=()
-if [ -n "${PIP_CERT:-}" ] && [ -f "$PIP_CERT" ]; then
-  pip+=(-v "$PIP_CERT:/run/pip-ca.crt:ro" --build-arg PIP_CERT=/run/pip-ca.crt)
+if [ -f "$cert" ]; then
+  pip+=(-v "$cert:/run/pip-ca.crt:ro" --build-arg PIP_CERT=/run/pip-ca.crt)
 fi
-if [ -n "${PIP_FIND_LINKS:-}" ] && [ -d "$PIP_FIND_LINKS" ]; then
-  pip+=(-v "$PIP_FIND_LINKS:/run/wheels:ro" --build-arg PIP_FIND_LINKS=/run/wheels
+if [ -n "$wheels" ] && [ -d "$wheels" ]; then
+  pip+=(-v "$wheels:/run/wheels:ro" --build-arg PIP_FIND_LINKS=/run/wheels
         --build-arg "TORCH_INDEX=${PIP_INDEX_URL:-https://pypi.org/simple}")
 fi
 [ -n "${PIP_INDEX_URL:-}" ] && pip+=(--build-arg "PIP_INDEX_URL=$PIP_INDEX_URL")

@@ -253,6 +253,10 @@ class _Context:
 # Test-only hook: a constraint that mentions this word compiles, spending CPU, until its time budget (or the
 # request's deadline) stops it, so tests of deadlines do not depend on how fast the machine compiles.
 STALL_WORD = os.environ.get("PCGEN_TEST_STALL_WORD", "")
+# Test-only hook: a constraint that mentions this word spends SLOW_COMPILE_S of CPU (stopped by its budget like
+# real work), then compiles: a compile of known least duration, for tests of where its time is reported.
+SLOW_WORD = os.environ.get("PCGEN_TEST_SLOW_WORD", "")
+SLOW_COMPILE_S = 0.5
 
 
 class _Compiler:
@@ -482,6 +486,10 @@ class _Compiler:
         if STALL_WORD and STALL_WORD in canonical_json(self.constraint):
             while True:  # test-only (see STALL_WORD): busy until the budget or deadline stops it
                 self.check_deadline()
+        if SLOW_WORD and SLOW_WORD in canonical_json(self.constraint):
+            until = time.perf_counter() + SLOW_COMPILE_S
+            while time.perf_counter() < until:  # test-only (see SLOW_WORD)
+                self.check_deadline()
         explored = _Exploration(self)
         while explored.queue:
             explored.expand(explored.queue.popleft())
@@ -607,6 +615,8 @@ class _Exploration:
         self.event_plans: dict[int, tuple] = {}  # per tracker: its events sorted for `successors`
         self.event_ids: dict[tuple, int] = {}  # (syms, token event, text) -> id, for the int-keyed step memo
         self.step_ids: dict[int, int] = {}  # (matcher state << 24 | event id) -> matcher state
+        self.accept_by_sym: dict[tuple, bool] = {}  # (matcher state, finished word symbol or None) -> accepts
+        self.plain_ids: dict[int, int] = {}  # (tracker << 32 | matcher state) -> id of (tracker, q, EMPTY)
         self.initial = self.sid((NONE, self.qid(self.matcher.init()), EMPTY))
         self.end_accept, self.end_reject, self.sink = (
             self.sid(END_ACCEPT),
@@ -644,12 +654,15 @@ class _Exploration:
 
     def accepting(self, q: int, cur: int) -> bool:
         key = (q, cur)
-        if key not in self.accept_memo:
-            state = self.q_list[q]
-            if not self.words.is_gap(cur):  # the end of the text finishes the word
-                state = self.matcher.word(state, self.words.finish(cur))
-            self.accept_memo[key] = bool(self.matcher.accept(state))
-        return self.accept_memo[key]
+        found = self.accept_memo.get(key)
+        if found is None:  # it depends on q and the symbol the end of the text finishes (none in a gap)
+            sym = None if self.words.is_gap(cur) else self.words.finish(cur)
+            found = self.accept_by_sym.get((q, sym))
+            if found is None:
+                state = self.q_list[q] if sym is None else self.matcher.word(self.q_list[q], sym)
+                found = self.accept_by_sym[(q, sym)] = bool(self.matcher.accept(state))
+            self.accept_memo[key] = found
+        return found
 
     def accepting_key(self, key: tuple) -> bool:
         """Accepted if the text ended here (EOS or the horizon): never before a required suffix."""
@@ -750,23 +763,25 @@ class _Exploration:
             out[u] = self.sink
         for u in eos_events:
             out[u] = end
-        ids, sid, memo = self.state_ids, self.sid, self.step_ids
+        ids, memo = self.plain_ids, self.step_ids  # int keys: cheaper to build and hash than tuples
         for u, new_cur, plain in still:  # the matcher sees nothing: same q
             moved[u] = q
             if plain:  # no partial match survives an inert token
-                key = (new_cur, q, EMPTY)
-                found = ids.get(key)
-                out[u] = found if found is not None else sid(key)
+                found = ids.get((new_cur << 32) | q)
+                out[u] = found if found is not None else self._plain_sid(new_cur, q)
         for u, new_cur, plain, event_id, step in moving:
             m = memo.get((q << 24) | event_id)
             if m is None:
                 m = memo[(q << 24) | event_id] = self.step_q(q, *step)
             moved[u] = m
             if plain:
-                key = (new_cur, m, EMPTY)
-                found = ids.get(key)
-                out[u] = found if found is not None else sid(key)
+                found = ids.get((new_cur << 32) | m)
+                out[u] = found if found is not None else self._plain_sid(new_cur, m)
         return np.array(out, np.int32), moved
+
+    def _plain_sid(self, cur: int, q: int) -> int:
+        found = self.plain_ids[(cur << 32) | q] = self.sid((cur, q, EMPTY))
+        return found
 
     def _event_plan(self, cur: int, name: object, events: list, inverse: np.ndarray) -> tuple:
         """A tracker state's distinct events sorted for `successors`: to the sink, EOS, inert for the matcher

@@ -73,6 +73,12 @@ class _Translator:
             return ("alt", ())  # nothing
         if not isinstance(schema, dict):
             self.fail(path, "expected a schema object")
+        finite = _finite_values(schema)
+        if (
+            finite is not None
+        ):  # a finite set of values: exactly those the whole schema accepts, whatever it says
+            validator = self.validator_for(schema)
+            return alt([literal_value(v) for v in finite if validator.is_valid(v)])
         for key in schema:
             if key in REFUSED and not _harmless(key, schema[key]):
                 self.fail(f"{path}.{key}")
@@ -260,6 +266,19 @@ class _Translator:
             else:
                 self.fail(path, f"the reference {ref!r} does not resolve")
         return node
+
+
+def _finite_values(schema: dict) -> list | None:
+    """The values an `enum` / `const` of the schema (or of one of its allOf branches) allows, or None."""
+    if "const" in schema:
+        return [schema["const"]]
+    if isinstance(schema.get("enum"), list):
+        return schema["enum"]
+    for branch in schema.get("allOf", []) if isinstance(schema.get("allOf"), list) else []:
+        found = _finite_values(branch) if isinstance(branch, dict) else None
+        if found is not None:
+            return found
+    return None
 
 
 def _harmless(key: str, value: Any) -> bool:

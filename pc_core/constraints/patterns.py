@@ -52,16 +52,16 @@ class Choice:
 
 @dataclass(frozen=True)
 class JsonSchema:
-    """One JSON document valid under `schema` (canonical JSON text). whitespace "compact": no whitespace
-    outside strings; "flexible": optional single spaces / newlines-with-indent between tokens (bounded)."""
+    """One JSON document valid under `schema` (its JSON text, key order kept). whitespace "compact": no
+    whitespace outside strings; "flexible": an optional space after `:` and `,`."""
 
     schema: str
     whitespace: str = "compact"
     max_depth: int = 3
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict:  # the schema as text: canonical_json sorts keys, and property order is layout
         return {
-            "json_schema": json.loads(self.schema),
+            "json_schema": self.schema,
             "whitespace": self.whitespace,
             "max_depth": self.max_depth,
         }
@@ -102,6 +102,11 @@ def parse_json_schema(spec: dict, path: str, depth: int) -> JsonSchema:
     key = "json_schema" if "json_schema" in spec else "json"
     _only(spec, {key, "whitespace", "max_depth"}, path)
     schema = spec[key]
+    if isinstance(schema, str):  # the schema as JSON text (what to_json writes)
+        try:
+            schema = json.loads(schema)
+        except ValueError:
+            raise ConstraintError(f"{path}.{key}", "a string here must be a JSON Schema as JSON text") from None
     if key == "json":
         if schema is not True:
             raise ConstraintError(f"{path}.json", "expected true (any JSON object)")

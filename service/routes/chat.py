@@ -60,8 +60,9 @@ async def chat_completions(
             "model": runtime.settings.served_model}  # fmt: skip
 
     def finished(output: dict) -> dict[str, Any]:
+        as_ids = body.return_tokens_as_token_ids
         return {
-            "logprobs": chat_logprobs(tokenizer, output, body.return_tokens_as_token_ids) if body.logprobs else None,
+            "logprobs": chat_logprobs(tokenizer, output, as_ids) if body.logprobs else None,
             "finish_reason": FINISH[output["finish_reason"]],
             "constraint_satisfied": output["constraint_satisfied"],
         }

@@ -74,7 +74,7 @@ def test_stored_sequences_are_the_servers_token_ids(server_a, tiny_lm, tokenizer
     assert settings["model"] == httpx.get(server_a.url + "/v1/models").json()["data"][0]["id"]
     assert settings["sampling"]["temperature"] == 1.0 and settings["sampling"]["top_p"] == 1.0
     assert settings["sampling"]["return_tokens_as_token_ids"] is True
-    assert settings["tokenizer_checks"] == {server_a.url: "echo"}  # pcgen serve has no /tokenize
+    assert settings["tokenizer_checks"] == {server_a.url: "tokenize"}  # pcgen serve has vLLM's /tokenize
     assert manifest["tokenizer_fingerprint"] == tokenizer_fingerprint(tokenizer)
     assert [e["servers"] for e in manifest["shards"]] == [{server_a.url: n} for n in (16, 16, 8)]
     eos = tokenizer.eos_token_id
@@ -155,13 +155,30 @@ def test_rate_limited_server_is_retried_after_its_429s(start, tiny_lm, tmp_path,
     assert manifest["complete"] and len(data.load_tokens(tmp_path / "s")[0]) == 24
 
 
-def test_refuses_a_server_with_another_tokenizer(server_a, tmp_path):
+@pytest.fixture(params=["tokenize", "echo"])
+def check(request, monkeypatch):
+    """Which tokenizer check runs: the server's /tokenize, or (the client looking for /tokenize where the
+    server has none, as on servers without it) the echo of the local ids of a fixed text."""
+    if request.param == "echo":
+        monkeypatch.setattr("distill.remote.Fleet.tokenize_path", "/no-such-route")
+    return request.param
+
+
+def test_tokenizer_check_passes_by_either_probe(server_a, tiny_lm, tmp_path, check):
+    manifest = run_sample(_cfg(tiny_lm, tmp_path / "s", server_a.url, num_sequences=4))
+    assert manifest["complete"] and manifest["settings"]["tokenizer_checks"] == {server_a.url: check}
+
+
+def test_refuses_a_server_with_another_tokenizer(server_a, tmp_path, check):
     """The local LM directory has another tokenizer than the server's: refused, naming the server."""
     from support import build_tiny_lm, build_tokenizer
 
     other = build_tokenizer(tmp_path / "tok", vocab_size=600)
     build_tiny_lm(tmp_path / "lm", other)
-    with pytest.raises(ServerRefused, match=f"server {server_a.url}: its tokenizer differs"):
+    # echo: these two BPEs share every id the smaller one has (the same merges, in order), so the server
+    # decodes the local ids back to the same text; it is the count of the text's tokens that differs
+    how = {"tokenize": "/tokenize gave", "echo": r"a fixed text is \d+ tokens there, \d+ here"}[check]
+    with pytest.raises(ServerRefused, match=f"server {server_a.url}: its tokenizer differs .*{how}"):
         run_sample(_cfg(tmp_path / "lm", tmp_path / "s", server_a.url))
     assert not (tmp_path / "s").exists()  # refused before anything is written
 

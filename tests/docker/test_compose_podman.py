@@ -37,6 +37,9 @@ DISTILL = {  # a quick `pcgen distill run` (distill/pipeline.py) on the tiny LM:
 }
 
 
+CACHED_BODY = {"keywords": ["dog"], "max_new_tokens": 8, "num_beams": 2, "num_return_sequences": 2}
+
+
 def wait_for(what: str, check, timeout: float, stack: Stack, interval: float = 1.0):  # noqa: ANN001, ANN201
     """Poll check() until it returns something truthy; fail with the services' logs after timeout seconds."""
     deadline = time.monotonic() + timeout
@@ -141,7 +144,7 @@ def distill_into_the_shared_volume(stack: Stack) -> None:
 
 
 def generate_and_cache(api: str, stack: Stack) -> None:
-    body = {"keywords": ["dog"], "max_new_tokens": 8, "num_beams": 2, "num_return_sequences": 2}
+    body = CACHED_BODY
     with httpx.Client(base_url=api, timeout=120) as client:
         first = client.post("/generate", json=body)
         assert first.status_code == 200, first.text + stack.all_logs()
@@ -180,7 +183,8 @@ def prometheus_scrapes_the_api(prom: str, stack: Stack) -> None:
 
 
 def api_restarts_after_a_crash(api: str, stack: Stack) -> None:
-    """SIGKILL to the api's process (a crash, not `compose stop`): restart: unless-stopped brings it back."""
+    """SIGKILL to the api's process (a crash, not `compose stop`): restart: unless-stopped brings it back, and
+    the new process answers the first request from Redis (its own in-process cache starts empty)."""
     before = stack.inspect("api")
     os.kill(before["State"]["Pid"], signal.SIGKILL)
 
@@ -190,6 +194,8 @@ def api_restarts_after_a_crash(api: str, stack: Stack) -> None:
 
     wait_for("the api restarted by its restart policy", restarted, 120, stack)
     wait_healthy(stack, restarts=stack.inspect("api")["RestartCount"])
+    again = httpx.post(f"{api}/generate", json=CACHED_BODY, timeout=120).json()
+    assert again["cached"] is True, again
     body = {"keywords": ["cat"], "max_new_tokens": 8}
     answer = httpx.post(f"{api}/generate", json=body, timeout=120)
     assert answer.status_code == 200 and answer.json()["outputs"][0]["constraint_satisfied"], answer.text

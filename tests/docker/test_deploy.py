@@ -234,14 +234,27 @@ def targets() -> list[tuple[dict, dict]]:
     return [(panel, target) for panel in dashboard_json()["panels"] for target in panel["targets"]]
 
 
+GENERATION_LIMITS = {"max_new_tokens", "max_tokens", "max_completion_tokens"}
+
+
 def generation_routes() -> set[str]:
-    """The route templates of the generation endpoints (the POST operations of the OpenAPI document), which
-    is how the service labels them in pcgen_requests_total and pcgen_request_duration_seconds."""
+    """The route templates of the generation endpoints, which is how the service labels them in
+    pcgen_requests_total and pcgen_request_duration_seconds: the POST operations of the OpenAPI document whose
+    request bounds the tokens generated (not /tokenize or /detokenize)."""
     from service.app import create_app
     from service.settings import Settings
 
-    app = create_app(Settings(hmm="unused"), load=False)
-    return {path for path, operations in app.openapi()["paths"].items() if "post" in operations}
+    document = create_app(Settings(hmm="unused"), load=False).openapi()
+    schemas = document["components"]["schemas"]
+    routes = set()
+    for path, operations in document["paths"].items():
+        if "post" not in operations:
+            continue
+        ref = operations["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        if GENERATION_LIMITS & set(schemas[ref.rsplit("/", 1)[1]]["properties"]):
+            routes.add(path)
+    assert {"/generate", "/v1/completions"} <= routes, routes
+    return routes
 
 
 def route_matcher(expr: str) -> set[str]:

@@ -180,7 +180,11 @@ def test_recursion_unrolls_to_max_depth():
     assert dfa.accepts('{"c":[{"c":[]},{}]}')
     assert dfa.accepts('{"c":[{"c":[{"c":[{"c":[]}]}]}]}')  # four expansions of the reference
     assert not dfa.accepts('{"c":[{"c":[{"c":[{"c":[{"c":[]}]}]}]}]}')  # a fifth is cut
-    assert parse_constraint({"json": True}).to_json()["json_schema"] == {"type": "object"}
+    assert json.loads(parse_constraint({"json": True}).to_json()["json_schema"]) == {"type": "object"}
+    one, two = (
+        {"type": "object", "properties": dict(p)} for p in ([("a", {}), ("b", {})], [("b", {}), ("a", {})])
+    )
+    assert parse_constraint({"json_schema": one}) != parse_constraint({"json_schema": two})  # order is layout
 
 
 NOTE = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12}}, "required": ["name"],

@@ -36,7 +36,9 @@ def test_unguided_rows_batch_with_guided_ones_and_give_the_same_outputs(tiny_lm,
     def jobs():
         return [
             _unguided(tokenizer, "The", max_new_tokens=10, do_sample=True, num_return_sequences=3, seed=4),
-            prepare(tokenizer, tiny_hmm, {"keywords": ["dog"]}, "A", DecodeParams(max_new_tokens=10, num_beams=2)),
+            prepare(
+                tokenizer, tiny_hmm, {"keywords": ["dog"]}, "A", DecodeParams(max_new_tokens=10, num_beams=2)
+            ),
             _unguided(tokenizer, "Winter", max_new_tokens=8, num_beams=3, num_return_sequences=2),
             _unguided(tokenizer, "", max_new_tokens=6, do_sample=True, seed=9, top_p=0.7, temperature=0.8),
         ]

@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import httpx
@@ -37,11 +36,6 @@ def chat_server(start_server, tmp_path_factory, tiny_lm_dir):
     return start_server("chat-details", PCGEN_LM=str(path))
 
 
-def _fresh_constraint() -> dict:
-    """A constraint no other request of the session used (so its automaton is compiled, not cached)."""
-    return {"all": ["dog", {"not": "q" + uuid.uuid4().hex[:6]}]}
-
-
 # ---------------------------------------------------------------------------------------------- finish_reason
 
 
@@ -60,7 +54,9 @@ def test_finish_reason_at_eos_is_stop_whether_or_not_stop_is_set(server, chat_se
         target, path = chat_server, "/v1/chat/completions"
         body = {**body, "messages": [{"role": "user", "content": "Hello"}]}
     with target.client() as http:
-        answers = [http.post(path, json={**body, **extra}) for extra in ({}, {"stop": ["zzz"]}, {"stop": "zzz"})]
+        answers = [
+            http.post(path, json={**body, **extra}) for extra in ({}, {"stop": ["zzz"]}, {"stop": "zzz"})
+        ]
     for r in answers:
         assert r.status_code == 200, r.text
         assert r.json()["usage"]["completion_tokens"] < 2 * MAX_NEW_TOKENS  # ended early: at EOS
@@ -97,22 +93,37 @@ def test_generate_returns_full_text_for_suffix_requests_by_default(server):
     assert all(out.get("full_text") is None for out in plain.json()["outputs"])  # no suffix: the text itself
 
 
-def test_dfa_ms_counts_the_compile_when_compile_workers_are_on(server):
-    """The default server compiles in worker processes: a new constraint's compile is in timings.dfa_ms and
-    in pcgen_dfa_compile_seconds (one observation, the same seconds), not in queue_ms (on an idle server the
-    wait for a batch slot is a small part of what a compile in another process takes)."""
-    assert "compile_workers" not in server.env or server.env["compile_workers"] != "0"
+SLOW_WORD = "slowcompileword"  # PCGEN_TEST_SLOW_WORD: its constraints spend SLOW_COMPILE_S compiling
+
+
+@pytest.fixture(scope="module")
+def slow_compile_server(start_server):
+    """Compile workers on (the default), and constraints that mention SLOW_WORD take at least SLOW_COMPILE_S."""
+    return start_server("slow-compile", PCGEN_TEST_SLOW_WORD=SLOW_WORD, PCGEN_COMPILE_WORKERS="1")
+
+
+def test_dfa_ms_counts_the_compile_when_compile_workers_are_on(slow_compile_server):
+    """A compile known to take at least SLOW_COMPILE_S (the test hook, in a compile worker) is in
+    timings.dfa_ms and in pcgen_dfa_compile_seconds (one observation, the same seconds), not in queue_ms."""
+    from pc_core.constraints.compiler import SLOW_COMPILE_S
+
+    server = slow_compile_server
     before = server.metrics()
     with server.client() as http:
         r = http.post("/generate", json={"prompt": "The", "max_new_tokens": MAX_NEW_TOKENS,
-                                         "constraint": _fresh_constraint()})  # fmt: skip
+                                         "constraint": {"all": ["dog", {"not": SLOW_WORD}]}})  # fmt: skip
     assert r.status_code == 200, r.text
     after = server.metrics()
     timings = r.json()["timings"]
-    observed = metric_value(after, "pcgen_dfa_compile_seconds_sum") - metric_value(before, "pcgen_dfa_compile_seconds_sum")
-    assert metric_value(after, "pcgen_dfa_compile_seconds_count") - metric_value(before, "pcgen_dfa_compile_seconds_count") == 1
-    assert observed * 1000 == pytest.approx(timings["dfa_ms"], rel=1e-3, abs=0.01)
-    assert timings["dfa_ms"] > timings["queue_ms"], timings
+    assert timings["dfa_ms"] >= SLOW_COMPILE_S * 1000, timings
+
+    def delta(name: str) -> float:
+        return metric_value(after, name) - metric_value(before, name)
+
+    assert delta("pcgen_dfa_compile_seconds_count") == 1
+    assert delta("pcgen_dfa_compile_seconds_sum") * 1000 == pytest.approx(
+        timings["dfa_ms"], rel=1e-3, abs=0.01
+    )
 
 
 # ---------------------------------------------------------------------------------------------- /docs
@@ -123,7 +134,9 @@ def test_docs_work_offline(server):
     with server.client() as http:
         for page in ("/docs", "/redoc"):
             html = http.get(page).text
-            assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html) + re.findall(r"""url:\s*['"]([^'"]+)""", html)
+            assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html) + re.findall(
+                r"""url:\s*['"]([^'"]+)""", html
+            )
             assert assets, html
             for url in assets:
                 assert not url.startswith(("http://", "https://", "//")), (page, url)
@@ -190,7 +203,9 @@ def test_served_model_id_is_the_directory_name(server, tiny_lm_dir):
     text = server.metrics()
     assert f'model_name="{name}"' in text and str(tiny_lm_dir) not in text
     with server.client() as http:
-        r = http.post("/v1/completions", json={"model": name, "prompt": "The", "max_tokens": 2, "keywords": ["dog"]})
+        r = http.post(
+            "/v1/completions", json={"model": name, "prompt": "The", "max_tokens": 2, "keywords": ["dog"]}
+        )
     assert r.status_code == 200 and r.json()["model"] == name, r.text
 
 
@@ -216,7 +231,9 @@ def test_context_length_error_names_max_tokens(server):
     """The /v1 error names OpenAI's field (`max_tokens`), never pcgen's max_new_tokens."""
     prompt = list(range(1, 125))  # the tiny LM's context is 128 tokens: 124 + 12 do not fit
     with server.client() as http:
-        r = http.post("/v1/completions", json={"prompt": prompt, "max_tokens": MAX_NEW_TOKENS, "keywords": ["dog"]})
+        r = http.post(
+            "/v1/completions", json={"prompt": prompt, "max_tokens": MAX_NEW_TOKENS, "keywords": ["dog"]}
+        )
         chat = http.post("/generate", json={"prompt": "word " * 130, "max_new_tokens": MAX_NEW_TOKENS,
                                             "keywords": ["dog"]})  # fmt: skip
     assert r.status_code == 400, r.text
