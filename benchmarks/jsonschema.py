@@ -61,7 +61,10 @@ def compile_one(row: dict, timeout: float) -> tuple[str, object, float]:
     started = time.perf_counter()
     signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
-        dfa = char_automaton(node)
+        try:
+            dfa = char_automaton(node)
+        finally:  # off before any handler runs: a late alarm lands in `except Timeout` below
+            signal.setitimer(signal.ITIMER_REAL, 0)
         return "ok", dfa, time.perf_counter() - started
     except Timeout:
         return "timeout", f"over {timeout:g}s", time.perf_counter() - started
@@ -73,8 +76,6 @@ def compile_one(row: dict, timeout: float) -> tuple[str, object, float]:
         if time.perf_counter() - started >= timeout:
             return "timeout", f"over {timeout:g}s", time.perf_counter() - started
         return "crash", f"{type(err).__name__}: {err}"[:120], time.perf_counter() - started
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def check_instances(dfa: object, row: dict) -> list[dict]:

@@ -106,7 +106,9 @@ def parse_json_schema(spec: dict, path: str, depth: int) -> JsonSchema:
         try:
             schema = json.loads(schema)
         except ValueError:
-            raise ConstraintError(f"{path}.{key}", "a string here must be a JSON Schema as JSON text") from None
+            raise ConstraintError(
+                f"{path}.{key}", "a string here must be a JSON Schema as JSON text"
+            ) from None
     if key == "json":
         if schema is not True:
             raise ConstraintError(f"{path}.json", "expected true (any JSON object)")

@@ -87,7 +87,7 @@ def test_the_stream_carries_the_span(server):
     for index, out in enumerate(result["outputs"]):
         streamed = "".join(data["text"] for name, data in events[:-1] if data["index"] == index)
         assert streamed == out["text"]  # the span; the suffix is not streamed as generated text
-        assert "full_text" not in out or out["full_text"] is None
+        assert out["full_text"] == out["text"] + body["suffix"]  # full_text by default, in the result event
 
 
 def test_affixes_are_part_of_the_cache_key(server):
