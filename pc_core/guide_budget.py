@@ -4,13 +4,18 @@ The exact guide stores one (H,) row per live (step, state) pair (feasibility.Fea
 from the start, able to accept in the remaining steps, not certain) and computes each with one (H,) x (H, H)
 product, so for P live pairs, H hidden states, b bytes per stored value, S states and T tail tokens:
 
-    table bytes   = P x H x b  +  S x (C + T) x 8     (rows, plus the per-state step layout)
-    precompute    = 2 x H^2 x P  +  3 x H x P x E / S flops   (the (H, H) products, the edge sums)
+    table bytes   = P x H x b  +  E x H x 4  +  S x (C + T) x 8    (rows, edge masses, step layout)
+    precompute    = 2 x H^2 x P  +  EDGE_WEIGHT x H x P x E / S         (GEMM flops, edge sums)
 
-A flat cap on DFA states cannot say this: 3,330 states cost ~100 MB and a fraction of a second at H = 256,
-and 64 times the bytes and 256 times the flops at H = 4096. The defaults follow the device: a CPU is
-given 512 MiB of tables and 40 GFLOP (about a second on two cores), a GPU 4 GiB and 20 TFLOP (well under a
-second on one H100). Past the budget the request gets the factored guide (factored_guide.py) or, when the
+for E distinct edges. The edge sum (a gather, two products and an index_add per element, about E / S edges
+per live row) is memory-bound: measured on the 2-core CPU it took as long per element as ~30 GEMM flops (the
+six-keyword constraint at H = 256: 18 s of CPU for 1.6 M edge rows beside 10 GFLOP of products), so it is
+counted as EDGE_WEIGHT flop-equivalents per element.
+
+A flat cap on DFA states cannot say this: the six-keyword constraint's 3,330 states cost 159 MB and 22 GFLOP
+at H = 256, and 15 times the bytes and 120 times the flops at H = 4096. The defaults follow the device: a
+CPU is given 512 MiB of tables and 40 GFLOP (seconds of precompute on two cores), an accelerator 4 GiB and
+20 TFLOP (sized from an H100's peak, not measured here). Past the budget the request gets the factored guide (factored_guide.py) or, when the
 caller asks for the exact guide only, a ConstraintTooComplex that says what the exact guide would cost.
 """
 
@@ -26,6 +31,7 @@ from pc_core.feasibility import Feasibility
 
 CPU_TABLE_BYTES, CPU_FLOPS = 512 * 2**20, 40e9
 GPU_TABLE_BYTES, GPU_FLOPS = 4 * 2**30, 20e12
+EDGE_WEIGHT = 30.0
 BIG_CLASS_FRACTION = 0.01  # as guide_tables: classes with >= 1% of the vocabulary are not in the tail
 
 
@@ -86,8 +92,9 @@ def exact_cost(dfa: TokenDFA, feasibility: Feasibility, hidden: int, bytes_per_v
     tail = int(
         (~(dfa.class_sizes >= max(1, int(BIG_CLASS_FRACTION * dfa.vocab_size))))[dfa.token_class].sum()
     )
-    layout = s_count * (c_count + tail) * 8
-    edge_work = 3.0 * hidden * pairs * len(feasibility.edges) / max(1, s_count)  # the edge sum, per live row
+    edges = len(feasibility.edges)
+    layout = s_count * (c_count + tail) * 8 + edges * hidden * 4
+    edge_work = EDGE_WEIGHT * hidden * pairs * edges / max(1, s_count)  # the edge sum, per live row
     flops = 2.0 * hidden**2 * pairs + edge_work
     return GuideCost(pairs, s_count, hidden, pairs * hidden * bytes_per_value + layout, flops)
 

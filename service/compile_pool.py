@@ -97,8 +97,9 @@ def _cost(node: Any) -> float:
     if name in ("Tokens", "EndsWith"):
         return float(len(getattr(node, "ids", getattr(node, "text", ()))) + 1)
     if name == "Affixed":
+        # partial matches of the suffix's junction and the stop strings: states added near the end, mostly
         extra = sum(len(s) for s in node.stop) + len(node.suffix or "")
-        return _cost(node.body) * (1 + extra)
+        return _cost(node.body) * (1 + 0.1 * extra)
     children = [v for v in _node_values(node)]
     product = math.prod(_cost(c) for c in children) if children else 1.0
     known = name in ("All", "AnyOf", "Not", "AtLeast", "AtMost")

@@ -52,10 +52,6 @@ class CharMatcher(Matcher):
         return state is YES if state in (YES, NO) else bool(self.dfa.accept[state])
 
 
-def has_char_nodes(constraint: object) -> bool:
-    return any(isinstance(node, CHAR_NODES) for node in walk(constraint))
-
-
 def char_only_dfa(constraint: object) -> CharDFA | None:
     """The product character DFA of a tree of character nodes under all / any / not; None otherwise."""
     if isinstance(constraint, CHAR_NODES):
