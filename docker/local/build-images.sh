@@ -30,7 +30,8 @@ fi
 flock -u 9
 echo "base image: ${SECONDS}s"
 
-build=(podman build --format docker --build-arg "BASE_IMAGE=$BASE")  # docker format keeps HEALTHCHECK
+build=(podman build --format docker --build-arg "BASE_IMAGE=$BASE"
+       --build-arg "PCGEN_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)")  # docker format keeps HEALTHCHECK
 SECONDS=0
 "${build[@]}" -f docker/local/redis.Dockerfile -t "localhost/pcgen-redis:$TAG" docker/local
 "${build[@]}" -f docker/local/prometheus.Dockerfile -t "localhost/pcgen-prometheus:$TAG" docker/local
