@@ -221,11 +221,30 @@ def _unsigned(lo: int, lo_x: bool, hi: int | None, hi_x: bool) -> Node:
 
 
 def disjoint(nodes: list[Node]) -> bool:
-    """No text matches two of the nodes (oneOf = anyOf then)."""
+    """No JSON value is valid under two of the nodes (oneOf = anyOf then). Texts are not values: an object's
+    properties may come in another order, a number in another spelling. So two branches count as disjoint
+    when their values start with different characters (different JSON types, mostly), or when neither can
+    contain an object or an exponent and no text matches both."""
     wrap = lambda n: seq([char_set([(BOS, BOS)]), n, char_set([(EOS, EOS)])])  # noqa: E731
     dfas = [build_char_dfa(wrap(n), "constraint") for n in nodes]
+    starts = '{["-0123456789tfn'
+    firsts = [{c for c in starts if not d.is_dead(d.run(d.initial, c))} for d in dfas]
     for i in range(len(dfas)):
         for j in range(i + 1, len(dfas)):
+            if not firsts[i] & firsts[j]:
+                continue
+            if any(_may_contain(d, "{eE") for d in (dfas[i], dfas[j])):
+                return False
             if combine("all", [dfas[i], dfas[j]]).accept.any():
                 return False
     return True
+
+
+def _may_contain(dfa: CharDFA, chars: str) -> bool:
+    """Some live state reads one of `chars` into a live state (anywhere, strings included: conservative)."""
+    for ch in chars:
+        c = dfa.column_of(ch)
+        for s in range(dfa.num_states):
+            if not dfa.is_dead(s) and not dfa.is_dead(dfa.rows[s][c]):
+                return True
+    return False

@@ -164,6 +164,9 @@ def test_date_format_is_exact():
         ({"$ref": "http://example.com/s.json"}, "constraint.json_schema.$ref"),
         ({"type": "string", "pattern": "(a)\\1"}, "constraint.json_schema.pattern"),
         ({"type": "number", "minimum": 0.5}, "constraint.json_schema.minimum"),
+        ({"oneOf": [{"type": "object", "properties": {"r": {}}, "required": ["r"]},
+                    {"type": "object", "properties": {"l": {}}, "required": ["l"]}]},
+         "constraint.json_schema.oneOf"),  # {"r":1,"l":2} is valid under both: oneOf rejects it
     ],
 )  # fmt: skip
 def test_unsupported_is_named_by_schema_path(schema, path):
