@@ -76,7 +76,9 @@ class GenerationOutput:
     timings: dict[str, float] = field(default_factory=dict)  # dfa_ms, precompute_ms, decode_ms
     suffix: str | None = None
     ranking: str | None = None  # with a suffix: what `logprob` and the beams' order cover (pc_core.infill)
-    guide: str | None = "exact"  # which guide ran: exact, or factored past the exact budget (pc_core.factored_guide)
+    guide: str | None = (
+        "exact"  # which guide ran: exact, or factored past the exact budget (pc_core.factored_guide)
+    )
 
     def outputs_json(self, constraint: Constraint | dict | str) -> list[dict[str, Any]]:
         """The outputs as the REST API and `pcgen generate --json` show them, with the character spans of

@@ -148,7 +148,11 @@ class DecodeParams:
         need(self.max_states >= 2, "max_states", "must be >= 2")
         need(self.time_budget_s > 0, "time_budget_s", "must be > 0")
         need(self.guide in ("auto", "exact", "factored"), "guide", "must be auto, exact or factored")
-        need(self.guide_budget_bytes is None or self.guide_budget_bytes >= 0, "guide_budget_bytes", "must be >= 0")
+        need(
+            self.guide_budget_bytes is None or self.guide_budget_bytes >= 0,
+            "guide_budget_bytes",
+            "must be >= 0",
+        )
         need(self.guide_budget_gflops is None or self.guide_budget_gflops >= 0, "guide_budget_gflops",
              "must be >= 0")  # fmt: skip
         need(self.guide_table_dtype in ("auto", "float32", "bfloat16"), "guide_table_dtype",

@@ -68,7 +68,9 @@ class Job:
     first_token_at: float | None = None
     finished_at: float | None = None
     cancel_reason: str | None = None
-    compile_ms: float = 0.0  # getting the automaton ahead of prepare (compile pool: the wait for a worker too)
+    compile_ms: float = (
+        0.0  # getting the automaton ahead of prepare (compile pool: the wait for a worker too)
+    )
     observed: bool = True  # counted in the per-request metrics (False: the warm-up generation)
 
     # called on the decoding thread -----------------------------------------------------------------

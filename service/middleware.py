@@ -64,7 +64,9 @@ class ServiceMiddleware:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         client = scope.get("client")
-        state["identity"] = "ip:" + client_address(client[0] if client else None, headers, self.trusted_proxies)
+        state["identity"] = "ip:" + client_address(
+            client[0] if client else None, headers, self.trusted_proxies
+        )
         status: list[int | None] = [None]
 
         async def send_with_id(message: Message) -> None:

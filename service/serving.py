@@ -33,7 +33,12 @@ class Result:
     guide: str | None = None  # which guide ran: exact or factored (pc_core.factored_guide)
 
     def to_cache(self) -> dict[str, Any]:
-        return {"outputs": self.outputs, "usage": self.usage, "dfa_states": self.dfa_states, "guide": self.guide}
+        return {
+            "outputs": self.outputs,
+            "usage": self.usage,
+            "dfa_states": self.dfa_states,
+            "guide": self.guide,
+        }
 
     @classmethod
     def from_cache(cls, payload: dict[str, Any]) -> Result:

@@ -159,7 +159,9 @@ def test_the_distill_chain_runs(doc, models, tokenizer, tmp_path):
     chain = [
         argv
         for label, argv in commands
-        if argv[0] == "distill" and argv[1] in stages and "(via " not in label
+        if argv[0] == "distill"
+        and argv[1] in stages
+        and "(via " not in label
         and "--server" not in argv  # needs live servers: tests/distill/test_distill_server.py runs that path
     ]
     assert [argv[1] for argv in chain if argv[1] != "sample"] == ["lvd", "train"]

@@ -316,9 +316,7 @@ class _Compiler:
         strings = list(self.affixes.prefixes)
         pseudo.tables = prefix_tables(strings)
         pseudo.texts = [*strings, ""]
-        pseudo.text_sig = (
-            self.text_effects.signatures(pseudo.texts) if self.text_effects.active else None
-        )
+        pseudo.text_sig = self.text_effects.signatures(pseudo.texts) if self.text_effects.active else None
         pseudo.contexts, pseudo.affixes, pseudo.plain_groups = {}, None, {}
         pseudo._prepare_static()
         return pseudo

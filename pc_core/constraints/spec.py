@@ -209,7 +209,9 @@ def parse_constraint(spec: Any, path: str = "constraint") -> Constraint:
     if isinstance(spec, NODE_TYPES):
         return spec
     try:
-        key = json.dumps(spec, ensure_ascii=False)  # key order kept: a JSON schema's property order is its layout
+        key = json.dumps(
+            spec, ensure_ascii=False
+        )  # key order kept: a JSON schema's property order is its layout
     except (TypeError, ValueError, RecursionError):  # not JSON, or too deep: parse; errors name the part
         return _parse(spec, path, depth=0)
     hit = PARSED.get(key)

@@ -94,6 +94,8 @@ def hardened(start_server):
         PCGEN_BODY_TIMEOUT_S="1",
         PCGEN_CACHE="false",
         PCGEN_MAX_NEW_TOKENS="500",  # above the tiny LM's context of 128: the model lowers it
+        PCGEN_COMPILE_TIME_BUDGET_S="1",  # below the deadline: a compile that outlasts it is refused (422)
+        PCGEN_TEST_STALL_WORD=STALL,
     )
 
 
@@ -142,8 +144,7 @@ def test_a_noisy_client_cannot_stall_the_others(hardened):
 def test_a_rejected_constraint_costs_little_the_second_time(hardened):
     from service.json_body import REPEAT_REFUSAL_DELAY_S
 
-    rng = random.Random(7)
-    body = _expensive(rng)
+    body = {"prompt": "x", "keywords": [STALL, "refused"], "max_new_tokens": 8}  # refused after its budget
     errors = lambda: metric_value(hardened.metrics(_auth(KEY_B)), "pcgen_constraint_errors_total",  # noqa: E731
                                   {"type": "constraint_too_complex"})  # fmt: skip
     pid = hardened.proc.pid
