@@ -126,8 +126,12 @@ def describe(pid: int) -> str:
 
 
 def live_descendants() -> set[int]:
-    """This process's children, theirs, and so on (marked or not), except zombies."""
-    return {pid for pid in _descendants(os.getpid()) if _alive(pid)}
+    """This process's children, theirs, and so on (marked or not), except zombies and this process's own
+    multiprocessing resource tracker (it exits with this process; the controller's check sees that it did)."""
+    import multiprocessing.resource_tracker as tracker
+
+    own = getattr(tracker._resource_tracker, "_pid", None)
+    return {pid for pid in _descendants(os.getpid()) if _alive(pid) and pid != own}
 
 
 def survivors(find: Callable[[], set[int]], grace_s: float = EXIT_GRACE_S) -> list[str]:

@@ -135,6 +135,7 @@ def test_every_pcgen_command_and_setting_used_in_deployment_exists():
         args = parser.parse_args(command)  # exits (fails the test) on an unknown command or flag
         assert args.command in ("serve", "distill")
     known = {f"PCGEN_{field.upper()}" for field in Settings.model_fields}
+    known.add("PCGEN_COMMIT")  # the image's source commit, read by pc_core.version for pcgen_build_info
     used = set()
     for service in compose()["services"].values():
         used |= {k for k in (service.get("environment") or {}) if k.startswith("PCGEN_")}
