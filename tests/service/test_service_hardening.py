@@ -1,6 +1,7 @@
 """The service under hostile and heavy traffic, against real processes (uvicorn, redis-server): compilation
-isolated from decoding and shared out fairly, memory bounded by settings, deadlines that stop the work, a hung
-Redis that costs nothing, caps from the loaded model, and the smaller defects an operator found."""
+isolated from decoding and shared out fairly, memory bounded by settings (test_service_memory.py), deadlines
+that stop the work, a hung Redis that costs nothing, caps from the loaded model, and the smaller defects an
+operator found."""
 
 from __future__ import annotations
 
@@ -31,11 +32,6 @@ def _expensive(rng: random.Random) -> dict:
     (too many states); new words each time, so no cache helps."""
     word = lambda: "".join(rng.choice("abcdefghij") for _ in range(rng.randint(3, 7)))  # noqa: E731
     return {"prompt": "x", "keywords": [word() for _ in range(8)], "max_new_tokens": 8}
-
-
-def _rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
 
 
 def _state(pid: int) -> str | None:
@@ -218,44 +214,6 @@ def test_deadlines_stop_the_work_and_do_not_block_others(start_server):
     abandoned = sum(metric_value(text, "pcgen_abandoned_work_total", {"stage": s}) or 0
                     for s in ("compile", "prepare", "admission"))  # fmt: skip
     assert abandoned >= 1
-
-
-# --------------------------------------------------------------------------------------- 2. bounded memory
-
-
-@pytest.mark.slow
-def test_memory_stays_flat_over_many_distinct_requests(start_server):
-    limits = {"PCGEN_DFA_CACHE_BYTES": str(2 * 2**20), "PCGEN_GUIDE_CACHE_BYTES": str(8 * 2**20),
-              "PCGEN_RESPONSE_CACHE_BYTES": str(2**20)}  # fmt: skip
-    server = start_server("memory", PCGEN_COMPILE_WORKERS="1", **limits)
-    rng = random.Random(0)
-    bodies = []
-    while len(bodies) < 2000:
-        words = rng.sample(WORDS, rng.randint(1, 3))
-        bodies.append({"prompt": rng.choice(["The", "A", "In the"]), "keywords": words,
-                       "max_new_tokens": 8 + len(bodies) % 5, "num_beams": 1 + len(bodies) % 2})  # fmt: skip
-
-    def run(chunk: list[dict]) -> None:
-        with httpx.Client(base_url=server.url, timeout=60) as client:
-            for body in chunk:
-                assert client.post("/generate", json=body).status_code in (200, 422)
-
-    def run_all(part: list[dict]) -> None:
-        threads = [threading.Thread(target=run, args=(part[i::4],)) for i in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(600)
-
-    run_all(bodies[:400])
-    warm = _rss_kb(server.proc.pid)
-    run_all(bodies[400:])
-    grown_mb = (_rss_kb(server.proc.pid) - warm) / 1024
-    bound_mb = (2 + 8 + 1) + 40  # the caches' bounds plus allocator slack
-    assert grown_mb < bound_mb, grown_mb
-    text = server.metrics()
-    for cache, limit in (("dfa", 2 * 2**20), ("guide", 8 * 2**20), ("response", 2**20)):
-        assert metric_value(text, "pcgen_cache_bytes", {"cache": cache}) <= limit
 
 
 # ------------------------------------------------------------------------------------------ 4. a hung Redis

@@ -1,0 +1,54 @@
+"""Bounded memory: distinct requests against a server with small cache limits keep its resident memory flat.
+(Its own module so that the suite's workers run it beside the other hardening tests.)"""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import httpx
+import pytest
+from service_support import metric_value
+
+WORDS = ("dog cat pan park snow lake tree girl fish sky city team house night garden winter coffee boy "
+         "field frisbee book game roof rain stove couch bird children building vegetable").split()  # fmt: skip
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_over_many_distinct_requests(start_server):
+    limits = {"PCGEN_DFA_CACHE_BYTES": str(2 * 2**20), "PCGEN_GUIDE_CACHE_BYTES": str(8 * 2**20),
+              "PCGEN_RESPONSE_CACHE_BYTES": str(2**20)}  # fmt: skip
+    server = start_server("memory", PCGEN_COMPILE_WORKERS="1", **limits)
+    rng = random.Random(0)
+    bodies = []
+    while len(bodies) < 2000:
+        words = rng.sample(WORDS, rng.randint(1, 3))
+        bodies.append({"prompt": rng.choice(["The", "A", "In the"]), "keywords": words,
+                       "max_new_tokens": 8 + len(bodies) % 5, "num_beams": 1 + len(bodies) % 2})  # fmt: skip
+
+    def run(chunk: list[dict]) -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            for body in chunk:
+                assert client.post("/generate", json=body).status_code in (200, 422)
+
+    def run_all(part: list[dict]) -> None:
+        threads = [threading.Thread(target=run, args=(part[i::4],)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(600)
+
+    run_all(bodies[:400])
+    warm = _rss_kb(server.proc.pid)
+    run_all(bodies[400:])
+    grown_mb = (_rss_kb(server.proc.pid) - warm) / 1024
+    bound_mb = (2 + 8 + 1) + 40  # the caches' bounds plus allocator slack
+    assert grown_mb < bound_mb, grown_mb
+    text = server.metrics()
+    for cache, limit in (("dfa", 2 * 2**20), ("guide", 8 * 2**20), ("response", 2**20)):
+        assert metric_value(text, "pcgen_cache_bytes", {"cache": cache}) <= limit
