@@ -47,6 +47,28 @@ def tiny_lm_dir(tmp_path_factory, tokenizer):
     return path
 
 
+# a small chat template in the Jinja dialect transformers uses: "role: content" lines, then the reply's cue
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def chat_lm_dir(tmp_path_factory, tiny_lm_dir):
+    """The tiny GPT-2 saved again with a chat template on its tokenizer."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    path = tmp_path_factory.mktemp("tiny-chat-lm")
+    shutil.copytree(tiny_lm_dir, path, dirs_exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_lm_dir))
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_lm_dir):
     from transformers import AutoModelForCausalLM

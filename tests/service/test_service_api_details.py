@@ -7,7 +7,6 @@ field names in context-length errors."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,23 +16,12 @@ import pytest
 from service_support import MAX_NEW_TOKENS, metric_value
 
 ROOT = Path(__file__).resolve().parents[2]
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}assistant:{% endif %}"
-)
 
 
 @pytest.fixture(scope="module")
-def chat_server(start_server, tmp_path_factory, tiny_lm_dir):
+def chat_server(start_server, chat_lm_dir):
     """The tiny GPT-2 with a chat template on its tokenizer."""
-    from transformers import AutoTokenizer
-
-    path = tmp_path_factory.mktemp("tiny-chat-lm-details")
-    shutil.copytree(tiny_lm_dir, path, dirs_exist_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny_lm_dir))
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(str(path))
-    return start_server("chat-details", PCGEN_LM=str(path))
+    return start_server("chat-details", PCGEN_LM=str(chat_lm_dir))
 
 
 # ---------------------------------------------------------------------------------------------- finish_reason

@@ -6,7 +6,6 @@ OpenAI's error shape (400 with `param` naming the body field)."""
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import httpx
@@ -16,25 +15,7 @@ from service_support import MAX_NEW_TOKENS, sse_events
 openai = pytest.importorskip("openai")
 
 ROOT = Path(__file__).resolve().parents[2]
-# a small chat template in the Jinja dialect transformers uses: "role: content" lines, then the reply's cue
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}assistant:{% endif %}"
-)
 ERROR_KEYS = {"message", "type", "param", "code"}
-
-
-@pytest.fixture(scope="module")
-def chat_lm_dir(tmp_path_factory, tiny_lm_dir):
-    """The tiny GPT-2 saved again with a chat template on its tokenizer."""
-    from transformers import AutoTokenizer
-
-    path = tmp_path_factory.mktemp("tiny-chat-lm")
-    shutil.copytree(tiny_lm_dir, path, dirs_exist_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny_lm_dir))
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(str(path))
-    return path
 
 
 @pytest.fixture(scope="module")

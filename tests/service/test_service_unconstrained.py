@@ -5,30 +5,16 @@ no automaton and no guide, sampling the LM's own distribution; and vLLM's `retur
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 from service_support import MAX_NEW_TOKENS, metric_value
 
 from pc_core.constraints import decode_continuation
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}assistant:{% endif %}"
-)
-
 
 @pytest.fixture(scope="module")
-def chat_server(start_server, tmp_path_factory, tiny_lm_dir):
+def chat_server(start_server, chat_lm_dir):
     """The tiny GPT-2 with a chat template on its tokenizer."""
-    from transformers import AutoTokenizer
-
-    path = tmp_path_factory.mktemp("tiny-chat-lm-unconstrained")
-    shutil.copytree(tiny_lm_dir, path, dirs_exist_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny_lm_dir))
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(str(path))
-    return start_server("chat-unconstrained", PCGEN_LM=str(path))
+    return start_server("chat-unconstrained", PCGEN_LM=str(chat_lm_dir))
 
 
 def _ids(tokens: list[str]) -> list[int]:
