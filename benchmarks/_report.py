@@ -60,3 +60,18 @@ def command() -> str:
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     module = spec.name if spec is not None else f"benchmarks.{Path(sys.argv[0]).stem}"
     return " ".join(["python", "-m", module, *sys.argv[1:]])
+
+
+def load_proxy_models(lm_path: str, hmm_path: str, threads: int | None = None) -> tuple:
+    """(lm, tokenizer, hmm) on the CPU in float32, torch seeded and its threads set: the quality benchmarks'
+    common start (editing, families) on the shared proxy models."""
+    import torch
+
+    from pc_core.hmm import HMM
+    from pc_core.lm import load_lm
+
+    torch.manual_seed(0)
+    if threads:
+        torch.set_num_threads(threads)
+    lm, tokenizer = load_lm(lm_path, device="cpu", dtype="float32")
+    return lm, tokenizer, HMM.load(hmm_path, device="cpu")

@@ -41,7 +41,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from benchmarks._report import SHARED, command, machine, table, write_section
+from benchmarks._report import SHARED, command, load_proxy_models, machine, table, write_section
 from benchmarks.commongen import MaskOnly
 
 CONTEXT = 64  # the proxy LM's context (n_positions)
@@ -252,17 +252,9 @@ def main() -> None:
     if not args.data.exists() or not Path(args.lm).exists() or not Path(args.hmm).exists():
         print(f"editing data or proxy models not found ({args.data}, {args.lm}, {args.hmm}); nothing to do")
         return
-    import torch
-
-    from pc_core.hmm import HMM
     from pc_core.infill import split_suffix
-    from pc_core.lm import load_lm
 
-    torch.manual_seed(0)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    lm, tokenizer = load_lm(args.lm, device="cpu", dtype="float32")
-    hmm = HMM.load(args.hmm, device="cpu")
+    lm, tokenizer, hmm = load_proxy_models(args.lm, args.hmm, args.threads)
     rows = load_cases(args.data, None if args.all else args.per_category)
     cases = []
     for row in rows:

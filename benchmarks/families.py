@@ -40,7 +40,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from benchmarks._report import ROOT, SHARED, command, machine, table, write_section
+from benchmarks._report import ROOT, SHARED, command, load_proxy_models, machine, table, write_section
 from benchmarks.commongen import POS
 from benchmarks.proxy_lm import prompt_for
 
@@ -242,16 +242,7 @@ def main() -> None:
     if not (args.data / "commongen.dev.jsonl").exists() or not Path(args.lm).exists():
         print(f"CommonGen data or proxy models not found ({args.data}, {args.lm}); nothing to do")
         return
-    import torch
-
-    from pc_core.hmm import HMM
-    from pc_core.lm import load_lm
-
-    torch.manual_seed(0)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    lm, tokenizer = load_lm(args.lm, device="cpu", dtype="float32")
-    hmm = HMM.load(args.hmm, device="cpu")
+    lm, tokenizer, hmm = load_proxy_models(args.lm, args.hmm, args.threads)
     cases = make_instances(load_concepts(args.data), args.families, args.sizes, args.per_cell, args.seed)
     key = f"s{args.seed}-b{args.beams}-n{args.horizon}-m{args.max_states}-t{args.time_budget}"
     args.work = args.work / key
