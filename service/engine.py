@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -44,6 +45,10 @@ from service.compile_pool import CompilePool
 from service.errors import BadRequest, QueueFull, ServiceError, Timeout, Unavailable, classify
 from service.generation import GenerationSpec
 from service.metrics import Metrics
+
+# Test-only hook: each decoding step takes at least this long, so a test of what happens to a request that is
+# still decoding at its deadline does not depend on how fast the machine decodes.
+TEST_STEP_DELAY_S = float(os.environ.get("PCGEN_TEST_STEP_DELAY_S", "0") or 0)
 
 log = logging.getLogger(__name__)
 
@@ -429,6 +434,8 @@ class Engine:
         """One decoding step for the whole batch; the searches that finished in it."""
         batch, rows = len(self._active), self._decoder.rows
         started = time.perf_counter()
+        if TEST_STEP_DELAY_S:
+            time.sleep(TEST_STEP_DELAY_S)
         try:
             finished = self._decoder.step()
         except Exception:  # noqa: BLE001 - fail the batch, keep serving

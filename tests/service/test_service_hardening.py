@@ -340,8 +340,9 @@ def test_public_readiness_shows_only_the_status(hardened):
 
 
 def test_a_stream_that_times_out_is_counted_as_504(start_server):
+    # every step takes >= 50 ms (a test hook): 120 steps outlast the 0.5 s deadline on any machine
     server = start_server("stream-timeout", PCGEN_REQUEST_TIMEOUT_S="0.5", PCGEN_CACHE="false",
-                          PCGEN_MAX_NEW_TOKENS="120")  # fmt: skip
+                          PCGEN_MAX_NEW_TOKENS="120", PCGEN_TEST_STEP_DELAY_S="0.05")  # fmt: skip
     body = {"prompt": "The", "keywords": ["dog"], "max_new_tokens": 120, "min_new_tokens": 120, "num_beams": 8,
             "stream": True}  # fmt: skip
     with httpx.stream("POST", server.url + "/generate", json=body, timeout=30) as r:

@@ -22,7 +22,10 @@ async def _burst(url: str, n: int) -> list[tuple[dict, httpx.Response]]:
 
 
 def test_queue_overflow_gives_429_and_loses_nothing(start_server, tokenizer):
-    server = start_server("queue", PCGEN_MAX_QUEUE="2", PCGEN_MAX_BATCH_SIZE="2", PCGEN_CACHE="false")
+    # each decoding step takes >= 0.1 s (a test hook): the first requests are still decoding when the burst's
+    # others arrive, however fast the machine decodes
+    server = start_server("queue", PCGEN_MAX_QUEUE="2", PCGEN_MAX_BATCH_SIZE="2", PCGEN_CACHE="false",
+                          PCGEN_TEST_STEP_DELAY_S="0.1")  # fmt: skip
     results = asyncio.run(_burst(server.url, 40))
     codes = [r.status_code for _, r in results]
     assert set(codes) <= {200, 429}, codes
