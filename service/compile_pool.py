@@ -311,6 +311,8 @@ class CompilePool:
     def try_quick(self, constraint: Any, tokenizer: Any, max_states: int, blocklist_mask: bool = True) -> Any:
         """Compile in the calling thread within QUICK_BUDGET_S: the DFA, or None when it needs longer (then it
         goes to a worker). A rejection by the state cap within the budget is final and raised."""
+        if self.metrics is not None:
+            self.metrics.compiles.labels(lane="quick").inc()
         try:
             return compile_constraint(constraint, tokenizer, max_states, QUICK_BUDGET_S, blocklist_mask)
         except ConstraintTooComplex as err:
@@ -369,6 +371,8 @@ class CompilePool:
             if task.deadline is not None and task.deadline - time.perf_counter() < budget:
                 budget, task.capped_by = max(0.01, task.deadline - time.perf_counter()), "deadline"
             log.debug("compile for %s starts in the %s lane (budget %.2f s)", task.client, task.lane, budget)
+            if self.metrics is not None:
+                self.metrics.compiles.labels(lane=task.lane).inc()
             try:
                 remote = self._lanes[task.lane].submit(constraint, max_states, budget, mask)
             except Exception as err:  # noqa: BLE001 - the pool could not start it: the request fails with it
