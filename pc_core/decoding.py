@@ -309,15 +309,25 @@ class GuidedSearch:
         self.params, self.on_stream = params, on_stream
         self.judged = with_affixes(constraint, params.suffix, params.stop)  # what outputs are judged on
         self.affixed = self.judged is not constraint  # a suffix or stop strings: text can end a sequence
+        self.guide_state: GuideState
+        self.timings: dict[str, float] = {}
+        self._start_rows(tokenizer, params, prompt_ids, guide.hmm.vocab_size, guide.hmm.device)
+
+    def _start_rows(
+        self,
+        tokenizer: Any,
+        params: DecodeParams,
+        prompt_ids: list[int],
+        vocab_size: int,
+        device: torch.device,
+    ) -> None:
+        """The decoding state every search keeps, guided or not: prompt, rows, scores, sampling, streaming."""
         self.eos = tokenizer.eos_token_id
-        self.vocab_size = guide.hmm.vocab_size
+        self.vocab_size = vocab_size
         self.prompt_tokens = len(prompt_ids)
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else self.eos
         self.lm_input = prompt_ids or [bos]  # the LM needs at least one token to condition on
         self.rows = params.rows
-        self.guide_state: GuideState
-        self.timings: dict[str, float] = {}
-        device = guide.hmm.device
         self.generated = torch.zeros((self.rows, 0), dtype=torch.long, device=device)  # (rows, t)
         self.lm_logprob = torch.zeros(self.rows, device=device)  # cumulative LM log-likelihood
         self.beam_score = torch.full((self.rows,), NEG_INF, device=device)  # cumulative guided log-prob

@@ -14,7 +14,6 @@ callers use the guided path with a constraint that always holds (`prepare`).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,7 +23,6 @@ from pc_core.constraints import decode_continuation
 from pc_core.constraints.checker import first_stop
 from pc_core.decoding import GuidedSearch, StreamEvent, _Hypothesis
 from pc_core.params import DecodeParams, DecodingError
-from pc_core.token_scores import LogitAdjustment, LogprobTrail
 
 NEG_INF = float("-inf")
 
@@ -70,37 +68,11 @@ class UnguidedSearch(GuidedSearch):
         self.params, self.on_stream = params, on_stream
         self.judged = None
         self.affixed = bool(params.stop)  # stop strings can end a text before EOS
-        self.eos = tokenizer.eos_token_id
-        self.vocab_size = len(tokenizer)
-        self.prompt_tokens = len(prompt_ids)
-        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else self.eos
-        self.lm_input = prompt_ids or [bos]
-        self.rows = params.rows
         self.guide_state = None
         self.timings = {"dfa_ms": 0.0, "precompute_ms": 0.0}
-        self.generated = torch.zeros((self.rows, 0), dtype=torch.long, device=device)  # (rows, t)
-        self.lm_logprob = torch.zeros(self.rows, device=device)
-        self.beam_score = torch.full((self.rows,), NEG_INF, device=device)
-        self.beam_score[0 if not params.do_sample else slice(None)] = 0.0
-        self.sample_index = list(range(self.rows))
-        self.finished: list[_Hypothesis | None] = [None] * self.rows if params.do_sample else []
-        self.generator = None
-        if params.do_sample:
-            self.generator = torch.Generator(device=device)
-            seed = params.seed if params.seed is not None else int(torch.randint(2**62, ()))
-            self.generator.manual_seed(seed)
-        self.streamed = [[] for _ in range(params.num_return_sequences)]
-        self.streamed_text = ["" for _ in range(params.num_return_sequences)]
-        self.stream_closed: set[int] = set()
-        self.done = False
-        self.error = None
-        self.step_count = 0
-        self.adjust = LogitAdjustment(params, self.vocab_size, device)
+        self._start_rows(tokenizer, params, prompt_ids, len(tokenizer), device)
         if params.banned_tokens:  # a bias of -100 is a ban, exact as on the guided path
             self.adjust.bias[list(params.banned_tokens)] = NEG_INF
-        self.trail = LogprobTrail(params.logprobs, self.rows) if params.logprobs is not None else None
-        self.decode_started = time.perf_counter()
-        self.output = None
 
     @property
     def dfa_states(self) -> None:
