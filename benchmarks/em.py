@@ -18,7 +18,8 @@ import time
 import torch
 
 from benchmarks._report import machine, table, write_section
-from distill.em import Counts, Prepared, e_step, m_step
+from distill.counts import Counts, m_step
+from distill.forward_backward import Prepared, e_step
 from pc_core.hmm import HMM
 
 V, T = 50257, 32

@@ -30,9 +30,8 @@ from benchmarks.vocab128k import VOCAB_SIZE as VOCAB_128K
 from benchmarks.vocab128k import load_tokenizer_128k
 from pc_core import compile_constraint
 from pc_core.constraints.compiler import COMPILED
-from pc_core.constraints.vocab import TABLES as VOCAB_TABLES
-from pc_core.constraints.vocab import vocab_tables
-from pc_core.guide import TABLES, ConstraintGuide
+from pc_core.constraints.vocab import VOCAB_TABLES, vocab_tables
+from pc_core.guide import GUIDE_TABLES, ConstraintGuide
 from pc_core.hmm import HMM
 from pc_core.kernels import onednn_packed
 
@@ -127,7 +126,7 @@ def measure_hidden(tokenizer, h: int, args, device, backends, rows: dict[str, li
             os.environ["PCGEN_KERNELS"] = backend
 
             def precompute():
-                TABLES.clear()
+                GUIDE_TABLES.clear()
                 return ConstraintGuide(hmm, dfa, horizon=n)
 
             # per-constraint cost only: first_use above built the per-model caches
@@ -155,7 +154,7 @@ def measure_hidden(tokenizer, h: int, args, device, backends, rows: dict[str, li
                                          round(peak_memory_mb(device))])  # fmt: skip
                     print("step", rows["step"][-1], flush=True)
         os.environ.pop("PCGEN_KERNELS", None)
-        TABLES.clear()
+        GUIDE_TABLES.clear()
 
 
 def main() -> None:

@@ -5,7 +5,10 @@ Stages, each resumable and each a `pcgen distill` subcommand:
             ... or through OpenAI-compatible servers (--server)          distill.sample_server, distill.remote
     embed   hidden states for LVD by batched prefill over stored samples                 distill.embed
     lvd     k-means (faiss or torch) of the hidden states -> closed-form counts   distill.lvd, distill.kmeans
-    train   EM with forward-backward in log space, checkpoints, logs and a curve         distill.em
+    train   EM: the run and its schedule                                                  distill.em
+            forward-backward with max-shifted messages (the E-step)              distill.forward_backward
+            expected / observed counts and the M-step                                    distill.counts
+            checkpoints, logs and the curve                                           distill.train_dir
     run     the stages from one YAML/TOML file                                           distill.pipeline
 Multi-process via torchrun (distill.dist). Kept import-light: torch is imported by the stage modules.
 """

@@ -70,8 +70,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from pc_core.lm import DTYPES
-
     parser = sub.add_parser(
         "distill",
         help="distil an HMM from a causal LM: sample, lvd, train, or run the whole pipeline",
@@ -79,6 +77,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "command after an interruption. Multi-process: launch with torchrun.",
     )
     stages = parser.add_subparsers(dest="distill_command", required=True, metavar="STAGE")
+    for add in (_add_sample, _add_embed, _add_lvd, _add_train, _add_run):
+        add(stages)
+
+
+def _add_sample(stages: argparse._SubParsersAction) -> None:
+    from pc_core.lm import DTYPES
 
     p = stages.add_parser("sample", help="ancestral samples from the LM into token shards")
     p.add_argument("--lm", required=True, help="causal LM: hub id or local directory (with its tokenizer)")
@@ -126,6 +130,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request")
     p.set_defaults(func=cmd_sample)
 
+
+def _add_embed(stages: argparse._SubParsersAction) -> None:
+    from pc_core.lm import DTYPES
+
     p = stages.add_parser(
         "embed", help="hidden states for LVD by batched forward passes over samples (e.g. server-sampled)"
     )
@@ -142,6 +150,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="auto", choices=list(DTYPES), help="auto: bf16 on GPU, fp32 on CPU")
     p.set_defaults(func=cmd_embed)
 
+
+def _add_lvd(stages: argparse._SubParsersAction) -> None:
     p = stages.add_parser("lvd", help="k-means of hidden states -> closed-form initial HMM")
     p.add_argument("--data", required=True, help="data directory sampled with --save-embeddings")
     p.add_argument("--hidden-size", type=int, required=True, help="H: H-1 clusters plus the end state")
@@ -162,6 +172,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_lvd)
 
+
+def _add_train(stages: argparse._SubParsersAction) -> None:
     p = stages.add_parser("train", help="EM from an initial HMM; checkpoints, logs and a curve in --out")
     p.add_argument("--init", required=True, help="initial HMM directory (e.g. the lvd output)")
     p.add_argument("--data", required=True, help="data directory (fresh samples)")
@@ -183,6 +195,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-plot", dest="plot", action="store_false", help="skip curve.png")
     p.set_defaults(func=cmd_train)
 
+
+def _add_run(stages: argparse._SubParsersAction) -> None:
     p = stages.add_parser("run", help="the whole pipeline from one YAML/TOML file, skipping finished stages")
     p.add_argument("--config", required=True, help="YAML or TOML file (see distill/pipeline.py)")
     p.set_defaults(func=cmd_run)

@@ -305,39 +305,3 @@ def write_shard(
             "sha256": atomic_save_npy(directory / ename, emb),
         }
     return entry
-
-
-def write_dataset(
-    directory: Path,
-    tokens: np.ndarray,
-    vocab_size: int,
-    eos_token_id: int | None,
-    embeddings: np.ndarray | None = None,
-    shard_size: int = 1 << 16,
-    lm: str = "synthetic",
-) -> dict:
-    """A complete data directory from arrays already in memory (synthetic teachers, tests, benchmarks).
-
-    tokens (N, T) ints; embeddings (K, T, D) for the first K sequences, optional.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    n, t = tokens.shape
-    header = new_header(
-        lm=lm,
-        vocab_size=vocab_size,
-        eos_token_id=eos_token_id,
-        seq_len=t,
-        num_sequences=n,
-        shard_size=shard_size,
-        settings={"source": lm},
-        embedding_dim=None if embeddings is None else int(embeddings.shape[2]),
-    )
-    entries = []
-    for index, start, count in plan(n, shard_size):
-        emb = None if embeddings is None else embeddings[start : min(start + count, len(embeddings))]
-        block = np.asarray(tokens[start : start + count]).astype(token_dtype(vocab_size))
-        entries.append(write_shard(directory, 0, index, start, 0, block, emb))
-    manifest = dict(header, shards=entries, complete=True)
-    atomic_write_json(directory / MANIFEST, manifest)
-    return manifest

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from distill import data
-from distill.em import Counts
+from distill.counts import Counts
 from distill.errors import DistillError
 from distill.kmeans import fit as fit_kmeans
 from distill.kmeans import nearest, resolve_backend
@@ -88,13 +88,55 @@ def _fit_set(emb: data.Embedded, eos: int, limit: int, seed: int, device: torch.
     return torch.cat(picked)
 
 
+def _settings(cfg: LVDConfig) -> dict:
+    """What makes two LVD runs the same, as recorded in the HMM's metadata."""
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device", "chunk_size")}
+    settings["kmeans_backend"] = resolve_backend(cfg.kmeans_backend)  # what "auto" meant on this machine
+    settings["data"] = str(Path(cfg.data).resolve())  # the same directory however it is spelled
+    return settings
+
+
+def _cluster(cfg: LVDConfig, emb: data.Embedded, eos: int, device: torch.device) -> tuple:
+    """k-means of (a sample of) the hidden states into H-1 clusters: (centroids (H-1, D), inertia, backend)."""
+    fit = _fit_set(emb, eos, cfg.kmeans_points, cfg.seed, device)  # (M, D)
+    h = cfg.hidden_size
+    log.info("k-means: %d vectors of dimension %d into %d clusters on %s", *fit.shape, h - 1, device)
+    return fit_kmeans(
+        fit,
+        h - 1,
+        cfg.kmeans_backend,
+        cfg.kmeans_iters,
+        cfg.seed,
+        cfg.kmeans_init,
+        cfg.chunk_size,
+        cfg.kmeans_tol,
+    )
+
+
+def _observed_counts(
+    cfg: LVDConfig, emb: data.Embedded, centroids: torch.Tensor, eos: int, device: torch.device
+) -> Counts:
+    """Counts of (token, nearest centroid) over every position, EOS positions in the end state H-1."""
+    h = cfg.hidden_size
+    counts = Counts(h, emb.manifest["vocab_size"], device)
+    rows = max(1, cfg.chunk_size // emb.manifest["seq_len"])
+    for tokens_np, vectors in emb.chunks(rows):
+        tokens = torch.from_numpy(tokens_np.astype(np.int64)).to(device)  # (n, T)
+        flat = torch.from_numpy(vectors).to(device).float().flatten(0, 1)  # (n*T, D)
+        labels, _ = nearest(flat, centroids, cfg.chunk_size)
+        states = torch.where(tokens == eos, h - 1, labels.view(tokens.shape))  # EOS positions: end state
+        counts.add_observed(tokens, states)
+    # the end state is absorbing and emits EOS even if no sample ended early
+    counts.transition[h - 1, h - 1] += 1
+    counts.emission[eos, h - 1] += 1
+    return counts
+
+
 def run_lvd(cfg: LVDConfig) -> HMM:
     cfg.validate()
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device", "chunk_size")}
-    settings["kmeans_backend"] = resolve_backend(cfg.kmeans_backend)  # what "auto" meant on this machine
-    settings["data"] = str(Path(cfg.data).resolve())  # the same directory however it is spelled
+    settings = _settings(cfg)
     if (out / "config.json").exists():
         done = json.loads((out / "config.json").read_text()).get("metadata", {}).get("lvd")
         if done == settings:
@@ -109,37 +151,8 @@ def run_lvd(cfg: LVDConfig) -> HMM:
         raise DistillError(
             f"{cfg.data}: LVD reserves an end state that emits EOS, but the data has no EOS token"
         )
-    fit = _fit_set(emb, eos, cfg.kmeans_points, cfg.seed, device)  # (M, D)
-    log.info(
-        "k-means: %d vectors of dimension %d into %d clusters on %s",
-        fit.shape[0],
-        fit.shape[1],
-        h - 1,
-        device,
-    )
-    centroids, inertia, backend = fit_kmeans(
-        fit,
-        h - 1,
-        cfg.kmeans_backend,
-        cfg.kmeans_iters,
-        cfg.seed,
-        cfg.kmeans_init,
-        cfg.chunk_size,
-        cfg.kmeans_tol,
-    )
-    del fit
-
-    counts = Counts(h, v, device)
-    rows = max(1, cfg.chunk_size // manifest["seq_len"])
-    for tokens_np, vectors in emb.chunks(rows):
-        tokens = torch.from_numpy(tokens_np.astype(np.int64)).to(device)  # (n, T)
-        flat = torch.from_numpy(vectors).to(device).float().flatten(0, 1)  # (n*T, D)
-        labels, _ = nearest(flat, centroids, cfg.chunk_size)
-        states = torch.where(tokens == eos, h - 1, labels.view(tokens.shape))  # EOS positions: end state
-        counts.add_observed(tokens, states)
-    # the end state is absorbing and emits EOS even if no sample ended early
-    counts.transition[h - 1, h - 1] += 1
-    counts.emission[eos, h - 1] += 1
+    centroids, inertia, backend = _cluster(cfg, emb, eos, device)  # the fit set is freed on return
+    counts = _observed_counts(cfg, emb, centroids, eos, device)
     metadata = {
         "source": "lvd",
         "data": str(cfg.data),

@@ -33,8 +33,9 @@ def sequence_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index, 1]).generate_state(1, np.uint32)[0] >> 1)
 
 
-def server_urls(spec: str) -> list[str]:
-    return [u for u in (part.strip() for part in spec.split(",")) if u]
+def server_urls(listing: str) -> list[str]:
+    """The URLs of a comma-separated --server value, blanks dropped."""
+    return [u for u in (part.strip() for part in listing.split(",")) if u]
 
 
 def api_key(cfg: Any) -> str | None:

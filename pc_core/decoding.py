@@ -24,7 +24,6 @@ stop string.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,26 +31,27 @@ from typing import Any
 
 import torch
 
+from pc_core.compiled_constraint import CompiledConstraint, compile_request
 from pc_core.constraints import (
     Constraint,
     check_ids,
     compile_constraint,
     decode_continuation,
 )
-from pc_core.constraints.checker import first_stop, judge_ids, keyword_matches
+from pc_core.constraints.checker import first_stop, judge_ids
 from pc_core.constraints.compiler import explain_unsatisfiable
 from pc_core.constraints.dfa import TokenDFA
-from pc_core.constraints.spec import All, AnyOf, Not, Tokens, WordCount, split_affixes, with_affixes
+from pc_core.constraints.spec import WordCount, with_affixes
 from pc_core.errors import BlocklistInteraction, TokenizerMismatch, UnsatisfiableConstraint
 from pc_core.factored_guide import build_guide
 from pc_core.guide import ConstraintGuide, GuideState, multiply
 from pc_core.hmm import HMM
-from pc_core.infill import SuffixPlan, fim_prompt, plan_suffix, rank_finished, split_suffix, terminal_vector
+from pc_core.infill import SuffixPlan, fim_prompt, plan_suffix, rank_finished, terminal_vector
+from pc_core.lazy_guide import build_lazy_guide
 from pc_core.lm import KVBatch, max_positions
-from pc_core.params import DecodeParams, DecodingError
+from pc_core.logspace import NEG_INF
+from pc_core.params import DecodeParams
 from pc_core.token_scores import LogitAdjustment, LogprobTrail, TokenLogprob
-
-NEG_INF = float("-inf")
 
 
 @dataclass
@@ -77,32 +77,9 @@ class GenerationOutput:
     suffix: str | None = None
     ranking: str | None = None  # with a suffix: what `logprob` and the beams' order cover (pc_core.infill)
     guide: str | None = (
-        "exact"  # which guide ran: exact, or factored past the exact budget (pc_core.factored_guide)
+        "exact"  # which guide ran: exact, factored past the exact budget (pc_core.factored_guide), lazy past
+        # the explicit automaton's budget (pc_core.lazy_guide)
     )
-
-    def outputs_json(self, constraint: Constraint | dict | str) -> list[dict[str, Any]]:
-        """The outputs as the REST API and `pcgen generate --json` show them, with the character spans of
-        the keywords found in the span (`matches`), and `full_text` (span + suffix) when there is a suffix."""
-        body = split_affixes(constraint)[0] if constraint is not None else None  # None: unconstrained
-        out = [
-            {
-                "text": s.text,
-                "token_ids": list(s.token_ids),
-                "constraint_satisfied": bool(s.constraint_satisfied),
-                "finish_reason": s.finish_reason,
-                "logprob": s.logprob if math.isfinite(s.logprob) else -1e30,  # JSON has no -Infinity
-                "matches": keyword_matches(body, s.text) if body is not None else [],
-            }
-            for s in self.sequences
-        ]
-        if self.suffix is not None:
-            for item, s in zip(out, self.sequences):
-                item["full_text"] = s.full_text
-                item["ranking"] = self.ranking
-        for item, s in zip(out, self.sequences):
-            if s.logprobs is not None:  # [token id, logprob, [[id, logprob], ...]] per token id
-                item["logprobs"] = [[t, lp, [list(a) for a in top]] for t, lp, top in s.logprobs]
-        return out
 
     @property
     def usage(self) -> dict[str, int]:
@@ -137,83 +114,65 @@ class _Hypothesis:
 def prepare(
     tokenizer: Any,
     hmm: HMM,
-    constraint: Constraint | dict | str,
+    constraint: Constraint | dict | str | CompiledConstraint,
     prompt: str | Sequence[int] = "",
     params: DecodeParams | None = None,
     on_stream: Callable[[StreamEvent], None] | None = None,
     *,
-    compile: Callable[..., TokenDFA] = compile_constraint,
     deadline: float | None = None,
 ) -> GuidedSearch:
-    """Compile the constraint, build its guide and the search's first state. Raises ConstraintError (incl.
-    UnsatisfiableConstraint within max_new_tokens) for the constraint, TokenizerMismatch for the models.
-
-    `compile` replaces compile_constraint (same arguments: a server compiles in worker processes);
-    `deadline` (time.perf_counter()) stops the guide's precompute once passed (DeadlineExceeded)."""
+    """Build the constraint's guide and the search's first state; the constraint is compiled here unless it
+    comes as a CompiledConstraint with its automaton (a server compiles in worker processes). Raises
+    ConstraintError (incl. UnsatisfiableConstraint within max_new_tokens) for the constraint, TokenizerMismatch
+    for the models. `deadline` (time.perf_counter()) stops the guide's precompute once passed."""
     params = params or DecodeParams()
     if len(tokenizer) != hmm.vocab_size:
         raise TokenizerMismatch(f"the tokenizer has {len(tokenizer)} tokens but the HMM has {hmm.vocab_size}")
     prompt_ids = (
         list(prompt) if not isinstance(prompt, str) else tokenizer.encode(prompt, add_special_tokens=False)
     )
-    constraint = split_affixes(constraint)[0]
-    check_token_ids(params, hmm.vocab_size)
+    started = time.perf_counter()
+    compiled = compile_request(constraint, params, tokenizer)  # body, constraint, judged, dfa
+    dfa_ms = (time.perf_counter() - started) * 1000
     suffix_plan = plan_suffix(tokenizer, params.suffix)  # infilling: the LM writes the junction, not the rest
     if suffix_plan is not None:
         params = dataclasses.replace(params, suffix=suffix_plan.junction)
-    judged = guided_constraint(constraint, params)  # the constraint on the span, with the affixes and bans
     terminal = terminal_vector(hmm, suffix_plan)  # the HMM conditions on the whole suffix
-    dfa, guide, timings = _guide(tokenizer, hmm, judged, params, compile, deadline, terminal)
-    if not bool(guide.tables.feasible[params.max_new_tokens][dfa.initial_state]):
-        raise _unsatisfiable(tokenizer, constraint, dfa, params, compile)
-    constraint = with_bans(constraint, params.banned_tokens)  # judged on every output too
+    dfa, guide, precompute_ms = _guide(tokenizer, hmm, compiled, params, deadline, terminal)
+    if not _can_start(guide, dfa, params.max_new_tokens):
+        raise _unsatisfiable(tokenizer, compiled.body, dfa, params)
     context = prompt_ids[-params.hmm_context_tokens :] if params.hmm_context_tokens else []
-    search = GuidedSearch(tokenizer, constraint, dfa, guide, params, prompt_ids, on_stream)
+    search = GuidedSearch(tokenizer, compiled, dfa, guide, params, prompt_ids, on_stream)
     search.suffix_plan, search.prompt_ids = suffix_plan, prompt_ids
     search.guide_state = guide.init_state(params.rows, hmm_context=context)
-    search.timings = timings
+    search.timings = {"dfa_ms": dfa_ms, "precompute_ms": precompute_ms}
     return search
 
 
-def guided_constraint(constraint: Constraint | dict | str, params: DecodeParams) -> Constraint:
-    """What `prepare` compiles for these parameters: the constraint on the span with the tokens logit_bias
-    bans (exact bans: the guide steers clear of them), and the suffix and stop strings (`with_affixes`). A
-    caller that compiles ahead of `prepare` (a server's compile pool) compiles this."""
-    body = with_bans(split_affixes(constraint)[0], params.banned_tokens)
-    junction = split_suffix(params.suffix)[0] if params.suffix is not None else None  # pc_core.infill
-    return with_affixes(body, junction, params.stop)
-
-
-def with_bans(constraint: Constraint, banned: Sequence[int]) -> Constraint:
-    """The constraint and "none of these token ids is generated"."""
-    if not banned:
-        return constraint
-    never = Not(AnyOf(tuple(Tokens((token,)) for token in banned)))
-    return All((constraint, never))
-
-
-def check_token_ids(params: DecodeParams, vocab_size: int) -> None:
-    """The token ids the parameters name (logit_bias) are in the vocabulary (DecodingError otherwise)."""
-    for token, _ in params.logit_bias:
-        if token >= vocab_size:
-            raise DecodingError("logit_bias", f"token {token} is not in the vocabulary (0..{vocab_size - 1})")
+def _can_start(guide: Any, dfa: TokenDFA, horizon: int) -> bool:
+    """Is some text of `horizon` tokens accepted? The lazy guide searches (pc_core.lazy_guide)."""
+    if getattr(guide, "can_start", None) is not None:
+        return guide.can_start()
+    return bool(guide.tables.feasible[horizon][dfa.initial_state])
 
 
 def _unsatisfiable(
-    tokenizer: Any,
-    constraint: Constraint,
-    dfa: TokenDFA,
-    params: DecodeParams,
-    compile: Callable[..., TokenDFA],
+    tokenizer: Any, constraint: Constraint, dfa: TokenDFA, params: DecodeParams
 ) -> UnsatisfiableConstraint:
     """The error for a request no text can satisfy within max_new_tokens, naming what is to blame: the suffix
     (it cannot be written, or not within the horizon), the stop strings (they cut every satisfying text),
     or the constraint."""
     n, m = params.max_new_tokens, params.min_new_tokens
+    if getattr(dfa, "lazy", False):  # an exhausted search of the lazy automaton (pc_core.lazy_feasibility)
+        return UnsatisfiableConstraint(
+            "constraint", f"cannot be satisfied within max_new_tokens={n} (min_new_tokens={m}): a complete "
+            "search of its automaton found no accepted text that short"
+        )  # fmt: skip
     limits = {"max_states": params.max_states, "time_budget_s": params.time_budget_s}
+    dfa_of = lambda c: compile_constraint(c, tokenizer, **limits)  # noqa: E731 (variants of the request)
     within = f"within max_new_tokens={n} (min_new_tokens={m})"
     if params.banned_tokens:  # the bans are to blame when the request without them could be met
-        dfa = compile(with_affixes(constraint, params.suffix, params.stop), tokenizer, **limits)
+        dfa = dfa_of(with_affixes(constraint, params.suffix, params.stop))
         if dfa.can_accept_within(n):
             return UnsatisfiableConstraint(
                 "logit_bias",
@@ -221,7 +180,7 @@ def _unsatisfiable(
             )
     needed = int(dfa.steps_to_accept[dfa.initial_state])
     if params.suffix is not None:
-        alone = compile(with_affixes(WordCount(0, None), params.suffix), tokenizer, **limits)
+        alone = dfa_of(with_affixes(WordCount(0, None), params.suffix))
         least = int(alone.steps_to_accept[alone.initial_state])
         if least < 0:
             return UnsatisfiableConstraint(
@@ -235,7 +194,7 @@ def _unsatisfiable(
                 f"max_new_tokens={n} (which counts the span and the suffix's first word)"
             )  # fmt: skip
     if params.stop:
-        unstopped = compile(with_affixes(constraint, params.suffix), tokenizer, **limits)
+        unstopped = dfa_of(with_affixes(constraint, params.suffix))
         if unstopped.can_accept_within(n):
             return UnsatisfiableConstraint(
                 "stop", f"every text that satisfies the constraint {within} contains a stop string"
@@ -252,14 +211,13 @@ def _unsatisfiable(
 def _guide(
     tokenizer: Any,
     hmm: HMM,
-    constraint: Constraint,
+    compiled: CompiledConstraint,
     params: DecodeParams,
-    compile: Callable[..., TokenDFA] = compile_constraint,
     deadline: float | None = None,
     terminal: torch.Tensor | None = None,
-) -> tuple[TokenDFA, ConstraintGuide, dict[str, float]]:
-    """The DFA, its guide and how long each took (dfa_ms, precompute_ms); a blocklist that could dead-end
-    the rest of the constraint is compiled into one exact product instead."""
+) -> tuple[TokenDFA, ConstraintGuide, float]:
+    """The DFA, its guide and how long the guide took (ms); a blocklist that could dead-end the rest of the
+    constraint is compiled into one exact product instead (here: the library's compiler)."""
     compile_args = {"max_states": params.max_states, "time_budget_s": params.time_budget_s}
     guide_args = {
         "horizon": params.max_new_tokens,
@@ -268,19 +226,17 @@ def _guide(
         "terminal": terminal,
     }
     started = time.perf_counter()
-    dfa = compile(constraint, tokenizer, **compile_args)
-    compiled = time.perf_counter()
-    groups = lambda c: compile(c, tokenizer, blocklist_mask=False, **compile_args)  # noqa: E731 (factored)
+    dfa, constraint = compiled.dfa, compiled.judged
+    groups = lambda c: compile_constraint(c, tokenizer, blocklist_mask=False, **compile_args)  # noqa: E731
+    if getattr(dfa, "lazy", False):  # past the explicit automaton's budget (pc_core.lazy_guide)
+        guide = build_lazy_guide(hmm, dfa, constraint, params, tokenizer, note=dfa.note, **guide_args)
+        return dfa, guide, (time.perf_counter() - started) * 1000
     try:  # exact when it fits the budget, else factored (pc_core.factored_guide)
         guide = build_guide(hmm, dfa, constraint, params, groups, **guide_args)
     except BlocklistInteraction:
-        dfa = compile(constraint, tokenizer, blocklist_mask=False, **compile_args)
+        dfa = compile_constraint(constraint, tokenizer, blocklist_mask=False, **compile_args)
         guide = build_guide(hmm, dfa, constraint, params, groups, **guide_args)
-    timings = {
-        "dfa_ms": (compiled - started) * 1000,
-        "precompute_ms": (time.perf_counter() - compiled) * 1000,
-    }
-    return dfa, guide, timings
+    return dfa, guide, (time.perf_counter() - started) * 1000
 
 
 # ---------------------------------------------------------------------------------------------- one search
@@ -298,17 +254,17 @@ class GuidedSearch:
     def __init__(
         self,
         tokenizer: Any,
-        constraint: Constraint,
+        compiled: CompiledConstraint,
         dfa: TokenDFA,
         guide: ConstraintGuide,
         params: DecodeParams,
         prompt_ids: list[int],
         on_stream: Callable[[StreamEvent], None] | None,
     ) -> None:
-        self.tokenizer, self.constraint, self.dfa, self.guide = tokenizer, constraint, dfa, guide
+        self.tokenizer, self.dfa, self.guide = tokenizer, dfa, guide
+        self.constraint, self.judged = compiled.constraint, compiled.judged  # the span's; with the affixes
         self.params, self.on_stream = params, on_stream
-        self.judged = with_affixes(constraint, params.suffix, params.stop)  # what outputs are judged on
-        self.affixed = self.judged is not constraint  # a suffix or stop strings: text can end a sequence
+        self.affixed = self.judged is not self.constraint  # a suffix or stop strings: text can end a sequence
         self.guide_state: GuideState
         self.timings: dict[str, float] = {}
         self._start_rows(tokenizer, params, prompt_ids, guide.hmm.vocab_size, guide.hmm.device)
@@ -395,7 +351,7 @@ class GuidedSearch:
         if not self.affixed:
             return False
         state = int(self.guide_state.dfa_state[row])
-        return bool(self.dfa.ended[self.dfa.transitions[state, self.dfa.token_class[token]]])
+        return self.dfa.is_ended(self.dfa.step(state, token))  # TokenDFA or LazyDFA
 
     def _reason(self, token: int) -> str:
         return "eos" if token == self.eos else "text"
@@ -437,12 +393,13 @@ class GuidedSearch:
     def _sample(
         self, lm_logp: torch.Tensor, q: torch.Tensor, last: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        p = self.params
-        lm_scaled = torch.log_softmax(lm_logp / p.temperature, dim=-1) if p.temperature != 1.0 else lm_logp
+        temperature = self.params.temperature
+        lm_scaled = torch.log_softmax(lm_logp / temperature, dim=-1) if temperature != 1.0 else lm_logp
         probs = self.next_distribution(lm_scaled, q).exp()  # (rows, V)
-        if p.top_p < 1.0:
+        if self.params.top_p < 1.0:
             sorted_p, order = probs.sort(dim=-1, descending=True)
-            outside = sorted_p.cumsum(-1) - sorted_p >= p.top_p  # keep the smallest set reaching top_p
+            # keep the smallest set reaching top_p
+            outside = sorted_p.cumsum(-1) - sorted_p >= self.params.top_p
             outside[:, 0] = False  # the most likely token always stays (top_p may round to 0 in float32)
             sorted_p[outside] = 0.0
             probs = torch.zeros_like(probs).scatter_(1, order, sorted_p)
@@ -495,7 +452,8 @@ class GuidedSearch:
         suffix) and the end of the text from where a stop string may start. A finished output: its span."""
         if finished is not None:
             return self._judge(finished)[0]
-        text = decode_continuation(self.tokenizer, ids)
+        # a character split across tokens decodes to U+FFFD until its last byte comes: held back till then
+        text = decode_continuation(self.tokenizer, ids).rstrip("\ufffd")
         if not self.affixed:
             return text
         keep = len(text)
@@ -542,19 +500,18 @@ class GuidedSearch:
                     self.on_stream(StreamEvent(index, new[len(old) :], ids[len(sent) :]))
 
     def _finish(self) -> None:
-        p = self.params
         results = []
         for h in (h for h in self.finished if h is not None):
             results.append((h, *self._judge(h)))
         ranking = self._score_suffix([item[0] for item in results])
-        if not p.do_sample:
+        if not self.params.do_sample:
 
             def rank(item: tuple) -> tuple:
                 h, _, ok, _, _ = item
                 length = max(1, len(h.ids) + h.scored_tokens)
-                return (bool(ok), h.lm_logprob / (length**p.length_penalty))
+                return (bool(ok), h.lm_logprob / (length**self.params.length_penalty))
 
-            results = sorted(results, key=rank, reverse=True)[: p.num_return_sequences]
+            results = sorted(results, key=rank, reverse=True)[: self.params.num_return_sequences]
             if self.on_stream is not None:  # the rest of each chosen beam, after what was settled
                 for index, (h, text, _, _, _) in enumerate(results):
                     sent = self.streamed[index]
@@ -568,7 +525,7 @@ class GuidedSearch:
         decode_ms = (time.perf_counter() - self.decode_started) * 1000
         states = self.dfa.num_states if self.dfa is not None else None  # None: no constraint
         self.output = GenerationOutput(sequences, self.prompt_tokens, states,
-                                       {**self.timings, "decode_ms": decode_ms}, p.suffix)  # fmt: skip
+                                       {**self.timings, "decode_ms": decode_ms}, self.params.suffix)  # fmt: skip
         if self.suffix_plan is not None:
             self.output.suffix, self.output.ranking = self.suffix_plan.suffix, ranking
         self.output.guide = getattr(self.guide, "kind", None)  # None: no guide (pc_core.unguided)

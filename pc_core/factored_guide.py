@@ -35,8 +35,7 @@ from pc_core.feasibility import Feasibility
 from pc_core.guide import BlockPlan, ConstraintGuide, GuideState, Product, multiply
 from pc_core.guide_budget import GuideBudget, GuideCost, dtype_bytes, exact_cost, too_costly
 from pc_core.hmm import HMM
-
-NEG_INF = float("-inf")
+from pc_core.logspace import NEG_INF
 
 
 @dataclass
@@ -119,8 +118,8 @@ class FactoredGuide:
         for i, guide in enumerate(self.guides[1:], 1):
             t = guide.tables
             columns.append(t.transitions[state.factor_states[:, i], t.token_class[tokens]])
-        tables = self.tables
-        next_dfa = tables.transitions[state.dfa_state, tables.token_class[tokens]].long()
+        guide_tables = self.tables
+        next_dfa = guide_tables.transitions[state.dfa_state, guide_tables.token_class[tokens]].long()
         words = state.open_words
         if words is not None:
             words = tuple(self.dfa.blocklist.advance(w, x) for w, x in zip(words, tokens.tolist()))
@@ -151,7 +150,7 @@ class FactoredGuide:
     def assemble(self, plan: FactoredPlan, products: Sequence[Product]) -> torch.Tensor:
         """(B, V): the sum of the groups' log q, then the full DFA's exact pattern: -inf where no text
         can be accepted after the token, 0 where every text is, the minimum length and the blocklist."""
-        state, tables = plan.state, self.tables
+        state, guide_tables = plan.state, self.tables
         offsets = [0] * len(products)
         total = None
         for guide, part in zip(self.guides, plan.parts):
@@ -163,12 +162,12 @@ class FactoredGuide:
             q = guide.assemble(part, mine)
             total = q if total is None else total.add_(q)
         r = self.horizon - state.position - 1
-        succ = tables.transitions[state.dfa_state][:, tables.token_class].long()  # (B, V)
-        total.masked_fill_(~tables.feasible[r][succ], NEG_INF)
-        total.masked_fill_(tables.certain[r][succ], 0.0)
+        succ = guide_tables.transitions[state.dfa_state][:, guide_tables.token_class].long()  # (B, V)
+        total.masked_fill_(~guide_tables.feasible[r][succ], NEG_INF)
+        total.masked_fill_(guide_tables.certain[r][succ], 0.0)
         if state.position + 1 < self.min_new_tokens + 1:  # no end yet (EOS, a stop string, the suffix)
-            total[:, tables.eos_token_id] = NEG_INF
-            total.masked_fill_(tables.ending_t[state.dfa_state][:, tables.token_class], NEG_INF)
+            total[:, guide_tables.eos_token_id] = NEG_INF
+            total.masked_fill_(guide_tables.ending_t[state.dfa_state][:, guide_tables.token_class], NEG_INF)
         if state.open_words is not None:  # the blocklist beside the DFA
             for beam, word in enumerate(state.open_words):
                 blocked = torch.from_numpy(~self.dfa.blocklist.allowed(word)).to(total.device)

@@ -32,14 +32,14 @@ import torch
 
 from pc_core.cache import LRUCache
 from pc_core.constraints.dfa import TokenDFA
-from pc_core.errors import PcgenError, TokenizerMismatch
+from pc_core.errors import ErrorKind, PcgenError, TokenizerMismatch
 from pc_core.feasibility import Feasibility
 from pc_core.guide_tables import GuideTables
 from pc_core.hmm import HMM
 from pc_core.kernels import log_matmul_exp, matmul_exp_nt
 from pc_core.kernels.reference import LOSSLESS
+from pc_core.logspace import NEG_INF
 
-NEG_INF = float("-inf")
 ROW_IMPOSSIBLE, ROW_CERTAIN = (
     -1,
     -2,
@@ -49,6 +49,8 @@ DEFAULT_MAX_HORIZON = 1024
 
 class GuideError(PcgenError, ValueError):
     """Bad guide arguments: horizon, token ids, prefix longer than the horizon, mismatched sizes."""
+
+    kind = ErrorKind.GUIDE_ERROR
 
 
 @dataclass
@@ -88,7 +90,7 @@ class StepPlan(NamedTuple):
 
 Product = tuple[torch.Tensor, torch.Tensor]  # (rows, V_k) linear values and (rows,) log shift per row
 
-TABLES: LRUCache[GuideTables] = LRUCache("guide", 2 * 2**30, lambda tables: tables.nbytes)
+GUIDE_TABLES: LRUCache[GuideTables] = LRUCache("guide", 2 * 2**30, lambda t: t.nbytes)
 """Guide tables by content (DFA, horizon, minimum length, HMM, device, dtype), bounded in bytes."""
 
 
@@ -107,13 +109,13 @@ def tables_for(
     key += (table_dtype,) if table_dtype != torch.float32 else ()
     if terminal is not None:  # infilling: the suffix's rest (pc_core.infill)
         key += (hashlib.sha256(terminal.detach().float().cpu().numpy().tobytes()).hexdigest(),)
-    tables = TABLES.get(key)
-    if tables is None:
-        tables = GuideTables(
+    guide_tables = GUIDE_TABLES.get(key)
+    if guide_tables is None:
+        guide_tables = GuideTables(
             hmm, dfa, horizon, min_new_tokens, emission_dtype, deadline, terminal, table_dtype, feasibility
         )
-        TABLES.put(key, tables)
-    return tables
+        GUIDE_TABLES.put(key, guide_tables)
+    return guide_tables
 
 
 class ConstraintGuide:
@@ -182,8 +184,8 @@ class ConstraintGuide:
         self._check_tokens(tokens)
         if state.position >= self.horizon:
             raise GuideError(f"the prefix already has {state.position} tokens, the horizon is {self.horizon}")
-        tables = self.tables
-        next_dfa = tables.transitions[state.dfa_state, tables.token_class[tokens]]
+        guide_tables = self.tables
+        next_dfa = guide_tables.transitions[state.dfa_state, guide_tables.token_class[tokens]]
         words = state.open_words
         if words is not None:
             blocklist = self.dfa.blocklist
@@ -215,19 +217,20 @@ class ConstraintGuide:
         """log P(constraint | prefix) over continuations that complete the horizon: (B,) or a scalar."""
         single = not isinstance(state_or_prefix, GuideState)
         state = self.state_for(state_or_prefix) if single else state_or_prefix
-        tables = self.tables
+        guide_tables = self.tables
         k = self.horizon - state.position
-        if tables.terminal is not None and bool(self.dfa.ended[state.dfa_state.cpu().numpy()].all()):
-            out = torch.logsumexp(state.log_alpha + tables.terminal, dim=1)  # ended: the rest must follow
-            out = torch.where(tables.feasible[0][state.dfa_state], out, NEG_INF)
+        if guide_tables.terminal is not None and bool(self.dfa.ended[state.dfa_state.cpu().numpy()].all()):
+            # ended: the rest must follow
+            out = torch.logsumexp(state.log_alpha + guide_tables.terminal, dim=1)
+            out = torch.where(guide_tables.feasible[0][state.dfa_state], out, NEG_INF)
         elif k == 0:
-            out = torch.where(tables.feasible[0][state.dfa_state], 0.0, NEG_INF)
+            out = torch.where(guide_tables.feasible[0][state.dfa_state], 0.0, NEG_INF)
         else:
             # R_k[s] = edge sum over U_{k-1}, only for the beams' states
-            r_k = tables.edge_sum(k, state.dfa_state)  # (B, H)
-            r_k = torch.where(tables.feasible[k][state.dfa_state][:, None], r_k, NEG_INF)
+            r_k = guide_tables.edge_sum(k, state.dfa_state)  # (B, H)
+            r_k = torch.where(guide_tables.feasible[k][state.dfa_state][:, None], r_k, NEG_INF)
             out = torch.logsumexp(state.log_alpha + r_k, dim=1)
-            out = torch.where(tables.certain[k][state.dfa_state], 0.0, out.clamp_max(0.0))
+            out = torch.where(guide_tables.certain[k][state.dfa_state], 0.0, out.clamp_max(0.0))
         return out[0] if single else out
 
     # ------------------------------------------------------------------ a step: plan, (multiply), assemble
@@ -237,23 +240,24 @@ class ConstraintGuide:
         to compute in that block, then one row per needed (beam, dense successor) whose classes have tokens
         in the block. A beam whose successors in a block are all certain or impossible needs no row there:
         its values are exactly 0 or -inf."""
-        tables = self.tables
+        guide_tables = self.tables
         if state.position >= self.horizon:
             raise GuideError(f"the prefix already has {state.position} tokens, the horizon is {self.horizon}")
         r = self.horizon - state.position - 1
-        succ = tables.dense_succ[state.dfa_state]  # (B, D), -1 padded
+        succ = guide_tables.dense_succ[state.dfa_state]  # (B, D), -1 padded
         valid = succ >= 0
         succ_or_0 = succ.clamp_min(0)
-        certain = tables.certain[r][succ_or_0] & valid
-        needed = tables.feasible[r][succ_or_0] & valid & ~certain
-        in_block = tables.slot_blocks[state.dfa_state]  # (B, D, blocks)
-        left = state.log_alpha + tables.log_scale  # (B, H): a_t * scale, so rows @ B equals a_t @ B'
+        certain = guide_tables.certain[r][succ_or_0] & valid
+        needed = guide_tables.feasible[r][succ_or_0] & valid & ~certain
+        in_block = guide_tables.slot_blocks[state.dfa_state]  # (B, D, blocks)
+        left = state.log_alpha + guide_tables.log_scale  # (B, H): a_t * scale, so rows @ B equals a_t @ B'
         blocks = []
-        for k in range(tables.num_blocks):
+        for k in range(guide_tables.num_blocks):
             need = needed & in_block[:, :, k]  # (B, D)
             with_marginal, marginal_row = _marginal_rows(need)
             beam, slot = need.nonzero(as_tuple=True)
-            rows = torch.cat([left[with_marginal], left[beam] + tables.rows(r, succ_or_0[beam, slot])], 0)
+            pair_rows = left[beam] + guide_tables.rows(r, succ_or_0[beam, slot])
+            rows = torch.cat([left[with_marginal], pair_rows], 0)
             row_of_slot = torch.full(succ.shape, ROW_IMPOSSIBLE, dtype=torch.long, device=succ.device)
             row_of_slot[beam, slot] = len(with_marginal) + torch.arange(len(beam), device=succ.device)
             blocks.append(BlockPlan(rows, torch.where(certain, ROW_CERTAIN, row_of_slot), marginal_row))
@@ -263,24 +267,24 @@ class ConstraintGuide:
         """(B, V) log P(constraint | prefix, x) from this guide's slices of the block products plus the tail,
         with banned tokens, ending tokens (EOS, and those that complete a stop string or the suffix) before the
         minimum length and the blocklist's tokens at -inf."""
-        state, tables = plan.state, self.tables
+        state, guide_tables = plan.state, self.tables
         out = torch.empty(state.batch_size, self.hmm.vocab_size, device=state.log_alpha.device)  # block order
         column = 0
         for k, (product, block) in enumerate(zip(products, plan.blocks)):
-            width = tables.block_tokens[k].numel()
+            width = guide_tables.block_tokens[k].numel()
             self._assemble_block(state, k, product, block, out[:, column : column + width])
             column += width
-        if tables.tail_tokens.numel():
-            out[:, tables.tail_position] = self._assemble_tail(state)
+        if guide_tables.tail_tokens.numel():
+            out[:, guide_tables.tail_position] = self._assemble_tail(state)
         out.clamp_max_(0.0)
-        if tables.num_blocks > 1:
-            out = out.index_select(1, tables.block_position)  # back to token order
-        if tables.banned is not None:
-            out[:, tables.banned] = NEG_INF
+        if guide_tables.num_blocks > 1:
+            out = out.index_select(1, guide_tables.block_position)  # back to token order
+        if guide_tables.banned is not None:
+            out[:, guide_tables.banned] = NEG_INF
         if state.position + 1 < self.min_new_tokens + 1:  # no end (EOS, a stop string, the suffix) yet
-            out[:, tables.eos_token_id] = NEG_INF
-            if tables.ends_by_text:
-                ending = tables.ending_t[state.dfa_state][:, tables.token_class]  # (B, V)
+            out[:, guide_tables.eos_token_id] = NEG_INF
+            if guide_tables.ends_by_text:
+                ending = guide_tables.ending_t[state.dfa_state][:, guide_tables.token_class]  # (B, V)
                 out.masked_fill_(ending, NEG_INF)
         if state.open_words is not None:  # the blocklist beside the DFA
             for beam, word in enumerate(state.open_words):
@@ -293,16 +297,18 @@ class ConstraintGuide:
     ) -> None:
         """Fill ratio (B, V_k), a view: one ratio joint / marginal, one log and one shift per entry, then
         exactly 0 / -inf where the successor is certain / impossible."""
-        tables = self.tables
-        slots = tables.block_slot[state.dfa_state, k]  # (B,)
-        if tables.block_slot_everywhere[k] or bool((slots >= 0).all()):  # one successor per beam: whole rows
+        guide_tables = self.tables
+        slots = guide_tables.block_slot[state.dfa_state, k]  # (B,)
+        # one successor per beam: whole rows
+        if guide_tables.block_slot_everywhere[k] or bool((slots >= 0).all()):
             row = block.row_of_slot.gather(1, slots[:, None].clamp_min(0))  # (B, 1)
         else:  # several successors in this block: a row per token
-            slot = tables.slot_of_class[state.dfa_state][:, tables.block_class[k]].clamp_min(0)  # (B, V_k)
+            classes = guide_tables.block_class[k]
+            slot = guide_tables.slot_of_class[state.dfa_state][:, classes].clamp_min(0)  # (B, V_k)
             row = block.row_of_slot.gather(1, slot)  # (B, V_k)
         values, shift = product
         if values.shape[0]:
-            self._ratio(state, ratio, values, shift, row, block.marginal_row, tables.block_tokens[k])
+            self._ratio(state, ratio, values, shift, row, block.marginal_row, guide_tables.block_tokens[k])
         for code, value in ((ROW_IMPOSSIBLE, NEG_INF), (ROW_CERTAIN, 0.0)):
             if row.shape[1] > 1:
                 ratio.masked_fill_(row == code, value)
@@ -314,26 +320,27 @@ class ConstraintGuide:
     def _assemble_tail(self, state: GuideState) -> torch.Tensor:
         """(B, T) for the tail tokens: one product row per distinct (beam, successor) that is neither
         impossible nor certain, after the marginal rows over the tail of the beams that have one."""
-        tables = self.tables
+        guide_tables = self.tables
         r = self.horizon - state.position - 1
-        succ = tables.tail_succ[state.dfa_state]  # (B, T)
-        certain = tables.certain[r][succ]
-        needed = tables.feasible[r][succ] & ~certain
+        succ = guide_tables.tail_succ[state.dfa_state]  # (B, T)
+        certain = guide_tables.certain[r][succ]
+        needed = guide_tables.feasible[r][succ] & ~certain
         values = torch.where(certain, 0.0, NEG_INF).expand(succ.shape)  # (B, T)
         if not needed.any():
             return values
         with_marginal, marginal_row = _marginal_rows(needed)
-        m, s_count = len(with_marginal), tables.num_states
+        m, s_count = len(with_marginal), guide_tables.num_states
         pair_key = torch.arange(state.batch_size, device=succ.device)[:, None] * s_count + succ
         keys, inverse = torch.unique(torch.where(needed, pair_key, -1), return_inverse=True)
         pairs = keys[keys >= 0]
-        left = state.log_alpha + tables.log_scale  # (B, H)
-        rows = torch.cat([left[with_marginal], left[pairs // s_count] + tables.rows(r, pairs % s_count)])
-        product, shift = matmul_exp_nt(rows, tables.tail_emission)  # (M + P, T), (M + P,)
+        left = state.log_alpha + guide_tables.log_scale  # (B, H)
+        pair_rows = left[pairs // s_count] + guide_tables.rows(r, pairs % s_count)
+        rows = torch.cat([left[with_marginal], pair_rows])
+        product, shift = matmul_exp_nt(rows, guide_tables.tail_emission)  # (M + P, T), (M + P,)
         row = m + inverse - int((keys < 0).sum())  # (B, T) product row, < m where not needed
         log_ratio = torch.empty(succ.shape, device=succ.device)
         self._ratio(
-            state, log_ratio, product, shift, row.clamp_min(m), marginal_row, tables.tail_tokens, needed
+            state, log_ratio, product, shift, row.clamp_min(m), marginal_row, guide_tables.tail_tokens, needed
         )
         return torch.where(needed, log_ratio, values)
 
@@ -377,20 +384,20 @@ class ConstraintGuide:
         reaches 0 (a token emitted only by states the forward vector gives next to no mass). Scaled emission
         columns make this rare; it keeps the ratios exact and "-inf exactly where impossible" true instead
         of probably true."""
-        tables = self.tables
+        guide_tables = self.tables
         r = self.horizon - state.position - 1
-        succ = tables.transitions[state.dfa_state[beams], tables.token_class[tokens]]  # (n,)
+        succ = guide_tables.transitions[state.dfa_state[beams], guide_tables.token_class[tokens]]  # (n,)
         out = torch.empty(len(beams), device=beams.device)
         chunk = max(1, 2**22 // self.hmm.hidden_size)  # (chunk, H) temporaries of ~16 MB
         for start in range(0, len(beams), chunk):
             part = slice(start, start + chunk)
-            emitted = (state.log_alpha[beams[part]] + tables.log_scale).double()  # (chunk, H)
+            emitted = (state.log_alpha[beams[part]] + guide_tables.log_scale).double()  # (chunk, H)
             emitted += self.hmm.log_emission.index_select(1, tokens[part]).T.double()
             marginal = torch.logsumexp(emitted, dim=1)
-            joint = torch.logsumexp(emitted + tables.rows(r, succ[part]), dim=1)
+            joint = torch.logsumexp(emitted + guide_tables.rows(r, succ[part]), dim=1)
             out[part] = (joint - marginal).float()
-        out = torch.where(tables.feasible[r][succ], out, NEG_INF)
-        return torch.where(tables.certain[r][succ], 0.0, out)
+        out = torch.where(guide_tables.feasible[r][succ], out, NEG_INF)
+        return torch.where(guide_tables.certain[r][succ], 0.0, out)
 
 
 def _marginal_rows(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -415,15 +422,15 @@ def multiply(items: Sequence[tuple[ConstraintGuide, StepPlan]]) -> list[list[Pro
     for i, (guide, _) in enumerate(items):
         groups.setdefault((guide.tables.block_key, guide.emission_dtype), []).append(i)
     for (key, dtype), members in groups.items():
-        tables = items[members[0]][0].tables
-        for k in range(tables.num_blocks):
-            tokens = None if tables.num_blocks == 1 else tables.block_tokens[k]
+        guide_tables = items[members[0]][0].tables
+        for k in range(guide_tables.num_blocks):
+            tokens = None if guide_tables.num_blocks == 1 else guide_tables.block_tokens[k]
             right = hmm.emission_block(tokens, f"{key}/{k}", dtype)  # (V_k, H), maybe packed
             rows = torch.cat([items[i][1].blocks[k].rows for i in members], 0)
             if rows.shape[0]:
                 values, shift = matmul_exp_nt(rows, right)  # (rows of all members, V_k), (rows,)
             else:  # every beam certain or impossible in this block
-                values, shift = rows.new_empty(0, tables.block_tokens[k].numel()), rows.new_empty(0)
+                values, shift = rows.new_empty(0, guide_tables.block_tokens[k].numel()), rows.new_empty(0)
             start = 0
             for i in members:
                 size = items[i][1].blocks[k].rows.shape[0]

@@ -28,8 +28,8 @@ from pc_core.feasibility import Feasibility
 from pc_core.hmm import HMM
 from pc_core.kernels import edge_scaled_sum, log_matmul_exp, onednn_packed
 from pc_core.kernels.reference import LOSSLESS
+from pc_core.logspace import NEG_INF
 
-NEG_INF = float("-inf")
 BIG_CLASS_FRACTION = 0.01  # classes holding >= 1% of the vocabulary get a dense product row
 SPECIAL_ROWS = 3  # rows every step shares: -inf (impossible), 0 (certain), the terminal vector's row
 ROW_NEG_INF, ROW_ZERO, ROW_FINAL = 0, 1, 2

@@ -38,8 +38,7 @@ from pc_core.constraints.dfa import TokenDFA
 from pc_core.errors import BlocklistInteraction, TokenizerMismatch, UnsatisfiableConstraint
 from pc_core.guide import ConstraintGuide, GuideError, GuideState, batched_next_log_probs
 from pc_core.hmm import HMM
-
-NEG_INF = float("-inf")
+from pc_core.logspace import NEG_INF
 
 
 class ConstraintLogitsProcessor(LogitsProcessor):
@@ -63,7 +62,7 @@ class ConstraintLogitsProcessor(LogitsProcessor):
         eos_token_id: int | None = None,
         max_states: int = DEFAULT_MAX_STATES,
         time_budget_s: float = DEFAULT_TIME_BUDGET_S,
-        compile: Callable[..., TokenDFA] = compile_constraint,
+        compile_dfa: Callable[..., TokenDFA] = compile_constraint,
     ) -> None:
         if len(tokenizer) != hmm.vocab_size:
             raise TokenizerMismatch(
@@ -81,11 +80,11 @@ class ConstraintLogitsProcessor(LogitsProcessor):
             raise GuideError("the tokenizer has no EOS token; give eos_token_id")
         compile_args = {"max_states": max_states, "time_budget_s": time_budget_s}
         guide_args = {"horizon": max_new_tokens, "min_new_tokens": min_new_tokens}
-        self.dfa = compile(self.constraint, tokenizer, **compile_args)
+        self.dfa = compile_dfa(self.constraint, tokenizer, **compile_args)
         try:
             self.guide = ConstraintGuide(hmm, self.dfa, **guide_args)
         except BlocklistInteraction:  # the blocklist beside the DFA could dead-end it: one exact automaton
-            self.dfa = compile(self.constraint, tokenizer, blocklist_mask=False, **compile_args)
+            self.dfa = compile_dfa(self.constraint, tokenizer, blocklist_mask=False, **compile_args)
             self.guide = ConstraintGuide(hmm, self.dfa, **guide_args)
         if not bool(self.guide.tables.feasible[max_new_tokens][self.dfa.initial_state]):
             needed = int(self.dfa.steps_to_accept[self.dfa.initial_state])

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 
 from pc_core.constraints.compiler import DEFAULT_MAX_STATES, DEFAULT_TIME_BUDGET_S
 from pc_core.constraints.spec import MAX_AFFIX_CHARS, MAX_STOP_STRINGS, MAX_SUFFIX_CHARS, affix_problem
-from pc_core.errors import PcgenError
+from pc_core.errors import ErrorKind, PcgenError
 
 MIN_TEMPERATURE = 1e-3  # below this, logits / temperature overflows float32 on ordinary LM logits
 MIN_TOP_P = 1e-6  # the API's floor: smaller values keep just the most likely token, as this does
@@ -29,7 +29,7 @@ class DecodingError(PcgenError, ValueError):
     """Invalid decoding parameters; `field` names the parameter. Other parameters a message mentions are
     written as {name} (front ends substitute their own names for them)."""
 
-    error_type = "invalid_parameters"
+    kind = ErrorKind.INVALID_PARAMETERS
 
     def __init__(self, field_name: str, message: str) -> None:
         self.field = field_name

@@ -5,8 +5,8 @@ before the guide reweights them, and a record of each generated token's guided l
   generated) and `frequency_penalty` (per occurrence) subtracted, as OpenAI defines them. They change the LM's
   proposal only: the guide's q(x) still zeroes every token after which the constraint cannot hold, so outputs
   satisfy it as before. A bias of -100 is also a ban, which only an automaton can make exact (a ban the guide
-  did not know of could steer a search into a state whose every continuation is banned): `prepare` compiles it
-  into the constraint (`decoding.guided_constraint`).
+  did not know of could steer a search into a state whose every continuation is banned): it is compiled
+  into the constraint (`compiled_constraint.CompiledConstraint.judged`).
 - `LogprobTrail`: per live row of a search, (token, logprob, top alternatives) for each token generated so
   far, under the guided distribution normalise(p_lm(x) q(x)^w) at temperature 1 (what beam search ranks by; the
   distribution sampling draws from before temperature and top_p). Finished outputs take the trail of the row
@@ -19,9 +19,8 @@ from typing import Any
 
 import torch
 
+from pc_core.logspace import NEG_INF
 from pc_core.params import DecodeParams
-
-NEG_INF = float("-inf")
 
 # one token's record: (token id, its guided logprob, [(alternative id, logprob), ...] best first)
 TokenLogprob = tuple[int, float, list[tuple[int, float]]]

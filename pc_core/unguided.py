@@ -19,12 +19,12 @@ from typing import Any
 
 import torch
 
+from pc_core.compiled_constraint import check_logit_bias
 from pc_core.constraints import decode_continuation
 from pc_core.constraints.checker import first_stop
 from pc_core.decoding import GuidedSearch, StreamEvent, _Hypothesis
+from pc_core.logspace import NEG_INF
 from pc_core.params import DecodeParams, DecodingError
-
-NEG_INF = float("-inf")
 
 
 def prepare_unguided(
@@ -42,11 +42,7 @@ def prepare_unguided(
     prompt_ids = (
         list(prompt) if not isinstance(prompt, str) else tokenizer.encode(prompt, add_special_tokens=False)
     )
-    for token, _ in params.logit_bias:
-        if token >= len(tokenizer):
-            raise DecodingError(
-                "logit_bias", f"token {token} is not in the vocabulary (0..{len(tokenizer) - 1})"
-            )
+    check_logit_bias(params, len(tokenizer))
     if len(set(params.banned_tokens)) >= len(tokenizer):
         raise DecodingError("logit_bias", "it bans every token (bias -100)")
     return UnguidedSearch(tokenizer, params, prompt_ids, on_stream, torch.device(device))

@@ -11,6 +11,8 @@ import os
 import sys
 from collections.abc import Callable
 
+from pcgen.constraint_args import add_constraint_args, constraint_from_args
+
 DESCRIPTION = "Constrained text generation: a language model guided by an HMM, so every output satisfies its constraint."
 # name -> ((module, its function that adds the command) or None: this module, one-line help for `pcgen --help`)
 COMMANDS = {
@@ -23,34 +25,16 @@ COMMANDS = {
 }  # fmt: skip
 
 
-def _constraint_from_args(args: argparse.Namespace) -> dict:
-    if args.constraint:
-        try:
-            return json.loads(args.constraint)
-        except json.JSONDecodeError as err:
-            raise SystemExit(f"--constraint is not valid JSON: {err}") from err
-    if args.keywords:
-        return {"keywords": args.keywords}
-    raise SystemExit("give --keywords WORD... or --constraint JSON")
-
-
-def add_constraint_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument(
-        "--keywords", nargs="+", metavar="WORD", help="words that must all appear (with inflections)"
-    )
-    group.add_argument("--constraint", metavar="JSON", help="a constraint in the JSON constraint language")
-
-
 def cmd_compile(args: argparse.Namespace) -> int:
     from pc_core.hub import TOKENIZER_FILES, check_source
 
     local_only = check_source(args.tokenizer, "tokenizer", TOKENIZER_FILES)  # before the heavy imports
     from pc_core.constraints import compile_constraint
-    from pc_core.constraints.spec import expanded_forms, parse_constraint
+    from pc_core.constraints.nodes import expanded_forms
+    from pc_core.constraints.spec import parse_constraint
     from pc_core.lm import load_tokenizer
 
-    constraint = parse_constraint(_constraint_from_args(args))
+    constraint = parse_constraint(constraint_from_args(args))
     tokenizer = load_tokenizer(args.tokenizer, _local_only=local_only)
     dfa = compile_constraint(constraint, tokenizer, max_states=args.max_states)
     summary = {**dfa.summary(), "keywords": expanded_forms(constraint)}

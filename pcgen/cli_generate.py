@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any
 
-from pcgen.cli import _constraint_from_args, add_constraint_args
+from pcgen.constraint_args import add_constraint_args, constraint_from_args
 
 CLI_DEFAULTS = {"num_beams": None}  # 4 beams (better than greedy at a terminal), 1 when sampling
 SERVER_ONLY = ("max_states", "time_budget_s")  # compile limits: library defaults on the command line
@@ -20,6 +20,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from pc_core.hub import check_source
 
     check_source(args.lm, "model")  # a wrong source fails in a moment, before the heavy imports
+    from pc_core.constraints import parse_constraint
     from pc_core.decoding import generate
     from pc_core.hmm import HMM
     from pc_core.lm import check_pairing, load_lm
@@ -37,7 +38,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             sys.stdout.write(event.text)
             sys.stdout.flush()
 
-    constraint = _constraint_from_args(args)
+    constraint = parse_constraint(constraint_from_args(args))
     started = time.perf_counter()
     on_stream = stream if args.stream and not args.json else None
     out = generate(model, tokenizer, hmm, constraint, params, prompt=args.prompt, on_stream=on_stream)
@@ -53,13 +54,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def json_body(out: Any, constraint: Any, total_ms: float) -> dict[str, Any]:
-    """The REST response's body without id, model and cached (timings: queue_ms is 0, there is no queue
-    here; total_ms is the whole generate call)."""
-    timings = {"queue_ms": 0.0, "dfa_ms": 0.0, "precompute_ms": 0.0, "decode_ms": 0.0, **out.timings}
-    timings["total_ms"] = total_ms
-    timings = {k: round(v, 3) for k, v in timings.items()}
-    return {"outputs": out.outputs_json(constraint), "usage": out.usage, "timings": timings,
-            "dfa_states": out.dfa_states, "guide": out.guide}  # fmt: skip
+    """The REST response's body without id, model and cached, from the service's own serializer (timings:
+    queue_ms is 0, there is no queue here; total_ms is the whole generate call)."""
+    from service.response_body import generation_body, outputs_json, with_total
+
+    return generation_body(outputs_json(out, constraint), out.usage, with_total(out.timings, total_ms),
+                           out.dfa_states, out.guide, constraint)  # fmt: skip
 
 
 def _decode_fields() -> list[dataclasses.Field]:
@@ -114,6 +114,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--json",
         action="store_true",
-        help="print the result as JSON, shaped like the REST response (outputs, usage, timings, dfa_states)",
+        help="print the result as JSON, shaped like the REST response (outputs, usage, timings, dfa_states, "
+        "guide, keywords)",
     )
     p.set_defaults(func=cmd_generate)

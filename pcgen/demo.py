@@ -176,14 +176,55 @@ def _error_line(response: object) -> str:
     return " ".join(f"HTTP {response.status_code} {line}".split())
 
 
+def _wait_ready(server: subprocess.Popen, base: str, log_path: Path) -> None:
+    """Until the server answers /health/ready (at most 5 minutes); exits when the server does."""
+    import httpx
+
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"pcgen demo: the server exited with code {server.returncode}; see {log_path}")
+        try:
+            if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"pcgen demo: the server did not become ready within 5 minutes; see {log_path}")
+
+
+def _ask(base: str, keywords: list[str]) -> None:
+    """The example request, and its outputs and timings printed; an error answer exits, on one line."""
+    import httpx
+
+    body = {
+        "prompt": "",
+        "keywords": keywords,
+        "max_new_tokens": 16,
+        "num_beams": 4,
+        "num_return_sequences": 3,
+    }
+    print(f"\nPOST {base}/generate {json.dumps(body)}", flush=True)
+    try:
+        response = httpx.post(f"{base}/generate", json=body, timeout=300)
+    except httpx.HTTPError as err:
+        raise SystemExit(f"pcgen demo: POST /generate failed: {type(err).__name__}: {err}") from None
+    if response.status_code >= 400:
+        raise SystemExit(f"pcgen demo: {_error_line(response)}")
+    result = response.json()
+    for output in result["outputs"]:
+        mark = "satisfied" if output["constraint_satisfied"] else "NOT satisfied"
+        print(f"  [{mark}] {output['text'].strip()}")
+    timings = {k: round(v, 1) for k, v in result["timings"].items()}
+    print(f"  timings (ms): {json.dumps(timings)}", flush=True)
+
+
 def serve_and_ask(
     lm_dir: Path, hmm_dir: Path, keywords: list[str], keep_serving: bool, port: int | None
 ) -> int:
     """Start `pcgen serve`, send one request, print the outputs; 0 on success. The server always stops with this
     function, also on SIGINT / SIGTERM (which return 0 once the example has been answered, 128 + the signal
     before) and on an error answer (printed on one line, exit code 1)."""
-    import httpx
-
     port = port or _free_port()
     env = {**os.environ, "PCGEN_LM": str(lm_dir), "PCGEN_HMM": str(hmm_dir), "PCGEN_DEVICE": "cpu",
            "PCGEN_HOST": "127.0.0.1", "PCGEN_PORT": str(port)}  # fmt: skip
@@ -204,42 +245,8 @@ def serve_and_ask(
                                   preexec_fn=set_parent_death_signal)  # fmt: skip
         logging.getLogger("httpx").setLevel(logging.WARNING)
         log.info("starting pcgen serve (pid %d) on port %d (log: %s)", server.pid, port, log_path)
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            if server.poll() is not None:
-                raise SystemExit(
-                    f"pcgen demo: the server exited with code {server.returncode}; see {log_path}"
-                )
-            try:
-                if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise SystemExit(f"pcgen demo: the server did not become ready within 5 minutes; see {log_path}")
-        body = {
-            "prompt": "",
-            "keywords": keywords,
-            "max_new_tokens": 16,
-            "num_beams": 4,
-            "num_return_sequences": 3,
-        }
-        print(f"\nPOST {base}/generate {json.dumps(body)}", flush=True)
-        try:
-            response = httpx.post(f"{base}/generate", json=body, timeout=300)
-        except httpx.HTTPError as err:
-            raise SystemExit(f"pcgen demo: POST /generate failed: {type(err).__name__}: {err}") from None
-        if response.status_code >= 400:
-            raise SystemExit(f"pcgen demo: {_error_line(response)}")
-        result = response.json()
-        for output in result["outputs"]:
-            mark = "satisfied" if output["constraint_satisfied"] else "NOT satisfied"
-            print(f"  [{mark}] {output['text'].strip()}")
-        print(
-            f"  timings (ms): {json.dumps({k: round(v, 1) for k, v in result['timings'].items()})}",
-            flush=True,
-        )
+        _wait_ready(server, base, log_path)
+        _ask(base, keywords)
         answered = True
         if keep_serving:
             print(f"\nServing on {base} (playground at {base}/, API docs at {base}/docs). Ctrl-C to stop.",

@@ -56,6 +56,49 @@ def train_tokenizer(lines: list[str], out: Path, vocab_size: int) -> Any:
     return fast
 
 
+def _train_epoch(
+    model: Any, optimizer: Any, data: list[list[int]], cfg: TinyLMConfig, epoch: int, eos: int
+) -> dict:
+    """One epoch over `data` in a seeded order (learning rate: 200 warm-up steps, then a cosine over all
+    epochs); its mean loss, seconds and tokens."""
+    import torch
+
+    model.train()
+    steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    order = list(range(len(data)))
+    random.Random(cfg.seed + epoch).shuffle(order)
+    started, seen, loss_sum = time.time(), 0, 0.0
+    for i in range(steps_per_epoch):
+        step = epoch * steps_per_epoch + i
+        lr = cfg.lr * min(1.0, (step + 1) / 200) * 0.5 * (1 + math.cos(math.pi * step / total))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = [data[j] for j in order[i * cfg.batch_size : (i + 1) * cfg.batch_size]]
+        width = max(len(b) for b in batch)
+        ids = torch.full((len(batch), width), eos)  # (batch, width), right-padded with EOS
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, b in enumerate(batch):
+            ids[row, : len(b)] = torch.tensor(b)
+            mask[row, : len(b)] = 1
+        loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        seen += int(mask.sum())
+        loss_sum += loss.item()
+        if i % 200 == 0:
+            log.info("epoch %d step %d/%d loss %.3f %.0f tok/s", epoch, i, steps_per_epoch, loss.item(),
+                     seen / (time.time() - started))  # fmt: skip
+    return {
+        "epoch": epoch,
+        "loss": loss_sum / steps_per_epoch,
+        "seconds": time.time() - started,
+        "tokens": seen,
+    }
+
+
 def train_lm(lines: list[str], tokenizer: Any, out: Path, cfg: TinyLMConfig) -> Path:
     """Train (or resume, or reuse) a GPT-2 on `lines`, each wrapped as EOS line EOS. Returns out/lm."""
     import torch
@@ -73,8 +116,6 @@ def train_lm(lines: list[str], tokenizer: Any, out: Path, cfg: TinyLMConfig) -> 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
     encoded = tokenizer(lines, add_special_tokens=False)["input_ids"]
     data = [[eos] + ids[: cfg.max_len - 2] + [eos] for ids in encoded]
-    steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
     start_epoch, history = 0, []
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
@@ -86,34 +127,7 @@ def train_lm(lines: list[str], tokenizer: Any, out: Path, cfg: TinyLMConfig) -> 
     log.info("GPT-2 %.1f M parameters, %d lines, %d epochs", n_params / 1e6, len(data), cfg.epochs)
     began = time.time()
     for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        order = list(range(len(data)))
-        random.Random(cfg.seed + epoch).shuffle(order)
-        started, seen, loss_sum = time.time(), 0, 0.0
-        for i in range(steps_per_epoch):
-            step = epoch * steps_per_epoch + i
-            lr = cfg.lr * min(1.0, (step + 1) / 200) * 0.5 * (1 + math.cos(math.pi * step / total))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = [data[j] for j in order[i * cfg.batch_size : (i + 1) * cfg.batch_size]]
-            width = max(len(b) for b in batch)
-            ids = torch.full((len(batch), width), eos)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, b in enumerate(batch):
-                ids[row, : len(b)] = torch.tensor(b)
-                mask[row, : len(b)] = 1
-            loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            seen += int(mask.sum())
-            loss_sum += loss.item()
-            if i % 200 == 0:
-                log.info("epoch %d step %d/%d loss %.3f %.0f tok/s", epoch, i, steps_per_epoch, loss.item(),
-                         seen / (time.time() - started))  # fmt: skip
-        history.append({"epoch": epoch, "loss": loss_sum / steps_per_epoch, "seconds": time.time() - started,
-                        "tokens": seen})  # fmt: skip
+        history.append(_train_epoch(model, optimizer, data, cfg, epoch, eos))
         state = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),

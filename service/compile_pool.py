@@ -25,7 +25,6 @@ worker has already answered). Scheduling decisions are taken under the lock and 
 from __future__ import annotations
 
 import logging
-import math
 import multiprocessing
 import os
 import threading
@@ -33,14 +32,14 @@ import time
 from collections import OrderedDict, deque
 from concurrent.futures import Future, InvalidStateError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pc_core.constraints.compiler import COMPILED, compile_constraint, compile_key
 from pc_core.constraints.dfa import TokenDFA
-from pc_core.constraints.spec import parse_constraint
-from pc_core.errors import ConstraintTooComplex, DeadlineExceeded, PcgenError
+from pc_core.errors import CompileBacklogFull, ConstraintTooComplex, DeadlineExceeded
 from pc_core.lifetime import exit_with_parent
+from service.compile_cost import HEAVY_COST, estimated_cost
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,6 @@ _TOKENIZER: Any = None  # in a worker process
 
 QUICK_BUDGET_S = 0.05  # in the calling thread, light constraints only
 LIGHT_BUDGET_S = 1.0  # in the light lane's worker; longer compiles move to the heavy lane
-HEAVY_COST = 100.0  # estimated_cost above which a constraint goes straight to the heavy lane (6 keywords)
 HEAVY_NICE = 10  # the heavy lane's OS priority offset
 SLOW_COMPILE_S = 0.5
 SLOW_CLIENT_S = 10.0
@@ -71,53 +69,6 @@ def _init_worker(tokenizer: Any, cache_bytes: int, nice: int) -> None:
 
 def _compile(constraint: Any, max_states: int, time_budget_s: float, blocklist_mask: bool) -> TokenDFA:
     return compile_constraint(constraint, _TOKENIZER, max_states, time_budget_s, blocklist_mask)
-
-
-def estimated_cost(constraint: Any) -> float:
-    """A cheap guess of the automaton's size from the constraint's structure alone: each keyword multiplies it
-    by ~2.5 (seen or not, times its forms' partial matches; measured on the tests' BPE, 1-8 keywords: 23, 66,
-    198, 450, 1202, 2946, 6402, 15106 states), counters by their range, positions by their index. Only its
-    order of magnitude matters: it picks a lane."""
-    return _cost(parse_constraint(constraint))
-
-
-def _cost(node: Any) -> float:
-    name = type(node).__name__
-    if name == "Keyword":
-        return 2.5 * (1 + len(node.variants)) ** 0.5
-    if name in ("WordCount",):
-        return float((node.max if node.max is not None else node.min) + 1)
-    if name == "WordAt":  # from the end: a history of |index| words, 2^|index| states
-        positions = node.index + 1 if node.index > 0 else 2.0 ** min(-node.index, 60)
-        return float(positions) * _cost(node.word)
-    if name == "Count":
-        return float((node.max if node.max is not None else node.min) + 2) * _cost(node.keyword)
-    if name in ("Ordered",):
-        return float(len(node.items) + 1) * math.prod(_cost(k) for k in node.items)
-    if name in ("Tokens", "EndsWith"):
-        return float(len(getattr(node, "ids", getattr(node, "text", ()))) + 1)
-    if name == "Affixed":
-        # partial matches of the suffix's junction and the stop strings: states added near the end, mostly
-        extra = sum(len(s) for s in node.stop) + len(node.suffix or "")
-        return _cost(node.body) * (1 + 0.1 * extra)
-    children = [v for v in _node_values(node)]
-    product = math.prod(_cost(c) for c in children) if children else 1.0
-    known = name in ("All", "AnyOf", "Not", "AtLeast", "AtMost")
-    return product if known else 16.0 * product  # an operator this estimate does not know: assume heavier
-
-
-def _node_values(node: Any) -> list[Any]:
-    """The constraint nodes directly below `node`, whatever its type."""
-    out = []
-    for f in fields(node) if is_dataclass(node) else ():
-        value = getattr(node, f.name)
-        values = value if isinstance(value, tuple) else (value,)
-        out.extend(v for v in values if is_dataclass(v))
-    return out
-
-
-class CompileBacklogFull(PcgenError):
-    """This client already has its maximum of compiles waiting."""
 
 
 @dataclass(eq=False)

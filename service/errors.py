@@ -25,19 +25,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pc_core.errors import (
-    BlocklistInteraction,
-    ConstraintError,
-    ConstraintTooComplex,
-    DeadlineExceeded,
-    HMMFormatError,
-    PcgenError,
-    TokenizerMismatch,
-    UnsatisfiableConstraint,
-)
-from pc_core.guide import GuideError
+from pc_core.errors import ConstraintError, ErrorKind, PcgenError
 from pc_core.params import DECODE_FIELDS, DecodingError
-from service.compile_pool import CompileBacklogFull
 
 log = logging.getLogger(__name__)
 
@@ -109,23 +98,31 @@ def error_body(
     return {"error": error}
 
 
-# Every pcgen error a request can raise, classified once: (HTTP status, error type, whose fault). Client
-# faults name the field (a constraint path, or the body field of a decoding parameter); server faults (the
-# models do not fit together, a guide or kernel failure) are 5xx with the request id, never blamed on the
-# client. The first matching class wins, so subclasses come first.
-ERROR_TABLE: list[tuple[type[Exception], int, str | None, str]] = [
-    (DeadlineExceeded, 504, "timeout", "client"),  # the request's own deadline
-    (CompileBacklogFull, 429, "compile_backlog_full", "client"),
-    (UnsatisfiableConstraint, 422, None, "client"),  # error types from the class: unsatisfiable_constraint
-    (ConstraintTooComplex, 422, None, "client"),
-    (ConstraintError, 422, None, "client"),
-    (DecodingError, 422, None, "client"),
-    (TokenizerMismatch, 500, "model_mismatch", "server"),
-    (HMMFormatError, 500, "model_error", "server"),
-    (GuideError, 500, "guide_error", "server"),
-    (BlocklistInteraction, 500, "internal_error", "server"),
-    (PcgenError, 500, "internal_error", "server"),
-]
+class BodyError(StarletteHTTPException):
+    """A body that is JSON but breaks a limit (service/json_body.py): answered like a validation error (422,
+    `detail`, `error`)."""
+
+    def __init__(self, errors: list[dict]) -> None:
+        super().__init__(422, errors[0]["msg"])
+        self.errors = errors
+
+
+# Every kind of pcgen error (pc_core.errors.ErrorKind) as HTTP: its status, and whose fault it is. The one
+# place a library error becomes HTTP. Request faults name the field (a constraint path, or the body field of a
+# decoding parameter); server faults (the models do not fit together, a guide failure) are 5xx with the
+# request id, never blamed on the client.
+HTTP_STATUS: dict[ErrorKind, tuple[int, str]] = {
+    ErrorKind.TIMEOUT: (504, "client"),  # the request's own deadline
+    ErrorKind.COMPILE_BACKLOG_FULL: (429, "client"),
+    ErrorKind.UNSATISFIABLE_CONSTRAINT: (422, "client"),
+    ErrorKind.CONSTRAINT_TOO_COMPLEX: (422, "client"),
+    ErrorKind.INVALID_CONSTRAINT: (422, "client"),
+    ErrorKind.INVALID_PARAMETERS: (422, "client"),
+    ErrorKind.MODEL_MISMATCH: (500, "server"),
+    ErrorKind.MODEL_ERROR: (500, "server"),
+    ErrorKind.GUIDE_ERROR: (500, "server"),
+    ErrorKind.INTERNAL: (500, "server"),
+}
 
 
 OPENAI_PREFIX = "/v1/"
@@ -162,30 +159,34 @@ def error_response(request: Request, status: int, body: dict, headers: dict | No
 
 
 def classify(err: BaseException, field_names: dict[str, str] | None = None) -> ServiceError:
-    """The ServiceError for an exception raised while preparing or decoding a request. `field_names` maps
-    DecodeParams fields to the request body's names for them (`max_new_tokens` -> `max_tokens`)."""
+    """The ServiceError for an exception raised while preparing or decoding a request (HTTP_STATUS by its
+    kind). `field_names` maps DecodeParams fields to the request body's names for them (`max_new_tokens` ->
+    `max_tokens`)."""
     if isinstance(err, ServiceError):
         return err
-    row = next((row for row in ERROR_TABLE if isinstance(err, row[0])), None)
-    if row is None:
+    if not isinstance(err, PcgenError):
         return ServiceError("internal server error")
-    _, status, error_type, fault = row
-    error_type = error_type or getattr(err, "error_type", "internal_error")
+    status, fault = HTTP_STATUS[err.kind]
+    error_type = err.kind.value
     if fault == "server":
         log.error("server fault (%s): %s", error_type, err)
         return ServiceError(
             f"server error ({error_type}); see the server log", error_type=error_type, status=status
         )
-    if isinstance(err, DecodingError):
-        names = field_names or {}
-        message = err.message.format_map({k: names.get(k, k) for k in DECODE_FIELDS})
-        return BadRequest(message, path=names.get(err.field, err.field), error_type=error_type, status=status)
-    if isinstance(err, ConstraintError):  # its message may name decoding parameters (max_new_tokens=3)
-        message = _with_body_names(err.message, field_names or {})
-        path = (field_names or {}).get(err.path, err.path)
+    if isinstance(err, (DecodingError, ConstraintError)):
+        path, message = field_error(err, field_names or {})
         return BadRequest(message, path=path, error_type=error_type, status=status)
     headers = {"Retry-After": "1"} if status == 429 else None
     return ServiceError(str(err), error_type=error_type, status=status, headers=headers)
+
+
+def field_error(err: DecodingError | ConstraintError, field_names: dict[str, str]) -> tuple[str, str]:
+    """(path, message) of a parameter or constraint error as the request body names things: DecodeParams'
+    fields written with the body's names (`max_tokens` for max_new_tokens)."""
+    if isinstance(err, DecodingError):  # its message writes the other parameters it names as {name}
+        message = err.message.format_map({k: field_names.get(k, k) for k in DECODE_FIELDS})
+        return field_names.get(err.field, err.field), message
+    return field_names.get(err.path, err.path), _with_body_names(err.message, field_names)
 
 
 def _with_body_names(message: str, field_names: dict[str, str]) -> str:
@@ -218,7 +219,8 @@ def loc_to_path(loc: tuple | list) -> str:
     return out
 
 
-CONSTRAINT_ERROR_TYPES = {"invalid_constraint", "constraint_too_complex", "unsatisfiable_constraint"}
+CONSTRAINT_ERROR_TYPES = {kind.value for kind in (ErrorKind.INVALID_CONSTRAINT, ErrorKind.CONSTRAINT_TOO_COMPLEX,
+                                                    ErrorKind.UNSATISFIABLE_CONSTRAINT)}  # fmt: skip
 
 
 def _text(value: str, limit: int = 200) -> str:
@@ -266,8 +268,6 @@ async def _validation_handler(request: Request, exc: RequestValidationError) -> 
 
 
 async def _http_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    from service.json_body import BodyError
-
     if isinstance(exc, BodyError):
         return await _validation_handler(request, RequestValidationError(exc.errors))
     kinds = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",

@@ -1,5 +1,5 @@
 """What to generate, independent of the HTTP shape it came in: built once per request by the request model
-(`to_generation`), validated by then, and carried unchanged through the cache, the engine and the decoder."""
+(`to_spec`, `to_specs`), validated by then, and carried unchanged through the cache, the engine and the decoder."""
 
 from __future__ import annotations
 

@@ -15,29 +15,21 @@ from typing import Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
-from starlette.exceptions import HTTPException
 
 from pc_core.cache import LRUCache
-from service.errors import ServiceError
+from pc_core.errors import ErrorKind
+from service.errors import BodyError, ServiceError
 
 MAX_DEPTH = 64
 # refusals that cost a compile to find (constraint_too_complex, unsatisfiable_constraint) are the same for the
 # same body: a repeat is answered from here, before parsing and validating it again
-MEMO_TYPES = frozenset({"constraint_too_complex", "unsatisfiable_constraint"})
+MEMO_TYPES = frozenset({ErrorKind.CONSTRAINT_TOO_COMPLEX.value, ErrorKind.UNSATISFIABLE_CONSTRAINT.value})
 REFUSED: LRUCache[ServiceError] = LRUCache("refused", 2**20, lambda err: 256 + len(err.message))
 # and answered after this pause (a tarpit): a client that loops a refused request, never backing off, then
 # sends a few a second instead of hundreds, each of which would take the GIL from the decoding of others
 REPEAT_REFUSAL_DELAY_S = 0.05
 MAX_INT_DIGITS = 64
 _TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)
-
-
-class BodyError(HTTPException):
-    """A body that is JSON but breaks a limit: answered like a validation error (422, `detail`, `error`)."""
-
-    def __init__(self, errors: list[dict]) -> None:
-        super().__init__(422, errors[0]["msg"])
-        self.errors = errors
 
 
 def parse(raw: bytes) -> Any:

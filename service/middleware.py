@@ -80,27 +80,10 @@ class ServiceMiddleware:
 
         path = scope.get("path", "")
         try:
-            if self.keys.enabled and path not in self.public:
-                token = bearer_token(headers)
-                if token is None or not self.keys.valid(token):
-                    self.metrics.rejected.labels("unauthorized").inc()
-                    message = "missing API key" if token is None else "invalid API key"
-                    await _send_json(
-                        send_with_id, path, 401, unauthorized_body(message), {"WWW-Authenticate": "Bearer"}
-                    )
-                    return
-                state["identity"] = key_id(token)
-            length = _header(headers, b"content-length")
-            if length is not None:
-                if not length.isdigit():
-                    await _send_json(
-                        send_with_id, path, 400, error_body("bad_request", "invalid Content-Length")
-                    )
-                    return
-                if int(length) > self.max_body_bytes:
-                    self.metrics.rejected.labels("too_large").inc()
-                    await _send_json(send_with_id, path, 413, _too_large(self.max_body_bytes))
-                    return
+            refusal = self._refusal(headers, path, state)
+            if refusal is not None:
+                await _send_json(send_with_id, path, *refusal)
+                return
             await self.app(scope, self._limited(receive), send_with_id)
         except HTTPException as exc:  # raised by the limited receive outside FastAPI's handlers
             if status[0] is None and exc.status_code == 413:
@@ -115,18 +98,39 @@ class ServiceMiddleware:
             raise
         finally:
             code = state.get("final_status") or (status[0] if status[0] is not None else CLIENT_CLOSED)
-            route = self._route(scope)
-            elapsed = time.perf_counter() - started
-            self.metrics.requests.labels(route, str(code)).inc()
-            self.metrics.request_latency.labels(route).observe(elapsed)
-            log.info(
-                "request_id=%s method=%s route=%s status=%s ms=%.1f",
-                request_id,
-                scope.get("method"),
-                route,
-                code,
-                elapsed * 1000,
-            )
+            self._record(scope, request_id, code, time.perf_counter() - started)
+
+    def _refusal(self, headers: list, path: str, state: dict) -> tuple | None:
+        """(status, body, headers) for a request refused before the app sees it: no or a wrong API key (401),
+        a Content-Length that is not a number (400) or over the limit (413). Sets the key's identity."""
+        if self.keys.enabled and path not in self.public:
+            token = bearer_token(headers)
+            if token is None or not self.keys.valid(token):
+                self.metrics.rejected.labels("unauthorized").inc()
+                message = "missing API key" if token is None else "invalid API key"
+                return 401, unauthorized_body(message), {"WWW-Authenticate": "Bearer"}
+            state["identity"] = key_id(token)
+        length = _header(headers, b"content-length")
+        if length is not None and not length.isdigit():
+            return 400, error_body("bad_request", "invalid Content-Length"), None
+        if length is not None and int(length) > self.max_body_bytes:
+            self.metrics.rejected.labels("too_large").inc()
+            return 413, _too_large(self.max_body_bytes), None
+        return None
+
+    def _record(self, scope: Scope, request_id: str, code: int, elapsed: float) -> None:
+        """The request in the metrics (route template, status) and the access log (no prompt, no key)."""
+        route = self._route(scope)
+        self.metrics.requests.labels(route, str(code)).inc()
+        self.metrics.request_latency.labels(route).observe(elapsed)
+        log.info(
+            "request_id=%s method=%s route=%s status=%s ms=%.1f",
+            request_id,
+            scope.get("method"),
+            route,
+            code,
+            elapsed * 1000,
+        )
 
     def _limited(self, receive: Receive) -> Receive:
         """`receive` with the body's size and arrival time bounded (413, 408); counted as rejections."""

@@ -1,5 +1,6 @@
-"""Request and response bodies of the OpenAI endpoint family (`/v1/completions`, `/v1/chat/completions`,
-`/v1/models`), and their conversion to what pcgen generates (`GenerationSpec`).
+"""Request bodies of the OpenAI endpoint family (`/v1/completions`, `/v1/chat/completions`), and their
+conversion to what pcgen generates (`to_spec` / `to_specs`: `GenerationSpec`); the response bodies are in
+openai_responses.py.
 
 What each OpenAI field does here:
 
@@ -33,13 +34,18 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
 from pc_core.constraints.spec import WordCount
-from pc_core.params import MAX_LOGPROBS, MIN_TEMPERATURE, MIN_TOP_P, SEED_MAX
+from pc_core.params import MAX_LOGPROBS, MIN_TEMPERATURE, MIN_TOP_P
 from service.errors import BadRequest
 from service.generation import GenerationSpec
 from service.schemas import (
-    ConstraintSpec,
+    ConstraintField,
+    HmmWeight,
+    Keywords,
+    LengthPenalty,
+    Seed,
     body_error,
     check_limits,
+    check_unicode,
     decode_params,
     raise_problems,
     resolve_constraint,
@@ -53,13 +59,6 @@ CHAT_MAX_TOKENS = 32  # pcgen's default for chat (OpenAI's, "up to the context",
 
 TokenIds = list[StrictInt]
 VLLM_OFF = {"top_k": (-1, 0), "min_p": (0,), "repetition_penalty": (1,)}  # vLLM's fields: their "off" values
-
-
-def _check_unicode(text: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise ValueError("contains invalid Unicode (a lone surrogate)") from err
 
 
 class StreamOptions(BaseModel):
@@ -80,7 +79,7 @@ class OpenAIRequest(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
     n: int = Field(1, ge=1)
     best_of: int | None = Field(None, ge=1, description="beam width with temperature 0 (default n)")
-    seed: int | None = Field(None, ge=0, le=SEED_MAX)
+    seed: Seed = None
     stop: str | list[str] | None = Field(None, description="the text ends before the first stop string")
     presence_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
     frequency_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
@@ -91,10 +90,10 @@ class OpenAIRequest(BaseModel):
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, description="accepted and ignored")
     # pcgen extensions
-    keywords: list[str] | None = Field(None, min_length=1, description="shorthand for {'keywords': [...]}")
-    constraint: ConstraintSpec | None = Field(None, description="a constraint in the constraint language")
-    hmm_weight: float = Field(1.0, ge=0, le=100, allow_inf_nan=False, description="exponent w on the guide")
-    length_penalty: float = Field(1.0, ge=-10, le=10, allow_inf_nan=False, description="beam ranking")
+    keywords: Keywords = None
+    constraint: ConstraintField = None
+    hmm_weight: HmmWeight = 1.0
+    length_penalty: LengthPenalty = 1.0
     # structured output (service/structured.py): OpenAI's response_format, vLLM's guided_* / structured_outputs
     response_format: dict[str, Any] | None = None
     guided_json: dict[str, Any] | bool | None = None
@@ -144,7 +143,9 @@ class OpenAIRequest(BaseModel):
                 errors.append(body_error((field,), message, value).errors()[0])
         return errors
 
-    def decoding(self, settings: Settings, default_max_tokens: int, logprobs: int | None) -> dict[str, Any]:
+    def _decode_fields(
+        self, settings: Settings, default_max_tokens: int, logprobs: int | None
+    ) -> dict[str, Any]:
         """DecodeParams' fields from OpenAI's: temperature 0 -> beam search over best_of beams (default n),
         temperature > 0 -> n samples; the server's limits checked on the body's fields."""
         raise_problems(self.problems())
@@ -183,7 +184,8 @@ class OpenAIRequest(BaseModel):
             biases[int(key)] = bias
         return biases
 
-    def generation(self, settings: Settings, prompt: str | tuple[int, ...], decoding: dict) -> GenerationSpec:
+    def _to_spec(self, settings: Settings, prompt: str | tuple[int, ...], decoding: dict) -> GenerationSpec:
+        """The generation of `prompt` with these decoding fields (from `_decode_fields`)."""
         constraint = None  # no constraint: the LM's own distribution (pc_core.unguided)
         if self.keywords is not None or self.constraint is not None:
             constraint = resolve_constraint(self.keywords, self.constraint, settings)
@@ -228,7 +230,7 @@ class CompletionRequest(OpenAIRequest):
                 raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, str):
-                _check_unicode(item)
+                check_unicode(item)
             elif isinstance(item, int) and item < 0 or isinstance(item, list) and any(t < 0 for t in item):
                 raise ValueError("token ids are >= 0")
         return value
@@ -250,43 +252,13 @@ class CompletionRequest(OpenAIRequest):
             errors.append(body_error(("echo",), message, True).errors()[0])
         return errors
 
-    def to_generations(self, settings: Settings) -> list[GenerationSpec]:
+    def to_specs(self, settings: Settings) -> list[GenerationSpec]:
         """One generation per prompt, each with OpenAI's parameters as DecodeParams."""
         for text in (p for p in self.prompts if isinstance(p, str)):
             check_limits(settings, prompt=text)
-        decoding = self.decoding(settings, COMPLETIONS_MAX_TOKENS, self.logprobs)
+        decoding = self._decode_fields(settings, COMPLETIONS_MAX_TOKENS, self.logprobs)
         decoding["suffix"] = self.suffix
-        return [self.generation(settings, prompt, decoding) for prompt in self.prompts]
-
-
-class CompletionLogprobs(BaseModel):
-    tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]]
-    text_offset: list[int]
-
-
-class CompletionChoice(BaseModel):
-    text: str
-    index: int
-    logprobs: CompletionLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None
-    constraint_satisfied: bool | None = Field(None, description="pcgen extension: the independent re-check")
-
-
-class CompletionUsage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-class CompletionResponse(BaseModel):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: CompletionUsage | None = None
+        return [self._to_spec(settings, prompt, decoding) for prompt in self.prompts]
 
 
 # ---------------------------------------------------------------------------------------------- chat
@@ -370,7 +342,7 @@ class ChatCompletionRequest(OpenAIRequest):
     @classmethod
     def _messages_are_valid_unicode(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
         for message in messages:
-            _check_unicode(message.as_template_input()["content"])
+            check_unicode(message.as_template_input()["content"])
         return messages
 
     @property
@@ -412,73 +384,10 @@ class ChatCompletionRequest(OpenAIRequest):
         except Exception as err:  # noqa: BLE001 - a template rejects messages by raising (e.g. role order)
             raise BadRequest(f"the chat template rejected the messages: {err}", path="messages") from err
 
-    def to_generation(self, settings: Settings, prompt: str) -> GenerationSpec:
+    def to_spec(self, settings: Settings, prompt: str) -> GenerationSpec:
         """The reply to `prompt` (from `prompt_text`), with OpenAI's parameters as DecodeParams."""
         if len(prompt) > settings.max_prompt_chars:
             message = f"the chat template makes a prompt of more than {settings.max_prompt_chars} characters"
             raise body_error(("messages",), message, len(prompt), "string_too_long")
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
-        return self.generation(settings, prompt, self.decoding(settings, CHAT_MAX_TOKENS, logprobs))
-
-
-class ChatLogprob(BaseModel):
-    token: str
-    logprob: float
-    bytes: list[int] | None
-
-
-class ChatTokenLogprob(ChatLogprob):
-    top_logprobs: list[ChatLogprob]
-
-
-class ChatChoiceLogprobs(BaseModel):
-    content: list[ChatTokenLogprob] | None
-
-
-class ChatReply(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str
-    refusal: None = None
-
-
-class ChatChoice(BaseModel):
-    index: int
-    message: ChatReply
-    logprobs: ChatChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length"]
-    constraint_satisfied: bool = Field(description="pcgen extension: the independent re-check")
-
-
-class ChatCompletionResponse(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: CompletionUsage
-
-
-# ---------------------------------------------------------------------------------------------- models
-
-
-class Capabilities(BaseModel):
-    completions: bool = True
-    chat: bool = Field(description="the tokenizer has a chat template, so /v1/chat/completions works")
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "pcgen"
-    max_model_len: int | None = Field(None, description="the LM's context, in tokens")
-    max_new_tokens: int | None = Field(
-        None, description="the cap on max_tokens: the settings' and the context's"
-    )
-    capabilities: Capabilities | None = Field(None, description="null until the model is loaded")
-    hmm: dict[str, Any]
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
+        return self._to_spec(settings, prompt, self._decode_fields(settings, CHAT_MAX_TOKENS, logprobs))

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from service.cache import MemoryBackend, RedisBackend, RedisHealth, ResponseCache, SingleFlight
-from service.engine import Engine
+from service.engine import Engine, EngineClient
 from service.errors import Unavailable
 from service.metrics import Metrics
 from service.ratelimit import RateLimiter
@@ -34,7 +34,7 @@ class Runtime:
         self.lm: Any = None
         self.tokenizer: Any = None
         self.hmm: Any = None
-        self.engine: Engine | None = None
+        self.engine: EngineClient | None = None  # an Engine; tests stand in a fake of the same shape
         self.fingerprints: dict[str, str] = {}
         self.device = "unknown"
         self.max_positions: int | None = None
@@ -60,7 +60,7 @@ class Runtime:
     def ready(self) -> bool:
         return self.loaded and self.warmup in ("ok", "skipped") and self.error is None
 
-    def require_engine(self) -> Engine:
+    def require_engine(self) -> EngineClient:
         if self.engine is None or not self.ready:
             detail = f": {self.error}" if self.error else " (models loading)"
             raise Unavailable(f"the server is not ready{detail}", headers={"Retry-After": "5"})
@@ -69,40 +69,42 @@ class Runtime:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, load: bool = True) -> None:
-        s = self.settings
+        settings = self.settings
         # The decode loop releases the GIL in every torch op and must win it back each time; at Python's
         # default 5 ms interval, a thread busy with other requests' JSON makes it wait up to 5 ms per op
         # (a flood of cheap requests made an ordinary one 60x slower). docs/benchmarks.md, "noisy neighbours".
         sys.setswitchinterval(SWITCH_INTERVAL_S)
-        if s.redis_url:
+        if settings.redis_url:
             import redis.asyncio as aioredis
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
 
             self.redis = aioredis.Redis.from_url(
-                s.redis_url,
-                socket_timeout=s.redis_timeout_s,
-                socket_connect_timeout=s.redis_timeout_s,
+                settings.redis_url,
+                socket_timeout=settings.redis_timeout_s,
+                socket_connect_timeout=settings.redis_timeout_s,
                 retry=Retry(NoBackoff(), 1),  # one reconnect attempt: a restarted Redis is picked up at once
                 health_check_interval=0,
             )
-            self.health = RedisHealth(self.redis, self.metrics, timeout_s=s.redis_timeout_s)
+            self.health = RedisHealth(self.redis, self.metrics, timeout_s=settings.redis_timeout_s)
             await self.health.ping()
             if self.health.state == "down":
                 log.warning("redis at the configured URL is not answering; failing open until it does")
             self.health.start_probing()
-        if s.cache:
+        if settings.cache:
             if self.redis is not None:
-                self.cache = ResponseCache(RedisBackend(self.redis), self.metrics, s.cache_ttl_s, self.health)
-            elif s.cache_size > 0:
-                backend = MemoryBackend(s.cache_size, s.response_cache_bytes)
-                self.cache = ResponseCache(backend, self.metrics, s.cache_ttl_s)
+                self.cache = ResponseCache(
+                    RedisBackend(self.redis), self.metrics, settings.cache_ttl_s, self.health
+                )
+            elif settings.cache_size > 0:
+                backend = MemoryBackend(settings.cache_size, settings.response_cache_bytes)
+                self.cache = ResponseCache(backend, self.metrics, settings.cache_ttl_s)
                 self.metrics.caches.watch("response", backend)
         self.limiter = RateLimiter(
-            s.rate_limit,
+            settings.rate_limit,
             self.metrics,
             self.redis,
-            s.redis_url,
+            settings.redis_url,
             self.health if self.redis is not None else None,
         )
         if load:
@@ -121,7 +123,7 @@ class Runtime:
                 pass
 
     async def _load(self) -> None:
-        s = self.settings
+        settings = self.settings
         try:
             started = time.perf_counter()
             await asyncio.to_thread(self._load_models)
@@ -131,20 +133,21 @@ class Runtime:
         except Exception as err:  # noqa: BLE001 - reported by /health/ready, logged here
             self._fatal(f"loading failed: {type(err).__name__}: {err}")
             return
-        self.engine = Engine(
+        engine = Engine(
             self.lm,
             self.tokenizer,
             self.hmm,
             self.metrics,
-            max_batch_size=s.max_batch_size if s.batching else 1,
-            max_queue=s.max_queue,
-            prepare_workers=s.prepare_workers,
+            max_batch_size=settings.max_batch_size if settings.batching else 1,
+            max_queue=settings.max_queue,
+            prepare_workers=settings.prepare_workers,
             max_positions=self.max_positions,
             compile_pool=self.compile_pool,
         )
-        self.engine.start()
+        engine.start()
+        self.engine = engine
         self._apply_model_limits()
-        if s.warmup:
+        if settings.warmup:
             await self._warmup()
 
     def _load_models(self) -> None:
@@ -153,11 +156,11 @@ class Runtime:
         from pc_core.hmm import HMM
         from pc_core.lm import check_pairing, lm_fingerprint, load_lm
 
-        s = self.settings
-        lm, tokenizer = load_lm(s.lm, device=s.device, dtype=s.dtype)
+        settings = self.settings
+        lm, tokenizer = load_lm(settings.lm, device=settings.device, dtype=settings.dtype)
         device = next(lm.parameters()).device
-        hmm = HMM.load(s.hmm, device=device)
-        check_pairing(hmm, tokenizer, s.lm, allow_mismatch=s.allow_tokenizer_mismatch)
+        hmm = HMM.load(settings.hmm, device=device)
+        check_pairing(hmm, tokenizer, settings.lm, allow_mismatch=settings.allow_tokenizer_mismatch)
         vocab_tables(tokenizer)  # per-tokenizer tables for constraint compilation, built once up front
         load_dictionaries()  # keyword inflections: loaded here, not inside the first request that needs them
         config = lm.config
@@ -173,24 +176,24 @@ class Runtime:
         self.metrics.devices.watch(self.device)  # pcgen_device_memory_bytes on CUDA; nothing on CPU
         self.lm, self.tokenizer, self.hmm = lm, tokenizer, hmm
         self._bound_caches()
-        if s.compile_workers:
+        if settings.compile_workers:
             from service.compile_pool import CompilePool
 
             self.compile_pool = CompilePool(
                 tokenizer,
-                s.compile_workers,
-                s.compile_backlog,
-                s.dfa_cache_bytes,
+                settings.compile_workers,
+                settings.compile_backlog,
+                settings.dfa_cache_bytes,
                 metrics=self.metrics,
-                light_workers=s.compile_light_workers,
+                light_workers=settings.compile_light_workers,
             )
             self.compile_pool.warm_up()
-            configured = {"light": s.compile_light_workers, "heavy": s.compile_workers}
+            configured = {"light": settings.compile_light_workers, "heavy": settings.compile_workers}
             self.metrics.compile_workers.watch(self.compile_pool, configured)  # pcgen_compile_workers
         self.metrics.model_info.info(
             {
-                "lm": s.served_model,
-                "hmm": s.hmm,
+                "lm": settings.served_model,
+                "hmm": settings.hmm,
                 "hmm_hidden_size": str(hmm.hidden_size),
                 "vocab_size": str(hmm.vocab_size),
                 "device": self.device,
@@ -212,15 +215,16 @@ class Runtime:
         """The settings' byte bounds on the per-process caches that grow with traffic, exported as metrics."""
         from pc_core.constraints import vocab
         from pc_core.constraints.compiler import COMPILED
-        from pc_core.guide import TABLES
+        from pc_core.guide import GUIDE_TABLES
 
         COMPILED.resize(self.settings.dfa_cache_bytes)
-        TABLES.resize(self.settings.guide_cache_bytes)
+        GUIDE_TABLES.resize(self.settings.guide_cache_bytes)
         from pc_core.constraints.spec import PARSED
+        from pc_core.constraints.words import INFLECTIONS
         from service.json_body import REFUSED
 
-        caches = (("dfa", COMPILED), ("guide", TABLES), ("vocab", vocab.TABLES), ("parsed", PARSED),
-                  ("refused", REFUSED))  # fmt: skip
+        caches = (("dfa", COMPILED), ("guide", GUIDE_TABLES), ("vocab", vocab.VOCAB_TABLES), ("parsed", PARSED),
+                  ("inflections", INFLECTIONS), ("refused", REFUSED))  # fmt: skip
         for name, cache in caches:
             self.metrics.caches.watch(name, cache)
 

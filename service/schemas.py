@@ -8,7 +8,7 @@ are reported the same way, with the constraint's own path appended, e.g.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
@@ -25,20 +25,38 @@ from pc_core.params import (
     DecodeParams,
     DecodingError,
 )
-from service.errors import constraint_path_to_loc
+from service.errors import constraint_path_to_loc, field_error
 from service.generation import GenerationSpec
+from service.response_body import KEYWORD_FORMS_SHOWN
 from service.settings import Settings
 
-KEYWORD_FORMS_SHOWN = 100  # keyword entries echoed in a /generate response
-
 ConstraintSpec = dict[str, Any] | str
+UNICODE_PROBLEM = "contains invalid Unicode (a lone surrogate)"
+
+# The bounds of the fields the native and the OpenAI bodies share, written once (the rules that hold across
+# fields are DecodeParams'; the server's own caps are Settings', applied by `check_limits`).
+Keywords = Annotated[list[str] | None, Field(min_length=1, description="shorthand for {'keywords': [...]}")]
+ConstraintField = Annotated[
+    ConstraintSpec | None, Field(description="a constraint in the constraint language")
+]
+HmmWeight = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False, description="exponent w on the guide")]
+LengthPenalty = Annotated[float, Field(ge=-10, le=10, allow_inf_nan=False, description="beam ranking")]
+Seed = Annotated[int | None, Field(ge=0, le=SEED_MAX, description="sampling seed (makes sampling cacheable)")]
 
 
-def _valid_unicode(value: str) -> str:
+def valid_unicode(value: str) -> bool:
+    """False for a string with a lone surrogate (JSON can carry one; UTF-8, the tokenizer and Redis cannot)."""
     try:
         value.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise ValueError("contains invalid Unicode (a lone surrogate)") from err
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_unicode(value: str) -> str:
+    """A field validator: the string, or a ValueError naming the problem."""
+    if not valid_unicode(value):
+        raise ValueError(UNICODE_PROBLEM)
     return value
 
 
@@ -48,7 +66,8 @@ def _valid_unicode(value: str) -> str:
 class GenerateRequest(BaseModel):
     """Native request. Give the constraint either as `keywords` (all must appear, with inflections) or as
     `constraint` (the full constraint language: keywords, keyword, all, any, not, ordered, forbidden, word_at,
-    word_count, count, at_least, at_most, tokens, ends_with)."""
+    word_count, count, at_least, at_most, tokens, ends_with, and the character-level regex / pattern, choice,
+    json_schema / json: pc_core/constraints/spec.py)."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -67,8 +86,8 @@ class GenerateRequest(BaseModel):
     )
 
     prompt: str = Field("", description="text to continue (the constraint applies to the continuation only)")
-    keywords: list[str] | None = Field(None, min_length=1, description="shorthand for {'keywords': [...]}")
-    constraint: ConstraintSpec | None = Field(None, description="a constraint in the constraint language")
+    keywords: Keywords = None
+    constraint: ConstraintField = None
     max_new_tokens: int | None = Field(
         None, ge=1, description=f"horizon (default {DEFAULT_MAX_NEW_TOKENS}, capped by the server)"
     )
@@ -80,9 +99,9 @@ class GenerateRequest(BaseModel):
         1.0, ge=MIN_TEMPERATURE, le=100, allow_inf_nan=False, description="sampling only"
     )
     top_p: float = Field(1.0, ge=MIN_TOP_P, le=1, allow_inf_nan=False, description="sampling only")
-    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="sampling seed (makes sampling cacheable)")
-    hmm_weight: float = Field(1.0, ge=0, le=100, allow_inf_nan=False, description="exponent w on the guide")
-    length_penalty: float = Field(1.0, ge=-10, le=10, allow_inf_nan=False, description="beam ranking")
+    seed: Seed = None
+    hmm_weight: HmmWeight = 1.0
+    length_penalty: LengthPenalty = 1.0
     suffix: str | None = Field(
         None,
         description="infilling: text the generated span must be followed by (up to the server's "
@@ -101,9 +120,9 @@ class GenerateRequest(BaseModel):
         False, description="Server-Sent Events: `token` events, then one `result` event"
     )
 
-    _check_prompt = field_validator("prompt")(_valid_unicode)
+    _check_prompt = field_validator("prompt")(check_unicode)
 
-    def to_generation(self, settings: Settings) -> GenerationSpec:
+    def to_spec(self, settings: Settings) -> GenerationSpec:
         """The validated generation: server limits, the parsed constraint and DecodeParams (which holds the
         rules across fields), each failure a 422 naming the body field."""
         check_limits(settings, prompt=self.prompt, suffix=self.suffix, max_new_tokens=self.max_new_tokens,
@@ -215,18 +234,11 @@ def _walk_strings(value: Any, loc: tuple, depth: int = 0) -> tuple | None:
     if depth > 64:
         return None
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return loc
-        return None
+        return None if valid_unicode(value) else loc
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for key, item in items:
-        if isinstance(key, str):
-            try:
-                key.encode("utf-8")
-            except UnicodeEncodeError:
-                return loc
+        if isinstance(key, str) and not valid_unicode(key):
+            return loc
         found = _walk_strings(item, (*loc, key), depth + 1)
         if found is not None:
             return found
@@ -252,7 +264,7 @@ def resolve_constraint(
         spec, base = constraint, ("constraint",)
     bad = _walk_strings(keywords if keywords is not None else spec, base)
     if bad is not None:
-        raise body_error(bad, "contains invalid Unicode (a lone surrogate)", None, "string_unicode")
+        raise body_error(bad, UNICODE_PROBLEM, None, "string_unicode")
     try:
         parsed = parse_constraint(spec)
     except ConstraintError as err:
@@ -287,8 +299,7 @@ def decode_params(settings: Settings, decoding: dict[str, Any], field_names: dic
             guide_budget_gflops=settings.guide_budget_gflops, guide_table_dtype=settings.guide_table_dtype,
         )  # fmt: skip
     except DecodingError as err:
-        field = field_names.get(err.field, err.field)
-        message = err.message.format_map({k: field_names.get(k, k) for k in DECODE_FIELDS})
+        field, message = field_error(err, field_names)
         raise body_error((field,), message, decoding.get(err.field)) from err
 
 

@@ -16,8 +16,9 @@ from fastapi.exceptions import RequestValidationError
 from starlette.requests import Request as HttpRequest
 
 from service.engine import Job
-from service.errors import CONSTRAINT_ERROR_TYPES, ClientGone, ServiceError, Timeout
+from service.errors import CONSTRAINT_ERROR_TYPES, ClientGone, ServiceError, Timeout, classify
 from service.generation import GenerationSpec
+from service.response_body import ZERO_TIMINGS, outputs_json, with_total
 from service.runtime import Runtime
 
 T = TypeVar("T")
@@ -42,23 +43,20 @@ class Result:
 
     @classmethod
     def from_cache(cls, payload: dict[str, Any]) -> Result:
-        zero = {"queue_ms": 0.0, "dfa_ms": 0.0, "precompute_ms": 0.0, "decode_ms": 0.0}
         return cls(
-            payload["outputs"], payload["usage"], zero, cached=True, dfa_states=payload.get("dfa_states"),
-            guide=payload.get("guide"),
+            payload["outputs"], payload["usage"], dict(ZERO_TIMINGS), cached=True,
+            dfa_states=payload.get("dfa_states"), guide=payload.get("guide"),
         )  # fmt: skip
 
     @classmethod
     def from_job(cls, job: Job) -> Result:
         out = job.search.output
-        timings = {k: round(v, 3) for k, v in job.timings().items()}
-        return cls(out.outputs_json(job.spec.constraint), out.usage, timings, dfa_states=out.dfa_states,
+        return cls(outputs_json(out, job.spec.constraint), out.usage, job.timings(), dfa_states=out.dfa_states,
                    guide=out.guide)  # fmt: skip
 
     def with_total(self, started: float) -> Result:
-        timings = {"queue_ms": 0.0, "dfa_ms": 0.0, "precompute_ms": 0.0, "decode_ms": 0.0, **self.timings}
-        timings["total_ms"] = round((time.perf_counter() - started) * 1000, 3)
-        return replace(self, timings=timings)
+        """The result with its timings as an answer reports them: total_ms from `started`."""
+        return replace(self, timings=with_total(self.timings, (time.perf_counter() - started) * 1000))
 
 
 async def _wait_disconnect(request: HttpRequest) -> None:
@@ -98,10 +96,10 @@ async def guarded(runtime: Runtime, request: HttpRequest, work: Awaitable[T], de
     raise Timeout(f"no result within {runtime.settings.request_timeout_s:g} s")
 
 
-def generation_of(body: Any, runtime: Runtime) -> GenerationSpec:
-    """`body.to_generation(settings)`, with constraint errors found while parsing counted like those found
+def spec_of(body: Any, runtime: Runtime) -> GenerationSpec:
+    """`body.to_spec(settings)`, with constraint errors found while parsing counted like those found
     later (`pcgen_constraint_errors_total`)."""
-    return counting_constraint_errors(runtime, lambda: body.to_generation(runtime.settings))
+    return counting_constraint_errors(runtime, lambda: body.to_spec(runtime.settings))
 
 
 def counting_constraint_errors(runtime: Runtime, build: Callable[[], T]) -> T:
@@ -129,13 +127,32 @@ def _who(request: HttpRequest) -> str:
     return getattr(request.state, "identity", "anonymous")
 
 
+async def _submit(
+    runtime: Runtime, request: HttpRequest, spec: GenerationSpec, deadline: float, stream: bool = False
+) -> Job:
+    """The engine's job for `spec`, charged to the request's client. What the library raised (a constraint
+    or parameter error) is said as HTTP here, once (service/errors.py:classify), with the body's field names."""
+    try:
+        return await runtime.require_engine().submit(spec, stream=stream, client=_who(request),
+                                                     deadline=deadline)  # fmt: skip
+    except ServiceError:
+        raise
+    except Exception as err:
+        raise classify(err, spec.field_names) from err
+
+
 async def _result(runtime: Runtime, job: Job, key: str | None = None) -> Result:
-    """The job's result (stored in the cache under `key`); cancelling this cancels the job."""
+    """The job's result (stored in the cache under `key`); cancelling this cancels the job. A decoding
+    step's failure is said as HTTP here (service/errors.py:classify)."""
     try:
         await asyncio.shield(job.future)
     except asyncio.CancelledError:
         runtime.require_engine().cancel(job)
         raise
+    except ServiceError:
+        raise
+    except Exception as err:
+        raise classify(err, job.spec.field_names) from err
     result = Result.from_job(job)
     if key is not None:
         await runtime.cache.set(key, result.to_cache())
@@ -196,12 +213,10 @@ async def _compute(runtime: Runtime, request: HttpRequest, spec: GenerationSpec,
         if shared is not None and (result := await shared) is not None:
             return result
         if key is None:
-            job = await runtime.require_engine().submit(spec, client=_who(request), deadline=deadline)
-            return await _result(runtime, job)
+            return await _result(runtime, await _submit(runtime, request, spec, deadline))
 
         async def compute_and_store() -> Result:
-            job = await runtime.require_engine().submit(spec, client=_who(request), deadline=deadline)
-            return await _result(runtime, job, key)
+            return await _result(runtime, await _submit(runtime, request, spec, deadline), key)
 
         result, shared = await runtime.singleflight.run(key, compute_and_store)
         if shared:
@@ -225,12 +240,12 @@ class Stream:
     @classmethod
     async def open(cls, runtime: Runtime, request: HttpRequest, spec: GenerationSpec) -> Stream:
         self = cls(runtime, request, spec, time.perf_counter())
-        engine = runtime.require_engine()
+        runtime.require_engine()
         self.key, self.cached, shared = await _lookup(runtime, spec)
         if shared is not None:  # an identical request is computing it: replay its result when it comes
             self.cached = await guarded(runtime, request, shared, self.deadline)  # None: it was cancelled
         if self.cached is None:
-            submitted = engine.submit(spec, stream=True, client=_who(request), deadline=self.deadline)
+            submitted = _submit(runtime, request, spec, self.deadline, stream=True)
             self.job = await guarded(runtime, request, submitted, self.deadline)
             if self.key is not None:  # identical requests arriving meanwhile share this computation
                 runtime.singleflight.adopt(self.key, _result(runtime, self.job, self.key))
@@ -273,13 +288,13 @@ class Stream:
                 finished = True
                 try:
                     job.future.result()
-                except ServiceError as err:
-                    yield self._error(err)
-                    return
                 except asyncio.CancelledError:
                     yield self._error(
                         ServiceError("the request was cancelled", error_type="cancelled", status=499)
                     )
+                    return
+                except Exception as err:  # the library's, said as HTTP (service/errors.py)
+                    yield self._error(classify(err, self.spec.field_names))
                     return
                 # the result is stored in the cache by the computation this stream registered (Stream.open)
                 yield "result", returned(self.runtime, Result.from_job(job).with_total(self.started))

@@ -29,8 +29,12 @@ def test_generate_json_has_the_rest_response_shape(tiny_lm_dir, tokenizer, tmp_p
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads(run.stdout)
-    assert set(result) == {"outputs", "usage", "timings", "dfa_states", "guide"}
+    assert set(result) == {"outputs", "usage", "timings", "dfa_states", "guide", "keywords"}
     assert result["guide"] == "exact"
+    # the keywords' accepted forms, as /generate lists them (the same serializer: service/response_body.py)
+    polarities = [(k["keyword"], k["polarity"]) for k in result["keywords"]]
+    assert polarities == [("dog", "required"), ("park", "required")]
+    assert all(k["keyword"] in k["forms"] for k in result["keywords"])
     GenerateResponse.model_validate({**result, "id": "cli", "model": "tiny", "cached": False})
     assert len(result["outputs"]) == 2 and result["dfa_states"] > 1
     for output in result["outputs"]:

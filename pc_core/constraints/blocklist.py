@@ -27,7 +27,6 @@ import numpy as np
 from pc_core.constraints import vocab
 from pc_core.constraints.spec import All, AnyOf, Constraint, Keyword, Not
 from pc_core.constraints.vocab import KIND_SEP, KIND_WORD, VocabTables
-from pc_core.constraints.words import keyword_forms
 
 MASK_MIN_WORDS = 4
 MASKS_KEPT = 64  # masks cached per blocklist, by open word (each a (V,) bool array)
@@ -61,7 +60,7 @@ def _single_word_keywords(node: Constraint) -> list[Keyword] | None:
     keywords = [inner] if isinstance(inner, Keyword) else list(getattr(inner, "children", ()))
     if not isinstance(inner, (Keyword, AnyOf)) or not all(isinstance(k, Keyword) for k in keywords):
         return None
-    if any(len(form.words) > 1 for k in keywords for form in keyword_forms(k)):
+    if any(len(form.words) > 1 for k in keywords for form in k.forms()):
         return None
     return keywords
 
@@ -77,7 +76,7 @@ class Blocklist:
         self.fingerprint = tables.fingerprint
         exact, folded = set(), set()
         for keyword in self.keywords:
-            for form in keyword_forms(keyword):
+            for form in keyword.forms():
                 (folded if keyword.case == "any" else exact).add(form.words[0])
         self.exact, self.folded = frozenset(exact), frozenset(folded)
         self._exact_sorted, self._folded_sorted = sorted(exact), sorted(folded)
@@ -98,7 +97,7 @@ class Blocklist:
     @property
     def tables(self) -> VocabTables:
         if self._tables is None:
-            self._tables = vocab.TABLES.get(self.fingerprint)
+            self._tables = vocab.VOCAB_TABLES.get(self.fingerprint)
             if self._tables is None:
                 raise RuntimeError("the blocklist's tokenizer tables are not loaded in this process")
         return self._tables

@@ -5,7 +5,9 @@ Two ways in:
   all / any / not is one character DFA (their product). Its token DFA is computed with numpy: each token's
   text becomes a sequence of the DFA's columns, equal sequences are merged, and every reachable state runs all
   distinct sequences at once, position by position. EOS ends the text, banned tokens (vocab.py) lead to a
-  sink, tokens without text change nothing; then the compiler's minimisation.
+  sink, tokens without text change nothing; then the compiler's minimisation. When the vocabulary splits
+  characters across tokens, the DFA runs on bytes (char_bytes.py): only tokens invalid after any bytes
+  (`never`) are banned.
 * `CharMatcher` + `TextEffects`: inside any other constraint (keywords, word_count, suffix, stop, ...) the
   word-level compiler feeds each token's text to a CharMatcher, grouping tokens whose texts act alike on
   every character automaton (and every `ends_with`) by `TextEffects`.
@@ -18,6 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from pc_core.constraints.affixes import _effect, token_texts
+from pc_core.constraints.char_bytes import byte_char_dfa, uses_bytes
 from pc_core.constraints.char_dfa import CharDFA, combine
 from pc_core.constraints.matchers import NO, YES, Matcher
 from pc_core.constraints.patterns import CHAR_NODES, char_automaton
@@ -120,8 +123,11 @@ def compile_char_only(dfa: CharDFA, tables: object, max_states: int, check_deadl
     successor table is computed for one sequence per class."""
     from pc_core.constraints.compiler import _minimise
 
-    texts = token_texts(tables)
-    seq_of, matrix, lengths = token_sequences(dfa, texts)
+    banned = np.asarray(tables.banned, bool)
+    if uses_bytes(tables):  # tokens that split characters: the DFA runs on bytes (char_bytes.py)
+        dfa, seq_of, matrix, lengths, banned = byte_char_dfa(dfa, tables)
+    else:
+        seq_of, matrix, lengths = token_sequences(dfa, token_texts(tables))
     first = matrix[:, 0]
     by_first = [np.flatnonzero(first == c) for c in range(dfa.trans.shape[1])]
     order, index = [dfa.initial], {dfa.initial: 0}
@@ -150,11 +156,19 @@ def compile_char_only(dfa: CharDFA, tables: object, max_states: int, check_deadl
     _, reps, seq_class = np.unique(signature, return_index=True, return_inverse=True)
     n_cls = len(reps)
     token_class = np.where(seq_of >= 0, seq_class.reshape(-1)[np.maximum(seq_of, 0)], n_cls + 2)
-    token_class[np.asarray(tables.banned, bool)] = n_cls + 1
+    token_class[banned] = n_cls + 1
     token_class[tables.eos_token_id] = n_cls
     delta, accepting, ended = _successors(dfa, order, matrix[reps], lengths[reps])
     return _minimise(
-        delta, token_class.astype(np.int32), 0, accepting, ended, tables, max_states, check_deadline
+        delta,
+        token_class.astype(np.int32),
+        0,
+        accepting,
+        ended,
+        tables,
+        max_states,
+        check_deadline,
+        banned=banned,
     )
 
 
@@ -192,6 +206,7 @@ class TextEffects:
         self.dfas = [char_automaton(node) for node in walk(constraint) if isinstance(node, CHAR_NODES)]
         self.active = bool(self.patterns or self.dfas)
         self.reps: dict[tuple, str] = {}
+        self.by_text: dict[str, str] = {}
 
     def key(self, text: str) -> tuple:
         if not text:
@@ -206,4 +221,7 @@ class TextEffects:
     def __call__(self, text: str) -> str | None:
         if not self.active:
             return None
-        return self.reps.setdefault(self.key(text), text)
+        found = self.by_text.get(text)  # the compiler asks per token and state: the key once per text
+        if found is None:
+            found = self.by_text[text] = self.reps.setdefault(self.key(text), text)
+        return found

@@ -3,7 +3,7 @@
 This is the definition the token DFA must agree with (docs/method.md §3). It is deliberately written
 independently of the DFA compiler: it splits the whole text into words and gaps with a regex and tests each
 node directly, so comparing the two catches mistakes in either. Both share only the keyword forms
-(words.keyword_forms), the part of the semantics that is a dictionary lookup.
+(`Keyword.forms`, words.keyword_forms), the part of the semantics that is a dictionary lookup.
 
 With a suffix or stop strings (decoding parameters, `spec.Affixed`), `judge_ids` finds where the generation
 ended and what the constraint is judged on, from the decoded text of each prefix of the ids, by string search:
@@ -39,7 +39,7 @@ from pc_core.constraints.spec import (
     parse_constraint,
     split_affixes,
 )
-from pc_core.constraints.words import WORD_RE, keyword_forms, normalise_gap
+from pc_core.constraints.words import WORD_RE, normalise_gap
 
 __all__ = [
     "Judgement",
@@ -207,7 +207,7 @@ def keyword_spans(keyword: Keyword, text: Words) -> list[tuple[int, int]]:
     equal under the keyword's case mode and the gaps between them equal after whitespace normalisation."""
     words = [w.casefold() for w in text.words] if keyword.case == "any" else text.words
     spans = set()
-    for form in keyword_forms(keyword):
+    for form in keyword.forms():
         n = len(form.words)
         for start in range(len(words) - n + 1):
             if (

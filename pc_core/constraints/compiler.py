@@ -12,12 +12,14 @@ groups of tokens that provably have the same effect (same tracker successor, sam
 one matcher step per group. Afterwards the groups of all contexts are refined into global token classes, the
 DFA is minimised (Moore) and classes with identical columns merge.
 
-Characters are never split across tokens. A byte-level token may end inside a multi-byte UTF-8 character;
-whether the text then continues a word depends on bytes not generated yet, and tracking those pending bytes
-exactly multiplies the automaton by ~300 classes of partial characters (measured on the 50,257-token BPE:
-17,683 reachable partial sequences, 313 behaviourally distinct). So such tokens, and tokens whose text
-contains U+FFFD (invalid bytes), lead to a rejecting sink and get probability zero: every accepted token
-sequence is valid text and is judged exactly (vocab.py says which tokens are banned).
+Characters at the byte level: a byte-level token may end inside a multi-byte UTF-8 character. Where the
+constraint mentions non-ASCII characters, the tracker has states inside a character (pending_chars.py): a
+token may end inside a character that starts like one the constraint mentions, and only tokens completing
+it follow. Elsewhere (all-ASCII constraints, a suffix, stop strings, a blocklist mask) tracking every
+partial character would multiply the automaton by ~300 classes (measured on the 50,257-token BPE: 17,683
+reachable partial sequences, 313 behaviourally distinct), so tokens that split a character lead to the
+sink, as do tokens with invalid bytes: every accepted token sequence is valid text with complete characters
+and is judged exactly (vocab.py, byte_chars.py).
 
 With a suffix or stop strings (`spec.Affixed`) the product gets a third part, the partial matches of those
 texts with a flag each (affixes.py): a state is (tracker, matcher state, partial matches). Completing a stop
@@ -50,6 +52,7 @@ from pc_core.constraints.blocklist import Blocklist, split_blocklist
 from pc_core.constraints.char_tokens import TextEffects, char_only_dfa, compile_char_only
 from pc_core.constraints.dfa import TokenDFA
 from pc_core.constraints.matchers import Matcher, build_matcher
+from pc_core.constraints.pending_chars import PendingChars
 from pc_core.constraints.spec import (
     Affixed,
     All,
@@ -72,7 +75,7 @@ from pc_core.constraints.vocab import (
     VocabTables,
     vocab_tables,
 )
-from pc_core.constraints.words import is_space_char, is_word_char, keyword_forms
+from pc_core.constraints.words import is_space_char, is_word_char
 from pc_core.errors import ConstraintError, ConstraintTooComplex
 
 DEFAULT_MAX_STATES = 250_000
@@ -81,6 +84,8 @@ guide costs. The guide's cost depends on the model and device (H, bytes per valu
 and is budgeted where the guide is built (pc_core.guide_budget); past that budget the factored guide runs
 (pc_core.factored_guide). Exploration before minimisation may use 4x."""
 DEFAULT_TIME_BUDGET_S = 10.0
+LAZY_AFTER_S = 2.0
+"""compile_constraint(lazy=True): the explicit automaton's share of the budget before the lazy one is used."""
 EXPLORE_FACTOR = 4
 CACHE_BYTES = 256 * 2**20
 
@@ -109,7 +114,7 @@ class _Tracker:
         ] = []  # the word patterns build_matcher tests, as (word, casefolded)
         for keyword in iter_keywords(constraint):
             casefolded = keyword.case == "any"
-            forms = keyword_forms(keyword)
+            forms = keyword.forms()
             patterns.append({(f.words[0], casefolded) for f in forms if len(f.words) == 1})
             patterns += [{(w, casefolded)} for f in forms if len(f.words) > 1 for w in f.words]
             for form in forms:
@@ -302,6 +307,13 @@ class _Compiler:
             Affixes(suffix, stop, self.texts, tables.banned) if suffix is not None or stop else None
         )
         self.text_reps = self.text_effects
+        # characters split across tokens: tracker states inside a character (pending_chars.py); with a suffix,
+        # stop strings or a blocklist mask such tokens stay banned
+        self.bytes = (
+            PendingChars.build(tables, self.words, self.text_effects, self.texts)
+            if self.affixes is None and blocklist is None
+            else None
+        )
         self.plain_groups: dict[object, np.ndarray] = {}
         self.contexts: dict[object, _Context] = {}
         self._prepare_static()
@@ -376,6 +388,8 @@ class _Compiler:
 
     def token_event(self, cur: int, tok: int) -> tuple[int, tuple[int, ...]] | None:
         """(tracker, events) after `tok`; None for EOS and banned tokens."""
+        if self.bytes is not None:
+            return self.bytes.event(cur, tok)
         t = self.tables
         kind = t.kind[tok]
         if kind == KIND_EOS or t.banned[tok]:
@@ -396,7 +410,11 @@ class _Compiler:
             if event is None:
                 out.append(EOS_EVENT if tok == eos else None)
             else:
-                text = self.text_reps(self.texts[tok]) if self.text_effects.active else None
+                text = None
+                if self.text_effects.active:  # (inside a character: the completed one and the rest)
+                    text = self.text_reps(
+                        self.texts[tok] if self.bytes is None else self.bytes.text(cur, tok)
+                    )
                 out.append((*event, tok if tok in self.pattern_set else -1, text))
         return out
 
@@ -412,9 +430,11 @@ class _Compiler:
         key = np.zeros(self.tables.vocab_size, np.int64)
         if self.text_sig is not None:  # what the token does to the `ends_with` automata
             columns = [*columns, self.text_sig]
+        if self.bytes is not None:  # the incomplete character a token ends with
+            columns = [*columns, self.bytes.tail_class]
         for col in columns:
             key = key * (int(col.max()) + 1) + col
-        key[self.tables.banned] = -(3 * 10**12)
+        key[self.tables.banned if self.bytes is None else self.bytes.boundary_banned] = -(3 * 10**12)
         return key
 
     def gap_extension(self, gap_state: int) -> np.ndarray:
@@ -431,6 +451,9 @@ class _Compiler:
         if name in self.contexts:
             return self.contexts[name]
         self.check_deadline()
+        if isinstance(name, tuple):  # inside a character (pending_chars.py)
+            ctx = self.contexts[name] = self._partition(self.bytes.context_keys(name))
+            return ctx
         t = self.tables
         kind = t.kind.astype(np.int64)
         word, sep = kind == KIND_WORD, kind == KIND_SEP
@@ -473,6 +496,8 @@ class _Compiler:
     def context_name(self, cur: int) -> object:
         if cur in (NONE, DEAD):
             return cur
+        if self.bytes is not None and self.bytes.is_pending(cur):
+            return self.bytes.context_name(cur)
         return cur if self.words.curs[cur][0] == "g" else "live"
 
     # ------------------------------------------------------------------ exploration
@@ -577,7 +602,7 @@ class _Compiler:
                     safe_pre[state] = safe[state][group_of_class[name]]
         dfa = _minimise(
             delta, token_class.reshape(-1).astype(np.int32), initial, accepting, ended, t, self.max_states,
-            self.check_deadline, safe_pre,
+            self.check_deadline, safe_pre, None if self.bytes is None else self.bytes.unusable,
         )  # fmt: skip
         dfa.blocklist = self.blocklist
         return dfa
@@ -653,6 +678,8 @@ class _Exploration:
     def accepting(self, q: int, cur: int) -> bool:
         key = (q, cur)
         found = self.accept_memo.get(key)
+        if found is None and self.compiler.bytes is not None and self.compiler.bytes.is_pending(cur):
+            found = self.accept_memo[key] = False  # inside a character: never accepting
         if found is None:  # it depends on q and the symbol the end of the text finishes (none in a gap)
             sym = None if self.words.is_gap(cur) else self.words.finish(cur)
             found = self.accept_by_sym.get((q, sym))
@@ -824,6 +851,7 @@ def _minimise(
     max_states: int,
     check_deadline: Any = None,
     safe: np.ndarray | None = None,
+    banned: np.ndarray | None = None,
 ) -> TokenDFA:
     """The minimal DFA: Moore blocks of states, then token classes with identical columns merged.
 
@@ -857,7 +885,7 @@ def _minimise(
         initial_state=0,
         eos_token_id=tables.eos_token_id,
         tokenizer_fingerprint=tables.fingerprint,
-        banned_tokens=np.asarray(tables.banned, bool).copy(),
+        banned_tokens=np.asarray(tables.banned if banned is None else banned, bool).copy(),  # byte_chars.py
         token_block=(np.asarray(tables.p_id) == 0).astype(np.int8),  # p_id 0 is the empty leading run
         safe_classes=safe_classes,
     )
@@ -942,7 +970,7 @@ def _check_static_size(constraint: Constraint, max_states: int) -> None:
         for child in node.children:
             if not isinstance(child, Keyword):
                 continue
-            words = {w.casefold() for form in keyword_forms(child) for w in form.words}
+            words = {w.casefold() for form in child.forms() for w in form.words}
             if words.isdisjoint(seen):
                 independent += 1
                 seen |= words
@@ -968,14 +996,14 @@ def _deadline_check(deadline: float, budget_s: float) -> Any:
 
 def explain_unsatisfiable(constraint: Any, tokenizer: Any) -> str:
     """Why no text satisfies a constraint whose DFA cannot accept: a keyword it requires that this tokenizer
-    cannot write (every spelling needs a token that ends inside a UTF-8 character), else the logic itself."""
+    cannot write (no token sequence spells it), else the logic itself."""
     body = split_affixes(constraint)[0]
     for keyword in keywords_by_polarity(body)[0]:
         dfa = compile_constraint(keyword, tokenizer)
         if dfa.steps_to_accept[dfa.initial_state] < 0:
             return (
-                f"the keyword {keyword.text!r} cannot be written with this tokenizer without ending a token "
-                "inside a UTF-8 character, which pcgen never generates (docs/method.md §3)"
+                f"the keyword {keyword.text!r} cannot be written with this tokenizer: no sequence of its tokens "
+                "spells it as valid UTF-8 (docs/method.md §3)"
             )
     return "no text satisfies it"
 
@@ -1003,8 +1031,13 @@ def compile_constraint(
     max_states: int = DEFAULT_MAX_STATES,
     time_budget_s: float = DEFAULT_TIME_BUDGET_S,
     blocklist_mask: bool = True,
+    lazy: bool = False,
 ) -> TokenDFA:
     """Compile a constraint spec (JSON-compatible or parsed) for `tokenizer` into a minimal TokenDFA.
+
+    With `lazy`, the explicit automaton gets at most LAZY_AFTER_S of the budget; past it (time or states) a
+    word-level constraint comes back as a LazyDFA (pc_core.lazy_dfa: explored as decoding goes, the same
+    language, `accepts` and `step` alike; a fresh one per call, never cached).
 
     With `blocklist_mask`, a long list of forbidden single words inside a top-level `all` is left out of the
     DFA and enforced beside it (`dfa.blocklist`, see blocklist.py); the guide falls back to
@@ -1014,6 +1047,8 @@ def compile_constraint(
     `max_states` / the budget.
     """
     constraint = parse_constraint(spec)
+    if lazy:
+        return _explicit_or_lazy(constraint, tokenizer, max_states, time_budget_s, blocklist_mask)
     tables = vocab_tables(tokenizer)
     key = compile_key(constraint, tokenizer, max_states, time_budget_s, blocklist_mask)
     cached = COMPILED.get(key)
@@ -1041,3 +1076,22 @@ def compile_constraint(
     dfa.compile_seconds = time.perf_counter() - started
     COMPILED.put(key, dfa)
     return dfa
+
+
+def _explicit_or_lazy(
+    constraint: Constraint, tokenizer: Any, max_states: int, time_budget_s: float, blocklist_mask: bool
+) -> Any:
+    """compile_constraint(lazy=True): the explicit automaton within min(budget, LAZY_AFTER_S), else lazy."""
+    from pc_core.lazy_dfa import LazyDFA  # (it builds on this module's compiler)
+
+    budget = min(time_budget_s, LAZY_AFTER_S)
+    try:
+        return compile_constraint(constraint, tokenizer, max_states, budget, blocklist_mask)
+    except ConstraintTooComplex as err:
+        if char_only_dfa(constraint) is not None:  # regex / JSON: no lazy form
+            raise
+        started = time.perf_counter()
+        dfa = LazyDFA(constraint, vocab_tables(tokenizer))
+        dfa.note = f"explicit automaton: {err.message}"
+        dfa.compile_seconds = time.perf_counter() - started
+        return dfa

@@ -11,8 +11,9 @@ this (`default_successor`, `exceptions`); the class view is what lets the guide 
 emission masses once per class instead of once per token.
 
 EOS leads from every live state to one of two absorbing *ended* states (accepted / rejected).
-`banned_tokens` marks tokens that end inside a multi-byte character or decode to U+FFFD: they lead every live
-state to the rejecting sink (see compiler.py), and the guide models generation without them.
+`banned_tokens` marks tokens that no state allows (they split a character this automaton does not let tokens
+split, or are invalid UTF-8 whatever precedes them; byte_chars.py): they lead every live state to the
+rejecting sink (see compiler.py), and the guide models generation without them.
 """
 
 from __future__ import annotations

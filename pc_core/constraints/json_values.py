@@ -15,6 +15,7 @@ from functools import lru_cache
 from typing import Any
 
 from pc_core.constraints.char_dfa import CharDFA, build_char_dfa, combine
+from pc_core.constraints.char_nfa import RAW
 from pc_core.constraints.regex import (
     ANY,
     BOS,
@@ -23,7 +24,6 @@ from pc_core.constraints.regex import (
     alt,
     char_set,
     literal,
-    negate,
     normalise,
     opt,
     parse_regex,
@@ -32,8 +32,6 @@ from pc_core.constraints.regex import (
     subtract,
 )
 
-SURROGATES = ((0xD800, 0xDFFF),)
-RAW = subtract(negate(((0, 0x1F), (0x22, 0x22), (0x5C, 0x5C))), SURROGATES)  # unescaped string characters
 DIGIT = char_set([(48, 57)])
 DIGIT19 = char_set([(49, 57)])
 HEX = char_set([(48, 57), (65, 70), (97, 102)])
@@ -121,26 +119,29 @@ def _any_value(depth: int, space: Node) -> Node:
 
 
 def key_not_in(names: list[str]) -> Node:
-    """A quoted key of unescaped characters that is none of `names` (a trie complemented)."""
-    raw = [n for n in names if all(_in(ord(c), RAW) for c in n)]
-    return json_string(_not_in(set(raw)))
+    """A quoted key that is none of `names` once decoded: a DFA over the decoded name (any characters, a
+    trie complemented), embedded as string content so that it is written as `json.dumps` writes it."""
+    return json_string(("dfa", _key_dfa(tuple(sorted(set(names))))))
+
+
+@lru_cache(maxsize=256)
+def _key_dfa(names: tuple[str, ...]) -> CharDFA:
+    body = _not_in(set(names))
+    return build_char_dfa(seq([char_set([(BOS, BOS)]), body, char_set([(EOS, EOS)])]), "constraint")
 
 
 def _not_in(words: set[str]) -> Node:
+    """Any text that is none of `words`."""
     if not words:
-        return rep(("set", RAW), 0, None)
+        return rep(("set", ANY), 0, None)
     firsts = sorted({w[0] for w in words if w})
     out = [] if "" in words else [seq([])]
-    others = subtract(RAW, normalise([(ord(c), ord(c)) for c in firsts]))
+    others = subtract(ANY, normalise([(ord(c), ord(c)) for c in firsts]))
     if others:
-        out.append(seq([("set", others), rep(("set", RAW), 0, None)]))
+        out.append(seq([("set", others), rep(("set", ANY), 0, None)]))
     for c in firsts:
         out.append(seq([literal(c), _not_in({w[1:] for w in words if w and w[0] == c})]))
     return alt(out)
-
-
-def _in(cp: int, ranges: tuple) -> bool:
-    return any(lo <= cp <= hi for lo, hi in ranges)
 
 
 def integer_range(lo: float | None, lo_x: bool, hi: float | None, hi_x: bool) -> Node:

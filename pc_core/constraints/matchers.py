@@ -32,7 +32,7 @@ from pc_core.constraints.spec import (
     WordAt,
     WordCount,
 )
-from pc_core.constraints.words import Form, keyword_forms
+from pc_core.constraints.words import Form
 
 State = object
 # Decided outcomes. Not True/False: 1 == True would make an int state collide with them in a tuple key.
@@ -350,14 +350,14 @@ def build_matcher(
 
     def keyword(kw: Keyword) -> KeywordMatcher:
         casefolded = kw.case == "any"
-        forms = keyword_forms(kw)
+        forms = kw.forms()
         single = frozenset().union(*(syms_for(f.words[0], casefolded) for f in forms if len(f.words) == 1))
         phrases = [items(f, casefolded) for f in forms if len(f.words) > 1]
         return KeywordMatcher(([[single]] if single else []) + phrases)
 
     def word_syms(word: Keyword) -> WordSyms:
         casefolded = word.case == "any"
-        return frozenset().union(*(syms_for(f.words[0], casefolded) for f in keyword_forms(word)))
+        return frozenset().union(*(syms_for(f.words[0], casefolded) for f in word.forms()))
 
     def build(node: Constraint) -> Matcher:
         if isinstance(node, Keyword):

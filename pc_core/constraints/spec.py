@@ -23,14 +23,62 @@ from __future__ import annotations
 
 import json
 import unicodedata
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from pc_core.cache import LRUCache
-from pc_core.constraints.patterns import CHAR_NODES, parse_choice, parse_json_schema, parse_regex_node
+from pc_core.constraints.nodes import (  # the tree's names, re-exported: `from ...spec import Keyword` works
+    NODE_TYPES,
+    Affixed,
+    All,
+    AnyOf,
+    AtLeast,
+    AtMost,
+    Constraint,
+    Count,
+    EndsWith,
+    Keyword,
+    Not,
+    Ordered,
+    Tokens,
+    WordAt,
+    WordCount,
+    canonical_json,
+    iter_keywords,
+    keywords_by_polarity,
+    leaves,
+    walk,
+)
+from pc_core.constraints.patterns import parse_choice, parse_json_schema, parse_regex_node
 from pc_core.constraints.words import CASE_MODES, PARTS_OF_SPEECH, bad_keyword_char, split_words
 from pc_core.errors import ConstraintError
+
+__all__ = [
+    "NODE_TYPES",
+    "Affixed",
+    "All",
+    "AnyOf",
+    "AtLeast",
+    "AtMost",
+    "Constraint",
+    "Count",
+    "EndsWith",
+    "Keyword",
+    "Not",
+    "Ordered",
+    "Tokens",
+    "WordAt",
+    "WordCount",
+    "canonical_json",
+    "iter_keywords",
+    "keywords_by_polarity",
+    "leaves",
+    "walk",
+    "PARSED",
+    "parse_constraint",
+    "with_affixes",
+    "split_affixes",
+    "affix_problem",
+]
 
 MAX_KEYWORD_CHARS = 100
 MAX_WORDS_PER_KEYWORD = 8
@@ -46,156 +94,6 @@ character by character, so its size grows with their length."""
 MAX_STOP_STRINGS = 16
 
 
-@dataclass(frozen=True)
-class Keyword:
-    """A word or phrase; satisfied when any of its forms (words.keyword_forms) occurs in the text."""
-
-    text: str
-    inflections: bool = True
-    case: str = "natural"  # natural | sensitive | any
-    variants: tuple[str, ...] = ()
-    pos: str | None = None  # restricts inflections to a part of speech: noun | verb | adj
-
-    def to_json(self) -> dict:
-        out = {"keyword": self.text, "inflections": self.inflections, "case": self.case}
-        out["variants"] = list(self.variants)
-        if self.pos is not None:
-            out["pos"] = self.pos
-        return out
-
-
-@dataclass(frozen=True)
-class All:
-    children: tuple[Constraint, ...]
-
-    def to_json(self) -> dict:
-        return {"all": [c.to_json() for c in self.children]}
-
-
-@dataclass(frozen=True)
-class AnyOf:
-    children: tuple[Constraint, ...]
-
-    def to_json(self) -> dict:
-        return {"any": [c.to_json() for c in self.children]}
-
-
-@dataclass(frozen=True)
-class Not:
-    child: Constraint
-
-    def to_json(self) -> dict:
-        return {"not": self.child.to_json()}
-
-
-@dataclass(frozen=True)
-class Ordered:
-    """Occurrences of the keywords exist in this order, each starting after the previous one ends."""
-
-    items: tuple[Keyword, ...]
-
-    def to_json(self) -> dict:
-        return {"ordered": [k.to_json() for k in self.items]}
-
-
-@dataclass(frozen=True)
-class WordAt:
-    """The index-th word (1-based; negative counts from the end, -1 is the last word) of the text is `word`
-    (a single word, with its variants)."""
-
-    index: int
-    word: Keyword
-
-    def to_json(self) -> dict:  # parses back: the word under "word", its options beside it
-        word = self.word.to_json()
-        return {"word_at": self.index, "word": word.pop("keyword"), **word}
-
-
-@dataclass(frozen=True)
-class WordCount:
-    min: int = 0
-    max: int | None = None
-
-    def to_json(self) -> dict:
-        return {"word_count": {"min": self.min, "max": self.max}}
-
-
-@dataclass(frozen=True)
-class Count:
-    """The keyword occurs at least `min` and at most `max` (None: no upper bound) times: whole words, the most
-    non-overlapping occurrences (taken greedily, earliest end first)."""
-
-    keyword: Keyword
-    min: int = 0
-    max: int | None = None
-
-    def to_json(self) -> dict:
-        return {"count": self.keyword.to_json(), "min": self.min, "max": self.max}
-
-
-@dataclass(frozen=True)
-class AtLeast:
-    """At least k of the children hold."""
-
-    k: int
-    children: tuple[Constraint, ...]
-
-    def to_json(self) -> dict:
-        return {"at_least": self.k, "of": [c.to_json() for c in self.children]}
-
-
-@dataclass(frozen=True)
-class AtMost:
-    """At most k of the children hold."""
-
-    k: int
-    children: tuple[Constraint, ...]
-
-    def to_json(self) -> dict:
-        return {"at_most": self.k, "of": [c.to_json() for c in self.children]}
-
-
-@dataclass(frozen=True)
-class Tokens:
-    """A raw token-id sequence that must appear contiguously in the generated ids (power users)."""
-
-    ids: tuple[int, ...]
-
-    def to_json(self) -> dict:
-        return {"tokens": list(self.ids)}
-
-
-@dataclass(frozen=True)
-class EndsWith:
-    """The text ends with this string (compared as written, character by character)."""
-
-    text: str
-
-    def to_json(self) -> dict:
-        return {"ends_with": self.text}
-
-
-@dataclass(frozen=True)
-class Affixed:
-    """Not part of the constraint language: `body` judged on the generated span, where the generation must
-    continue into `suffix` (if any) and ends at the first occurrence of a `stop` string (docs/method.md §3).
-    Built by `with_affixes` from the decoding parameters; only ever at the top of a tree."""
-
-    body: Constraint
-    suffix: str | None = None
-    stop: tuple[str, ...] = ()
-
-    def to_json(self) -> dict:
-        return {
-            "affixed": {"constraint": self.body.to_json(), "suffix": self.suffix, "stop": list(self.stop)}
-        }
-
-
-Constraint = (
-    Keyword | All | AnyOf | Not | Ordered | WordAt | WordCount | Count | AtLeast | AtMost | Tokens | EndsWith
-)
-NODE_TYPES = (*Constraint.__args__, *CHAR_NODES, Affixed)  # regex / choice / JSON: patterns.py
-
 _KEYWORD_OPTIONS = {"inflections", "case", "case_sensitive", "variants", "pos"}
 
 
@@ -204,20 +102,20 @@ PARSED: LRUCache[tuple[Constraint, int]] = LRUCache("parsed", 16 * 2**20, lambda
 the server then rejects from its cache) costs a JSON dump, not a parse."""
 
 
-def parse_constraint(spec: Any, path: str = "constraint") -> Constraint:
-    """Parse a JSON-compatible spec (or an already parsed node) into a `Constraint`."""
-    if isinstance(spec, NODE_TYPES):
-        return spec
+def parse_constraint(raw: Any, path: str = "constraint") -> Constraint:
+    """Parse a constraint as JSON values (`raw`), or an already parsed node, into a `Constraint`."""
+    if isinstance(raw, NODE_TYPES):
+        return raw
     try:
         key = json.dumps(
-            spec, ensure_ascii=False
+            raw, ensure_ascii=False
         )  # key order kept: a JSON schema's property order is its layout
     except (TypeError, ValueError, RecursionError):  # not JSON, or too deep: parse; errors name the part
-        return _parse(spec, path, depth=0)
+        return _parse(raw, path, depth=0)
     hit = PARSED.get(key)
     if hit is not None:
         return hit[0]
-    node = _parse(spec, path, depth=0)
+    node = _parse(raw, path, depth=0)
     PARSED.put(key, (node, 8 * len(key)))  # the node's objects: a few times its text
     return node
 
@@ -267,87 +165,6 @@ def affix_problem(text: Any, limit: int = MAX_AFFIX_CHARS) -> str | None:
     return None
 
 
-def canonical_json(constraint: Constraint) -> str:
-    return json.dumps(constraint.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def walk(node: Constraint) -> Iterator[Constraint]:
-    """Every node of the tree, parents before children."""
-    yield node
-    for child in getattr(node, "children", ()):
-        yield from walk(child)
-    if isinstance(node, Not):
-        yield from walk(node.child)
-    if isinstance(node, Affixed):
-        yield from walk(node.body)
-
-
-def iter_keywords(constraint: Constraint) -> list[Keyword]:
-    """Every keyword in the tree (including `word_at` words), in order."""
-    if isinstance(constraint, Keyword):
-        return [constraint]
-    if isinstance(constraint, (All, AnyOf, AtLeast, AtMost)):
-        return [k for c in constraint.children for k in iter_keywords(c)]
-    if isinstance(constraint, Not):
-        return iter_keywords(constraint.child)
-    if isinstance(constraint, Ordered):
-        return list(constraint.items)
-    if isinstance(constraint, WordAt):
-        return [constraint.word]
-    if isinstance(constraint, Count):
-        return [constraint.keyword]
-    if isinstance(constraint, Affixed):
-        return iter_keywords(constraint.body)
-    return []
-
-
-def leaves(constraint: Constraint, negated: bool = False) -> Iterator[tuple[Constraint, bool]]:
-    """Every node below the all / any / not / at_least / at_most structure, with whether it counts against
-    the constraint: under an odd number of `not`s, where `at_most 0` and `count ... max 0` count as a `not`."""
-    if isinstance(constraint, Not):
-        yield from leaves(constraint.child, not negated)
-    elif isinstance(constraint, Affixed):
-        yield from leaves(constraint.body, negated)
-    elif isinstance(constraint, (All, AnyOf, AtLeast, AtMost)):
-        flip = isinstance(constraint, AtMost) and constraint.k == 0
-        for child in constraint.children:
-            yield from leaves(child, negated != flip)
-    elif isinstance(constraint, Count):
-        yield constraint, negated != (constraint.max == 0)
-    else:
-        yield constraint, negated
-
-
-def keywords_by_polarity(constraint: Constraint) -> tuple[list[Keyword], list[Keyword]]:
-    """(keywords that must occur somewhere for the constraint to hold, keywords under an odd number of `not`s:
-    those that must not), each in order."""
-    required: list[Keyword] = []
-    forbidden: list[Keyword] = []
-    for node, negated in leaves(constraint):
-        (forbidden if negated else required).extend(iter_keywords(node))
-    return required, forbidden
-
-
-def expanded_forms(constraint: Constraint, limit: int | None = None) -> list[dict]:
-    """What each keyword accepts, for people: [{"keyword", "case", "polarity", "forms"}] (forms as text, "any"
-    forms casefolded), one entry per distinct keyword setting, required ones first; at most `limit` entries
-    (a 10,000-word blocklist is not worth echoing back)."""
-    from pc_core.constraints.words import keyword_forms
-
-    required, forbidden = keywords_by_polarity(constraint)
-    out, seen = [], set()
-    for polarity, keywords in (("required", required), ("forbidden", forbidden)):
-        for keyword in keywords:
-            if (polarity, keyword) in seen:
-                continue
-            if limit is not None and len(out) >= limit:
-                return out
-            seen.add((polarity, keyword))
-            forms = sorted({form.text for form in keyword_forms(keyword)})
-            out.append({"keyword": keyword.text, "case": keyword.case, "polarity": polarity, "forms": forms})
-    return out
-
-
 # ---------------------------------------------------------------------------------------------- parsing
 
 
@@ -362,65 +179,65 @@ def _type_name(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
-def _parse(spec: Any, path: str, depth: int) -> Constraint:
+def _parse(raw: Any, path: str, depth: int) -> Constraint:
     if depth > MAX_DEPTH:
         raise ConstraintError(path, f"nested more than {MAX_DEPTH} levels deep")
-    if isinstance(spec, str):
-        return _parse_keyword(spec, {}, path)
-    if not isinstance(spec, dict):
-        raise ConstraintError(path, f"expected an object or a keyword string, got {_type_name(spec)}")
-    if not spec:
+    if isinstance(raw, str):
+        return _parse_keyword(raw, {}, path)
+    if not isinstance(raw, dict):
+        raise ConstraintError(path, f"expected an object or a keyword string, got {_type_name(raw)}")
+    if not raw:
         raise ConstraintError(path, "empty constraint object")
-    kind = next((kind for kind in _KINDS if kind in spec), None)
+    kind = next((kind for kind in _KINDS if kind in raw), None)
     if kind is None:
         raise ConstraintError(
-            path, f"unknown constraint kind {sorted(spec)}; expected one of: {', '.join(_KINDS)}"
+            path, f"unknown constraint kind {sorted(raw)}; expected one of: {', '.join(_KINDS)}"
         )
-    return _KINDS[kind](spec, path, depth)
+    return _KINDS[kind](raw, path, depth)
 
 
-def _keyword_list(spec: dict, key: str, path: str, max_len: int = 256) -> tuple[Keyword, ...]:
+def _keyword_list(raw: dict, key: str, path: str, max_len: int = 256) -> tuple[Keyword, ...]:
     """`keywords`, `ordered`, `forbidden`: a list of keywords sharing the options given beside it."""
-    _only(spec, {key} | _KEYWORD_OPTIONS, path)
-    if "variants" in spec:
+    _only(raw, {key} | _KEYWORD_OPTIONS, path)
+    if "variants" in raw:
         raise ConstraintError(f"{path}.variants", 'variants apply to a single keyword; use {"keyword": ...}')
-    items = _list(spec[key], f"{path}.{key}", min_len=1, max_len=max_len)
-    options = {k: spec[k] for k in _KEYWORD_OPTIONS if k in spec}
+    items = _list(raw[key], f"{path}.{key}", min_len=1, max_len=max_len)
+    options = {k: raw[k] for k in _KEYWORD_OPTIONS if k in raw}
     return tuple(_parse_keyword_item(x, f"{path}.{key}[{i}]", options) for i, x in enumerate(items))
 
 
-def _parse_combination(spec: dict, path: str, depth: int) -> Constraint:
-    key = "all" if "all" in spec else "any"
-    _only(spec, {key}, path)
-    items = _list(spec[key], f"{path}.{key}", min_len=0)  # all [] is true, any [] false (docs/method.md §3)
+def _parse_combination(raw: dict, path: str, depth: int) -> Constraint:
+    key = "all" if "all" in raw else "any"
+    _only(raw, {key}, path)
+    items = _list(raw[key], f"{path}.{key}", min_len=0)  # all [] is true, any [] false (docs/method.md §3)
     children = tuple(_parse(x, f"{path}.{key}[{i}]", depth + 1) for i, x in enumerate(items))
     return All(children) if key == "all" else AnyOf(children)
 
 
-def _parse_not(spec: dict, path: str, depth: int) -> Constraint:
-    _only(spec, {"not"}, path)
-    return Not(_parse(spec["not"], f"{path}.not", depth + 1))
+def _parse_not(raw: dict, path: str, depth: int) -> Constraint:
+    _only(raw, {"not"}, path)
+    return Not(_parse(raw["not"], f"{path}.not", depth + 1))
 
 
-def _parse_word_at(spec: dict, path: str, depth: int) -> Constraint:
-    _only(spec, {"word_at", "word"} | _KEYWORD_OPTIONS, path)
-    index = _int(spec["word_at"], f"{path}.word_at", lo=-MAX_WORD_INDEX, hi=MAX_WORD_INDEX)
+def _parse_word_at(raw: dict, path: str, depth: int) -> Constraint:
+    _only(raw, {"word_at", "word"} | _KEYWORD_OPTIONS, path)
+    index = _int(raw["word_at"], f"{path}.word_at", lo=-MAX_WORD_INDEX, hi=MAX_WORD_INDEX)
     if index == 0:
         raise ConstraintError(
             f"{path}.word_at", "must be >= 1 (1 is the first word) or <= -1 (-1 is the last word)"
         )
-    if "word" not in spec:
+    if "word" not in raw:
         raise ConstraintError(f"{path}.word", "required with word_at")
-    word = _parse_keyword(spec["word"], {"inflections": False, **spec}, path, text_path=f"{path}.word")
+    word = _parse_keyword(raw["word"], {"inflections": False, **raw}, path, text_path=f"{path}.word")
     for variant in (word.text, *word.variants):
         if len(split_words(variant)) != 1:
             raise ConstraintError(f"{path}.word", f"must be a single word, got {variant!r}")
     return WordAt(index, word)
 
 
-def _parse_word_count(spec: dict, path: str, depth: int) -> Constraint:
-    _only(spec, {"word_count"}, path)
-    body = spec["word_count"]
+def _parse_word_count(raw: dict, path: str, depth: int) -> Constraint:
+    _only(raw, {"word_count"}, path)
+    body = raw["word_count"]
     if not isinstance(body, dict):
         raise ConstraintError(
             f"{path}.word_count", f"expected an object {{min, max}}, got {_type_name(body)}"
@@ -435,17 +252,17 @@ def _parse_word_count(spec: dict, path: str, depth: int) -> Constraint:
     return WordCount(lo, hi)
 
 
-def _parse_count(spec: dict, path: str, depth: int) -> Constraint:
-    _only(spec, {"count", "min", "max"} | _KEYWORD_OPTIONS, path)
-    if "min" not in spec and "max" not in spec:
+def _parse_count(raw: dict, path: str, depth: int) -> Constraint:
+    _only(raw, {"count", "min", "max"} | _KEYWORD_OPTIONS, path)
+    if "min" not in raw and "max" not in raw:
         raise ConstraintError(f"{path}.min", "required with count: give min, max or both")
-    if not isinstance(spec["count"], (str, dict)):
-        got = _type_name(spec["count"])
+    if not isinstance(raw["count"], (str, dict)):
+        got = _type_name(raw["count"])
         raise ConstraintError(f"{path}.count", f'expected a keyword string or {{"keyword": ...}}, got {got}')
-    options = {k: spec[k] for k in _KEYWORD_OPTIONS if k in spec}
-    keyword = _parse_keyword_item(spec["count"], f"{path}.count", options)
-    lo = _int(spec.get("min", 0), f"{path}.min", lo=0, hi=MAX_WORD_INDEX)
-    hi = spec.get("max")
+    options = {k: raw[k] for k in _KEYWORD_OPTIONS if k in raw}
+    keyword = _parse_keyword_item(raw["count"], f"{path}.count", options)
+    lo = _int(raw.get("min", 0), f"{path}.min", lo=0, hi=MAX_WORD_INDEX)
+    hi = raw.get("max")
     if hi is not None:
         hi = _int(hi, f"{path}.max", lo=0, hi=MAX_WORD_INDEX)
         if hi < lo:
@@ -453,14 +270,14 @@ def _parse_count(spec: dict, path: str, depth: int) -> Constraint:
     return Count(keyword, lo, hi)
 
 
-def _parse_k_of(spec: dict, path: str, depth: int) -> Constraint:
-    key = "at_least" if "at_least" in spec else "at_most"
-    _only(spec, {key, "of"}, path)
-    if "of" not in spec:
+def _parse_k_of(raw: dict, path: str, depth: int) -> Constraint:
+    key = "at_least" if "at_least" in raw else "at_most"
+    _only(raw, {key, "of"}, path)
+    if "of" not in raw:
         raise ConstraintError(f"{path}.of", f"required with {key}: the list of constraints to count")
-    items = _list(spec["of"], f"{path}.of", min_len=0)
+    items = _list(raw["of"], f"{path}.of", min_len=0)
     children = tuple(_parse(x, f"{path}.of[{i}]", depth + 1) for i, x in enumerate(items))
-    k = _int(spec[key], f"{path}.{key}", lo=0, hi=256)
+    k = _int(raw[key], f"{path}.{key}", lo=0, hi=256)
     if key == "at_least" and k > len(children):  # cannot hold: saying why here beats "unsatisfiable" later
         raise ConstraintError(
             f"{path}.at_least", f"must be <= {len(children)}, the number of constraints in `of`"
@@ -468,33 +285,33 @@ def _parse_k_of(spec: dict, path: str, depth: int) -> Constraint:
     return AtLeast(k, children) if key == "at_least" else AtMost(k, children)
 
 
-def _parse_tokens(spec: dict, path: str, depth: int) -> Constraint:
-    _only(spec, {"tokens"}, path)
-    ids = _list(spec["tokens"], f"{path}.tokens", min_len=1, max_len=MAX_TOKEN_PATTERN)
+def _parse_tokens(raw: dict, path: str, depth: int) -> Constraint:
+    _only(raw, {"tokens"}, path)
+    ids = _list(raw["tokens"], f"{path}.tokens", min_len=1, max_len=MAX_TOKEN_PATTERN)
     return Tokens(tuple(_int(x, f"{path}.tokens[{i}]", lo=0) for i, x in enumerate(ids)))
 
 
-def _parse_ends_with(spec: dict, path: str, depth: int) -> Constraint:
-    _only(spec, {"ends_with"}, path)
-    problem = affix_problem(spec["ends_with"])
+def _parse_ends_with(raw: dict, path: str, depth: int) -> Constraint:
+    _only(raw, {"ends_with"}, path)
+    problem = affix_problem(raw["ends_with"])
     if problem:
         raise ConstraintError(f"{path}.ends_with", problem)
-    return EndsWith(spec["ends_with"])
+    return EndsWith(raw["ends_with"])
 
 
-def _parse_single_keyword(spec: dict, path: str, depth: int) -> Constraint:
-    _only(spec, {"keyword"} | _KEYWORD_OPTIONS, path)
-    return _parse_keyword(spec["keyword"], spec, path, text_path=f"{path}.keyword")
+def _parse_single_keyword(raw: dict, path: str, depth: int) -> Constraint:
+    _only(raw, {"keyword"} | _KEYWORD_OPTIONS, path)
+    return _parse_keyword(raw["keyword"], raw, path, text_path=f"{path}.keyword")
 
 
 _KINDS = {  # the first of these fields present in an object says what kind of constraint it is
-    "keywords": lambda spec, path, depth: All(_keyword_list(spec, "keywords", path)),
+    "keywords": lambda raw, path, depth: All(_keyword_list(raw, "keywords", path)),
     "keyword": _parse_single_keyword,
     "all": _parse_combination,
     "any": _parse_combination,
     "not": _parse_not,
-    "ordered": lambda spec, path, depth: Ordered(_keyword_list(spec, "ordered", path)),
-    "forbidden": lambda spec, path, depth: Not(AnyOf(_keyword_list(spec, "forbidden", path, MAX_FORBIDDEN))),
+    "ordered": lambda raw, path, depth: Ordered(_keyword_list(raw, "ordered", path)),
+    "forbidden": lambda raw, path, depth: Not(AnyOf(_keyword_list(raw, "forbidden", path, MAX_FORBIDDEN))),
     "word_at": _parse_word_at,
     "word_count": _parse_word_count,
     "count": _parse_count,
@@ -577,8 +394,8 @@ def _keyword_text(value: Any, path: str) -> str:
     return value
 
 
-def _only(spec: dict, allowed: set[str], path: str) -> None:
-    extra = sorted(set(spec) - allowed)
+def _only(raw: dict, allowed: set[str], path: str) -> None:
+    extra = sorted(set(raw) - allowed)
     if extra:
         raise ConstraintError(
             f"{path}.{extra[0]}", f"unexpected field (allowed here: {', '.join(sorted(allowed))})"

@@ -3,10 +3,14 @@
 Every token is described by what its bytes do to the text, decoded on its own: its leading run of word
 characters `p`, its first separator run (any non-word characters), the words strictly inside it with the
 separator run after each, and its trailing run of word characters `s`. For a token with no separator, `p` is
-its whole text. Tokens that end inside a multi-byte UTF-8 character, or whose text contains U+FFFD (invalid
-bytes, e.g. a token that starts with a stray continuation byte), are *banned*: generated text is always
-valid and every character is complete at a token boundary (docs/method.md §3), so these pieces describe
-every token that generation can emit exactly.
+its whole text.
+
+Characters at the byte level (docs/method.md §3): a token may end inside a multi-byte UTF-8 character (its
+pieces describe the complete characters, `tail_id` names the incomplete end), or start with the continuation
+bytes of a character begun by earlier tokens (`continuations`: its leading continuation bytes and the rest).
+`banned` marks every token that is not complete valid text on its own (either of those, or invalid bytes);
+the compiler allows the first kind at a character boundary and the second after a matching pending
+character (byte_chars.py). `never` marks the tokens that are invalid UTF-8 whatever precedes them.
 """
 
 from __future__ import annotations
@@ -63,6 +67,36 @@ def decode_pending(pending: bytes, data: bytes) -> tuple[str, bytes]:
     return text, decoder.getstate()[0]
 
 
+# the byte after a UTF-8 lead byte, where UTF-8 restricts it (no overlong forms, surrogates, > U+10FFFF)
+FIRST_RANGE = {0xE0: (0xA0, 0xBF), 0xED: (0x80, 0x9F), 0xF0: (0x90, 0xBF), 0xF4: (0x80, 0x8F)}
+
+
+def valid_tail(tail: bytes) -> bool:
+    """Whether `tail` is the start of some UTF-8 character, and not all of it. (Python's incremental decoder
+    keeps b"\xed\xa0", a surrogate's start, pending: it cannot be completed.)"""
+    if not tail or not 0xC2 <= tail[0] <= 0xF4:
+        return False
+    if len(tail) >= (2 if tail[0] < 0xE0 else 3 if tail[0] < 0xF0 else 4):
+        return False
+    low, high = FIRST_RANGE.get(tail[0], (0x80, 0xBF))
+    return all(low <= b <= high if i == 1 else 0x80 <= b <= 0xBF for i, b in enumerate(tail) if i)
+
+
+def continuation_parts(data: bytes) -> tuple[bytes, bytes] | None:
+    """(leading continuation bytes, rest) of a token that can only continue a character begun before it: one
+    to three bytes 0x80-0xBF, then bytes that decode without U+FFFD (possibly ending inside a character).
+    None when no preceding bytes make the token valid UTF-8."""
+    j = 0
+    while j < len(data) and 0x80 <= data[j] < 0xC0:
+        j += 1
+    if not 1 <= j <= 3:
+        return None
+    text, tail = decode_pending(b"", data[j:])
+    if "\ufffd" in text or (tail and not valid_tail(tail)):
+        return None
+    return data[:j], data[j:]
+
+
 _RUNS_RE = re.compile(r"\w+|\W+")  # \w as in is_word_char: one match per maximal run
 
 
@@ -105,13 +139,20 @@ class VocabTables:
     sep_id: np.ndarray  # (V,) int32: first separator run ("" when none)
     s_id: np.ndarray  # (V,) int32: trailing word run ("" when none, or no separator)
     inner: dict[int, tuple[tuple[str, str], ...]]  # token -> (inner word, separator run after it) (rare)
-    banned: np.ndarray  # (V,) bool: ends inside a UTF-8 character, or decodes to U+FFFD
+    banned: np.ndarray  # (V,) bool: not complete valid text on its own (split character or U+FFFD)
     strings: list[str]
     string_ids: dict[str, int]
     string_ids_by_casefold: dict[str, list[int]]
     # leading run (casefolded / exact) -> tokens with that run (for the few tokens that extend a relevant prefix)
     p_tokens_by_casefold: dict[str, np.ndarray] = field(default_factory=dict)
     p_tokens_by_exact: dict[str, np.ndarray] = field(default_factory=dict)
+    # byte-level characters (byte_chars.py): the incomplete character a token ends with (0: none; its text is
+    # valid), tokens that continue a pending character (id -> (continuation bytes, rest bytes)), and tokens
+    # that are invalid UTF-8 whatever precedes them
+    tail_id: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # (V,) int32 into `tails`
+    tails: list[bytes] = field(default_factory=lambda: [b""])
+    continuations: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
+    never: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # (V,) bool
 
     @classmethod
     def build(cls, tokenizer: Any, fingerprint: str | None = None) -> VocabTables:
@@ -138,6 +179,9 @@ class VocabTables:
         kind = [KIND_WORD] * size
         p_id, sep_id, s_id = [0] * size, [0] * size, [0] * size
         banned = [False] * size
+        tail_id, never = [0] * size, [False] * size
+        tails, continuations = [b""], {}
+        intern_tail = {b"": 0}.setdefault
         inner: dict[int, tuple[tuple[str, str], ...]] = {}
         by_cf: dict[str, list[int]] = {}
         by_ex: dict[str, list[int]] = {}
@@ -153,9 +197,17 @@ class VocabTables:
                 text = data.decode("utf-8")
             except UnicodeDecodeError:
                 text, tail = decode_pending(b"", data)
-                banned[t] = bool(tail) or "\ufffd" in text
-            else:
-                banned[t] = "\ufffd" in text
+                banned[t] = True
+                if "\ufffd" not in text and valid_tail(tail):  # ends inside a character
+                    tail_id[t] = intern_tail(tail, len(tails))
+                    if tail_id[t] == len(tails):
+                        tails.append(tail)
+                else:
+                    split = continuation_parts(data)
+                    if split is None:
+                        never[t] = True
+                    else:
+                        continuations[t] = split
             p, sep, middle, s = pieces(text).groups()  # type: ignore[union-attr]
             if p:
                 p_id[t] = intern(p, len(string_ids))
@@ -197,17 +249,22 @@ class VocabTables:
             string_ids_by_casefold=by_cf_strings,
             p_tokens_by_casefold=_int64_groups(by_cf),
             p_tokens_by_exact=_int64_groups(by_ex),
+            tail_id=np.array(tail_id, np.int32),
+            tails=tails,
+            continuations=continuations,
+            never=np.array(never, bool),
         )
 
     @property
     def nbytes(self) -> int:
         """Approximate resident size: the arrays, the strings and the per-token dictionaries."""
-        arrays = (self.kind, self.p_id, self.sep_id, self.s_id, self.banned)
+        arrays = (self.kind, self.p_id, self.sep_id, self.s_id, self.banned, self.tail_id, self.never)
         strings = sum(sys.getsizeof(s) for s in self.strings)
         lookups = sum(
             a.nbytes + 64 for d in (self.p_tokens_by_casefold, self.p_tokens_by_exact) for a in d.values()
         )
-        return sum(a.nbytes for a in arrays) + 2 * strings + lookups + 200 * len(self.inner)
+        split = 100 * (len(self.tails) + len(self.continuations))
+        return sum(a.nbytes for a in arrays) + 2 * strings + lookups + 200 * len(self.inner) + split
 
     def runs(self, token: int) -> list[str]:
         """The token's text as alternating word / separator runs (the text without pieces is not stored)."""
@@ -221,7 +278,7 @@ class VocabTables:
         return out
 
 
-TABLES: LRUCache[VocabTables] = LRUCache("vocab", 4 * 256 * 2**20, lambda t: t.nbytes)
+VOCAB_TABLES: LRUCache[VocabTables] = LRUCache("vocab", 4 * 256 * 2**20, lambda t: t.nbytes)
 
 
 def vocab_tables(tokenizer: Any) -> VocabTables:
@@ -233,8 +290,8 @@ def vocab_tables(tokenizer: Any) -> VocabTables:
             tokenizer._pcgen_fingerprint = fingerprint
         except AttributeError:
             pass
-    tables = TABLES.get(fingerprint)
+    tables = VOCAB_TABLES.get(fingerprint)
     if tables is None:
         tables = VocabTables.build(tokenizer, fingerprint)
-        TABLES.put(fingerprint, tables)
+        VOCAB_TABLES.put(fingerprint, tables)
     return tables

@@ -11,17 +11,14 @@ by character, which the DFA relies on).
 from __future__ import annotations
 
 import re
+import sys
 import unicodedata
-from functools import lru_cache
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
-if TYPE_CHECKING:
-    from pc_core.constraints.spec import Keyword
+from pc_core.cache import LRUCache
 
 WORD_RE = re.compile(r"\w+")
 SPACE_RE = re.compile(r"\s+")
-_WORD_CHAR_RE = re.compile(r"\w")
-_SPACE_CHAR_RE = re.compile(r"\s")
 
 CASE_MODES = ("natural", "sensitive", "any")
 PARTS_OF_SPEECH = {"noun": ("NOUN",), "verb": ("VERB",), "adj": ("ADJ",)}
@@ -58,14 +55,15 @@ def normalise_gap(text: str) -> str:
     return SPACE_RE.sub(" ", text)
 
 
-@lru_cache(maxsize=65536)
 def is_word_char(ch: str) -> bool:
-    return _WORD_CHAR_RE.match(ch) is not None
+    """Does one character match `\\w`? For str patterns `re` defines \\w as str.isalnum() or "_" (CPython's
+    SRE_UNI_IS_WORD): no regex, and no cache. tests/pc_core/test_words.py checks every code point."""
+    return ch.isalnum() or ch == "_"
 
 
-@lru_cache(maxsize=65536)
 def is_space_char(ch: str) -> bool:
-    return _SPACE_CHAR_RE.match(ch) is not None
+    """Does one character match `\\s`? For str patterns `re` defines \\s as str.isspace() (SRE_UNI_IS_SPACE)."""
+    return ch.isspace()
 
 
 class Form(NamedTuple):
@@ -102,8 +100,23 @@ def bad_keyword_char(text: str) -> str | None:
     return None
 
 
-@lru_cache(maxsize=8192)
+INFLECTIONS: LRUCache[tuple[str, ...]] = LRUCache(
+    "inflections", 8 * 2**20, lambda forms: sys.getsizeof(forms) + sum(map(sys.getsizeof, forms)) + 256
+)
+"""inflections_of by (word, pos): a keyword's words come from requests, so the cache grows with traffic. An
+entry costs its strings and tuple, plus ~256 bytes for the key and the cache's own bookkeeping."""
+
+
 def inflections_of(word: str, pos: str | None = None) -> tuple[str, ...]:
+    """Lower-case forms of `word` (cached in INFLECTIONS); see `_dictionary_forms`."""
+    forms = INFLECTIONS.get((word, pos))
+    if forms is None:
+        forms = _dictionary_forms(word, pos)
+        INFLECTIONS.put((word, pos), forms)
+    return forms
+
+
+def _dictionary_forms(word: str, pos: str | None) -> tuple[str, ...]:
     """Lower-case forms of `word` from lemminflect's dictionary (no rule-made forms), the word included.
 
     The word's own forms when the dictionary knows it as a lemma (noun plural; verb -s, past, participles,
@@ -155,29 +168,30 @@ def case_variants(text: str, case: str) -> set[str]:
     return {text, text.lower(), text[:1].upper() + text[1:], text.upper()}
 
 
-def keyword_forms(keyword: Keyword) -> tuple[Form, ...]:
-    """Every phrase that satisfies `keyword`: the text and user variants, with the inflections of the last
-    word (if on) and the case variants of the keyword's case mode. "any" forms are casefolded. Sorted and
-    deduplicated, so the result is canonical."""
+def keyword_forms(
+    text: str,
+    variants: tuple[str, ...] = (),
+    inflections: bool = True,
+    case: str = "natural",
+    pos: str | None = None,
+) -> tuple[Form, ...]:
+    """Every phrase that satisfies a keyword (the fields of nodes.Keyword): the text and user variants, with
+    the inflections of the last word (if on) and the case variants of the case mode. "any" forms are
+    casefolded. Sorted and deduplicated, so the result is canonical."""
     forms: set[Form] = set()
-    for text in (keyword.text, *keyword.variants):
-        base = split_phrase(text)
+    for written in (text, *variants):
+        base = split_phrase(written)
         last = base.words[-1]
         lasts = {last}
-        if keyword.inflections:
-            lasts.update(_match_case(f, last) for f in inflections_of(last, keyword.pos))
+        if inflections:
+            lasts.update(_match_case(f, last) for f in inflections_of(last, pos))
         for new_last in lasts:
             phrase = Form((*base.words[:-1], new_last), base.gaps).text
-            for spelling in case_variants(phrase, keyword.case):
+            for spelling in case_variants(phrase, case):
                 form = split_phrase(unicodedata.normalize("NFC", spelling))
                 if len(form.words) != len(base.words):
                     continue  # a case mapping that changes the word structure is not a spelling of it
-                if keyword.case == "any":
+                if case == "any":
                     form = Form(tuple(w.casefold() for w in form.words), form.gaps)
                 forms.add(form)
     return tuple(sorted(forms))
-
-
-def word_matches(keyword: Keyword, form_word: str, text_word: str) -> bool:
-    """Does `text_word` (as generated) equal `form_word` under the keyword's case mode?"""
-    return (text_word.casefold() if keyword.case == "any" else text_word) == form_word

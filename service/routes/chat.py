@@ -20,8 +20,17 @@ from service import serving
 from service.deps import RateLimit, RuntimeDep
 from service.errors import ServiceError
 from service.json_body import JSONRoute
-from service.openai_schemas import ChatCompletionRequest, ChatCompletionResponse
-from service.routes.openai import FINISH, OPENAI_ERRORS, check_model, error_event, token_logprobs, usage
+from service.openai_responses import ChatCompletionResponse
+from service.openai_schemas import ChatCompletionRequest
+from service.routes.openai import (
+    FINISH,
+    OPENAI_ERRORS,
+    check_model,
+    chunk,
+    error_event,
+    token_logprobs,
+    usage,
+)
 from service.serving import Result, Stream
 from service.sse import SSE_HEADERS, sse
 
@@ -55,7 +64,7 @@ async def chat_completions(
     runtime.require_engine()
     tokenizer = runtime.tokenizer
     prompt = body.prompt_text(tokenizer)
-    spec = serving.counting_constraint_errors(runtime, lambda: body.to_generation(runtime.settings, prompt))
+    spec = serving.counting_constraint_errors(runtime, lambda: body.to_spec(runtime.settings, prompt))
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()),
             "model": runtime.settings.served_model}  # fmt: skip
 
@@ -91,24 +100,23 @@ async def chat_completions(
 async def _chunks(
     stream: Stream, head: dict, n: int, include_usage: bool, finished: Any
 ) -> AsyncIterator[str]:
-    def chunk(choices: list[dict], **extra: object) -> str:
-        return sse({**head, "object": "chat.completion.chunk", "choices": choices, **extra})
+    head = {**head, "object": "chat.completion.chunk"}
 
     def delta(index: int, content: dict) -> dict[str, Any]:
         return {"index": index, "delta": content, "logprobs": None, "finish_reason": None}
 
     for i in range(n):  # OpenAI's first chunk of a choice names the role
-        yield chunk([delta(i, {"role": "assistant", "content": ""})])
+        yield chunk(head, [delta(i, {"role": "assistant", "content": ""})])
     result: Result | None = None
     async for kind, item in stream.events():
         if kind == "token":
-            yield chunk([delta(item.index, {"content": item.text})])
+            yield chunk(head, [delta(item.index, {"content": item.text})])
         elif kind == "result":
             result = item
             for i, out in enumerate(item.outputs):
-                yield chunk([{**delta(i, {}), **finished(out)}])
+                yield chunk(head, [{**delta(i, {}), **finished(out)}])
         else:
             yield error_event(item)
     if include_usage and result is not None:
-        yield chunk([], usage=usage([result]))
+        yield chunk(head, [], usage=usage([result]))
     yield sse("[DONE]")

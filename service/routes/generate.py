@@ -18,11 +18,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from pc_core.constraints.spec import expanded_forms
 from service import serving
 from service.deps import RateLimit, RuntimeDep
 from service.json_body import JSONRoute
-from service.schemas import KEYWORD_FORMS_SHOWN, ErrorResponse, GenerateRequest, GenerateResponse
+from service.response_body import generation_body
+from service.schemas import ErrorResponse, GenerateRequest, GenerateResponse
 from service.serving import Result, Stream
 from service.sse import SSE_HEADERS, sse
 
@@ -39,22 +39,10 @@ ERRORS = {
 
 
 def response_body(result: Result, request_id: str, model: str, constraint: Any, full_text: bool) -> dict:
-    """The JSON answer. The keywords' accepted forms are listed only here, for an answer: a request that is
-    refused (a flood of rejected constraints) must not pay for expanding hundreds of keywords."""
-    outputs = result.outputs
-    if not full_text:
-        outputs = [{k: v for k, v in out.items() if k != "full_text"} for out in outputs]
-    return {
-        "id": request_id,
-        "model": model,
-        "outputs": outputs,
-        "usage": result.usage,
-        "timings": result.timings,
-        "dfa_states": result.dfa_states,
-        "guide": result.guide,
-        "cached": result.cached,
-        "keywords": expanded_forms(constraint, KEYWORD_FORMS_SHOWN),
-    }
+    """The JSON answer: service/response_body.py's, which `pcgen generate --json` prints too."""
+    body = generation_body(result.outputs, result.usage, result.timings, result.dfa_states, result.guide,
+                           constraint, full_text)  # fmt: skip
+    return {"id": request_id, "model": model, **body, "cached": result.cached}
 
 
 @router.post(
@@ -66,7 +54,7 @@ def response_body(result: Result, request_id: str, model: str, constraint: Any, 
 async def post_generate(body: GenerateRequest, request: Request, runtime: RuntimeDep, _: RateLimit) -> object:
     """Every returned output satisfies the constraint within `max_new_tokens` (`constraint_satisfied` is the
     independent re-check). Deterministic requests (beam search, or sampling with a `seed`) are cached."""
-    spec = serving.generation_of(body, runtime)
+    spec = serving.spec_of(body, runtime)
     request_id = request.state.request_id
     model = runtime.settings.served_model
     if body.stream:

@@ -28,7 +28,8 @@ from service import serving
 from service.deps import RateLimit, RuntimeDep
 from service.errors import NotFound, ServiceError, openai_shaped
 from service.json_body import JSONRoute
-from service.openai_schemas import CompletionRequest, CompletionResponse, ModelList, OpenAIRequest
+from service.openai_responses import CompletionResponse, ModelList
+from service.openai_schemas import CompletionRequest, OpenAIRequest
 from service.routes.generate import ERRORS
 from service.runtime import Runtime
 from service.serving import Result
@@ -56,6 +57,12 @@ def usage(results: list[Result]) -> dict[str, int]:
     prompt = sum(r.usage["prompt_tokens"] for r in results)
     completion = sum(r.usage["completion_tokens"] for r in results)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def chunk(head: dict, choices: list[dict], **extra: object) -> str:
+    """One streamed chunk in OpenAI's shape: the response's head (id, object, created, model), these choices,
+    and `extra` (the usage chunk's `usage`)."""
+    return sse({**head, "choices": choices, **extra})
 
 
 def error_event(err: ServiceError) -> str:
@@ -118,7 +125,7 @@ def _echoes(body: CompletionRequest, tokenizer: Any) -> list[str]:
 )
 async def completions(body: CompletionRequest, request: Request, runtime: RuntimeDep, _: RateLimit) -> object:
     check_model(body, runtime)
-    specs = serving.counting_constraint_errors(runtime, lambda: body.to_generations(runtime.settings))
+    specs = serving.counting_constraint_errors(runtime, lambda: body.to_specs(runtime.settings))
     runtime.require_engine()
     tokenizer = runtime.tokenizer
     echoes = _echoes(body, tokenizer)
@@ -152,27 +159,24 @@ async def completions(body: CompletionRequest, request: Request, runtime: Runtim
 async def _chunks(
     streams: list[serving.Stream], head: dict, echoes: list[str], n: int, include_usage: bool, choice: Any
 ) -> AsyncIterator[str]:
-    def chunk(choices: list[dict], **extra: object) -> str:
-        return sse({**head, "choices": choices, **extra})
-
     for i, echo in enumerate(echoes):
         if echo:
             for j in range(n):
-                yield chunk([choice(i * n + j, echo, None, echo)])
+                yield chunk(head, [choice(i * n + j, echo, None, echo)])
     results: list[Result] = []
     async for position, kind, item in serving.merged_events(streams):
         if kind == "token":
-            yield chunk([choice(position * n + item.index, item.text, None, "")])
+            yield chunk(head, [choice(position * n + item.index, item.text, None, "")])
         elif kind == "result":
             results.append(item)
             for j, out in enumerate(item.outputs):
-                yield chunk([choice(position * n + j, "", out, echoes[position])])
+                yield chunk(head, [choice(position * n + j, "", out, echoes[position])])
         else:
             yield error_event(item)
             break
     else:
         if include_usage:
-            yield chunk([], usage=usage(results))
+            yield chunk(head, [], usage=usage(results))
     yield sse("[DONE]")
 
 

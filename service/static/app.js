@@ -5,6 +5,19 @@
 const $ = (id) => document.getElementById(id);
 const keywords = []; // {text, inflections, case, forms (from the last response, or null)}
 let controller = null;
+let sentSchema = null; // the JSON task's schema as sent with the last request: outputs are checked against it
+
+// small enough for the demo models' 24 tokens (their tokenizer spells JSON nearly character by character):
+// the shortest document, {"animal":"","legs":0}, takes 19
+const JSON_PRESET_SCHEMA = {
+  type: "object",
+  properties: {
+    animal: { type: "string", maxLength: 12 },
+    legs: { type: "integer", minimum: 0, maximum: 8 },
+  },
+  required: ["animal", "legs"],
+  additionalProperties: false,
+};
 
 const PRESETS = {
   commongen: { keywords: ["dog", "frisbee", "catch", "park"], constraint: "" },
@@ -14,6 +27,8 @@ const PRESETS = {
   counting: { keywords: [], constraint: JSON.stringify({ all: [{ count: "dog", min: 2, max: 2 }, { at_least: 1, of: ["park", "beach", "lake"] }, { word_at: -1, word: "ball", inflections: true }] }, null, 1) },
   insert: { keywords: ["kite"], constraint: "", task: "insert", prompt: "The girl went to the lake", suffix: " and smiled.",
             minWords: 3, maxWords: 10 },
+  json: { keywords: [], constraint: "", task: "json", prompt: "", schema: JSON.stringify(JSON_PRESET_SCHEMA, null, 2),
+          maxNewTokens: 24 },
 };
 
 function renderChips() {
@@ -72,6 +87,7 @@ function task() {
 function setTask(value) {
   document.querySelector(`input[name=task][value=${value}]`).checked = true;
   document.body.classList.toggle("insert", value === "insert");
+  document.body.classList.toggle("json", value === "json");
   $("prompt-label").textContent = value === "insert" ? "Prefix" : "Prompt";
   $("prompt").placeholder = value === "insert" ? "text before the inserted span" : "(optional) text to continue";
 }
@@ -87,11 +103,14 @@ function applyPreset(name) {
   $("min_words").value = preset.minWords ?? "";
   $("max_words").value = preset.maxWords ?? "";
   $("constraint").value = preset.constraint;
+  if (preset.schema !== undefined) $("schema").value = preset.schema;
+  if (preset.maxNewTokens !== undefined) $("max_new_tokens").value = preset.maxNewTokens;
   $("advanced").open = Boolean(preset.constraint);
   hideFieldError();
 }
 
 function showFieldError(message) {
+  if (task() === "json" && !$("constraint").value.trim()) { showSchemaError(message); return; }
   const el = $("constraint-error");
   el.textContent = message;
   el.hidden = false;
@@ -102,6 +121,25 @@ function showFieldError(message) {
 function hideFieldError() {
   $("constraint-error").hidden = true;
   $("constraint").removeAttribute("aria-invalid");
+  $("schema-error").hidden = true;
+  $("schema").removeAttribute("aria-invalid");
+}
+
+function showSchemaError(message) {
+  const el = $("schema-error");
+  el.textContent = message;
+  el.hidden = false;
+  $("schema").setAttribute("aria-invalid", "true");
+}
+
+function schemaPart() {
+  // the JSON task: the schema box as a json_schema constraint (kept for checking the outputs)
+  try {
+    sentSchema = JSON.parse($("schema").value);
+  } catch (err) {
+    throw { field: `schema: not valid JSON (${err.message})` };
+  }
+  return { json_schema: sentSchema };
 }
 
 function showError(message) {
@@ -127,6 +165,7 @@ function buildRequest() {
   }
   const parts = [];
   const advanced = $("constraint").value.trim();
+  sentSchema = null;
   if (advanced) {
     try {
       parts.push(JSON.parse(advanced));
@@ -134,10 +173,11 @@ function buildRequest() {
       throw { field: `constraint: not valid JSON (${err.message})` };
     }
   } else {
+    if (task() === "json") parts.push(schemaPart());
     parts.push(...keywords.map((k) => ({ keyword: k.text, inflections: k.inflections, case: k.case })));
   }
   const minWords = numberField("min_words"), maxWords = numberField("max_words");
-  if (minWords !== undefined || maxWords !== undefined) {
+  if ((minWords !== undefined || maxWords !== undefined) && task() !== "json") {
     parts.push({ word_count: { min: minWords ?? 0, ...(maxWords !== undefined ? { max: maxWords } : {}) } });
   }
   if (!parts.length) {
@@ -215,6 +255,7 @@ function renderResult(result) {
     li.innerHTML = `<span class="badge ${ok ? "ok" : "bad"}" data-testid="badge">${ok ? "satisfied" : "not satisfied"}</span>` +
       `<span class="text" data-testid="output-text">${before}<span data-testid="span">${highlight(out.text, out.matches)}</span>${after}</span>` +
       `<div class="meta">#${i + 1} · finish: ${out.finish_reason} · LM log-likelihood ${out.logprob.toFixed(2)}</div>`;
+    if (sentSchema !== null) li.append(...jsonView(out.text, sentSchema));
     list.append(li);
   });
   const t = result.timings || {};
@@ -226,6 +267,28 @@ function renderResult(result) {
   $("timings").innerHTML = rows.join("");
   $("timings").hidden = rows.length === 0;
   showForms(result.keywords || []);
+}
+
+function jsonView(text, schema) {
+  // the output pretty-printed, and the page's own check of it against the schema (schema_check.js)
+  const pre = document.createElement("pre");
+  pre.className = "json-output";
+  pre.dataset.testid = "json-output";
+  const verdict = document.createElement("div");
+  verdict.dataset.testid = "schema-check";
+  let problems;
+  try {
+    const value = JSON.parse(text);
+    pre.textContent = JSON.stringify(value, null, 2);
+    problems = checkSchema(schema, value);
+  } catch (err) {
+    pre.textContent = text;
+    problems = [`not JSON: ${err.message}`];
+  }
+  verdict.className = `schema-check ${problems.length ? "bad" : "ok"}`;
+  verdict.textContent = problems.length ? `schema check in the page: invalid (${problems.join("; ")})`
+    : "schema check in the page: valid";
+  return [pre, verdict];
 }
 
 function showForms(entries) {

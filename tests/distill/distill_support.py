@@ -56,11 +56,10 @@ def hmm_data(
     directory: Path, hmm, num_sequences: int, seq_len: int, seed: int, shard_size: int = 512
 ) -> Path:
     """A data directory of sequences drawn from `hmm` (tokens only)."""
-    from distill import data
-    from distill.synthetic import sample_hmm
+    from synthetic import sample_hmm, write_dataset
 
     tokens, _ = sample_hmm(hmm, num_sequences, seq_len, seed=seed)
-    data.write_dataset(directory, tokens, hmm.vocab_size, hmm.eos_token_id, shard_size=shard_size)
+    write_dataset(directory, tokens, hmm.vocab_size, hmm.eos_token_id, shard_size=shard_size)
     return Path(directory)
 
 
@@ -69,7 +68,7 @@ def per_token_ll(hmm, directory: Path) -> float:
     import torch
 
     from distill import data
-    from distill.em import Prepared, log_likelihood
+    from distill.forward_backward import Prepared, log_likelihood
 
     tokens, _ = data.load_tokens(directory)
     x = torch.from_numpy(tokens.astype("int64"))

@@ -9,7 +9,9 @@ import pytest
 import torch
 from distill_support import hmm_data, per_token_ll
 
-from distill.em import Counts, Prepared, TrainConfig, e_step, log_likelihood, m_step, run_train
+from distill.counts import Counts, m_step
+from distill.em import TrainConfig, run_train
+from distill.forward_backward import Prepared, e_step, log_likelihood
 from pc_core.hmm import HMM
 
 

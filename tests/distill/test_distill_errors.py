@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from distill_support import hmm_data
+from synthetic import write_dataset
 
 from distill import data
 from distill.em import TrainConfig, run_train
@@ -88,7 +89,7 @@ def test_lvd_without_embeddings_and_too_many_clusters(dataset, tmp_path):
     with pytest.raises(DistillError, match="no stored hidden states; sample with --save-embeddings"):
         run_lvd(LVDConfig(data=str(dataset), hidden_size=4, out=str(tmp_path / "l"), device="cpu"))
     tokens = np.zeros((2, 3), dtype=np.int64)
-    data.write_dataset(tmp_path / "e", tokens, 5, 4, embeddings=np.zeros((2, 3, 2), dtype=np.float16))
+    write_dataset(tmp_path / "e", tokens, 5, 4, embeddings=np.zeros((2, 3, 2), dtype=np.float16))
     with pytest.raises(DistillError, match="cannot make 9 clusters from 6 vectors"):
         run_lvd(LVDConfig(data=str(tmp_path / "e"), hidden_size=10, out=str(tmp_path / "l"), device="cpu"))
 

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import torch
 from distill_support import per_token_ll
+from synthetic import ending_hmm, noisy_embeddings, sample_hmm, write_dataset
 
 from distill import data
-from distill.em import Counts, Prepared, e_step, m_step
+from distill.counts import Counts, m_step
+from distill.forward_backward import Prepared, e_step
 from distill.kmeans import kmeans
 from distill.lvd import LVDConfig, run_lvd
-from distill.synthetic import ending_hmm, noisy_embeddings, sample_hmm
 from pc_core.hmm import HMM
 
 H, V, EOS = 8, 32, 31
@@ -37,8 +38,8 @@ def teacher(tmp_path_factory):
     tokens, states = sample_hmm(true, 1500, 24, seed=4)
     assert 0.05 < (tokens == EOS).mean() < 0.6  # some samples end early: the end state is exercised
     emb = noisy_embeddings(states, H, noise=0.3, seed=5)
-    data.write_dataset(root / "train", tokens[:1000], V, EOS, embeddings=emb[:700], shard_size=300)
-    data.write_dataset(root / "heldout", tokens[1000:], V, EOS)
+    write_dataset(root / "train", tokens[:1000], V, EOS, embeddings=emb[:700], shard_size=300)
+    write_dataset(root / "heldout", tokens[1000:], V, EOS)
     return true, root
 
 

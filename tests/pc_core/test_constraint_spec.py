@@ -10,7 +10,7 @@ from pc_core.constraints.spec import (
     canonical_json,
     parse_constraint,
 )
-from pc_core.constraints.words import Form, keyword_forms
+from pc_core.constraints.words import Form
 from pc_core.errors import ConstraintError
 
 
@@ -28,13 +28,13 @@ def test_shorthands_normalise():
 def test_keyword_options_and_word_at_defaults():
     kw = parse_constraint({"keyword": "New York", "inflections": False, "case_sensitive": True})
     assert kw == Keyword("New York", inflections=False, case="sensitive")
-    assert keyword_forms(kw) == (Form(("New", "York"), (" ",)),)
+    assert kw.forms() == (Form(("New", "York"), (" ",)),)
     at = parse_constraint({"word_at": 3, "word": "pan"})
     assert at == WordAt(3, Keyword("pan", inflections=False))
 
 
 def _words(keyword):
-    return {f.text for f in keyword_forms(keyword)}
+    return {f.text for f in keyword.forms()}
 
 
 def test_inflections():

@@ -345,7 +345,7 @@ def _tables_close(a, b):
 
 
 def test_linear_backward_step_equals_log_space_path(tokenizer, monkeypatch):
-    from pc_core.guide import TABLES
+    from pc_core.guide import GUIDE_TABLES
     from pc_core.guide_tables import GuideTables
 
     dfa = compile_constraint({"all": ["dog", "frisbee", {"word_count": {"min": 3, "max": 9}}]}, tokenizer)
@@ -353,7 +353,7 @@ def test_linear_backward_step_equals_log_space_path(tokenizer, monkeypatch):
     tables = {}
     for linear in (True, False):
         monkeypatch.setattr(GuideTables, "LINEAR_PATH", linear)
-        TABLES.clear()
+        GUIDE_TABLES.clear()
         guide = ConstraintGuide(hmm, dfa, horizon=20, min_new_tokens=4)
         assert guide.tables.used_log_space_fallback is (not linear)
         tables[linear] = guide.tables.log_u
@@ -371,7 +371,7 @@ def test_tokens_beyond_float32_range_stay_exact(micro, monkeypatch, big_class_fr
     forward vector gives e^-100, so its products leave float32's normal range and the exact log-space
     fallback must take over: no NaN, no spurious -inf, full precision."""
     import pc_core.guide_tables as tables_module
-    from pc_core.guide import TABLES
+    from pc_core.guide import GUIDE_TABLES
 
     monkeypatch.setattr(
         tables_module, "BIG_CLASS_FRACTION", big_class_fraction
@@ -397,7 +397,7 @@ def test_tokens_beyond_float32_range_stay_exact(micro, monkeypatch, big_class_fr
         return real(self, state, beams, tokens)
 
     monkeypatch.setattr(ConstraintGuide, "_exact_log_ratio", spy)
-    TABLES.clear()
+    GUIDE_TABLES.clear()
     guide = ConstraintGuide(hmm, dfa, horizon=3)
     brute = Brute(hmm, micro, spec, 3)
     for prefix in ([], [6], [0]):
@@ -411,11 +411,11 @@ def test_tokens_beyond_float32_range_stay_exact(micro, monkeypatch, big_class_fr
 def test_underflow_in_the_linear_path_falls_back_to_log_space(tokenizer, monkeypatch):
     """If a scaled row underflows where the DFA says feasible, the step is redone in log space."""
     import pc_core.guide_tables as tables_module
-    from pc_core.guide import TABLES
+    from pc_core.guide import GUIDE_TABLES
 
     dfa = compile_constraint({"keywords": ["dog", "cat"]}, tokenizer)
     hmm = HMM.random(16, len(tokenizer), seed=3, eos_token_id=tokenizer.eos_token_id)
-    TABLES.clear()
+    GUIDE_TABLES.clear()
     reference = ConstraintGuide(hmm, dfa, horizon=10).tables.log_u
     real = tables_module.edge_scaled_sum
     calls = []
@@ -426,7 +426,7 @@ def test_underflow_in_the_linear_path_falls_back_to_log_space(tokenizer, monkeyp
         return w, scale, lossy or len(calls) == 3  # as if a term fell out of float32 at the third step
 
     monkeypatch.setattr(tables_module, "edge_scaled_sum", underflowing)
-    TABLES.clear()
+    GUIDE_TABLES.clear()
     fallback = ConstraintGuide(hmm, dfa, horizon=10)
     assert fallback.tables.used_log_space_fallback and len(calls) == 3
     _tables_close(fallback.tables.log_u[:2], reference[:2])  # steps before the underflow: the fast path

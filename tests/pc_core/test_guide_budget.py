@@ -11,7 +11,7 @@ from pc_core.constraints.checker import check_ids
 from pc_core.decoding import generate
 from pc_core.errors import ConstraintTooComplex
 from pc_core.feasibility import Feasibility
-from pc_core.guide import TABLES, ConstraintGuide
+from pc_core.guide import GUIDE_TABLES, ConstraintGuide
 from pc_core.guide_budget import GuideBudget, exact_cost
 from pc_core.hmm import HMM
 
@@ -123,7 +123,7 @@ def test_bfloat16_rows_within_bound(tokenizer, spec):
     log q moves by at most log(1 / (1 - 2^-9)) < 2^-8 (docs/method.md §5.9); the -inf pattern is identical."""
     dfa = compile_constraint(spec, tokenizer)
     hmm = HMM.random(64, len(tokenizer), seed=5, eos_token_id=tokenizer.eos_token_id, concentration=2.0)
-    TABLES.clear()
+    GUIDE_TABLES.clear()
     exact = ConstraintGuide(hmm, dfa, horizon=36)
     half = ConstraintGuide(hmm, dfa, horizon=36, table_dtype=torch.bfloat16)
     assert half.tables.log_rows.dtype == torch.bfloat16 and not half.tables.used_log_space_fallback

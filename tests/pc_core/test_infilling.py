@@ -327,7 +327,7 @@ def test_every_output_is_span_plus_suffix_and_satisfies_the_constraint(tiny_lm, 
         else:
             assert seq.finish_reason in ("eos", "length") and generated == seq.text
     if suffix is not None:
-        assert all(o["full_text"] == o["text"] + suffix for o in out.outputs_json(spec))
+        assert all(s.full_text == s.text + suffix for s in out.sequences)
 
 
 def test_stop_strings_end_the_text_where_the_constraint_can_hold(tiny_lm, tokenizer, tiny_hmm):

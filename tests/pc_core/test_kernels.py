@@ -65,7 +65,7 @@ def test_edge_logsumexp_matches_reference():
 
 def test_guide_with_triton_path_equals_torch_path(tokenizer, monkeypatch):
     from pc_core import compile_constraint
-    from pc_core.guide import TABLES, ConstraintGuide
+    from pc_core.guide import GUIDE_TABLES, ConstraintGuide
     from pc_core.hmm import HMM
     from pc_core.kernels import onednn_packed
 
@@ -77,7 +77,7 @@ def test_guide_with_triton_path_equals_torch_path(tokenizer, monkeypatch):
     results = []
     for backend in ("torch", "triton"):
         monkeypatch.setenv("PCGEN_KERNELS", backend)
-        TABLES.clear()
+        GUIDE_TABLES.clear()
         hmm = HMM.random(16, len(tokenizer), seed=4, eos_token_id=tokenizer.eos_token_id)
         guide = ConstraintGuide(hmm, dfa, horizon=6)
         results.append((guide.tables.log_u.clone(), guide.next_log_probs(prefix), guide.log_prob(prefix)))

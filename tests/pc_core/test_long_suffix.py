@@ -193,7 +193,7 @@ def test_a_suffix_over_200_characters_is_served(tiny_lm, tokenizer, tiny_hmm, be
         )  # only the junction generated
         assert len(seq.token_ids) <= 24 and seq.finish_reason == "eos"
     assert out.suffix == suffix and out.ranking == RANK_JUNCTION  # prompt + span + suffix > 128 positions
-    assert all(o["full_text"].endswith(suffix) for o in out.outputs_json(spec))
+    assert all(s.full_text.endswith(suffix) for s in out.sequences)
 
 
 def test_suffix_length_limit_names_the_field():

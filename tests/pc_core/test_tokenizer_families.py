@@ -8,14 +8,17 @@ whose casefold is longer: ß, ﬁ, İ), phrases whose separators must appear as 
 spaces included, equal), keywords normalised to NFC (text judged as generated), `pos`, and blocklists
 (`forbidden` lists of 4+ single words enforced beside the DFA, which `dfa.accepts` checks too).
 
-Sequences that contain a token ending inside a UTF-8 character, or decoding to U+FFFD, are skipped: the DFA
-rejects them by design (support.has_banned_token, which the DFA's banned_tokens must match).
+Sequences whose bytes break a character are skipped after checking that the DFA rejects them: invalid UTF-8,
+an incomplete character at the end, or a character split across tokens that the constraint does not let
+tokens split (byte_support.breaks_characters: a word-level constraint splits the non-ASCII characters it
+names; the DFA's banned_tokens are single tokens that support.has_banned_token rejects).
 """
 
 import random
 
 import numpy as np
 import pytest
+from byte_support import breaks_characters, splittable_chars
 from support import has_banned_token, random_text
 from tokenizer_families import FAMILIES, build_family, plain_ids, resplit
 
@@ -144,18 +147,14 @@ def _sequences(tokenizer, seed, n_text=50, n_random=120):
     return seqs
 
 
-def _banned(dfa, tokenizer, ids):
-    eos = tokenizer.eos_token_id
-    cut = ids[: ids.index(eos)] if eos in ids else ids
-    return bool(np.asarray(dfa.banned_tokens)[cut].any()) if cut else False
-
-
 def _agree(spec, tokenizer, seqs):
     dfa = compile_constraint(spec, tokenizer, max_states=4096)
     assert dfa.vocab_size == len(tokenizer)
+    splittable = splittable_chars(spec)
     checked, accepted, disagreements = 0, 0, []
     for ids in seqs:
-        if _banned(dfa, tokenizer, ids):
+        if breaks_characters(tokenizer, ids, splittable):
+            assert not dfa.accepts(ids), ids
             continue
         checked += 1
         expected = check_ids(spec, tokenizer, ids)
@@ -207,14 +206,14 @@ def test_tokens_constraint(family):
 def test_named_cases(family, spec, text, expected):
     """A continuation keeps its leading space: " dog" after a prompt is the word "dog", not glued to it.
     (Where the encoding has a token ending inside a character, as 日本 in byte-level BPE and 🐶 in byte
-    fallback, the DFA rejects it by design.)"""
+    fallback, the DFA accepts it only if the constraint names that character: byte_support.py.)"""
     name, tokenizer = family
     dfa = compile_constraint(spec, tokenizer)
     ids = tokenizer.encode(text, add_special_tokens=False)
     if name != "wordpiece":
         assert decode_continuation(tokenizer, ids) == text
     assert check_ids(spec, tokenizer, ids) is expected
-    assert dfa.accepts(ids) is (expected and not _banned(dfa, tokenizer, ids))
+    assert dfa.accepts(ids) is (expected and not breaks_characters(tokenizer, ids, splittable_chars(spec)))
 
 
 # ------------------------------------------------------------------ the rest of the semantics
@@ -335,7 +334,8 @@ def _skipped(banned_ids, tokenizer, ids) -> bool:
 def test_semantics_dfa_agrees_with_text_checker(semantic_family, spec):
     name, tokenizer, banned_ids, seqs = semantic_family
     dfa = compile_constraint(spec, tokenizer, max_states=4096)
-    assert set(np.flatnonzero(dfa.banned_tokens).tolist()) == banned_ids
+    banned = set(np.flatnonzero(dfa.banned_tokens).tolist())
+    assert banned == banned_ids if not splittable_chars(spec) else banned <= banned_ids
     dfas = [dfa]
     if "forbidden" in spec or "forbidden" in str(spec.get("all")):
         assert dfa.blocklist is not None  # the list is enforced beside the DFA ...
@@ -343,13 +343,16 @@ def test_semantics_dfa_agrees_with_text_checker(semantic_family, spec):
         assert exact.blocklist is None  # ... or, the same constraint, inside one exact automaton
         dfas.append(exact)
     checked, accepted, disagreements = 0, 0, []
+    splittable = [frozenset() if d.blocklist is not None else splittable_chars(spec, False) for d in dfas]
     for ids in seqs:
-        if _skipped(banned_ids, tokenizer, ids):
+        if _skipped(banned_ids, tokenizer, ids) and breaks_characters(tokenizer, ids, max(splittable, key=len)):
+            assert not any(d.accepts(ids) for d in dfas), ids
             continue
         checked += 1
         expected = check_ids(spec, tokenizer, ids)
         accepted += expected
-        if any(d.accepts(ids) != expected for d in dfas):
+        expect = [expected and not breaks_characters(tokenizer, ids, chars) for chars in splittable]
+        if any(d.accepts(ids) != e for d, e in zip(dfas, expect)):
             disagreements.append((tokenizer.convert_ids_to_tokens(ids), decode_continuation(tokenizer, ids)))
     assert not disagreements, (name, spec, len(disagreements), disagreements[:5])
     assert checked >= len(seqs) // 3, (name, checked, len(seqs))

@@ -1,9 +1,7 @@
 """The per-tokenizer tables' fast paths against the plain definitions they replace: runs and pieces of a text
-by regex against a character loop, the fingerprint's one hash update against one per piece, the byte-level
-token bytes against the general decoder pipeline."""
+by regex against a character loop, the byte-level token bytes against the general decoder pipeline; and the
+fingerprint of a fixed tokenizer, pinned."""
 
-import hashlib
-import json
 import random
 
 import numpy as np
@@ -12,7 +10,6 @@ from support import build_tokenizer
 from pc_core.constraints.token_bytes import (
     _Pipeline,
     decoder_state,
-    decoder_type,
     special_token_ids,
     token_bytes_table,
 )
@@ -69,19 +66,34 @@ def test_decode_pending_fast_path_matches_the_incremental_decoder():
         assert decode_pending(b"", data) == (text, decoder.getstate()[0]), data
 
 
-def test_fingerprint_is_one_hash_update_per_piece(tmp_path):
-    tokenizer = build_tokenizer(tmp_path)
-    size = len(tokenizer)
-    h = hashlib.sha256()
-    h.update(
-        json.dumps(
-            [size, tokenizer.eos_token_id, sorted(tokenizer.all_special_ids), decoder_type(tokenizer)]
-        ).encode()
+def fixed_tokenizer(pieces: tuple[str, ...] = ("a", "b", "ab", "Ġ", "Ġab", "Ã", "©", "Ã©")):
+    """A byte-level BPE built from a written vocabulary and merges (no training): the same on every machine.
+    <|endoftext|> is the last id and EOS; "Ã©" is é in the byte alphabet."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {piece: i for i, piece in enumerate(pieces)}
+    vocab["<|endoftext|>"] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[("a", "b"), ("Ġ", "ab"), ("Ã", "©")]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["<|endoftext|>"])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+
+
+def test_fingerprint_of_a_fixed_tokenizer_is_pinned():
+    """The digest is part of every HMM's pairing record (config.json) and of cache keys: a change to what it
+    covers or how, even one that keeps it a fine hash, orphans every recorded pairing. Pinned, not recomputed.
+    If the change is intended, regenerate: print(tokenizer_fingerprint(fixed_tokenizer())) here, run with -s
+    (the value is SHA-256 over json [9, 8, [8], "ByteLevel"] then "piece\\0" per id, first 32 hex digits)."""
+    assert tokenizer_fingerprint(fixed_tokenizer()) == "6123fbfd2fc4a3e6d1bd2488fc1bbd10"
+    # and it depends on which id holds which piece and on EOS, not only on the vocabulary's size
+    assert tokenizer_fingerprint(fixed_tokenizer(("b", "a", "ab", "Ġ", "Ġab", "Ã", "©", "Ã©"))) != (
+        "6123fbfd2fc4a3e6d1bd2488fc1bbd10"
     )
-    for piece in tokenizer.convert_ids_to_tokens(list(range(size))):
-        h.update(str(piece).encode("utf-8", "surrogatepass"))
-        h.update(b"\x00")
-    assert tokenizer_fingerprint(tokenizer) == h.hexdigest()[:32]
+    other_eos = fixed_tokenizer()
+    other_eos.eos_token = "a"
+    assert tokenizer_fingerprint(other_eos) != "6123fbfd2fc4a3e6d1bd2488fc1bbd10"
 
 
 def test_byte_level_fast_path_matches_the_pipeline(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -129,6 +130,41 @@ def test_insert_mode_fills_the_gap_between_prefix_and_suffix(demo_server, browse
     # back to continuing: the suffix box goes away
     page.get_by_label("Continue a prompt").check()
     assert not page.get_by_label("Suffix", exact=True).is_visible()
+    page.close()
+
+
+def test_json_preset_shows_a_valid_pretty_printed_document(demo_server, browser):
+    import jsonschema
+
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.goto(f"{demo_server.url}/")
+    page.get_by_role("button", name="JSON (schema)").click()
+    assert page.get_by_label("JSON that follows a schema").is_checked()
+    schema = json.loads(page.get_by_label("JSON Schema", exact=True).input_value())
+    assert schema["required"] == ["animal", "legs"]
+    assert not page.get_by_label("Words at least").is_visible()  # a word count means nothing for JSON
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_selector("[data-testid=badge]", timeout=60_000)
+    assert page.locator("[data-testid=badge]").first.inner_text() == "satisfied"
+    document = json.loads(page.locator("[data-testid=span]").first.inner_text())
+    jsonschema.validate(document, schema)  # the library's verdict, independent of the page and the server
+    pretty = page.locator("[data-testid=json-output]").first.inner_text()
+    assert pretty == json.dumps(document, indent=2, ensure_ascii=False)
+    assert page.locator("[data-testid=schema-check]").first.inner_text() == "schema check in the page: valid"
+    # the page's own checker names what is wrong with an invalid document
+    problems = page.evaluate("s => checkSchema(s, {animal: 'cat', legs: 9, wings: 2})", schema)
+    assert any("legs" in p for p in problems) and any("wings" in p for p in problems), problems
+    assert page.evaluate("s => checkSchema(s, {animal: 'cat', legs: 4})", schema) == []
+    # a schema pcgen cannot compile: the server's 422 is shown under the schema box, with the schema path
+    unsupported = {"type": "array", "items": {"type": "string"}, "uniqueItems": True}
+    page.get_by_label("JSON Schema", exact=True).fill(json.dumps(unsupported))
+    page.get_by_role("button", name="Generate").click()
+    error = page.locator("#schema-error")
+    error.wait_for(state="visible", timeout=30_000)
+    assert "uniqueItems" in error.inner_text()
+    page.get_by_label("JSON Schema", exact=True).fill("{not json")  # caught before sending
+    page.get_by_role("button", name="Generate").click()
+    assert "not valid JSON" in error.inner_text()
     page.close()
 
 

@@ -1,12 +1,16 @@
-"""Synthetic teachers with a known answer: sequences drawn from a given HMM, and "embeddings" that reveal the
-hidden state through noise. Used by the tests (EM recovers the true likelihood; LVD beats random init) and
-by benchmarks/em.py."""
+"""Synthetic teachers with a known answer for the distillation tests: sequences drawn from a given HMM,
+"embeddings" that reveal the hidden state through noise (EM recovers the true likelihood; LVD beats random
+init), and `write_dataset`, a data directory (distill/data.py's layout) from arrays in memory."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from distill import data
+from pc_core.files import atomic_write_json
 from pc_core.hmm import HMM
 
 
@@ -54,3 +58,39 @@ def noisy_embeddings(states: np.ndarray, num_states: int, noise: float, seed: in
     rng = np.random.default_rng(seed)
     onehot = np.eye(num_states, dtype=np.float32)[states]  # (N, T, H)
     return (onehot + noise * rng.standard_normal(onehot.shape).astype(np.float32)).astype(np.float16)
+
+
+def write_dataset(
+    directory: Path,
+    tokens: np.ndarray,
+    vocab_size: int,
+    eos_token_id: int | None,
+    embeddings: np.ndarray | None = None,
+    shard_size: int = 1 << 16,
+    lm: str = "synthetic",
+) -> dict:
+    """A complete data directory from arrays already in memory (the synthetic teachers above).
+
+    tokens (N, T) ints; embeddings (K, T, D) for the first K sequences, optional.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    n, t = tokens.shape
+    header = data.new_header(
+        lm=lm,
+        vocab_size=vocab_size,
+        eos_token_id=eos_token_id,
+        seq_len=t,
+        num_sequences=n,
+        shard_size=shard_size,
+        settings={"source": lm},
+        embedding_dim=None if embeddings is None else int(embeddings.shape[2]),
+    )
+    entries = []
+    for index, start, count in data.plan(n, shard_size):
+        emb = None if embeddings is None else embeddings[start : min(start + count, len(embeddings))]
+        block = np.asarray(tokens[start : start + count]).astype(data.token_dtype(vocab_size))
+        entries.append(data.write_shard(directory, 0, index, start, 0, block, emb))
+    manifest = dict(header, shards=entries, complete=True)
+    atomic_write_json(directory / data.MANIFEST, manifest)
+    return manifest

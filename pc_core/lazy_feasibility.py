@@ -1,0 +1,277 @@
+"""Exact feasibility on a lazily explored automaton (docs/method.md §5.10).
+
+feasible(s, r, t): some continuation of exactly r tokens from state s, started at token index t, is accepted
+(ended states are absorbing; an ending token, EOS or one completing the suffix / a stop string, is allowed only
+at index >= min_new_tokens). It depends on s alone, not on how s was reached, so answers are memoised per
+(s, r, min(t, min_new_tokens)).
+
+It is decided by a depth-first search of the lazy automaton (lazy_dfa.py), with two exact helpers:
+  * a lower bound on the tokens still needed (LeafBound): the constraint's tree over small explicit automata
+    of its leaves (a keyword, a count, a word position, a word count ...), each compiled with the request's
+    suffix and stop strings; `all` takes the largest of its children's bounds, `any` the smallest, `at_least
+    k` the k-th smallest, anything else 0. Every accepted text makes each leaf it needs accepted, so the bound
+    never exceeds the truth: a branch is cut only where no accepted text can continue it.
+  * an order of the successors (the same tree with sums instead of maxima): the search tries first the
+    tokens that bring the leaves closest to acceptance, so its first descent usually is a witness.
+A True answer is a witness path (proof); a False answer is an exhausted search (proof). A search that spends
+its node budget answers None: not decided. Decoding allows only tokens proven feasible (so the guarantee
+holds whatever the budget: the witness that proved the current state feasible always leaves one token), and
+a request whose start is not decided within the budget is refused, never served unchecked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from pc_core.constraints.dfa import TokenDFA
+from pc_core.constraints.spec import All, AnyOf, AtLeast, AtMost, Constraint, Not, split_affixes, with_affixes
+from pc_core.errors import ConstraintTooComplex
+from pc_core.lazy_dfa import LazyDFA
+
+FAR = 1 << 20  # a leaf that can never accept again
+NODE_BUDGET = 4000  # search nodes per question (a node: one state expanded)
+BY_TOKEN_BYTES = 64 * 2**20  # the leaves' successor-per-token table, when it fits
+
+
+class LeafBound:
+    """Lower bounds and search order from explicit automata of the constraint's leaves (module docstring)."""
+
+    def __init__(self, constraint: Constraint, compile_leaf: Callable[[Constraint], TokenDFA | None]) -> None:
+        body, suffix, stop = split_affixes(constraint)
+        self.affixed = suffix is not None or bool(stop)  # one ending token may bring every leaf home at once
+        self.dfas: list[TokenDFA] = []
+        self.dist: list[np.ndarray] = []  # per leaf: (S_i,) tokens to acceptance, FAR where never
+        self.tree = self._build(body, lambda leaf: compile_leaf(with_affixes(leaf, suffix, stop)))
+        self._flatten()
+
+    def _build(self, node: Constraint, compile_leaf: Callable) -> tuple:
+        if isinstance(node, (All, AtLeast)):
+            children = [self._build(c, compile_leaf) for c in node.children]
+            k = node.k if isinstance(node, AtLeast) else len(children)
+            leaves = [c[1] for c in children if c[0] == "leaf"]
+            return ("all" if isinstance(node, All) else "at_least", k, children, self._classes(leaves))
+        if isinstance(node, AnyOf):
+            return ("any", 0, [self._build(c, compile_leaf) for c in node.children], [])
+        if isinstance(node, (AtMost, Not)):
+            return ("none",)  # satisfied by writing less: no bound worth a leaf
+        dfa = compile_leaf(node)
+        if dfa is None:
+            return ("none",)
+        steps = dfa.steps_to_accept.astype(np.int64)
+        self.dfas.append(dfa)
+        self.dist.append(np.where(steps < 0, FAR, steps))
+        return ("leaf", len(self.dfas) - 1)
+
+    def _classes(self, leaves: list[int]) -> list[list[int]]:
+        """The leaves split into classes no token can bring two of closer at once (greedy colouring of the
+        co-progress graph, co_progress below): within a class the distances add up."""
+        classes: list[list[int]] = []
+        for i in leaves:
+            for group in classes:
+                if not any(co_progress(self.dfas[i], self.dist[i], self.dfas[j], self.dist[j]) for j in group):
+                    group.append(i)
+                    break
+            else:
+                classes.append([i])
+        return classes
+
+    def initial(self) -> np.ndarray:
+        """(L,) the leaves' initial states."""
+        return np.array([d.initial_state for d in self.dfas], np.int64)
+
+    def advance(self, leaves: np.ndarray, token: int) -> np.ndarray:
+        """(L,) the leaves' states after `token`."""
+        return self.advance_many(leaves, np.array([token]))[0]
+
+    def advance_many(self, leaves: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """(K, L) the leaves' states after each of `tokens` (K,)."""
+        if self.by_token is not None:  # (sum of S_i, V): one gather
+            return self.by_token[(self.offsets + leaves)[None, :], tokens[:, None]] - self.offsets[None, :]
+        out = np.empty((len(tokens), len(self.dfas)), np.int64)
+        for i, (d, s) in enumerate(zip(self.dfas, leaves.tolist())):
+            out[:, i] = d.transitions[s, d.token_class[tokens]]
+        return out
+
+    def lower(self, states: np.ndarray) -> np.ndarray:
+        """(K,) tokens still needed at least (exact lower bound), for leaf states (K, L)."""
+        return self._eval(self.tree, self._distances(states), exact=True)
+
+    def estimate(self, states: np.ndarray) -> np.ndarray:
+        """(K,) the search's order: sums where `lower` takes maxima."""
+        return self._eval(self.tree, self._distances(states), exact=False)
+
+    def _distances(self, states: np.ndarray) -> np.ndarray:
+        return self.flat_dist[states + self.offsets[None, :]]  # (K, L)
+
+    def _flatten(self) -> None:
+        """All leaves' distances in one array (offsets per leaf), and their successors per token when that
+        table is small (BY_TOKEN_BYTES): the search's per-node work is then a few gathers."""
+        sizes = np.array([d.num_states for d in self.dfas], np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)  # (L,)
+        self.flat_dist = np.concatenate(self.dist) if self.dist else np.zeros(0, np.int64)
+        self.by_token = None
+        if self.dfas and int(sizes.sum()) * self.dfas[0].vocab_size * 4 <= BY_TOKEN_BYTES:
+            rows = [d.transitions[:, d.token_class] + off for d, off in zip(self.dfas, self.offsets.tolist())]
+            self.by_token = np.concatenate(rows).astype(np.int32)  # (sum S_i, V)
+
+    def _eval(self, node: tuple, d: np.ndarray, exact: bool) -> np.ndarray:
+        """(K,) the node's bound (exact) or estimate from leaf distances d (K, L)."""
+        kind, rows = node[0], d.shape[0]
+        if kind == "leaf":
+            return d[:, node[1]]
+        if kind == "none":
+            return np.zeros(rows, np.int64)
+        _, k, children, classes = node
+        if children and all(c[0] == "leaf" for c in children):
+            values = d[:, [c[1] for c in children]]  # (K, children)
+        else:
+            values = np.stack([self._eval(c, d, exact) for c in children], 1) if children else None
+        if kind == "any":
+            return values.min(1) if values is not None else np.full(rows, FAR, np.int64)
+        if values is None or k == 0:
+            return np.full(rows, FAR if k > 0 else 0, np.int64)
+        if k > values.shape[1]:
+            return np.full(rows, FAR, np.int64)
+        ordered = np.sort(values, 1)
+        if not exact:
+            return np.minimum(FAR, ordered[:, :k].sum(1))
+        out = ordered[:, k - 1]  # k-th smallest (all: the largest)
+        for group in classes:  # leaves of one class need their own tokens each
+            if kind == "at_least" and len(group) < len(children):
+                continue  # (only when every child is a leaf of this class)
+            taken = np.sort(d[:, group], 1)[:, : k if kind == "at_least" else None]
+            out = np.maximum(out, self._additive(taken))
+        return np.minimum(out, FAR)
+
+    def _additive(self, d: np.ndarray) -> np.ndarray:
+        """(K,) tokens needed by leaves (K, m) no token brings closer two at a time: their sum; with a suffix
+        or stop strings the one ending token may bring each of them one step closer at once."""
+        total = d.sum(1)
+        if not self.affixed:
+            return total
+        return np.where(total == 0, 0, total - (d >= 1).sum(1) + 1)
+
+
+def co_progress(a: TokenDFA, dist_a: np.ndarray, b: TokenDFA, dist_b: np.ndarray) -> bool:
+    """Can one token, not an ending one, bring both automata one step closer to acceptance, in some pair of
+    states that one text reaches in both? Explores the reachable pairs of the two (small) automata over their
+    joint token classes (tokens the guide's HMM can emit)."""
+    ok = ~a.banned_tokens if a.banned_tokens is not None else np.ones(a.vocab_size, bool)
+    key = a.token_class[ok].astype(np.int64) * b.num_classes + b.token_class[ok]
+    joint = np.unique(key)
+    ca, cb = joint // b.num_classes, joint % b.num_classes  # (J,)
+    seen = np.zeros((a.num_states, b.num_states), bool)
+    seen[a.initial_state, b.initial_state] = True
+    frontier = np.array([[a.initial_state, b.initial_state]])
+    while len(frontier):
+        na = a.transitions[frontier[:, :1], ca[None, :]].reshape(-1)  # (F * J,)
+        nb = b.transitions[frontier[:, 1:], cb[None, :]].reshape(-1)
+        fresh = ~seen[na, nb]
+        pairs = np.unique(np.stack([na[fresh], nb[fresh]], 1), axis=0)
+        seen[pairs[:, 0], pairs[:, 1]] = True
+        frontier = pairs
+    sa, sb = np.nonzero(seen)  # (P,) reachable pairs
+    return bool((_progress(a, dist_a, sa, ca) & _progress(b, dist_b, sb, cb)).any())
+
+
+def _progress(dfa: TokenDFA, dist: np.ndarray, states: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """(P, J) bool: class j takes states[p] one step closer to acceptance, without ending the text."""
+    nxt = dfa.transitions[states[:, None], classes[None, :]]
+    closer = (dist[states][:, None] < FAR) & (dist[nxt] == dist[states][:, None] - 1)
+    return closer & ~dfa.ended[nxt] & ~dfa.ended[states][:, None]
+
+
+class _OutOfBudget(Exception):
+    pass
+
+
+class LazyFeasibility:
+    """feasible(s, r, t) on a LazyDFA by bounded depth-first search (module docstring)."""
+
+    def __init__(
+        self, dfa: LazyDFA, bound: LeafBound, horizon: int, min_new_tokens: int = 0, budget: int = NODE_BUDGET
+    ) -> None:
+        self.dfa, self.bound, self.horizon, self.min_new = dfa, bound, horizon, min_new_tokens
+        self.budget = budget
+        self.known: dict[tuple[int, int, int], bool] = {}
+        self.spent = 0
+        self.searched = 0  # search nodes over this object's life (reported)
+        self.undecided = 0  # questions left undecided by the budget (their tokens are not allowed)
+
+    def feasible(self, state: int, leaves: np.ndarray, r: int, t: int) -> bool | None:
+        """True (a witness), False (exhausted), or None (the budget ran out first)."""
+        self.spent = 0
+        try:
+            if self.bound.lower(leaves[None])[0] > r:
+                return False
+            return self._search(state, leaves, r, t)
+        except _OutOfBudget:
+            self.undecided += 1
+            return None
+        finally:
+            self.searched += self.spent
+
+    def _search(self, state: int, leaves: np.ndarray, r: int, t: int) -> bool:
+        """(The caller checked the bound of `leaves`.)"""
+        dfa = self.dfa
+        if r == 0 or dfa.is_ended(state):
+            return dfa.is_accepting(state)
+        key = (state, r, min(t, self.min_new))
+        found = self.known.get(key)
+        if found is not None:
+            return found
+        if self.spent >= self.budget:
+            raise _OutOfBudget
+        self.spent += 1
+        for child, child_leaves in self._ordered(state, leaves, r, t):
+            if self._search(child, child_leaves, r - 1, t + 1):
+                self.known[key] = True
+                return True
+        self.known[key] = False
+        return False
+
+    def _ordered(self, state: int, leaves: np.ndarray, r: int, t: int) -> list[tuple[int, np.ndarray]]:
+        """The successors worth trying, most promising first: an accepted end, then by the leaves' estimate.
+        Skipped: ending tokens before min_new_tokens, rejected ends, the sink, and successors whose leaves'
+        bound exceeds the r - 1 tokens left after them."""
+        dfa = self.dfa
+        children, tokens = dfa.children(state)
+        states = self.bound.advance_many(leaves, tokens)  # (K, L)
+        live = (children != dfa.end_accept) & (children != dfa.end_reject) & (children != dfa.sink)
+        keep = live & (self.bound.lower(states) <= r - 1)
+        order = self.bound.estimate(states)
+        picked = np.flatnonzero(keep)
+        picked = picked[np.argsort(order[picked], kind="stable")].tolist()
+        if t >= self.min_new and dfa.is_accepting(dfa.end_accept) and (children == dfa.end_accept).any():
+            picked.insert(0, int(np.flatnonzero(children == dfa.end_accept)[0]))
+        return [(int(children[i]), states[i]) for i in picked]
+
+    def allowed(self, state: int, leaves: np.ndarray, t: int) -> np.ndarray:
+        """(V,) bool: the tokens at index t after which an accepted text of the horizon is proven reachable."""
+        dfa = self.dfa
+        successors = dfa.successors(state)
+        children, first, inverse = np.unique(successors, return_index=True, return_inverse=True)
+        r = self.horizon - t - 1
+        states = self.bound.advance_many(leaves, first)  # (K, L) after a token leading to each child
+        ok = np.zeros(len(children), bool)
+        for i, child in enumerate(children.tolist()):
+            if dfa.is_ended(child) and t < self.min_new:
+                continue
+            ok[i] = bool(self.feasible(child, states[i], r, t + 1))
+        return ok[inverse.reshape(-1)]
+
+
+def leaf_compiler(tokenizer: Any, compile_constraint: Callable, budget_s: float, max_states: int) -> Callable:
+    """constraint -> its explicit TokenDFA, or None when it does not compile within the small budget."""
+
+    def compile_leaf(constraint: Constraint) -> TokenDFA | None:
+        try:
+            return compile_constraint(constraint, tokenizer, max_states=max_states, time_budget_s=budget_s,
+                                      blocklist_mask=False)  # fmt: skip
+        except ConstraintTooComplex:
+            return None
+
+    return compile_leaf

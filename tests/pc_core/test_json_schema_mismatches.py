@@ -1,0 +1,28 @@
+"""Each class of mismatch the MaskBench run (benchmarks/jsonschema.py) found between the schema's character
+automaton and the `jsonschema` library, reproduced on a small schema: every valid instance, written compactly
+(`json.dumps(value, separators=(",", ":"), ensure_ascii=False)`), is accepted and every invalid one rejected;
+or, where the automaton cannot follow the keyword, the schema is a ConstraintError naming its path."""
+
+import json
+
+import pytest
+
+from pc_core import parse_constraint
+from pc_core.constraints.patterns import JsonSchema, char_automaton, json_holds
+from pc_core.errors import ConstraintError
+
+
+def _agree(schema, values, **options):
+    """The automaton accepts exactly the values `jsonschema` accepts (compact text, keys as given)."""
+    dfa = char_automaton(JsonSchema(json.dumps(schema), **options))
+    for value in values:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        assert dfa.accepts(text) == json_holds(schema, text), (schema, text)
+
+
+def test_additional_keys_with_escapes():
+    """An additional property's name is any string: escaped characters included (`"a\\\\"`, `"q\\""`), and a
+    listed name written with an escape is still that name (not an additional property)."""
+    schema = {"type": "object", "properties": {'a"b': {"type": "integer"}}, "additionalProperties": {"type": "string"}}
+    _agree(schema, [{"a\\": "x"}, {'q"': "x"}, {"tab\there": "x"}, {'a"b': 1}, {'a"b': "x"}, {"ü€": "x"},
+                    {"a\\": 1}, {"\n": "x"}])  # fmt: skip
