@@ -29,6 +29,7 @@ class CompiledConstraint:
     constraint: Constraint  # body and "no banned token" (GuidedSearch.constraint)
     judged: Constraint  # constraint with the suffix's junction and the stop strings, spec.Affixed (GuidedSearch.judged)
     dfa: TokenDFA | None = None  # the automaton of `judged`; None until compiled (`with_dfa`)
+    compiled_elsewhere: bool = False  # by the caller (`with_dfa`), not here: see decoding.prepare
 
     @classmethod
     def for_request(
@@ -43,7 +44,8 @@ class CompiledConstraint:
         return cls(body, banned, with_affixes(banned, junction, params.stop))
 
     def with_dfa(self, dfa: TokenDFA) -> CompiledConstraint:
-        return dataclasses.replace(self, dfa=dfa)
+        """With the automaton its caller compiled (with or without the blocklist mask) for `judged`."""
+        return dataclasses.replace(self, dfa=dfa, compiled_elsewhere=True)
 
 
 def compile_request(
@@ -57,7 +59,7 @@ def compile_request(
         return constraint
     dfa = compile_constraint(constraint.judged, tokenizer, max_states=params.max_states,
                              time_budget_s=params.time_budget_s, lazy=params.guide != "exact")  # fmt: skip
-    return constraint.with_dfa(dfa)  # lazy: a LazyDFA past the explicit budget (pc_core.lazy_guide)
+    return dataclasses.replace(constraint, dfa=dfa)  # lazy: a LazyDFA past the explicit budget (lazy_guide)
 
 
 def with_bans(constraint: Constraint, banned: Sequence[int]) -> Constraint:

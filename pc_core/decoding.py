@@ -6,6 +6,7 @@ Tokens with q(x) = 0 are never chosen, so every finished text satisfies the cons
 max_new_tokens; `constraint_satisfied` is then re-checked on the decoded text by the independent checker.
 
     search = prepare(tokenizer, hmm, constraint, prompt, params)   compile, guide, first state  (any thread)
+    (or prepare(..., compiled, ...): a CompiledConstraint compiled elsewhere, pc_core/compiled_constraint.py)
     decoder = BatchDecoder(lm); decoder.add(search)                prefill; join the batch
     finished = decoder.step()                                      one token for every search in the batch
     search.output                                                  set when it finished
@@ -124,7 +125,9 @@ def prepare(
     """Build the constraint's guide and the search's first state; the constraint is compiled here unless it
     comes as a CompiledConstraint with its automaton (a server compiles in worker processes). Raises
     ConstraintError (incl. UnsatisfiableConstraint within max_new_tokens) for the constraint, TokenizerMismatch
-    for the models. `deadline` (time.perf_counter()) stops the guide's precompute once passed."""
+    for the models, and, for an automaton compiled elsewhere whose blocklist mask could dead-end the rest of
+    the constraint, BlocklistInteraction (compile it with blocklist_mask=False and call again). `deadline`
+    (time.perf_counter()) stops the guide's precompute once passed."""
     params = params or DecodeParams()
     if len(tokenizer) != hmm.vocab_size:
         raise TokenizerMismatch(f"the tokenizer has {len(tokenizer)} tokens but the HMM has {hmm.vocab_size}")
@@ -234,6 +237,8 @@ def _guide(
     try:  # exact when it fits the budget, else factored (pc_core.factored_guide)
         guide = build_guide(hmm, dfa, constraint, params, groups, **guide_args)
     except BlocklistInteraction:
+        if compiled.compiled_elsewhere:  # its compiler compiles the exact product too (a server: in its pool)
+            raise
         dfa = compile_constraint(constraint, tokenizer, blocklist_mask=False, **compile_args)
         guide = build_guide(hmm, dfa, constraint, params, groups, **guide_args)
     return dfa, guide, (time.perf_counter() - started) * 1000

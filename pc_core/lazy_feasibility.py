@@ -11,8 +11,9 @@ It is decided by a depth-first search of the lazy automaton (lazy_dfa.py), with 
     suffix and stop strings; `all` takes the largest of its children's bounds, `any` the smallest, `at_least
     k` the k-th smallest, anything else 0. Every accepted text makes each leaf it needs accepted, so the bound
     never exceeds the truth: a branch is cut only where no accepted text can continue it.
-  * an order of the successors (the same tree with sums instead of maxima): the search tries first the
-    tokens that bring the leaves closest to acceptance, so its first descent usually is a witness.
+  * an order of the successors: by that bound, then by the same tree with sums instead of maxima: the search
+    tries first the tokens that bring the leaves closest to acceptance, so its first descent usually is a
+    witness.
 A True answer is a witness path (proof); a False answer is an exhausted search (proof). A search that spends
 its node budget answers None: not decided. Decoding allows only tokens proven feasible (so the guarantee
 holds whatever the budget: the witness that proved the current state feasible always leaves one token), and
@@ -160,8 +161,9 @@ def co_progress(a: TokenDFA, dist_a: np.ndarray, b: TokenDFA, dist_b: np.ndarray
     states that one text reaches in both? Explores the reachable pairs of the two (small) automata over their
     joint token classes (tokens the guide's HMM can emit)."""
     ok = ~a.banned_tokens if a.banned_tokens is not None else np.ones(a.vocab_size, bool)
-    key = a.token_class[ok].astype(np.int64) * b.num_classes + b.token_class[ok]
-    joint = np.unique(key)
+    present = np.zeros(a.num_classes * b.num_classes, bool)  # (Ca * Cb,) the joint classes some token has
+    present[a.token_class[ok].astype(np.int64) * b.num_classes + b.token_class[ok]] = True
+    joint = np.flatnonzero(present)
     ca, cb = joint // b.num_classes, joint % b.num_classes  # (J,)
     seen = np.zeros((a.num_states, b.num_states), bool)
     seen[a.initial_state, b.initial_state] = True
@@ -241,10 +243,10 @@ class LazyFeasibility:
         children, tokens = dfa.children(state)
         states = self.bound.advance_many(leaves, tokens)  # (K, L)
         live = (children != dfa.end_accept) & (children != dfa.end_reject) & (children != dfa.sink)
-        keep = live & (self.bound.lower(states) <= r - 1)
-        order = self.bound.estimate(states)
-        picked = np.flatnonzero(keep)
-        picked = picked[np.argsort(order[picked], kind="stable")].tolist()
+        lower = self.bound.lower(states)
+        keep = live & (lower <= r - 1)
+        picked = np.flatnonzero(keep)  # by the bound, then the estimate (shared prefixes fool the sum alone)
+        picked = picked[np.lexsort((self.bound.estimate(states)[picked], lower[picked]))].tolist()
         if t >= self.min_new and dfa.is_accepting(dfa.end_accept) and (children == dfa.end_accept).any():
             picked.insert(0, int(np.flatnonzero(children == dfa.end_accept)[0]))
         return [(int(children[i]), states[i]) for i in picked]

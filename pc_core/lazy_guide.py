@@ -36,6 +36,7 @@ from pc_core.lazy_feasibility import LazyFeasibility, LeafBound
 NEG_INF = float("-inf")
 LEAF_BUDGET_S = 1.0  # compile budget of each leaf / steering conjunct
 LEAF_MAX_STATES = 4096
+MAX_STEERING = 8  # conjunct guides in the lookahead: each costs a (V x H) precompute and a product per step
 
 
 @dataclass
@@ -151,10 +152,13 @@ def steering_factors(
     no_certain: bool,
 ) -> list[tuple[TokenDFA, Feasibility]]:
     """The top-level conjuncts (with the affixes) that compile alone and whose exact guides fit the budget
-    together, in order; never empty ("any text" with the affixes steers towards the suffix alone)."""
+    together, in order, at most MAX_STEERING of them; never empty ("any text" with the affixes steers towards
+    the suffix alone)."""
     body, suffix, stop = split_affixes(constraint)
     spent_bytes, spent_flops, out = 0, 0.0, []
     for part in [with_affixes(part, suffix, stop) for part in conjuncts(body)]:
+        if len(out) == MAX_STEERING:
+            break
         dfa = compile_small(part)
         if dfa is None:
             continue

@@ -246,7 +246,7 @@ class BatchLoop:
                 log.error("request %s failed in a decoding step: %r", job.id, job.search.error)
                 job.fail(job.search.error)
             else:
-                self._observe_finished(job, now)
+                _observe_finished(self.metrics, job, now)
                 job.resolve(job.search.output)
                 seconds = now - (job.started_at or now)
                 weight = 1.0 / min(self._finished + 1, 20)  # a running mean over about the last 20
@@ -255,27 +255,6 @@ class BatchLoop:
         self._active = still
         self.metrics.active.set(len(self._active))
 
-    def _observe_finished(self, job: Job, now: float) -> None:
-        """Per-request metrics of a computed request (vLLM's request_prompt_tokens, request_generation_tokens,
-        finish reasons), unless it is the warm-up."""
-        if not job.observed:
-            return
-        out = job.search.output
-        tokens = sum(len(s.token_ids) for s in out.sequences)
-        self.metrics.generated_tokens.inc(tokens)
-        self.metrics.prompt_tokens.inc(out.prompt_tokens)
-        self.metrics.prompt_length.observe(out.prompt_tokens)
-        self.metrics.generation_length.observe(tokens)
-        longest = max((len(s.token_ids) for s in out.sequences), default=0)
-        if longest > 1 and job.first_token_at is not None:
-            self.metrics.tpot.observe((now - job.first_token_at) / (longest - 1))
-        for seq in out.sequences:
-            outcome = "satisfied" if seq.constraint_satisfied else "not_satisfied"
-            if job.spec.constraint is None:
-                outcome = "unconstrained"
-            self.metrics.constraint_outcomes.labels(outcome).inc()
-            self.metrics.finish_reasons.labels(seq.finish_reason).inc()
-
     def _fail_all(self, error: ServiceError) -> None:
         with self._wake:
             jobs = list(self._ready) + self._active
@@ -283,3 +262,25 @@ class BatchLoop:
             self._active = []
         for job in jobs:
             job.fail(error)
+
+
+def _observe_finished(metrics: Metrics, job: Job, now: float) -> None:
+    """Per-request metrics of a computed request (vLLM's request_prompt_tokens, request_generation_tokens,
+    finish reasons), unless it is the warm-up."""
+    if not job.observed:
+        return
+    out = job.search.output
+    tokens = sum(len(s.token_ids) for s in out.sequences)
+    metrics.generated_tokens.inc(tokens)
+    metrics.prompt_tokens.inc(out.prompt_tokens)
+    metrics.prompt_length.observe(out.prompt_tokens)
+    metrics.generation_length.observe(tokens)
+    longest = max((len(s.token_ids) for s in out.sequences), default=0)
+    if longest > 1 and job.first_token_at is not None:
+        metrics.tpot.observe((now - job.first_token_at) / (longest - 1))
+    for seq in out.sequences:
+        outcome = "satisfied" if seq.constraint_satisfied else "not_satisfied"
+        if job.spec.constraint is None:
+            outcome = "unconstrained"
+        metrics.constraint_outcomes.labels(outcome).inc()
+        metrics.finish_reasons.labels(seq.finish_reason).inc()

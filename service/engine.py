@@ -23,8 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from pc_core.compiled_constraint import CompiledConstraint
+from pc_core.constraints.compiler import compile_constraint
 from pc_core.decoding import GuidedSearch, prepare
-from pc_core.errors import ErrorKind
+from pc_core.errors import BlocklistInteraction, ConstraintTooComplex, ErrorKind
 from pc_core.unguided import prepare_unguided
 from service.batch_loop import BatchLoop
 from service.compile_pool import CompilePool
@@ -108,10 +109,7 @@ class Engine:
         job = Job(spec, loop, loop.create_future(), asyncio.Queue() if stream else None, client=client,
                   deadline=deadline, observed=observed)  # fmt: skip
         try:
-            compiling = time.perf_counter()
-            compiled = await self._compile(job)
-            job.compile_ms = (time.perf_counter() - compiling) * 1000
-            job.search = await loop.run_in_executor(self._pool, self._prepare, job, compiled)
+            job.search = await self._prepared(job)
         except BaseException:
             self.batches.release(job)
             raise
@@ -123,7 +121,20 @@ class Engine:
         already finished."""
         return self.batches.cancel(job, reason)
 
-    async def _compile(self, job: Job) -> CompiledConstraint | None:
+    async def _prepared(self, job: Job, blocklist_mask: bool = True) -> GuidedSearch:
+        """Compile, then prepare in a preparation thread. When the blocklist mask could dead-end the rest of
+        the constraint (BlocklistInteraction), the exact product is compiled the same way, and prepared."""
+        compiling = time.perf_counter()
+        compiled = await self._compile(job, blocklist_mask)
+        job.compile_ms += (time.perf_counter() - compiling) * 1000
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, self._prepare, job, compiled)
+        except BlocklistInteraction:
+            if not blocklist_mask:
+                raise
+            return await self._prepared(job, blocklist_mask=False)
+
+    async def _compile(self, job: Job, blocklist_mask: bool = True) -> CompiledConstraint | None:
         """The request's CompiledConstraint: its automaton cached, or compiled quickly in a prepare thread, or
         else by the compile pool (without a pool: not compiled yet, prepare compiles it). Waits for the pool
         without holding a thread; cancelling the request drops a compile that has not started."""
@@ -136,15 +147,26 @@ class Engine:
                 return compiled
             judged = compiled.judged  # what the automaton accepts: the constraint with its affixes and bans
             limits = (params.max_states, params.time_budget_s)
-            if not pool.cached(judged, self.tokenizer, *limits) and pool.quick_for(job.client, judged):
+            cached = pool.cached(judged, self.tokenizer, *limits, blocklist_mask)
+            if not cached and pool.quick_for(job.client, judged):
                 pool.check_room(job.client)
                 quick = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, pool.try_quick, judged, self.tokenizer, params.max_states
+                    self._pool, pool.try_quick, judged, self.tokenizer, params.max_states, blocklist_mask
                 )
                 if quick is not None:
                     return compiled.with_dfa(quick)
-            future = pool.submit(job.client, judged, self.tokenizer, *limits, deadline=job.deadline)
-            return compiled.with_dfa(await asyncio.wrap_future(future))
+            future = pool.submit(
+                job.client, judged, self.tokenizer, *limits, blocklist_mask, deadline=job.deadline
+            )
+            try:
+                return compiled.with_dfa(await asyncio.wrap_future(future))
+            except ConstraintTooComplex:  # past the explicit budget: the lazy automaton (pc_core.lazy_guide)
+                if params.guide == "exact":
+                    raise
+                lazy = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, lambda: compile_constraint(judged, self.tokenizer, *limits, lazy=True)
+                )
+                return compiled.with_dfa(lazy)
         except Exception as err:
             self._count_failure(err, "compile")
             raise

@@ -2,6 +2,10 @@
 
     {"error": {"type": "...", "message": "...", "path": "..."}}
 
+The library's errors carry an `ErrorKind` (pc_core/errors.py); `HTTP_STATUS` below is the one place a kind
+becomes a status, and `classify` the one function that applies it (where the engine's work comes back:
+service/serving.py).
+
 Schema validation errors (422) keep FastAPI's `detail` list (each entry with its `loc` path) and add the same
 `error` object, naming the first problem.
 

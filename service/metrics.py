@@ -96,7 +96,7 @@ METRICS = [
     ("compiles", Counter, "pcgen_compiles",
      "constraint compilations by where they ran (quick: the in-process attempt; light, heavy: the compile lanes)",
      [MODEL, "lane"], None),
-    ("guides", Counter, "pcgen_guides", "guides built per request, by kind (exact; factored past the budget)",
+    ("guides", Counter, "pcgen_guides", "guides built per request, by kind (exact; factored past the budget; lazy past the explicit automaton)",
      [MODEL, "kind"], None),
     ("dfa_states", Histogram, "pcgen_dfa_states", "token DFA states per request", [MODEL], STATES),
     ("dfa_compile", Histogram, "pcgen_dfa_compile_seconds",

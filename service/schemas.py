@@ -192,9 +192,9 @@ class GenerateResponse(BaseModel):
     usage: Usage
     timings: Timings
     dfa_states: int | None = Field(None, description="states of the constraint's token automaton")
-    guide: Literal["exact", "factored"] | None = Field(
-        None, description="which guide ran: exact, or factored past the exact guide's budget (the constraint "
-        "holds either way; docs/method.md §5.9)"
+    guide: Literal["exact", "factored", "lazy"] | None = Field(
+        None, description="which guide ran: exact, factored past the exact guide's budget, or lazy past the "
+        "explicit automaton's (the constraint holds either way; docs/method.md §5.9-5.10)"
     )  # fmt: skip
     cached: bool
     keywords: list[KeywordForms] = Field(

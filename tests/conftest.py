@@ -108,9 +108,31 @@ def logs(tmp_path_factory):
 SLOW_FIXTURE_TIMEOUT_S = 1200  # tests that may build the demo models (minutes on a loaded 2-core machine)
 
 
+# The modules that cost the most (CPU seconds of the test and the servers it starts), costliest first. xdist
+# (--dist loadfile) hands out modules in collection order as workers free up, so starting with these keeps the
+# end of the run from waiting on one long module while the other workers are idle (longest job first).
+HEAVY_MODULES = (
+    "docker/test_compose_podman.py", "test_demo.py", "service/test_service_hardening.py",
+    "distill/test_distill_server.py", "distill/test_distill_resume.py", "service/test_service_memory.py",
+    "service/test_service_playground.py", "benchmarks/test_commongen_harness.py", "docker/test_deploy.py",
+    "distill/test_distill_embed.py", "service/test_service_prometheus.py", "service/test_client_identity.py",
+    "distill/test_distill_families.py", "distill/test_distill_pipeline.py", "service/test_service_guide.py",
+)  # fmt: skip
+
+
+def _heavy_rank(item: pytest.Item) -> int:
+    path = item.path.as_posix()
+    return next(
+        (rank for rank, name in enumerate(HEAVY_MODULES) if path.endswith("tests/" + name)),
+        len(HEAVY_MODULES),
+    )
+
+
 def pytest_collection_modifyitems(config, items):
-    """Per-test timeouts (the watchdog in tests/guards.py): pyproject's default, longer where a test may pay
-    for building the demo models or is marked slow; an explicit @pytest.mark.timeout wins."""
+    """Heavy modules first (a stable sort: each module's tests keep their order), then per-test timeouts (the
+    watchdog in tests/guards.py): pyproject's default, longer where a test may pay for building the demo
+    models or is marked slow; an explicit @pytest.mark.timeout wins."""
+    items.sort(key=_heavy_rank)
     for item in items:
         if item.get_closest_marker("timeout") is None and (
             "demo_models" in getattr(item, "fixturenames", ()) or item.get_closest_marker("slow")

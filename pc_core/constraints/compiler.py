@@ -84,7 +84,7 @@ guide costs. The guide's cost depends on the model and device (H, bytes per valu
 and is budgeted where the guide is built (pc_core.guide_budget); past that budget the factored guide runs
 (pc_core.factored_guide). Exploration before minimisation may use 4x."""
 DEFAULT_TIME_BUDGET_S = 10.0
-LAZY_AFTER_S = 2.0
+LAZY_AFTER_S = 1.0
 """compile_constraint(lazy=True): the explicit automaton's share of the budget before the lazy one is used."""
 EXPLORE_FACTOR = 4
 CACHE_BYTES = 256 * 2**20

@@ -62,6 +62,7 @@ class _Translator:
         self.space = opt(literal(" ")) if whitespace == "flexible" else EMPTY
         self.refs: list[str] = []  # the $ref chain being expanded (cycles unroll to max_depth)
         self.validator = None
+        self.integral_floats = _integral_floats(root)
 
     def fail(self, path: str, what: str = "not supported") -> None:
         raise ConstraintError(path, what)
@@ -133,10 +134,9 @@ class _Translator:
                 self.fail(f"{path}.{key}", "expected a number")
         lo, lo_x = _bound(bounds["minimum"], bounds["exclusiveMinimum"], max)
         hi, hi_x = _bound(bounds["maximum"], bounds["exclusiveMaximum"], min)
-        if kind == "integer":  # 100.0 is an integer too (JSON Schema counts values, not spellings)
-            return seq(
-                [integer_range(lo, lo_x, hi, hi_x), opt(seq([literal("."), rep(literal("0"), 1, None)]))]
-            )
+        if kind == "integer":  # 100.0 is an integer too from draft 6 on (values count, not spellings)
+            zeros = opt(seq([literal("."), rep(literal("0"), 1, None)])) if self.integral_floats else EMPTY
+            return seq([integer_range(lo, lo_x, hi, hi_x), zeros])
         found = number_range(lo, lo_x, hi, hi_x)
         if found is None:
             self.fail(
@@ -266,6 +266,14 @@ class _Translator:
             else:
                 self.fail(path, f"the reference {ref!r} does not resolve")
         return node
+
+
+def _integral_floats(root: Any) -> bool:
+    """Whether 1.0 is an integer under the root's draft (not in drafts 3 and 4, as `jsonschema` reads them)."""
+    import jsonschema
+
+    cls = jsonschema.validators.validator_for(root, default=jsonschema.Draft202012Validator)
+    return cls not in (jsonschema.Draft3Validator, jsonschema.Draft4Validator)
 
 
 def _finite_values(schema: dict) -> list | None:

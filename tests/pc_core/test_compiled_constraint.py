@@ -2,12 +2,15 @@
 then handed to `prepare`, which decodes under the automaton it is given and never compiles it again."""
 
 import pytest
+from support import build_micro_tokenizer
 
 import pc_core.compiled_constraint as compiled_constraint
 from pc_core.compiled_constraint import CompiledConstraint, compile_request
-from pc_core.constraints import parse_constraint
+from pc_core.constraints import compile_constraint, parse_constraint
 from pc_core.constraints.nodes import Affixed
 from pc_core.decoding import prepare
+from pc_core.errors import BlocklistInteraction
+from pc_core.hmm import HMM
 from pc_core.params import DecodeParams, DecodingError
 
 DOG = {"keywords": ["dog"]}
@@ -48,3 +51,24 @@ def test_prepare_decodes_under_the_automaton_it_is_handed(tokenizer, tiny_hmm, m
     assert search.dfa is compiled.dfa
     assert search.constraint is compiled.constraint and search.judged is compiled.judged
     assert search.dfa.num_states == own.dfa.num_states  # (a lazy automaton: compared once both are explored)
+
+
+def test_an_automaton_compiled_elsewhere_is_handed_back_when_its_blocklist_interacts(tmp_path):
+    """The blocklist mask could dead-end the rest of the constraint: `prepare` compiles the exact product
+    itself for a constraint it compiled, and hands the decision back (BlocklistInteraction) to a caller that
+    compiled the automaton (a server compiles the exact product in its pool too)."""
+    micro = build_micro_tokenizer(tmp_path / "micro")
+    hmm = HMM.random(4, len(micro), seed=0, eos_token_id=micro.eos_token_id)
+    # "dogs" can only be written through the open word "dog" (" dog" + "s"), which the mask forbids
+    spec = {"all": [{"keyword": "dogs", "inflections": False},
+                    {"forbidden": ["dog", "cat", "the", "pan"], "inflections": False}]}  # fmt: skip
+    params = DecodeParams(max_new_tokens=4, num_beams=2)
+    compiled = CompiledConstraint.for_request(spec, params, len(micro))
+    masked = compiled.with_dfa(compile_constraint(compiled.judged, micro))
+    assert masked.dfa.blocklist is not None
+    with pytest.raises(BlocklistInteraction):
+        prepare(micro, hmm, masked, [], params)
+    exact = compiled.with_dfa(compile_constraint(compiled.judged, micro, blocklist_mask=False))
+    assert prepare(micro, hmm, exact, [], params).dfa is exact.dfa
+    own = prepare(micro, hmm, spec, [], params)  # compiled here: the fallback is prepare's own
+    assert own.dfa.blocklist is None

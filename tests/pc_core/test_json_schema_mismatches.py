@@ -26,3 +26,13 @@ def test_additional_keys_with_escapes():
     schema = {"type": "object", "properties": {'a"b': {"type": "integer"}}, "additionalProperties": {"type": "string"}}
     _agree(schema, [{"a\\": "x"}, {'q"': "x"}, {"tab\there": "x"}, {'a"b': 1}, {'a"b': "x"}, {"ü€": "x"},
                     {"a\\": 1}, {"\n": "x"}])  # fmt: skip
+
+
+def test_integer_spelling_follows_the_draft():
+    """Draft 4 counts 1.0 as a number, not an integer (jsonschema's Draft4Validator); draft 6 and later count
+    values, so 1.0 is an integer there."""
+    for draft in ("http://json-schema.org/draft-04/schema#", "http://json-schema.org/draft-06/schema#", None):
+        schema = {"type": "object", "properties": {"id": {"type": "integer", "minimum": 0}}}
+        if draft:
+            schema["$schema"] = draft
+        _agree(schema, [{"id": 1}, {"id": 1.0}, {"id": 1.5}, {"id": 12345.0}, {"id": -1.0}, {"id": 0.0}])
