@@ -25,14 +25,11 @@ from pc_core.class_masses import class_masses
 from pc_core.constraints.dfa import TokenDFA
 from pc_core.errors import DeadlineExceeded
 from pc_core.feasibility import Feasibility
+from pc_core.guide_backward import SPECIAL_ROWS, backward_rows, edge_masses, store_rows
 from pc_core.hmm import HMM
-from pc_core.kernels import edge_scaled_sum, log_matmul_exp, onednn_packed
-from pc_core.kernels.reference import LOSSLESS
-from pc_core.logspace import NEG_INF
+from pc_core.kernels import onednn_packed
 
 BIG_CLASS_FRACTION = 0.01  # classes holding >= 1% of the vocabulary get a dense product row
-SPECIAL_ROWS = 3  # rows every step shares: -inf (impossible), 0 (certain), the terminal vector's row
-ROW_NEG_INF, ROW_ZERO, ROW_FINAL = 0, 1, 2
 
 
 class GuideTables:
@@ -69,10 +66,9 @@ class GuideTables:
         banned = dfa.banned_tokens if dfa.banned_tokens is not None else np.zeros(dfa.vocab_size, bool)
         self.banned = torch.from_numpy(np.flatnonzero(banned)).to(self.device) if banned.any() else None
 
-        self._build_feasibility(dfa, banned)
+        feasibility = self._build_feasibility(dfa)
         masses = self._build_class_masses(hmm, dfa, banned)
-        edge_mass, edges = self._build_edge_masses(dfa, masses)
-        self._build_backward_tables(hmm, dfa, edge_mass, edges)
+        self._build_backward_tables(hmm, dfa, feasibility, masses)
         self._build_successor_slots(dfa)
         self._build_vocabulary_blocks(hmm, dfa, emission_dtype)
         self.nbytes = buffer_bytes(vars(self).values())
@@ -83,7 +79,7 @@ class GuideTables:
 
     # ------------------------------------------------------------------ feasibility (§5.3, 5.4)
 
-    def _build_feasibility(self, dfa: TokenDFA, banned: np.ndarray) -> None:
+    def _build_feasibility(self, dfa: TokenDFA) -> Feasibility:
         """The exact -inf / 0 pattern and which rows are stored, decided on the DFA (feasibility.py):
         feasible[r, s] / certain[r, s] with r tokens left, and the states reached in exactly n - r tokens."""
         f = self.feasibility
@@ -92,7 +88,6 @@ class GuideTables:
         if self.terminal is not None:  # the suffix's rest has probability < 1: no state is certain
             f.certain[:] = False
         self.feasibility = None  # not kept: its arrays live on below as tensors
-        self._feasibility = f  # for the backward tables only (deleted there)
         self.ending, self.end_allowed = f.ending, f.end_allowed
         c_count = dfa.num_classes
         # tokens other than EOS that end the text (they complete a stop string or the suffix), for the step's mask
@@ -104,6 +99,7 @@ class GuideTables:
         self.certain = torch.from_numpy(f.certain).to(self.device)
         # reached[r, s]: some prefix of n - r tokens ends in s (rows of other pairs are never read)
         self.reached = torch.from_numpy(f.reach[self.horizon : 0 : -1].copy()).to(self.device)  # (n, S)
+        return f  # for the backward tables only
 
     # ------------------------------------------------------------------ masses (§5.1, 5.8)
 
@@ -122,38 +118,23 @@ class GuideTables:
         self.log_scale = -torch.log1p(-banned_mass).float()  # (H,)
         return (masses / (1 - banned_mass)[None, :]).float()  # (C, H)
 
-    def _build_edge_masses(self, dfa: TokenDFA, masses: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
-        """E (E, H) linear, and the edges (E, 2) sorted by source; log E padded per source state for the
-        log-space edge sum (edge_index, edge_index_no_eos, edge_dst: (S, K), unused slots -> a -inf row)."""
-        s_count, c_count = dfa.transitions.shape
-        # distinct (source, destination) pairs as one int64 key: a 1-D unique, not np.unique(axis=0)
-        pair_key = (np.arange(s_count)[:, None] * s_count + self.delta).reshape(-1)  # (S * C,)
-        edge_key, edge_of_pair = np.unique(pair_key, return_inverse=True)  # sorted by source state
-        edges = np.stack([edge_key // s_count, edge_key % s_count], 1)  # (E, 2)
-        e_count = len(edges)
-        incidence = torch.sparse_coo_tensor(
-            torch.from_numpy(np.stack([edge_of_pair.reshape(-1), np.tile(np.arange(c_count), s_count)])),
-            torch.ones(s_count * c_count),
-            (e_count, c_count),
-            check_invariants=False,
-        ).to(self.device)
-        edge_mass = torch.sparse.mm(incidence, masses)  # (E, H) linear
-        self.edge_log_mass = torch.empty(e_count + 1, masses.shape[1], device=self.device)  # + the -inf row
-        torch.log(edge_mass, out=self.edge_log_mass[:e_count])
-        self.edge_log_mass[e_count] = NEG_INF
-        degree = np.bincount(edges[:, 0], minlength=s_count)
-        slot = np.arange(e_count) - np.repeat(np.cumsum(degree) - degree, degree)
-        edge_index = np.full((s_count, int(degree.max())), e_count, np.int64)
-        edge_index[edges[:, 0], slot] = np.arange(e_count)
-        edge_dst = np.zeros_like(edge_index)
-        edge_dst[edges[:, 0], slot] = edges[:, 1]
-        self.is_eos_edge = (~dfa.ended[edges[:, 0]]) & dfa.ended[edges[:, 1]]  # ending edges (EOS, a stop...)
-        self.edge_index = torch.from_numpy(edge_index).to(self.device)
-        # steps where ending is not allowed: ending edges point at the padding row instead of a table of their own
-        no_eos = np.where(np.append(self.is_eos_edge, False)[edge_index], e_count, edge_index)
-        self.edge_index_no_eos = torch.from_numpy(no_eos).to(self.device)
-        self.edge_dst = torch.from_numpy(edge_dst).to(self.device)
-        return edge_mass, edges
+    # ------------------------------------------------------------------ backward tables (§5.2, 5.7)
+
+    def _build_backward_tables(self, hmm: HMM, dfa: TokenDFA, f: Feasibility, masses: torch.Tensor) -> None:
+        """The edges' masses E (E, H) and log U_r for the live (r, s) pairs (guide_backward.py), kept as
+        rows of one table with row_index (n, S) pointing every pair at its row; the log-space edge sum's
+        per-source tables (edge_index, edge_index_no_eos, edge_dst: (S, K), unused slots -> a -inf row)."""
+        edges = edge_masses(self.delta, dfa.ended, masses)
+        self.edge_log_mass, self.is_eos_edge = edges.log_mass, edges.is_ending  # (E + 1, H), (E,)
+        self.edge_index, self.edge_index_no_eos, self.edge_dst = edges.index, edges.index_no_ending, edges.dst
+        backward = backward_rows(hmm, dfa, f, edges, self.terminal, self.LINEAR_PATH, self._check_deadline)
+        self.used_log_space_fallback = backward.used_log_space_fallback
+        self.row_index = backward.row_index  # (n, S)
+        self.log_rows, self.row_scale = store_rows(
+            backward.log_rows, self.table_dtype, self.used_log_space_fallback
+        )
+
+    # ------------------------------------------------------------------ lookup (§5.9)
 
     def edge_sum(self, r: int, states: torch.Tensor) -> torch.Tensor:
         """W_r for `states` (B,), (B, H): the sum over their edges of mass x U_{r-1}[dst], without ending edges
@@ -161,118 +142,6 @@ class GuideTables:
         index = (self.edge_index if self.end_allowed[r] else self.edge_index_no_eos)[states]  # (B, K)
         values = self.rows(r - 1, self.edge_dst[states])  # (B, K, H)
         return torch.logsumexp(self.edge_log_mass[index] + values, dim=1)
-
-    # ------------------------------------------------------------------ backward tables (§5.2, 5.7)
-
-    def _build_backward_tables(
-        self, hmm: HMM, dfa: TokenDFA, edge_mass: torch.Tensor, edges: np.ndarray
-    ) -> None:
-        """log U_r for the live (r, s) pairs only (feasibility.Feasibility.live), r = 0..n-1, stored as rows
-        of one table with row_index (n, S) pointing every pair at its row: ROW_NEG_INF (impossible, or never
-        reached in n - r tokens), ROW_ZERO (certain), ROW_FINAL (an accepting ended state with a terminal
-        vector) or a computed row. Fast path: rows in [0, 1] times a per-row scale, so a step is gathers,
-        products, an index_add and one matmul over the live sources, with no exp/log per element. If anything
-        it keeps falls below 1e-30 of its row's or edge group's largest value (a dynamic range float32 cannot
-        hold exactly), that step and the rest take the exact log-space path."""
-        f, n, h, device = self._feasibility, self.horizon, hmm.hidden_size, self.device
-        del self._feasibility
-        transition_t = hmm.transition_probs().T  # U = W @ A^T on the transposed view: BLAS reads it as is
-        final, final_u = self._terminal_rows(dfa, transition_t)  # accepting ended states, their row
-        is_final = np.zeros(self.num_states, bool)
-        is_final[final.cpu().numpy()] = True
-        row_index, live = self._row_layout(f, dfa.accepting, is_final)
-        total = SPECIAL_ROWS + sum(len(states) for states in live)
-        log_rows = torch.empty(total, h, device=device)  # (SPECIAL_ROWS + P, H)
-        log_rows[ROW_NEG_INF], log_rows[ROW_ZERO], log_rows[ROW_FINAL] = NEG_INF, 0.0, final_u
-        final_peak = final_u.max()
-        special_scaled = torch.stack([torch.zeros(h), torch.ones(h), torch.zeros(h)]).to(device)
-        special_scaled[ROW_FINAL] = (final_u - final_peak).exp()
-        special_scale = torch.tensor([NEG_INF, 0.0, 0.0], device=device)
-        special_scale[ROW_FINAL] = final_peak
-        scaled, scale = special_scaled, special_scale  # rows of step r - 1, in row_index[r - 1]'s local order
-        robust, start = not self.LINEAR_PATH, SPECIAL_ROWS
-        for r in range(1, n):
-            self._check_deadline()
-            states = live[r]  # (L,) sources with a row at this step
-            sel, src_t, dst_t = self._step_edges(r, states, row_index[r - 1], edges)
-            if not robust:
-                w, w_scale, lossy = edge_scaled_sum(
-                    edge_mass[_long(sel, device)], scaled, scale, src_t, dst_t, len(states)
-                )
-                u = w @ transition_t  # (L, H), rows of W scaled to max 1, so no underflow in the product
-                rowmax = u.amax(dim=1).clamp_min(torch.finfo(u.dtype).tiny)
-                new_scaled, new_scale = u.div_(rowmax[:, None]), w_scale + torch.log(rowmax)
-                # a row spanning > 69 nats, or whose largest entry is itself that small: float32 cannot hold it
-                # exactly, so this step is redone in log space
-                tiny_rows = (new_scaled.amin(dim=1) < LOSSLESS) | (rowmax < LOSSLESS)
-                robust = lossy or bool(tiny_rows.any())
-                if not robust:
-                    torch.log(new_scaled, out=log_rows[start : start + len(states)]).add_(new_scale[:, None])
-                    scaled = torch.cat([special_scaled, new_scaled])
-                    scale = torch.cat([special_scale, new_scale])
-            if robust:  # exact log-space step
-                prev_log = torch.cat([log_rows[:SPECIAL_ROWS], log_rows[self._block_start[r - 1] : start]])
-                w_log = _edge_logsumexp_flat(
-                    self.edge_log_mass[_long(sel, device)], prev_log, src_t, dst_t, len(states)
-                )
-                log_rows[start : start + len(states)] = log_matmul_exp(w_log, transition_t)
-            start += len(states)
-        self.used_log_space_fallback = robust
-        self.row_index = torch.from_numpy(row_index).to(device)  # (n, S)
-        self._store_rows(log_rows)
-
-    def _step_edges(
-        self, r: int, states: np.ndarray, prev: np.ndarray, edges: np.ndarray
-    ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-        """The edges of step r: those leaving `states` (not ending ones where ending is not allowed), as
-        (edge ids, source's position in `states`, destination's row among step r - 1's special + live rows)."""
-        local = np.full(self.num_states, -1, np.int64)
-        local[states] = np.arange(len(states))
-        keep = local[edges[:, 0]] >= 0
-        if not self.end_allowed[r]:  # the minimum length forbids ending here
-            keep &= ~self.is_eos_edge
-        sel = np.flatnonzero(keep)
-        rows = prev[edges[sel, 1]]  # (E_r,) global rows of step r - 1
-        rows = np.where(rows >= SPECIAL_ROWS, rows - self._block_start[r - 1] + SPECIAL_ROWS, rows)
-        return sel, _long(local[edges[sel, 0]], self.device), _long(rows, self.device)
-
-    def _row_layout(
-        self, f: Feasibility, accepting: np.ndarray, is_final: np.ndarray
-    ) -> tuple[np.ndarray, list]:
-        """row_index (n, S) and the live states of each step, rows numbered step by step after the special
-        rows; self._block_start[r] is the first row of step r."""
-        n, s_count = self.horizon, self.num_states
-        row_index = np.full((n, s_count), ROW_NEG_INF, np.int64)
-        live, starts, start = [], [], SPECIAL_ROWS
-        has_terminal = bool(is_final.any()) or self.terminal is not None
-        for r in range(n):
-            if r == 0:  # U_0: 0 where accepting (the terminal row with one), else -inf
-                row_index[0][accepting] = ROW_FINAL if has_terminal else ROW_ZERO
-                states = np.zeros(0, np.int64)
-            else:
-                row_index[r][f.certain[r]] = ROW_ZERO
-                row_index[r][is_final & f.feasible[r]] = ROW_FINAL
-                states = np.flatnonzero(f.live(r) & ~is_final)
-                row_index[r][states] = start + np.arange(len(states))
-            live.append(states)
-            starts.append(start)
-            start += len(states)
-        self._block_start = starts
-        return row_index, live
-
-    def _store_rows(self, log_rows: torch.Tensor) -> None:
-        """Keep the rows in log space (float32), or with table_dtype bfloat16 as rows scaled to max 1 in
-        bfloat16 times a float32 scale: half the bytes, and every value within a relative 2^-8 of float32
-        (bfloat16 keeps float32's exponent range, so nothing the fast path kept underflows; a table that
-        needed the log-space path stays float32). docs/method.md §5.9 bounds the effect on the guide."""
-        self._block_start = None
-        if self.table_dtype == torch.float32 or self.used_log_space_fallback:
-            self.log_rows, self.row_scale = log_rows, None
-            return
-        peak = log_rows.amax(dim=1)  # (R,)
-        peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
-        self.log_rows = (log_rows - peak[:, None]).exp_().to(self.table_dtype)  # (R, H) scaled rows
-        self.row_scale = peak
 
     def rows(self, r: int, states: torch.Tensor) -> torch.Tensor:
         """log U_r[states]: states.shape + (H,) float32."""
@@ -292,16 +161,6 @@ class GuideTables:
     @property
     def stored_rows(self) -> int:
         return int(self.log_rows.shape[0]) - SPECIAL_ROWS
-
-    def _terminal_rows(self, dfa: TokenDFA, transition_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The accepting ended states (none without a terminal vector) and their row (H,): log P(the suffix's
-        rest | z emitted the text's last token) = log sum_z' A[z, z'] exp(terminal[z']); 0 without one."""
-        h = transition_t.shape[0]
-        if self.terminal is None:
-            return torch.empty(0, dtype=torch.long, device=self.device), torch.zeros(h, device=self.device)
-        final = torch.from_numpy(np.flatnonzero(dfa.accepting & dfa.ended)).to(self.device)
-        row = log_matmul_exp(self.terminal.float().to(self.device)[None, :], transition_t)[0]  # (H,)
-        return final, row
 
     # ------------------------------------------------------------------ step layout (§5.6)
 
@@ -362,20 +221,3 @@ class GuideTables:
         self.block_slot_everywhere = (block_slot >= 0).all(0).tolist()  # per block: no state needs a gather
         self.tail_emission_t = hmm.emission_scaled_t(self.tail_tokens, emission_dtype)  # (T, H)
         self.tail_emission = onednn_packed.pack(self.tail_emission_t, pad=True) or self.tail_emission_t
-
-
-def _long(values: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(values, np.int64)).to(device)
-
-
-def _edge_logsumexp_flat(
-    log_mass: torch.Tensor, log_values: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, count: int
-) -> torch.Tensor:
-    """out[s] = logsumexp over edges e with src[e] = s of log_mass[e] + log_values[dst[e]]: (count, H).
-    Max-shifted per source, so exact to float32 rounding whatever the range."""
-    terms = log_mass + log_values[dst]  # (E, H)
-    peak = torch.full((count, terms.shape[1]), NEG_INF, device=terms.device)
-    peak = peak.scatter_reduce(0, src[:, None].expand_as(terms), terms, reduce="amax", include_self=True)
-    safe = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
-    total = torch.zeros_like(safe).index_add_(0, src, (terms - safe[src]).exp_())
-    return total.log_().add_(safe)

@@ -1,4 +1,4 @@
-"""The hidden Markov model (docs/method.md §2), its checkpoint format and importers.
+"""The hidden Markov model (docs/method.md §2): its parameters and the probability-space views the guide reads.
 
 Parameters live in log space: `log_initial` (H,), `log_transition` (H, H), `log_emission` (H, V). The guide
 and EM work in probability space with max-shifted matmuls; `transition_probs()`, `emission_probs()` (H, V)
@@ -6,20 +6,8 @@ and `emission_t()` (V, H) give cached copies on the model's device. The guide mu
 `emission_block()` (rows scaled per token, packed for oneDNN on CPU; bf16 optional, halving the memory read
 per guide step) and takes class masses from `block_totals()`; it builds no other emission-sized copy.
 
-On disk (`HMM.save`/`HMM.load`): a directory with `config.json` and `model.safetensors` (no pickle). The config
-records what the HMM was distilled for, `tokenizer_fingerprint` (pc_core.constraints.vocab) and `lm` (the LM
-id), from `metadata` (where distillation puts them); `pc_core.lm.check_pairing` compares them with the
-tokenizer and LM it is loaded next to.
-`HMM.load` also reads, and `pcgen import-hmm` converts, the reference systems' checkpoints:
-  * Ctrl-G (joshuacnf/Ctrl-G, ctrlg/hmm.py, saved by huggingface_hub's PyTorchModelHubMixin): `config.json`
-    {hidden_states, vocab_size, eos_token_id} + `model.safetensors` (`pytorch_model.bin` from a
-    huggingface_hub older than 0.21) {alpha_exp (H, H) transition in probability space, beta (H, V) log
-    emission, gamma (H,) log initial}, rows indexed by hidden state: ctrlg/hmm_gpt2-large_common-gen_4096,
-    and ctrlg/hmm_tulu2-7b_writing-prompts_32768 (H = 32768 over Llama-2's 32,000 tokens, EOS 2), converted
-    a block of rows at a time from the memory-mapped file (`_load_ctrlg`);
-  * GeLaTo: one torch file holding {hidden_states, vocab_size, alpha, beta, gamma}, all log space.
-Hub ids (e.g. `ctrlg/hmm_gpt2-large_common-gen_4096`) go through huggingface_hub and work offline from its
-cache (HF_HUB_OFFLINE=1).
+`HMM.save`/`HMM.load` read and write checkpoints through pc_core.hmm_checkpoint (pcgen's format, GeLaTo, hub
+ids, the checks on load) and pc_core.hmm_ctrlg (Ctrl-G's layout, also converted by `pcgen import-hmm`).
 """
 
 from __future__ import annotations
@@ -32,16 +20,11 @@ from typing import Any
 
 import torch
 
+from pc_core import hmm_checkpoint
 from pc_core.errors import HMMFormatError
-from pc_core.files import atomic_path, atomic_write_json
+from pc_core.hmm_checkpoint import CONFIG, FORMAT, Parameters, log_rows
+from pc_core.hmm_ctrlg import read_ctrlg
 from pc_core.kernels import onednn_packed
-
-FORMAT = "pcgen-hmm"
-FORMAT_VERSION = 1
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
-ROW_TOLERANCE = 1e-3  # |logsumexp(row)| allowed on load (fp32 checkpoints of 50k-wide rows drift ~1e-5)
-PROB_FLOOR = 1e-30  # imported checkpoints may hold exact zeros; the guarantee needs every entry > 0
 
 
 class HMM:
@@ -229,277 +212,39 @@ class HMM:
         metadata: dict[str, Any] | None = None,
     ) -> HMM:
         """From probability-space parameters; zeros are floored at PROB_FLOOR and rows renormalised."""
-        norm = lambda p: torch.log(
-            p.double().clamp_min(PROB_FLOOR) / p.double().clamp_min(PROB_FLOOR).sum(-1, keepdim=True)
-        )
-        return cls(
-            norm(initial).float(), norm(transition).float(), norm(emission).float(), eos_token_id, metadata
-        )
+        return cls(log_rows(initial), log_rows(transition), log_rows(emission), eos_token_id, metadata)
 
     # ------------------------------------------------------------------ persistence
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write config.json + model.safetensors atomically (a crash leaves the previous files intact)."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        config = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "hidden_size": self.hidden_size,
-            "vocab_size": self.vocab_size,
-            "eos_token_id": self.eos_token_id,
-            "fingerprint": self.fingerprint,
-            "tokenizer_fingerprint": self.metadata.get("tokenizer_fingerprint"),
-            "lm": self.metadata.get("lm"),
-            "metadata": self.metadata,
-        }
-        tensors = {
-            "log_initial": self.log_initial.detach().float().cpu().contiguous(),
-            "log_transition": self.log_transition.detach().float().cpu().contiguous(),
-            "log_emission": self.log_emission.detach().float().cpu().contiguous(),
-        }
-        with atomic_path(directory / WEIGHTS) as tmp:
-            save_file(tensors, str(tmp))
-        atomic_write_json(directory / CONFIG, config)
-        return directory
+        return hmm_checkpoint.write(directory, self._parameters(), self.fingerprint)
 
     @classmethod
     def load(cls, source: str | os.PathLike, device: str | torch.device = "cpu") -> HMM:
         """Load a pcgen, Ctrl-G or GeLaTo checkpoint from a path or a hub id, validating it."""
-        path = _resolve(source)
-        if path.is_file():
-            hmm = _load_gelato(path)
-        else:
-            config_path = path / CONFIG
-            if not config_path.exists():
-                raise HMMFormatError(
-                    f"{path}: no {CONFIG} (expected an HMM directory or a GeLaTo torch file)"
-                )
-            try:
-                config = json.loads(config_path.read_text())
-            except json.JSONDecodeError as err:
-                raise HMMFormatError(f"{config_path}: not valid JSON ({err})") from err
-            if config.get("format") == FORMAT:
-                hmm = _load_pcgen(path, config)
-            elif "hidden_states" in config:
-                hmm = _load_ctrlg(path, config)
-            else:
-                raise HMMFormatError(
-                    f"{config_path}: unknown HMM format (no 'format' or 'hidden_states' key)"
-                )
+        hmm = cls(*_read(hmm_checkpoint.resolve(source)))
         hmm.validate(str(source))
         return hmm.to(device)
 
     def validate(self, where: str = "HMM") -> None:
         """Shapes, finiteness and row sums; raises HMMFormatError naming what is wrong."""
-        h, v = self.log_emission.shape if self.log_emission.dim() == 2 else (None, None)
-        if self.log_emission.dim() != 2:
-            raise HMMFormatError(
-                f"{where}: log_emission must be 2-D (H, V), got {tuple(self.log_emission.shape)}"
-            )
-        if tuple(self.log_transition.shape) != (h, h):
-            raise HMMFormatError(
-                f"{where}: transition has shape {tuple(self.log_transition.shape)}, expected ({h}, {h})"
-            )
-        if tuple(self.log_initial.shape) != (h,):
-            raise HMMFormatError(
-                f"{where}: initial has shape {tuple(self.log_initial.shape)}, expected ({h},)"
-            )
-        if h < 2:
-            raise HMMFormatError(f"{where}: hidden size must be >= 2, got {h}")
-        if self.eos_token_id is not None and not 0 <= self.eos_token_id < v:
-            raise HMMFormatError(
-                f"{where}: eos_token_id {self.eos_token_id} is outside the vocabulary (size {v})"
-            )
-        for name, tensor in (
-            ("initial", self.log_initial),
-            ("transition", self.log_transition),
-            ("emission", self.log_emission),
-        ):
-            if torch.isnan(tensor).any() or torch.isposinf(tensor).any():
-                raise HMMFormatError(f"{where}: {name} holds NaN or +inf values")
-            if torch.isneginf(tensor).any():
-                raise HMMFormatError(f"{where}: {name} holds zero probabilities; every entry must be > 0")
-            sums = torch.logsumexp(tensor.double(), dim=-1)
-            worst = float(sums.abs().max())
-            if worst > ROW_TOLERANCE:
-                raise HMMFormatError(
-                    f"{where}: {name} rows do not sum to 1 (worst |log sum| = {worst:.3g} > {ROW_TOLERANCE})"
-                )
+        hmm_checkpoint.validate(self._parameters(), where)
 
-
-# ---------------------------------------------------------------------------------------------- helpers
-
-
-def _resolve(source: str | os.PathLike) -> Path:
-    path = Path(source)
-    if path.exists():
-        return path
-    text = str(source)
-    if text.count("/") == 1 and not text.startswith((".", "/")):
-        from huggingface_hub import snapshot_download
-
-        from pc_core.hub import first_line, hub_status
-
-        status = hub_status(text, (CONFIG,))  # offline and not cached: say so now, not after the retries
-        if status.problem:
-            raise HMMFormatError(f"cannot load HMM {text!r}: {status.problem}")
-        try:
-            return Path(snapshot_download(text, local_files_only=status.local_files_only))
-        except Exception as err:  # unknown repo, ...
-            raise HMMFormatError(
-                f"cannot load HMM {text!r} from the hub or its local cache: {first_line(err)}"
-            ) from err
-    raise HMMFormatError(
-        f"no HMM at {text}: no such file or directory (expected a directory with {CONFIG} and {WEIGHTS}, a "
-        "GeLaTo torch file, or a hub id owner/name)"
-    )
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    if not path.exists():
-        raise HMMFormatError(f"{path}: missing")
-    try:
-        return load_file(str(path))
-    except Exception as err:
-        raise HMMFormatError(f"{path}: not a readable safetensors file ({err})") from err
-
-
-def _require(tensors: dict, names: tuple[str, ...], where: Path) -> None:
-    missing = [n for n in names if n not in tensors]
-    if missing:
-        raise HMMFormatError(f"{where}: missing tensors {missing} (found {sorted(tensors)})")
-
-
-def _load_pcgen(path: Path, config: dict) -> HMM:
-    tensors = _read_safetensors(path / WEIGHTS)
-    _require(tensors, ("log_initial", "log_transition", "log_emission"), path / WEIGHTS)
-    metadata = dict(config.get("metadata") or {})
-    for key in ("tokenizer_fingerprint", "lm"):  # the pairing, recorded at the top of the config
-        if config.get(key):
-            metadata[key] = config[key]
-    hmm = HMM(
-        tensors["log_initial"].float(),
-        tensors["log_transition"].float(),
-        tensors["log_emission"].float(),
-        config.get("eos_token_id"),
-        metadata,
-    )
-    for key, actual in (("hidden_size", hmm.hidden_size), ("vocab_size", hmm.vocab_size)):
-        if config.get(key) != actual:
-            raise HMMFormatError(f"{path}: config says {key}={config.get(key)} but the weights have {actual}")
-    return hmm
-
-
-CTRLG_TORCH_WEIGHTS = "pytorch_model.bin"  # what PyTorchModelHubMixin wrote before huggingface_hub 0.21
-CTRLG_BLOCK_BYTES = 2**27  # float64 bytes per block of rows converted at a time (128 MiB)
-
-
-class _CtrlGWeights:
-    """Rows of the Ctrl-G tensors, read a block at a time: safetensors through `safe_open` (memory-mapped),
-    a torch file through `torch.load(mmap=True, weights_only=True)` (no pickled objects)."""
-
-    def __init__(self, path: Path) -> None:
-        self.file = path / WEIGHTS if (path / WEIGHTS).exists() else path / CTRLG_TORCH_WEIGHTS
-        self._safe: Any = None
-        self._tensors: dict[str, torch.Tensor] = {}
-        if self.file.name == WEIGHTS:
-            from safetensors import safe_open
-
-            try:
-                self._safe = safe_open(str(self.file), framework="pt", device="cpu")
-                self.names = set(self._safe.keys())
-            except Exception as err:
-                raise HMMFormatError(f"{self.file}: not a readable safetensors file ({err})") from err
-        elif self.file.exists():
-            try:
-                data = torch.load(str(self.file), map_location="cpu", weights_only=True, mmap=True)
-            except Exception as err:
-                raise HMMFormatError(f"{self.file}: not a readable torch file ({err})") from err
-            if not isinstance(data, dict):
-                raise HMMFormatError(f"{self.file}: expected a state dict of tensors")
-            self._tensors = {k: t for k, t in data.items() if isinstance(t, torch.Tensor)}
-            self.names = set(self._tensors)
-        else:
-            raise HMMFormatError(f"{path}: missing {WEIGHTS} (or {CTRLG_TORCH_WEIGHTS})")
-        _require({n: None for n in self.names}, ("alpha_exp", "beta", "gamma"), self.file)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        if self._safe is not None:
-            return tuple(self._safe.get_slice(name).get_shape())
-        return tuple(self._tensors[name].shape)
-
-    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
-        """Rows start..stop of a 2-D tensor, or the whole of a 1-D one."""
-        if self._safe is not None:
-            piece = self._safe.get_slice(name)
-            return piece[start:stop] if len(piece.get_shape()) == 2 else piece[:]
-        tensor = self._tensors[name]
-        return tensor[start:stop] if tensor.dim() == 2 else tensor
-
-
-def _ctrlg_log_rows(weights: _CtrlGWeights, name: str, log_space: bool) -> torch.Tensor:
-    """A Ctrl-G tensor as pcgen's fp32 log-space rows, normalised as HMM.from_probs does (zeros floored at
-    PROB_FLOOR, rows renormalised in float64), one block of rows at a time: the whole tensor never exists in
-    float64, so a 32768 x 32000 emission imports with its fp32 result (3.9 GiB) and a 128 MiB block in memory
-    rather than several float64 copies (8 GiB each)."""
-    shape = weights.shape(name)
-    height, width = (1, shape[0]) if len(shape) == 1 else shape
-    out = torch.empty(height, width, dtype=torch.float32)
-    step = max(1, CTRLG_BLOCK_BYTES // (8 * width))
-    for start in range(0, height, step):
-        stop = min(height, start + step)
-        block = weights.rows(name, start, stop).reshape(stop - start, width).to(torch.float64, copy=True)
-        if log_space:
-            block = block.exp_()
-        block = block.clamp_min_(PROB_FLOOR)
-        out[start:stop] = torch.log(block / block.sum(-1, keepdim=True))
-    return out if len(shape) == 2 else out[0]
-
-
-def _load_ctrlg(path: Path, config: dict) -> HMM:
-    """A Ctrl-G checkpoint (the layout in the module docstring): gamma and beta are log-softmax rows, alpha_exp
-    softmax rows, each row a hidden state; the vocabulary is the LM's, specials included (Llama-2: <unk> <s>
-    </s> at 0..2, EOS 2), so token ids need no mapping. gamma may also be stored as (1, H)."""
-    weights = _CtrlGWeights(path)
-    h, v = config.get("hidden_states"), config.get("vocab_size")
-    expected = {"alpha_exp": [(h, h)], "beta": [(h, v)], "gamma": [(h,), (1, h)]}
-    for name, shapes in expected.items():
-        if weights.shape(name) not in shapes:
-            raise HMMFormatError(
-                f"{weights.file}: {name} has shape {weights.shape(name)}, config.json (hidden_states={h}, "
-                f"vocab_size={v}) says {' or '.join(str(s) for s in shapes)}"
-            )
-    return HMM(
-        _ctrlg_log_rows(weights, "gamma", log_space=True).reshape(-1),
-        _ctrlg_log_rows(weights, "alpha_exp", log_space=False),
-        _ctrlg_log_rows(weights, "beta", log_space=True),
-        config.get("eos_token_id"),
-        {"source": str(path), "imported_from": "ctrl-g"},
-    )
-
-
-def _load_gelato(path: Path) -> HMM:
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise HMMFormatError(f"{path}: not a readable torch file ({err})") from err
-    if not isinstance(data, dict):
-        raise HMMFormatError(f"{path}: expected a dict with hidden_states, vocab_size, alpha, beta, gamma")
-    _require(data, ("hidden_states", "vocab_size", "alpha", "beta", "gamma"), path)
-    h, v = int(data["hidden_states"]), int(data["vocab_size"])
-    if tuple(data["beta"].shape) != (h, v):
-        raise HMMFormatError(
-            f"{path}: beta has shape {tuple(data['beta'].shape)}, hidden_states/vocab_size say ({h}, {v})"
+    def _parameters(self) -> Parameters:
+        return Parameters(
+            self.log_initial, self.log_transition, self.log_emission, self.eos_token_id, self.metadata
         )
-    return HMM.from_probs(
-        data["gamma"].double().exp(),
-        data["alpha"].double().exp(),
-        data["beta"].double().exp(),
-        data.get("eos_token_id"),
-        {"source": str(path), "imported_from": "gelato"},
-    )
+
+
+def _read(path: Path) -> Parameters:
+    """The parameters of the checkpoint at `path`, by its layout: a GeLaTo torch file, or a directory whose
+    config.json is pcgen's (a `format` key) or Ctrl-G's (`hidden_states`)."""
+    if path.is_file():
+        return hmm_checkpoint.read_gelato(path)
+    config = hmm_checkpoint.read_config(path)
+    if config.get("format") == FORMAT:
+        return hmm_checkpoint.read_pcgen(path, config)
+    if "hidden_states" in config:
+        return read_ctrlg(path, config)
+    raise HMMFormatError(f"{path / CONFIG}: unknown HMM format (no 'format' or 'hidden_states' key)")

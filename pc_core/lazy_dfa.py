@@ -34,14 +34,18 @@ class LazyDFA:
     blocklist = None  # the blocked words stay inside the product (no mask beside it)
     safe_classes = None
 
-    def __init__(self, constraint: Constraint, tables: VocabTables, max_states: int = LAZY_MAX_STATES) -> None:
+    def __init__(
+        self, constraint: Constraint, tables: VocabTables, max_states: int = LAZY_MAX_STATES
+    ) -> None:
         compiler = _Compiler(constraint, tables, max_states // 4, float("inf"))  # explore cap: 4 x max_states
         self.tables, self.compiler = tables, compiler
         self.explored = _Exploration(compiler)
         self.explored.queue.clear()  # nothing is explored ahead of a request for it
         self.initial_state = self.explored.initial
         self.end_accept, self.end_reject, self.sink = (
-            self.explored.end_accept, self.explored.end_reject, self.explored.sink
+            self.explored.end_accept,
+            self.explored.end_reject,
+            self.explored.sink,
         )  # the only ended states, and the rejecting sink
         self.eos_token_id = tables.eos_token_id
         self.vocab_size = tables.vocab_size

@@ -11,9 +11,10 @@ It is decided by a depth-first search of the lazy automaton (lazy_dfa.py), with 
     suffix and stop strings; `all` takes the largest of its children's bounds, `any` the smallest, `at_least
     k` the k-th smallest, anything else 0. Every accepted text makes each leaf it needs accepted, so the bound
     never exceeds the truth: a branch is cut only where no accepted text can continue it.
-  * an order of the successors: by that bound, then by the same tree with sums instead of maxima: the search
-    tries first the tokens that bring the leaves closest to acceptance, so its first descent usually is a
-    witness.
+  * an order of the successors: by the same tree with sums instead of maxima (an estimate), then by that
+    bound; when that search spends its budget, a second one by estimate + bound (each order has its traps:
+    prefixes several keywords share, a word count that every word serves). The search tries first the tokens
+    that bring the leaves closest to acceptance, so its first descent usually is a witness.
 A True answer is a witness path (proof); a False answer is an exhausted search (proof). A search that spends
 its node budget answers None: not decided. Decoding allows only tokens proven feasible (so the guarantee
 holds whatever the budget: the witness that proved the current state feasible always leaves one token), and
@@ -40,7 +41,15 @@ BY_TOKEN_BYTES = 64 * 2**20  # the leaves' successor-per-token table, when it fi
 class LeafBound:
     """Lower bounds and search order from explicit automata of the constraint's leaves (module docstring)."""
 
-    def __init__(self, constraint: Constraint, compile_leaf: Callable[[Constraint], TokenDFA | None]) -> None:
+    def __init__(
+        self,
+        constraint: Constraint,
+        compile_leaf: Callable[[Constraint], TokenDFA | None],
+        separator: int | None = None,
+    ) -> None:
+        """`separator`: a token that ends the current word (a space): the estimate reads each leaf's distance
+        after it, so that a word prefix several keywords share does not look like progress."""
+        self.separator = separator
         body, suffix, stop = split_affixes(constraint)
         self.affixed = suffix is not None or bool(stop)  # one ending token may bring every leaf home at once
         self.dfas: list[TokenDFA] = []
@@ -72,7 +81,9 @@ class LeafBound:
         classes: list[list[int]] = []
         for i in leaves:
             for group in classes:
-                if not any(co_progress(self.dfas[i], self.dist[i], self.dfas[j], self.dist[j]) for j in group):
+                if not any(
+                    co_progress(self.dfas[i], self.dist[i], self.dfas[j], self.dist[j]) for j in group
+                ):
                     group.append(i)
                     break
             else:
@@ -102,10 +113,11 @@ class LeafBound:
 
     def estimate(self, states: np.ndarray) -> np.ndarray:
         """(K,) the search's order: sums where `lower` takes maxima."""
-        return self._eval(self.tree, self._distances(states), exact=False)
+        return self._eval(self.tree, self._distances(states, self.flat_committed), exact=False)
 
-    def _distances(self, states: np.ndarray) -> np.ndarray:
-        return self.flat_dist[states + self.offsets[None, :]]  # (K, L)
+    def _distances(self, states: np.ndarray, flat: np.ndarray | None = None) -> np.ndarray:
+        flat = self.flat_dist if flat is None else flat
+        return flat[states + self.offsets[None, :]]  # (K, L)
 
     def _flatten(self) -> None:
         """All leaves' distances in one array (offsets per leaf), and their successors per token when that
@@ -113,6 +125,10 @@ class LeafBound:
         sizes = np.array([d.num_states for d in self.dfas], np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)  # (L,)
         self.flat_dist = np.concatenate(self.dist) if self.dist else np.zeros(0, np.int64)
+        self.flat_committed = self.flat_dist
+        if self.separator is not None and self.dfas:  # each leaf's distance once the current word ends
+            after = [d.transitions[:, d.token_class[self.separator]] for d in self.dfas]
+            self.flat_committed = np.concatenate([dist[a] for dist, a in zip(self.dist, after)])
         self.by_token = None
         if self.dfas and int(sizes.sum()) * self.dfas[0].vocab_size * 4 <= BY_TOKEN_BYTES:
             rows = [d.transitions[:, d.token_class] + off for d, off in zip(self.dfas, self.offsets.tolist())]
@@ -199,22 +215,24 @@ class LazyFeasibility:
         self.dfa, self.bound, self.horizon, self.min_new = dfa, bound, horizon, min_new_tokens
         self.budget = budget
         self.known: dict[tuple[int, int, int], bool] = {}
-        self.spent = 0
+        self.spent, self.by_bound = 0, False
         self.searched = 0  # search nodes over this object's life (reported)
         self.undecided = 0  # questions left undecided by the budget (their tokens are not allowed)
 
     def feasible(self, state: int, leaves: np.ndarray, r: int, t: int) -> bool | None:
         """True (a witness), False (exhausted), or None (the budget ran out first)."""
-        self.spent = 0
-        try:
-            if self.bound.lower(leaves[None])[0] > r:
-                return False
-            return self._search(state, leaves, r, t)
-        except _OutOfBudget:
-            self.undecided += 1
-            return None
-        finally:
-            self.searched += self.spent
+        if self.bound.lower(leaves[None])[0] > r:
+            return False
+        for by_bound in (False, True):  # two orders: each has its traps (shared prefixes, word counts)
+            self.spent, self.by_bound = 0, by_bound
+            try:
+                return self._search(state, leaves, r, t)
+            except _OutOfBudget:
+                pass
+            finally:
+                self.searched += self.spent
+        self.undecided += 1
+        return None
 
     def _search(self, state: int, leaves: np.ndarray, r: int, t: int) -> bool:
         """(The caller checked the bound of `leaves`.)"""
@@ -245,8 +263,10 @@ class LazyFeasibility:
         live = (children != dfa.end_accept) & (children != dfa.end_reject) & (children != dfa.sink)
         lower = self.bound.lower(states)
         keep = live & (lower <= r - 1)
-        picked = np.flatnonzero(keep)  # by the bound, then the estimate (shared prefixes fool the sum alone)
-        picked = picked[np.lexsort((self.bound.estimate(states)[picked], lower[picked]))].tolist()
+        picked = np.flatnonzero(keep)
+        estimate = self.bound.estimate(states)[picked]
+        primary = estimate + lower[picked] if self.by_bound else estimate
+        picked = picked[np.lexsort((lower[picked], primary))].tolist()  # lexsort: the last key is the primary
         if t >= self.min_new and dfa.is_accepting(dfa.end_accept) and (children == dfa.end_accept).any():
             picked.insert(0, int(np.flatnonzero(children == dfa.end_accept)[0]))
         return [(int(children[i]), states[i]) for i in picked]

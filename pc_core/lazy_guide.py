@@ -57,7 +57,11 @@ class LazyTables:
 
     def __init__(self, dfa: LazyDFA, first: Any) -> None:
         self.eos_token_id, self.device = dfa.eos_token_id, first.device
-        self.block_key, self.num_blocks, self.block_tokens = first.block_key, first.num_blocks, first.block_tokens
+        self.block_key, self.num_blocks, self.block_tokens = (
+            first.block_key,
+            first.num_blocks,
+            first.block_tokens,
+        )
         self.log_scale = first.log_scale
 
 
@@ -82,7 +86,8 @@ class LazyGuide(FactoredGuide):
         self.hmm, self.dfa, self.horizon, self.min_new_tokens = hmm, dfa, horizon, min_new_tokens
         self.note, self.lazy = note, feasibility
         self.guides = [
-            ConstraintGuide(hmm, f, horizon, min_new_tokens, feasibility=ff, **guide_args) for f, ff in factors
+            ConstraintGuide(hmm, f, horizon, min_new_tokens, feasibility=ff, **guide_args)
+            for f, ff in factors
         ]
         self.emission_dtype = self.guides[0].emission_dtype
         self.tables = LazyTables(dfa, self.guides[0].tables)
@@ -112,7 +117,9 @@ class LazyGuide(FactoredGuide):
             t = guide.tables
             columns.append(t.transitions[state.factor_states[:, i], t.token_class[tokens]])
         pairs = list(zip(state.dfa_state.tolist(), tokens.tolist()))
-        next_dfa = torch.tensor([self.dfa.step(s, x) for s, x in pairs], dtype=torch.long, device=self.hmm.device)
+        next_dfa = torch.tensor(
+            [self.dfa.step(s, x) for s, x in pairs], dtype=torch.long, device=self.hmm.device
+        )
         leaves = [self.lazy.bound.advance(w, x) for w, (_, x) in zip(state.leaves, pairs)]  # (L,) each
         return LazyState(base.log_alpha, next_dfa, state.position + 1, None, torch.stack(columns, 1), leaves)
 
@@ -176,7 +183,13 @@ def steering_factors(
 
 
 def build_lazy_guide(
-    hmm: HMM, dfa: LazyDFA, constraint: Constraint, params: Any, tokenizer: Any, note: str = "", **guide_args: Any
+    hmm: HMM,
+    dfa: LazyDFA,
+    constraint: Constraint,
+    params: Any,
+    tokenizer: Any,
+    note: str = "",
+    **guide_args: Any,
 ) -> LazyGuide:
     """The lazy guide for `dfa` (the LazyDFA of `constraint`): leaf automata and steering conjuncts compiled
     within small budgets (LEAF_BUDGET_S, LEAF_MAX_STATES)."""
@@ -189,7 +202,8 @@ def build_lazy_guide(
     )
     guide_args["table_dtype"] = budget.table_dtype
     compile_small = leaf_compiler(tokenizer, compile_constraint, LEAF_BUDGET_S, LEAF_MAX_STATES)
-    bound = LeafBound(constraint, compile_small)
+    space = tokenizer.encode(" ", add_special_tokens=False)
+    bound = LeafBound(constraint, compile_small, space[0] if len(space) == 1 else None)
     feasibility = LazyFeasibility(dfa, bound, horizon, min_new)
     no_certain = guide_args.get("terminal") is not None
     factors = steering_factors(constraint, compile_small, hmm, horizon, min_new, budget, no_certain)

@@ -112,6 +112,19 @@ class DecodeParams:
     )
 
     def __post_init__(self) -> None:
+        self._normalise_containers()
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), f.type)
+        self._check_search()
+        self._check_numbers()
+        self._check_guide()
+        self._check_suffix_and_stop()
+        self._check_logit_bias()
+        self._check_penalties_and_logprobs()
+        object.__setattr__(self, "stop", tuple(sorted(set(self.stop))))  # canonical: the order means nothing
+
+    def _normalise_containers(self) -> None:
+        """JSON and Python spellings of stop and logit_bias, as tuples (before the strict type check)."""
         if isinstance(self.stop, (str, list)):  # one string, or a list (JSON), is normalised to a tuple
             object.__setattr__(self, "stop", (self.stop,) if isinstance(self.stop, str) else tuple(self.stop))
         if isinstance(self.logit_bias, (dict, list)):  # {id: bias} or [(id, bias), ...] -> sorted pairs
@@ -119,8 +132,9 @@ class DecodeParams:
             object.__setattr__(
                 self, "logit_bias", tuple(tuple(p) if isinstance(p, list) else p for p in pairs)
             )
-        for f in fields(self):
-            _check_type(f.name, getattr(self, f.name), f.type)
+
+    def _check_search(self) -> None:
+        """Length, beams and return sequences: how many rows, and how long."""
         need = _rule
         need(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
         need(
@@ -138,6 +152,10 @@ class DecodeParams:
             need(
                 self.num_return_sequences <= self.num_beams, "num_return_sequences", "must be <= {num_beams}"
             )
+
+    def _check_numbers(self) -> None:
+        """Sampling and scoring numbers, and the constraint compiler's caps."""
+        need = _rule
         need(MIN_TEMPERATURE <= self.temperature and math.isfinite(self.temperature), "temperature",
              f"must be >= {MIN_TEMPERATURE} (use beam search for deterministic output)")  # fmt: skip
         need(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
@@ -147,6 +165,10 @@ class DecodeParams:
         need(self.hmm_context_tokens >= 0, "hmm_context_tokens", "must be >= 0")
         need(self.max_states >= 2, "max_states", "must be >= 2")
         need(self.time_budget_s > 0, "time_budget_s", "must be > 0")
+
+    def _check_guide(self) -> None:
+        """Which guide, its budget and its tables' storage."""
+        need = _rule
         need(self.guide in ("auto", "exact", "factored"), "guide", "must be auto, exact or factored")
         need(
             self.guide_budget_bytes is None or self.guide_budget_bytes >= 0,
@@ -157,6 +179,10 @@ class DecodeParams:
              "must be >= 0")  # fmt: skip
         need(self.guide_table_dtype in ("auto", "float32", "bfloat16"), "guide_table_dtype",
              "must be auto, float32 or bfloat16")  # fmt: skip
+
+    def _check_suffix_and_stop(self) -> None:
+        """The texts around the span: the infilling suffix and the stop strings, which must not occur in it."""
+        need = _rule
         if self.suffix is not None:
             problem = affix_problem(self.suffix, MAX_SUFFIX_CHARS)
             hint = " (leave it out, or null, for no suffix)" if self.suffix == "" else ""
@@ -167,14 +193,15 @@ class DecodeParams:
             need(problem is None, "stop", f"stop string {i} {text!r}: {problem}")
             need(self.suffix is None or text not in self.suffix, "stop",
                  f"stop string {text!r} occurs in the suffix, so the suffix could never be written")  # fmt: skip
-        self._check_logit_bias()
+
+    def _check_penalties_and_logprobs(self) -> None:
+        need = _rule
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             need(math.isfinite(value) and abs(value) <= MAX_PENALTY, name,
                  f"must be in [-{MAX_PENALTY:g}, {MAX_PENALTY:g}]")  # fmt: skip
         need(self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS, "logprobs",
              f"must be in 0..{MAX_LOGPROBS}")  # fmt: skip
-        object.__setattr__(self, "stop", tuple(sorted(set(self.stop))))  # canonical: the order means nothing
 
     def _check_logit_bias(self) -> None:
         need = _rule

@@ -45,26 +45,29 @@ def uses_bytes(tables: object) -> bool:
 
 
 MAX_TAIL_CLASSES = 24
+NAMED_CHARS = 64
 
 
 def _named_prefixes(dfa: CharDFA) -> set[bytes]:
-    """Starts of the UTF-8 of non-ASCII characters that are an atom of the DFA on their own (a literal)."""
+    """Starts of the UTF-8 of the non-ASCII characters the pattern names: those of a column that holds at
+    most NAMED_CHARS characters in all (a literal or a small set: "é", "[éè]", not the ª inside `\\w`)."""
     ends = np.append(dfa.starts[1:], 0x110000)
-    single = dfa.starts[(ends - dfa.starts == 1) & (dfa.starts >= 0x80) & (dfa.starts < 0x110000)]
+    sizes = np.bincount(dfa.column, weights=(ends - dfa.starts).astype(np.float64))  # characters per column
     out = set()
-    for cp in single.tolist():
-        if not 0xD800 <= cp < 0xE000:
-            data = chr(cp).encode()
-            out.update(data[:i] for i in range(1, len(data)))
+    for atom in np.flatnonzero(sizes[dfa.column] <= NAMED_CHARS).tolist():
+        for cp in range(max(int(dfa.starts[atom]), 0x80), min(int(ends[atom]), 0x110000)):
+            if not 0xD800 <= cp < 0xE000:
+                data = chr(cp).encode()
+                out.update(data[:i] for i in range(1, len(data)))
     return out
 
 
-def _closure(classes: TailClasses, tails: list[bytes], leads: list[bytes]) -> None:
-    """Every tail class the vocabulary's tails and continuation runs can reach."""
+def _closure(classes: TailClasses, tails: list[bytes], leads: list[bytes], cap: int | None = None) -> None:
+    """Every tail class the vocabulary's tails and continuation runs can reach (stopping past `cap`)."""
     for tail in tails[1:]:
         classes.klass(tail)
     done = 1
-    while done < len(classes.reps):
+    while done < len(classes.reps) and (cap is None or len(classes.reps) - 1 <= cap):
         for lead in leads:
             classes.step(done, lead)
         done += 1
@@ -81,12 +84,15 @@ def byte_char_dfa(dfa: CharDFA, tables: object) -> tuple[ExtendedDFA, np.ndarray
     non-ASCII characters the pattern names on their own, may be pending; other splitting tokens lead to the
     sink there."""
     leads = sorted({lead for lead, _ in tables.continuations.values()})
+    # the tails tokens end with: their own, and those after a continuation run
+    tails = [*tables.tails, *(_decode(rest)[1] for _, rest in tables.continuations.values())]
+    tails = [b"", *sorted(set(tails) - {b""})]
     classes = TailClasses(dfa.columns)
-    _closure(classes, tables.tails, leads)
+    _closure(classes, tails, leads, MAX_TAIL_CLASSES)
     if len(classes.reps) - 1 > MAX_TAIL_CLASSES:
         named = _named_prefixes(dfa)
         classes = TailClasses(dfa.columns, lambda tail, sig: tail in named or bool((sig == sig[0]).all()))
-        _closure(classes, tables.tails, leads)
+        _closure(classes, tails, leads)
     n_cls = len(classes.reps)  # classes 1..n_cls-1
     # L columns: continuation runs with equal outcomes from every class share one
     outcome_ids: dict[tuple, int] = {}
@@ -95,7 +101,9 @@ def byte_char_dfa(dfa: CharDFA, tables: object) -> tuple[ExtendedDFA, np.ndarray
         vector = tuple(classes.step(k, lead) for k in range(1, n_cls))
         lead_col[lead] = outcome_ids.setdefault(vector, len(outcome_ids))
     ext = _extend(dfa, classes, list(outcome_ids))
-    return (ext, *_sequences(dfa, tables, classes, lead_col, n_cls))
+    sequences = _sequences(dfa, tables, classes, lead_col, n_cls)
+    assert len(classes.reps) == n_cls, "a tail class met after the columns were laid out"
+    return (ext, *sequences)
 
 
 def _extend(dfa: CharDFA, classes: TailClasses, behaviours: list[tuple]) -> ExtendedDFA:

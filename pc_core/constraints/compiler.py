@@ -84,8 +84,9 @@ guide costs. The guide's cost depends on the model and device (H, bytes per valu
 and is budgeted where the guide is built (pc_core.guide_budget); past that budget the factored guide runs
 (pc_core.factored_guide). Exploration before minimisation may use 4x."""
 DEFAULT_TIME_BUDGET_S = 10.0
-LAZY_AFTER_S = 1.0
-"""compile_constraint(lazy=True): the explicit automaton's share of the budget before the lazy one is used."""
+LAZY_AFTER_STATES = 5_000
+"""compile_constraint(lazy=True): the explicit automaton's state cap (so EXPLORE_FACTOR x that explored) before
+the lazy one is used: a count, not a time, so the choice does not depend on the machine's speed."""
 EXPLORE_FACTOR = 4
 CACHE_BYTES = 256 * 2**20
 
@@ -1035,7 +1036,7 @@ def compile_constraint(
 ) -> TokenDFA:
     """Compile a constraint spec (JSON-compatible or parsed) for `tokenizer` into a minimal TokenDFA.
 
-    With `lazy`, the explicit automaton gets at most LAZY_AFTER_S of the budget; past it (time or states) a
+    With `lazy`, the explicit automaton gets at most LAZY_AFTER_STATES states; past them (or the budget) a
     word-level constraint comes back as a LazyDFA (pc_core.lazy_dfa: explored as decoding goes, the same
     language, `accepts` and `step` alike; a fresh one per call, never cached).
 
@@ -1081,12 +1082,13 @@ def compile_constraint(
 def _explicit_or_lazy(
     constraint: Constraint, tokenizer: Any, max_states: int, time_budget_s: float, blocklist_mask: bool
 ) -> Any:
-    """compile_constraint(lazy=True): the explicit automaton within min(budget, LAZY_AFTER_S), else lazy."""
+    """compile_constraint(lazy=True): the explicit automaton within min(max_states, LAZY_AFTER_STATES) states
+    and the time budget, else lazy."""
     from pc_core.lazy_dfa import LazyDFA  # (it builds on this module's compiler)
 
-    budget = min(time_budget_s, LAZY_AFTER_S)
     try:
-        return compile_constraint(constraint, tokenizer, max_states, budget, blocklist_mask)
+        cap = min(max_states, LAZY_AFTER_STATES)
+        return compile_constraint(constraint, tokenizer, cap, time_budget_s, blocklist_mask)
     except ConstraintTooComplex as err:
         if char_only_dfa(constraint) is not None:  # regex / JSON: no lazy form
             raise

@@ -22,6 +22,7 @@ import itertools
 import json
 import re
 import sys
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,6 +121,32 @@ def split_pieces(text: str) -> tuple[str, str, tuple[tuple[str, str], ...], str]
     return p, sep, tuple(zip(runs[::2], runs[1::2])), s
 
 
+def _partial_characters(
+    token: int, data: bytes, tails: list[bytes], intern_tail: Any, continuations: dict
+) -> tuple[str, int, bool]:
+    """A token whose bytes are not UTF-8 on their own: its text so far, the id of the character it ends inside
+    (interned in `tails`; 0 if none), and whether it is invalid whatever precedes it. A token that continues
+    a pending character is recorded in `continuations` as (continuation bytes, rest bytes)."""
+    text, tail = decode_pending(b"", data)
+    if "\ufffd" not in text and valid_tail(tail):  # ends inside a character
+        tail_id = intern_tail(tail, len(tails))
+        if tail_id == len(tails):
+            tails.append(tail)
+        return text, tail_id, False
+    split = continuation_parts(data)
+    if split is not None:
+        continuations[token] = split
+    return text, 0, split is None
+
+
+def _casefold_index(strings: list[str]) -> dict[str, list[int]]:
+    """{casefolded string: the ids of the strings that fold to it}"""
+    out: dict[str, list[int]] = {}
+    for i, text in enumerate(strings):
+        out.setdefault(text.casefold(), []).append(i)
+    return out
+
+
 def _int64_groups(groups: dict[str, list[int]]) -> dict[str, np.ndarray]:
     """{key: int64 array of its tokens}: views into one array (one slice each is ~5x cheaper than an array
     per key, and most of the ~100k keys of a 128k vocabulary hold one token)."""
@@ -183,45 +210,24 @@ class VocabTables:
         tails, continuations = [b""], {}
         intern_tail = {b"": 0}.setdefault
         inner: dict[int, tuple[tuple[str, str], ...]] = {}
-        by_cf: dict[str, list[int]] = {}
-        by_ex: dict[str, list[int]] = {}
+        # tokens by their prefix piece, casefolded and exact (defaultdict: no list allocated per lookup)
+        by_cf: defaultdict[str, list[int]] = defaultdict(list)
+        by_ex: defaultdict[str, list[int]] = defaultdict(list)
         pieces = _PIECES_RE.fullmatch
         for t, data in enumerate(raw):
-            if t == eos:
-                kind[t] = KIND_EOS
-                continue
-            if t in special:
-                kind[t] = KIND_SPECIAL
+            if t == eos or t in special:
+                kind[t] = KIND_EOS if t == eos else KIND_SPECIAL
                 continue
             try:  # (decode_pending's common case inline: 128k calls)
                 text = data.decode("utf-8")
             except UnicodeDecodeError:
-                text, tail = decode_pending(b"", data)
                 banned[t] = True
-                if "\ufffd" not in text and valid_tail(tail):  # ends inside a character
-                    tail_id[t] = intern_tail(tail, len(tails))
-                    if tail_id[t] == len(tails):
-                        tails.append(tail)
-                else:
-                    split = continuation_parts(data)
-                    if split is None:
-                        never[t] = True
-                    else:
-                        continuations[t] = split
+                text, tail_id[t], never[t] = _partial_characters(t, data, tails, intern_tail, continuations)
             p, sep, middle, s = pieces(text).groups()  # type: ignore[union-attr]
             if p:
                 p_id[t] = intern(p, len(string_ids))
-                group = by_ex.get(p)  # (not setdefault(p, []): that allocates a list per call)
-                if group is None:
-                    by_ex[p] = [t]
-                else:
-                    group.append(t)
-                folded = p.casefold()
-                group = by_cf.get(folded)
-                if group is None:
-                    by_cf[folded] = [t]
-                else:
-                    group.append(t)
+                by_ex[p].append(t)
+                by_cf[p.casefold()].append(t)
             if sep:
                 kind[t] = KIND_SEP
                 sep_id[t] = intern(sep, len(string_ids))
@@ -231,9 +237,6 @@ class VocabTables:
             if s:
                 s_id[t] = intern(s, len(string_ids))
         strings = list(string_ids)
-        by_cf_strings: dict[str, list[int]] = {}
-        for i, text in enumerate(strings):
-            by_cf_strings.setdefault(text.casefold(), []).append(i)
         return cls(
             fingerprint=fingerprint or tokenizer_fingerprint(tokenizer),
             vocab_size=size,
@@ -246,7 +249,7 @@ class VocabTables:
             banned=np.array(banned, bool),
             strings=strings,
             string_ids=string_ids,
-            string_ids_by_casefold=by_cf_strings,
+            string_ids_by_casefold=_casefold_index(strings),
             p_tokens_by_casefold=_int64_groups(by_cf),
             p_tokens_by_exact=_int64_groups(by_ex),
             tail_id=np.array(tail_id, np.int32),

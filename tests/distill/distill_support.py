@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -30,6 +31,19 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
+
+
+def cli_in_process(caplog, capsys, *args: str) -> tuple[int, str]:
+    """`pcgen ARGS` in this process: its exit status and what it logged and printed to stderr. For the runs
+    after a kill (resume, rerun, refusal): the command's own code, without a new interpreter importing torch
+    and transformers (seconds of CPU each); only the run that is killed needs a process of its own."""
+    from pcgen.cli import main
+
+    caplog.clear()
+    capsys.readouterr()
+    with caplog.at_level(logging.INFO):
+        code = main(list(args))
+    return code, caplog.text + capsys.readouterr().err
 
 
 def kill_when(cmd: list[str], ready, timeout: float = 120) -> str:

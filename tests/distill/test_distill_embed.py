@@ -5,7 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
-from distill_support import kill_when, pcgen, run_cli
+from distill_support import cli_in_process, kill_when, pcgen
 
 from distill import data
 from distill.embed import EmbedConfig, run_embed
@@ -54,9 +54,9 @@ def test_embed_equals_the_hidden_states_sampling_stores(tiny_lm, tokenizer, tmp_
     assert lvd.hidden_size == 6
 
 
-def test_embed_killed_resumes_and_other_settings_are_refused(tiny_lm, tmp_path):
+def test_embed_killed_resumes_and_other_settings_are_refused(tiny_lm, tmp_path, caplog, capsys):
     samples = tmp_path / "s"
-    _sample(tiny_lm, samples, num_sequences=320, shard_size=16)
+    _sample(tiny_lm, samples, num_sequences=160, shard_size=8)  # 20 shards (the kill lands among them)
     args = [
         "distill",
         "embed",
@@ -73,9 +73,10 @@ def test_embed_killed_resumes_and_other_settings_are_refused(tiny_lm, tmp_path):
     kill_when(pcgen(*args), lambda: part.exists() and len(json.loads(part.read_text())) >= 2)
     done = [e["index"] for e in json.loads(part.read_text())]
     assert 2 <= len(done) < 20
-    resumed = run_cli(*args)
+    code, resumed = cli_in_process(caplog, capsys, *args)
+    assert code == 0
     for index in done:
-        assert f"shard {index}: hidden states finished earlier, skipping" in resumed.stderr
+        assert f"shard {index}: hidden states finished earlier, skipping" in resumed
     reference = tmp_path / "ref"
     shutil.copytree(samples, reference, ignore=shutil.ignore_patterns("embed*", "embeddings*"))
     manifest = json.loads((reference / "manifest.json").read_text())

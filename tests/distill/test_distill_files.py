@@ -69,7 +69,7 @@ def test_hmm_save_and_distill_data_use_it(tmp_path, monkeypatch):
         return real(path)
 
     monkeypatch.setattr(files, "atomic_path", spy)
-    monkeypatch.setattr("pc_core.hmm.atomic_path", spy)
+    monkeypatch.setattr("pc_core.hmm_checkpoint.atomic_path", spy)
     HMM.random(2, 5, seed=0).save(tmp_path / "hmm")
     data.atomic_save_npy(tmp_path / "a.npy", np.zeros(3))
     data.atomic_write_json(tmp_path / "m.json", {})

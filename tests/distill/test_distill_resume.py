@@ -2,11 +2,10 @@
 
 import json
 import shutil
-import subprocess
 
 import numpy as np
 import torch
-from distill_support import ROOT, cli_env, hmm_data, kill_when, pcgen, run_cli
+from distill_support import cli_in_process, hmm_data, kill_when, pcgen
 
 from distill import data
 from distill.em import TrainConfig, run_train
@@ -18,7 +17,7 @@ def _checkpoint_exists(out, step):
     return lambda: (out / "checkpoints" / f"step-{step:06d}").exists()
 
 
-def test_training_killed_twice_and_resumed_equals_uninterrupted(tmp_path):
+def test_training_killed_twice_and_resumed_equals_uninterrupted(tmp_path, caplog, capsys):
     true = HMM.random(8, 64, seed=11, concentration=2.0, eos_token_id=63)
     train = hmm_data(tmp_path / "data", true, 2000, 16, seed=12, shard_size=600)
     init = tmp_path / "init"
@@ -33,8 +32,8 @@ def test_training_killed_twice_and_resumed_equals_uninterrupted(tmp_path):
     kill_when(cmd, _checkpoint_exists(out, 3))
     assert not (out / "model.safetensors").exists()
     kill_when(cmd, _checkpoint_exists(out, 7))  # the second run resumed from step >= 3
-    resumed = run_cli(*cmd[3:])
-    assert "resuming" in resumed.stderr
+    code, resumed = cli_in_process(caplog, capsys, *cmd[3:])  # the same command, run to the end
+    assert code == 0 and "resuming" in resumed
 
     reference = run_train(
         TrainConfig(init=str(init), data=str(train), out=str(tmp_path / "straight"), device="cpu", **flags)
@@ -49,15 +48,17 @@ def test_training_killed_twice_and_resumed_equals_uninterrupted(tmp_path):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000011", "step-000012"]
 
     # rerunning a finished run changes nothing; other settings in the same --out are refused
-    again = run_cli(*cmd[3:])
-    assert torch.equal(HMM.load(out).log_emission, final.log_emission) and "step 13" not in again.stderr
-    other = cmd + ["--pseudocount", "0.01"]
-    proc = subprocess.run(other, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "other settings (pseudocount" in proc.stderr
+    code, again = cli_in_process(caplog, capsys, *cmd[3:])
+    assert (
+        code == 0 and torch.equal(HMM.load(out).log_emission, final.log_emission) and "step 13" not in again
+    )
+    code, refused = cli_in_process(caplog, capsys, *cmd[3:], "--pseudocount", "0.01")
+    assert code == 2 and "other settings (pseudocount" in refused
 
 
-def test_sampling_killed_skips_finished_shards_and_matches(tiny_lm, tmp_path):
-    flags = dict(num_sequences=1280, seq_len=16, shard_size=32, batch_size=16, seed=3)
+def test_sampling_killed_skips_finished_shards_and_matches(tiny_lm, tmp_path, caplog, capsys):
+    # 40 small shards: the kill lands among many shard boundaries, for half the tokens of 40 shards of 32
+    flags = dict(num_sequences=640, seq_len=16, shard_size=16, batch_size=16, seed=3)
     out = tmp_path / "killed"
     args = ["distill", "sample", "--lm", str(tiny_lm), "--out", str(out), "--device", "cpu"]
     for key, value in flags.items():
@@ -71,9 +72,10 @@ def test_sampling_killed_skips_finished_shards_and_matches(tiny_lm, tmp_path):
     done = data.finished_shards(out)
     assert 3 <= len(done) < 40
     stamps = {e["file"]: (out / e["file"]).stat().st_mtime_ns for e in done.values()}
-    resumed = run_cli(*args)
+    code, resumed = cli_in_process(caplog, capsys, *args)
+    assert code == 0
     for index in done:
-        assert f"shard {index}: finished earlier, skipping" in resumed.stderr
+        assert f"shard {index}: finished earlier, skipping" in resumed
     assert all((out / f).stat().st_mtime_ns == t for f, t in stamps.items())  # not rewritten
 
     run_sample(SampleConfig(lm=str(tiny_lm), out=str(tmp_path / "straight"), device="cpu", **flags))

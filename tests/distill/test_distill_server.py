@@ -5,13 +5,13 @@ Every server is started here and stopped (or killed) by a finalizer, so none out
 
 import json
 import signal
-import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import pytest
-from distill_support import ROOT, cli_env, kill_when, pcgen
+from distill_support import cli_in_process, kill_when, pcgen
 from service_support import Server
 
 from distill import data
@@ -87,31 +87,28 @@ def test_stored_sequences_are_the_servers_token_ids(server_a, tiny_lm, tokenizer
     assert (tokens != eos).sum() > 40 * SEQ // 2  # mostly real tokens, not padding
 
 
-def test_two_servers_one_killed_mid_run_no_duplicate_no_missing(server_a, start, tiny_lm, tmp_path):
+def test_two_servers_one_killed_mid_run_no_duplicate_no_missing(server_a, start, tiny_lm, tmp_path, caplog):
     """Server B is SIGKILLed mid-run: its requests are retried on A, the job finishes, and the samples equal
-    a run on A alone, row for row (so no sequence is missing, duplicated or misplaced)."""
+    a run on A alone, row for row (so no sequence is missing, duplicated or misplaced). The sampler runs in a
+    thread of this process (the server is the process killed; the CLI's --server path is the next test's)."""
     b = start("distill-b")
     out = tmp_path / "fleet"
-    flags = dict(num_sequences=256, seq_len=SEQ, shard_size=16, concurrency=8, seed=3)
-    proc = subprocess.Popen(pcgen(*_args(tiny_lm, out, [server_a.url, b.url], **flags)), cwd=ROOT,
-                            env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    try:
+    flags = dict(num_sequences=128, seq_len=SEQ, shard_size=8, concurrency=8, seed=3)  # 16 shards
+    fleet = SampleConfig(lm=str(tiny_lm), out=str(out), server=f"{server_a.url},{b.url}", **flags)
+    with caplog.at_level("WARNING", logger="distill.remote"), ThreadPoolExecutor(1) as pool:
+        job = pool.submit(run_sample, fleet)
         deadline = time.monotonic() + 300
         while len(data.finished_shards(out)) < 3:
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert not job.done(), job.exception()
             assert time.monotonic() < deadline
             time.sleep(0.01)
         b.proc.send_signal(signal.SIGKILL)
         b.proc.wait(10)
-        stderr = proc.communicate(timeout=600)[1]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
-    assert proc.returncode == 0, stderr[-3000:]
-    assert "backing off" in stderr and b.url in stderr  # the dropped connections were seen and retried
+        assert job.result(timeout=600)["complete"]
+    # the dropped connections were seen and retried
+    assert "backing off" in caplog.text and f"server {b.url}" in caplog.text, caplog.text[-3000:]
     got, manifest = data.load_tokens(out)
-    assert manifest["complete"] and got.shape == (256, SEQ)
+    assert manifest["complete"] and got.shape == (128, SEQ)
     per_server = {server_a.url: 0, b.url: 0}
     for entry in manifest["shards"]:
         assert sum(entry["servers"].values()) == entry["num_sequences"]
@@ -125,24 +122,23 @@ def test_two_servers_one_killed_mid_run_no_duplicate_no_missing(server_a, start,
     assert reference["complete"]
 
 
-def test_sampler_killed_and_resumed_equals_uninterrupted(server_a, tiny_lm, tmp_path):
+def test_sampler_killed_and_resumed_equals_uninterrupted(server_a, tiny_lm, tmp_path, caplog, capsys):
     out = tmp_path / "killed"
-    args = _args(tiny_lm, out, [server_a.url], num_sequences=256, seq_len=SEQ, shard_size=16, seed=5)
+    sizes = dict(num_sequences=128, shard_size=8)  # 16 shards: the kill lands among many shard boundaries
+    args = _args(tiny_lm, out, [server_a.url], seq_len=SEQ, seed=5, **sizes)
     kill_when(pcgen(*args), lambda: len(data.finished_shards(out)) >= 2)
     done = data.finished_shards(out)
     assert 2 <= len(done) < 16
-    resumed = subprocess.run(
-        pcgen(*args), cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    code, resumed = cli_in_process(caplog, capsys, *args)  # the same command again, to the end
+    assert code == 0, resumed[-3000:]
     for index in done:
-        assert f"shard {index}: finished earlier, skipping" in resumed.stderr
-    straight = run_sample(_cfg(tiny_lm, tmp_path / "straight", server_a.url, num_sequences=256, seed=5))
+        assert f"shard {index}: finished earlier, skipping" in resumed
+    straight = run_sample(_cfg(tiny_lm, tmp_path / "straight", server_a.url, seed=5, **sizes))
     np.testing.assert_array_equal(data.load_tokens(out)[0], data.load_tokens(tmp_path / "straight")[0])
     assert straight["settings"]["source"] == "server"
     # other sampling settings in the same directory are refused
     with pytest.raises(DistillError, match="other settings"):
-        run_sample(_cfg(tiny_lm, out, server_a.url, num_sequences=256, seed=6))
+        run_sample(_cfg(tiny_lm, out, server_a.url, seed=6, **sizes))
 
 
 def test_rate_limited_server_is_retried_after_its_429s(start, tiny_lm, tmp_path, caplog):

@@ -24,6 +24,7 @@ EOS = "<|endoftext|>"
 SPLIT_PIECES = [
     b" ", b"caf", b" caf", b"\xc3", b"\xa9", b"\xa9s", b" the", b".", b"\xe4", b"\xb8\xad", b"\xe6\x96",
     b"\x87", b"e", b"s", b"\xf0\x9f", b"\x98\x80", b"\xa9\xc3", b"\x80", b"\xb8", b"\xad", b"\xe6", b"\x96",
+    b"\x87\xf0\x9f\x98",  # completes 文, then a tail no other token ends with
 ]  # fmt: skip
 ID = {p: i for i, p in enumerate(SPLIT_PIECES)}
 
@@ -116,8 +117,10 @@ def test_character_constraints_run_on_bytes(split, tokenizer):
     zh = ids_of(b"\xe4", b"\xb8\xad", b"\xe6\x96", b"\x87")
     assert decode_continuation(split, zh) == "中文"
     assert compile_constraint({"regex": "caf[éè]"}, split).accepts(cafe)
-    choice = compile_constraint({"choice": ["中文", "café"]}, split)
+    choice = compile_constraint({"choice": ["中文", "café", "中文😀"]}, split)
     assert choice.accepts(zh) and choice.accepts(cafe) and not choice.accepts(zh[:-1])
+    smile = ids_of(b"\xe4", b"\xb8\xad", b"\xe6\x96", b"\x87\xf0\x9f\x98", b"\x80")
+    assert decode_continuation(split, smile) == "中文😀" and choice.accepts(smile)
     schema = {"json_schema": {"type": "object", "properties": {"k": {"type": "string"}}, "required": ["k"]}}
     doc = tokenizer.encode('{"k":"日本 😀"}', add_special_tokens=False)
     k = next(i for i, t in enumerate(doc) if vocab_tables(tokenizer).tail_id[t])  # ends inside 日
@@ -171,6 +174,7 @@ SPLIT_SEQS = [  # for the fixed vocabulary, whose encoder knows only its pieces
     [b"\xf0\x9f", b"\x98\x80", b" caf", b"\xc3", b"\xa9"],
     [b" the", b" caf", b"\xc3", b"\x80"],
     [b" the", b" caf", b"\xc3", b"\xa9", b" ", b"\xe4", b"\xb8\xad"],
+    [b"\xe4", b"\xb8\xad", b"\xe6\x96", b"\x87\xf0\x9f\x98", b"\x80"],  # 中文😀
 ]
 TEXTS = [
     " café",
@@ -286,3 +290,39 @@ def test_generation_streams_split_characters_whole(tiny_lm, tokenizer, tiny_hmm,
         if spec == {"keywords": ["中文"]}:  # 中 and 文 were split
             assert sum(vocab_tables(tokenizer).tail_id[t] > 0 for t in seq.token_ids) >= 2
         assert "".join(e.text for e in events if e.index == index) == seq.text
+
+
+def test_lazy_automaton_reads_bytes_too(split):
+    """The lazily explored automaton (pc_core/lazy_dfa.py) has the same states inside a character."""
+    from pc_core.constraints.spec import parse_constraint
+    from pc_core.lazy_dfa import LazyDFA
+
+    for spec in ({"keywords": ["café"]}, {"all": [{"keywords": ["中文"]}, {"word_count": {"max": 3}}]}):
+        lazy = LazyDFA(parse_constraint(spec), vocab_tables(split))
+        explicit = compile_constraint(spec, split)
+        for pieces in SPLIT_SEQS:
+            ids = ids_of(*pieces)
+            for seq in (ids, ids[:-1], ids + [split.eos_token_id]):
+                assert lazy.accepts(seq) == explicit.accepts(seq), (spec, pieces)
+        assert any(lazy.accepts(ids_of(*pieces)) for pieces in SPLIT_SEQS)
+
+
+@pytest.mark.parametrize("name", ["split", "tokenizer", "llama2"])
+def test_a_pattern_with_many_tail_classes_still_splits_what_it_names(request, name):
+    """`\\w` tells ~30+ classes of partial characters apart on a byte-level vocabulary: past 24 the pattern
+    splits only the characters it names (é) and tails whose completions act alike; still exact: every
+    accepted sequence is valid and satisfies the checker, and "café" with é split is written."""
+    tok = request.getfixturevalue(name)
+    spec = {"regex": " ?\\w+ café"}  # (a SentencePiece continuation starts with a space)
+    dfa = compile_constraint(spec, tok)
+    for ids in _adversarial(tok, random.Random(7), n=400):
+        if dfa.accepts(ids):
+            assert check_ids(spec, tok, ids) and not breaks_characters(tok, ids, ANY), ids
+    if name == "split":
+        assert dfa.accepts(ids_of(b"caf", b" caf", b"\xc3", b"\xa9"))
+    else:
+        byte_id = {b: t for t, b in byte_token_ids(tok).items()} or {
+            data[0]: t for t, data in enumerate(_raw(tok)) if len(data) == 1
+        }
+        ids = tok.encode("x caf", add_special_tokens=False) + [byte_id[0xC3], byte_id[0xA9]]
+        assert decode_continuation(tok, ids).endswith(" café") and dfa.accepts(ids)

@@ -410,14 +410,14 @@ def test_tokens_beyond_float32_range_stay_exact(micro, monkeypatch, big_class_fr
 
 def test_underflow_in_the_linear_path_falls_back_to_log_space(tokenizer, monkeypatch):
     """If a scaled row underflows where the DFA says feasible, the step is redone in log space."""
-    import pc_core.guide_tables as tables_module
+    import pc_core.guide_backward as backward_module
     from pc_core.guide import GUIDE_TABLES
 
     dfa = compile_constraint({"keywords": ["dog", "cat"]}, tokenizer)
     hmm = HMM.random(16, len(tokenizer), seed=3, eos_token_id=tokenizer.eos_token_id)
     GUIDE_TABLES.clear()
     reference = ConstraintGuide(hmm, dfa, horizon=10).tables.log_u
-    real = tables_module.edge_scaled_sum
+    real = backward_module.edge_scaled_sum
     calls = []
 
     def underflowing(*args, **kwargs):
@@ -425,7 +425,7 @@ def test_underflow_in_the_linear_path_falls_back_to_log_space(tokenizer, monkeyp
         calls.append(1)
         return w, scale, lossy or len(calls) == 3  # as if a term fell out of float32 at the third step
 
-    monkeypatch.setattr(tables_module, "edge_scaled_sum", underflowing)
+    monkeypatch.setattr(backward_module, "edge_scaled_sum", underflowing)
     GUIDE_TABLES.clear()
     fallback = ConstraintGuide(hmm, dfa, horizon=10)
     assert fallback.tables.used_log_space_fallback and len(calls) == 3

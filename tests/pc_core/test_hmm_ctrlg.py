@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import pc_core.hmm as hmm_module
+import pc_core.hmm_ctrlg as ctrlg_module
 from pc_core.errors import HMMFormatError
 from pc_core.hmm import HMM
 
@@ -80,7 +80,7 @@ def test_block_wise_conversion_equals_the_whole(tmp_path, monkeypatch):
     params = tulu2_layout(seed=2)
     path = write_ctrlg(tmp_path / "ctrlg", params)
     whole = HMM.load(path)
-    monkeypatch.setattr(hmm_module, "CTRLG_BLOCK_BYTES", 8 * V * 5)
+    monkeypatch.setattr(ctrlg_module, "CTRLG_BLOCK_BYTES", 8 * V * 5)
     blocks = HMM.load(path)
     for name in ("log_initial", "log_transition", "log_emission"):
         assert torch.equal(getattr(blocks, name), getattr(whole, name)), name

@@ -36,3 +36,16 @@ def test_integer_spelling_follows_the_draft():
         if draft:
             schema["$schema"] = draft
         _agree(schema, [{"id": 1}, {"id": 1.0}, {"id": 1.5}, {"id": 12345.0}, {"id": -1.0}, {"id": 0.0}])
+
+
+def test_string_content_with_escapes():
+    """A pattern / format / length inside a string is a DFA over the decoded value, embedded so that `"`, `\\`
+    and control characters are written as `json.dumps` writes them (through a trie after the backslash)."""
+    values = ["a", "a\n", 'a"', "a\\", "a\x01", "a\x1f\x7f", 'a"\\\n', "a\u2028", "b\n", "a\t\t\t\t", "aé€"]
+    for schema in (
+        {"type": "string", "pattern": "^a.{0,3}$"},
+        {"type": "string", "pattern": "^a[^\\n]*$"},
+        {"type": "string", "maxLength": 3},
+        {"type": "array", "items": {"type": "string", "pattern": "[\\\\\"]|^a$"}},
+    ):
+        _agree(schema, [[v] for v in values] if schema["type"] == "array" else values)

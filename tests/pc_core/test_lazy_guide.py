@@ -95,7 +95,9 @@ def test_lazy_guide_allows_exactly_the_exact_guides_tokens(micro, spec, min_new_
     constraint = parse_constraint(spec)
     guide = build_lazy_guide(hmm, _lazy(micro, spec), constraint, DecodeParams(), micro, horizon=horizon,
                              min_new_tokens=min_new_tokens)  # fmt: skip
-    exact = ConstraintGuide(hmm, compile_constraint(spec, micro), horizon=horizon, min_new_tokens=min_new_tokens)
+    exact = ConstraintGuide(
+        hmm, compile_constraint(spec, micro), horizon=horizon, min_new_tokens=min_new_tokens
+    )
     assert isinstance(guide, LazyGuide) and guide.kind == "lazy"
     eos, finished = micro.eos_token_id, 0
 
@@ -120,7 +122,9 @@ def test_lookahead_is_the_product_of_the_conjuncts(micro):
     """Where the token is allowed, q is the sum of the conjuncts' exact log q (the factored lookahead)."""
     spec = {"all": ["dog", {"word_count": {"min": 2, "max": 3}}]}
     hmm = HMM.random(4, len(micro), seed=3, eos_token_id=micro.eos_token_id)
-    guide = build_lazy_guide(hmm, _lazy(micro, spec), parse_constraint(spec), DecodeParams(), micro, horizon=4)
+    guide = build_lazy_guide(
+        hmm, _lazy(micro, spec), parse_constraint(spec), DecodeParams(), micro, horizon=4
+    )
     singles = [ConstraintGuide(hmm, compile_constraint(p, micro), horizon=4) for p in spec["all"]]
     q = guide.next_log_probs(guide.init_state(1))[0]
     total = sum(g.next_log_probs(g.init_state(1))[0] for g in singles)
@@ -145,7 +149,9 @@ def test_once_over_ten_keywords_is_served_and_satisfied(tokenizer, tiny_lm, tiny
 
 def test_editing_case_with_three_keywords_and_a_word_range_is_served(tokenizer, tiny_lm, tiny_hmm):
     """The editing benchmark's last refusal (more explored states than its cap): served and satisfied."""
-    spec = {"all": [{"keywords": ["come", "mike goes", "clara thought"]}, {"word_count": {"min": 26, "max": 32}}]}
+    spec = {
+        "all": [{"keywords": ["come", "mike goes", "clara thought"]}, {"word_count": {"min": 26, "max": 32}}]
+    }
     out = generate(tiny_lm, tokenizer, tiny_hmm, spec, prompt="The", max_new_tokens=48, num_beams=2,
                    max_states=256)  # fmt: skip
     assert out.guide == "lazy"

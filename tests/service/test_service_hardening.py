@@ -184,13 +184,23 @@ def test_a_rejected_constraint_costs_little_the_second_time(hardened):
 STALL = "stallword"  # PCGEN_TEST_STALL_WORD: a constraint naming it compiles until a deadline stops it
 
 
-def test_deadlines_stop_the_work_and_do_not_block_others(start_server):
+DEADLINE_S = 3.0
+# every decoding step takes at least this long (a test hook): 120 steps outlast DEADLINE_S
+STEP_DELAY_S = 0.03
+
+
+@pytest.fixture(scope="module")
+def deadlined(start_server):
+    """One server for the two deadline tests (the stalled compiles, the stream that outlasts its deadline)."""
+    return start_server("deadlines", PCGEN_COMPILE_WORKERS="1", PCGEN_REQUEST_TIMEOUT_S=str(DEADLINE_S),
+                        PCGEN_CACHE="false", PCGEN_TEST_STALL_WORD=STALL, PCGEN_MAX_NEW_TOKENS="120",
+                        PCGEN_TEST_STEP_DELAY_S=str(STEP_DELAY_S))  # fmt: skip
+
+
+def test_deadlines_stop_the_work_and_do_not_block_others(deadlined):
     """Compiles that never finish on their own (the compiler's test hook, not a guess at how slow the CPU is):
     only the deadline can answer them, so the outcome is the same on any machine."""
-    deadline_s = 3.0
-    env = {"PCGEN_COMPILE_WORKERS": "1", "PCGEN_REQUEST_TIMEOUT_S": str(deadline_s), "PCGEN_CACHE": "false",
-           "PCGEN_TEST_STALL_WORD": STALL}  # fmt: skip
-    server = start_server("deadlines", **env)
+    deadline_s, server = DEADLINE_S, deadlined
     assert httpx.post(server.url + "/generate", json=ORDINARY, timeout=60).status_code == 200  # first use
     slow = [{"prompt": "x", "keywords": [STALL, word], "max_new_tokens": 8} for word in ("dog", "cat", "pan")]
     results: list[tuple[int, str, float]] = []
@@ -347,19 +357,18 @@ def test_public_readiness_shows_only_the_status(hardened):
     assert detailed["status"] == "ready" and "model" in detailed and "redis" in detailed
 
 
-def test_a_stream_that_times_out_is_counted_as_504(start_server):
-    # every step takes >= 50 ms (a test hook): 120 steps outlast the 0.5 s deadline on any machine
-    server = start_server("stream-timeout", PCGEN_REQUEST_TIMEOUT_S="0.5", PCGEN_CACHE="false",
-                          PCGEN_MAX_NEW_TOKENS="120", PCGEN_TEST_STEP_DELAY_S="0.05")  # fmt: skip
+def test_a_stream_that_times_out_is_counted_as_504(deadlined):
+    # every step takes >= STEP_DELAY_S (a test hook): 120 steps (3.6 s) outlast the 3 s deadline on any machine
+    assert 120 * STEP_DELAY_S > DEADLINE_S
+    labels = {"route": "/generate", "status": "504"}
+    before = metric_value(deadlined.metrics(), "pcgen_requests_total", labels) or 0  # the other test's 504s
     body = {"prompt": "The", "keywords": ["dog"], "max_new_tokens": 120, "min_new_tokens": 120, "num_beams": 8,
             "stream": True}  # fmt: skip
-    with httpx.stream("POST", server.url + "/generate", json=body, timeout=30) as r:
+    with httpx.stream("POST", deadlined.url + "/generate", json=body, timeout=30) as r:
         text = "".join(r.iter_text())
     assert r.status_code == 200 and "event: error" in text and "timeout" in text
     time.sleep(0.2)
-    assert (
-        metric_value(server.metrics(), "pcgen_requests_total", {"route": "/generate", "status": "504"}) >= 1
-    )
+    assert metric_value(deadlined.metrics(), "pcgen_requests_total", labels) == before + 1
 
 
 def test_server_faults_are_5xx_with_the_request_id():
