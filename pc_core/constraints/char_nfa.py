@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pc_core.constraints.regex import BOS, EOS, Node, negate, subtract
 from pc_core.errors import ConstraintError
-
-if TYPE_CHECKING:
-    from pc_core.constraints.char_dfa import CharDFA
 
 MAX_NFA_STATES = 400_000
 MAX_CHAR_STATES = 60_000
@@ -158,7 +154,7 @@ class NFA:
             self.eps[state].append(start)
         return start
 
-    def embed(self, dfa: CharDFA, start: int, escape: bool = True) -> int:
+    def embed(self, dfa: object, start: int, escape: bool = True) -> int:  # dfa: char_dfa.CharDFA
         """A copy of `dfa` (all its states at once, as dense rows); with escape, inside a JSON string: the
         characters JSON escapes are written escaped (through a trie per state, after the backslash)."""
         n = dfa.num_states

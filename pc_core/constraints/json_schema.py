@@ -3,8 +3,10 @@
 Layout (docs/method.md §3): compact separators (`{"a":1,"b":[1,2]}`) by default, or with whitespace
 "flexible" an optional space after `:` and `,`; object properties in the schema's order (required ones
 present, optional ones skippable), then any additional properties; strings as JSON writes them (raw
-characters except `"`, `\\` and control characters, which are escaped). Recursion (`$ref` cycles, and values
-of unconstrained type) is unrolled to `max_depth` levels of nesting.
+characters except `"`, `\\` and control characters, which are escaped; an additional property's name is any
+string but the listed ones, compared decoded). Recursion (`$ref` cycles, and values of unconstrained type) is
+unrolled to `max_depth` levels of nesting. Integers: `1.0` is an integer too, except under drafts 3 and 4
+(as `jsonschema` judges them).
 
 Supported: type (and lists of types), properties / required / additionalProperties, enum / const, items /
 minItems / maxItems, minLength / maxLength / pattern / format (date, date-time, time, email, uri, uuid),
