@@ -57,7 +57,7 @@ def normalise_gap(text: str) -> str:
 
 def is_word_char(ch: str) -> bool:
     """Does one character match `\\w`? For str patterns `re` defines \\w as str.isalnum() or "_" (CPython's
-    SRE_UNI_IS_WORD): no regex, and no cache. tests/pc_core/test_words.py checks every code point."""
+    SRE_UNI_IS_WORD): no regex, and no cache. tests/pc_core/constraints/test_words.py checks every code point."""
     return ch.isalnum() or ch == "_"
 
 

@@ -120,7 +120,7 @@ def _commongen_words():
     import tempfile
     from pathlib import Path
 
-    source = Path(__file__).resolve().parents[3] / "shared" / "data" / "commongen" / "commongen.train.tgt.txt"
+    source = Path(__file__).resolve().parents[4] / "shared" / "data" / "commongen" / "commongen.train.tgt.txt"
     if not source.exists():
         pytest.skip("../shared/data/commongen is not available")
     counts = collections.Counter(re.findall(r"[a-z]+", source.read_text().lower()))
