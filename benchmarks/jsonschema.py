@@ -1,9 +1,11 @@
 """JSON Schema coverage, correctness and compile time on MaskBench's schemas (../shared/data/jsonschema).
 
     python -m benchmarks.jsonschema [--limit N] [--timeout 20] [--token-schemas 100] [--no-docs]
+        [--processes 2] [--deadline MINUTES] [--mismatches FILE] [--recheck FILE]
 
-For every schema (or an even sample of N): compile the character automaton (patterns.JsonSchema) under a
-per-schema time limit; count compiled schemas per group and the rest by the reason of the 422. On each
+For every schema (or an even sample of N), in a random order over worker processes (a run stopped at the
+deadline has measured a random sample): compile the character automaton (patterns.JsonSchema) under a
+per-schema limit of CPU time; count compiled schemas per group and the rest by the reason of the 422. On each
 compiled schema, every test instance, serialised compactly (`json.dumps(data, separators=(",", ":"),
 ensure_ascii=False)`, keys in the instance's order), must be accepted when valid and rejected when invalid:
 a mismatch is a bug (listed, never just counted). For the first `--token-schemas` compiled schemas, the token
@@ -157,7 +159,9 @@ def recheck(path: str, timeout: float) -> list[str]:
                 signal.setitimer(signal.ITIMER_PROF, timeout)
                 try:
                     ok = char_automaton(JsonSchema(schema, max_depth=depth)).accepts(text_of(test))
-                except (Timeout, ConstraintError):
+                except (Timeout, ConstraintError) as err:
+                    why = "time limit" if isinstance(err, Timeout) else err.message
+                    verdict = f"rejected up to max_depth={depth - 1}; at {depth}: {why}"
                     break
                 finally:
                     signal.setitimer(signal.ITIMER_PROF, 0)

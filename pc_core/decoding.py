@@ -43,7 +43,12 @@ from pc_core.constraints.checker import first_stop, judge_ids
 from pc_core.constraints.compiler import explain_unsatisfiable
 from pc_core.constraints.dfa import TokenDFA
 from pc_core.constraints.spec import WordCount, with_affixes
-from pc_core.errors import BlocklistInteraction, TokenizerMismatch, UnsatisfiableConstraint
+from pc_core.errors import (
+    BlocklistInteraction,
+    ConstraintTooComplex,
+    TokenizerMismatch,
+    UnsatisfiableConstraint,
+)
 from pc_core.factored_guide import build_guide
 from pc_core.guide import ConstraintGuide, GuideState, multiply
 from pc_core.hmm import HMM
@@ -142,7 +147,16 @@ def prepare(
         params = dataclasses.replace(params, suffix=suffix_plan.junction)
     terminal = terminal_vector(hmm, suffix_plan)  # the HMM conditions on the whole suffix
     dfa, guide, precompute_ms = _guide(tokenizer, hmm, compiled, params, deadline, terminal)
-    if not _can_start(guide, dfa, params.max_new_tokens):
+    try:
+        startable = _can_start(guide, dfa, params.max_new_tokens)
+    except ConstraintTooComplex:  # the lazy search could not decide: the explicit automaton, full budget
+        if not getattr(dfa, "lazy", False):
+            raise
+        compiled = compiled.with_dfa(compile_constraint(compiled.judged, tokenizer, max_states=params.max_states,
+                                                        time_budget_s=params.time_budget_s))  # fmt: skip
+        dfa, guide, precompute_ms = _guide(tokenizer, hmm, compiled, params, deadline, terminal)
+        startable = _can_start(guide, dfa, params.max_new_tokens)
+    if not startable:
         raise _unsatisfiable(tokenizer, compiled.body, dfa, params)
     context = prompt_ids[-params.hmm_context_tokens :] if params.hmm_context_tokens else []
     search = GuidedSearch(tokenizer, compiled, dfa, guide, params, prompt_ids, on_stream)

@@ -17,7 +17,8 @@ word") share a left vector, so a beam needs one row per large-class successor th
 certain and has tokens in the block, plus its marginal row: about two full-vocabulary rows per beam. A beam
 whose successors in a block are all certain or impossible takes no rows there (once every keyword is in, it
 costs no product). The small classes (the tail: tokens that start, extend or finish a relevant word) are
-computed per (beam, successor) on their own (H, T) slice of B. `batched_next_log_probs` runs the three
+computed per (beam, successor) on their own (H, T) slice of B, through a per-state layout of their distinct
+successors (pc_core/step_layout.py, built once per visited state). `batched_next_log_probs` runs the three
 phases for a list of (guide, state) pairs.
 """
 
@@ -39,6 +40,7 @@ from pc_core.hmm import HMM
 from pc_core.kernels import log_matmul_exp, matmul_exp_nt
 from pc_core.kernels.reference import LOSSLESS
 from pc_core.logspace import NEG_INF
+from pc_core.step_layout import assemble_tail
 
 ROW_IMPOSSIBLE, ROW_CERTAIN = (
     -1,
@@ -274,8 +276,8 @@ class ConstraintGuide:
             width = guide_tables.block_tokens[k].numel()
             self._assemble_block(state, k, product, block, out[:, column : column + width])
             column += width
-        if guide_tables.tail_tokens.numel():
-            out[:, guide_tables.tail_position] = self._assemble_tail(state)
+        if guide_tables.tail_tokens.numel():  # per-state layout, no per-step unique (step_layout.py)
+            out[:, guide_tables.tail_position] = assemble_tail(self, state)
         out.clamp_max_(0.0)
         if guide_tables.num_blocks > 1:
             out = out.index_select(1, guide_tables.block_position)  # back to token order
@@ -316,33 +318,6 @@ class ConstraintGuide:
                 hit = (row[:, 0] == code).nonzero()[:, 0]
                 if hit.numel():
                     ratio.index_fill_(0, hit, value)
-
-    def _assemble_tail(self, state: GuideState) -> torch.Tensor:
-        """(B, T) for the tail tokens: one product row per distinct (beam, successor) that is neither
-        impossible nor certain, after the marginal rows over the tail of the beams that have one."""
-        guide_tables = self.tables
-        r = self.horizon - state.position - 1
-        succ = guide_tables.tail_succ[state.dfa_state]  # (B, T)
-        certain = guide_tables.certain[r][succ]
-        needed = guide_tables.feasible[r][succ] & ~certain
-        values = torch.where(certain, 0.0, NEG_INF).expand(succ.shape)  # (B, T)
-        if not needed.any():
-            return values
-        with_marginal, marginal_row = _marginal_rows(needed)
-        m, s_count = len(with_marginal), guide_tables.num_states
-        pair_key = torch.arange(state.batch_size, device=succ.device)[:, None] * s_count + succ
-        keys, inverse = torch.unique(torch.where(needed, pair_key, -1), return_inverse=True)
-        pairs = keys[keys >= 0]
-        left = state.log_alpha + guide_tables.log_scale  # (B, H)
-        pair_rows = left[pairs // s_count] + guide_tables.rows(r, pairs % s_count)
-        rows = torch.cat([left[with_marginal], pair_rows])
-        product, shift = matmul_exp_nt(rows, guide_tables.tail_emission)  # (M + P, T), (M + P,)
-        row = m + inverse - int((keys < 0).sum())  # (B, T) product row, < m where not needed
-        log_ratio = torch.empty(succ.shape, device=succ.device)
-        self._ratio(
-            state, log_ratio, product, shift, row.clamp_min(m), marginal_row, guide_tables.tail_tokens, needed
-        )
-        return torch.where(needed, log_ratio, values)
 
     def _ratio(
         self,

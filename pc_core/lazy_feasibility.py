@@ -35,6 +35,7 @@ from pc_core.lazy_dfa import LazyDFA
 
 FAR = 1 << 20  # a leaf that can never accept again
 NODE_BUDGET = 4000  # search nodes per question (a node: one state expanded)
+STEP_BUDGET = 20_000  # search nodes per beam and step; the tokens left undecided past it are not allowed
 BY_TOKEN_BYTES = 64 * 2**20  # the leaves' successor-per-token table, when it fits
 
 
@@ -142,6 +143,8 @@ class LeafBound:
         if kind == "none":
             return np.zeros(rows, np.int64)
         _, k, children, classes = node
+        if kind == "any" and not exact:  # the estimate: over the children with a bound (unknown ones say 0)
+            children = [c for c in children if c[0] != "none"] or children
         if children and all(c[0] == "leaf" for c in children):
             values = d[:, [c[1] for c in children]]  # (K, children)
         else:
@@ -279,9 +282,17 @@ class LazyFeasibility:
         r = self.horizon - t - 1
         states = self.bound.advance_many(leaves, first)  # (K, L) after a token leading to each child
         ok = np.zeros(len(children), bool)
-        for i, child in enumerate(children.tolist()):
+        spent = self.searched
+        for i in np.argsort(self.bound.estimate(states), kind="stable").tolist():  # promising ones first
+            child = int(children[i])
             if dfa.is_ended(child) and t < self.min_new:
                 continue
+            if self.searched - spent > STEP_BUDGET:  # past the step's budget: only what is proven already
+                found = dfa.is_accepting(child) if dfa.is_ended(child) or r == 0 else None
+                ok[i] = bool(
+                    found if found is not None else self.known.get((child, r, min(t + 1, self.min_new)))
+                )
+                continue  # (the witness that proved this state leaves its next token proven)
             ok[i] = bool(self.feasible(child, states[i], r, t + 1))
         return ok[inverse.reshape(-1)]
 

@@ -163,7 +163,8 @@ def _refine(trans: np.ndarray, accept: np.ndarray) -> np.ndarray:
         if new.max() + 1 == count:
             reps = np.zeros(count, np.int64)
             reps[new] = np.arange(len(new))
-            if np.array_equal(new[trans], new[trans[reps[new]]]) and np.array_equal(accept, accept[reps[new]]):
+            stable = np.array_equal(new[trans], new[trans[reps[new]]])
+            if stable and np.array_equal(accept, accept[reps[new]]):
                 return new
             new = np.unique(np.concatenate([block[:, None], block[trans]], axis=1), axis=0,
                             return_inverse=True)[1].reshape(-1)  # fmt: skip

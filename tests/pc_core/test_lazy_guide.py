@@ -169,3 +169,29 @@ def test_exact_only_still_refuses_past_the_explicit_budget(tokenizer, tiny_lm, t
     with pytest.raises(ConstraintTooComplex):
         generate(tiny_lm, tokenizer, tiny_hmm, spec, prompt="The", max_new_tokens=32, max_states=512,
                  guide="exact")  # fmt: skip
+
+
+@pytest.mark.parametrize("spec", SPECS[:3], ids=IDS[:3])
+def test_past_the_step_budget_only_proven_tokens_are_allowed_and_one_always_is(micro, spec, monkeypatch):
+    """With no search budget left in a step, the guide allows only tokens already proven feasible: never an
+    empty set (the witness that proved the state leaves its next token), never a token the exact guide
+    forbids, and the greedy walk ends satisfied."""
+    import pc_core.lazy_feasibility as lazy_feasibility
+
+    monkeypatch.setattr(lazy_feasibility, "STEP_BUDGET", -1)
+    horizon = 4
+    hmm = HMM.random(3, len(micro), seed=2, eos_token_id=micro.eos_token_id)
+    guide = build_lazy_guide(hmm, _lazy(micro, spec), parse_constraint(spec), DecodeParams(), micro,
+                             horizon=horizon)  # fmt: skip
+    exact = ConstraintGuide(hmm, compile_constraint(spec, micro), horizon=horizon)
+    assert guide.can_start()
+    state, estate, ids = guide.init_state(1), exact.init_state(1), []
+    for _ in range(horizon):
+        allowed = torch.isfinite(guide.next_log_probs(state)[0])
+        assert allowed.any() and not (allowed & torch.isneginf(exact.next_log_probs(estate)[0])).any()
+        token = int(allowed.nonzero()[0, 0])
+        if token == micro.eos_token_id:
+            break
+        ids.append(token)
+        state, estate = guide.advance(state, [token]), exact.advance(estate, [token])
+    assert check_ids(spec, micro, ids)
