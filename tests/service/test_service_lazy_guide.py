@@ -35,4 +35,6 @@ def test_past_the_state_cap_the_lazy_guide_serves(start_server, tokenizer):
             refused = client.post("/generate", json=BODY)
     finally:
         strict.stop()
-    assert refused.status_code == 422, refused.text
+    assert refused.status_code == 422 and refused.json()["error"]["type"] == "constraint_too_complex", (
+        refused.text
+    )
