@@ -1,7 +1,7 @@
 """The constraint's token automaton explored lazily: only the states decoding and its feasibility search reach
 (docs/method.md §5.10).
 
-The explicit compiler (constraints/compiler.py) explores every state of the character-level product at token
+The explicit compiler (constraints/explicit.py) explores every state of the character-level product at token
 boundaries, then minimises. Counting constraints over many keywords have exponentially many such states
 (`once` over 10 keywords: 114,946 minimal states in 42 s), although a decoding of 40 tokens visits a few
 hundred. LazyDFA keeps the compiler's product (tracker x word-level matcher x partial suffix / stop matches,
@@ -19,7 +19,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from pc_core.constraints.compiler import _Compiler, _Exploration
+from pc_core.constraints.explicit import _Compiler
+from pc_core.constraints.exploration import _Exploration
 from pc_core.constraints.spec import Constraint
 from pc_core.constraints.vocab import VocabTables
 

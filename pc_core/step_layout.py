@@ -7,12 +7,14 @@ and each token's index among them depend on s only, so they are computed once pe
 a request visits at most `horizon` states) and kept beside the guide tables. A step then decides which of
 the few distinct successors are certain / impossible / needed and reads its (B, T) answers through the
 stored index. Product rows are the same rows in the same order as before (beam, then successor
-ascending), so the values are bit for bit those of the unique-based code.
+ascending). On CPU the tail's product is a plain sgemm rather than the packed oneDNN one (faster at a
+tail's size), so values agree with the unique-based code to float32 rounding (largest log-space difference
+measured along 20 MaskBench schemas: 3e-5) and its exact 0 / -inf entries are the same.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,9 +22,12 @@ from pc_core.kernels import matmul_exp_nt
 from pc_core.kernels.reference import LOSSLESS
 from pc_core.logspace import NEG_INF
 
-if TYPE_CHECKING:  # guide.py imports this module
-    from pc_core.guide import ConstraintGuide, GuideState
+if TYPE_CHECKING:
     from pc_core.guide_tables import GuideTables
+
+# guide.py imports this module, so its types are not imported here: `guide` below is the calling
+# pc_core.guide.ConstraintGuide and `state` its GuideState
+ConstraintGuide = GuideState = Any
 
 ROW_IMPOSSIBLE, ROW_CERTAIN = -1, -2  # as in pc_core.guide (not imported: guide imports this module)
 

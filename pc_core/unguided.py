@@ -22,9 +22,10 @@ import torch
 from pc_core.compiled_constraint import check_logit_bias
 from pc_core.constraints import decode_continuation
 from pc_core.constraints.checker import first_stop
-from pc_core.decoding import GuidedSearch, StreamEvent, _Hypothesis
 from pc_core.logspace import NEG_INF
 from pc_core.params import DecodeParams, DecodingError
+from pc_core.results import Hypothesis, StreamEvent
+from pc_core.search import GuidedSearch
 
 
 def prepare_unguided(
@@ -91,7 +92,7 @@ class UnguidedSearch(GuidedSearch):
         ids = self.generated[row].tolist() + [token]
         return first_stop(decode_continuation(self.tokenizer, ids), self.params.stop)[1] is not None
 
-    def _judge(self, h: _Hypothesis) -> tuple[str, bool, str, str]:
+    def _judge(self, h: Hypothesis) -> tuple[str, bool, str, str]:
         """(text, satisfied, finish reason, full text): the text before the first stop string; no constraint,
         so satisfied."""
         if h.judgement is None:

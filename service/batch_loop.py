@@ -18,7 +18,8 @@ import time
 from collections import deque
 from typing import Any
 
-from pc_core.decoding import BatchDecoder, GuidedSearch
+from pc_core.decoding import BatchDecoder
+from pc_core.search import GuidedSearch
 from service.errors import QueueFull, ServiceError, Timeout, Unavailable
 from service.job import Job
 from service.metrics import Metrics

@@ -24,8 +24,9 @@ from typing import Any, Protocol
 
 from pc_core.compiled_constraint import CompiledConstraint
 from pc_core.constraints.compiler import compile_constraint
-from pc_core.decoding import GuidedSearch, prepare
 from pc_core.errors import BlocklistInteraction, ConstraintTooComplex, ErrorKind
+from pc_core.preparation import prepare
+from pc_core.search import GuidedSearch
 from pc_core.unguided import prepare_unguided
 from service.batch_loop import BatchLoop
 from service.compile_pool import CompilePool

@@ -11,7 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pc_core.decoding import GenerationOutput, GuidedSearch, StreamEvent
+from pc_core.results import GenerationOutput, StreamEvent
+from pc_core.search import GuidedSearch
 from service.generation import GenerationSpec
 
 _ids = itertools.count(1)

@@ -11,7 +11,7 @@ from pc_core.constraints import Constraint
 from pc_core.constraints.checker import keyword_matches
 from pc_core.constraints.nodes import expanded_forms
 from pc_core.constraints.spec import split_affixes
-from pc_core.decoding import GenerationOutput
+from pc_core.results import GenerationOutput
 
 KEYWORD_FORMS_SHOWN = 100  # keyword entries echoed in a /generate response
 # the timings of an answer that did not compute them (the response cache; no queue on the command line)

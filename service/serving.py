@@ -259,7 +259,7 @@ class Stream:
 
     async def events(self) -> AsyncIterator[tuple[str, Any]]:
         if self.cached is not None:
-            from pc_core.decoding import StreamEvent
+            from pc_core.results import StreamEvent
 
             for index, out in enumerate(self.cached.outputs):
                 if out["text"]:

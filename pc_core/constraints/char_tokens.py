@@ -121,7 +121,7 @@ def compile_char_only(dfa: CharDFA, tables: object, max_states: int, check_deadl
     """The minimal TokenDFA of a character DFA over `tables` (vocab.VocabTables). Sequences are classed by a
     64-bit hash of their successors over all reachable states (dead ones contribute nothing), then the
     successor table is computed for one sequence per class."""
-    from pc_core.constraints.compiler import _minimise
+    from pc_core.constraints.minimise import _minimise
 
     banned = np.asarray(tables.banned, bool)
     if uses_bytes(tables):  # tokens that split characters: the DFA runs on bytes (char_bytes.py)

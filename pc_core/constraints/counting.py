@@ -1,6 +1,6 @@
 """Word-level automata of the counting operators (docs/method.md §3, §4): `count`, `at_least` / `at_most`
 and `word_at` counted from the end. They consume the same event stream as the matchers in matchers.py (which
-builds them in `build_matcher`) and follow the same rules: small hashable states, YES / NO once decided.
+builds them in `matcher_tree.build_matcher`) and follow the same rules: small hashable states, YES / NO once decided.
 
 Sizes, before the compiler's minimisation: `count` keeps the occurrences so far (up to max + 1, or up to min
 without a max) beside its keyword's partial match; `at_least` / `at_most` the tuple of their children's

@@ -13,7 +13,7 @@ emission masses once per class instead of once per token.
 EOS leads from every live state to one of two absorbing *ended* states (accepted / rejected).
 `banned_tokens` marks tokens that no state allows (they split a character this automaton does not let tokens
 split, or are invalid UTF-8 whatever precedes them; byte_chars.py): they lead every live state to the
-rejecting sink (see compiler.py), and the guide models generation without them.
+rejecting sink (see exploration.py), and the guide models generation without them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tracker states inside a character, for the word-level compiler (compiler.py, docs/method.md §3).
+"""Tracker states inside a character, for the word-level compiler (explicit.py, docs/method.md §3).
 
 After a token that ends inside a UTF-8 character, the compiler's tracker state is ("p", base, k): the text
 before the incomplete character leaves the tracker in `base`, and the character's bytes so far are a tail
@@ -26,7 +26,7 @@ from pc_core.constraints.byte_chars import (
 )
 from pc_core.constraints.vocab import KIND_EOS, KIND_SPECIAL, VocabTables, split_runs
 
-NONE, DEAD = 0, 1  # as compiler.py: the tracker states that are not in the tracker's table
+NONE, DEAD = 0, 1  # as tracker.py: the tracker states that are not in the tracker's table
 
 
 def mentioned_chars(words: object, text_effects: object) -> set[str]:
@@ -111,7 +111,7 @@ class PendingChars:
         return self.effects[key]
 
     def event(self, cur: int, tok: int) -> tuple[int, tuple[int, ...]] | None:
-        """(tracker, events) after `tok`, as compiler._Compiler.token_event; None for EOS and invalid bytes."""
+        """(tracker, events) after `tok`, as token_contexts.TokenContexts.token_event; None for EOS and invalid bytes."""
         t = self.tables
         kind = t.kind[tok]
         if kind == KIND_EOS:

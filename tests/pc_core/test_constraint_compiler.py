@@ -8,7 +8,8 @@ from byte_support import breaks_characters, splittable_chars
 from support import has_banned_token, random_text
 
 from pc_core import check_ids, compile_constraint
-from pc_core.constraints.compiler import DEFAULT_MAX_STATES, _minimise
+from pc_core.constraints.compiler import DEFAULT_MAX_STATES
+from pc_core.constraints.minimise import _minimise
 from pc_core.errors import ConstraintError, ConstraintTooComplex
 
 WORDS = [

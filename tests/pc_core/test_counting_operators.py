@@ -357,7 +357,8 @@ def test_word_at_of_one_index_merge_under_any():
     """any(word_at -k, w) over n words is one k-bit history of "one of them", not one per word ((n + 1)^k
     explored states); the other children keep their own matchers."""
     from pc_core.constraints.counting import WordFromEndMatcher
-    from pc_core.constraints.matchers import WordAtMatcher, build_matcher
+    from pc_core.constraints.matcher_tree import build_matcher
+    from pc_core.constraints.matchers import WordAtMatcher
 
     words = ["dog", "cat", "pan", "the"]
     spec = {"any": [*({"word_at": -3, "word": w} for w in words), {"word_at": 2, "word": "dog"}, "ha"]}

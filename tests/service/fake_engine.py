@@ -6,7 +6,7 @@ import asyncio
 import time
 from types import SimpleNamespace
 
-from pc_core.decoding import GenerationOutput, SequenceResult
+from pc_core.results import GenerationOutput, SequenceResult
 from service.engine import Job
 from service.generation import GenerationSpec
 from service.settings import Settings

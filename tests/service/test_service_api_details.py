@@ -93,7 +93,7 @@ def slow_compile_server(start_server):
 def test_dfa_ms_counts_the_compile_when_compile_workers_are_on(slow_compile_server):
     """A compile known to take at least SLOW_COMPILE_S (the test hook, in a compile worker) is in
     timings.dfa_ms and in pcgen_dfa_compile_seconds (one observation, the same seconds), not in queue_ms."""
-    from pc_core.constraints.compiler import SLOW_COMPILE_S
+    from pc_core.constraints.explicit import SLOW_COMPILE_S
 
     server = slow_compile_server
     before = server.metrics()

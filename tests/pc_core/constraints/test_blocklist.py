@@ -133,10 +133,10 @@ def _commongen_words():
 def test_compile_time_budget_is_enforced_inside_the_work(big_tokenizer, monkeypatch):
     """A compile that never ends on its own (the compiler's test hook: it works until stopped) is stopped by its
     budget, on any machine; the rejection is remembered."""
-    from pc_core.constraints import compiler
+    from pc_core.constraints import compiler, explicit
 
     spec = {"keywords": ["field", "stand", "look", "tree", "girl", "snowstall"]}
-    monkeypatch.setattr(compiler, "STALL_WORD", "snowstall")
+    monkeypatch.setattr(explicit, "STALL_WORD", "snowstall")
     with pytest.raises(ConstraintTooComplex, match="time budget of 0.1s") as info:
         compile_constraint(spec, big_tokenizer, time_budget_s=0.1, max_states=8192)
     assert info.value.out_of_time
