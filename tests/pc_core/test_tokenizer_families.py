@@ -345,7 +345,9 @@ def test_semantics_dfa_agrees_with_text_checker(semantic_family, spec):
     checked, accepted, disagreements = 0, 0, []
     splittable = [frozenset() if d.blocklist is not None else splittable_chars(spec, False) for d in dfas]
     for ids in seqs:
-        if _skipped(banned_ids, tokenizer, ids) and breaks_characters(tokenizer, ids, max(splittable, key=len)):
+        if _skipped(banned_ids, tokenizer, ids) and breaks_characters(
+            tokenizer, ids, max(splittable, key=len)
+        ):
             assert not any(d.accepts(ids) for d in dfas), ids
             continue
         checked += 1
