@@ -7,7 +7,7 @@ A data directory holds
     manifest-rank-RRRRR.json     per-rank lists while a multi-process run is in flight (merged by rank 0)
 Shard I holds the global sequences [I * shard_size, I * shard_size + n); its seed depends only on (seed, I),
 so the data do not depend on the number of processes that wrote it. Every file is written to a temporary
-name and renamed (pc_core.files), so a kill leaves either the old or the new file, never half of one.
+name and renamed (pc_core.atomic_files), so a kill leaves either the old or the new file, never half of one.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from distill.errors import DistillError
-from pc_core.files import atomic_write, atomic_write_json
+from pc_core.atomic_files import atomic_write, atomic_write_json
 
 FORMAT = "pcgen-distill-data"
 FORMAT_VERSION = 1

@@ -27,7 +27,7 @@ from distill.counts import Counts, m_step
 from distill.errors import DistillError
 from distill.forward_backward import Prepared, e_step, log_likelihood
 from distill.train_dir import latest_checkpoint, remove_partial_checkpoints, write_checkpoint, write_logs
-from pc_core.files import remove_stale_temporaries
+from pc_core.atomic_files import remove_stale_temporaries
 from pc_core.hmm import HMM
 
 log = logging.getLogger(__name__)

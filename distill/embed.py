@@ -27,7 +27,7 @@ import torch
 
 from distill import data, dist
 from distill.errors import DistillError
-from pc_core.files import atomic_write_json, remove_stale_temporaries
+from pc_core.atomic_files import atomic_write_json, remove_stale_temporaries
 from pc_core.lm import DTYPES, load_lm
 
 log = logging.getLogger(__name__)

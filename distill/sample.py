@@ -27,7 +27,7 @@ import torch
 
 from distill import data, dist
 from distill.errors import DistillError
-from pc_core.files import remove_stale_temporaries
+from pc_core.atomic_files import remove_stale_temporaries
 from pc_core.lm import DTYPES, forward_cached, load_lm
 
 log = logging.getLogger(__name__)

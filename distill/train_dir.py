@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-from pc_core.files import atomic_write, atomic_write_json, fsync_directory
+from pc_core.atomic_files import atomic_write, atomic_write_json, fsync_directory
 from pc_core.hmm import HMM
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from pc_core.atomic_files import atomic_path, atomic_write_json
 from pc_core.errors import HMMFormatError
-from pc_core.files import atomic_path, atomic_write_json
 
 FORMAT = "pcgen-hmm"
 FORMAT_VERSION = 1

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from distill import data
-from pc_core.files import atomic_write_json
+from pc_core.atomic_files import atomic_write_json
 from pc_core.hmm import HMM
 
 

@@ -1,4 +1,4 @@
-"""pc_core.files, the one atomic writer behind the HMM checkpoints and every distillation output; and the
+"""pc_core.atomic_files, the one atomic writer behind the HMM checkpoints and every distillation output; and the
 `pcgen distill` commands built by one helper."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pc_core.files import (
+from pc_core.atomic_files import (
     atomic_open,
     atomic_path,
     atomic_write,
@@ -54,11 +54,11 @@ def test_stale_temporaries_are_removed(tmp_path):
 
 
 def test_hmm_save_and_distill_data_use_it(tmp_path, monkeypatch):
-    """HMM.save and the data directory writers go through pc_core.files (one implementation)."""
+    """HMM.save and the data directory writers go through pc_core.atomic_files (one implementation)."""
     import numpy as np
 
     from distill import data
-    from pc_core import files
+    from pc_core import atomic_files as files
     from pc_core.hmm import HMM
 
     seen = []
