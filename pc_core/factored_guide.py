@@ -100,7 +100,10 @@ class FactoredGuide:
             for f, ff in factors
         ]
         self.emission_dtype = self.guides[0].emission_dtype
-        self.tables = FactoredTables(dfa, feasibility, self.guides[0].tables)
+        self.tables = self._make_tables(dfa, feasibility)
+
+    def _make_tables(self, dfa: Any, feasibility: Any) -> FactoredTables:
+        return FactoredTables(dfa, feasibility, self.guides[0].tables)
 
     def init_state(self, batch_size: int = 1, hmm_context: Sequence[int] | None = None) -> FactoredState:
         first = self.guides[0].init_state(1, hmm_context)

@@ -81,16 +81,11 @@ class LazyGuide(FactoredGuide):
         note: str = "",
         **guide_args: Any,
     ) -> None:
-        from pc_core.guide import ConstraintGuide
+        self.lazy = feasibility
+        super().__init__(hmm, dfa, factors, feasibility, horizon, min_new_tokens, note, **guide_args)
 
-        self.hmm, self.dfa, self.horizon, self.min_new_tokens = hmm, dfa, horizon, min_new_tokens
-        self.note, self.lazy = note, feasibility
-        self.guides = [
-            ConstraintGuide(hmm, f, horizon, min_new_tokens, feasibility=ff, **guide_args)
-            for f, ff in factors
-        ]
-        self.emission_dtype = self.guides[0].emission_dtype
-        self.tables = LazyTables(dfa, self.guides[0].tables)
+    def _make_tables(self, dfa: Any, feasibility: Any) -> LazyTables:
+        return LazyTables(dfa, self.guides[0].tables)
 
     def can_start(self) -> bool:
         """Is some text of max_new_tokens accepted? Raises ConstraintTooComplex when the search cannot tell."""
