@@ -70,21 +70,9 @@ class LazyGuide(FactoredGuide):
 
     kind = "lazy"
 
-    def __init__(
-        self,
-        hmm: HMM,
-        dfa: LazyDFA,
-        factors: list[tuple[TokenDFA, Feasibility]],
-        feasibility: LazyFeasibility,
-        horizon: int,
-        min_new_tokens: int = 0,
-        note: str = "",
-        **guide_args: Any,
-    ) -> None:
-        self.lazy = feasibility
-        super().__init__(hmm, dfa, factors, feasibility, horizon, min_new_tokens, note, **guide_args)
-
     def _make_tables(self, dfa: Any, feasibility: Any) -> LazyTables:
+        """FactoredGuide.__init__ hands `feasibility` here: the LazyFeasibility search on `dfa` (a LazyDFA)."""
+        self.lazy: LazyFeasibility = feasibility
         return LazyTables(dfa, self.guides[0].tables)
 
     def can_start(self) -> bool:
