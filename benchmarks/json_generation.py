@@ -87,15 +87,9 @@ def mask_only(lm, tokenizer, dfa, max_new_tokens: int, sample: bool, seed: int =
 
 def guided(lm, search) -> tuple[list[int], bool]:
     """Run a prepared search to the end: (token ids without EOS, ended with EOS or the automaton's end)."""
-    from pc_core.decoding import BatchDecoder
+    from pc_core.decoding import run_to_end
 
-    decoder = BatchDecoder(lm)
-    decoder.add(search)
-    while not search.done:
-        decoder.step()
-    if search.error is not None:
-        raise search.error
-    best = search.output.sequences[0]
+    best = run_to_end(lm, search).sequences[0]
     return best.token_ids, best.finish_reason == "eos"
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "StreamEvent",
     "generate",
     "prepare",
+    "run_to_end",
 ]
 
 
@@ -147,7 +148,11 @@ def generate(
     `params`, or DecodeParams fields as keywords: generate(lm, tok, hmm, spec, max_new_tokens=32, num_beams=8)."""
     if fields:
         params = dataclasses.replace(params, **fields) if params else DecodeParams(**fields)
-    search = prepare(tokenizer, hmm, constraint, prompt, params, on_stream)
+    return run_to_end(lm, prepare(tokenizer, hmm, constraint, prompt, params, on_stream))
+
+
+def run_to_end(lm: Any, search: GuidedSearch) -> GenerationOutput:
+    """Decode one prepared search alone until it finishes; its output, or its error raised."""
     decoder = BatchDecoder(lm)
     decoder.add(search)
     while not search.done:
