@@ -121,12 +121,13 @@ def run_instance(lm, tokenizer, hmm, case: dict, args) -> dict:  # noqa: ANN001
         seconds = time.perf_counter() - started
         kind = type(err).__name__
         return {"id": case["id"], "served": False, "satisfied": False, "seconds": seconds, "guide": None,
-                "error": kind, "message": str(err)[:300]}  # fmt: skip
+                "error": kind, "message": str(err)[:300], "load": round(os.getloadavg()[0], 1)}  # fmt: skip
     seconds = time.perf_counter() - started
     best = out.sequences[0]
+    load = round(os.getloadavg()[0], 1)  # the box is shared: the 1-minute load average beside each time
     satisfied = check_ids(case["constraint"], tokenizer, best.token_ids)
     return {"id": case["id"], "served": True, "satisfied": bool(satisfied), "seconds": seconds,
-            "guide": getattr(out, "guide", "exact"), "dfa_states": out.dfa_states, "text": best.text,
+            "guide": getattr(out, "guide", "exact"), "dfa_states": out.dfa_states, "text": best.text, "load": load,
             "timings": {k: round(v, 1) for k, v in out.timings.items()}}  # fmt: skip
 
 
@@ -176,6 +177,15 @@ def summary_rows(cases: list[dict], records: list[dict]) -> list[list]:
     return rows
 
 
+def _load(records: list[dict]) -> str:
+    """The load average the instances saw (the box is shared: seconds scale with it)."""
+    loads = [r["load"] for r in records if r.get("load") is not None]
+    if not loads:
+        return ""
+    return (f" The 1-minute load average after each instance: median {statistics.median(loads):.1f} "
+            f"(min {min(loads):.1f}, max {max(loads):.1f}) on this 2-core machine.")  # fmt: skip
+
+
 def _shown(path: str) -> str:
     """A path as the docs show it: relative to the repository (../shared/...)."""
     return os.path.relpath(path, ROOT)
@@ -207,7 +217,7 @@ def write_report(args, cases: list[dict], records: list[dict]) -> None:  # noqa:
         "",
         f"Overall: {total_ok} / {len(records)} succeeded ({100 * total_ok / max(1, len(records)):.0f}%), "
         f"{statistics.mean(seconds):.1f} s per instance on average (median {statistics.median(seconds):.1f} s, "
-        f"max {max(seconds):.1f} s). Goal (issue 26): 100% success under 5 s per instance.",
+        f"max {max(seconds):.1f} s). Goal (issue 26): 100% success under 5 s per instance.{_load(records)}",
     ])  # fmt: skip
     path = write_section("benchmarks.md", "families", body)
     print(f"wrote {path}")

@@ -113,7 +113,8 @@ def walk(search, tokens: list[int]) -> dict[str, Clock]:
     guide, state = search.guide, search.guide_state
     hmm = guide.hmm
     transitions, token_class, live = mask_only_tables(search.dfa)
-    emission, rows = hmm.emission_block(None, "all"), torch.zeros(2, hmm.hidden_size)  # (V, H), (2, H)
+    emission = hmm.emission_block(None, "all", guide.emission_dtype)  # (V, H) in the guide's dtype
+    rows = torch.zeros(2, hmm.hidden_size)  # (2, H)
     dfa_state = int(search.dfa.initial_state)
     clocks = {"step": Clock(), "mask": Clock(), "floor": Clock()}
     for token in tokens:
@@ -161,10 +162,11 @@ def measure(tokenizer, rows: list[dict], hidden: int, args) -> dict:
 
     v = len(tokenizer)
     hmm = HMM.random(hidden, v, seed=0, eos_token_id=tokenizer.eos_token_id, concentration=2.0)
-    params = DecodeParams(max_new_tokens=args.horizon, time_budget_s=args.timeout)
+    params = DecodeParams(max_new_tokens=args.horizon, time_budget_s=args.timeout,
+                          guide_emission_dtype=args.emission_dtype)  # fmt: skip
     warm = prepare(tokenizer, hmm, compiled_request(tokenizer, {"type": "string"}, params), "", params)
     walk(warm, tokenizer.encode('"a"', add_special_tokens=False))  # per-model caches (packed emission blocks)
-    out = {"V": v, "H": hidden, "compile": [], "precompute": [], "states": [], "kinds": collections.Counter(),
+    out = {"V": v, "H": hidden, "dtype": str(warm.guide.emission_dtype).removeprefix("torch."), "compile": [], "precompute": [], "states": [], "kinds": collections.Counter(),
            "skipped": collections.Counter(), "per_schema_p99": [], **{k: Clock() for k in CLOCKS}}  # fmt: skip
     for row in rows:
         if len(out["compile"]) >= args.schemas:
@@ -209,6 +211,7 @@ def summary_row(r: dict) -> list:
     return [
         f"{r['V']:,}",
         r["H"],
+        r["dtype"],
         len(r["compile"]),
         len(step.wall),
         f"{pct(r['states'], 0.5)} / {max(r['states'], default=0)}",
@@ -223,7 +226,7 @@ def summary_row(r: dict) -> list:
 
 
 def render(results: list[dict], args, sources: list[str]) -> str:
-    headers = ["V", "H", "schemas", "tokens", "states p50 / max", "guide", "compile p50 ms",
+    headers = ["V", "H", "emission", "schemas", "tokens", "states p50 / max", "guide", "compile p50 ms",
                "precompute p50 / p99 ms", "step mean / p50 / p99 ms (wall)", "step mean / p50 / p99 ms (CPU)",
                "floor ms (CPU p50)", "mask-only mean / p99 ms (wall)"]  # fmt: skip
     lines = [
@@ -235,8 +238,9 @@ def render(results: list[dict], args, sources: list[str]) -> str:
         "the horizon; each instance walked token by token (EOS included). A step is the guide's q(x) over the "
         "whole vocabulary (its -inf entries are the mask) plus the guide's advance; precompute (the guide's "
         "tables, once per request, cached by content) is reported apart. Wall time and the thread's CPU time "
-        "(the box is shared: CPU time leaves out what other processes took). Floor: one dense (2, H) x (H, V) "
-        "product with the packed emission, the least a step inside a JSON string computes (a marginal and a "
+        "(the box is shared: CPU time leaves out what other processes took). Emission: the dtype the step's product "
+        "reads (the guide_emission_dtype setting; docs/method.md §5.9 bounds what bfloat16 changes). Floor: one "
+        "dense (2, H) x (H, V) product with the packed emission in that dtype, the least a step inside a JSON string computes (a marginal and a "
         "joint row over the vocabulary), timed after every step. Mask-only: the (V,) live-successor mask and the "
         "automaton's move, what a mask-only engine does per token. " + ". ".join(sources) + ".",
         "",
@@ -279,6 +283,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=20.0, help="compile time budget per schema, s")
     parser.add_argument("--vocab", type=int, nargs="+", choices=[50257, 128256], default=[50257, 128256])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--emission-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="the guide_emission_dtype setting (auto: bfloat16 where the CPU has a bfloat16 product)")  # fmt: skip
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()
     if not DATA.exists():

@@ -55,16 +55,16 @@ WORDS = ["dog", "frisbee", "catch", "coffee", "garden", "snow", "winter", "child
 
 
 def build_tiny_models(directory: Path) -> tuple[str, str]:
-    """The tests' stand-in models (tests/support.py, loaded from its file: tests/ is not a package)."""
+    """The tests' stand-in models (tests/tiny_models.py, loaded from its file: tests/ is not a package)."""
     import importlib.util
 
     from pc_core.hmm import HMM
 
-    spec = importlib.util.spec_from_file_location("pcgen_test_support", ROOT / "tests" / "support.py")
-    support = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(support)
-    tokenizer = support.build_tokenizer(directory / "tokenizer")
-    support.build_tiny_lm(directory / "lm", tokenizer)
+    spec = importlib.util.spec_from_file_location("pcgen_tiny_models", ROOT / "tests" / "tiny_models.py")
+    tiny_models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tiny_models)
+    tokenizer = tiny_models.build_tokenizer(directory / "tokenizer")
+    tiny_models.build_tiny_lm(directory / "lm", tokenizer)
     HMM.random(16, len(tokenizer), seed=0, eos_token_id=tokenizer.eos_token_id).save(directory / "hmm")
     return str(directory / "lm"), str(directory / "hmm")
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from pc_core.constraints import Constraint, compile_constraint
 from pc_core.constraints.dfa import TokenDFA
-from pc_core.constraints.spec import All, AnyOf, Not, Tokens, split_affixes, with_affixes
+from pc_core.constraints.nodes import All, AnyOf, Not, Tokens
+from pc_core.constraints.spec import split_affixes, with_affixes
 from pc_core.infill import split_suffix
 from pc_core.params import DecodeParams, DecodingError
 

@@ -29,7 +29,8 @@ import torch
 
 from pc_core.constraints.blocklist import split_blocklist
 from pc_core.constraints.dfa import TokenDFA
-from pc_core.constraints.spec import All, Constraint, WordCount, split_affixes, with_affixes
+from pc_core.constraints.nodes import All, Constraint, WordCount
+from pc_core.constraints.spec import split_affixes, with_affixes
 from pc_core.errors import ConstraintTooComplex
 from pc_core.feasibility import Feasibility
 from pc_core.guide import BlockPlan, ConstraintGuide, GuideState, Product, multiply
@@ -115,18 +116,40 @@ class FactoredGuide:
 
     def advance(self, state: FactoredState, tokens: torch.Tensor | Sequence[int]) -> FactoredState:
         tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.hmm.device).reshape(-1)
+        log_alpha, factor_states = self._factors_advance(state, tokens)
+        guide_tables = self.tables
+        next_dfa = guide_tables.transitions[state.dfa_state, guide_tables.token_class[tokens]].long()
+        words = state.open_words
+        if words is not None:
+            words = tuple(self.dfa.blocklist.advance(w, x) for w, x in zip(words, tokens.tolist()))
+        return FactoredState(log_alpha, next_dfa, state.position + 1, words, factor_states)
+
+    def _steering(self, plan: FactoredPlan, products: Sequence[Product]) -> torch.Tensor:
+        """(B, V) the sum of the groups' log q, each group's guide assembling its share of the products."""
+        offsets = [0] * len(products)
+        total = None
+        for guide, part in zip(self.guides, plan.parts):
+            mine = []
+            for k, (values, shift) in enumerate(products):
+                size = part.blocks[k].rows.shape[0]
+                mine.append((values[offsets[k] : offsets[k] + size], shift[offsets[k] : offsets[k] + size]))
+                offsets[k] += size
+            q = guide.assemble(part, mine)
+            total = q if total is None else total.add_(q)
+        return total
+
+    def _factors_advance(
+        self, state: FactoredState, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """After `tokens` (B,): the forward vector (the first factor's guide advances it) and every factor's
+        DFA state (B, F)."""
         first = self.guides[0]
         base = first.advance(GuideState(state.log_alpha, state.factor_states[:, 0], state.position), tokens)
         columns = [base.dfa_state]
         for i, guide in enumerate(self.guides[1:], 1):
             t = guide.tables
             columns.append(t.transitions[state.factor_states[:, i], t.token_class[tokens]])
-        guide_tables = self.tables
-        next_dfa = guide_tables.transitions[state.dfa_state, guide_tables.token_class[tokens]].long()
-        words = state.open_words
-        if words is not None:
-            words = tuple(self.dfa.blocklist.advance(w, x) for w, x in zip(words, tokens.tolist()))
-        return FactoredState(base.log_alpha, next_dfa, state.position + 1, words, torch.stack(columns, 1))
+        return base.log_alpha, torch.stack(columns, 1)
 
     def state_for(self, prefix: Sequence[int], hmm_context: Sequence[int] | None = None) -> FactoredState:
         state = self.init_state(1, hmm_context)
@@ -154,16 +177,7 @@ class FactoredGuide:
         """(B, V): the sum of the groups' log q, then the full DFA's exact pattern: -inf where no text
         can be accepted after the token, 0 where every text is, the minimum length and the blocklist."""
         state, guide_tables = plan.state, self.tables
-        offsets = [0] * len(products)
-        total = None
-        for guide, part in zip(self.guides, plan.parts):
-            mine = []
-            for k, (values, shift) in enumerate(products):
-                size = part.blocks[k].rows.shape[0]
-                mine.append((values[offsets[k] : offsets[k] + size], shift[offsets[k] : offsets[k] + size]))
-                offsets[k] += size
-            q = guide.assemble(part, mine)
-            total = q if total is None else total.add_(q)
+        total = self._steering(plan, products)
         r = self.horizon - state.position - 1
         succ = guide_tables.transitions[state.dfa_state][:, guide_tables.token_class].long()  # (B, V)
         total.masked_fill_(~guide_tables.feasible[r][succ], NEG_INF)

@@ -16,9 +16,10 @@ Tokens are grouped by successor: the few large token classes ("any other word", 
 word") share a left vector, so a beam needs one row per large-class successor that is neither impossible nor
 certain and has tokens in the block, plus its marginal row: about two full-vocabulary rows per beam. A beam
 whose successors in a block are all certain or impossible takes no rows there (once every keyword is in, it
-costs no product). The small classes (the tail: tokens that start, extend or finish a relevant word) are
-computed per (beam, successor) on their own (H, T) slice of B, through a per-state layout of their distinct
-successors (pc_core/step_layout.py, built once per visited state). `batched_next_log_probs` runs the three
+costs no product). The small classes (the tail: tokens that start, extend or finish a relevant word) whose
+successor differs from their block's are computed per (beam, successor) on their own (H, k) rows of B; the
+others keep the block product's value (pc_core/step_layout.py, which also keeps each step's row layout per
+visited states). `batched_next_log_probs` runs the three
 phases for a list of (guide, state) pairs.
 """
 
@@ -35,17 +36,13 @@ from pc_core.cache import LRUCache
 from pc_core.constraints.dfa import TokenDFA
 from pc_core.errors import ErrorKind, PcgenError, TokenizerMismatch
 from pc_core.feasibility import Feasibility
+from pc_core.guide_ratio import ROW_CERTAIN, ROW_IMPOSSIBLE, log_ratio
 from pc_core.guide_tables import GuideTables
 from pc_core.hmm import HMM
 from pc_core.kernels import log_matmul_exp, matmul_exp_nt
-from pc_core.kernels.reference import LOSSLESS
 from pc_core.logspace import NEG_INF
-from pc_core.step_layout import assemble_tail
+from pc_core.step_layout import assemble_tail, plan_layout
 
-ROW_IMPOSSIBLE, ROW_CERTAIN = (
-    -1,
-    -2,
-)  # product-row codes: the successor cannot accept (-inf) / always does (0)
 DEFAULT_MAX_HORIZON = 1024
 
 
@@ -246,23 +243,12 @@ class ConstraintGuide:
         if state.position >= self.horizon:
             raise GuideError(f"the prefix already has {state.position} tokens, the horizon is {self.horizon}")
         r = self.horizon - state.position - 1
-        succ = guide_tables.dense_succ[state.dfa_state]  # (B, D), -1 padded
-        valid = succ >= 0
-        succ_or_0 = succ.clamp_min(0)
-        certain = guide_tables.certain[r][succ_or_0] & valid
-        needed = guide_tables.feasible[r][succ_or_0] & valid & ~certain
-        in_block = guide_tables.slot_blocks[state.dfa_state]  # (B, D, blocks)
         left = state.log_alpha + guide_tables.log_scale  # (B, H): a_t * scale, so rows @ B equals a_t @ B'
         blocks = []
-        for k in range(guide_tables.num_blocks):
-            need = needed & in_block[:, :, k]  # (B, D)
-            with_marginal, marginal_row = _marginal_rows(need)
-            beam, slot = need.nonzero(as_tuple=True)
-            pair_rows = left[beam] + guide_tables.rows(r, succ_or_0[beam, slot])
-            rows = torch.cat([left[with_marginal], pair_rows], 0)
-            row_of_slot = torch.full(succ.shape, ROW_IMPOSSIBLE, dtype=torch.long, device=succ.device)
-            row_of_slot[beam, slot] = len(with_marginal) + torch.arange(len(beam), device=succ.device)
-            blocks.append(BlockPlan(rows, torch.where(certain, ROW_CERTAIN, row_of_slot), marginal_row))
+        for b in plan_layout(guide_tables, state.dfa_state, r):  # kept per beam states (step_layout.py)
+            pair_rows = left.index_select(0, b.pair_beam) + guide_tables.rows(r, b.pair_state)
+            rows = torch.cat([left.index_select(0, b.with_marginal), pair_rows], 0)
+            blocks.append(BlockPlan(rows, b.row_of_slot, b.marginal_row))
         return StepPlan(state, blocks)
 
     def assemble(self, plan: StepPlan, products: Sequence[Product]) -> torch.Tensor:
@@ -276,8 +262,8 @@ class ConstraintGuide:
             width = guide_tables.block_tokens[k].numel()
             self._assemble_block(state, k, product, block, out[:, column : column + width])
             column += width
-        if guide_tables.tail_tokens.numel():  # per-state layout, no per-step unique (step_layout.py)
-            out[:, guide_tables.tail_position] = assemble_tail(self, state)
+        if guide_tables.tail_tokens.numel():  # the tail tokens the blocks did not give (step_layout.py)
+            assemble_tail(self, state, out)
         out.clamp_max_(0.0)
         if guide_tables.num_blocks > 1:
             out = out.index_select(1, guide_tables.block_position)  # back to token order
@@ -310,7 +296,9 @@ class ConstraintGuide:
             row = block.row_of_slot.gather(1, slot)  # (B, V_k)
         values, shift = product
         if values.shape[0]:
-            self._ratio(state, ratio, values, shift, row, block.marginal_row, guide_tables.block_tokens[k])
+            log_ratio(
+                self, state, ratio, values, shift, row, block.marginal_row, guide_tables.block_tokens[k]
+            )
         for code, value in ((ROW_IMPOSSIBLE, NEG_INF), (ROW_CERTAIN, 0.0)):
             if row.shape[1] > 1:
                 ratio.masked_fill_(row == code, value)
@@ -318,70 +306,6 @@ class ConstraintGuide:
                 hit = (row[:, 0] == code).nonzero()[:, 0]
                 if hit.numel():
                     ratio.index_fill_(0, hit, value)
-
-    def _ratio(
-        self,
-        state: GuideState,
-        out: torch.Tensor,
-        product: torch.Tensor,
-        shift: torch.Tensor,
-        row: torch.Tensor,
-        marginal_row: torch.Tensor,
-        tokens: torch.Tensor,
-        live: torch.Tensor | None = None,
-    ) -> None:
-        """out (B, n) = log(product[row] / product[marginal_row]) + shift difference: log P(constraint |
-        prefix, x) for column j = token tokens[j]. row: (B, 1) one product row per beam, or (B, n) per
-        token; entries < 0 (certain, impossible) and beams without a marginal row give values the caller
-        overwrites. Products below float32's full precision are redone exactly (only where `live`)."""
-        b = out.shape[0]
-        rows = row.clamp_min(0)
-        marginal = marginal_row.clamp_min(0)
-        in_order = row.shape[1] == 1 and product.shape[0] == 2 * b and bool((marginal_row >= 0).all())
-        in_order = in_order and torch.equal(rows[:, 0], torch.arange(b, 2 * b, device=rows.device))
-        if in_order:  # every beam: its marginal row, then its one joint row
-            joint, denominator = product[b:], product[:b]
-        else:
-            denominator = product.index_select(0, marginal)  # (B, n)
-            joint = product.index_select(0, rows[:, 0]) if row.shape[1] == 1 else product.gather(0, rows)
-        shift_difference = shift[rows] - shift[marginal][:, None]  # (B, 1) or (B, n)
-        torch.div(joint, denominator, out=out).log_().add_(shift_difference)
-        if float(product.amin()) < LOSSLESS:  # below float32's full precision somewhere
-            if live is None:
-                live = (row >= 0) & (marginal_row >= 0)[:, None]
-            beams, columns = (live & ((joint < LOSSLESS) | (denominator < LOSSLESS))).nonzero(as_tuple=True)
-            if beams.numel():
-                out[beams, columns] = self._exact_log_ratio(state, beams, tokens[columns])
-
-    def _exact_log_ratio(self, state: GuideState, beams: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """log P(constraint | prefix, x) for single (beam, token) pairs by log-space sums over z, in float64:
-        the fallback where a linear-space product fell below 1e-30, where float32 loses digits and then
-        reaches 0 (a token emitted only by states the forward vector gives next to no mass). Scaled emission
-        columns make this rare; it keeps the ratios exact and "-inf exactly where impossible" true instead
-        of probably true."""
-        guide_tables = self.tables
-        r = self.horizon - state.position - 1
-        succ = guide_tables.transitions[state.dfa_state[beams], guide_tables.token_class[tokens]]  # (n,)
-        out = torch.empty(len(beams), device=beams.device)
-        chunk = max(1, 2**22 // self.hmm.hidden_size)  # (chunk, H) temporaries of ~16 MB
-        for start in range(0, len(beams), chunk):
-            part = slice(start, start + chunk)
-            emitted = (state.log_alpha[beams[part]] + guide_tables.log_scale).double()  # (chunk, H)
-            emitted += self.hmm.log_emission.index_select(1, tokens[part]).T.double()
-            marginal = torch.logsumexp(emitted, dim=1)
-            joint = torch.logsumexp(emitted + guide_tables.rows(r, succ[part]), dim=1)
-            out[part] = (joint - marginal).float()
-        out = torch.where(guide_tables.feasible[r][succ], out, NEG_INF)
-        return torch.where(guide_tables.certain[r][succ], 0.0, out)
-
-
-def _marginal_rows(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """need (B, n): which beams have a ratio to compute. Returns those beams (M,) in order, and per beam its
-    marginal row among the first M product rows, -1 for beams that need none."""
-    with_marginal = need.any(dim=1).nonzero()[:, 0]  # (M,)
-    marginal_row = torch.full((need.shape[0],), -1, dtype=torch.long, device=need.device)
-    marginal_row[with_marginal] = torch.arange(len(with_marginal), device=need.device)
-    return with_marginal, marginal_row
 
 
 def multiply(items: Sequence[tuple[ConstraintGuide, StepPlan]]) -> list[list[Product]]:

@@ -27,7 +27,6 @@ from pc_core.errors import DeadlineExceeded
 from pc_core.feasibility import Feasibility
 from pc_core.guide_backward import SPECIAL_ROWS, backward_rows, edge_masses, store_rows
 from pc_core.hmm import HMM
-from pc_core.kernels import onednn_packed
 
 BIG_CLASS_FRACTION = 0.01  # classes holding >= 1% of the vocabulary get a dense product row
 
@@ -219,5 +218,6 @@ class GuideTables:
                 block_slot[:, k] = np.where((slots == slots[:, :1]).all(1), slots[:, 0], -1)
         self.block_slot = torch.from_numpy(block_slot).to(device)
         self.block_slot_everywhere = (block_slot >= 0).all(0).tolist()  # per block: no state needs a gather
-        self.tail_emission_t = hmm.emission_scaled_t(self.tail_tokens, emission_dtype)  # (T, H)
-        self.tail_emission = onednn_packed.pack(self.tail_emission_t, pad=True) or self.tail_emission_t
+        # (T, H), rows gathered per step (step_layout.py); float32 on CPU, where a plain bfloat16 sgemm is slow
+        tail_dtype = torch.float32 if self.device.type == "cpu" else emission_dtype
+        self.tail_emission_t = hmm.emission_scaled_t(self.tail_tokens, tail_dtype)

@@ -15,20 +15,21 @@ stop string) are absorbing, as in TokenDFA.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 
+from pc_core.constraints.affixes import EMPTY
 from pc_core.constraints.explicit import _Compiler
-from pc_core.constraints.exploration import _Exploration
-from pc_core.constraints.spec import Constraint
+from pc_core.constraints.exploration import SINK, _Exploration
+from pc_core.constraints.lazy_automaton import LazyAutomaton
+from pc_core.constraints.nodes import Constraint
+from pc_core.constraints.token_contexts import EOS_EVENT
 from pc_core.constraints.vocab import VocabTables
 
 LAZY_MAX_STATES = 2_000_000
 """Explored states one lazy automaton may hold (memory: a few hundred bytes each plus its successor row)."""
 
 
-class LazyDFA:
+class LazyDFA(LazyAutomaton):
     """A token automaton explored on demand; the TokenDFA methods decoding and checking use (see module)."""
 
     lazy = True
@@ -57,6 +58,7 @@ class LazyDFA:
         self.relevant_index[relevant] = np.arange(len(relevant))
         self._accepting: dict[int, bool] = {}
         self._children: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._options: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per tracker state: tokens, kinds
         self.compile_seconds = 0.0
 
     # ------------------------------------------------------------------ states
@@ -75,6 +77,11 @@ class LazyDFA:
             found = self._accepting[state] = bool(self.explored.accepting_key(self.explored.keys[state]))
         return found
 
+    def expand(self, state: int) -> None:
+        """Compute every successor of a live state now (`step` then reads them; `peek` too)."""
+        if not self.is_ended(state):
+            self._row(state)
+
     def _row(self, state: int) -> tuple:
         """(context name, successor per group, affix part or None) of a live state, expanding it once."""
         row = self.explored.rows.get(state)
@@ -86,17 +93,60 @@ class LazyDFA:
 
     # ------------------------------------------------------------------ successors
 
-    def step(self, state: int, token_id: int) -> int:
-        if not 0 <= token_id < self.vocab_size:
-            raise ValueError(f"token id {token_id} is outside the vocabulary (size {self.vocab_size})")
-        if self.is_ended(state):
-            return state
+    def _successor(self, state: int, token_id: int) -> int:
+        """The successor of a live state (LazyAutomaton.step has checked the token and the state)."""
         name, succ, affix = self._row(state)
         j = self.relevant_index[token_id]
         if affix is not None and j >= 0:
             keymap = self.explored.affix_memo[affix[0]][0]
             return int(affix[1][keymap[j]])
         return int(succ[self.compiler.contexts[name].group_of_token[token_id]])
+
+    def peek(self, state: int, token_id: int) -> int:
+        """`step` without expanding the state: the one token's successor alone (the search's witness replay,
+        lazy_feasibility.py), the same state `step` gives. With a suffix or stop strings, or an expanded
+        state: `step`."""
+        explored = self.explored
+        if self.is_ended(state) or state in explored.rows or self.compiler.affixes is not None:
+            return self.step(state, token_id)
+        key = explored.keys[state]
+        if key == SINK:
+            return self.end_reject if token_id == self.eos_token_id else self.sink
+        cur, q, _ = key
+        event = self._event(cur, token_id)
+        if event is None:
+            return self.sink
+        if event is EOS_EVENT:
+            return self.end_accept if explored.accepting(q, cur) else self.end_reject
+        new_cur, syms, tok_event, text = event
+        if syms or self.compiler.pattern_tokens or text is not None:  # as _Exploration.successors
+            q = explored.step_q(q, syms, tok_event, text)
+        if len(explored.keys) > explored.explore_cap:
+            self._row(state)  # raises ConstraintTooComplex, as expanding would
+        out = explored.sid((new_cur, q, EMPTY))
+        explored.queue.clear()
+        return out
+
+    def _event(self, cur: int, token_id: int) -> object:
+        """The event of `token_id`'s group from tracker state `cur`, as _Exploration.distinct_events has it
+        (TokenContexts._events for the group's representative alone, when `cur` has not met every group)."""
+        compiler, explored = self.compiler, self.explored
+        name = compiler.context_name(cur)
+        ctx = compiler.context(name)
+        group = ctx.group_of_token[token_id]
+        found = explored.cur_events.get(cur)
+        if found is not None:
+            return found[0][found[1][group]]
+        rep = int(ctx.representatives[group])
+        event = compiler.token_event(cur, rep)
+        if event is None:
+            return EOS_EVENT if rep == self.eos_token_id else None
+        text = None
+        if compiler.text_effects.active:
+            text = compiler.text_reps(
+                compiler.texts[rep] if compiler.bytes is None else compiler.bytes.text(cur, rep)
+            )
+        return (*event, rep if rep in compiler.pattern_set else -1, text)
 
     def successors(self, state: int) -> np.ndarray:
         """(V,) int64: the state after each token."""
@@ -125,17 +175,26 @@ class LazyDFA:
             self._children[state] = found
         return found
 
-    def run(self, token_ids: Iterable[int], state: int | None = None) -> int:
-        state = self.initial_state if state is None else state
-        for token in token_ids:
-            state = self.step(state, int(token))
-            if self.is_ended(state):
-                break
-        return state
-
-    def accepts(self, token_ids: Iterable[int]) -> bool:
-        """Whether the text of `token_ids` (up to the first EOS) satisfies the constraint."""
-        return self.is_accepting(self.run([int(t) for t in token_ids]))
-
-    def summary(self) -> dict:
-        return {"lazy": True, "explored_states": self.num_states, "vocab": self.vocab_size}
+    def options(self, state: int) -> tuple[np.ndarray, np.ndarray]:
+        """`children` without expanding the state: (successor or -1 where not computed yet (E,), a token for
+        each (E,)), one per distinct event of its tracker state; the sink and the ends are filled in, a -1
+        is `peek(state, token)` (the search computes only the successors it descends into). Expanded states,
+        ended ones and those with a suffix / stop strings: `children`."""
+        explored = self.explored
+        if self.is_ended(state) or state in explored.rows or self.compiler.affixes is not None:
+            return self.children(state)
+        key = explored.keys[state]
+        if key == SINK:
+            return self.children(state)
+        cur, q, _ = key
+        found = self._options.get(cur)
+        if found is None:
+            name = self.compiler.context_name(cur)
+            events, inverse = explored.distinct_events(cur, name)
+            first = np.unique(inverse, return_index=True)[1]  # the first group of each event
+            tokens = self.compiler.context(name).representatives[first].astype(np.int64)
+            kind = np.array([0 if e is None else 1 if e is EOS_EVENT else -1 for e in events], np.int64)
+            found = self._options[cur] = (tokens, kind)
+        tokens, kind = found
+        end = self.end_accept if explored.accepting(q, cur) else self.end_reject
+        return np.choose(kind + 1, [-1, self.sink, end]).astype(np.int64), tokens

@@ -15,10 +15,15 @@ It is decided by a depth-first search of the lazy automaton (lazy_dfa.py), with 
     bound; when that search spends its budget, a second one by estimate + bound (each order has its traps:
     prefixes several keywords share, a word count that every word serves). The search tries first the tokens
     that bring the leaves closest to acceptance, so its first descent usually is a witness.
+  * a replay of the last witness's tokens before any search (siblings share their witness's tail): a proof
+    for the price of stepping (LazyDFA.peek), and successors computed one by one as the search descends
+    (LazyDFA.options), the node expanded whole once it has tried PEEKS of them.
 A True answer is a witness path (proof); a False answer is an exhausted search (proof). A search that spends
 its node budget answers None: not decided. Decoding allows only tokens proven feasible (so the guarantee
 holds whatever the budget: the witness that proved the current state feasible always leaves one token), and
-a request whose start is not decided within the budget is refused, never served unchecked.
+a request whose start is not decided within the budget is refused, never served unchecked. Past
+REQUEST_BUDGET nodes a request's steps allow only what is proven already or by a replay: its search time is
+bounded.
 """
 
 from __future__ import annotations
@@ -29,14 +34,22 @@ from typing import Any
 import numpy as np
 
 from pc_core.constraints.dfa import TokenDFA
-from pc_core.constraints.spec import All, AnyOf, AtLeast, AtMost, Constraint, Not, split_affixes, with_affixes
+from pc_core.constraints.nodes import All, AnyOf, AtLeast, AtMost, Constraint, Not, WordAt, WordCount
+from pc_core.constraints.spec import split_affixes, with_affixes
 from pc_core.errors import ConstraintTooComplex
 from pc_core.lazy_dfa import LazyDFA
 
 FAR = 1 << 20  # a leaf that can never accept again
 NODE_BUDGET = 4000  # search nodes per question (a node: one state expanded)
 STEP_BUDGET = 20_000  # search nodes per beam and step; the tokens left undecided past it are not allowed
+PEEKS = 4  # successors of a search node computed one by one (LazyDFA.peek) before it is expanded whole
+REQUEST_BUDGET = 4_000
+"""Search nodes per request (all steps and beams); past it a step allows only the tokens proven already (each
+state's witness leaves one), so a request's search time is bounded whatever its constraint."""
 BY_TOKEN_BYTES = 64 * 2**20  # the leaves' successor-per-token table, when it fits
+FROM_END_EXPLICIT = 8
+"""`word_at -k` with k above this gets no explicit leaf (its automaton has 2^k states) but one of a language that
+holds wherever it holds: the word occurs and the text has at least k words (LeafBound._build)."""
 
 
 class LeafBound:
@@ -65,9 +78,27 @@ class LeafBound:
             leaves = [c[1] for c in children if c[0] == "leaf"]
             return ("all" if isinstance(node, All) else "at_least", k, children, self._classes(leaves))
         if isinstance(node, AnyOf):
-            return ("any", 0, [self._build(c, compile_leaf) for c in node.children], [])
+            far_back = [c for c in node.children if isinstance(c, WordAt) and -c.index > FROM_END_EXPLICIT]
+            rest = [self._build(c, compile_leaf) for c in node.children if c not in far_back]
+            for index in sorted({c.index for c in far_back}):  # "the k-th last word is one of these"
+                words = [c.word for c in far_back if c.index == index]
+                rest.append(self._from_end(words, -index, compile_leaf))
+            return ("any", 0, rest, [])
+        if isinstance(node, WordAt) and -node.index > FROM_END_EXPLICIT:
+            return self._from_end([node.word], -node.index, compile_leaf)
         if isinstance(node, (AtMost, Not)):
             return ("none",)  # satisfied by writing less: no bound worth a leaf
+        return self._leaf(node, compile_leaf)
+
+    def _from_end(self, words: list[Constraint], k: int, compile_leaf: Callable) -> tuple:
+        """The bound of "the k-th last word is one of `words`" past FROM_END_EXPLICIT: that of a language
+        holding wherever it holds, one of the words occurs and the text has k words or more (a leaf per word,
+        each small and quick to compile, and one for the count)."""
+        occurs = ("any", 0, [self._leaf(w, compile_leaf) for w in words], [])
+        count = self._leaf(WordCount(k, None), compile_leaf)
+        return ("all", 2, [occurs, count], self._classes([count[1]] if count[0] == "leaf" else []))
+
+    def _leaf(self, node: Constraint, compile_leaf: Callable) -> tuple:
         dfa = compile_leaf(node)
         if dfa is None:
             return ("none",)
@@ -159,12 +190,32 @@ class LeafBound:
         if not exact:
             return np.minimum(FAR, ordered[:, :k].sum(1))
         out = ordered[:, k - 1]  # k-th smallest (all: the largest)
+        if kind == "at_least" and sum(map(len, classes)) == len(children):  # every child a leaf
+            return np.minimum(np.maximum(out, self._k_of_classes(d, classes, k)), FAR)
         for group in classes:  # leaves of one class need their own tokens each
-            if kind == "at_least" and len(group) < len(children):
-                continue  # (only when every child is a leaf of this class)
-            taken = np.sort(d[:, group], 1)[:, : k if kind == "at_least" else None]
-            out = np.maximum(out, self._additive(taken))
+            if kind == "at_least":
+                continue  # (only when every child is a leaf: above)
+            out = np.maximum(out, self._additive(d[:, group]))
         return np.minimum(out, FAR)
+
+    def _k_of_classes(self, d: np.ndarray, classes: list[list[int]], k: int) -> np.ndarray:
+        """(K,) tokens needed at least for k of the leaves (columns of d (K, L) by class) to accept: a token
+        brings at most one leaf of each class closer, so k leaves S need max over classes c of the sum of
+        S's distances in c; the fewest is the least T such that the classes' smallest distances, taken while
+        their sums stay <= T, number k or more. With a suffix or stop strings the one ending token may bring
+        every leaf closer once (it ends the text): each distance counts one less (d - 1, at least 0) and the
+        ending token one, unless k leaves accept already."""
+        parts = []
+        for group in classes:
+            values = np.sort(d[:, group], 1)
+            if self.affixed:
+                values = np.maximum(values - 1, 0)
+            parts.append(np.cumsum(np.minimum(values, FAR), 1))  # (K, |c|) the class's n smallest, summed
+        sums = np.concatenate(parts, 1)  # (K, L): the leaves within T number the sums <= T, so the least T
+        least = np.partition(sums, k - 1, 1)[:, k - 1]  # is the k-th smallest sum
+        if not self.affixed:
+            return least
+        return np.where((d == 0).sum(1) >= k, 0, least + 1)
 
     def _additive(self, d: np.ndarray) -> np.ndarray:
         """(K,) tokens needed by leaves (K, m) no token brings closer two at a time: their sum; with a suffix
@@ -221,21 +272,61 @@ class LazyFeasibility:
         self.spent, self.by_bound = 0, False
         self.searched = 0  # search nodes over this object's life (reported)
         self.undecided = 0  # questions left undecided by the budget (their tokens are not allowed)
+        self.witness: list[int] = []  # the tokens of the last witness the search found (replayed first)
+        self.path: list[int] = []  # the search's current path
+        self.replayed = 0  # questions a replayed witness answered
 
     def feasible(self, state: int, leaves: np.ndarray, r: int, t: int) -> bool | None:
         """True (a witness), False (exhausted), or None (the budget ran out first)."""
         if self.bound.lower(leaves[None])[0] > r:
             return False
+        if self._replay(state, r, t):
+            self.replayed += 1
+            return True
         for by_bound in (False, True):  # two orders: each has its traps (shared prefixes, word counts)
-            self.spent, self.by_bound = 0, by_bound
+            self.spent, self.by_bound, self.path = 0, by_bound, []
             try:
-                return self._search(state, leaves, r, t)
+                found = self._search(state, leaves, r, t)
+                if found and self.path:
+                    self.witness = self.path
+                return found
             except _OutOfBudget:
                 pass
             finally:
                 self.searched += self.spent
         self.undecided += 1
         return None
+
+    def _replay(self, state: int, r: int, t: int) -> bool:
+        """Does the last witness's token sequence (at most r tokens, then EOS if it stops short) take `state`
+        to acceptance? Siblings often share their witness's tail (the keywords still to write, the words
+        still to count): a proof for the price of stepping, no expansion (LazyDFA.peek). The states on the
+        way are recorded as feasible, as the search records its witness."""
+        dfa, tokens = self.dfa, self.witness[:r]
+        if not tokens:
+            return False
+        if len(tokens) < r and tokens[-1] != dfa.eos_token_id:
+            tokens = [*tokens, dfa.eos_token_id]
+        states, known = [state], None
+        for i, token in enumerate(tokens):
+            if dfa.is_ended(states[-1]):
+                break
+            nxt = dfa.peek(states[-1], token)
+            if dfa.is_ended(nxt) and t + i < self.min_new:  # an ending token before min_new_tokens
+                return False
+            states.append(nxt)
+            known = self.known.get((nxt, r - i - 1, min(t + i + 1, self.min_new)))
+            if known is not None:  # siblings meet again after a token or two: decided already
+                break
+        if known is False:
+            return False
+        if not known and (
+            not dfa.is_accepting(states[-1]) or (len(states) <= r and not dfa.is_ended(states[-1]))
+        ):
+            return False
+        for i, s in enumerate(states[:-1]):
+            self.known[(s, r - i, min(t + i, self.min_new))] = True
+        return True
 
     def _search(self, state: int, leaves: np.ndarray, r: int, t: int) -> bool:
         """(The caller checked the bound of `leaves`.)"""
@@ -249,19 +340,25 @@ class LazyFeasibility:
         if self.spent >= self.budget:
             raise _OutOfBudget
         self.spent += 1
-        for child, child_leaves in self._ordered(state, leaves, r, t):
+        for n, (child, child_leaves, token) in enumerate(self._ordered(state, leaves, r, t)):
+            if child < 0:  # not computed yet (LazyDFA.options)
+                if n == PEEKS:  # many tried: one expansion computes the rest at once
+                    dfa.expand(state)
+                child = dfa.peek(state, token)
+            self.path.append(token)
             if self._search(child, child_leaves, r - 1, t + 1):
                 self.known[key] = True
                 return True
+            self.path.pop()
         self.known[key] = False
         return False
 
-    def _ordered(self, state: int, leaves: np.ndarray, r: int, t: int) -> list[tuple[int, np.ndarray]]:
+    def _ordered(self, state: int, leaves: np.ndarray, r: int, t: int) -> list[tuple[int, np.ndarray, int]]:
         """The successors worth trying, most promising first: an accepted end, then by the leaves' estimate.
         Skipped: ending tokens before min_new_tokens, rejected ends, the sink, and successors whose leaves'
         bound exceeds the r - 1 tokens left after them."""
         dfa = self.dfa
-        children, tokens = dfa.children(state)
+        children, tokens = dfa.options(state)  # -1: a successor computed when tried (below)
         states = self.bound.advance_many(leaves, tokens)  # (K, L)
         live = (children != dfa.end_accept) & (children != dfa.end_reject) & (children != dfa.sink)
         lower = self.bound.lower(states)
@@ -272,7 +369,7 @@ class LazyFeasibility:
         picked = picked[np.lexsort((lower[picked], primary))].tolist()  # lexsort: the last key is the primary
         if t >= self.min_new and dfa.is_accepting(dfa.end_accept) and (children == dfa.end_accept).any():
             picked.insert(0, int(np.flatnonzero(children == dfa.end_accept)[0]))
-        return [(int(children[i]), states[i]) for i in picked]
+        return [(int(children[i]), states[i], int(tokens[i])) for i in picked]
 
     def allowed(self, state: int, leaves: np.ndarray, t: int) -> np.ndarray:
         """(V,) bool: the tokens at index t after which an accepted text of the horizon is proven reachable."""
@@ -287,11 +384,13 @@ class LazyFeasibility:
             child = int(children[i])
             if dfa.is_ended(child) and t < self.min_new:
                 continue
-            if self.searched - spent > STEP_BUDGET:  # past the step's budget: only what is proven already
+            if self.searched - spent > STEP_BUDGET or self.searched > REQUEST_BUDGET:  # only what is proven
                 found = dfa.is_accepting(child) if dfa.is_ended(child) or r == 0 else None
-                ok[i] = bool(
-                    found if found is not None else self.known.get((child, r, min(t + 1, self.min_new)))
-                )
+                if found is None:
+                    found = self.known.get((child, r, min(t + 1, self.min_new)))
+                if found is None and self.bound.lower(states[i][None])[0] <= r:
+                    found = self._replay(child, r, t + 1)  # a proof without search
+                ok[i] = bool(found)
                 continue  # (the witness that proved this state leaves its next token proven)
             ok[i] = bool(self.feasible(child, states[i], r, t + 1))
         return ok[inverse.reshape(-1)]

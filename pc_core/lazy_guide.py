@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from pc_core.constraints.dfa import TokenDFA
-from pc_core.constraints.spec import Constraint, WordCount, split_affixes, with_affixes
+from pc_core.constraints.nodes import Constraint, WordCount
+from pc_core.constraints.spec import split_affixes, with_affixes
 from pc_core.errors import ConstraintTooComplex
 from pc_core.factored_guide import FactoredGuide, FactoredState, conjuncts
 from pc_core.feasibility import Feasibility
-from pc_core.guide import GuideState
 from pc_core.guide_budget import GuideBudget, dtype_bytes, exact_cost
 from pc_core.hmm import HMM
 from pc_core.lazy_dfa import LazyDFA
@@ -93,18 +93,13 @@ class LazyGuide(FactoredGuide):
 
     def advance(self, state: LazyState, tokens: torch.Tensor | Sequence[int]) -> LazyState:
         tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.hmm.device).reshape(-1)
-        first = self.guides[0]
-        base = first.advance(GuideState(state.log_alpha, state.factor_states[:, 0], state.position), tokens)
-        columns = [base.dfa_state]
-        for i, guide in enumerate(self.guides[1:], 1):
-            t = guide.tables
-            columns.append(t.transitions[state.factor_states[:, i], t.token_class[tokens]])
+        log_alpha, factor_states = self._factors_advance(state, tokens)
         pairs = list(zip(state.dfa_state.tolist(), tokens.tolist()))
         next_dfa = torch.tensor(
             [self.dfa.step(s, x) for s, x in pairs], dtype=torch.long, device=self.hmm.device
         )
         leaves = [self.lazy.bound.advance(w, x) for w, (_, x) in zip(state.leaves, pairs)]  # (L,) each
-        return LazyState(base.log_alpha, next_dfa, state.position + 1, None, torch.stack(columns, 1), leaves)
+        return LazyState(log_alpha, next_dfa, state.position + 1, None, factor_states, leaves)
 
     def assemble(self, plan: Any, products: Sequence[Any]) -> torch.Tensor:
         """(B, V): the sum of the conjuncts' log q, -inf where the search did not prove the token feasible
@@ -115,20 +110,6 @@ class LazyGuide(FactoredGuide):
             [self.lazy.allowed(s, w, state.position) for s, w in zip(state.dfa_state.tolist(), state.leaves)]
         )  # (B, V)
         total.masked_fill_(~torch.from_numpy(allowed).to(total.device), NEG_INF)
-        return total
-
-    def _steering(self, plan: Any, products: Sequence[Any]) -> torch.Tensor:
-        """(B, V) the sum of the conjuncts' log q (FactoredGuide.assemble without the full DFA's masks)."""
-        offsets = [0] * len(products)
-        total = None
-        for guide, part in zip(self.guides, plan.parts):
-            mine = []
-            for k, (values, shift) in enumerate(products):
-                size = part.blocks[k].rows.shape[0]
-                mine.append((values[offsets[k] : offsets[k] + size], shift[offsets[k] : offsets[k] + size]))
-                offsets[k] += size
-            q = guide.assemble(part, mine)
-            total = q if total is None else total.add_(q)
         return total
 
 

@@ -71,6 +71,11 @@ class DecodeParams:
     guide_table_dtype: str = field(
         default="auto", metadata=_help("guide rows stored in: auto (bfloat16 on GPU), float32, bfloat16")
     )
+    guide_emission_dtype: str = field(
+        default="auto",
+        metadata=_help("emission the guide step multiplies with: auto (bfloat16 on GPU and on CPUs with a "
+                       "bfloat16 product), float32, bfloat16 (docs/method.md §5.9)"),
+    )  # fmt: skip
     time_budget_s: float = field(
         default=DEFAULT_TIME_BUDGET_S, metadata=_help("cap on compiling it, seconds")
     )
@@ -178,6 +183,8 @@ class DecodeParams:
         need(self.guide_budget_gflops is None or self.guide_budget_gflops >= 0, "guide_budget_gflops",
              "must be >= 0")  # fmt: skip
         need(self.guide_table_dtype in ("auto", "float32", "bfloat16"), "guide_table_dtype",
+             "must be auto, float32 or bfloat16")  # fmt: skip
+        need(self.guide_emission_dtype in ("auto", "float32", "bfloat16"), "guide_emission_dtype",
              "must be auto, float32 or bfloat16")  # fmt: skip
 
     def _check_suffix_and_stop(self) -> None:

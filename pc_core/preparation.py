@@ -15,7 +15,8 @@ from pc_core.compiled_constraint import CompiledConstraint, compile_request
 from pc_core.constraints import Constraint, compile_constraint
 from pc_core.constraints.compiler import explain_unsatisfiable
 from pc_core.constraints.dfa import TokenDFA
-from pc_core.constraints.spec import WordCount, with_affixes
+from pc_core.constraints.nodes import WordCount
+from pc_core.constraints.spec import with_affixes
 from pc_core.errors import (
     BlocklistInteraction,
     ConstraintTooComplex,
@@ -26,6 +27,7 @@ from pc_core.factored_guide import build_guide
 from pc_core.guide import ConstraintGuide
 from pc_core.hmm import HMM
 from pc_core.infill import plan_suffix, terminal_vector
+from pc_core.kernels import emission_dtype
 from pc_core.lazy_guide import build_lazy_guide
 from pc_core.params import DecodeParams
 from pc_core.results import StreamEvent
@@ -156,6 +158,7 @@ def _guide(
         "min_new_tokens": params.min_new_tokens,
         "deadline": deadline,
         "terminal": terminal,
+        "emission_dtype": emission_dtype(hmm.device, params.guide_emission_dtype),
     }
     started = time.perf_counter()
     dfa, constraint = compiled.dfa, compiled.judged

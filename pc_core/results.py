@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pc_core.token_scores import TokenLogprob
+from pc_core.logprob_trail import TokenLogprob
 
 
 @dataclass
@@ -16,7 +16,7 @@ class SequenceResult:
     finish_reason: str  # "eos" (EOS, or the suffix completed) | "stop" (a stop string) | "length"
     logprob: float  # LM log-likelihood of the continuation (EOS, the suffix's tokens included when generated)
     full_text: str = ""  # the span followed by the suffix (the span itself without a suffix)
-    logprobs: list[TokenLogprob] | None = None  # with params.logprobs: one per token id (token_scores.py)
+    logprobs: list[TokenLogprob] | None = None  # with params.logprobs: one per token id (logprob_trail.py)
 
     def __post_init__(self) -> None:
         self.full_text = self.full_text or self.text

@@ -21,11 +21,12 @@ from pc_core.errors import TokenizerMismatch
 from pc_core.guide import ConstraintGuide, GuideState
 from pc_core.infill import SuffixPlan, fim_prompt
 from pc_core.lm import max_positions
+from pc_core.logit_adjustment import LogitAdjustment
+from pc_core.logprob_trail import LogprobTrail
 from pc_core.logspace import NEG_INF
 from pc_core.params import DecodeParams
 from pc_core.results import GenerationOutput, Hypothesis, StreamEvent
 from pc_core.search_output import SearchOutput
-from pc_core.token_scores import LogitAdjustment, LogprobTrail
 
 
 class GuidedSearch(SearchOutput):

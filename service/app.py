@@ -26,6 +26,7 @@ from service import docs_pages, playground
 from service.auth import KeyChecker, playground_paths, public_paths
 from service.client_identity import parse_networks
 from service.errors import ClientGone, install_handlers
+from service.limits import CAPS, TEXTS
 from service.metrics import Metrics
 from service.middleware import CLIENT_CLOSED, ServiceMiddleware
 from service.routes import chat, generate, health, openai, tokenize
@@ -161,31 +162,24 @@ def _customize_openapi(app: FastAPI, runtime: Runtime, public: frozenset[str], b
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
-        settings = runtime.settings
+        limits = runtime.limits
         schema = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        word = {"minLength": 1, "maxLength": settings.max_keyword_chars, "pattern": r"\w"}
-        for name, fields in (
-            ("GenerateRequest", {"max_new_tokens": "max_new_tokens", "min_new_tokens": "max_new_tokens",
-                                 "num_beams": "max_beams", "num_return_sequences": "max_beams"}),
-            ("CompletionRequest", {"max_tokens": "max_new_tokens", "min_tokens": "max_new_tokens", "n": "max_beams",
-                                   "best_of": "max_beams"}),
-            ("ChatCompletionRequest", {"max_tokens": "max_new_tokens", "max_completion_tokens": "max_new_tokens",
-                                       "min_tokens": "max_new_tokens", "n": "max_beams", "best_of": "max_beams"}),
-        ):  # fmt: skip
+        word = {"minLength": 1, "maxLength": limits.max_keyword_chars, "pattern": r"\w"}
+        for name in ("GenerateRequest", "CompletionRequest", "ChatCompletionRequest"):
             model = components.get(name)
             if model is None:
                 continue
             props = model.get("properties", {})
-            for field, setting in fields.items():
+            for field in sorted(CAPS.keys() - TEXTS):  # the fields capped by value (ServerLimits.check)
                 if field in props:
-                    _limit(props[field], maximum=getattr(settings, setting))
+                    _limit(props[field], maximum=limits.cap(field))
             if "prompt" in props:
-                _limit(props["prompt"], max_length=settings.max_prompt_chars)
+                _limit(props["prompt"], max_length=limits.max_prompt_chars)
             if "keywords" in props:
-                _limit(props["keywords"], max_items=settings.max_keywords, items=word)
+                _limit(props["keywords"], max_items=limits.max_keywords, items=word)
             for field in ("keywords", "constraint"):  # documented as "send one of them" (null is accepted)
                 if field in props and "anyOf" in props[field]:
                     branches = [b for b in props[field]["anyOf"] if b.get("type") != "null"]

@@ -281,7 +281,7 @@ def _observe_finished(metrics: Metrics, job: Job, now: float) -> None:
         metrics.tpot.observe((now - job.first_token_at) / (longest - 1))
     for seq in out.sequences:
         outcome = "satisfied" if seq.constraint_satisfied else "not_satisfied"
-        if job.spec.constraint is None:
+        if job.generation.constraint is None:
             outcome = "unconstrained"
         metrics.constraint_outcomes.labels(outcome).inc()
         metrics.finish_reasons.labels(seq.finish_reason).inc()

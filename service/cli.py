@@ -21,7 +21,7 @@ VALUE_SETTINGS = (
     "max_keyword_chars", "max_beams", "max_body_bytes", "max_states", "compile_time_budget_s", "metrics_port",
     "response_cache_bytes", "redis_timeout_s", "compile_workers", "compile_backlog", "body_timeout_s",
     "dfa_cache_bytes", "guide_cache_bytes", "guide", "guide_budget_bytes", "guide_budget_gflops",
-    "guide_table_dtype", "max_suffix_chars", "compile_light_workers", "trusted_proxies",
+    "guide_table_dtype", "guide_emission_dtype", "max_suffix_chars", "compile_light_workers", "trusted_proxies",
 )  # fmt: skip
 BOOL_SETTINGS = (
     "playground", "warmup", "cache", "metrics_public", "docs_public", "batching", "allow_tokenizer_mismatch",

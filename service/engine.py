@@ -33,6 +33,7 @@ from service.compile_pool import CompilePool
 from service.errors import BadRequest, Timeout
 from service.generation import GenerationSpec
 from service.job import Job
+from service.limits import check_context
 from service.metrics import Metrics
 
 __all__ = ["Engine", "EngineClient", "GenerationSpec", "Job"]
@@ -44,7 +45,7 @@ class EngineClient(Protocol):
     queue_depth: int
     active: int
 
-    async def submit(self, spec: GenerationSpec, stream: bool = False, client: str = "anonymous",
+    async def submit(self, generation: GenerationSpec, stream: bool = False, client: str = "anonymous",
                      deadline: float | None = None, observed: bool = True) -> Job: ...  # fmt: skip
 
     def cancel(self, job: Job, reason: str = "disconnect") -> bool: ...
@@ -97,7 +98,7 @@ class Engine:
 
     async def submit(
         self,
-        spec: GenerationSpec,
+        generation: GenerationSpec,
         stream: bool = False,
         client: str = "anonymous",
         deadline: float | None = None,
@@ -107,7 +108,7 @@ class Engine:
         Unavailable, BadRequest for the prompt, and the library's errors (constraint, parameters) as raised."""
         loop = asyncio.get_running_loop()
         self.batches.reserve(deadline)
-        job = Job(spec, loop, loop.create_future(), asyncio.Queue() if stream else None, client=client,
+        job = Job(generation, loop, loop.create_future(), asyncio.Queue() if stream else None, client=client,
                   deadline=deadline, observed=observed)  # fmt: skip
         try:
             job.search = await self._prepared(job)
@@ -139,11 +140,11 @@ class Engine:
         """The request's CompiledConstraint: its automaton cached, or compiled quickly in a prepare thread, or
         else by the compile pool (without a pool: not compiled yet, prepare compiles it). Waits for the pool
         without holding a thread; cancelling the request drops a compile that has not started."""
-        if job.spec.constraint is None:  # nothing to compile
+        if job.generation.constraint is None:  # nothing to compile
             return None
-        params, pool = job.spec.params, self.compile_pool
+        params, pool = job.generation.params, self.compile_pool
         try:
-            compiled = CompiledConstraint.for_request(job.spec.constraint, params, len(self.tokenizer))
+            compiled = CompiledConstraint.for_request(job.generation.constraint, params, len(self.tokenizer))
             if pool is None:
                 return compiled
             judged = compiled.judged  # what the automaton accepts: the constraint with its affixes and bans
@@ -176,12 +177,13 @@ class Engine:
 
     def _prepare(self, job: Job, compiled: CompiledConstraint | None) -> GuidedSearch:
         """The request's GuidedSearch: the guide's precompute (stopped at the deadline) and first state."""
-        spec, params = job.spec, job.spec.params
+        generation, params = job.generation, job.generation.params
         if job.deadline is not None and time.perf_counter() >= job.deadline:
             self.metrics.abandoned.labels("prepare").inc()
             raise Timeout("the request's deadline passed before it could be prepared")
-        prompt_ids = self._prompt_ids(spec.prompt)
-        self._check_context(len(prompt_ids), params.max_new_tokens, spec.field_names.get("max_new_tokens"))
+        prompt_ids = self._prompt_ids(generation.prompt)
+        check_context(self.max_positions, len(prompt_ids), params.max_new_tokens,
+                      generation.field_names.get("max_new_tokens"))  # fmt: skip
         on_stream = job.push_event if job.events is not None else None
         try:
             if compiled is None:  # no constraint: the LM's own distribution, no automaton or guide
@@ -208,20 +210,6 @@ class Engine:
         if bad is not None:
             raise BadRequest(f"token id {bad} is not in the vocabulary (0..{size - 1})", path="prompt")
         return list(prompt)
-
-    def _check_context(self, prompt_tokens: int, max_new_tokens: int, horizon: str | None = None) -> None:
-        """The prompt plus the horizon must fit the LM's context; the error names the field at fault, as the
-        request body names it (`horizon`: OpenAI's max_tokens)."""
-        if self.max_positions is None or max(1, prompt_tokens) + max_new_tokens <= self.max_positions:
-            return
-        horizon = horizon or "max_new_tokens"
-        if max_new_tokens >= self.max_positions:  # too long whatever the prompt
-            path, detail = horizon, f"must be < the model's context of {self.max_positions} tokens"
-        else:
-            path = "prompt"
-            detail = (f"the prompt ({prompt_tokens} tokens) plus {horizon} ({max_new_tokens}) exceeds the "
-                      f"model's context of {self.max_positions} tokens")  # fmt: skip
-        raise BadRequest(detail, path=path, error_type="context_length_exceeded")
 
     def _count_failure(self, err: BaseException, stage: str) -> None:
         """A library error in the metrics, by its kind: the deadline stopped the work, the compile backlog

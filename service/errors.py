@@ -193,6 +193,22 @@ def field_error(err: DecodingError | ConstraintError, field_names: dict[str, str
     return field_names.get(err.path, err.path), _with_body_names(err.message, field_names)
 
 
+def body_problem(loc: tuple, msg: str, value: Any = None, kind: str = "value_error") -> dict:
+    """One validation entry on a body field (FastAPI's 422 `detail` shape; `loc` below "body")."""
+    return {"type": kind, "loc": ("body", *loc), "msg": msg, "input": value}
+
+
+def body_error(loc: tuple, msg: str, value: Any = None, kind: str = "value_error") -> RequestValidationError:
+    """A 422 naming one body field."""
+    return RequestValidationError([body_problem(loc, msg, value, kind)])
+
+
+def raise_problems(problems: list[dict]) -> None:
+    """A 422 listing every entry (`body_problem`), when there is one."""
+    if problems:
+        raise RequestValidationError(problems)
+
+
 def _with_body_names(message: str, field_names: dict[str, str]) -> str:
     """The message with DecodeParams' field names written as the request body's (max_tokens=3)."""
     if not field_names:
@@ -265,6 +281,11 @@ def validation_details(errors: Any) -> list[dict[str, Any]]:
 
 async def _validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = validation_details(exc.errors())
+    # constraint errors found while parsing the body count like those the engine finds (service/engine.py)
+    runtime = getattr(request.app.state, "runtime", None)
+    for entry in errors if runtime is not None else ():
+        if entry["type"] in CONSTRAINT_ERROR_TYPES:
+            runtime.metrics.constraint_errors.labels(entry["type"]).inc()
     first = errors[0] if errors else {"msg": "invalid request", "loc": [], "type": ""}
     kind = first["type"] if first["type"] in CONSTRAINT_ERROR_TYPES else "validation_error"
     body = {"detail": errors, **error_body(kind, first["msg"], loc_to_path(first["loc"]))}

@@ -20,7 +20,7 @@ _ids = itertools.count(1)
 
 @dataclass(eq=False)
 class Job:
-    spec: GenerationSpec
+    generation: GenerationSpec
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
     events: asyncio.Queue | None = None  # streaming: ("token", StreamEvent) items, then ("end", None)

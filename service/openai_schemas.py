@@ -33,24 +33,20 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
-from pc_core.constraints.spec import WordCount
+from pc_core.constraints.nodes import WordCount
 from pc_core.params import MAX_LOGPROBS, MIN_TEMPERATURE, MIN_TOP_P
-from service.errors import BadRequest
+from service.errors import BadRequest, body_error, body_problem, raise_problems
 from service.generation import GenerationSpec
+from service.limits import ServerLimits
 from service.schemas import (
     ConstraintField,
     HmmWeight,
     Keywords,
     LengthPenalty,
     Seed,
-    body_error,
-    check_limits,
     check_unicode,
-    decode_params,
-    raise_problems,
     resolve_constraint,
 )
-from service.settings import Settings
 from service.structured import with_structured
 
 MAX_PROMPTS = 32  # prompts in one /v1/completions request (each is a generation of its own)
@@ -135,24 +131,24 @@ class OpenAIRequest(BaseModel):
         errors = []
         if self.best_of is not None and self.temperature > 0 and self.best_of != self.n:
             message = "with temperature > 0, best_of must equal n (or be omitted)"
-            errors.append(body_error(("best_of",), message, self.best_of).errors()[0])
+            errors.append(body_problem(("best_of",), message, self.best_of))
         for field, off in VLLM_OFF.items():  # what vLLM clients send to turn them off
             value = getattr(self, field)
             if value is not None and value not in off:
                 message = f"not supported by pcgen; accepted only when off ({' or '.join(map(str, off))})"
-                errors.append(body_error((field,), message, value).errors()[0])
+                errors.append(body_problem((field,), message, value))
         return errors
 
     def _decode_fields(
-        self, settings: Settings, default_max_tokens: int, logprobs: int | None
+        self, limits: ServerLimits, default_max_tokens: int, logprobs: int | None
     ) -> dict[str, Any]:
         """DecodeParams' fields from OpenAI's: temperature 0 -> beam search over best_of beams (default n),
         temperature > 0 -> n samples; the server's limits checked on the body's fields."""
         raise_problems(self.problems())
         asked = self.requested_max_tokens
-        check_limits(settings, **{self.field_names["max_new_tokens"]: asked}, min_tokens=self.min_tokens,
-                     n=self.n, best_of=self.best_of)  # fmt: skip
-        max_new = asked if asked is not None else min(default_max_tokens, settings.max_new_tokens)
+        limits.check(**{self.field_names["max_new_tokens"]: asked}, min_tokens=self.min_tokens, n=self.n,
+                     best_of=self.best_of)  # fmt: skip
+        max_new = limits.horizon(asked, default_max_tokens)
         sampling = self.temperature > 0
         return {
             "max_new_tokens": max_new,
@@ -184,15 +180,15 @@ class OpenAIRequest(BaseModel):
             biases[int(key)] = bias
         return biases
 
-    def _to_spec(self, settings: Settings, prompt: str | tuple[int, ...], decoding: dict) -> GenerationSpec:
+    def _to_spec(self, limits: ServerLimits, prompt: str | tuple[int, ...], decoding: dict) -> GenerationSpec:
         """The generation of `prompt` with these decoding fields (from `_decode_fields`)."""
         constraint = None  # no constraint: the LM's own distribution (pc_core.unguided)
         if self.keywords is not None or self.constraint is not None:
-            constraint = resolve_constraint(self.keywords, self.constraint, settings)
+            constraint = resolve_constraint(self.keywords, self.constraint, limits)
         elif decoding.get("suffix") is not None:  # infilling needs the guide: under a constraint that holds
             constraint = WordCount(0, None)
         constraint = with_structured(self, constraint)  # response_format / guided_*: all(...) with the rest
-        params = decode_params(settings, decoding, self.field_names)
+        params = limits.decode_params(decoding, self.field_names)
         return GenerationSpec(prompt, constraint, params, self.field_names)
 
 
@@ -249,16 +245,16 @@ class CompletionRequest(OpenAIRequest):
         errors = super().problems()
         if self.echo and self.logprobs is not None:
             message = "echo with logprobs would need the prompt's logprobs, which pcgen does not compute"
-            errors.append(body_error(("echo",), message, True).errors()[0])
+            errors.append(body_problem(("echo",), message, True))
         return errors
 
-    def to_specs(self, settings: Settings) -> list[GenerationSpec]:
+    def to_specs(self, limits: ServerLimits) -> list[GenerationSpec]:
         """One generation per prompt, each with OpenAI's parameters as DecodeParams."""
         for text in (p for p in self.prompts if isinstance(p, str)):
-            check_limits(settings, prompt=text)
-        decoding = self._decode_fields(settings, COMPLETIONS_MAX_TOKENS, self.logprobs)
+            limits.check(prompt=text)
+        decoding = self._decode_fields(limits, COMPLETIONS_MAX_TOKENS, self.logprobs)
         decoding["suffix"] = self.suffix
-        return [self._to_spec(settings, prompt, decoding) for prompt in self.prompts]
+        return [self._to_spec(limits, prompt, decoding) for prompt in self.prompts]
 
 
 # ---------------------------------------------------------------------------------------------- chat
@@ -358,7 +354,7 @@ class ChatCompletionRequest(OpenAIRequest):
         errors = super().problems()
 
         def problem(field: str, message: str) -> None:
-            errors.append(body_error((field,), message, None).errors()[0])
+            errors.append(body_problem((field,), message, None))
 
         for field, off in OFF.items():
             if not off(getattr(self, field)):
@@ -384,10 +380,10 @@ class ChatCompletionRequest(OpenAIRequest):
         except Exception as err:  # noqa: BLE001 - a template rejects messages by raising (e.g. role order)
             raise BadRequest(f"the chat template rejected the messages: {err}", path="messages") from err
 
-    def to_spec(self, settings: Settings, prompt: str) -> GenerationSpec:
+    def to_spec(self, limits: ServerLimits, prompt: str) -> GenerationSpec:
         """The reply to `prompt` (from `prompt_text`), with OpenAI's parameters as DecodeParams."""
-        if len(prompt) > settings.max_prompt_chars:
-            message = f"the chat template makes a prompt of more than {settings.max_prompt_chars} characters"
+        if len(prompt) > limits.max_prompt_chars:
+            message = f"the chat template makes a prompt of more than {limits.max_prompt_chars} characters"
             raise body_error(("messages",), message, len(prompt), "string_too_long")
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
-        return self._to_spec(settings, prompt, self._decode_fields(settings, CHAT_MAX_TOKENS, logprobs))
+        return self._to_spec(limits, prompt, self._decode_fields(limits, CHAT_MAX_TOKENS, logprobs))

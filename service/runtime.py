@@ -1,4 +1,5 @@
-"""What a running server holds: settings, metrics, models, the engine, Redis, the cache and the limiter.
+"""What a running server holds: settings, the request limits, metrics, models, the engine, Redis, the cache and
+the limiter.
 
 `Runtime.start()` (from the app's lifespan) creates the Redis client and the cache/limiter at once, then loads
 the LM and the HMM and runs a warm-up generation in the background, so the health probes answer while the
@@ -17,6 +18,7 @@ from typing import Any
 from service.cache import MemoryBackend, RedisBackend, RedisHealth, ResponseCache, SingleFlight
 from service.engine import Engine, EngineClient
 from service.errors import Unavailable
+from service.limits import ServerLimits
 from service.metrics import Metrics
 from service.ratelimit import RateLimiter
 from service.settings import Settings
@@ -29,6 +31,7 @@ SWITCH_INTERVAL_S = 0.0002  # see start()
 class Runtime:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self.limits = ServerLimits.from_settings(settings)  # every request is validated against these
         self.metrics = metrics or Metrics(settings.served_model)
         self.created = int(time.time())
         self.lm: Any = None
@@ -203,11 +206,8 @@ class Runtime:
 
     def _apply_model_limits(self) -> None:
         """The caps the loaded model allows: a request's horizon must leave room for at least one prompt
-        token in the context. Settings above that are lowered (and the OpenAPI document follows)."""
-        if self.max_positions is not None and self.settings.max_new_tokens > self.max_positions - 1:
-            cap = max(1, self.max_positions - 1)
-            log.info("max_new_tokens capped at %d by the model's context of %d", cap, self.max_positions)
-            self.settings = self.settings.model_copy(update={"max_new_tokens": cap})
+        token in the context (ServerLimits.from_settings lowers it; the OpenAPI document follows)."""
+        self.limits = ServerLimits.from_settings(self.settings, self.max_positions)
         for listener in self.on_limits:
             listener()
 
@@ -242,11 +242,11 @@ class Runtime:
         from service.generation import GenerationSpec
 
         assert self.engine is not None
-        n = min(8, self.settings.max_new_tokens)
-        spec = GenerationSpec("", parse_constraint(WARMUP_CONSTRAINT), DecodeParams(max_new_tokens=n))
+        n = min(8, self.limits.max_new_tokens)
+        generation = GenerationSpec("", parse_constraint(WARMUP_CONSTRAINT), DecodeParams(max_new_tokens=n))
         started = time.perf_counter()
         try:
-            job = await self.engine.submit(spec, observed=False)  # not a client request: not in the metrics
+            job = await self.engine.submit(generation, observed=False)  # not a client's: not in the metrics
             output = await asyncio.wait_for(job.future, self.settings.request_timeout_s)
             if not all(seq.constraint_satisfied for seq in output.sequences):
                 raise RuntimeError("the warm-up output does not satisfy its constraint")

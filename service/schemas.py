@@ -10,34 +10,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from pc_core.constraints import Constraint, parse_constraint
-from pc_core.constraints.spec import keywords_by_polarity
+from pc_core.constraints.nodes import keywords_by_polarity
 from pc_core.errors import ConstraintError
-from pc_core.params import (
-    DECODE_FIELDS,
-    DEFAULT_MAX_NEW_TOKENS,
-    MIN_TEMPERATURE,
-    MIN_TOP_P,
-    SEED_MAX,
-    DecodeParams,
-    DecodingError,
-)
-from service.errors import constraint_path_to_loc, field_error
+from pc_core.params import DECODE_FIELDS, DEFAULT_MAX_NEW_TOKENS, MIN_TEMPERATURE, MIN_TOP_P, SEED_MAX
+from service.errors import body_error, constraint_path_to_loc
 from service.generation import GenerationSpec
+from service.limits import ServerLimits
 from service.response_body import KEYWORD_FORMS_SHOWN
-from service.settings import Settings
 
-ConstraintSpec = dict[str, Any] | str
+ConstraintJSON = dict[str, Any] | str
 UNICODE_PROBLEM = "contains invalid Unicode (a lone surrogate)"
 
 # The bounds of the fields the native and the OpenAI bodies share, written once (the rules that hold across
-# fields are DecodeParams'; the server's own caps are Settings', applied by `check_limits`).
+# fields are DecodeParams'; the server's own caps are ServerLimits', service/limits.py).
 Keywords = Annotated[list[str] | None, Field(min_length=1, description="shorthand for {'keywords': [...]}")]
 ConstraintField = Annotated[
-    ConstraintSpec | None, Field(description="a constraint in the constraint language")
+    ConstraintJSON | None, Field(description="a constraint in the constraint language")
 ]
 HmmWeight = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False, description="exponent w on the guide")]
 LengthPenalty = Annotated[float, Field(ge=-10, le=10, allow_inf_nan=False, description="beam ranking")]
@@ -122,18 +113,16 @@ class GenerateRequest(BaseModel):
 
     _check_prompt = field_validator("prompt")(check_unicode)
 
-    def to_spec(self, settings: Settings) -> GenerationSpec:
+    def to_spec(self, limits: ServerLimits) -> GenerationSpec:
         """The validated generation: server limits, the parsed constraint and DecodeParams (which holds the
         rules across fields), each failure a 422 naming the body field."""
-        check_limits(settings, prompt=self.prompt, suffix=self.suffix, max_new_tokens=self.max_new_tokens,
+        limits.check(prompt=self.prompt, suffix=self.suffix, max_new_tokens=self.max_new_tokens,
                      min_new_tokens=self.min_new_tokens, num_beams=self.num_beams,
                      num_return_sequences=self.num_return_sequences)  # fmt: skip
-        constraint = resolve_constraint(self.keywords, self.constraint, settings)
+        constraint = resolve_constraint(self.keywords, self.constraint, limits)
         decoding = {name: getattr(self, name) for name in DECODE_FIELDS if name in type(self).model_fields}
-        decoding["max_new_tokens"] = self.max_new_tokens or min(
-            DEFAULT_MAX_NEW_TOKENS, settings.max_new_tokens
-        )
-        return GenerationSpec(self.prompt, constraint, decode_params(settings, decoding, {}))
+        decoding["max_new_tokens"] = limits.horizon(self.max_new_tokens, DEFAULT_MAX_NEW_TOKENS)
+        return GenerationSpec(self.prompt, constraint, limits.decode_params(decoding, {}))
 
 
 class Match(BaseModel):
@@ -216,19 +205,6 @@ class ErrorResponse(BaseModel):
 # ---------------------------------------------------------------------------------------------- checks
 
 
-def _err(loc: tuple, msg: str, value: Any = None, kind: str = "value_error") -> dict:
-    return {"type": kind, "loc": ("body", *loc), "msg": msg, "input": value}
-
-
-def raise_problems(errors: list[dict]) -> None:
-    if errors:
-        raise RequestValidationError(errors)
-
-
-def body_error(loc: tuple, msg: str, value: Any = None, kind: str = "value_error") -> RequestValidationError:
-    return RequestValidationError([_err(loc, msg, value, kind)])
-
-
 def _walk_strings(value: Any, loc: tuple, depth: int = 0) -> tuple | None:
     """The location of the first string with invalid Unicode, if any (depth-bounded, iterative over lists)."""
     if depth > 64:
@@ -246,9 +222,10 @@ def _walk_strings(value: Any, loc: tuple, depth: int = 0) -> tuple | None:
 
 
 def resolve_constraint(
-    keywords: list[str] | None, constraint: ConstraintSpec | None, settings: Settings
+    keywords: list[str] | None, constraint: ConstraintJSON | None, limits: ServerLimits
 ) -> Constraint:
-    """Parse `keywords` / `constraint` with the constraint language's parser; errors carry the exact path."""
+    """Parse `keywords` / `constraint` with the constraint language's parser, within the server's keyword
+    limits; errors carry the exact path."""
     if keywords is not None and constraint is not None:
         raise body_error(("constraint",), "give either keywords or constraint, not both", None, "conflict")
     if keywords is None and constraint is None:
@@ -256,17 +233,15 @@ def resolve_constraint(
             ("constraint",), "a constraint is required: give `keywords` or `constraint`", None, "missing"
         )
     if keywords is not None:
-        spec: Any = {"keywords": keywords}
+        raw: Any = {"keywords": keywords}
         base: tuple = ("keywords",)
-        if len(keywords) > settings.max_keywords:
-            raise body_error(base, f"at most {settings.max_keywords} keywords", len(keywords), "too_long")
     else:
-        spec, base = constraint, ("constraint",)
-    bad = _walk_strings(keywords if keywords is not None else spec, base)
+        raw, base = constraint, ("constraint",)
+    bad = _walk_strings(keywords if keywords is not None else raw, base)
     if bad is not None:
         raise body_error(bad, UNICODE_PROBLEM, None, "string_unicode")
     try:
-        parsed = parse_constraint(spec)
+        parsed = parse_constraint(raw)
     except ConstraintError as err:
         loc = constraint_path_to_loc(err.path)[1:]  # drop the leading "constraint"
         if keywords is not None:
@@ -274,58 +249,5 @@ def resolve_constraint(
         raise body_error((*base, *loc), err.message, None, err.error_type) from err
     except RecursionError as err:
         raise body_error(base, "nested too deeply", None, "invalid_constraint") from err
-    required, forbidden = keywords_by_polarity(parsed)
-    if len(required) > settings.max_keywords:
-        raise body_error(
-            base, f"at most {settings.max_keywords} keywords (got {len(required)})", None, "too_long"
-        )
-    if len(forbidden) > settings.max_forbidden:
-        message = f"at most {settings.max_forbidden} forbidden keywords (got {len(forbidden)})"
-        raise body_error(base, message, None, "too_long")
-    for word in required + forbidden:
-        for text in (word.text, *word.variants):
-            if len(text) > settings.max_keyword_chars:
-                raise body_error(base, f"keyword longer than {settings.max_keyword_chars} characters: "
-                                 f"{text[:40]!r}...", None, "too_long")  # fmt: skip
+    limits.check_keywords(*keywords_by_polarity(parsed), base)
     return parsed
-
-
-def decode_params(settings: Settings, decoding: dict[str, Any], field_names: dict[str, str]) -> DecodeParams:
-    """DecodeParams with the server's compile limits; its validation failures as 422s on the body field."""
-    try:
-        return DecodeParams(
-            **decoding, max_states=settings.max_states, time_budget_s=settings.compile_time_budget_s,
-            guide=settings.guide, guide_budget_bytes=settings.guide_budget_bytes,
-            guide_budget_gflops=settings.guide_budget_gflops, guide_table_dtype=settings.guide_table_dtype,
-        )  # fmt: skip
-    except DecodingError as err:
-        field, message = field_error(err, field_names)
-        raise body_error((field,), message, decoding.get(err.field)) from err
-
-
-def check_limits(settings: Settings, **fields: Any) -> None:
-    """Server limits on prompt length, horizon and beams, as 422s on the given body fields."""
-    errors = []
-    caps = {
-        "prompt": settings.max_prompt_chars,
-        "suffix": settings.max_suffix_chars,
-        "max_new_tokens": settings.max_new_tokens,
-        "max_tokens": settings.max_new_tokens,
-        "max_completion_tokens": settings.max_new_tokens,
-        "min_new_tokens": settings.max_new_tokens,
-        "min_tokens": settings.max_new_tokens,
-        "num_beams": settings.max_beams,
-        "num_return_sequences": settings.max_beams,
-        "n": settings.max_beams,
-        "best_of": settings.max_beams,
-    }
-    for name, value in fields.items():
-        if value is None:
-            continue
-        cap = caps[name]
-        if name in ("prompt", "suffix"):
-            if len(value) > cap:
-                errors.append(_err((name,), f"at most {cap} characters", len(value), "string_too_long"))
-        elif value > cap:
-            errors.append(_err((name,), f"must be <= {cap} on this server", value, "less_than_equal"))
-    raise_problems(errors)

@@ -2,21 +2,20 @@
 an identical computation in flight (single-flight) -> the engine, under the request deadline and watching for
 the client leaving. Full and streamed responses take the same path; a stream that finds its result cached or
 in flight replays it as one event per output. Several generations of one request (OpenAI's list of prompts)
-run concurrently, so they share decoding steps (`answer_all`, `open_streams`, `merged_events`)."""
+run concurrently, so they share decoding steps (`answer`, `open_streams`, `merged_events`)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from fastapi.exceptions import RequestValidationError
 from starlette.requests import Request as HttpRequest
 
 from service.engine import Job
-from service.errors import CONSTRAINT_ERROR_TYPES, ClientGone, ServiceError, Timeout, classify
+from service.errors import ClientGone, ServiceError, Timeout, classify
 from service.generation import GenerationSpec
 from service.response_body import ZERO_TIMINGS, outputs_json, with_total
 from service.runtime import Runtime
@@ -51,7 +50,7 @@ class Result:
     @classmethod
     def from_job(cls, job: Job) -> Result:
         out = job.search.output
-        return cls(outputs_json(out, job.spec.constraint), out.usage, job.timings(), dfa_states=out.dfa_states,
+        return cls(outputs_json(out, job.generation.constraint), out.usage, job.timings(), dfa_states=out.dfa_states,
                    guide=out.guide)  # fmt: skip
 
     def with_total(self, started: float) -> Result:
@@ -96,23 +95,6 @@ async def guarded(runtime: Runtime, request: HttpRequest, work: Awaitable[T], de
     raise Timeout(f"no result within {runtime.settings.request_timeout_s:g} s")
 
 
-def spec_of(body: Any, runtime: Runtime) -> GenerationSpec:
-    """`body.to_spec(settings)`, with constraint errors found while parsing counted like those found
-    later (`pcgen_constraint_errors_total`)."""
-    return counting_constraint_errors(runtime, lambda: body.to_spec(runtime.settings))
-
-
-def counting_constraint_errors(runtime: Runtime, build: Callable[[], T]) -> T:
-    """`build()` (a request model's conversion), with the constraint errors it raises counted."""
-    try:
-        return build()
-    except RequestValidationError as err:
-        for entry in err.errors():
-            if entry.get("type") in CONSTRAINT_ERROR_TYPES:
-                runtime.metrics.constraint_errors.labels(entry["type"]).inc()
-        raise
-
-
 def returned(runtime: Runtime, result: Result) -> Result:
     """`result` as a generation request returns it, its end-to-end latency (`timings.total_ms`) counted in
     pcgen_e2e_request_latency_seconds by whether the response cache answered it. Only generation routes come
@@ -128,17 +110,17 @@ def _who(request: HttpRequest) -> str:
 
 
 async def _submit(
-    runtime: Runtime, request: HttpRequest, spec: GenerationSpec, deadline: float, stream: bool = False
+    runtime: Runtime, request: HttpRequest, generation: GenerationSpec, deadline: float, stream: bool = False
 ) -> Job:
-    """The engine's job for `spec`, charged to the request's client. What the library raised (a constraint
+    """The engine's job for `generation`, charged to the request's client. What the library raised (a constraint
     or parameter error) is said as HTTP here, once (service/errors.py:classify), with the body's field names."""
     try:
-        return await runtime.require_engine().submit(spec, stream=stream, client=_who(request),
+        return await runtime.require_engine().submit(generation, stream=stream, client=_who(request),
                                                      deadline=deadline)  # fmt: skip
     except ServiceError:
         raise
     except Exception as err:
-        raise classify(err, spec.field_names) from err
+        raise classify(err, generation.field_names) from err
 
 
 async def _result(runtime: Runtime, job: Job, key: str | None = None) -> Result:
@@ -152,7 +134,7 @@ async def _result(runtime: Runtime, job: Job, key: str | None = None) -> Result:
     except ServiceError:
         raise
     except Exception as err:
-        raise classify(err, job.spec.field_names) from err
+        raise classify(err, job.generation.field_names) from err
     result = Result.from_job(job)
     if key is not None:
         await runtime.cache.set(key, result.to_cache())
@@ -160,12 +142,12 @@ async def _result(runtime: Runtime, job: Job, key: str | None = None) -> Result:
 
 
 async def _lookup(
-    runtime: Runtime, spec: GenerationSpec
+    runtime: Runtime, generation: GenerationSpec
 ) -> tuple[str | None, Result | None, Awaitable | None]:
     """(cache key, cached result, identical computation in flight); the key is None when not cacheable."""
-    if not (runtime.cache.enabled and spec.params.deterministic):
+    if not (runtime.cache.enabled and generation.params.deterministic):
         return None, None, None
-    key = spec.cache_key(runtime.fingerprints)
+    key = generation.cache_key(runtime.fingerprints)
     hit = await runtime.cache.get(key)
     if hit is not None:
         return key, Result.from_cache(hit), None
@@ -175,18 +157,13 @@ async def _lookup(
     return key, None, shared
 
 
-async def answer(runtime: Runtime, request: HttpRequest, spec: GenerationSpec) -> Result:
-    """A complete result: from the cache, from an identical request in flight, or computed."""
-    return (await answer_all(runtime, request, [spec]))[0]
-
-
-async def answer_all(runtime: Runtime, request: HttpRequest, specs: list[GenerationSpec]) -> list[Result]:
+async def answer(runtime: Runtime, request: HttpRequest, generations: list[GenerationSpec]) -> list[Result]:
     """Complete results for the generations of one request, computed concurrently under its deadline; the
     first error cancels the others and is raised."""
     started = time.perf_counter()
     deadline = started + runtime.settings.request_timeout_s
     runtime.require_engine()
-    work = _all([_compute(runtime, request, spec, deadline) for spec in specs])
+    work = _all([_compute(runtime, request, generation, deadline) for generation in generations])
     results = await guarded(runtime, request, work, deadline)
     return [returned(runtime, result.with_total(started)) for result in results]
 
@@ -203,49 +180,49 @@ async def _all(works: list[Awaitable[T]]) -> list[T]:
         raise
 
 
-async def _compute(runtime: Runtime, request: HttpRequest, spec: GenerationSpec, deadline: float) -> Result:
+async def _compute(
+    runtime: Runtime, request: HttpRequest, generation: GenerationSpec, deadline: float
+) -> Result:
     """One generation's result: cached, shared with an identical one in flight, or computed."""
-
-    async def work() -> Result:
-        key, hit, shared = await _lookup(runtime, spec)
-        if hit is not None:
-            return hit
-        if shared is not None and (result := await shared) is not None:
-            return result
-        if key is None:
-            return await _result(runtime, await _submit(runtime, request, spec, deadline))
-
-        async def compute_and_store() -> Result:
-            return await _result(runtime, await _submit(runtime, request, spec, deadline), key)
-
-        result, shared = await runtime.singleflight.run(key, compute_and_store)
-        if shared:
-            runtime.metrics.cache_shared.inc()
+    key, hit, shared = await _lookup(runtime, generation)
+    if hit is not None:
+        return hit
+    if shared is not None and (result := await shared) is not None:
         return result
+    if key is None:
+        return await _result(runtime, await _submit(runtime, request, generation, deadline))
 
-    return await work()
+    async def compute_and_store() -> Result:
+        return await _result(runtime, await _submit(runtime, request, generation, deadline), key)
+
+    result, shared = await runtime.singleflight.run(key, compute_and_store)
+    if shared:
+        runtime.metrics.cache_shared.inc()
+    return result
 
 
 class Stream:
     """A prepared streaming generation: iterate for ("token", StreamEvent) items, then one ("result", Result)
     or ("error", ServiceError). Preparation errors (422, 429, ...) are raised by `open`, before any event."""
 
-    def __init__(self, runtime: Runtime, request: HttpRequest, spec: GenerationSpec, started: float) -> None:
-        self.runtime, self.request, self.spec, self.started = runtime, request, spec, started
+    def __init__(
+        self, runtime: Runtime, request: HttpRequest, generation: GenerationSpec, started: float
+    ) -> None:
+        self.runtime, self.request, self.generation, self.started = runtime, request, generation, started
         self.deadline = started + runtime.settings.request_timeout_s
         self.job: Job | None = None
         self.cached: Result | None = None
         self.key: str | None = None
 
     @classmethod
-    async def open(cls, runtime: Runtime, request: HttpRequest, spec: GenerationSpec) -> Stream:
-        self = cls(runtime, request, spec, time.perf_counter())
+    async def open(cls, runtime: Runtime, request: HttpRequest, generation: GenerationSpec) -> Stream:
+        self = cls(runtime, request, generation, time.perf_counter())
         runtime.require_engine()
-        self.key, self.cached, shared = await _lookup(runtime, spec)
+        self.key, self.cached, shared = await _lookup(runtime, generation)
         if shared is not None:  # an identical request is computing it: replay its result when it comes
             self.cached = await guarded(runtime, request, shared, self.deadline)  # None: it was cancelled
         if self.cached is None:
-            submitted = _submit(runtime, request, spec, self.deadline, stream=True)
+            submitted = _submit(runtime, request, generation, self.deadline, stream=True)
             self.job = await guarded(runtime, request, submitted, self.deadline)
             if self.key is not None:  # identical requests arriving meanwhile share this computation
                 runtime.singleflight.adopt(self.key, _result(runtime, self.job, self.key))
@@ -294,7 +271,7 @@ class Stream:
                     )
                     return
                 except Exception as err:  # the library's, said as HTTP (service/errors.py)
-                    yield self._error(classify(err, self.spec.field_names))
+                    yield self._error(classify(err, self.generation.field_names))
                     return
                 # the result is stored in the cache by the computation this stream registered (Stream.open)
                 yield "result", returned(self.runtime, Result.from_job(job).with_total(self.started))
@@ -304,10 +281,12 @@ class Stream:
                 self.runtime.metrics.cancelled.labels("disconnect").inc()
 
 
-async def open_streams(runtime: Runtime, request: HttpRequest, specs: list[GenerationSpec]) -> list[Stream]:
+async def open_streams(
+    runtime: Runtime, request: HttpRequest, generations: list[GenerationSpec]
+) -> list[Stream]:
     """Streams for the generations of one request, opened concurrently; when one cannot be opened (its
     error is raised) the others are cancelled."""
-    tasks = [asyncio.ensure_future(Stream.open(runtime, request, spec)) for spec in specs]
+    tasks = [asyncio.ensure_future(Stream.open(runtime, request, generation)) for generation in generations]
     try:
         return list(await asyncio.gather(*tasks))
     except BaseException:

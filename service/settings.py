@@ -130,6 +130,11 @@ class Settings(BaseSettings):
     guide_table_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="guide rows stored in: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16"
     )
+    guide_emission_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="emission the guide step multiplies with: auto (bfloat16 on GPU and on CPUs with a bfloat16 "
+        "product, else float32), float32, bfloat16 (error bound: docs/method.md §5.9)",
+    )
     compile_time_budget_s: float = Field(10.0, gt=0, le=600, description="cap on compiling one constraint")
 
     @field_validator("trusted_proxies")

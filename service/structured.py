@@ -17,16 +17,16 @@ from __future__ import annotations
 from typing import Any
 
 from pc_core.constraints import parse_constraint
-from pc_core.constraints.spec import All, Constraint
+from pc_core.constraints.nodes import All, Constraint
 from pc_core.errors import ConstraintError
-from service.errors import constraint_path_to_loc
-from service.schemas import body_error
+from service.errors import body_error, constraint_path_to_loc
 
 FIELDS = ("response_format", "guided_json", "guided_regex", "guided_choice", "structured_outputs")
 
 
-def structured_specs(body: Any) -> list[tuple[dict, str]]:
-    """(constraint spec, the body path its errors are reported under) for each structured-output field."""
+def structured_constraints(body: Any) -> list[tuple[dict, str]]:
+    """(the constraint as JSON, the body path its errors are reported under) for each structured-output
+    field."""
     out: list[tuple[dict, str]] = []
     fmt = getattr(body, "response_format", None)
     if fmt is not None:
@@ -58,25 +58,25 @@ def _response_format(fmt: Any) -> list[tuple[dict, str]]:
     if kind == "json_object" and len(fmt) == 1:
         return [({"json": True}, "response_format")]
     if kind == "json_schema" and set(fmt) <= {"type", "json_schema"}:
-        spec = fmt.get("json_schema")
+        wrapper = fmt.get("json_schema")  # OpenAI's {name, schema, strict}
         if (
-            not isinstance(spec, dict)
-            or "schema" not in spec
-            or not set(spec) <= {"name", "schema", "strict", "description"}
+            not isinstance(wrapper, dict)
+            or "schema" not in wrapper
+            or not set(wrapper) <= {"name", "schema", "strict", "description"}
         ):
             raise body_error(("response_format", "json_schema"), "expected {name, schema, strict}", None)
-        return [({"json_schema": spec["schema"]}, "response_format.json_schema.schema")]
+        return [({"json_schema": wrapper["schema"]}, "response_format.json_schema.schema")]
     raise body_error(
         ("response_format",), 'expected {"type": "text" | "json_object" | "json_schema", ...}', None
     )
 
 
-def parse_structured(spec: dict, path: str) -> Constraint:
-    """Parse one structured-output constraint; a ConstraintError becomes a 422 at the body's path."""
+def parse_structured(raw: dict, path: str) -> Constraint:
+    """Parse one structured-output constraint (JSON); a ConstraintError becomes a 422 at the body's path."""
     try:
-        return parse_constraint(spec)
+        return parse_constraint(raw)
     except ConstraintError as err:
-        kind = next(iter(spec))
+        kind = next(iter(raw))
         inner = err.path[len(f"constraint.{kind}") :] if err.path.startswith(f"constraint.{kind}") else ""
         loc = constraint_path_to_loc(path + inner)
         raise body_error(loc, err.message, None, err.error_type) from err
@@ -84,7 +84,7 @@ def parse_structured(spec: dict, path: str) -> Constraint:
 
 def with_structured(body: Any, constraint: Constraint | None) -> Constraint | None:
     """The request's constraint and its structured-output fields together (`all`), or either alone."""
-    parts = [parse_structured(spec, path) for spec, path in structured_specs(body)]
+    parts = [parse_structured(raw, path) for raw, path in structured_constraints(body)]
     if not parts:
         return constraint
     if constraint is not None:

@@ -4,7 +4,8 @@ compiler: they look only at the bytes each token contributes and at the constrai
 from __future__ import annotations
 
 from pc_core.constraints.blocklist import split_blocklist
-from pc_core.constraints.spec import Affixed, EndsWith, iter_keywords, parse_constraint, walk
+from pc_core.constraints.nodes import Affixed, EndsWith, iter_keywords, walk
+from pc_core.constraints.spec import parse_constraint
 from pc_core.constraints.token_bytes import token_bytes_table
 
 ANY = None  # every character may be split
@@ -60,3 +61,24 @@ def decoded_without_replacement(tokenizer, ids) -> bool:
     from pc_core.constraints import decode_continuation
 
     return "\ufffd" not in decode_continuation(tokenizer, ids)
+
+
+def has_banned_token(tokenizer, ids) -> bool:
+    """Independent of the compiler: does a token (before EOS) end inside a UTF-8 character, or decode to
+    U+FFFD on its own (invalid bytes)? Generation never emits either.
+
+    A complete ending gains exactly one U+FFFD from any stray continuation byte; a partial one does not."""
+    from pc_core.constraints.token_bytes import token_bytes_table
+
+    raw = token_bytes_table(tokenizer)
+    for t in ids:
+        if t == tokenizer.eos_token_id:
+            return False
+        alone = raw[t].decode("utf-8", "replace")
+        if "\ufffd" in alone:
+            return True
+        if any(
+            (raw[t] + bytes([b])).decode("utf-8", "replace") != alone + "\ufffd" for b in range(0x80, 0xC0)
+        ):
+            return True
+    return False

@@ -12,8 +12,10 @@ from guards import (  # noqa: F401 - the watchdog and the end-of-run process che
     pytest_testnodedown,
     pytest_timeout_set_timer,
 )
-from service_support import MAX_NEW_TOKENS, RedisServer, Server
-from support import build_tiny_lm, build_tokenizer, shared_build, shared_root, source_digest
+from server_processes import MAX_NEW_TOKENS, RedisServer, Server
+from server_template import close_template
+from shared_builds import shared_build, shared_root, source_digest
+from tiny_models import build_tiny_lm, build_tokenizer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -151,6 +153,14 @@ def pytest_runtest_teardown(item, nextitem):
     if nextitem is None or getattr(nextitem, "module", None) is not getattr(item, "module", None):
         while _MODULE_SERVERS:
             _MODULE_SERVERS.pop().stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _server_template():
+    """The warm process test servers are forked from (tests/server_template.py): stopped after the last test,
+    when every server it forked has been stopped."""
+    yield
+    close_template()
 
 
 @pytest.fixture(scope="session")

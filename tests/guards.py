@@ -159,6 +159,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     if not PROC.exists() or os.environ.get("PCGEN_TEST_ALLOW_SURVIVORS"):
         return
+    _stop_own_resource_tracker()
     leaked = config.stash.get(_LEAKED, [])
     if _is_xdist_worker(config):
         # other workers' processes carry the mark too: only this worker's own leaks are reported from here
@@ -169,6 +170,14 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     config.stash[_LEAKED] = leaked
     if leaked and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _stop_own_resource_tracker() -> None:
+    """A test that starts worker processes in this process (a CompilePool) also starts multiprocessing's resource
+    tracker, which lives as long as this process: stop it here, so that the check counts only real leaks."""
+    from multiprocessing import resource_tracker
+
+    resource_tracker._resource_tracker._stop()  # noqa: SLF001 - no public way to end it early
 
 
 def _descendants(root: int) -> set[int]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from support import build_tokenizer
+from tiny_models import build_tokenizer
 from tokenizer_families import build_byte_level, build_llama2
 
 FAMILIES = ["gpt2", "llama", "qwen2"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from support import CORPUS_SENTENCES, corpus_text
+from tiny_models import CORPUS_SENTENCES, corpus_text
 
 EXTRA_SENTENCES = [
     "El niño come piña en España mañana.",

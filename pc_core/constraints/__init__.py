@@ -3,7 +3,8 @@
 from pc_core.constraints.checker import check_ids, check_text, decode_continuation, judge_ids, judge_text
 from pc_core.constraints.compiler import DEFAULT_MAX_STATES, compile_constraint
 from pc_core.constraints.dfa import TokenDFA
-from pc_core.constraints.spec import Constraint, canonical_json, parse_constraint, with_affixes
+from pc_core.constraints.nodes import Constraint, canonical_json
+from pc_core.constraints.spec import parse_constraint, with_affixes
 
 __all__ = [
     "DEFAULT_MAX_STATES",

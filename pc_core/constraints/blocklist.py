@@ -25,7 +25,7 @@ from collections import OrderedDict
 import numpy as np
 
 from pc_core.constraints import vocab
-from pc_core.constraints.spec import All, AnyOf, Constraint, Keyword, Not
+from pc_core.constraints.nodes import All, AnyOf, Constraint, Keyword, Not
 from pc_core.constraints.vocab import KIND_SEP, KIND_WORD, VocabTables
 
 MASK_MIN_WORDS = 4

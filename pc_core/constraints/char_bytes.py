@@ -154,7 +154,7 @@ def _sequences(
     char_tokens.token_sequences, and the unusable tokens: invalid after any bytes (`never`), or with a tail
     that may not be pending (they get the empty sequence; the caller sends them to the sink)."""
     c_count = dfa.trans.shape[1]
-    texts = list(token_texts(tables))
+    decoded, base_body, base_codes = _code_points(tables)
     head = np.full(tables.vocab_size, -1, np.int64)  # L column, or -1
     tail = np.full(tables.vocab_size, -1, np.int64)  # T column, or -1
     unusable = np.asarray(tables.never, bool).copy()  # a tail that may not be pending: to the sink
@@ -162,30 +162,27 @@ def _sequences(
         k = classes.klass(tables.tails[tables.tail_id[t]])
         tail[t] = -1 if k is None else c_count + k - 1
         unusable[t] = k is None
-    for t, (lead, rest) in tables.continuations.items():
-        text, rest_tail = _decode(rest)
+    for t, (lead, _) in tables.continuations.items():
+        rest_tail = decoded[t]
         k = classes.klass(rest_tail) if rest_tail else 0
-        texts[t] = text
         head[t] = c_count + n_cls - 1 + lead_col[lead]
         if k:
             tail[t] = c_count + k - 1
         unusable[t] = k is None
-    for t in np.flatnonzero(unusable).tolist():
-        texts[t], head[t], tail[t] = "", -1, -1
-    body = np.fromiter((len(t) for t in texts), np.int64, len(texts))
+    head[unusable], tail[unusable] = -1, -1
+    body = np.where(unusable, 0, base_body)  # an unusable token: the empty sequence
     has_head, has_tail = head >= 0, tail >= 0
     lengths = body + has_head + has_tail
     width = max(1, int(lengths.max()) if len(lengths) else 1)
-    padded = np.full((len(texts), width), -1, np.int32)
+    padded = np.full((tables.vocab_size, width), -1, np.int32)
     padded[has_head, 0] = head[has_head]
-    codes = np.fromiter((ord(c) for t in texts for c in t), np.int64, int(body.sum()))
-    rows = np.repeat(np.arange(len(texts)), body)
+    codes = base_codes[np.repeat(~unusable, base_body)]
+    rows = np.repeat(np.arange(tables.vocab_size), body)
     starts = np.concatenate([[0], np.cumsum(body)[:-1]])
     offsets = np.arange(len(codes)) - np.repeat(starts, body) + has_head[rows]
     padded[rows, offsets] = dfa.columns(codes)
     padded[np.flatnonzero(has_tail), (lengths - 1)[has_tail]] = tail[has_tail]
-    matrix, seq_of = np.unique(padded, axis=0, return_inverse=True)
-    seq_of = seq_of.reshape(-1)
+    matrix, seq_of = unique_rows(padded)
     seq_len = (matrix >= 0).sum(axis=1)
     keep = seq_len > 0
     if not keep.all():  # drop the empty sequence: its tokens change nothing (or are never valid)
@@ -193,6 +190,40 @@ def _sequences(
         seq_of = np.where(lengths == 0, -1, renumber[seq_of])
         matrix, seq_len = matrix[keep], seq_len[keep]
     return seq_of, matrix, seq_len, unusable
+
+
+def _code_points(tables: object) -> tuple[dict[int, bytes], np.ndarray, np.ndarray]:
+    """What _sequences reads of the vocabulary whatever the DFA, cached on the tables: (the tail left after
+    each continuation token's complete characters, characters per token (V,), their code points, token by
+    token): a continuation token's characters are those of its bytes after the leading continuation run."""
+    cached = getattr(tables, "_pcgen_code_points", None)
+    if cached is None:
+        texts = list(token_texts(tables))
+        decoded = {}
+        for t, (_, rest) in tables.continuations.items():
+            texts[t], decoded[t] = _decode(rest)
+        body = np.fromiter((len(t) for t in texts), np.int64, len(texts))
+        codes = np.fromiter((ord(c) for t in texts for c in t), np.int64, int(body.sum()))
+        cached = (decoded, body, codes)
+        try:
+            tables._pcgen_code_points = cached  # type: ignore[attr-defined]
+        except AttributeError:
+            pass
+    return cached
+
+
+def unique_rows(padded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct rows, row of each input row): np.unique(axis=0)'s answer (rows in another order), by a
+    64-bit hash of each row and a 1-D unique, checked exactly (a collision falls back to np.unique)."""
+    weights = np.random.default_rng(2).integers(1, 2**61, size=padded.shape[1], dtype=np.int64) | 1
+    with np.errstate(over="ignore"):
+        keys = (padded.astype(np.int64) + 2) @ weights
+    _, first, seq_of = np.unique(keys, return_index=True, return_inverse=True)
+    seq_of = seq_of.reshape(-1)
+    matrix = padded[first]
+    if not np.array_equal(matrix[seq_of], padded):
+        matrix, seq_of = np.unique(padded, axis=0, return_inverse=True)
+    return matrix, seq_of.reshape(-1)
 
 
 def _decode(data: bytes) -> tuple[str, bytes]:

@@ -8,7 +8,9 @@ Two ways in:
   sink, tokens without text change nothing; then the compiler's minimisation. When the vocabulary splits
   characters across tokens, the DFA runs on bytes (char_bytes.py): only tokens invalid after any bytes
   (`never`) are banned.
-* `CharMatcher` + `TextEffects`: inside any other constraint (keywords, word_count, suffix, stop, ...) the
+  With keywords, word_count or ends_with beside them, those leaves are character DFAs too and the token
+  DFAs of the children are combined (char_fold.py, token_product.py).
+* `CharMatcher` + `TextEffects`: inside any other constraint (count, ordered, suffix, stop, ...) the
   word-level compiler feeds each token's text to a CharMatcher, grouping tokens whose texts act alike on
   every character automaton (and every `ends_with`) by `TextEffects`.
 """
@@ -20,11 +22,11 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from pc_core.constraints.affixes import _effect, token_texts
-from pc_core.constraints.char_bytes import byte_char_dfa, uses_bytes
+from pc_core.constraints.char_bytes import byte_char_dfa, unique_rows, uses_bytes
 from pc_core.constraints.char_dfa import CharDFA, combine
 from pc_core.constraints.matchers import NO, YES, Matcher
+from pc_core.constraints.nodes import All, AnyOf, Not, walk
 from pc_core.constraints.patterns import CHAR_NODES, char_automaton
-from pc_core.constraints.spec import All, AnyOf, Not, walk
 from pc_core.errors import ConstraintTooComplex
 
 EXPLORE_FACTOR = 8
@@ -80,8 +82,7 @@ def token_sequences(dfa: CharDFA, texts: Sequence[str]) -> tuple[np.ndarray, np.
     rows = np.repeat(np.arange(len(texts)), lengths)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     padded[rows, np.arange(len(codes)) - np.repeat(starts, lengths)] = dfa.columns(codes)
-    matrix, seq_of = np.unique(padded, axis=0, return_inverse=True)
-    seq_of = seq_of.reshape(-1)
+    matrix, seq_of = unique_rows(padded)
     seq_len = (matrix >= 0).sum(axis=1)
     empty = np.flatnonzero(seq_len == 0)
     if len(empty):  # drop the empty sequence: its tokens change nothing

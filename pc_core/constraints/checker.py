@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pc_core.constraints.continuation import cut_at_eos, decode_continuation
-from pc_core.constraints.patterns import CHAR_NODES
-from pc_core.constraints.patterns import holds as pattern_holds
-from pc_core.constraints.spec import (
+from pc_core.constraints.nodes import (
     Affixed,
     All,
     AnyOf,
@@ -36,9 +34,10 @@ from pc_core.constraints.spec import (
     WordCount,
     iter_keywords,
     leaves,
-    parse_constraint,
-    split_affixes,
 )
+from pc_core.constraints.patterns import CHAR_NODES
+from pc_core.constraints.patterns import holds as pattern_holds
+from pc_core.constraints.spec import parse_constraint, split_affixes
 from pc_core.constraints.words import WORD_RE, normalise_gap
 
 __all__ = [

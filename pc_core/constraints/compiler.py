@@ -43,14 +43,9 @@ from pc_core.constraints.blocklist import Blocklist, split_blocklist
 from pc_core.constraints.char_tokens import char_only_dfa, compile_char_only
 from pc_core.constraints.dfa import TokenDFA
 from pc_core.constraints.explicit import _Compiler, stalls
-from pc_core.constraints.spec import (
-    Affixed,
-    Constraint,
-    canonical_json,
-    keywords_by_polarity,
-    parse_constraint,
-    split_affixes,
-)
+from pc_core.constraints.nodes import Affixed, Constraint, canonical_json, keywords_by_polarity
+from pc_core.constraints.spec import parse_constraint, split_affixes
+from pc_core.constraints.token_product import compile_folded, lazy_folded
 from pc_core.constraints.vocab import vocab_tables
 from pc_core.errors import ConstraintTooComplex
 from pc_core.lazy_dfa import LazyDFA
@@ -120,7 +115,8 @@ def compile_constraint(
 
     With `lazy`, the explicit automaton gets at most LAZY_AFTER_STATES states; past them (or the budget) a
     word-level constraint comes back as a LazyDFA (pc_core.lazy_dfa: explored as decoding goes, the same
-    language, `accepts` and `step` alike; a fresh one per call, never cached).
+    language, `accepts` and `step` alike; a fresh one per call, never cached); one with character nodes as a
+    LazyProductDFA (constraints/lazy_product.py: explicit parts up to max_states, their product lazy).
 
     With `blocklist_mask`, a long list of forbidden single words inside a top-level `all` is left out of the
     DFA and enforced beside it (`dfa.blocklist`, see blocklist.py); the guide falls back to
@@ -144,9 +140,14 @@ def compile_constraint(
     split = split_blocklist(constraint) if blocklist_mask and not isinstance(constraint, Affixed) else None
     try:
         char_dfa = char_only_dfa(constraint)  # regex / choice / JSON nodes alone: vectorised (char_tokens.py)
-        if char_dfa is not None:
-            deadline = time.perf_counter() + time_budget_s
-            dfa = compile_char_only(char_dfa, tables, max_states, _deadline_check(deadline, time_budget_s))
+        check = _deadline_check(time.perf_counter() + time_budget_s, time_budget_s)
+        folded = None  # with keywords / word_count / ends_with: a product of token automata (token_product.py);
+        if char_dfa is None and not isinstance(constraint, Affixed):  # a short forbidden list stays inside
+            folded = compile_folded(constraint, tables, max_states, check)
+        if folded is not None:
+            dfa = folded
+        elif char_dfa is not None:
+            dfa = compile_char_only(char_dfa, tables, max_states, check)
         elif split is None:
             dfa = _Compiler(constraint, tables, max_states, time_budget_s).run()
         else:
@@ -165,17 +166,21 @@ def _explicit_or_lazy(
     constraint: Constraint, tokenizer: Any, max_states: int, time_budget_s: float, blocklist_mask: bool
 ) -> Any:
     """compile_constraint(lazy=True): the explicit automaton within min(max_states, LAZY_AFTER_STATES) states
-    and the time budget, else lazy."""
+    and the time budget, else lazy: constraints of character nodes (with keywords / word_count / ends_with)
+    as a LazyProductDFA of explicit parts, the rest as a LazyDFA."""
     try:
         cap = min(max_states, LAZY_AFTER_STATES)
         return compile_constraint(constraint, tokenizer, cap, time_budget_s, blocklist_mask)
     except ConstraintTooComplex as err:
-        if char_only_dfa(constraint) is not None:  # regex / JSON: no lazy form
-            raise
         if stalls(constraint):  # test-only: no form of it compiles
             raise
         started = time.perf_counter()
-        dfa = LazyDFA(constraint, vocab_tables(tokenizer))
+        tables, check = vocab_tables(tokenizer), _deadline_check(started + time_budget_s, time_budget_s)
+        # with character nodes: explicit automata up to max_states, their product lazy (token_product.py)
+        dfa = None if isinstance(constraint, Affixed) else lazy_folded(constraint, tables, max_states, check)
+        if dfa is None and char_only_dfa(constraint) is not None:  # regex / JSON past max_states
+            raise
+        dfa = LazyDFA(constraint, tables) if dfa is None else dfa
         dfa.note = f"explicit automaton: {err.message}"
         dfa.compile_seconds = time.perf_counter() - started
         return dfa

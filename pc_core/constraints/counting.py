@@ -23,7 +23,7 @@ from pc_core.constraints.matchers import (
     WordAtMatcher,
     WordSyms,
 )
-from pc_core.constraints.spec import Constraint, Keyword, WordAt
+from pc_core.constraints.nodes import Constraint, Keyword, WordAt
 
 
 class CountMatcher(Matcher):

@@ -21,17 +21,9 @@ from pc_core.constraints.exploration import _Exploration
 from pc_core.constraints.matcher_tree import build_matcher
 from pc_core.constraints.matchers import Matcher
 from pc_core.constraints.minimise import _minimise
+from pc_core.constraints.nodes import All, Constraint, EndsWith, Keyword, Tokens, canonical_json, walk
 from pc_core.constraints.pending_chars import PendingChars
-from pc_core.constraints.spec import (
-    All,
-    Constraint,
-    EndsWith,
-    Keyword,
-    Tokens,
-    canonical_json,
-    split_affixes,
-    walk,
-)
+from pc_core.constraints.spec import split_affixes
 from pc_core.constraints.token_contexts import TokenContexts, _Context
 from pc_core.constraints.tracker import DEAD, _Tracker
 from pc_core.constraints.vocab import VocabTables

@@ -20,8 +20,7 @@ from pc_core.constraints.matchers import (
     WordCountMatcher,
     WordSyms,
 )
-from pc_core.constraints.patterns import CHAR_NODES, char_automaton
-from pc_core.constraints.spec import (
+from pc_core.constraints.nodes import (
     All,
     AnyOf,
     AtLeast,
@@ -36,6 +35,7 @@ from pc_core.constraints.spec import (
     WordAt,
     WordCount,
 )
+from pc_core.constraints.patterns import CHAR_NODES, char_automaton
 from pc_core.constraints.words import Form
 
 

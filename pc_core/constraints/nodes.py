@@ -1,6 +1,6 @@
 """The constraint tree: one immutable node type per kind of the constraint language, each with its JSON
 (`to_json`, which parses back), and the walks over a tree that the compiler, the checker and the service
-share. Parsing JSON into these nodes: spec.py (which re-exports every name here). Semantics: docs/method.md §3.
+share. Parsing JSON into these nodes: spec.py (the nodes are imported from here). Semantics: docs/method.md §3.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import unicodedata
 from typing import Any
 
 from pc_core.cache import LRUCache
-from pc_core.constraints.nodes import (  # the tree's names, re-exported: `from ...spec import Keyword` works
+from pc_core.constraints.nodes import (
     NODE_TYPES,
     Affixed,
     All,
@@ -42,43 +42,10 @@ from pc_core.constraints.nodes import (  # the tree's names, re-exported: `from 
     Tokens,
     WordAt,
     WordCount,
-    canonical_json,
-    iter_keywords,
-    keywords_by_polarity,
-    leaves,
-    walk,
 )
 from pc_core.constraints.patterns import parse_choice, parse_json_schema, parse_regex_node
 from pc_core.constraints.words import CASE_MODES, PARTS_OF_SPEECH, bad_keyword_char, split_words
 from pc_core.errors import ConstraintError
-
-__all__ = [
-    "NODE_TYPES",
-    "Affixed",
-    "All",
-    "AnyOf",
-    "AtLeast",
-    "AtMost",
-    "Constraint",
-    "Count",
-    "EndsWith",
-    "Keyword",
-    "Not",
-    "Ordered",
-    "Tokens",
-    "WordAt",
-    "WordCount",
-    "canonical_json",
-    "iter_keywords",
-    "keywords_by_polarity",
-    "leaves",
-    "walk",
-    "PARSED",
-    "parse_constraint",
-    "with_affixes",
-    "split_affixes",
-    "affix_problem",
-]
 
 MAX_KEYWORD_CHARS = 100
 MAX_WORDS_PER_KEYWORD = 8

@@ -18,8 +18,8 @@ from pc_core.constraints.affixes import Affixes
 from pc_core.constraints.blocklist import Blocklist
 from pc_core.constraints.char_tokens import TextEffects
 from pc_core.constraints.matchers import Matcher
+from pc_core.constraints.nodes import Constraint
 from pc_core.constraints.pending_chars import PendingChars
-from pc_core.constraints.spec import Constraint
 from pc_core.constraints.tracker import DEAD, NONE, OTHER, _Tracker
 from pc_core.constraints.vocab import KIND_EOS, KIND_SEP, KIND_SPECIAL, KIND_WORD, VocabTables
 from pc_core.errors import ConstraintTooComplex

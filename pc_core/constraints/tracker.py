@@ -9,7 +9,7 @@ cannot become a gap the constraint's phrases mention, else a live gap prefix.
 from __future__ import annotations
 
 from pc_core.constraints.blocklist import Blocklist
-from pc_core.constraints.spec import Constraint, iter_keywords
+from pc_core.constraints.nodes import Constraint, iter_keywords
 from pc_core.constraints.words import is_space_char, is_word_char
 
 NONE, DEAD = 0, 1  # tracker: inside a gap no phrase mentions (or at the start) / an irrelevant word

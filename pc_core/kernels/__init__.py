@@ -4,15 +4,19 @@ Selection (PCGEN_KERNELS): "torch" (default), "triton" (CUDA, or the CPU interpr
 TRITON_INTERPRET=1), "auto" (Triton on CUDA when importable). The default stays torch until a GPU
 measurement (benchmarks/guide.py) shows the Triton path faster; see docs/benchmarks.md. On CPU the
 emission product takes oneDNN with the matrix packed once (onednn_packed), when torch provides it.
+`emission_dtype` picks the dtype of that emission (the guide_emission_dtype setting).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
 
 from pc_core.kernels import onednn_packed, reference
+
+EMISSION_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 # gathers, products and index_add only: plain torch is the one path on every device
 edge_scaled_sum = reference.edge_scaled_sum
@@ -75,3 +79,27 @@ def edge_logsumexp(
 
         return fast(log_mass, log_values, edge_index, edge_dst)
     return reference.edge_logsumexp(log_mass, log_values, edge_index, edge_dst)
+
+
+def emission_dtype(device: torch.device | str, setting: str = "auto") -> torch.dtype:
+    """The dtype of the emission a guide step multiplies with (docs/method.md §5.9): "float32", "bfloat16",
+    or "auto": bfloat16 on an accelerator, and on a CPU where oneDNN has a bfloat16 product (the packed path:
+    a step reads the (V, H) emission once, so half the bytes is about half the time; measured on the dev
+    box's AVX-512 CPU, one thread, (2, 256) x (256, 50,257): 1.5 ms against 3.0 ms in float32), else float32.
+    The error this adds to the guide's values is bounded in docs/method.md; the mask (which tokens get
+    -inf) does not depend on it."""
+    if setting != "auto":
+        return EMISSION_DTYPES[setting]
+    if torch.device(device).type != "cpu":
+        return torch.bfloat16
+    return torch.bfloat16 if _cpu_bfloat16_product() else torch.float32
+
+
+@functools.cache
+def _cpu_bfloat16_product() -> bool:
+    """Does oneDNN multiply bfloat16 natively here, with the packed layout available."""
+    try:
+        native = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+    return native and onednn_packed.pack(torch.ones(8, 8, dtype=torch.bfloat16)) is not None

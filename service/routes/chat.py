@@ -64,7 +64,7 @@ async def chat_completions(
     runtime.require_engine()
     tokenizer = runtime.tokenizer
     prompt = body.prompt_text(tokenizer)
-    spec = serving.counting_constraint_errors(runtime, lambda: body.to_spec(runtime.settings, prompt))
+    generation = body.to_spec(runtime.limits, prompt)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()),
             "model": runtime.settings.served_model}  # fmt: skip
 
@@ -78,10 +78,10 @@ async def chat_completions(
 
     try:
         if body.stream:
-            stream = await Stream.open(runtime, request, spec)
+            stream = await Stream.open(runtime, request, generation)
             chunks = _chunks(stream, head, body.n, body.include_usage, finished)
             return StreamingResponse(chunks, media_type="text/event-stream", headers=SSE_HEADERS)
-        result = await serving.answer(runtime, request, spec)
+        [result] = await serving.answer(runtime, request, [generation])
     except ServiceError as err:
         if err.path == "prompt":  # the prompt here is what the template made of the messages
             err.path = "messages"

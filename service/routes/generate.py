@@ -54,18 +54,18 @@ def response_body(result: Result, request_id: str, model: str, constraint: Any, 
 async def post_generate(body: GenerateRequest, request: Request, runtime: RuntimeDep, _: RateLimit) -> object:
     """Every returned output satisfies the constraint within `max_new_tokens` (`constraint_satisfied` is the
     independent re-check). Deterministic requests (beam search, or sampling with a `seed`) are cached."""
-    spec = serving.spec_of(body, runtime)
+    generation = body.to_spec(runtime.limits)
     request_id = request.state.request_id
     model = runtime.settings.served_model
     if body.stream:
-        stream = await Stream.open(runtime, request, spec)
+        stream = await Stream.open(runtime, request, generation)
         return StreamingResponse(
-            _events(stream, request_id, model, spec.constraint, body.return_full_text),
+            _events(stream, request_id, model, generation.constraint, body.return_full_text),
             media_type="text/event-stream",
             headers=SSE_HEADERS,
         )
-    result = await serving.answer(runtime, request, spec)
-    return response_body(result, request_id, model, spec.constraint, body.return_full_text)
+    [result] = await serving.answer(runtime, request, [generation])
+    return response_body(result, request_id, model, generation.constraint, body.return_full_text)
 
 
 async def _events(

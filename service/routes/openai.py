@@ -125,7 +125,7 @@ def _echoes(body: CompletionRequest, tokenizer: Any) -> list[str]:
 )
 async def completions(body: CompletionRequest, request: Request, runtime: RuntimeDep, _: RateLimit) -> object:
     check_model(body, runtime)
-    specs = serving.counting_constraint_errors(runtime, lambda: body.to_specs(runtime.settings))
+    generations = body.to_specs(runtime.limits)
     runtime.require_engine()
     tokenizer = runtime.tokenizer
     echoes = _echoes(body, tokenizer)
@@ -144,10 +144,10 @@ async def completions(body: CompletionRequest, request: Request, runtime: Runtim
         return out
 
     if body.stream:
-        streams = await serving.open_streams(runtime, request, specs)
+        streams = await serving.open_streams(runtime, request, generations)
         chunks = _chunks(streams, head, echoes, body.n, body.include_usage, choice)
         return StreamingResponse(chunks, media_type="text/event-stream", headers=SSE_HEADERS)
-    results = await serving.answer_all(runtime, request, specs)
+    results = await serving.answer(runtime, request, generations)
     choices = [
         choice(i * body.n + j, echoes[i] + out["text"], out, echoes[i])
         for i, result in enumerate(results)
@@ -192,7 +192,7 @@ async def models(runtime: RuntimeDep) -> dict:
         "created": runtime.created,
         "owned_by": "pcgen",
         "max_model_len": runtime.max_positions,
-        "max_new_tokens": runtime.settings.max_new_tokens,
+        "max_new_tokens": runtime.limits.max_new_tokens,
         "capabilities": None
         if tokenizer is None
         else {"completions": True, "chat": getattr(tokenizer, "chat_template", None) is not None},

@@ -11,7 +11,6 @@ from service.deps import RateLimit, RuntimeDep
 from service.errors import BadRequest
 from service.json_body import JSONRoute
 from service.routes.openai import check_model
-from service.schemas import check_limits
 
 router = APIRouter(tags=["openai"], route_class=JSONRoute)
 MAX_DETOKENIZE = 100_000  # token ids in one /detokenize request
@@ -48,7 +47,7 @@ class DetokenizeResponse(BaseModel):
 )
 async def tokenize(body: TokenizeRequest, runtime: RuntimeDep, _: RateLimit) -> dict:
     check_model(body, runtime)
-    check_limits(runtime.settings, prompt=body.prompt)
+    runtime.limits.check(prompt=body.prompt)
     runtime.require_engine()
     ids = runtime.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
     return {"count": len(ids), "max_model_len": runtime.max_positions, "tokens": ids, "token_strs": None}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from support import build_tiny_lm
+from tiny_models import build_tiny_lm
 
 
 @pytest.fixture(scope="session")

@@ -91,7 +91,7 @@ def test_embed_killed_resumes_and_other_settings_are_refused(tiny_lm, tmp_path, 
 
 
 def test_embed_refuses_another_tokenizer_and_incomplete_samples(tiny_lm, tmp_path):
-    from support import build_tiny_lm, build_tokenizer
+    from tiny_models import build_tiny_lm, build_tokenizer
 
     _sample(tiny_lm, tmp_path / "s", num_sequences=8)
     build_tiny_lm(tmp_path / "other", build_tokenizer(tmp_path / "tok", vocab_size=600))

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 from distill_support import cli_in_process, kill_when, pcgen
-from service_support import Server
+from server_processes import Server
 
 from distill import data
 from distill.errors import DistillError
@@ -167,7 +167,7 @@ def test_tokenizer_check_passes_by_either_probe(server_a, tiny_lm, tmp_path, che
 
 def test_refuses_a_server_with_another_tokenizer(server_a, tmp_path, check):
     """The local LM directory has another tokenizer than the server's: refused, naming the server."""
-    from support import build_tiny_lm, build_tokenizer
+    from tiny_models import build_tiny_lm, build_tokenizer
 
     other = build_tokenizer(tmp_path / "tok", vocab_size=600)
     build_tiny_lm(tmp_path / "lm", other)

@@ -19,7 +19,7 @@ import httpx
 import pytest
 import yaml
 from podman_stack import ROOT, Stack, build_images, missing_requirements, podman_env
-from service_support import free_port
+from server_processes import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 

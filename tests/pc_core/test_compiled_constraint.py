@@ -2,7 +2,7 @@
 then handed to `prepare`, which decodes under the automaton it is given and never compiles it again."""
 
 import pytest
-from support import build_micro_tokenizer
+from tiny_models import build_micro_tokenizer
 
 import pc_core.compiled_constraint as compiled_constraint
 from pc_core.compiled_constraint import CompiledConstraint, compile_request

@@ -181,15 +181,16 @@ def test_bad_parameters(tiny_lm, tokenizer, tiny_hmm):
 
 def test_guided_distribution_is_normalised_product(tmp_path):
     """One step on a 14-token vocabulary: p(x) = p_lm(x) q(x) / Z, with q enumerated by brute force."""
-    from support import build_micro_tokenizer, build_tiny_lm
-    from test_guide import Brute
+    from brute_force_guide import Brute
+    from tiny_models import build_micro_tokenizer, build_tiny_lm
 
     micro = build_micro_tokenizer(tmp_path / "tok")
     lm = build_tiny_lm(tmp_path / "lm", micro)
     hmm = HMM.random(3, len(micro), seed=2, eos_token_id=micro.eos_token_id)
     spec = {"keywords": ["dog", "cat"]}
     for weight in (1.0, 0.5):
-        params = DecodeParams(max_new_tokens=3, do_sample=True, seed=0, hmm_weight=weight)
+        params = DecodeParams(max_new_tokens=3, do_sample=True, seed=0, hmm_weight=weight,
+                              guide_emission_dtype="float32")  # to 1e-4; bfloat16: test_emission_dtype  # fmt: skip
         request = prepare(micro, hmm, spec, [2, 4], params)
         _, logits = KVBatch.prefill(lm, request.lm_input)
         q = request.guide.next_log_probs(request.guide_state)

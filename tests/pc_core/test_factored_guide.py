@@ -4,7 +4,7 @@ produce satisfies the constraint (the independent checker), and its -inf pattern
 
 import pytest
 import torch
-from support import build_micro_tokenizer
+from tiny_models import build_micro_tokenizer
 
 from pc_core import compile_constraint
 from pc_core.constraints.checker import check_ids

@@ -4,7 +4,7 @@ H and the device, only live (step, state) pairs get rows, and bfloat16 rows stay
 import numpy as np
 import pytest
 import torch
-from support import build_micro_tokenizer
+from tiny_models import build_micro_tokenizer
 
 from pc_core import compile_constraint
 from pc_core.constraints.checker import check_ids

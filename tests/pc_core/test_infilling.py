@@ -1,7 +1,7 @@
 """Infilling (a suffix after the span), stop strings and `ends_with`: the guide against brute-force
 enumeration, the DFA against the independent checker (checker.judge_ids), decoding end to end, and bad inputs.
 
-The micro vocabulary (tests/support.py): 0 " dog", 1 " cat", 2 " the", 3 " pan", 4 "dog", 5 "s", 6 " ", 7 ".",
+The micro vocabulary (tests/tiny_models.py): 0 " dog", 1 " cat", 2 " the", 3 " pan", 4 "dog", 5 "s", 6 " ", 7 ".",
 8 " do", 9 "g", 10 " cats", 11 "Ã" and 12 "©" (the two halves of "é", banned), 13 EOS. " dogs." can be written
 as " dog"+"s"+".", " do"+"g"+"s"+"." or " "+"dog"+"s"+".", and " dog" can carry the end of a span " d"
 followed by a suffix "og.".
@@ -12,18 +12,14 @@ import random
 
 import numpy as np
 import pytest
-from support import build_micro_tokenizer, has_banned_token, random_text
-from test_guide import Brute, _close
+from brute_force_guide import Brute, _close
+from byte_support import has_banned_token
+from tiny_models import build_micro_tokenizer, random_text
 
 from pc_core import compile_constraint
 from pc_core.constraints.checker import check_ids, check_text, decode_continuation, judge_ids, judge_text
-from pc_core.constraints.spec import (
-    MAX_AFFIX_CHARS,
-    MAX_SUFFIX_CHARS,
-    Affixed,
-    parse_constraint,
-    with_affixes,
-)
+from pc_core.constraints.nodes import Affixed
+from pc_core.constraints.spec import MAX_AFFIX_CHARS, MAX_SUFFIX_CHARS, parse_constraint, with_affixes
 from pc_core.decoding import generate
 from pc_core.errors import ConstraintError, UnsatisfiableConstraint
 from pc_core.guide import ConstraintGuide
@@ -51,7 +47,7 @@ _RAW: dict[int, list[bytes]] = {}
 
 
 def _banned(tokenizer, token: int) -> bool:
-    """support.has_banned_token for one token, with the vocabulary's bytes read once per tokenizer."""
+    """byte_support.has_banned_token for one token, with the vocabulary's bytes read once per tokenizer."""
     from pc_core.constraints.token_bytes import token_bytes_table
 
     if id(tokenizer) not in _RAW:

@@ -7,11 +7,11 @@ import itertools
 
 import pytest
 import torch
-from support import build_micro_tokenizer
+from tiny_models import build_micro_tokenizer
 
 from pc_core import compile_constraint
 from pc_core.constraints.checker import check_ids
-from pc_core.constraints.spec import parse_constraint
+from pc_core.constraints.spec import WordAt, parse_constraint, split_affixes, with_affixes
 from pc_core.decoding import generate
 from pc_core.errors import ConstraintTooComplex, UnsatisfiableConstraint
 from pc_core.feasibility import Feasibility
@@ -30,6 +30,11 @@ SPECS = [
     {"at_least": 2, "of": ["dog", "cat", "pan"]},
     {"any": [{"word_at": -2, "word": "dog"}, {"word_at": -1, "word": "cat"}]},
     {"all": [{"ordered": ["the", "dog"]}, {"forbidden": ["cat"]}]},
+    # " cats" is both keywords: two classes of leaves (LeafBound._k_of_classes)
+    {
+        "at_least": 2,
+        "of": [{"keyword": "cat", "pos": "noun"}, {"keyword": "cats", "inflections": False}, "pan"],
+    },
 ]
 IDS = [str(i) for i in range(len(SPECS))]
 
@@ -57,20 +62,63 @@ def test_lazy_automaton_accepts_what_the_explicit_one_and_the_checker_accept(mic
                 assert check_ids(spec, micro, list(ids)) == expected, ids
 
 
+@pytest.mark.parametrize("spec", [*SPECS, with_affixes({"all": ["dog", {"word_count": {"min": 2}}]}, " cat")])
+def test_peek_is_step_without_expanding(micro, spec):
+    """LazyDFA.peek (the witness replay's step) gives the state step gives after every prefix of up to 3
+    tokens (peeked first, then stepped on the same automaton: one product state, one id), and leaves the state
+    unexpanded."""
+    lazy = _lazy(micro, spec)
+    for length in range(1, 4):
+        for ids in itertools.product(range(len(micro)), repeat=length):
+            a = lazy.run(ids[:-1])
+            expanded = a in lazy.explored.rows
+            peeked = lazy.peek(a, ids[-1])
+            assert (a in lazy.explored.rows) == expanded or lazy.compiler.affixes is not None, ids
+            assert peeked == lazy.step(a, ids[-1]), ids
+
+
 def _banned(micro, ids):
-    from support import has_banned_token
+    from byte_support import has_banned_token
 
     return has_banned_token(micro, list(ids))
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def _leaf_compiler(micro, far):
+    """The leaf compiler; with `far`, one that refuses `word_at` counted from the end (as past
+    FROM_END_EXPLICIT, which the tests then set to 1)."""
+    compile_leaf = leaf_compiler(micro, compile_constraint, 5.0, 4096)
+    if not far:
+        return compile_leaf
+
+    def compile_or_refuse(constraint):
+        body = split_affixes(constraint)[0]
+        return None if isinstance(body, WordAt) and body.index < 0 else compile_leaf(constraint)
+
+    return compile_or_refuse
+
+
+BOUND_SPECS = [
+    *SPECS,
+    {"any": [{"word_at": -2, "word": "dog"}, {"word_at": -2, "word": "cat"}]},
+    {"all": [{"word_at": -3, "word": "dog"}, "pan"]},
+    with_affixes(SPECS[7], " dog"),  # the ending token brings every leaf closer at once
+]
+BOUND_IDS = [str(i) for i in range(len(BOUND_SPECS))]
+
+
+@pytest.mark.parametrize("spec", BOUND_SPECS, ids=BOUND_IDS)
 @pytest.mark.parametrize("min_new_tokens", [0, 2])
-def test_lazy_feasibility_equals_the_explicit_tables(micro, spec, min_new_tokens):
+@pytest.mark.parametrize("far", [False, True], ids=["explicit", "relaxed"])
+def test_lazy_feasibility_equals_the_explicit_tables(micro, spec, min_new_tokens, far, monkeypatch):
     """After every prefix of up to 2 tokens, with every number of tokens left: the search's answer (never
-    undecided on these sizes) is the explicit Feasibility's."""
+    undecided on these sizes) is the explicit Feasibility's, with `word_at -k` leaves explicit or relaxed."""
+    import pc_core.lazy_feasibility as lazy_feasibility
+
+    if far:
+        monkeypatch.setattr(lazy_feasibility, "FROM_END_EXPLICIT", 1)
     horizon = 4
     lazy, explicit = _lazy(micro, spec), compile_constraint(spec, micro)
-    bound = LeafBound(parse_constraint(spec), leaf_compiler(micro, compile_constraint, 5.0, 4096))
+    bound = LeafBound(parse_constraint(spec), _leaf_compiler(micro, far))
     search = LazyFeasibility(lazy, bound, horizon, min_new_tokens)
     table = Feasibility(explicit, horizon, min_new_tokens)
     for length in range(3):
@@ -83,6 +131,33 @@ def test_lazy_feasibility_equals_the_explicit_tables(micro, spec, min_new_tokens
                 continue  # ended before the last token: the explicit run stops there too
             assert search.feasible(state, leaves, horizon - length, length) is expected, ids
     assert search.undecided == 0
+
+
+@pytest.mark.parametrize("spec", BOUND_SPECS, ids=BOUND_IDS)
+@pytest.mark.parametrize("far", [False, True], ids=["explicit", "relaxed"])
+def test_leaf_bound_never_exceeds_the_tokens_still_needed(micro, spec, far, monkeypatch):
+    """After every prefix of up to 3 tokens the bound is at most the explicit automaton's fewest tokens to
+    acceptance (so it never cuts a feasible branch), with `word_at -k` relaxed (the word occurs and the text
+    has k words) or explicit, and it is tight somewhere (the test can fail)."""
+    import pc_core.lazy_feasibility as lazy_feasibility
+
+    if far:
+        monkeypatch.setattr(lazy_feasibility, "FROM_END_EXPLICIT", 1)
+    explicit = compile_constraint(spec, micro)
+    bound = LeafBound(parse_constraint(spec), _leaf_compiler(micro, far))
+    needed = explicit.steps_to_accept
+    positive = 0
+    for length in range(4):
+        for ids in itertools.product(range(len(micro)), repeat=length):
+            state, leaves = explicit.run(ids), bound.initial()
+            for token in ids:
+                leaves = bound.advance(leaves, token)
+            truth = int(needed[state]) if needed[state] >= 0 else lazy_feasibility.FAR
+            lower = int(bound.lower(leaves[None])[0])
+            assert lower <= truth, ids
+            positive += 0 < lower == truth
+    no_leaf = far and spec is SPECS[5]  # its refused `word_at -1` leaves the `any` with no bound at all
+    assert positive > 0 or no_leaf
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
@@ -172,13 +247,16 @@ def test_exact_only_still_refuses_past_the_explicit_budget(tokenizer, tiny_lm, t
 
 
 @pytest.mark.parametrize("spec", SPECS[:3], ids=IDS[:3])
-def test_past_the_step_budget_only_proven_tokens_are_allowed_and_one_always_is(micro, spec, monkeypatch):
-    """With no search budget left in a step, the guide allows only tokens already proven feasible: never an
-    empty set (the witness that proved the state leaves its next token), never a token the exact guide
-    forbids, and the greedy walk ends satisfied."""
+@pytest.mark.parametrize("budget", ["STEP_BUDGET", "REQUEST_BUDGET"])
+def test_past_the_step_budget_only_proven_tokens_are_allowed_and_one_always_is(
+    micro, spec, budget, monkeypatch
+):
+    """With no search budget left in a step (or in the request), the guide allows only tokens already proven
+    feasible (by the search or a replayed witness): never an empty set (the witness that proved the state
+    leaves its next token), never a token the exact guide forbids, and the greedy walk ends satisfied."""
     import pc_core.lazy_feasibility as lazy_feasibility
 
-    monkeypatch.setattr(lazy_feasibility, "STEP_BUDGET", -1)
+    monkeypatch.setattr(lazy_feasibility, budget, -1)
     horizon = 4
     hmm = HMM.random(3, len(micro), seed=2, eos_token_id=micro.eos_token_id)
     guide = build_lazy_guide(hmm, _lazy(micro, spec), parse_constraint(spec), DecodeParams(), micro,

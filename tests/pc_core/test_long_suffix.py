@@ -2,7 +2,7 @@
 forward enumeration, the guide against brute force with suffixes longer than the horizon, decoding end to
 end (span + junction generated, the rest attached), ranking by span + suffix, and FIM prompts.
 
-The micro vocabulary (tests/support.py): 0 " dog", 1 " cat", 2 " the", 3 " pan", 4 "dog", 5 "s", 6 " ", 7 ".",
+The micro vocabulary (tests/tiny_models.py): 0 " dog", 1 " cat", 2 " the", 3 " pan", 4 "dog", 5 "s", 6 " ", 7 ".",
 8 " do", 9 "g", 10 " cats", 11 "Ã" and 12 "©" (banned halves of "é"), 13 EOS.
 """
 
@@ -12,9 +12,9 @@ import random
 import numpy as np
 import pytest
 import torch
-from support import build_micro_tokenizer, corpus_text
-from test_guide import _close
+from brute_force_guide import _close
 from test_infilling import AffixBrute, expected
+from tiny_models import build_micro_tokenizer, corpus_text
 
 from pc_core import compile_constraint
 from pc_core.constraints.checker import check_text, decode_continuation, judge_ids
@@ -230,7 +230,7 @@ def test_continuation_logprobs_of_padded_rows_equal_single_rows(tiny_lm):
 @pytest.fixture(scope="module")
 def fim_model(tmp_path_factory):
     """A byte-level BPE with StarCoder's FIM tokens, and a tiny GPT-2 and HMM over it."""
-    from support import build_tiny_lm
+    from tiny_models import build_tiny_lm
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from tokenizers import decoders as tk_decoders
     from transformers import PreTrainedTokenizerFast

@@ -11,15 +11,15 @@ spaces included, equal), keywords normalised to NFC (text judged as generated), 
 Sequences whose bytes break a character are skipped after checking that the DFA rejects them: invalid UTF-8,
 an incomplete character at the end, or a character split across tokens that the constraint does not let
 tokens split (byte_support.breaks_characters: a word-level constraint splits the non-ASCII characters it
-names; the DFA's banned_tokens are single tokens that support.has_banned_token rejects).
+names; the DFA's banned_tokens are single tokens that byte_support.has_banned_token rejects).
 """
 
 import random
 
 import numpy as np
 import pytest
-from byte_support import breaks_characters, splittable_chars
-from support import has_banned_token, random_text
+from byte_support import breaks_characters, has_banned_token, splittable_chars
+from tiny_models import random_text
 from tokenizer_families import FAMILIES, build_family, plain_ids, resplit
 
 from pc_core.constraints import check_ids, compile_constraint, decode_continuation
@@ -291,7 +291,7 @@ SEMANTIC_FIXED = [
 
 
 def _banned_ids(tokenizer) -> set[int]:
-    """Every id support.has_banned_token rejects on its own (independent of the compiler)."""
+    """Every id byte_support.has_banned_token rejects on its own (independent of the compiler)."""
     return {t for t in range(len(tokenizer)) if has_banned_token(tokenizer, [t])}
 
 

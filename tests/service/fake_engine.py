@@ -27,9 +27,9 @@ class FakeEngine:
         self.cancelled: list[Job] = []
         self.queue_depth = self.active = 0
 
-    async def submit(self, spec: GenerationSpec, stream: bool = False, **_) -> Job:
+    async def submit(self, generation: GenerationSpec, stream: bool = False, **_) -> Job:
         loop = asyncio.get_running_loop()
-        job = Job(spec, loop, loop.create_future(), asyncio.Queue() if stream else None)
+        job = Job(generation, loop, loop.create_future(), asyncio.Queue() if stream else None)
         job.search = SimpleNamespace(output=None)
         job.state = "running"
         job.started_at = time.perf_counter()

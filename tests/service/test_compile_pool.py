@@ -161,7 +161,7 @@ WORKER_PROBE = textwrap.dedent(
     """
     import os, sys, time
     from service.compile_pool import CompilePool
-    from tests.support import build_tokenizer
+    from tests.tiny_models import build_tokenizer
     from pathlib import Path
     tok = build_tokenizer(Path(sys.argv[1]))
     pool = CompilePool(tok, workers=1, max_backlog=4, cache_bytes=2**20)
@@ -225,7 +225,7 @@ def test_shutdown_leaks_no_semaphores(tmp_path):
         import sys
         from pathlib import Path
         from service.compile_pool import CompilePool
-        from tests.support import build_tokenizer
+        from tests.tiny_models import build_tokenizer
         tok = build_tokenizer(Path(sys.argv[1]))
         pool = CompilePool(tok, workers=1, max_backlog=4, cache_bytes=2**20)
         pool.warm_up()

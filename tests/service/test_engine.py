@@ -17,12 +17,12 @@ def test_engine_batches_and_cancels(tiny_lm, tokenizer, tiny_hmm):
     engine = Engine(tiny_lm, tokenizer, tiny_hmm, metrics, max_batch_size=4, max_queue=8)
     engine.start()
 
-    def spec(word: str, **kw) -> GenerationSpec:
+    def generation(word: str, **kw) -> GenerationSpec:
         return GenerationSpec("The", parse_constraint({"keywords": [word]}), DecodeParams(**kw))
 
     async def run():
-        long = await engine.submit(spec("dog", max_new_tokens=60, min_new_tokens=60, num_beams=4))
-        others = [await engine.submit(spec(w, max_new_tokens=10, num_beams=2)) for w in ("cat", "park")]
+        long = await engine.submit(generation("dog", max_new_tokens=60, min_new_tokens=60, num_beams=4))
+        others = [await engine.submit(generation(w, max_new_tokens=10, num_beams=2)) for w in ("cat", "park")]
         for _ in range(500):
             if long.state == "running":
                 break

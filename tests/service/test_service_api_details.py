@@ -13,7 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_support import MAX_NEW_TOKENS, metric_value
+from response_text import metric_value
+from server_processes import MAX_NEW_TOKENS
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ import asyncio
 import random
 
 import httpx
-from service_support import metric_value
+from response_text import metric_value
 
 from pc_core import check_ids
 

@@ -3,7 +3,7 @@ byte tokens; the streamed pieces and the results never contain U+FFFD or a broke
 
 from __future__ import annotations
 
-from service_support import sse_events
+from response_text import sse_events
 
 from pc_core import check_ids
 

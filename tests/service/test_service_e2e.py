@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from service_support import MAX_NEW_TOKENS, metric_value, sse_events
+from response_text import metric_value, sse_events
+from server_processes import MAX_NEW_TOKENS
 
 from pc_core import check_ids
 

@@ -15,7 +15,7 @@ import time
 
 import httpx
 import pytest
-from service_support import metric_value
+from response_text import metric_value
 
 KEY_A, KEY_B = "noisy-key-1234", "quiet-key-5678"
 WORDS = ("dog cat pan park snow lake tree girl fish sky city team house night garden winter coffee boy "

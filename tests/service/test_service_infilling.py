@@ -7,7 +7,7 @@ and the cache tells requests with different affixes apart."""
 from __future__ import annotations
 
 import pytest
-from service_support import sse_events
+from response_text import sse_events
 
 from pc_core import check_ids
 from pc_core.constraints.continuation import decode_continuation

@@ -8,7 +8,7 @@ import threading
 
 import httpx
 import pytest
-from service_support import metric_value
+from response_text import metric_value
 
 WORDS = ("dog cat pan park snow lake tree girl fish sky city team house night garden winter coffee boy "
          "field frisbee book game roof rain stove couch bird children building vegetable").split()  # fmt: skip

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_support import MAX_NEW_TOKENS, sse_events
+from response_text import sse_events
+from server_processes import MAX_NEW_TOKENS
 
 openai = pytest.importorskip("openai")
 

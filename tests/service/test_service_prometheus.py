@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from service_support import free_port, metric_value, sse_events
+from response_text import metric_value, sse_events
+from server_processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "metrics-key-0001"

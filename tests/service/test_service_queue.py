@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-from service_support import metric_value
+from response_text import metric_value
 
 from pc_core import check_ids
 

@@ -7,7 +7,7 @@ import asyncio
 import time
 
 import httpx
-from service_support import metric_value
+from response_text import metric_value
 
 WORDS = ["dog", "cat", "park", "snow", "lake", "tree", "girl", "fish", "sky", "pan", "city", "team"]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from service_support import ROOT, Server
+from server_processes import ROOT, Server
 
 from pc_core.hmm import HMM
 

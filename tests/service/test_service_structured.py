@@ -8,7 +8,7 @@ import json
 import re
 
 import pytest
-from service_support import MAX_NEW_TOKENS
+from server_processes import MAX_NEW_TOKENS
 
 openai = pytest.importorskip("openai")
 jsonschema = pytest.importorskip("jsonschema")

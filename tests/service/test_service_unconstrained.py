@@ -6,7 +6,8 @@ no automaton and no guide, sampling the LM's own distribution; and vLLM's `retur
 from __future__ import annotations
 
 import pytest
-from service_support import MAX_NEW_TOKENS, metric_value
+from response_text import metric_value
+from server_processes import MAX_NEW_TOKENS
 
 from pc_core.constraints import decode_continuation
 

@@ -6,7 +6,8 @@ import random
 
 import pytest
 import torch
-from support import build_micro_tokenizer, has_banned_token
+from byte_support import has_banned_token
+from tiny_models import build_micro_tokenizer
 
 from pc_core import check_ids, compile_constraint
 from pc_core.constraints.blocklist import Blocklist, split_blocklist
@@ -211,7 +212,7 @@ def test_an_interacting_blocklist_falls_back_to_the_exact_product(micro):
 
 
 def test_decoding_falls_back_and_satisfies(micro, tmp_path):
-    from support import build_tiny_lm
+    from tiny_models import build_tiny_lm
 
     lm = build_tiny_lm(tmp_path / "lm", micro)
     spec = {"all": [{"keyword": "dogs", "inflections": False},

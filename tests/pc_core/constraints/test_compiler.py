@@ -4,8 +4,8 @@ import random
 
 import numpy as np
 import pytest
-from byte_support import breaks_characters, splittable_chars
-from support import has_banned_token, random_text
+from byte_support import breaks_characters, has_banned_token, splittable_chars
+from tiny_models import random_text
 
 from pc_core import check_ids, compile_constraint
 from pc_core.constraints.compiler import DEFAULT_MAX_STATES

@@ -11,7 +11,7 @@ from byte_support import breaks_characters, splittable_chars
 from tokenizer_families import FAMILIES, build_family, plain_ids, resplit
 
 from pc_core import check_ids, check_text, compile_constraint
-from pc_core.constraints.spec import (
+from pc_core.constraints.nodes import (
     All,
     AnyOf,
     AtLeast,
@@ -21,8 +21,8 @@ from pc_core.constraints.spec import (
     WordAt,
     canonical_json,
     keywords_by_polarity,
-    parse_constraint,
 )
+from pc_core.constraints.spec import parse_constraint
 from pc_core.errors import ConstraintError
 
 
@@ -387,7 +387,7 @@ BRUTE_SPECS = [
 
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
-    from support import build_micro_tokenizer
+    from tiny_models import build_micro_tokenizer
 
     return build_micro_tokenizer(tmp_path_factory.mktemp("micro"))
 
@@ -395,7 +395,7 @@ def micro(tmp_path_factory):
 @pytest.mark.parametrize("spec", BRUTE_SPECS, ids=[str(i) for i in range(len(BRUTE_SPECS))])
 def test_guide_matches_brute_force(micro, spec):
     """The exact guide over these automata equals enumeration of every continuation on a 14-token vocabulary."""
-    from test_guide import Brute, _close
+    from brute_force_guide import Brute, _close
 
     from pc_core.guide import ConstraintGuide
     from pc_core.hmm import HMM

@@ -5,7 +5,7 @@ sequences that split the documents at every place the tokenizer allows."""
 import random
 
 import pytest
-from support import has_banned_token
+from byte_support import has_banned_token
 
 from pc_core import check_ids, compile_constraint
 from pc_core.constraints import with_affixes

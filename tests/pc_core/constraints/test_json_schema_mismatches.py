@@ -49,3 +49,67 @@ def test_string_content_with_escapes():
         {"type": "array", "items": {"type": "string", "pattern": '[\\\\"]|^a$'}},
     ):
         _agree(schema, [[v] for v in values] if schema["type"] == "array" else values)
+
+
+def _nested(levels):
+    """A value nesting `levels` containers, objects and arrays in turn: {"k":[{"k":[...]}]}."""
+    value = 1
+    for i in range(levels):
+        value = [value] if i % 2 else {"k": value}
+    return value
+
+
+def test_free_values_nest_by_the_state_budget():
+    """MaskBench's valid instances that nest 5 to 8 levels inside values the schema leaves free (an object
+    without properties, `additionalProperties: true`, a property whose schema has no validation keyword): a
+    free value nests as deep as the state budget allows (6 document levels where it is the only one), no
+    longer a flat 3 levels inside it (Github_trivial---o45021, o45028, o79450)."""
+    deep = {"k": _nested(5)}  # 6 levels
+    for schema in (
+        {"type": "object"},
+        {"type": "object", "properties": {}, "additionalProperties": True, "links": [{"rel": "self"}]},
+        {"type": "object", "additionalProperties": {"description": "anything"}},
+    ):
+        _agree(schema, [deep, {"k": _nested(3)}, {"k": [1, {"a": None}]}, {}, [deep]])
+        dfa = char_automaton(JsonSchema(json.dumps(schema)))
+        assert dfa.accepts(json.dumps(deep, separators=(",", ":")))
+        assert not dfa.accepts(json.dumps({"k": _nested(6)}, separators=(",", ":")))  # the bound: 7 levels
+    names = [f"p{i}" for i in range(6)]
+    many = {"type": "object", "properties": dict.fromkeys(names, {}), "required": names}
+    dfa = char_automaton(JsonSchema(json.dumps(many)))  # 6 free values share the budget: 3 levels each
+    for inner, accepted in ((3, True), (4, False)):
+        doc = {name: _nested(inner) if name == "p4" else 0 for name in names}
+        assert dfa.accepts(json.dumps(doc, separators=(",", ":"))) == accepted
+
+
+def test_free_depths():
+    from pc_core.constraints.json_schema import free_depths
+
+    assert free_depths([]) == []
+    assert free_depths([(1, 3)]) == [6]  # one free value one level down: 7 document levels
+    assert free_depths([(0, 3)]) == [6]
+    assert free_depths([(1, 3), (1, 3)]) == [5, 5]
+    assert free_depths([(1, 3, 2), (1, 3, 2)]) == [4, 4]  # each copied twice by the automaton builder
+    assert free_depths([(6, 3), (1, 3)]) == [3, 5]  # deep places keep their floor (8 levels at most)
+    assert free_depths([(6, 3, 0)]) == [3]
+    assert free_depths([(1, 3)] * 40) == [3] * 40
+    assert free_depths([(2, 4)] * 40) == [4] * 40  # never under a floor
+
+
+def test_undeclared_properties_nest_max_depth():
+    """The documented bound that stays (README): an object that lists properties takes other properties,
+    absent `additionalProperties`, with values nested `max_depth` levels (default 3); deeper ones need the
+    setting. Free values are budgeted; these are not, since nearly every object schema has them and each
+    level doubles their automaton."""
+    schema = {"type": "object", "properties": {"a": {"type": "number"}}}
+    dfa = char_automaton(JsonSchema(json.dumps(schema)))
+    assert dfa.accepts('{"a":1,"x":[{"k":[1]}]}')
+    assert not dfa.accepts('{"a":1,"x":[{"k":[{"k":1}]}]}')
+    assert char_automaton(JsonSchema(json.dumps(schema), max_depth=4)).accepts(
+        '{"a":1,"x":[{"k":[{"k":1}]}]}'
+    )
+
+
+def test_one_of_with_free_branches_still_judged_disjoint():
+    schema = {"oneOf": [{"type": "string"}, {"type": "object"}, {"type": "array"}]}
+    _agree(schema, ["a", {"k": _nested(4)}, [_nested(4)], 1, None])  # 5 levels: two free values

@@ -5,7 +5,7 @@ import random
 import re
 
 import pytest
-from support import has_banned_token
+from byte_support import has_banned_token
 
 from pc_core import check_ids, compile_constraint, parse_constraint
 from pc_core.constraints.char_dfa import build_char_dfa

@@ -6,7 +6,8 @@ import unicodedata
 import pytest
 
 from pc_core import check_text, compile_constraint
-from pc_core.constraints.spec import Keyword, parse_constraint
+from pc_core.constraints.nodes import Keyword
+from pc_core.constraints.spec import parse_constraint
 from pc_core.constraints.words import inflections_of
 from pc_core.errors import ConstraintError
 
@@ -143,7 +144,7 @@ def test_forbidden_and_any_grow_linearly(big_tokenizer):
 def test_an_unwritable_keyword_is_named(tmp_path):
     """The micro vocabulary writes "é" only as two tokens that split the character (Ã + ©): allowed since
     characters are generated at the byte level; it has no token for "z" at all."""
-    from support import build_micro_tokenizer
+    from tiny_models import build_micro_tokenizer
 
     from pc_core.constraints.compiler import explain_unsatisfiable
 

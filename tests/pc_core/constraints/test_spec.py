@@ -1,15 +1,7 @@
 import pytest
 
-from pc_core.constraints.spec import (
-    All,
-    AnyOf,
-    Keyword,
-    Not,
-    WordAt,
-    WordCount,
-    canonical_json,
-    parse_constraint,
-)
+from pc_core.constraints.nodes import All, AnyOf, Keyword, Not, WordAt, WordCount, canonical_json
+from pc_core.constraints.spec import parse_constraint
 from pc_core.constraints.words import Form
 from pc_core.errors import ConstraintError
 

@@ -5,7 +5,7 @@ fingerprint of a fixed tokenizer, pinned."""
 import random
 
 import numpy as np
-from support import build_tokenizer
+from tiny_models import build_tokenizer
 
 from pc_core.constraints.token_bytes import (
     _Pipeline,

@@ -1,8 +1,8 @@
-"""Real processes for the service tests: `pcgen serve` in a subprocess, a real redis-server, helpers."""
+"""Real processes for the service tests: `pcgen serve` (forked from a warm template, or cold) and a throwaway
+redis-server, each on a free loopback port."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 import httpx
+from server_template import ForkedProcess, template
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]  # the repository: servers import its code
 MAX_NEW_TOKENS = 12  # every test server caps max_new_tokens here: a few seconds per test on 2 cores
 
 
@@ -24,6 +25,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def base_env() -> dict[str, str]:
+    """A test server's environment before its own PCGEN_* settings: offline, CPU."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            "PCGEN_DEVICE": "cpu"}  # fmt: skip
+
+
 class Server:
     """`python -m pcgen.cli serve` on a free loopback port, configured through PCGEN_* variables."""
 
@@ -31,14 +38,19 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_dir) / f"{name}-{self.port}.log"
-        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                    "TOKENIZERS_PARALLELISM": "false", "PCGEN_DEVICE": "cpu", **env}  # fmt: skip
-        self.proc: subprocess.Popen | None = None
+        self.env = {**base_env(), **env}
+        self.proc: subprocess.Popen | ForkedProcess | None = None
 
     def start(self, timeout: float = 420.0) -> Server:  # seconds on a quiet machine, minutes on a crowded one
-        log = open(self.log_path, "w")  # noqa: SIM115 - closed with the process
-        cmd = [sys.executable, "-m", "pcgen.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        args = ["serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        warm = template(base_env())
+        if warm is not None and not warm.wants_cold_start(self.env):
+            self.log_path.write_text("")
+            self.proc = warm.serve(args, self.env, self.log_path)  # forked from the warm template
+        else:
+            log = open(self.log_path, "w")  # noqa: SIM115 - closed with the process
+            cmd = [sys.executable, "-m", "pcgen.cli", *args]
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -123,49 +135,3 @@ class RedisServer:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
-
-
-def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float:
-    """Sum of the samples of `name` whose labels include `labels` (Prometheus text format)."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        head, _, value = line.rpartition(" ")
-        metric, _, label_text = head.partition("{")
-        if metric != name:
-            continue
-        found = dict(part.split("=", 1) for part in label_text.rstrip("}").split(",") if "=" in part)
-        found = {k: v.strip('"') for k, v in found.items()}
-        if all(found.get(k) == v for k, v in (labels or {}).items()):
-            total += float(value)
-    return total
-
-
-def histogram_max_bucket(text: str, name: str) -> float:
-    """The smallest `le` bound containing every observation of histogram `name` (0 when empty)."""
-    buckets = []
-    for line in text.splitlines():
-        if line.startswith(name + "_bucket{"):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
-    count = max((c for _, c in buckets), default=0.0)
-    if count == 0:
-        return 0.0
-    return min(le for le, c in buckets if c == count)
-
-
-def sse_events(text: str) -> list[tuple[str | None, object]]:
-    """Parse a text/event-stream body into (event name, decoded data) pairs."""
-    events = []
-    for block in text.strip().split("\n\n"):
-        name, data = None, []
-        for line in block.splitlines():
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].strip())
-        if data:
-            raw = "\n".join(data)
-            events.append((name, raw if raw == "[DONE]" else json.loads(raw)))
-    return events

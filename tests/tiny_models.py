@@ -1,16 +1,11 @@
-"""Tiny, local stand-ins for production models: a byte-level BPE tokenizer trained on text written here,
-a small random GPT-2 and a random HMM. No network, seconds to build."""
+"""Tiny, local stand-ins for production models: a byte-level BPE tokenizer trained on text written here (and
+the text), a 14-token micro tokenizer for brute-force enumeration, and a small random GPT-2. No network,
+seconds to build; tests/shared_builds.py builds them once per run."""
 
 from __future__ import annotations
 
-import hashlib
-import os
 import random
-import shutil
-from collections.abc import Callable
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 CORPUS_SENTENCES = [
     "The dog caught a frisbee in the park.",
@@ -122,64 +117,3 @@ def build_micro_tokenizer(directory: Path):
     directory.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(str(directory))
     return fast
-
-
-def has_banned_token(tokenizer, ids) -> bool:
-    """Independent of the compiler: does a token (before EOS) end inside a UTF-8 character, or decode to
-    U+FFFD on its own (invalid bytes)? Generation never emits either.
-
-    A complete ending gains exactly one U+FFFD from any stray continuation byte; a partial one does not."""
-    from pc_core.constraints.token_bytes import token_bytes_table
-
-    raw = token_bytes_table(tokenizer)
-    for t in ids:
-        if t == tokenizer.eos_token_id:
-            return False
-        alone = raw[t].decode("utf-8", "replace")
-        if "\ufffd" in alone:
-            return True
-        if any(
-            (raw[t] + bytes([b])).decode("utf-8", "replace") != alone + "\ufffd" for b in range(0x80, 0xC0)
-        ):
-            return True
-    return False
-
-
-# ------------------------------------------------------------------- built once per run, shared by xdist workers
-
-
-def source_digest(*packages: str) -> str:
-    """A digest of the Python sources of `packages` (and this file): what a built model depends on."""
-    digest = hashlib.sha256()
-    for package in (*packages, "tests/support.py"):
-        for path in sorted((ROOT / package).rglob("*.py")) if (ROOT / package).is_dir() else [ROOT / package]:
-            digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def shared_root(tmp_path_factory) -> Path:
-    """Where builds are shared: $PCGEN_TEST_CACHE when set (kept between runs: the key changes with the code),
-    else the directory of this run that every xdist worker's base temporary directory sits in."""
-    if os.environ.get("PCGEN_TEST_CACHE"):
-        root = Path(os.environ["PCGEN_TEST_CACHE"]).expanduser()
-    else:
-        base = tmp_path_factory.getbasetemp()
-        root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    root = root / "shared-builds"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-def shared_build(root: Path, name: str, key: str, build: Callable[[Path], object]) -> Path:
-    """`root/name-key`, made by `build(directory)` once: the first worker to ask builds it under a file lock,
-    the others wait for it and reuse it. A build that died half way (no `.complete` mark) is started again."""
-    from filelock import FileLock
-
-    target = root / f"{name}-{key}"
-    with FileLock(str(target) + ".lock"):
-        if not (target / ".complete").exists():
-            shutil.rmtree(target, ignore_errors=True)
-            target.mkdir(parents=True)
-            build(target)
-            (target / ".complete").touch()
-    return target

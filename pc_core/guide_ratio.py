@@ -1,0 +1,131 @@
+"""The guide's values from the shared products: log(joint / marginal) per (beam, token), exact where float32
+is not.
+
+A step's product rows (pc_core/guide.py: `plan`, `multiply`) hold, per beam, a marginal row a_t B' and joint
+rows a_t B' U_r[successor] in linear space with a log shift per row. The guide's value for token x is the log
+of their ratio plus the shift difference: `log_ratio` for a vocabulary block, `tail_log_ratio` for the tail
+(pc_core/step_layout.py). Row codes stand for the successors that need no product: ROW_IMPOSSIBLE (-inf) and
+ROW_CERTAIN (0). Where a product fell below float32's full precision (LOSSLESS), the value is recomputed by
+log-space sums in float64 (`exact_log_ratio`), so "-inf exactly where impossible" holds for certain.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from pc_core.kernels.reference import LOSSLESS
+from pc_core.logspace import NEG_INF
+
+# pc_core.guide imports this module, so its types are not imported here: `guide` below is a
+# pc_core.guide.ConstraintGuide and `state` its GuideState
+ConstraintGuide = GuideState = Any
+
+ROW_IMPOSSIBLE, ROW_CERTAIN = (
+    -1,
+    -2,
+)  # product-row codes: the successor cannot accept (-inf) / always does (0)
+
+
+def marginal_rows(need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """need (B, n): which beams have a ratio to compute. Returns those beams (M,) in order, and per beam its
+    marginal row among the first M product rows, -1 for beams that need none."""
+    with_marginal = need.any(dim=1).nonzero()[:, 0]  # (M,)
+    marginal_row = torch.full((need.shape[0],), -1, dtype=torch.long, device=need.device)
+    marginal_row[with_marginal] = torch.arange(len(with_marginal), device=need.device)
+    return with_marginal, marginal_row
+
+
+def log_ratio(
+    guide: ConstraintGuide,
+    state: GuideState,
+    out: torch.Tensor,
+    product: torch.Tensor,
+    shift: torch.Tensor,
+    row: torch.Tensor,
+    marginal_row: torch.Tensor,
+    tokens: torch.Tensor,
+) -> None:
+    """out (B, n) = log(product[row] / product[marginal_row]) + shift difference: log P(constraint |
+    prefix, x) for column j = token tokens[j]. row: (B, 1) one product row per beam, or (B, n) per
+    token; entries < 0 (certain, impossible) and beams without a marginal row give values the caller
+    overwrites. Products below float32's full precision are redone exactly."""
+    b = out.shape[0]
+    rows = row.clamp_min(0)
+    marginal = marginal_row.clamp_min(0)
+    in_order = row.shape[1] == 1 and product.shape[0] == 2 * b and bool((marginal_row >= 0).all())
+    in_order = in_order and torch.equal(rows[:, 0], torch.arange(b, 2 * b, device=rows.device))
+    if in_order:  # every beam: its marginal row, then its one joint row
+        joint, denominator = product[b:], product[:b]
+    else:
+        denominator = product.index_select(0, marginal)  # (B, n)
+        joint = product.index_select(0, rows[:, 0]) if row.shape[1] == 1 else product.gather(0, rows)
+    shift_difference = shift[rows] - shift[marginal][:, None]  # (B, 1) or (B, n)
+    torch.div(joint, denominator, out=out).log_().add_(shift_difference)
+    _redo_lossy(guide, state, out, product, joint, denominator, row, marginal_row, tokens)
+
+
+def tail_log_ratio(
+    guide: ConstraintGuide,
+    state: GuideState,
+    product: torch.Tensor,
+    shift: torch.Tensor,
+    row: torch.Tensor,
+    marginal_row: torch.Tensor,
+    tokens: torch.Tensor,
+) -> torch.Tensor:
+    """(B, k) `log_ratio` for tail tokens (pc_core/step_layout.py): a row per (beam, token) always, read
+    through index_select (a fraction of advanced indexing's cost at these sizes); `tokens` (k,): the token
+    of each column. Entries with row < 0 are left for the caller."""
+    rows, marginal = row.clamp_min(0), marginal_row.clamp_min(0)
+    joint, denominator = product.gather(0, rows), product.index_select(0, marginal)  # (B, k)
+    per_token = shift.index_select(0, rows.reshape(-1)).view(rows.shape)
+    shift_difference = per_token - shift.index_select(0, marginal)[:, None]
+    out = torch.div(joint, denominator).log_().add_(shift_difference)
+    _redo_lossy(guide, state, out, product, joint, denominator, row, marginal_row, tokens)
+    return out
+
+
+def _redo_lossy(
+    guide: ConstraintGuide,
+    state: GuideState,
+    out: torch.Tensor,
+    product: torch.Tensor,
+    joint: torch.Tensor,
+    denominator: torch.Tensor,
+    row: torch.Tensor,
+    marginal_row: torch.Tensor,
+    tokens: torch.Tensor,
+) -> None:
+    """Where a needed product fell below float32's full precision, the exact float64 value in `out`."""
+    if float(product.amin()) >= LOSSLESS:  # full precision everywhere
+        return
+    live = (row >= 0) & (marginal_row >= 0)[:, None]
+    beams, columns = (live & ((joint < LOSSLESS) | (denominator < LOSSLESS))).nonzero(as_tuple=True)
+    if beams.numel():
+        out[beams, columns] = exact_log_ratio(guide, state, beams, tokens[columns])
+
+
+def exact_log_ratio(
+    guide: ConstraintGuide, state: GuideState, beams: torch.Tensor, tokens: torch.Tensor
+) -> torch.Tensor:
+    """log P(constraint | prefix, x) for single (beam, token) pairs by log-space sums over z, in float64:
+    the fallback where a linear-space product fell below 1e-30, where float32 loses digits and then
+    reaches 0 (a token emitted only by states the forward vector gives next to no mass). Scaled emission
+    columns make this rare; it keeps the ratios exact and "-inf exactly where impossible" true instead
+    of probably true."""
+    guide_tables, hmm = guide.tables, guide.hmm
+    r = guide.horizon - state.position - 1
+    succ = guide_tables.transitions[state.dfa_state[beams], guide_tables.token_class[tokens]]  # (n,)
+    out = torch.empty(len(beams), device=beams.device)
+    chunk = max(1, 2**22 // hmm.hidden_size)  # (chunk, H) temporaries of ~16 MB
+    for start in range(0, len(beams), chunk):
+        part = slice(start, start + chunk)
+        emitted = (state.log_alpha[beams[part]] + guide_tables.log_scale).double()  # (chunk, H)
+        emitted += hmm.log_emission.index_select(1, tokens[part]).T.double()
+        marginal = torch.logsumexp(emitted, dim=1)
+        joint = torch.logsumexp(emitted + guide_tables.rows(r, succ[part]), dim=1)
+        out[part] = (joint - marginal).float()
+    out = torch.where(guide_tables.feasible[r][succ], out, NEG_INF)
+    return torch.where(guide_tables.certain[r][succ], 0.0, out)
