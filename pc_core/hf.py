@@ -38,6 +38,7 @@ from pc_core.constraints.dfa import TokenDFA
 from pc_core.errors import BlocklistInteraction, TokenizerMismatch, UnsatisfiableConstraint
 from pc_core.guide import ConstraintGuide, GuideError, GuideState, batched_next_log_probs
 from pc_core.hmm import HMM
+from pc_core.kernels import emission_dtype
 from pc_core.logspace import NEG_INF
 
 
@@ -46,7 +47,7 @@ class ConstraintLogitsProcessor(LogitsProcessor):
 
     `prompt_length`: the width of the input_ids given to generate (left padding included); `max_new_tokens`:
     the guide's horizon, the same number as generate's max_new_tokens; `min_new_tokens`: no EOS before it
-    (the guide accounts for it). One processor serves one constraint for any number of prompts and rows; it can
+    (the guide accounts for it); `guide_emission_dtype`: as DecodeParams' (auto: the decoder's default). One processor serves one constraint for any number of prompts and rows; it can
     be reused for another generate call with the same prompt length."""
 
     def __init__(
@@ -63,6 +64,7 @@ class ConstraintLogitsProcessor(LogitsProcessor):
         max_states: int = DEFAULT_MAX_STATES,
         time_budget_s: float = DEFAULT_TIME_BUDGET_S,
         compile_dfa: Callable[..., TokenDFA] = compile_constraint,
+        guide_emission_dtype: str = "auto",
     ) -> None:
         if len(tokenizer) != hmm.vocab_size:
             raise TokenizerMismatch(
@@ -79,7 +81,11 @@ class ConstraintLogitsProcessor(LogitsProcessor):
         if self.eos is None:
             raise GuideError("the tokenizer has no EOS token; give eos_token_id")
         compile_args = {"max_states": max_states, "time_budget_s": time_budget_s}
-        guide_args = {"horizon": max_new_tokens, "min_new_tokens": min_new_tokens}
+        guide_args = {
+            "horizon": max_new_tokens,
+            "min_new_tokens": min_new_tokens,
+            "emission_dtype": emission_dtype(hmm.device, guide_emission_dtype),
+        }  # as the decoder's
         self.dfa = compile_dfa(self.constraint, tokenizer, **compile_args)
         try:
             self.guide = ConstraintGuide(hmm, self.dfa, **guide_args)

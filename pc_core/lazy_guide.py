@@ -31,7 +31,8 @@ from pc_core.feasibility import Feasibility
 from pc_core.guide_budget import GuideBudget, dtype_bytes, exact_cost
 from pc_core.hmm import HMM
 from pc_core.lazy_dfa import LazyDFA
-from pc_core.lazy_feasibility import LazyFeasibility, LeafBound
+from pc_core.lazy_feasibility import LazyFeasibility
+from pc_core.leaf_bound import LeafBound
 
 NEG_INF = float("-inf")
 LEAF_BUDGET_S = 1.0  # compile budget of each leaf / steering conjunct
@@ -158,7 +159,7 @@ def build_lazy_guide(
     """The lazy guide for `dfa` (the LazyDFA of `constraint`): leaf automata and steering conjuncts compiled
     within small budgets (LEAF_BUDGET_S, LEAF_MAX_STATES)."""
     from pc_core.constraints.compiler import compile_constraint
-    from pc_core.lazy_feasibility import leaf_compiler
+    from pc_core.leaf_bound import leaf_compiler
 
     horizon, min_new = guide_args.pop("horizon"), guide_args.pop("min_new_tokens", 0)
     budget = GuideBudget.for_device(

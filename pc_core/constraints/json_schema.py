@@ -32,6 +32,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pc_core.constraints.json_keywords import (
+    ANNOTATIONS,
+    finite_values,
+    harmless,
+    integral_floats,
+    merge,
+    read_bound,
+)
 from pc_core.constraints.json_values import (
     FORMATS,
     any_value,
@@ -44,11 +52,6 @@ from pc_core.constraints.json_values import (
 from pc_core.constraints.regex import EMPTY, Node, alt, literal, opt, rep, seq
 from pc_core.errors import ConstraintError
 
-ANNOTATIONS = {
-    "title", "description", "default", "examples", "example", "$schema", "$id", "id", "$comment", "readOnly",
-    "writeOnly", "deprecated", "definitions", "$defs", "nullable", "discriminator", "$anchor", "contentMediaType",
-    "contentEncoding", "markdownDescription",
-}  # fmt: skip
 KEYWORDS = {  # validation keywords this translator reads; the rest of this set is refused by name
     "type", "enum", "const", "properties", "required", "additionalProperties", "items", "minItems", "maxItems",
     "minLength", "maxLength", "pattern", "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
@@ -137,7 +140,7 @@ class _Translator:
         self.space = opt(literal(" ")) if whitespace == "flexible" else EMPTY
         self.refs: list[str] = []  # the $ref chain being expanded (cycles unroll to max_depth)
         self.validator = None
-        self.integral_floats = _integral_floats(root)
+        self.integral_floats = integral_floats(root)
         self.frees: list[_Free] = []
         self.slots: list[Node] = []  # the IR node of each free value
 
@@ -183,14 +186,14 @@ class _Translator:
             return ("alt", ())  # nothing
         if not isinstance(schema, dict):
             self.fail(path, "expected a schema object")
-        finite = _finite_values(schema)
+        finite = finite_values(schema)
         if (
             finite is not None
         ):  # a finite set of values: exactly those the whole schema accepts, whatever it says
             validator = self.validator_for(schema)
             return alt([literal_value(v) for v in finite if validator.is_valid(v)])
         for key in schema:
-            if key in REFUSED and not _harmless(key, schema[key]):
+            if key in REFUSED and not harmless(key, schema[key]):
                 self.fail(f"{path}.{key}")
         if "$ref" in schema:
             return self.ref(schema, path, depth)
@@ -241,8 +244,8 @@ class _Translator:
                 continue  # draft 4: a flag on minimum / maximum
             if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, float))):
                 self.fail(f"{path}.{key}", "expected a number")
-        lo, lo_x = _bound(bounds["minimum"], bounds["exclusiveMinimum"], max)
-        hi, hi_x = _bound(bounds["maximum"], bounds["exclusiveMaximum"], min)
+        lo, lo_x = read_bound(bounds["minimum"], bounds["exclusiveMinimum"], max)
+        hi, hi_x = read_bound(bounds["maximum"], bounds["exclusiveMaximum"], min)
         if kind == "integer":  # 100.0 is an integer too from draft 6 on (values count, not spellings)
             zeros = opt(seq([literal("."), rep(literal("0"), 1, None)])) if self.integral_floats else EMPTY
             return seq([integer_range(lo, lo_x, hi, hi_x), zeros])
@@ -330,7 +333,7 @@ class _Translator:
         rest = {k: v for k, v in schema.items() if k != key}
         out = []
         for i, branch in enumerate(branches):
-            merged = _merge(rest, branch, f"{path}.{key}[{i}]") if rest else branch
+            merged = merge(rest, branch, f"{path}.{key}[{i}]") if rest else branch
             out.append(self.value(merged, f"{path}.{key}[{i}]", depth))
         if key == "oneOf" and len(out) > 1:
             from pc_core.constraints.json_values import disjoint
@@ -343,7 +346,7 @@ class _Translator:
         merged = {k: v for k, v in schema.items() if k != "allOf"}
         for i, branch in enumerate(schema["allOf"]):
             branch = self.resolve(branch, f"{path}.allOf[{i}]")
-            merged = _merge(merged, branch, f"{path}.allOf[{i}]")
+            merged = merge(merged, branch, f"{path}.allOf[{i}]")
         return merged
 
     def resolve(self, schema: Any, path: str) -> Any:
@@ -361,7 +364,7 @@ class _Translator:
         if self.refs.count(ref) >= self.max_depth:  # recursion unrolled max_depth times, then cut
             return ("alt", ())
         rest = {k: v for k, v in schema.items() if k != "$ref" and k not in ANNOTATIONS}
-        merged = _merge(rest, target, path) if rest else target
+        merged = merge(rest, target, path) if rest else target
         self.refs.append(ref)
         try:
             return self.value(merged, path, depth)
@@ -381,82 +384,3 @@ class _Translator:
             else:
                 self.fail(path, f"the reference {ref!r} does not resolve")
         return node
-
-
-def _integral_floats(root: Any) -> bool:
-    """Whether 1.0 is an integer under the root's draft (not in drafts 3 and 4, as `jsonschema` reads them)."""
-    import jsonschema
-
-    cls = jsonschema.validators.validator_for(root, default=jsonschema.Draft202012Validator)
-    return cls not in (jsonschema.Draft3Validator, jsonschema.Draft4Validator)
-
-
-def _finite_values(schema: dict) -> list | None:
-    """The values an `enum` / `const` of the schema (or of one of its allOf branches) allows, or None."""
-    if "const" in schema:
-        return [schema["const"]]
-    if isinstance(schema.get("enum"), list):
-        return schema["enum"]
-    for branch in schema.get("allOf", []) if isinstance(schema.get("allOf"), list) else []:
-        found = _finite_values(branch) if isinstance(branch, dict) else None
-        if found is not None:
-            return found
-    return None
-
-
-def _harmless(key: str, value: Any) -> bool:
-    """Refused keywords whose value constrains nothing."""
-    return (key == "uniqueItems" and value is False) or (
-        key in ("minProperties", "minContains") and value == 0
-    )
-
-
-def _bound(inclusive: Any, exclusive: Any, pick: Any) -> tuple[float | None, bool]:
-    """(bound, exclusive?) from draft 4 (flag) or draft 6+ (number) keywords."""
-    if isinstance(exclusive, bool):
-        return inclusive, exclusive and inclusive is not None
-    if exclusive is None:
-        return inclusive, False
-    if inclusive is None:
-        return exclusive, True
-    best = pick(inclusive, exclusive)
-    return best, best == exclusive and (best != inclusive or pick is max)
-
-
-def _merge(a: Any, b: Any, path: str) -> Any:
-    """allOf of two schemas as one, where they combine key by key; else a ConstraintError. Properties and
-    additionalProperties combine together: a name one side lists and the other does not meets the other's
-    additionalProperties (as JSON Schema evaluates each side on its own)."""
-    if b is True or b == {}:
-        return a
-    if a is True or a == {}:
-        return b
-    if a is False or b is False:
-        return False
-    if not isinstance(b, dict) or not isinstance(a, dict):
-        raise ConstraintError(path, "expected a schema object")
-    out = dict(a)
-    for key, value in b.items():
-        if key in ANNOTATIONS or key in ("properties", "additionalProperties") or key not in out:
-            out.setdefault(key, value)
-        elif key == "required":
-            out[key] = list(dict.fromkeys([*out[key], *value]))
-        elif key == "type":
-            ta = [out[key]] if isinstance(out[key], str) else out[key]
-            tb = [value] if isinstance(value, str) else value
-            both = [t for t in ta if t in tb or (t == "integer" and "number" in tb)]
-            both += [t for t in tb if t == "integer" and "number" in ta and t not in both]
-            out[key] = both
-        elif out[key] != value:
-            raise ConstraintError(
-                f"{path}.{key}", "allOf branches that disagree on this keyword are not supported"
-            )
-    if any(k in side for side in (a, b) for k in ("properties", "additionalProperties")):
-        pa, pb = a.get("properties", {}), b.get("properties", {})
-        xa, xb = a.get("additionalProperties", True), b.get("additionalProperties", True)
-        out["properties"] = {
-            name: _merge(pa.get(name, xa), pb.get(name, xb), f"{path}.properties.{name}")
-            for name in [*pa, *[n for n in pb if n not in pa]]
-        }
-        out["additionalProperties"] = _merge(xa, xb, f"{path}.additionalProperties")
-    return out

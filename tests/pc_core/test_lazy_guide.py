@@ -18,8 +18,9 @@ from pc_core.feasibility import Feasibility
 from pc_core.guide import ConstraintGuide
 from pc_core.hmm import HMM
 from pc_core.lazy_dfa import LazyDFA
-from pc_core.lazy_feasibility import LazyFeasibility, LeafBound, leaf_compiler
+from pc_core.lazy_feasibility import LazyFeasibility
 from pc_core.lazy_guide import LazyGuide, build_lazy_guide
+from pc_core.leaf_bound import LeafBound, leaf_compiler
 from pc_core.params import DecodeParams
 
 SPECS = [
@@ -112,10 +113,10 @@ BOUND_IDS = [str(i) for i in range(len(BOUND_SPECS))]
 def test_lazy_feasibility_equals_the_explicit_tables(micro, spec, min_new_tokens, far, monkeypatch):
     """After every prefix of up to 2 tokens, with every number of tokens left: the search's answer (never
     undecided on these sizes) is the explicit Feasibility's, with `word_at -k` leaves explicit or relaxed."""
-    import pc_core.lazy_feasibility as lazy_feasibility
+    import pc_core.leaf_bound as leaf_bound
 
     if far:
-        monkeypatch.setattr(lazy_feasibility, "FROM_END_EXPLICIT", 1)
+        monkeypatch.setattr(leaf_bound, "FROM_END_EXPLICIT", 1)
     horizon = 4
     lazy, explicit = _lazy(micro, spec), compile_constraint(spec, micro)
     bound = LeafBound(parse_constraint(spec), _leaf_compiler(micro, far))
@@ -139,10 +140,10 @@ def test_leaf_bound_never_exceeds_the_tokens_still_needed(micro, spec, far, monk
     """After every prefix of up to 3 tokens the bound is at most the explicit automaton's fewest tokens to
     acceptance (so it never cuts a feasible branch), with `word_at -k` relaxed (the word occurs and the text
     has k words) or explicit, and it is tight somewhere (the test can fail)."""
-    import pc_core.lazy_feasibility as lazy_feasibility
+    import pc_core.leaf_bound as leaf_bound
 
     if far:
-        monkeypatch.setattr(lazy_feasibility, "FROM_END_EXPLICIT", 1)
+        monkeypatch.setattr(leaf_bound, "FROM_END_EXPLICIT", 1)
     explicit = compile_constraint(spec, micro)
     bound = LeafBound(parse_constraint(spec), _leaf_compiler(micro, far))
     needed = explicit.steps_to_accept
@@ -152,7 +153,7 @@ def test_leaf_bound_never_exceeds_the_tokens_still_needed(micro, spec, far, monk
             state, leaves = explicit.run(ids), bound.initial()
             for token in ids:
                 leaves = bound.advance(leaves, token)
-            truth = int(needed[state]) if needed[state] >= 0 else lazy_feasibility.FAR
+            truth = int(needed[state]) if needed[state] >= 0 else leaf_bound.FAR
             lower = int(bound.lower(leaves[None])[0])
             assert lower <= truth, ids
             positive += 0 < lower == truth
