@@ -114,7 +114,8 @@ SLOW_FIXTURE_TIMEOUT_S = 1200  # tests that may build the demo models (minutes o
 # (--dist loadfile) hands out modules in collection order as workers free up, so starting with these keeps the
 # end of the run from waiting on one long module while the other workers are idle (longest job first).
 HEAVY_MODULES = (
-    "docker/test_compose_podman.py", "pcgen/test_demo.py", "service/test_service_hardening.py",
+    "pc_core/test_decoding.py", "docker/test_compose_podman.py", "pcgen/test_demo.py", "test_docs.py",
+    "pc_core/test_lazy_guide.py", "service/test_service_hardening.py",
     "distill/test_distill_server.py", "distill/test_distill_resume.py", "service/test_service_memory.py",
     "service/test_service_playground.py", "benchmarks/test_commongen_harness.py", "docker/test_deploy.py",
     "distill/test_distill_embed.py", "service/test_service_prometheus.py", "service/test_client_identity.py",
