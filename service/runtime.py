@@ -220,11 +220,12 @@ class Runtime:
         COMPILED.resize(self.settings.dfa_cache_bytes)
         GUIDE_TABLES.resize(self.settings.guide_cache_bytes)
         from pc_core.constraints.spec import PARSED
+        from pc_core.constraints.token_product import COMPONENTS
         from pc_core.constraints.words import INFLECTIONS
         from service.json_body import REFUSED
 
         caches = (("dfa", COMPILED), ("guide", GUIDE_TABLES), ("vocab", vocab.VOCAB_TABLES), ("parsed", PARSED),
-                  ("inflections", INFLECTIONS), ("refused", REFUSED))  # fmt: skip
+                  ("inflections", INFLECTIONS), ("refused", REFUSED), ("folded", COMPONENTS))  # fmt: skip
         for name, cache in caches:
             self.metrics.caches.watch(name, cache)
 

@@ -141,10 +141,8 @@ def compile_constraint(
     try:
         char_dfa = char_only_dfa(constraint)  # regex / choice / JSON nodes alone: vectorised (char_tokens.py)
         check = _deadline_check(time.perf_counter() + time_budget_s, time_budget_s)
-        folded = (
-            None  # with keywords / word_count / ends_with: a product of token automata (token_product.py);
-        )
-        if char_dfa is None and not isinstance(constraint, Affixed):  # a short forbidden list stays inside
+        folded = None  # character nodes with keywords / word_count / ends_with: token_product.py
+        if char_dfa is None and not isinstance(constraint, Affixed):
             folded = compile_folded(constraint, tables, max_states, check)
         if folded is not None:
             dfa = folded
