@@ -25,7 +25,7 @@ lint: setup
 # (servers) start once; models built for the tests are shared by the workers (tests/conftest.py).
 TEST_WORKERS ?= auto
 test: lint
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=30
 
 # docker-compose.yml for real with podman (root; .ci/run's packages): local base + images, the stack, teardown.
 # Part of `make test` too; here a machine that cannot run podman fails instead of skipping.

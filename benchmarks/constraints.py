@@ -211,6 +211,9 @@ def sized_rows(tokenizer) -> list[list]:
 
 
 def sized_main(tokenizer, source: str) -> None:
+    from pc_core.guide_budget import GuideBudget
+
+    cpu_budget = GuideBudget.for_device("cpu").describe()
     cpu, wall = time.process_time(), time.perf_counter()
     compile_constraint(SIZED[0][1], tokenizer, time_budget_s=600)  # cold: loads lemminflect's dictionaries
     cold = (time.process_time() - cpu, time.perf_counter() - wall)
@@ -221,7 +224,7 @@ def sized_main(tokenizer, source: str) -> None:
         "are this process's (the machine is shared by parallel jobs; wall seconds beside them). Live pairs: "
         "(step, state) pairs that are reachable, can still accept and are not certain, the rows the exact "
         "guide stores (docs/method.md §5.9), with their share of states x horizon. Cost at float32 against "
-        "the CPU budget (512 MiB, 40 GFLOP). The first compile in a process also loads the inflection "
+        f"the CPU budget ({cpu_budget}). The first compile in a process also loads the inflection "
         f"dictionaries: the six-keyword constraint took {cold[0]:.2f} s CPU ({cold[1]:.2f} s wall) cold.",
         "",
         table(

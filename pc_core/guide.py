@@ -32,6 +32,7 @@ from typing import NamedTuple
 
 import torch
 
+from pc_core.block_plan import BlockLayout, plan_layout
 from pc_core.cache import LRUCache
 from pc_core.constraints.dfa import TokenDFA
 from pc_core.errors import ErrorKind, PcgenError, TokenizerMismatch
@@ -40,8 +41,9 @@ from pc_core.guide_ratio import ROW_CERTAIN, ROW_IMPOSSIBLE, log_ratio
 from pc_core.guide_tables import GuideTables
 from pc_core.hmm import HMM
 from pc_core.kernels import log_matmul_exp, matmul_exp_nt
+from pc_core.layout_memory import layout_budget
 from pc_core.logspace import NEG_INF
-from pc_core.step_layout import assemble_tail, plan_layout
+from pc_core.step_layout import TailStep, assemble_tail, precompute_layouts, tail_step
 
 DEFAULT_MAX_HORIZON = 1024
 
@@ -80,17 +82,21 @@ class BlockPlan(NamedTuple):
     rows: torch.Tensor  # (M + Q, H) log-space left rows: M marginal rows, then Q joint rows
     row_of_slot: torch.Tensor  # (B, D) joint row per dense successor slot, or ROW_IMPOSSIBLE / ROW_CERTAIN
     marginal_row: torch.Tensor  # (B,) each beam's marginal row, -1 where it needs none in this block
+    layout: BlockLayout | None = None  # where the rows came from (block_plan.py): the assembly reads it
 
 
 class StepPlan(NamedTuple):
     state: GuideState  # the beams the plan is for
     blocks: list[BlockPlan]  # per vocabulary block
+    tail: TailStep | None | bool = False  # the tail's layout (step_layout.py; False: not looked up)
+    left: torch.Tensor | None = None  # (B, H) the beams' scaled forward rows
 
 
 Product = tuple[torch.Tensor, torch.Tensor]  # (rows, V_k) linear values and (rows,) log shift per row
 
-GUIDE_TABLES: LRUCache[GuideTables] = LRUCache("guide", 2 * 2**30, lambda t: t.nbytes)
-"""Guide tables by content (DFA, horizon, minimum length, HMM, device, dtype), bounded in bytes."""
+GUIDE_TABLES: LRUCache[GuideTables] = LRUCache("guide", 2 * 2**30, lambda t: t.nbytes + layout_budget(t))
+"""Guide tables by content (DFA, horizon, minimum length, HMM, device, dtype), bounded in bytes: the tables'
+own and the share their step layouts (kept beside them once steps run, step_layout.py) may take."""
 
 
 def tables_for(
@@ -113,6 +119,7 @@ def tables_for(
         guide_tables = GuideTables(
             hmm, dfa, horizon, min_new_tokens, emission_dtype, deadline, terminal, table_dtype, feasibility
         )
+        precompute_layouts(guide_tables)  # what a step in a new state would build (step_layout.py)
         GUIDE_TABLES.put(key, guide_tables)
     return guide_tables
 
@@ -172,15 +179,27 @@ class ConstraintGuide:
         if generated:
             emitted = emitted + self.tables.log_scale
         scaled, log_peak = self.hmm.transition_scaled()
-        out = log_matmul_exp(emitted, scaled) + log_peak
-        return out - torch.logsumexp(out, dim=1, keepdim=True)
+        if emitted.is_cuda or scaled.dtype != torch.float32:
+            out = log_matmul_exp(emitted, scaled) + log_peak
+            return out - torch.logsumexp(out, dim=1, keepdim=True)
+        # on a CPU, kernels.reference.log_matmul_exp's operations, fewer of them (a step's fixed cost):
+        # the same values, in place where it makes new tensors; the shift is 0 for a row with no finite entry
+        shift = torch.nan_to_num(emitted.amax(dim=1, keepdim=True), nan=0.0, posinf=0.0, neginf=0.0)
+        out = (emitted - shift).exp_() @ scaled  # (B, H)
+        out.log_().add_(shift).add_(log_peak)
+        return out.sub_(torch.logsumexp(out, dim=1, keepdim=True))
 
     def advance(self, state: GuideState, tokens: torch.Tensor | Sequence[int]) -> GuideState:
         """Every beam takes its next token (B,)."""
-        tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.hmm.device).reshape(-1)
+        if isinstance(tokens, (list, tuple)) and all(type(x) is int for x in tokens):  # checked as ints
+            if tokens and (min(tokens) < 0 or max(tokens) >= self.hmm.vocab_size):
+                raise GuideError(f"token ids must be in 0..{self.hmm.vocab_size - 1}")
+            tokens = torch.tensor(tokens, dtype=torch.long, device=self.hmm.device)
+        else:
+            tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.hmm.device).reshape(-1)
+            self._check_tokens(tokens)
         if tokens.shape[0] != state.batch_size:
             raise GuideError(f"expected {state.batch_size} tokens (one per beam), got {tokens.shape[0]}")
-        self._check_tokens(tokens)
         if state.position >= self.horizon:
             raise GuideError(f"the prefix already has {state.position} tokens, the horizon is {self.horizon}")
         guide_tables = self.tables
@@ -244,12 +263,15 @@ class ConstraintGuide:
             raise GuideError(f"the prefix already has {state.position} tokens, the horizon is {self.horizon}")
         r = self.horizon - state.position - 1
         left = state.log_alpha + guide_tables.log_scale  # (B, H): a_t * scale, so rows @ B equals a_t @ B'
+        states = state.dfa_state.tolist()
         blocks = []
-        for b in plan_layout(guide_tables, state.dfa_state, r):  # kept per beam states (step_layout.py)
-            pair_rows = left.index_select(0, b.pair_beam) + guide_tables.rows(r, b.pair_state)
-            rows = torch.cat([left.index_select(0, b.with_marginal), pair_rows], 0)
-            blocks.append(BlockPlan(rows, b.row_of_slot, b.marginal_row))
-        return StepPlan(state, blocks)
+        for b in plan_layout(guide_tables, states, r):  # kept per beam states (block_plan.py)
+            rows = left.index_select(0, b.row_beam)  # (M + Q, H): marginal rows, then the pairs'
+            if b.pair_state.numel():
+                rows[len(b.with_marginal) :] += guide_tables.rows(r, b.pair_state)
+            blocks.append(BlockPlan(rows, b.row_of_slot, b.marginal_row, b))
+        tail = tail_step(guide_tables, states, r) if guide_tables.tail_tokens.numel() else None
+        return StepPlan(state, blocks, tail, left)
 
     def assemble(self, plan: StepPlan, products: Sequence[Product]) -> torch.Tensor:
         """(B, V) log P(constraint | prefix, x) from this guide's slices of the block products plus the tail,
@@ -263,12 +285,12 @@ class ConstraintGuide:
             self._assemble_block(state, k, product, block, out[:, column : column + width])
             column += width
         if guide_tables.tail_tokens.numel():  # the tail tokens the blocks did not give (step_layout.py)
-            assemble_tail(self, state, out)
+            assemble_tail(self, state, out, plan.tail, plan.left)
         out.clamp_max_(0.0)
         if guide_tables.num_blocks > 1:
             out = out.index_select(1, guide_tables.block_position)  # back to token order
         if guide_tables.banned is not None:
-            out[:, guide_tables.banned] = NEG_INF
+            out.index_fill_(1, guide_tables.banned, NEG_INF)
         if state.position + 1 < self.min_new_tokens + 1:  # no end (EOS, a stop string, the suffix) yet
             out[:, guide_tables.eos_token_id] = NEG_INF
             if guide_tables.ends_by_text:
@@ -285,7 +307,17 @@ class ConstraintGuide:
     ) -> None:
         """Fill ratio (B, V_k), a view: one ratio joint / marginal, one log and one shift per entry, then
         exactly 0 / -inf where the successor is certain / impossible."""
-        guide_tables = self.tables
+        guide_tables, layout = self.tables, block.layout
+        if layout is not None and layout.row is not None:  # one successor per beam: whole rows, as planned
+            values, shift = product
+            if values.shape[0]:
+                log_ratio(self, state, ratio, values, shift, layout.row, block.marginal_row,
+                          guide_tables.block_tokens[k], layout.in_order)  # fmt: skip
+            if layout.impossible is not None:
+                ratio.index_fill_(0, layout.impossible, NEG_INF)
+            if layout.certain is not None:
+                ratio.index_fill_(0, layout.certain, 0.0)
+            return
         slots = guide_tables.block_slot[state.dfa_state, k]  # (B,)
         # one successor per beam: whole rows
         if guide_tables.block_slot_everywhere[k] or bool((slots >= 0).all()):

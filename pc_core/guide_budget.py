@@ -14,9 +14,10 @@ counted as EDGE_WEIGHT flop-equivalents per element.
 
 A flat cap on DFA states cannot say this: the six-keyword constraint's 3,330 states cost 159 MB and 22 GFLOP
 at H = 256, and 15 times the bytes and 120 times the flops at H = 4096. The defaults follow the device: a
-CPU is given 512 MiB of tables and 40 GFLOP (seconds of precompute on two cores), an accelerator 4 GiB and
-20 TFLOP (sized from an H100's peak, not measured here). Past the budget the request gets the factored guide (factored_guide.py) or, when the
-caller asks for the exact guide only, a ConstraintTooComplex that says what the exact guide would cost.
+CPU is given 512 MiB of tables and a set-up time, CPU_SETUP_S of precompute on one core at CPU_FLOP_RATE
+(18 GFLOP); an accelerator 4 GiB and 20 TFLOP (sized from an H100's peak, not measured here). Past the budget
+the request gets the factored guide (factored_guide.py) or, when the caller asks for the exact guide only, a
+ConstraintTooComplex that says what the exact guide would cost.
 """
 
 from __future__ import annotations
@@ -29,7 +30,15 @@ from pc_core.constraints.dfa import TokenDFA
 from pc_core.errors import ConstraintTooComplex
 from pc_core.feasibility import Feasibility
 
-CPU_TABLE_BYTES, CPU_FLOPS = 512 * 2**20, 40e9
+CPU_FLOP_RATE = 12e9
+"""The exact guide's precompute on one core of the dev box's CPU, in the cost's flop-equivalents per second
+(H = 256, float32, one torch thread: 7-25 over 27 guides of the families and editing benchmarks, median about
+13; the edge sums' share makes it vary). A rate, not a measurement at run time: the choice of guide does not
+depend on the machine's load."""
+CPU_SETUP_S = 1.5
+"""The exact guide's expected precompute on a CPU, at most (seconds at CPU_FLOP_RATE): past it the factored or
+lazy guide sets up in less (once over 5 keywords: 19-22 GFLOP, 1.5-1.7 s exact, 1.1-1.3 s in all factored)."""
+CPU_TABLE_BYTES, CPU_FLOPS = 512 * 2**20, CPU_SETUP_S * CPU_FLOP_RATE
 GPU_TABLE_BYTES, GPU_FLOPS = 4 * 2**30, 20e12
 EDGE_WEIGHT = 30.0
 BIG_CLASS_FRACTION = 0.01  # as guide_tables: classes with >= 1% of the vocabulary are not in the tail

@@ -46,21 +46,26 @@ def log_ratio(
     row: torch.Tensor,
     marginal_row: torch.Tensor,
     tokens: torch.Tensor,
+    in_order: bool | None = None,
 ) -> None:
     """out (B, n) = log(product[row] / product[marginal_row]) + shift difference: log P(constraint |
     prefix, x) for column j = token tokens[j]. row: (B, 1) one product row per beam, or (B, n) per
     token; entries < 0 (certain, impossible) and beams without a marginal row give values the caller
-    overwrites. Products below float32's full precision are redone exactly."""
+    overwrites. `in_order`: whether the product is every beam's marginal row then its one joint row, in
+    beam order (found here when None). Products below float32's full precision are redone exactly."""
     b = out.shape[0]
-    rows = row.clamp_min(0)
-    marginal = marginal_row.clamp_min(0)
-    in_order = row.shape[1] == 1 and product.shape[0] == 2 * b and bool((marginal_row >= 0).all())
-    in_order = in_order and torch.equal(rows[:, 0], torch.arange(b, 2 * b, device=rows.device))
+    if in_order is None:
+        in_order = row.shape[1] == 1 and product.shape[0] == 2 * b and bool((marginal_row >= 0).all())
+        in_order = in_order and torch.equal(row[:, 0], torch.arange(b, 2 * b, device=row.device))
     if in_order:  # every beam: its marginal row, then its one joint row
         joint, denominator = product[b:], product[:b]
-    else:
-        denominator = product.index_select(0, marginal)  # (B, n)
-        joint = product.index_select(0, rows[:, 0]) if row.shape[1] == 1 else product.gather(0, rows)
+        torch.div(joint, denominator, out=out).log_().add_((shift[b:] - shift[:b])[:, None])
+        _redo_lossy(guide, state, out, product, joint, denominator, row, marginal_row, tokens)
+        return
+    rows = row.clamp_min(0)
+    marginal = marginal_row.clamp_min(0)
+    denominator = product.index_select(0, marginal)  # (B, n)
+    joint = product.index_select(0, rows[:, 0]) if row.shape[1] == 1 else product.gather(0, rows)
     shift_difference = shift[rows] - shift[marginal][:, None]  # (B, 1) or (B, n)
     torch.div(joint, denominator, out=out).log_().add_(shift_difference)
     _redo_lossy(guide, state, out, product, joint, denominator, row, marginal_row, tokens)
@@ -74,11 +79,13 @@ def tail_log_ratio(
     row: torch.Tensor,
     marginal_row: torch.Tensor,
     tokens: torch.Tensor,
+    clamped: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """(B, k) `log_ratio` for tail tokens (pc_core/step_layout.py): a row per (beam, token) always, read
     through index_select (a fraction of advanced indexing's cost at these sizes); `tokens` (k,): the token
-    of each column. Entries with row < 0 are left for the caller."""
-    rows, marginal = row.clamp_min(0), marginal_row.clamp_min(0)
+    of each column; `clamped`: row and marginal_row with codes as row 0, when the caller has them. Entries
+    with row < 0 are left for the caller."""
+    rows, marginal = clamped if clamped is not None else (row.clamp_min(0), marginal_row.clamp_min(0))
     joint, denominator = product.gather(0, rows), product.index_select(0, marginal)  # (B, k)
     per_token = shift.index_select(0, rows.reshape(-1)).view(rows.shape)
     shift_difference = per_token - shift.index_select(0, marginal)[:, None]

@@ -21,7 +21,8 @@ It is decided by a depth-first search of the lazy automaton (lazy_dfa.py), with 
 A True answer is a witness path (proof); a False answer is an exhausted search (proof). A search that spends
 its node budget answers None: not decided. Decoding allows only tokens proven feasible (so the guarantee
 holds whatever the budget: the witness that proved the current state feasible always leaves one token), and
-a request whose start is not decided within the budget is refused, never served unchecked. Past
+a request whose start is not decided within the budget is refused, never served unchecked. A step's question
+gets at most what is left of REQUEST_BUDGET (and of STEP_BUDGET), both search orders together; past
 REQUEST_BUDGET nodes a request's steps allow only what is proven already or by a replay: its search time is
 bounded.
 """
@@ -54,22 +55,34 @@ class LazyFeasibility:
         self.dfa, self.bound, self.horizon, self.min_new = dfa, bound, horizon, min_new_tokens
         self.budget = budget
         self.known: dict[tuple[int, int, int], bool] = {}
-        self.spent, self.by_bound = 0, False
+        self.spent, self.by_bound, self.limit = 0, False, budget
         self.searched = 0  # search nodes over this object's life (reported)
         self.undecided = 0  # questions left undecided by the budget (their tokens are not allowed)
         self.witness: list[int] = []  # the tokens of the last witness the search found (replayed first)
         self.path: list[int] = []  # the search's current path
         self.replayed = 0  # questions a replayed witness answered
+        self._step_memo: tuple[int, dict] = (-1, {})  # (t, (state, leaves) -> allowed) of the current step
 
     def feasible(self, state: int, leaves: np.ndarray, r: int, t: int) -> bool | None:
         """True (a witness), False (exhausted), or None (the budget ran out first)."""
         if self.bound.lower(leaves[None])[0] > r:
             return False
+        return self._decide(state, leaves, r, t, self.budget)
+
+    def _decide(
+        self, state: int, leaves: np.ndarray, r: int, t: int, budget: int, total: int | None = None
+    ) -> bool | None:
+        """`feasible` once the leaves' bound is checked (the caller's, for many states at once), with
+        `budget` nodes per search order and `total` (None: no cap) for both orders together."""
         if self._replay(state, r, t):
             self.replayed += 1
             return True
+        used = 0
         for by_bound in (False, True):  # two orders: each has its traps (shared prefixes, word counts)
-            self.spent, self.by_bound, self.path = 0, by_bound, []
+            limit = budget if total is None else min(budget, total - used)
+            if limit <= 0:
+                break
+            self.spent, self.by_bound, self.path, self.limit = 0, by_bound, [], limit
             try:
                 found = self._search(state, leaves, r, t)
                 if found and self.path:
@@ -79,6 +92,7 @@ class LazyFeasibility:
                 pass
             finally:
                 self.searched += self.spent
+                used += self.spent
         self.undecided += 1
         return None
 
@@ -122,26 +136,32 @@ class LazyFeasibility:
         found = self.known.get(key)
         if found is not None:
             return found
-        if self.spent >= self.budget:
+        if self.spent >= self.limit:
             raise _OutOfBudget
         self.spent += 1
-        for n, (child, child_leaves, token) in enumerate(self._ordered(state, leaves, r, t)):
+        children, states, tokens, picked = self._ordered(state, leaves, r, t)
+        for n, i in enumerate(picked):
+            child, token = int(children[i]), int(tokens[i])
             if child < 0:  # not computed yet (LazyDFA.options)
                 if n == PEEKS:  # many tried: one expansion computes the rest at once
                     dfa.expand(state)
                 child = dfa.peek(state, token)
             self.path.append(token)
-            if self._search(child, child_leaves, r - 1, t + 1):
+            if self._search(child, states[i], r - 1, t + 1):
                 self.known[key] = True
                 return True
             self.path.pop()
         self.known[key] = False
         return False
 
-    def _ordered(self, state: int, leaves: np.ndarray, r: int, t: int) -> list[tuple[int, np.ndarray, int]]:
-        """The successors worth trying, most promising first: an accepted end, then by the leaves' estimate.
+    def _ordered(
+        self, state: int, leaves: np.ndarray, r: int, t: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+        """The successors worth trying, most promising first: (successor or -1 (E,), leaf states (E, L), a
+        token to each (E,), the indices to try in order): an accepted end, then by the leaves' estimate.
         Skipped: ending tokens before min_new_tokens, rejected ends, the sink, and successors whose leaves'
-        bound exceeds the r - 1 tokens left after them."""
+        bound exceeds the r - 1 tokens left after them. (Indices, not tuples: the search usually descends
+        into the first.)"""
         dfa = self.dfa
         children, tokens = dfa.options(state)  # -1: a successor computed when tried (below)
         states = self.bound.advance_many(leaves, tokens)  # (K, L)
@@ -154,28 +174,40 @@ class LazyFeasibility:
         picked = picked[np.lexsort((lower[picked], primary))].tolist()  # lexsort: the last key is the primary
         if t >= self.min_new and dfa.is_accepting(dfa.end_accept) and (children == dfa.end_accept).any():
             picked.insert(0, int(np.flatnonzero(children == dfa.end_accept)[0]))
-        return [(int(children[i]), states[i], int(tokens[i])) for i in picked]
+        return children, states, tokens, picked
 
     def allowed(self, state: int, leaves: np.ndarray, t: int) -> np.ndarray:
-        """(V,) bool: the tokens at index t after which an accepted text of the horizon is proven reachable."""
+        """(V,) bool: the tokens at index t after which an accepted text of the horizon is proven reachable.
+        Beams in the same state with the same leaf states share one answer (memoised for the step t)."""
+        key = (state, leaves.tobytes())
+        if self._step_memo[0] != t:
+            self._step_memo = (t, {})
+        found = self._step_memo[1].get(key)
+        if found is None:
+            found = self._step_memo[1][key] = self._allowed(state, leaves, t)
+        return found
+
+    def _allowed(self, state: int, leaves: np.ndarray, t: int) -> np.ndarray:
         dfa = self.dfa
         successors = dfa.successors(state)
         children, first, inverse = np.unique(successors, return_index=True, return_inverse=True)
         r = self.horizon - t - 1
         states = self.bound.advance_many(leaves, first)  # (K, L) after a token leading to each child
+        within = self.bound.lower(states) <= r  # the leaves' bound, for every child at once
         ok = np.zeros(len(children), bool)
         spent = self.searched
         for i in np.argsort(self.bound.estimate(states), kind="stable").tolist():  # promising ones first
             child = int(children[i])
-            if dfa.is_ended(child) and t < self.min_new:
+            if not within[i] or (dfa.is_ended(child) and t < self.min_new):
                 continue
-            if self.searched - spent > STEP_BUDGET or self.searched > REQUEST_BUDGET:  # only what is proven
+            left = min(STEP_BUDGET - (self.searched - spent), REQUEST_BUDGET - self.searched)
+            if left <= 0:  # only what is proven
                 found = dfa.is_accepting(child) if dfa.is_ended(child) or r == 0 else None
                 if found is None:
                     found = self.known.get((child, r, min(t + 1, self.min_new)))
-                if found is None and self.bound.lower(states[i][None])[0] <= r:
+                if found is None:
                     found = self._replay(child, r, t + 1)  # a proof without search
                 ok[i] = bool(found)
                 continue  # (the witness that proved this state leaves its next token proven)
-            ok[i] = bool(self.feasible(child, states[i], r, t + 1))
+            ok[i] = bool(self._decide(child, states[i], r, t + 1, self.budget, left))
         return ok[inverse.reshape(-1)]

@@ -161,10 +161,15 @@ class LeafBound:
             return np.full(rows, FAR if k > 0 else 0, np.int64)
         if k > values.shape[1]:
             return np.full(rows, FAR, np.int64)
-        ordered = np.sort(values, 1)
-        if not exact:
-            return np.minimum(FAR, ordered[:, :k].sum(1))
-        out = ordered[:, k - 1]  # k-th smallest (all: the largest)
+        if kind == "all":  # k is every child: the sum and the largest, no sort
+            if not exact:
+                return np.minimum(FAR, values.sum(1))
+            out = values.max(1)
+        else:
+            ordered = np.sort(values, 1)
+            if not exact:
+                return np.minimum(FAR, ordered[:, :k].sum(1))
+            out = ordered[:, k - 1]  # k-th smallest
         if kind == "at_least" and sum(map(len, classes)) == len(children):  # every child a leaf
             return np.minimum(np.maximum(out, self._k_of_classes(d, classes, k)), FAR)
         for group in classes:  # leaves of one class need their own tokens each

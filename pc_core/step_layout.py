@@ -21,6 +21,13 @@ product: which successors need a row, the beams' marginal rows, each column's ro
 with the whole tail (beam, then successor ascending). Values of a covered token come from the block's
 (packed) product instead of the tail's plain sgemm: the same ratio to float32 rounding (or to the emission
 dtype's, docs/method.md §5.9), and its exact 0 / -inf entries are the same.
+
+A JSON walk meets a new state at about half its steps, so building a layout is part of the step's cost:
+layouts are built in numpy (a handful of beams and slots; tensors only at the end), the block layouts from
+a pattern shared by states with the same slots and status (`_plan_pattern`), and every single state's tail
+columns are precomputed with the tables (`TailLayout.precompute`, part of the guide's precompute). All the
+layouts of a table live within `layout_budget(tables)` bytes (`LayoutMemory`), which GUIDE_TABLES counts
+with the tables: they are built after the tables entered that cache.
 """
 
 from __future__ import annotations
@@ -30,8 +37,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import torch
 
-from pc_core.guide_ratio import ROW_CERTAIN, ROW_IMPOSSIBLE, marginal_rows, tail_log_ratio
+from pc_core.block_plan import state_status
+from pc_core.cache import buffer_bytes
+from pc_core.guide_ratio import ROW_CERTAIN, ROW_IMPOSSIBLE, tail_log_ratio
 from pc_core.kernels import matmul_exp_nt
+from pc_core.layout_memory import MAX_LAYOUT_BYTES, LayoutMemory, as_tensors, layout_memory, nbytes_of
 from pc_core.logspace import NEG_INF
 
 if TYPE_CHECKING:
@@ -40,8 +50,6 @@ if TYPE_CHECKING:
 # guide.py imports this module, so its types are not imported here: `guide` below is the calling
 # pc_core.guide.ConstraintGuide and `state` its GuideState
 ConstraintGuide = GuideState = Any
-
-MAX_ENTRIES = 1 << 22  # (beam, column) entries kept in one table's cached layouts; past it they start over
 
 
 class TailColumns(NamedTuple):
@@ -53,7 +61,9 @@ class TailColumns(NamedTuple):
     distinct: torch.Tensor  # (N,) distinct successors, per beam ascending, beams concatenated
     beam_of: torch.Tensor  # (N,) the beam of each
     index: torch.Tensor  # (B, k) per (beam, column) its successor's index into `distinct`
-    distinct_np: np.ndarray  # (N,) `distinct` as a numpy array
+    distinct_np: np.ndarray  # (N,) `distinct`, `beam_of` and `index` as numpy arrays
+    beam_of_np: np.ndarray
+    index_np: np.ndarray
 
 
 class TailStep(NamedTuple):
@@ -68,12 +78,16 @@ class TailStep(NamedTuple):
     marginal_row: torch.Tensor  # (B,) each beam's marginal row, -1 for none
     row: torch.Tensor  # (B, k) product row of each (beam, column), or ROW_CERTAIN / ROW_IMPOSSIBLE
     fixed: torch.Tensor  # (B, k) the value where row < 0: 0 (certain) or -inf (impossible)
+    row_beam: torch.Tensor  # (M + P,) the beam of each product row: with_marginal, then pair_beam
+    computed: torch.Tensor  # (B, k) row >= 0
+    row_or_0: torch.Tensor  # (B, k) row with the codes as 0
+    marginal_or_0: torch.Tensor  # (B,) marginal_row with -1 as 0
 
 
 class TailLayout:
     """Lazily filled layouts of one GuideTables' tail. `tail_succ` (S, T); without the block arrays every
     tail token is computed (no block product covers any). Cached per beam states (`of`) and per (beam
-    states, tokens left) (`step`)."""
+    states, tokens left) (`step`), within `memory`'s budget."""
 
     COVER = True  # skip the tail tokens the blocks give; False computes every one (the reference, tests)
 
@@ -89,6 +103,7 @@ class TailLayout:
         tail_tokens: torch.Tensor | None = None,
         everywhere: list[bool] | None = None,
         device: torch.device | str = "cpu",
+        memory: LayoutMemory | None = None,
     ) -> None:
         self.tail_succ = tail_succ.numpy()  # (S, T)
         self.tail_block, self.block_slot = tail_block, block_slot  # (T,) block per tail token, (S, K)
@@ -99,9 +114,58 @@ class TailLayout:
         self.tail_position = tail_position if tail_position is not None else torch.arange(t)
         self.tail_tokens = tail_tokens if tail_tokens is not None else torch.arange(t)
         self.device = torch.device(device)
-        self._columns: dict[tuple, TailColumns] = {}
-        self._steps: dict[tuple, TailStep | None] = {}
-        self._entries = 0
+        self.memory = memory if memory is not None else LayoutMemory(MAX_LAYOUT_BYTES)
+        self._columns: dict[tuple, TailColumns] = self.memory.cache()
+        self._steps: dict[tuple, TailStep | None] = self.memory.cache()
+        self._single: tuple[np.ndarray, ...] | None = None  # `precompute`: every single state's columns
+        self._tail_position_np, self._tail_tokens_np = self.tail_position.numpy(), self.tail_tokens.numpy()
+
+    def precompute(self, max_bytes: int) -> bool:
+        """The columns of every single beam state at once (the guide's precompute, so that a step in a state
+        it has not seen yet only slices them): per state its uncovered tail columns, their positions,
+        tokens and index into the state's distinct successors, all concatenated with offsets (CSR). Not kept
+        (False) when they would take more than `max_bytes`."""
+        if self.tail_block is None or self.everywhere is None:
+            return False
+        s_count, t_count = self.tail_succ.shape
+        block = self.tail_block
+        whole = np.asarray(self.everywhere, bool)[None, :] | (self.block_slot >= 0)  # (S, K), one beam
+        big = self.big_in_block[block][None, :]  # (1, T)
+        chunk = max(1, (1 << 21) // max(1, t_count))
+        found_state, found_column, total = [], [], 0
+        for start in range(0, s_count, chunk):
+            part = slice(start, min(s_count, start + chunk))
+            slots = self.block_slot[part][:, block]  # (c, T)
+            slot = np.maximum(np.where(whole[part][:, block], slots, 0), 0)
+            beam = np.arange(slot.shape[0])[:, None]
+            covered = big & (self.slot_succ[part][beam, slot] == self.tail_succ[part])
+            covered &= self.slot_blocks[part][beam, slot, block[None, :]]
+            state, column = np.nonzero(~covered)
+            found_state.append(state + start)
+            found_column.append(column)
+            total += len(column)
+            if 8 * total > max_bytes:  # two int32 arrays of the columns' length (and fewer successors)
+                return False
+        state, column = np.concatenate(found_state), np.concatenate(found_column)
+        succ = self.tail_succ[state, column]
+        pairs, inverse = np.unique(state * s_count + succ, return_inverse=True)  # per state, ascending
+        starts = np.arange(s_count + 1)
+        offsets = np.searchsorted(state, starts)  # (S + 1,) into the columns
+        pair_offsets = np.searchsorted(pairs // s_count, starts)  # (S + 1,) into the distinct successors
+        index = (inverse.reshape(-1) - pair_offsets[state]).astype(np.int32)
+        self._single = (offsets, column.astype(np.int32), pair_offsets, pairs % s_count, index)
+        self.memory.fixed += nbytes_of(*self._single)
+        return True
+
+    def _of_single(self, s: int) -> TailColumns:
+        offsets, column, pair_offsets, distinct, index = self._single
+        a, b = offsets[s], offsets[s + 1]
+        mine = distinct[pair_offsets[s] : pair_offsets[s + 1]]
+        beam_of, index = np.zeros(len(mine), np.int64), index[a:b].astype(np.int64).reshape(1, -1)
+        cols = column[a:b].astype(np.int64)
+        positions, tokens = self._tail_position_np[cols], self._tail_tokens_np[cols]
+        return TailColumns(*as_tensors([cols, positions, tokens, mine, beam_of, index], torch.device("cpu")),
+                           mine, beam_of, index)  # fmt: skip
 
     def whole_rows(self, states: list[int]) -> tuple[bool, ...]:
         """Per vocabulary block, whether the block assembly takes whole rows for these beams (guide.py,
@@ -120,8 +184,10 @@ class TailLayout:
         if self.tail_block is None or not whole:
             return np.ones(len(succ), bool)
         block = self.tail_block
-        slot = np.where(np.asarray(whole)[block], self.block_slot[state][block], 0)  # (T,)
-        slot = np.maximum(slot, 0)
+        if all(whole):  # every block: the state's own slot (most steps)
+            slot = np.maximum(self.block_slot[state], 0)[block]  # (T,)
+        else:
+            slot = np.maximum(np.where(np.asarray(whole)[block], self.block_slot[state][block], 0), 0)
         covered = self.big_in_block[block] & (self.slot_succ[state][slot] == succ)
         covered &= self.slot_blocks[state][slot, block]
         return ~covered
@@ -131,81 +197,85 @@ class TailLayout:
         key = (tuple(states), self.COVER if whole is None else whole)
         layout = self._columns.get(key)
         if layout is None:
-            if whole is None:
-                whole = self.whole_rows(states) if self.COVER else ()
-            layout = self._columns[key] = self._build(states, whole)
-            self._count(layout.index.numel())
+            if self._single is not None and whole is None and self.COVER and len(states) == 1:
+                layout = self._of_single(states[0])  # views on the precomputed arrays, but beam_of
+                size = layout.beam_of_np.nbytes + 32 * len(layout.columns)
+            else:
+                if whole is None:
+                    whole = self.whole_rows(states) if self.COVER else ()
+                layout = self._build(states, whole)
+                size = nbytes_of(layout.distinct_np, layout.beam_of_np, layout.index_np) + 24 * len(
+                    layout.columns
+                )
+            if self.memory.charge(size):
+                self._columns[key] = layout
         return layout
 
-    def _count(self, entries: int) -> None:
-        self._entries += entries
-        if self._entries > MAX_ENTRIES:
-            self._columns.clear()
-            self._steps.clear()
-            self._entries = 0
-
     def _build(self, states: list[int], whole: tuple[bool, ...]) -> TailColumns:
-        needed = np.zeros(self.tail_succ.shape[1], bool)
-        for s in dict.fromkeys(states):
+        unique = list(dict.fromkeys(states))
+        needed = self.uncovered(unique[0], whole)
+        for s in unique[1:]:
             needed |= self.uncovered(s, whole)
         columns = np.flatnonzero(needed)
         distinct, beam_of, index, offset = [], [], [], 0
         for beam, s in enumerate(states):
             mine, inverse = np.unique(self.tail_succ[s][columns], return_inverse=True)
             distinct.append(mine)
-            beam_of.append(np.full(len(mine), beam))
+            beam_of.append(np.full(len(mine), beam, np.int64))
             index.append(inverse.reshape(-1) + offset)
             offset += len(mine)
+        distinct_np = np.concatenate(distinct).astype(np.int64)
+        beam_of_np = np.concatenate(beam_of)
+        index_np = np.stack(index).astype(np.int64).reshape(len(states), len(columns))
         cols = torch.from_numpy(columns)
         return TailColumns(
             cols,
             self.tail_position.index_select(0, cols),
             self.tail_tokens.index_select(0, cols),
-            torch.from_numpy(np.concatenate(distinct).astype(np.int64)),
-            torch.from_numpy(np.concatenate(beam_of).astype(np.int64)),
-            torch.from_numpy(np.stack(index).astype(np.int64)).reshape(len(states), len(columns)),
-            np.concatenate(distinct).astype(np.int64),
+            torch.from_numpy(distinct_np),
+            torch.from_numpy(beam_of_np),
+            torch.from_numpy(index_np),
+            distinct_np,
+            beam_of_np,
+            index_np,
         )
 
     def step(
-        self,
-        states: list[int],
-        r: int,
-        feasible: torch.Tensor,
-        certain: torch.Tensor,
-        feasible_np: np.ndarray,
-        certain_np: np.ndarray,
+        self, states: list[int], r: int, feasible_np: np.ndarray, certain_np: np.ndarray
     ) -> TailStep | None:
-        """The step's layout for beams in `states` with r tokens left after the next one (feasible[r] and
-        certain[r] decide which successors need a row; `_np`: the same on the CPU), on `device`; None when
-        no tail token is left. Kept per (states, which of their successors are feasible / certain)."""
+        """The step's layout for beams in `states` with r tokens left after the next one (feasible_np[r] and
+        certain_np[r], (n + 1, S) on the CPU, decide which successors need a row), on `device`; None when no
+        tail token is left. Kept per (states, which of their successors are feasible / certain)."""
         layout = self.of(states)
         d = layout.distinct_np
+        is_feasible, is_certain = feasible_np[r][d], certain_np[r][d]  # (N,)
         # the layout depends on r only through which successors are feasible / certain: keyed by that
-        key = (tuple(states), self.COVER, feasible_np[r][d].tobytes(), certain_np[r][d].tobytes())
+        key = (tuple(states), self.COVER, is_feasible.tobytes(), is_certain.tobytes())
         if key in self._steps:
             return self._steps[key]
-        out = None
-        if layout.columns.numel():
-            distinct, beam_of, index = layout.distinct, layout.beam_of, layout.index
-            is_certain = certain[r].index_select(0, distinct.to(certain.device)).cpu()  # (N,)
-            needed = feasible[r].index_select(0, distinct.to(feasible.device)).cpu() & ~is_certain
-            pairs = needed.nonzero()[:, 0]  # (P,)
-            beam_needs = torch.zeros(index.shape[0], dtype=torch.bool)
-            beam_needs[beam_of[pairs]] = True
-            with_marginal = beam_needs.nonzero()[:, 0]  # (M,)
+        out, size = None, 0
+        if len(layout.columns):
+            b = len(states)
+            pairs = np.flatnonzero(is_feasible & ~is_certain)  # (P,)
+            beam_needs = np.zeros(b, bool)
+            beam_needs[layout.beam_of_np[pairs]] = True
+            with_marginal = np.flatnonzero(beam_needs)  # (M,)
             m = len(with_marginal)
-            marginal_row = torch.full((index.shape[0],), -1, dtype=torch.long)
-            marginal_row[with_marginal] = torch.arange(m)
-            slot_row = torch.where(is_certain, ROW_CERTAIN, ROW_IMPOSSIBLE)  # (N,) product row, or a code
-            slot_row[pairs] = torch.arange(m, m + len(pairs))
-            row = slot_row[index]  # (B, k)
-            fixed = torch.where(row == ROW_CERTAIN, 0.0, NEG_INF)
-            parts = (layout.columns, layout.positions, layout.tokens, beam_of[pairs], distinct[pairs],
-                     with_marginal, marginal_row, row, fixed)  # fmt: skip
-            out = TailStep(*(x.to(self.device) for x in parts))
-            self._count(row.numel())
-        self._steps[key] = out
+            marginal_row = np.full(b, -1, np.int64)
+            marginal_row[with_marginal] = np.arange(m)
+            slot_row = np.where(is_certain, ROW_CERTAIN, ROW_IMPOSSIBLE)  # (N,) product row, or a code
+            slot_row[pairs] = np.arange(m, m + len(pairs))
+            row = slot_row[layout.index_np]  # (B, k)
+            fixed = np.where(row == ROW_CERTAIN, np.float32(0.0), np.float32(NEG_INF)).astype(np.float32)
+            pair_beam = layout.beam_of_np[pairs]
+            parts = (pair_beam, d[pairs], with_marginal, marginal_row, row, fixed,
+                     np.concatenate([with_marginal, pair_beam]), row >= 0, np.maximum(row, 0),
+                     np.maximum(marginal_row, 0))  # fmt: skip
+            size = nbytes_of(*parts) + 24 * len(layout.columns)
+            head = layout[:3] if self.device.type == "cpu" else [x.to(self.device) for x in layout[:3]]
+            out = TailStep(*head, *as_tensors(parts, self.device))
+        if self.memory.charge(size):
+            self._steps[key] = out
         return out
 
     def gather(self, states: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -216,26 +286,39 @@ class TailLayout:
 
 
 def tail_layout(guide_tables: GuideTables) -> TailLayout:
-    """The TailLayout kept on `guide_tables` (made on first use; it lives and is evicted with the tables)."""
-    layout = getattr(guide_tables, "_tail_layout", None)
+    """The TailLayout kept on `guide_tables` (made on first use; it lives and is evicted with the tables,
+    its layouts within the tables' layout budget)."""
+    layout = getattr(guide_tables, "_step_tail", None)
     if layout is None:
         t = guide_tables
+        memory = layout_memory(t)
         big_in_block = np.zeros(t.num_blocks, bool)  # does block k hold a large class
         for k, classes in enumerate(t.block_class):
             big_in_block[k] = bool(t.big_classes[torch.unique(classes).cpu().numpy()].any())
-        layout = guide_tables._tail_layout = TailLayout(
-            t.tail_succ.cpu(),
-            t.block_of[t.tail_tokens.cpu().numpy()],
-            t.block_slot.cpu().numpy(),
-            t.dense_succ.cpu().numpy(),
-            t.slot_blocks.cpu().numpy(),
+        arrays = (t.tail_succ.cpu(), t.block_slot.cpu().numpy(), t.dense_succ.cpu().numpy(),
+                  t.slot_blocks.cpu().numpy(), t.tail_position.cpu(), t.tail_tokens.cpu())  # fmt: skip
+        tail_block = t.block_of[t.tail_tokens.cpu().numpy()]
+        # on a CPU the arrays are the tables' own (counted in nbytes); elsewhere copies, kept with the layouts
+        copies = t.device.type != "cpu"
+        memory.fixed += tail_block.nbytes + big_in_block.nbytes + (buffer_bytes(arrays) if copies else 0)
+        layout = guide_tables._step_tail = TailLayout(
+            arrays[0],
+            tail_block,
+            *arrays[1:4],
             big_in_block,
-            t.tail_position.cpu(),
-            t.tail_tokens.cpu(),
+            *arrays[4:],
             list(t.block_slot_everywhere),
             t.device,
+            memory,
         )
     return layout
+
+
+def precompute_layouts(guide_tables: GuideTables) -> None:
+    """With the tables (the guide's precompute): every single beam state's tail columns (TailLayout.precompute),
+    within half the tables' layout budget."""
+    if guide_tables.tail_tokens.numel():
+        tail_layout(guide_tables).precompute(layout_memory(guide_tables).budget // 2)
 
 
 def tail_product(
@@ -250,95 +333,42 @@ def tail_product(
         emission_t = emission_t.index_select(0, columns.to(emission_t.device))  # (k, H)
     if left.is_cuda:
         return matmul_exp_nt(left, emission_t)
-    shift = left.max(dim=1).values  # (R,)
-    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-    probs = torch.exp(left - shift[:, None]).to(emission_t.dtype)  # (R, H)
+    shift = torch.nan_to_num(left.amax(dim=1), nan=0.0, posinf=0.0, neginf=0.0)  # (R,), 0 for no finite entry
+    probs = (left - shift[:, None]).exp_().to(emission_t.dtype)  # (R, H)
     return (probs @ emission_t.T).float(), shift
 
 
-def assemble_tail(guide: ConstraintGuide, state: GuideState, out: torch.Tensor) -> None:
+def tail_step(guide_tables: GuideTables, states: list[int], r: int) -> TailStep | None:
+    """The TailStep of beams in `states` with r tokens left after the next one (None: no tail token)."""
+    feasible_np, certain_np = state_status(guide_tables)
+    return tail_layout(guide_tables).step(states, r, feasible_np, certain_np)
+
+
+def assemble_tail(
+    guide: ConstraintGuide,
+    state: GuideState,
+    out: torch.Tensor,
+    step: TailStep | None | bool = False,
+    left: torch.Tensor | None = None,
+) -> None:
     """Write into out (B, V), block-ordered and filled by the block assembly, log P(constraint | prefix, x)
     for the tail tokens x the blocks did not give: one product row per distinct (beam, successor) that is
-    neither impossible nor certain, after the marginal rows of the beams that have one."""
+    neither impossible nor certain, after the marginal rows of the beams that have one. `step` and `left`
+    (the beams' scaled forward rows): as the plan found them (looked up / computed here when not given)."""
     guide_tables = guide.tables
     r = guide.horizon - state.position - 1
-    feasible_np, certain_np = _status(guide_tables)
-    step = tail_layout(guide_tables).step(
-        state.dfa_state.tolist(), r, guide_tables.feasible, guide_tables.certain, feasible_np, certain_np
-    )
+    if step is False:
+        step = tail_step(guide_tables, state.dfa_state.tolist(), r)
     if step is None:
         return
     if not step.pair_state.numel():  # every successor certain or impossible
         out[:, step.positions] = step.fixed
         return
-    left = state.log_alpha + guide_tables.log_scale  # (B, H)
-    pair_rows = left.index_select(0, step.pair_beam) + guide_tables.rows(r, step.pair_state)
-    rows = torch.cat([left.index_select(0, step.with_marginal), pair_rows])
+    if left is None:
+        left = state.log_alpha + guide_tables.log_scale  # (B, H)
+    rows = left.index_select(0, step.row_beam)  # (M + P, H): the marginal rows, then the pairs'
+    rows[len(step.with_marginal) :] += guide_tables.rows(r, step.pair_state)
     product, shift = tail_product(rows, guide_tables, step.columns)  # (M + P, k)
-    values = tail_log_ratio(guide, state, product, shift, step.row, step.marginal_row, step.tokens)
-    out[:, step.positions] = torch.where(step.row >= 0, values, step.fixed)
-
-
-class BlockLayout(NamedTuple):
-    """A step's rows in one vocabulary block, all but their values: which beams take a marginal row, which
-    (beam, dense successor) pairs a joint row, and where each slot's value comes from (guide.py, `plan`)."""
-
-    with_marginal: torch.Tensor  # (M,) beams with a ratio to compute in the block, each a marginal row first
-    pair_beam: torch.Tensor  # (Q,) per needed (beam, slot) in the block: the beam
-    pair_state: torch.Tensor  # (Q,) and its successor
-    row_of_slot: torch.Tensor  # (B, D) joint row per slot, or ROW_IMPOSSIBLE / ROW_CERTAIN
-    marginal_row: torch.Tensor  # (B,) each beam's marginal row, -1 where it needs none in this block
-
-
-MAX_PLANS = 1 << 15  # cached (beam states, tokens left) plans per table; past it they start over
-
-
-def _status(guide_tables: GuideTables) -> tuple[np.ndarray, np.ndarray]:
-    """feasible and certain (n + 1, S) as numpy arrays (views on a CPU), kept on the tables."""
-    status = getattr(guide_tables, "_status_np", None)
-    if status is None:
-        status = guide_tables._status_np = (
-            guide_tables.feasible.cpu().numpy(),
-            guide_tables.certain.cpu().numpy(),
-        )
-    return status
-
-
-def plan_layout(guide_tables: GuideTables, dfa_state: torch.Tensor, r: int) -> list[BlockLayout]:
-    """Per vocabulary block, the BlockLayout of beams in `dfa_state` (B,) with r tokens left after the next
-    one: a function of the states and of which of their dense successors are feasible / certain at r, so it
-    is computed once per (beam states, that status) and kept beside the tables (JSON text revisits its
-    states: inside a string, every token; the status changes only near the horizon); a step then only builds
-    the rows' values."""
-    plans = getattr(guide_tables, "_plan_layouts", None)
-    if plans is None or len(plans) >= MAX_PLANS:
-        plans = guide_tables._plan_layouts = {}
-        guide_tables._dense_succ_np = guide_tables.dense_succ.cpu().numpy()
-    states = dfa_state.tolist()
-    succ = guide_tables._dense_succ_np[states]  # (B, D), -1 padded: -1 reads the last state, masked below
-    feasible, certain = _status(guide_tables)
-    valid = succ >= 0
-    key = (tuple(states), (feasible[r][succ] & valid).tobytes(), (certain[r][succ] & valid).tobytes())
-    layout = plans.get(key)
-    if layout is None:
-        layout = plans[key] = _plan_layout(guide_tables, dfa_state, r)
-    return layout
-
-
-def _plan_layout(guide_tables: GuideTables, dfa_state: torch.Tensor, r: int) -> list[BlockLayout]:
-    succ = guide_tables.dense_succ[dfa_state]  # (B, D), -1 padded
-    valid = succ >= 0
-    succ_or_0 = succ.clamp_min(0)
-    certain = guide_tables.certain[r][succ_or_0] & valid
-    needed = guide_tables.feasible[r][succ_or_0] & valid & ~certain
-    in_block = guide_tables.slot_blocks[dfa_state]  # (B, D, blocks)
-    blocks = []
-    for k in range(guide_tables.num_blocks):
-        need = needed & in_block[:, :, k]  # (B, D)
-        with_marginal, marginal_row = marginal_rows(need)
-        beam, slot = need.nonzero(as_tuple=True)
-        row_of_slot = torch.full(succ.shape, ROW_IMPOSSIBLE, dtype=torch.long, device=succ.device)
-        row_of_slot[beam, slot] = len(with_marginal) + torch.arange(len(beam), device=succ.device)
-        row_of_slot = torch.where(certain, ROW_CERTAIN, row_of_slot)
-        blocks.append(BlockLayout(with_marginal, beam, succ_or_0[beam, slot], row_of_slot, marginal_row))
-    return blocks
+    clamped = (step.row_or_0, step.marginal_or_0)
+    values = tail_log_ratio(guide, state, product, shift, step.row, step.marginal_row, step.tokens, clamped)
+    out[:, step.positions] = torch.where(step.computed, values, step.fixed)

@@ -2,7 +2,8 @@
 
 Compiling a constraint is pure Python; in a thread of the serving process it holds the GIL and starves the
 decoding thread (one client looping a 1 KB constraint made an ordinary request 170x slower). So it runs in
-worker processes (spawned, each holding the tokenizer's tables).
+worker processes (forked from a fork server that preloaded the compiler and the dictionaries; each holds the
+tokenizer's tables).
 
 Clients cannot be told apart reliably (without API keys, or behind a proxy, every client is one address), so
 the pool judges the work, not the client: `estimated_cost` reads the constraint's structure (keywords x
@@ -38,7 +39,7 @@ from typing import Any
 from pc_core.constraints.compiler import COMPILED, compile_constraint, compile_key
 from pc_core.constraints.dfa import TokenDFA
 from pc_core.errors import CompileBacklogFull, ConstraintTooComplex, DeadlineExceeded
-from pc_core.lifetime import exit_with_parent
+from pc_core.lifetime import exit_with
 from service.compile_cost import HEAVY_COST, estimated_cost
 
 log = logging.getLogger(__name__)
@@ -53,12 +54,12 @@ SLOW_CLIENT_S = 10.0
 MAX_SLOW_CLIENTS = 10_000
 
 
-def _init_worker(tokenizer: Any, cache_bytes: int, nice: int) -> None:
+def _init_worker(server_pid: int, tokenizer: Any, cache_bytes: int, nice: int) -> None:
     global _TOKENIZER
     from pc_core.constraints.vocab import vocab_tables
     from pc_core.constraints.words import load_dictionaries
 
-    exit_with_parent()
+    exit_with(server_pid)  # the parent is the fork server, which lives as long as its workers
     if nice:
         os.nice(nice)
     _TOKENIZER = tokenizer
@@ -94,7 +95,10 @@ class _Lane:
         self.executor = self._new_executor()
 
     def _new_executor(self) -> ProcessPoolExecutor:
-        context = multiprocessing.get_context("spawn")  # no fork of a process with threads and torch
+        # Workers fork from a fork server (a fresh interpreter, never a fork of this process with its threads and
+        # torch) that has loaded what they need once: service/compile_preload.py.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["service.compile_preload"])
         return ProcessPoolExecutor(
             self.workers, mp_context=context, initializer=_init_worker, initargs=self._start
         )
@@ -158,8 +162,8 @@ class CompilePool:
         )
         self._lock = threading.Lock()
         self._lanes = {
-            "light": _Lane("light", light_workers, (tokenizer, cache_bytes, 0)),
-            "heavy": _Lane("heavy", workers, (tokenizer, cache_bytes, HEAVY_NICE)),
+            "light": _Lane("light", light_workers, (os.getpid(), tokenizer, cache_bytes, 0)),
+            "heavy": _Lane("heavy", workers, (os.getpid(), tokenizer, cache_bytes, HEAVY_NICE)),
         }
         self._slow: OrderedDict[str, float] = OrderedDict()  # client -> when a constraint of its needed long
         self.abandoned = 0  # compiles dropped or stopped because their request's deadline passed

@@ -125,7 +125,7 @@ class Settings(BaseSettings):
         None, ge=0, description="exact guide's tables, bytes at most (unset: 512 MiB on CPU, 4 GiB on GPU)"
     )
     guide_budget_gflops: float | None = Field(
-        None, ge=0, description="exact guide's precompute, GFLOP at most (unset: 40 on CPU, 20,000 on GPU)"
+        None, ge=0, description="exact guide's precompute, GFLOP at most (unset: 18 on CPU, 20,000 on GPU)"
     )
     guide_table_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="guide rows stored in: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16"

@@ -173,11 +173,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 def _stop_own_resource_tracker() -> None:
-    """A test that starts worker processes in this process (a CompilePool) also starts multiprocessing's resource
-    tracker, which lives as long as this process: stop it here, so that the check counts only real leaks."""
-    from multiprocessing import resource_tracker
+    """A test that starts worker processes in this process (a CompilePool) also starts multiprocessing's fork
+    server and resource tracker, which live as long as this process: stop them here (the fork server first: it
+    holds the tracker's pipe), so that the check counts only real leaks."""
+    from multiprocessing import forkserver, resource_tracker
 
-    resource_tracker._resource_tracker._stop()  # noqa: SLF001 - no public way to end it early
+    forkserver._forkserver._stop()  # noqa: SLF001 - no public way to end them early
+    resource_tracker._resource_tracker._stop()  # noqa: SLF001
 
 
 def _descendants(root: int) -> set[int]:

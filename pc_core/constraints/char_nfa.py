@@ -38,6 +38,8 @@ def atom_starts(node: Node) -> np.ndarray:
                 points.update((lo, hi + 1))
         elif item[0] == "rep":
             stack.append(item[1])
+        elif item[0] == "list":
+            stack.extend(item[1:])
         elif item[0] in ("dfa", "sub"):
             if (item[0], id(item[1])) not in seen:
                 seen.add((item[0], id(item[1])))
@@ -136,6 +138,14 @@ class NFA:
             return end
         if kind in ("dfa", "sub"):  # a DFA inside a JSON string (escaping) / as it is
             return self.embed(node[1], start, escape=kind == "dfa")
+        if kind == "list":  # ("list", item, separator): item (separator item)*, with one copy of item
+            loop = self.new()
+            self.eps[start].append(loop)
+            after = self.build(node[1], loop)
+            self.eps[self.build(node[2], after)].append(loop)
+            end = self.new()
+            self.eps[after].append(end)
+            return end
         _, body, lo, hi = node
         for _ in range(lo):
             start = self.build(body, start)

@@ -45,6 +45,7 @@ from pc_core.constraints.dfa import TokenDFA
 from pc_core.constraints.explicit import _Compiler, stalls
 from pc_core.constraints.nodes import Affixed, Constraint, canonical_json, keywords_by_polarity
 from pc_core.constraints.spec import parse_constraint, split_affixes
+from pc_core.constraints.state_bound import minimal_states_at_least
 from pc_core.constraints.token_product import compile_folded, lazy_folded
 from pc_core.constraints.vocab import vocab_tables
 from pc_core.errors import ConstraintTooComplex
@@ -170,6 +171,11 @@ def _explicit_or_lazy(
     as a LazyProductDFA of explicit parts, the rest as a LazyDFA."""
     try:
         cap = min(max_states, LAZY_AFTER_STATES)
+        least = 1 if isinstance(constraint, Affixed) else minimal_states_at_least(constraint)
+        if least > cap:  # the attempt would fail (state_bound.py): lazy at once
+            raise ConstraintTooComplex(
+                "constraint", f"the minimal automaton has at least {least:,} states, above the cap of {cap}"
+            )
         return compile_constraint(constraint, tokenizer, cap, time_budget_s, blocklist_mask)
     except ConstraintTooComplex as err:
         if stalls(constraint):  # test-only: no form of it compiles

@@ -17,7 +17,8 @@ from pc_core.constraints.affixes import Affixes, prefix_tables, token_texts
 from pc_core.constraints.blocklist import Blocklist
 from pc_core.constraints.char_tokens import TextEffects
 from pc_core.constraints.dfa import TokenDFA
-from pc_core.constraints.exploration import _Exploration
+from pc_core.constraints.exploration import Rows, _Exploration
+from pc_core.constraints.frontier_exploration import FrontierExploration
 from pc_core.constraints.matcher_tree import build_matcher
 from pc_core.constraints.matchers import Matcher
 from pc_core.constraints.minimise import _minimise
@@ -115,9 +116,10 @@ class _Compiler(TokenContexts):
         pseudo._prepare_static()
         return pseudo
 
-    def run(self) -> TokenDFA:
+    def run(self, frontier: bool | None = None) -> TokenDFA:
         """Explore the product breadth-first, then classes, minimisation and (beside a blocklist) the classes
-        that are safe at each state."""
+        that are safe at each state. `frontier`: explore a level at a time (the default without a suffix or stop
+        strings, which need the state-at-a-time exploration); both give the same automaton."""
         _check_static_size(self.constraint, self.max_states)
         if stalls(self.constraint):
             while True:  # test-only (see STALL_WORD): busy until the budget or deadline stops it
@@ -126,26 +128,40 @@ class _Compiler(TokenContexts):
             until = time.perf_counter() + SLOW_COMPILE_S
             while time.perf_counter() < until:  # test-only (see SLOW_WORD)
                 self.check_deadline()
-        explored = _Exploration(self)
-        while explored.queue:
-            explored.expand(explored.queue.popleft())
-        keys = explored.keys
-        ended = np.array([key[0] == "end" for key in keys], bool)
-        accepting = np.array([explored.accepting_key(key) for key in keys], bool)
-        safe = self._safe_groups(keys, explored.rows) if self.blocklist is not None else None
-        return self._finish(explored.rows, explored.initial, accepting, ended, safe, explored.affix_memo)
+        if frontier is None:
+            frontier = self.affixes is None
+        if frontier:  # a breadth-first level at a time, with numpy (frontier_exploration.FrontierExploration)
+            wide = FrontierExploration(self)
+            wide.run()
+            blocks, initial, accepting, ended, affix_memo = wide.blocks, 0, wide.accepting, wide.ended, None
+        else:  # a state at a time (suffix / stop strings: their partial matches are stepped in Python)
+            explored = _Exploration(self)
+            while explored.queue:
+                explored.expand(explored.queue.popleft())
+            keys = explored.keys
+            ended = np.array([key[0] == "end" for key in keys], bool)
+            accepting = np.array([explored.accepting_key(key) for key in keys], bool)
+            blocks = [
+                Rows(np.array([state]), name, keys[state][0] if isinstance(keys[state][0], int) else None,
+                     succ[None].astype(np.int64), np.arange(len(succ)), affix)
+                for state, (name, succ, affix) in explored.rows.items()
+            ]  # fmt: skip
+            initial, affix_memo = explored.initial, explored.affix_memo
+        safe = self._safe_groups(blocks) if self.blocklist is not None else None
+        return self._finish(blocks, initial, accepting, ended, safe, affix_memo)
 
-    def _safe_groups(self, keys: list[tuple], rows: dict) -> dict[int, np.ndarray]:
-        """Per explored state, per group of its context: does the group hold a token that the blocklist allows
-        in every text the state's tracker stands for? (All true where masking never lets a text reach it.)"""
+    def _safe_groups(self, blocks: list[Rows]) -> list[np.ndarray]:
+        """Per block of explored states, per group of its context: does the group hold a token that the
+        blocklist allows in every text the states' tracker stands for? (All true where masking never lets a
+        text reach it.)"""
         by_cur: dict[int, np.ndarray] = {}
-        out = {}
-        for state, (name, succ, _) in rows.items():
-            key = keys[state]
-            if not isinstance(key[0], int):  # the sink: never part of a feasible path
-                out[state] = np.ones(len(succ), bool)
+        out = []
+        for block in blocks:
+            groups = len(block.inverse)
+            cur = block.cur
+            if cur is None:  # the sink: never part of a feasible path
+                out.append(np.ones(groups, bool))
                 continue
-            cur = key[0]
             if cur not in by_cur:
                 self.check_deadline()
                 if self.words.is_gap(cur):
@@ -154,28 +170,28 @@ class _Compiler(TokenContexts):
                     tokens = self.blocklist.safe_tokens("dead")
                 else:
                     tokens = self.blocklist.safe_tokens("word", self.words.curs[cur][1:])
-                groups = self.contexts[name].group_of_token
+                of_token = self.contexts[block.name].group_of_token
                 by_cur[cur] = (
-                    np.ones(len(succ), bool)
+                    np.ones(groups, bool)
                     if tokens is None
-                    else np.bincount(groups[tokens], minlength=len(succ)) > 0
+                    else np.bincount(of_token[tokens], minlength=groups) > 0
                 )
-            out[state] = by_cur[cur]
+            out.append(by_cur[cur])
         return out
 
     def _finish(
         self,
-        rows: dict,
+        blocks: list[Rows],
         initial: int,
         accepting: np.ndarray,
         ended: np.ndarray,
-        safe: dict | None,
+        safe: list[np.ndarray] | None,
         affix_keys: dict[object, tuple[np.ndarray, list]] | None = None,
     ) -> TokenDFA:
         """Token classes (the groups of every context used, and for the tokens with a suffix / stop role their
         key per context), the successor table over them, then minimisation."""
         t = self.tables
-        used = sorted({row[0] for row in rows.values()}, key=str)
+        used = sorted({block.name for block in blocks}, key=str)
         columns = [self.contexts[name].group_of_token.astype(np.int64) for name in used]
         relevant = self.affixes.relevant if self.affixes is not None else np.zeros(0, np.int64)
         key_of_token = {}
@@ -200,20 +216,24 @@ class _Compiler(TokenContexts):
         group_of_class = {name: self.contexts[name].group_of_token[reps] for name in used}
         role_classes = np.flatnonzero(np.isin(reps, relevant))  # classes of tokens with a suffix / stop role
         key_of_class = {name: keys[reps[role_classes]] for name, keys in key_of_token.items()}
-        for state in range(n):
-            if ended[state]:
-                delta[state] = state  # absorbing
+        delta[ended] = np.flatnonzero(ended)[:, None]  # absorbing
+        # for minimisation: states whose classes fall into the same events (each event, one successor)
+        row_groups: dict[tuple, tuple[list[np.ndarray], np.ndarray]] = {}
+        for i, block in enumerate(blocks):
+            class_event = block.inverse[group_of_class[block.name]]
+            delta[block.states] = np.take(block.succ, class_event, axis=1)
+            if block.affix is not None:
+                affix_name, key_succ = block.affix
+                delta[block.states[:, None], role_classes] = key_succ[key_of_class[affix_name]]
             else:
-                name, succ, affix = rows[state]
-                delta[state] = succ[group_of_class[name]]
-                if affix is not None:
-                    affix_name, key_succ = affix
-                    delta[state, role_classes] = key_succ[key_of_class[affix_name]]
-                if safe is not None:
-                    safe_pre[state] = safe[state][group_of_class[name]]
+                key = (block.name, block.inverse.tobytes())
+                row_groups.setdefault(key, ([], class_event))[0].append(block.states)
+            if safe is not None:
+                safe_pre[block.states] = safe[i][group_of_class[block.name]]
+        groups = [(np.concatenate(states), class_event) for states, class_event in row_groups.values()]
         dfa = _minimise(
             delta, token_class.reshape(-1).astype(np.int32), initial, accepting, ended, t, self.max_states,
-            self.check_deadline, safe_pre, None if self.bytes is None else self.bytes.unusable,
+            self.check_deadline, safe_pre, None if self.bytes is None else self.bytes.unusable, groups,
         )  # fmt: skip
         dfa.blocklist = self.blocklist
         return dfa

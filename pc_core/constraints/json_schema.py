@@ -4,7 +4,9 @@ Layout (docs/method.md §3): compact separators (`{"a":1,"b":[1,2]}`) by default
 "flexible" an optional space after `:` and `,`; object properties in the schema's order (required ones
 present, optional ones skippable), then any additional properties; strings as JSON writes them (raw
 characters except `"`, `\\` and control characters, which are escaped; an additional property's name is any
-string but the listed ones, compared decoded). Recursion (`$ref` cycles) is unrolled `max_depth` times.
+string but the listed ones, compared decoded). Recursion (`$ref` cycles) is unrolled `max_depth` times, and
+further while the value starts within FREE_NESTING - 1 document levels and the expansions fit DEEPER_STATES;
+each expansion of a reference inside itself is one shared, minimised sub-automaton (ref).
 
 Nesting (README, the constraint language): a regular language cannot nest without bound, and the exact
 automaton of "any value up to d levels" doubles with each level (it remembers which brackets are open: 446
@@ -13,9 +15,10 @@ left out of an object that lists properties: nearly every object schema) nest `m
 schema leaves free on purpose (`{}`, `true`, `additionalProperties: true`, an object without properties, an
 array without items, a schema without validation keywords) nest at least as deep, and deeper while they fit
 a state budget together (FREE_STATES, counting each copy the automaton builder makes), up to FREE_NESTING
-levels of the document: `{"type": "object"}` and `{}` nest 6 levels, 10 free properties 3 levels each. The
-budget is a trade: `{"json": true}` takes 1,898 character states (621 -> 2,565 token states on the tests'
-700-token BPE); 16,000 would reach 8 levels but take 7,658 (10,341 token states, the lazy guide).
+levels of the document: `{"type": "object"}` and `{}` nest 8 levels (7,658 character states), 6 free
+properties 6 levels each. `{"json": true}` (any JSON object, OpenAI's json_object) has its own smaller budget,
+ANY_OBJECT_STATES: 6 levels, 1,898 character states (2,565 token states on the tests' 700-token BPE, 10,341 at
+8 levels).
 
 Integers: `1.0` is an integer too, except under drafts 3 and 4 (as `jsonschema` judges them).
 
@@ -32,6 +35,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pc_core.constraints.char_dfa import build_char_dfa
 from pc_core.constraints.json_keywords import (
     ANNOTATIONS,
     finite_values,
@@ -40,6 +44,16 @@ from pc_core.constraints.json_keywords import (
     merge,
     read_bound,
 )
+from pc_core.constraints.json_nesting import (
+    DEEPER_STATES,
+    FREE_NESTING,
+    FREE_STATES,
+    Free,
+    copies_of,
+    fill_frees,
+    free_depths,
+    lookup,
+)
 from pc_core.constraints.json_values import (
     FORMATS,
     any_value,
@@ -47,9 +61,10 @@ from pc_core.constraints.json_values import (
     json_string,
     literal_value,
     number_range,
+    sep_list,
     string_body,
 )
-from pc_core.constraints.regex import EMPTY, Node, alt, literal, opt, rep, seq
+from pc_core.constraints.regex import BOS, EMPTY, EOS, Node, alt, char_set, literal, opt, rep, seq
 from pc_core.errors import ConstraintError
 
 KEYWORDS = {  # validation keywords this translator reads; the rest of this set is refused by name
@@ -64,115 +79,56 @@ REFUSED = {
     "$dynamicRef", "$recursiveRef", "contentSchema",
 }  # fmt: skip
 MAX_NESTING = 48
-FREE_STATES = 4_000  # automaton states (before minimising) the free values may take together
-FREE_NESTING = 8  # document levels a free value may reach by the budget (never fewer than its floor)
 TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
 
 
-def schema_ir(schema: Any, path: str, whitespace: str = "compact", max_depth: int = 3) -> Node:
-    """The IR of the documents `schema` allows; ConstraintError naming the schema path where it cannot."""
-    translator = _Translator(schema, whitespace, max_depth)
-    body = translator.value(schema, path, 0)
+def schema_ir(
+    schema: Any, path: str, whitespace: str = "compact", max_depth: int = 3, free_states: int = FREE_STATES
+) -> Node:
+    """The IR of the documents `schema` allows; ConstraintError naming the schema path where it cannot.
+    `free_states`: the state budget of the free values (free_depths)."""
+    translator = _Translator(schema, whitespace, max_depth, deeper=True)
+    try:
+        body = translator.value(schema, path, 0)
+    except (_TooDeep, ConstraintError):
+        if not translator.extended:  # recursion did not go past max_depth: the same error again
+            raise
+        translator = _Translator(schema, whitespace, max_depth, deeper=False)
+        body = translator.value(schema, path, 0)
     if not translator.frees:
         return body
-    copies = _copies(body)
+    copies = copies_of(body)
     frees = translator.frees
     depths = free_depths(
-        [(f.at, f.floor, copies.get(id(node), 0)) for f, node in zip(frees, translator.slots)]
+        [(f.at, f.floor, copies.get(id(node), 0)) for f, node in zip(frees, translator.slots)], free_states
     )
     return translator.fill(body, dict(zip(map(id, frees), depths)))
 
 
-def free_depths(uses: list[tuple[int, ...]]) -> list[int]:
-    """The nesting of each free value (`uses`: (document level it starts at, least nesting[, copies of it
-    in the automaton, 1 by default])): one common depth, as deep as the values fit FREE_STATES together, each
-    within FREE_NESTING document levels (FREE_NESTING - 1 inside it) and never under its floor."""
-    size = lambda d: 60 * 2**d - 34  # noqa: E731  (states of any_value(d), compact)
-    best = [use[1] for use in uses]
-    for depth in range(min(best, default=0) + 1, FREE_NESTING):  # at most FREE_NESTING - 1 inside
-        found = [max(use[1], min(FREE_NESTING - use[0], depth)) for use in uses]
-        if sum(size(d) * (use[2] if len(use) > 2 else 1) for d, use in zip(found, uses)) > FREE_STATES:
-            break
-        best = found
-    return best
-
-
-def _copies(root: Node) -> dict[int, int]:
-    """How many times the automaton builder (char_nfa.NFA.build) copies each node of the IR, by id: the IR
-    is a DAG (an object's optional members share their continuations), and a bounded repetition is copied
-    once per repetition."""
-
-    def parts(node: Node) -> list[tuple[Node, int]]:
-        if node[0] in ("seq", "alt"):
-            return [(x, 1) for x in node[1]]
-        if node[0] == "rep":
-            return [(node[1], node[3] if node[3] is not None else node[2] + 1)]
-        return []
-
-    order: list[Node] = []
-    seen: set[int] = set()
-    stack: list[tuple[Node, bool]] = [(root, False)]
-    while stack:  # post-order, iteratively (the IR nests deeply)
-        node, done = stack.pop()
-        if done:
-            order.append(node)
-        elif id(node) not in seen:
-            seen.add(id(node))
-            stack.append((node, True))
-            stack.extend((x, False) for x, _ in parts(node))
-    copies = {id(root): 1}
-    for node in reversed(order):  # every parent before its parts
-        for x, k in parts(node):
-            copies[id(x)] = copies.get(id(x), 0) + copies.get(id(node), 0) * k
-    return copies
-
-
-class _Free:
-    """A free value's place in the IR until schema_ir knows how deep the free values may nest."""
-
-    def __init__(self, at: int, floor: int) -> None:
-        self.at, self.floor = at, floor
+class _TooDeep(Exception):
+    """Recursion unrolled past max_depth passed DEEPER_STATES: unroll max_depth times instead."""
 
 
 class _Translator:
-    def __init__(self, root: Any, whitespace: str, max_depth: int) -> None:
+    def __init__(self, root: Any, whitespace: str, max_depth: int, deeper: bool = False) -> None:
         self.root, self.max_depth = root, max_depth
+        self.deeper, self.extended, self.shared_states = deeper, False, 0
         self.space = opt(literal(" ")) if whitespace == "flexible" else EMPTY
-        self.refs: list[str] = []  # the $ref chain being expanded (cycles unroll to max_depth)
+        self.refs: list[str] = []  # the $ref chain being expanded (cycles: see ref)
+        self.shared: dict[tuple, Node] = {}  # a reference expanded inside itself, as one sub-automaton
         self.validator = None
         self.integral_floats = integral_floats(root)
-        self.frees: list[_Free] = []
+        self.frees: list[Free] = []
         self.slots: list[Node] = []  # the IR node of each free value
 
     def free(self, at: int, floor: int) -> Node:
         """Any value, nested as deep as schema_ir decides (at least `floor` levels)."""
-        self.frees.append(_Free(at, floor))
+        self.frees.append(Free(at, floor))
         self.slots.append(("sub", self.frees[-1]))
         return self.slots[-1]
 
     def fill(self, node: Node, depths: dict[int, int]) -> Node:
-        """`node` with each free value's placeholder replaced by any_value at its depth (the IR is a DAG:
-        each shared part is filled once)."""
-        memo: dict[int, Node] = {}
-
-        def walk(item: Node) -> Node:
-            found = memo.get(id(item))
-            if found is None:
-                kind = item[0]
-                if kind == "sub" and isinstance(item[1], _Free):
-                    found = any_value(depths.get(id(item[1]), item[1].floor), self.space)
-                elif kind in ("seq", "alt"):
-                    parts = tuple(walk(x) for x in item[1])
-                    found = item if all(a is b for a, b in zip(parts, item[1])) else (kind, parts)
-                elif kind == "rep":
-                    body = walk(item[1])
-                    found = item if body is item[1] else ("rep", body, item[2], item[3])
-                else:
-                    found = item
-                memo[id(item)] = found
-            return found
-
-        return walk(node) if self.frees else node
+        return fill_frees(node, depths, self.space) if self.frees else node
 
     def fail(self, path: str, what: str = "not supported") -> None:
         raise ConstraintError(path, what)
@@ -265,7 +221,7 @@ class _Translator:
         lo, hi = schema.get("minItems", 0), schema.get("maxItems")
         comma = seq([literal(","), self.space])
         more = rep(seq([comma, item]), max(lo - 1, 0), None if hi is None else max(hi - 1, 0))
-        body = seq([item, more])
+        body = sep_list(item, comma) if lo <= 1 and hi is None else seq([item, more])
         if hi == 0:
             body = ("alt", ())
         return seq([literal("["), opt(body) if lo == 0 else body, literal("]")])
@@ -300,7 +256,7 @@ class _Translator:
         comma = seq([literal(","), self.space])
         # after[i][s]: members i.. given whether something was written already (s): O(n^2) IR, not 2^n
         after_true = rep(seq([comma, tail]), 0, None) if tail is not None else EMPTY
-        after_false = opt(seq([tail, after_true])) if tail is not None else EMPTY
+        after_false = opt(sep_list(tail, comma)) if tail is not None else EMPTY
         for pair, needed in reversed(members):
             with_comma = seq([comma, pair, after_true])
             first = seq([pair, after_true])
@@ -359,28 +315,38 @@ class _Translator:
         return schema
 
     def ref(self, schema: dict, path: str, depth: int) -> Node:
+        """A reference, expanded. Recursion is unrolled max_depth times, and further (`deeper`) while the value
+        starts within FREE_NESTING - 1 document levels (as deep as free values go) and the shared expansions
+        stay within DEEPER_STATES (else schema_ir translates again without going further). An expansion
+        inside another of the same reference becomes one sub-automaton per (reference chain, document level,
+        sibling keywords), minimised and shared by every place that needs it: the unrolling grows with the
+        levels, not as (branches ** levels) copies (the IR is a tree to the automaton builder). Free values
+        inside such an expansion nest at their floor (max_depth levels)."""
         target = self.lookup(schema["$ref"], f"{path}.$ref")
         ref = schema["$ref"]
-        if self.refs.count(ref) >= self.max_depth:  # recursion unrolled max_depth times, then cut
-            return ("alt", ())
+        count = self.refs.count(ref)
+        if count >= self.max_depth:
+            if not self.deeper or depth >= FREE_NESTING - 1:
+                return ("alt", ())
+            self.extended = True
         rest = {k: v for k, v in schema.items() if k != "$ref" and k not in ANNOTATIONS}
+        key = (ref, json.dumps(rest, sort_keys=True), tuple(self.refs), depth) if count else None
+        if key in self.shared:
+            return self.shared[key]
         merged = merge(rest, target, path) if rest else target
         self.refs.append(ref)
         try:
-            return self.value(merged, path, depth)
+            node = self.value(merged, path, depth)
         finally:
             self.refs.pop()
+        if key is not None:
+            whole = seq([char_set([(BOS, BOS)]), self.fill(node, {}), char_set([(EOS, EOS)])])
+            dfa = build_char_dfa(whole, path)
+            self.shared_states += dfa.num_states
+            if self.deeper and self.extended and self.shared_states > DEEPER_STATES:
+                raise _TooDeep
+            node = self.shared[key] = ("sub", dfa) if dfa.accept.any() else ("alt", ())
+        return node
 
     def lookup(self, ref: Any, path: str) -> Any:
-        if not isinstance(ref, str) or not ref.startswith("#"):
-            self.fail(path, "only references into the same document (#/...) are supported")
-        node = self.root
-        for part in [p for p in ref[1:].split("/") if p]:
-            part = part.replace("~1", "/").replace("~0", "~")
-            if isinstance(node, dict) and part in node:
-                node = node[part]
-            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-            else:
-                self.fail(path, f"the reference {ref!r} does not resolve")
-        return node
+        return lookup(self.root, ref, path)

@@ -94,6 +94,13 @@ def literal_value(value: Any) -> Node:
     return alt([literal(f) for f in forms])
 
 
+def sep_list(item: Node, separator: Node) -> Node:
+    """`item (separator item)*` with one copy of item in the automaton (char_nfa builds it as a loop), where
+    seq([item, rep(seq([separator, item]), 0, None)]) copies it twice: the subset construction explores each
+    copy in full, and minimising merges them again."""
+    return ("list", item, separator)
+
+
 def any_value(depth: int, space: Node) -> Node:
     """Any JSON value nested at most `depth` levels, as one shared automaton embedded where it is used."""
     return ("sub", _any_value_dfa(depth, space))
@@ -112,9 +119,9 @@ def _any_value(depth: int, space: Node) -> Node:
         return alt(scalars)
     inner = any_value(depth - 1, space)  # embedded once per use: the DFA is built a level at a time
     comma = seq([literal(","), space])
-    array = seq([literal("["), opt(seq([inner, rep(seq([comma, inner]), 0, None)])), literal("]")])
+    array = seq([literal("["), opt(sep_list(inner, comma)), literal("]")])
     pair = seq([json_string(rep(UNIT, 0, None)), literal(":"), space, inner])
-    obj = seq([literal("{"), opt(seq([pair, rep(seq([comma, pair]), 0, None)])), literal("}")])
+    obj = seq([literal("{"), opt(sep_list(pair, comma)), literal("}")])
     return alt([*scalars, array, obj])
 
 

@@ -50,6 +50,8 @@ class KeywordMatcher(Matcher):
 
     def __init__(self, forms: list[list[WordSyms | int]]) -> None:
         self.forms = forms
+        self.any_word: WordSyms = frozenset().union(*(w for items in forms for w in items[::2]))
+        self.empty = frozenset()
 
     def init(self) -> State:
         return frozenset()
@@ -57,6 +59,8 @@ class KeywordMatcher(Matcher):
     def word(self, state: State, sym: int) -> State:
         if state is YES:
             return YES
+        if sym not in self.any_word:  # a word of none of the forms: no form progresses (most words)
+            return self.empty
         progress = set()
         for f, done in (*state, *((f, 0) for f in range(len(self.forms)))):
             items = self.forms[f]

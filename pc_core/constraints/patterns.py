@@ -58,8 +58,11 @@ class JsonSchema:
     schema: str
     whitespace: str = "compact"
     max_depth: int = 3
+    any_object: bool = False  # {"json": true}: its free values by json_schema.ANY_OBJECT_STATES
 
     def to_json(self) -> dict:  # the schema as text: canonical_json sorts keys, and property order is layout
+        if self.any_object:
+            return {"json": True, "whitespace": self.whitespace, "max_depth": self.max_depth}
         return {
             "json_schema": self.schema,
             "whitespace": self.whitespace,
@@ -126,7 +129,7 @@ def parse_json_schema(spec: dict, path: str, depth: int) -> JsonSchema:
     max_depth = spec.get("max_depth", 3)
     if isinstance(max_depth, bool) or not isinstance(max_depth, int) or not 0 <= max_depth <= 8:
         raise ConstraintError(f"{path}.max_depth", "expected an integer from 0 to 8")
-    node = JsonSchema(text, whitespace, max_depth)
+    node = JsonSchema(text, whitespace, max_depth, any_object=key == "json")
     _automaton(node, f"{path}.{key}")
     return node
 
@@ -164,9 +167,11 @@ def _build(node: Regex | Choice | JsonSchema, path: str) -> CharDFA:
         return build_char_dfa(parse_regex(node.text, path, node.search), path)
     if isinstance(node, Choice):
         return build_char_dfa(full(alt([literal(o) for o in node.options])), path)
+    from pc_core.constraints.json_nesting import ANY_OBJECT_STATES, FREE_STATES
     from pc_core.constraints.json_schema import schema_ir
 
-    body = schema_ir(json.loads(node.schema), path, node.whitespace, node.max_depth)
+    budget = ANY_OBJECT_STATES if node.any_object else FREE_STATES
+    body = schema_ir(json.loads(node.schema), path, node.whitespace, node.max_depth, budget)
     dfa = build_char_dfa(full(body), path)
     if not dfa.accept.any():
         raise ConstraintError(

@@ -190,7 +190,7 @@ def test_workers_exit_when_their_server_is_killed(tmp_path):
     try:
         pids = [int(p) for p in proc.stdout.readline().split()]
         assert pids, "the probe printed no worker pids"
-        children = _children_of(proc.pid)
+        children = _descendants_of(proc.pid)  # the fork server, its workers, the resource tracker
         assert set(pids) <= children
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -203,6 +203,15 @@ def test_workers_exit_when_their_server_is_killed(tmp_path):
     for pid in survivors:
         os.kill(pid, signal.SIGKILL)
     assert not survivors, f"processes outlived their killed server: {survivors}"
+
+
+def _descendants_of(pid: int) -> set[int]:
+    out, todo = set(), [pid]
+    while todo:
+        found = _children_of(todo.pop())
+        out |= found
+        todo.extend(found)
+    return out
 
 
 def _children_of(pid: int) -> set[int]:

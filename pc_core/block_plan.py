@@ -1,0 +1,150 @@
+"""The row plan of a guide step's vocabulary blocks (guide.py, `plan`): per set of beam states and vocabulary
+block, which beams take a marginal row, which (beam, successor) pairs a joint row, and where each slot's value
+comes from. Built in numpy from a pattern shared by states with the same slots and status, kept within the
+table's layout memory (layout_memory.py); the tail tokens the blocks do not give are step_layout.py's."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+import torch
+
+from pc_core.guide_ratio import ROW_CERTAIN, ROW_IMPOSSIBLE
+from pc_core.layout_memory import as_tensors, layout_memory, nbytes_of
+
+if TYPE_CHECKING:
+    from pc_core.guide_tables import GuideTables
+
+
+class BlockLayout(NamedTuple):
+    """A step's rows in one vocabulary block, all but their values: which beams take a marginal row, which
+    (beam, dense successor) pairs a joint row, and where each slot's value comes from (guide.py, `plan`);
+    with whole rows (every beam one slot for the block's large classes), each beam's row and its fills."""
+
+    with_marginal: torch.Tensor  # (M,) beams with a ratio to compute in the block, each a marginal row first
+    pair_beam: torch.Tensor  # (Q,) per needed (beam, slot) in the block: the beam
+    pair_state: torch.Tensor  # (Q,) and its successor
+    row_of_slot: torch.Tensor  # (B, D) joint row per slot, or ROW_IMPOSSIBLE / ROW_CERTAIN
+    marginal_row: torch.Tensor  # (B,) each beam's marginal row, -1 where it needs none in this block
+    row_beam: torch.Tensor  # (M + Q,) the beam of each product row: with_marginal, then pair_beam
+    row: torch.Tensor | None  # (B, 1) with whole rows: each beam's product row or code; None: a row per token
+    impossible: torch.Tensor | None  # with whole rows: the beams whose row is ROW_IMPOSSIBLE (None: none)
+    certain: torch.Tensor | None  # and ROW_CERTAIN
+    in_order: bool  # with whole rows: the product is every beam's marginal row, then its joint row, in order
+
+
+def state_status(guide_tables: GuideTables) -> tuple[np.ndarray, np.ndarray]:
+    """feasible and certain (n + 1, S) as numpy arrays (views on a CPU), kept on the tables."""
+    status = getattr(guide_tables, "_status_np", None)
+    if status is None:
+        status = guide_tables._status_np = (
+            guide_tables.feasible.cpu().numpy(),
+            guide_tables.certain.cpu().numpy(),
+        )
+        if guide_tables.device.type != "cpu":  # copies: kept with the layouts
+            layout_memory(guide_tables).fixed += status[0].nbytes + status[1].nbytes
+    return status
+
+
+class _PlanArrays(NamedTuple):
+    """The tables' arrays a plan layout reads, on the CPU (views on a CPU), and the layouts kept."""
+
+    dense_succ: np.ndarray  # (S, D)
+    slot_blocks: np.ndarray  # (S, D, K)
+    block_slot: np.ndarray  # (S, K)
+    everywhere: list[bool]  # (K,)
+    plans: dict  # (states, status) -> list[BlockLayout]
+    patterns: dict  # (slots, status) -> _plan_pattern's
+
+
+def _plan_arrays(guide_tables: GuideTables) -> _PlanArrays:
+    arrays = getattr(guide_tables, "_plan_arrays", None)
+    if arrays is None:
+        t, memory = guide_tables, layout_memory(guide_tables)
+        parts = (t.dense_succ.cpu().numpy(), t.slot_blocks.cpu().numpy(), t.block_slot.cpu().numpy())
+        if t.device.type != "cpu":
+            memory.fixed += nbytes_of(*parts)
+        arrays = guide_tables._plan_arrays = _PlanArrays(
+            *parts, list(t.block_slot_everywhere), memory.cache(), memory.cache()
+        )
+    return arrays
+
+
+def plan_layout(guide_tables: GuideTables, states: list[int], r: int) -> list[BlockLayout]:
+    """Per vocabulary block, the BlockLayout of beams in `states` with r tokens left after the next one: a
+    function of the states and of which of their dense successors are feasible / certain at r, so it is
+    computed once per (beam states, that status) and kept beside the tables (JSON text revisits its states:
+    inside a string, every token; the status changes only near the horizon); a step then only builds the
+    rows' values."""
+    arrays = _plan_arrays(guide_tables)
+    succ = arrays.dense_succ[states]  # (B, D), -1 padded: -1 reads the last state, masked below
+    feasible, certain = state_status(guide_tables)
+    valid = succ >= 0
+    is_feasible, is_certain = feasible[r][succ] & valid, certain[r][succ] & valid
+    status = (is_feasible.tobytes(), is_certain.tobytes())
+    key = (tuple(states), *status)
+    layout = arrays.plans.get(key)
+    if layout is None:
+        # all but the successors of the joint rows depends on the beams' slots only, not on which states
+        # they are: a pattern shared by the states with the same slots (new states mostly repeat one)
+        in_block, block_slot = arrays.slot_blocks[states], arrays.block_slot[states]  # (B, D, K), (B, K)
+        pattern_key = (succ.shape, *status, in_block.tobytes(), block_slot.tobytes())
+        pattern = arrays.patterns.get(pattern_key)
+        memory = guide_tables._layout_memory
+        if pattern is None:
+            pattern = _plan_pattern(arrays.everywhere, is_feasible & ~is_certain, is_certain, in_block, block_slot,
+                                    guide_tables.device)  # fmt: skip
+            if memory.charge(pattern[1]):
+                arrays.patterns[pattern_key] = pattern
+        succ_or_0 = np.maximum(succ, 0)
+        layout, size = [], 0
+        for block, (beam, slot) in zip(pattern[0], pattern[2]):
+            pair_state = succ_or_0[beam, slot]
+            size += pair_state.nbytes
+            layout.append(block._replace(pair_state=as_tensors([pair_state], guide_tables.device)[0]))
+        if memory.charge(size):
+            arrays.plans[key] = layout
+    return layout
+
+
+def _plan_pattern(
+    everywhere: list[bool],
+    needed: np.ndarray,
+    certain: np.ndarray,
+    in_block: np.ndarray,
+    block_slot: np.ndarray,
+    device: torch.device,
+) -> tuple[list[BlockLayout], int, list[tuple[np.ndarray, np.ndarray]]]:
+    """The BlockLayouts of beams whose dense slots are `needed` / `certain` (B, D), with the slots' blocks
+    `in_block` (B, D, K) and each beam's whole-row slot `block_slot` (B, K), built on the CPU in numpy (a
+    handful of beams and slots), but for pair_state; their bytes; per block the (beam, slot) of each pair."""
+    b = needed.shape[0]
+    beams = np.arange(b)
+    blocks, size, pairs = [], 0, []
+    for k, every in enumerate(everywhere):
+        need = needed & in_block[:, :, k]  # (B, D)
+        with_marginal = np.flatnonzero(need.any(1))  # (M,)
+        m = len(with_marginal)
+        marginal_row = np.full(b, -1, np.int64)
+        marginal_row[with_marginal] = np.arange(m)
+        beam, slot = need.nonzero()
+        row_of_slot = np.full(need.shape, ROW_IMPOSSIBLE, np.int64)
+        row_of_slot[beam, slot] = m + np.arange(len(beam))
+        row_of_slot[certain] = ROW_CERTAIN
+        parts = [with_marginal, beam, row_of_slot, marginal_row, np.concatenate([with_marginal, beam])]
+        row = impossible = certain_beams = None
+        in_order = False
+        if every or bool((block_slot[:, k] >= 0).all()):  # whole rows: one slot per beam
+            row = row_of_slot[beams, np.maximum(block_slot[:, k], 0)][:, None]  # (B, 1)
+            in_order = m == b and len(beam) == b and bool((row[:, 0] == beams + b).all())
+            impossible = np.flatnonzero(row[:, 0] == ROW_IMPOSSIBLE)
+            certain_beams = np.flatnonzero(row[:, 0] == ROW_CERTAIN)
+            parts += [row, impossible, certain_beams]
+        size += nbytes_of(*parts, slot)
+        t = as_tensors(parts, device)
+        whole = t[5:] if row is not None else [None, None, None]
+        fills = [x if x is not None and len(x) else None for x in whole[1:]]
+        blocks.append(BlockLayout(t[0], t[1], None, t[2], t[3], t[4], whole[0], *fills, in_order))
+        pairs.append((beam, slot))
+    return blocks, size, pairs
