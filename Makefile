@@ -21,9 +21,10 @@ lint: setup
 	$(BIN)/ruff check --output-format concise .
 	$(BIN)/ruff format --check .
 
-# The suite runs on every core (pytest-xdist): a test file's tests stay on one worker, so its module fixtures
-# (servers) start once; models built for the tests are shared by the workers (tests/conftest.py).
-TEST_WORKERS ?= auto
+# The suite runs on one worker more than there are cores (pytest-xdist; the extra one fills the time others wait
+# on servers and subprocesses): a test file's tests stay on one worker, so its module fixtures (servers) start
+# once; models built for the tests are shared by the workers (tests/conftest.py).
+TEST_WORKERS ?= $(shell expr $$(nproc 2>/dev/null || echo 1) + 1)
 test: lint
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=30
 

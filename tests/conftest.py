@@ -22,8 +22,8 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# One intra-op thread per process: the suite runs one pytest worker per core, and two OpenMP threads per worker
-# on a busy machine spin against each other (a tiny model's layer norm took 2 ms). Measured on test_decoding.py,
+# One intra-op thread per process: the suite runs about one pytest worker per core, and two OpenMP threads per
+# worker on a busy machine spin against each other (a tiny model's layer norm took 2 ms). Measured on test_decoding.py,
 # 9 cases: 67 CPU s with 2 threads per worker beside other work, 10 CPU s with 1. Servers the tests start inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
