@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -114,32 +115,48 @@ def logs(tmp_path_factory):
 SLOW_FIXTURE_TIMEOUT_S = 1200  # tests that may build the demo models (minutes on a loaded 2-core machine)
 
 
-# The modules that cost the most (CPU seconds of the test and the servers it starts), costliest first. xdist
-# (--dist loadfile) hands out modules in collection order as workers free up, so starting with these keeps the
-# end of the run from waiting on one long module while the other workers are idle (longest job first).
+# The modules that keep a worker longest (seconds from their first test to the next module's, 3 workers on
+# 2 cores, measured 2026-12-07), longest first: with --dist loadfile, xdist hands out whole modules, ordered by
+# their number of tests; handing out these first (longest-processing-time first) keeps one long module from
+# ending the run alone (that tail was 45-60 s).
 HEAVY_MODULES = (
-    "pc_core/test_decoding.py", "docker/test_compose_podman.py", "pcgen/test_demo.py", "test_docs.py",
-    "pc_core/test_lazy_guide.py", "service/test_service_hardening.py",
-    "distill/test_distill_server.py", "distill/test_distill_resume.py", "service/test_service_memory.py",
-    "service/test_service_playground.py", "benchmarks/test_commongen_harness.py", "docker/test_deploy.py",
-    "distill/test_distill_embed.py", "service/test_service_prometheus.py", "service/test_client_identity.py",
-    "distill/test_distill_families.py", "distill/test_distill_pipeline.py", "service/test_service_guide.py",
+    "pc_core/test_tokenizer_families.py", "pcgen/test_demo.py", "service/test_service_hardening.py",
+    "docker/test_compose_podman.py", "service/test_service_memory.py", "distill/test_distill_server.py",
+    "service/test_service_playground.py", "service/test_service_api_details.py",
+    "service/test_service_prometheus.py", "docker/test_deploy.py", "pc_core/constraints/test_compiler.py",
+    "distill/test_distill_resume.py", "pc_core/constraints/test_blocklist.py", "pc_core/test_lazy_guide.py",
+    "service/test_service_startup.py", "distill/test_distill_families.py", "service/test_service_fuzz.py",
+    "test_server_template.py", "pc_core/test_infilling.py", "distill/test_distill_embed.py",
 )  # fmt: skip
 
 
-def _heavy_rank(item: pytest.Item) -> int:
-    path = item.path.as_posix()
+def _heavy_rank_of(path: str) -> int:
     return next(
         (rank for rank, name in enumerate(HEAVY_MODULES) if path.endswith("tests/" + name)),
         len(HEAVY_MODULES),
     )
 
 
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadfile, with HEAVY_MODULES handed out first (then xdist's own order: most tests first)."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class HeavyFirst(LoadFileScheduling):
+        def _assign_work_unit(self, node):
+            if not getattr(self, "_heavy_first", False):  # the queue is complete at the first assignment
+                self._heavy_first = True
+                order = sorted(self.workqueue, key=_heavy_rank_of)  # stable: the rest keep xdist's order
+                self.workqueue = OrderedDict((scope, self.workqueue[scope]) for scope in order)
+            super()._assign_work_unit(node)
+
+    return HeavyFirst(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Heavy modules first (a stable sort: each module's tests keep their order), then per-test timeouts (the
-    watchdog in tests/guards.py): pyproject's default, longer where a test may pay for building the demo
-    models or is marked slow; an explicit @pytest.mark.timeout wins."""
-    items.sort(key=_heavy_rank)
+    """Per-test timeouts (the watchdog in tests/guards.py): pyproject's default, longer where a test may pay for
+    building the demo models or is marked slow; an explicit @pytest.mark.timeout wins."""
     for item in items:
         if item.get_closest_marker("timeout") is None and (
             "demo_models" in getattr(item, "fixturenames", ()) or item.get_closest_marker("slow")

@@ -23,9 +23,10 @@ async def _burst(url: str, n: int) -> list[tuple[dict, httpx.Response]]:
 
 def test_queue_overflow_gives_429_and_loses_nothing(start_server, tokenizer):
     # each decoding step takes >= 0.1 s (a test hook): the first requests are still decoding when the burst's
-    # others arrive, however fast the machine decodes
+    # others arrive, however fast the machine decodes; the compile backlog (one client sends all 40) is wide
+    # enough that only the queue refuses, however fast the machine compiles
     server = start_server("queue", PCGEN_MAX_QUEUE="2", PCGEN_MAX_BATCH_SIZE="2", PCGEN_CACHE="false",
-                          PCGEN_TEST_STEP_DELAY_S="0.1")  # fmt: skip
+                          PCGEN_TEST_STEP_DELAY_S="0.1", PCGEN_COMPILE_BACKLOG="64")  # fmt: skip
     results = asyncio.run(_burst(server.url, 40))
     codes = [r.status_code for _, r in results]
     assert set(codes) <= {200, 429}, codes
