@@ -225,20 +225,14 @@ class _Exploration:
         (u, new tracker, plain), moving it (u, new tracker, plain, event id, (syms, token event, text))."""
         compiler = self.compiler
         plain = compiler.plain_events(name, inverse, len(events))  # events some inert token has
-        sink_events, eos_events, still, moving = [], [], [], []
-        for u, event in enumerate(events):
-            if event is None:
-                sink_events.append(u)
-            elif event is EOS_EVENT:
-                eos_events.append(u)
+        sink_events, eos_events, others = split_events(events, compiler.pattern_tokens)
+        still, moving = [], []
+        for u, new_cur, step in others:
+            if step is None:
+                still.append((u, new_cur, bool(plain[u])))
             else:
-                new_cur, syms, tok_event, text = event
-                if syms or compiler.pattern_tokens or text is not None:  # raw tokens: every token moves
-                    step = (syms, tok_event, text)
-                    event_id = self.event_ids.setdefault(step, len(self.event_ids))
-                    moving.append((u, new_cur, bool(plain[u]), event_id, step))
-                else:
-                    still.append((u, new_cur, bool(plain[u])))
+                event_id = self.event_ids.setdefault(step, len(self.event_ids))
+                moving.append((u, new_cur, bool(plain[u]), event_id, step))
         return sink_events, eos_events, still, moving
 
     def distinct_events(self, cur: int, name: object) -> tuple[list, np.ndarray]:
@@ -251,6 +245,23 @@ class _Exploration:
             inverse = np.array([index.setdefault(e, len(index)) for e in events], np.int64)
             found = self.cur_events[cur] = (list(index), inverse)
         return found
+
+
+def split_events(events: list, raw_tokens: object) -> tuple[list[int], list[int], list[tuple]]:
+    """A tracker state's distinct events: those to the sink, those to EOS, and the others as (u, new tracker,
+    step), where step = (symbols, token event, text) when the event moves the matcher (over raw tokens every
+    event does), else None."""
+    sink, eos, others = [], [], []
+    for u, event in enumerate(events):
+        if event is None:
+            sink.append(u)
+        elif event is EOS_EVENT:
+            eos.append(u)
+        else:
+            new_cur, syms, tok_event, text = event
+            moves = syms or raw_tokens or text is not None
+            others.append((u, new_cur, (syms, tok_event, text) if moves else None))
+    return sink, eos, others
 
 
 @dataclass

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pc_core.constraints.exploration import Rows, _Exploration
-from pc_core.constraints.token_contexts import EOS_EVENT, TokenContexts
+from pc_core.constraints.exploration import Rows, _Exploration, split_events
+from pc_core.constraints.token_contexts import TokenContexts
 from pc_core.constraints.tracker import NONE
 from pc_core.errors import ConstraintTooComplex
 
@@ -240,23 +240,18 @@ class FrontierExploration:
             events, inverse = base.distinct_events(cur, name)
             new_cur = np.zeros(len(events), np.int64)
             event_id = np.zeros(len(events), np.int64)
-            sink_cols, eos_cols, still, moving = [], [], [], []
-            for u, event in enumerate(events):
-                if event is None:
-                    sink_cols.append(u)
-                elif event is EOS_EVENT:
-                    eos_cols.append(u)
-                else:
-                    new_cur[u], syms, tok_event, text = event
-                    if syms or compiler.pattern_tokens or text is not None:
-                        step = (syms, tok_event, text)
-                        if step not in self.event_ids:
-                            self.event_ids[step] = len(self.steps)
-                            self.steps.append(step)
-                        event_id[u] = self.event_ids[step]
-                        moving.append(u)
-                    else:
-                        still.append(u)
+            sink_cols, eos_cols, others = split_events(events, compiler.pattern_tokens)
+            still, moving = [], []
+            for u, cur_u, step in others:
+                new_cur[u] = cur_u
+                if step is None:
+                    still.append(u)
+                    continue
+                if step not in self.event_ids:
+                    self.event_ids[step] = len(self.steps)
+                    self.steps.append(step)
+                event_id[u] = self.event_ids[step]
+                moving.append(u)
             found = self.plans[cur] = (
                 name, np.asarray(inverse, np.int64),
                 *(np.array(c, np.int64) for c in (sink_cols, eos_cols, still, moving)), new_cur, event_id,

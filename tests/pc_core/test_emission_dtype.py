@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from json_example import SCHEMA, TEXT
 
 from pc_core import compile_constraint
 from pc_core.guide import GUIDE_TABLES, ConstraintGuide, batched_next_log_probs
@@ -22,15 +23,6 @@ EPS = U / (1 + U)
 BOUND_EMISSION = 2 * math.log((1 + EPS) / (1 - EPS))  # 2 log(1 + 2U) < 2^-6
 BOUND_BOTH = 2 * math.log(1 + EPS) - 3 * math.log(1 - EPS)  # about 5U
 SLACK = 1e-4  # float32 sums and logs of the reference itself
-
-SCHEMA = {
-    "json_schema": {
-        "type": "object",
-        "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer"}},
-        "required": ["name", "age"],
-    }
-}
-TEXT = '{"name":"the dog park","age":42}'
 
 
 def _walk(tokenizer, spec, text, hidden=64, beams=3, **dtypes):

@@ -3,6 +3,7 @@ back every beam's tail successors exactly; the guide's values through it are che
 test_guide.py. The layouts kept beside a table count in GUIDE_TABLES' byte bound and stay within their share."""
 
 import torch
+from json_example import SCHEMA, TEXT
 
 from pc_core import compile_constraint, layout_memory, step_layout
 from pc_core.cache import buffer_bytes
@@ -22,16 +23,6 @@ def test_tail_layout_rebuilds_each_beams_successors():
             mine = distinct[beam_of == beam]
             assert torch.equal(mine, torch.unique(tail_succ[state]))  # distinct and ascending, per beam
             assert bool((beam_of[index[beam]] == beam).all())  # a beam's tokens index its own successors
-
-
-SCHEMA = {
-    "json_schema": {
-        "type": "object",
-        "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer"}},
-        "required": ["name", "age"],
-    }
-}
-TEXT = '{"name":"the dog park","age":42}'
 
 
 def _held_bytes(guide_tables) -> int:
