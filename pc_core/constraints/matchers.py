@@ -51,7 +51,6 @@ class KeywordMatcher(Matcher):
     def __init__(self, forms: list[list[WordSyms | int]]) -> None:
         self.forms = forms
         self.any_word: WordSyms = frozenset().union(*(w for items in forms for w in items[::2]))
-        self.empty = frozenset()
 
     def init(self) -> State:
         return frozenset()
@@ -60,7 +59,7 @@ class KeywordMatcher(Matcher):
         if state is YES:
             return YES
         if sym not in self.any_word:  # a word of none of the forms: no form progresses (most words)
-            return self.empty
+            return frozenset()
         progress = set()
         for f, done in (*state, *((f, 0) for f in range(len(self.forms)))):
             items = self.forms[f]
