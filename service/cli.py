@@ -25,6 +25,7 @@ VALUE_SETTINGS = (
 )  # fmt: skip
 BOOL_SETTINGS = (
     "playground", "warmup", "cache", "metrics_public", "docs_public", "batching", "allow_tokenizer_mismatch",
+    "compile_warm_up",
 )  # fmt: skip
 
 

@@ -190,7 +190,8 @@ class Runtime:
                 metrics=self.metrics,
                 light_workers=settings.compile_light_workers,
             )
-            self.compile_pool.warm_up()
+            if settings.compile_warm_up:
+                self.compile_pool.warm_up()
             configured = {"light": settings.compile_light_workers, "heavy": settings.compile_workers}
             self.metrics.compile_workers.watch(self.compile_pool, configured)  # pcgen_compile_workers
         self.metrics.model_info.info(
@@ -221,11 +222,11 @@ class Runtime:
         GUIDE_TABLES.resize(self.settings.guide_cache_bytes)
         from pc_core.constraints.spec import PARSED
         from pc_core.constraints.token_product import COMPONENTS
-        from pc_core.constraints.words import INFLECTIONS
+        from pc_core.constraints.words import INFLECTIONS, KEYWORD_FORMS
         from service.json_body import REFUSED
 
         caches = (("dfa", COMPILED), ("guide", GUIDE_TABLES), ("vocab", vocab.VOCAB_TABLES), ("parsed", PARSED),
-                  ("inflections", INFLECTIONS), ("refused", REFUSED), ("folded", COMPONENTS))  # fmt: skip
+                  ("inflections", INFLECTIONS), ("keyword_forms", KEYWORD_FORMS), ("refused", REFUSED), ("folded", COMPONENTS))  # fmt: skip
         for name, cache in caches:
             self.metrics.caches.watch(name, cache)
 

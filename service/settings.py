@@ -84,6 +84,11 @@ class Settings(BaseSettings):
         description="processes compiling heavy constraints, at a lower OS priority (0: no compile processes; "
         "constraints compile in the preparing threads)",
     )
+    compile_warm_up: bool = Field(
+        True,
+        description="start the compile processes at startup, so the first constraint that needs one does not wait "
+        "~1.5 s for it (off: on the first such compile; saves their memory while none is needed)",
+    )
     compile_light_workers: int = Field(
         1, ge=1, le=64, description="processes compiling light constraints (a lane heavy ones never hold)"
     )

@@ -10,6 +10,19 @@ from pc_core.constraints.token_bytes import token_bytes_table
 
 ANY = None  # every character may be split
 
+_TABLES: dict[int, tuple[object, int, list[bytes]]] = {}
+
+
+def _token_bytes(tokenizer) -> list[bytes]:
+    """token_bytes_table, built once per tokenizer: a property test asks for it per sequence, and building it
+    walks the whole vocabulary (90% of test_tokenizer_families' time before). The tokenizer is kept, so its
+    id is not reused; its size is checked, so a vocabulary grown since is rebuilt."""
+    held = _TABLES.get(id(tokenizer))
+    if held is None or held[0] is not tokenizer or held[1] != len(tokenizer):
+        held = _TABLES[id(tokenizer)] = (tokenizer, len(tokenizer), token_bytes_table(tokenizer))
+        _BANNED.pop(id(tokenizer), None)
+    return held[2]
+
 
 def splittable_chars(spec, blocklist_mask: bool = True) -> frozenset[str]:
     """The characters a word-level constraint lets tokens split: the non-ASCII characters of its keywords'
@@ -29,7 +42,7 @@ def breaks_characters(tokenizer, ids, splittable: frozenset[str] | None = frozen
     """Would generation never emit `ids` (up to EOS) for its bytes? They must be valid UTF-8 ending with a
     complete character, and a token boundary inside a character is allowed only where the character's bytes
     so far start some character of `splittable` (ANY: every character)."""
-    raw = token_bytes_table(tokenizer)
+    raw = _token_bytes(tokenizer)
     eos = tokenizer.eos_token_id
     data, cuts = b"", []
     for t in ids:
@@ -65,20 +78,28 @@ def decoded_without_replacement(tokenizer, ids) -> bool:
 
 def has_banned_token(tokenizer, ids) -> bool:
     """Independent of the compiler: does a token (before EOS) end inside a UTF-8 character, or decode to
-    U+FFFD on its own (invalid bytes)? Generation never emits either.
-
-    A complete ending gains exactly one U+FFFD from any stray continuation byte; a partial one does not."""
-    from pc_core.constraints.token_bytes import token_bytes_table
-
-    raw = token_bytes_table(tokenizer)
+    U+FFFD on its own (invalid bytes)? Generation never emits either."""
     for t in ids:
         if t == tokenizer.eos_token_id:
             return False
-        alone = raw[t].decode("utf-8", "replace")
-        if "\ufffd" in alone:
-            return True
-        if any(
-            (raw[t] + bytes([b])).decode("utf-8", "replace") != alone + "\ufffd" for b in range(0x80, 0xC0)
-        ):
+        if banned_token(tokenizer, t):
             return True
     return False
+
+
+_BANNED: dict[int, dict[int, bool]] = {}
+
+
+def banned_token(tokenizer, token: int) -> bool:
+    """has_banned_token for one token, remembered per tokenizer (property tests ask for the same tokens
+    again and again). A complete ending gains exactly one U+FFFD from any stray continuation byte; a
+    partial one does not."""
+    raw = _token_bytes(tokenizer)  # first: a rebuilt table forgets the answers below
+    known = _BANNED.setdefault(id(tokenizer), {})
+    if token not in known:
+        data = raw[token]
+        alone = data.decode("utf-8", "replace")
+        known[token] = "\ufffd" in alone or any(
+            (data + bytes([b])).decode("utf-8", "replace") != alone + "\ufffd" for b in range(0x80, 0xC0)
+        )
+    return known[token]

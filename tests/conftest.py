@@ -192,7 +192,8 @@ def start_server(model_env, logs):
     session_servers: list[Server] = []
 
     def start(name: str, _keep: bool = False, **env: str) -> Server:
-        server = Server(logs, {**model_env, **env}, name)
+        # compile workers start on first use: most test servers never need one (~1.4 CPU s each saved)
+        server = Server(logs, {"PCGEN_COMPILE_WARM_UP": "0", **model_env, **env}, name)
         (session_servers if _keep else _MODULE_SERVERS).append(server)
         return server.start()
 
@@ -204,7 +205,7 @@ def start_server(model_env, logs):
 @pytest.fixture(scope="session")
 def server(start_server):
     """Default configuration: in-process cache and limiter, continuous batching (one per session)."""
-    return start_server("default", _keep=True, PCGEN_MAX_BATCH_SIZE="8")
+    return start_server("default", _keep=True, PCGEN_MAX_BATCH_SIZE="8", PCGEN_COMPILE_WARM_UP="1")
 
 
 @pytest.fixture(scope="session")

@@ -168,6 +168,15 @@ def case_variants(text: str, case: str) -> set[str]:
     return {text, text.lower(), text[:1].upper() + text[1:], text.upper()}
 
 
+def _forms_bytes(forms: tuple[Form, ...]) -> int:
+    return sys.getsizeof(forms) + sum(sys.getsizeof(w) + 120 for f in forms for w in (*f.words, *f.gaps)) + 256
+
+
+KEYWORD_FORMS: LRUCache[tuple[Form, ...]] = LRUCache("keyword_forms", 8 * 2**20, _forms_bytes)
+"""keyword_forms by its arguments: the text checker asks for a keyword's forms once per text it judges (and the
+compiler per node), and spelling them out costs ~100 us; keywords come from requests, hence a byte bound."""
+
+
 def keyword_forms(
     text: str,
     variants: tuple[str, ...] = (),
@@ -177,7 +186,18 @@ def keyword_forms(
 ) -> tuple[Form, ...]:
     """Every phrase that satisfies a keyword (the fields of nodes.Keyword): the text and user variants, with
     the inflections of the last word (if on) and the case variants of the case mode. "any" forms are
-    casefolded. Sorted and deduplicated, so the result is canonical."""
+    casefolded. Sorted and deduplicated, so the result is canonical (cached in KEYWORD_FORMS)."""
+    key = (text, tuple(variants), inflections, case, pos)
+    forms = KEYWORD_FORMS.get(key)
+    if forms is None:
+        forms = _spell_forms(text, tuple(variants), inflections, case, pos)
+        KEYWORD_FORMS.put(key, forms)
+    return forms
+
+
+def _spell_forms(
+    text: str, variants: tuple[str, ...], inflections: bool, case: str, pos: str | None
+) -> tuple[Form, ...]:
     forms: set[Form] = set()
     for written in (text, *variants):
         base = split_phrase(written)

@@ -98,6 +98,8 @@ def test_dfa_ms_counts_the_compile_when_compile_workers_are_on(slow_compile_serv
 
     server = slow_compile_server
     before = server.metrics()
+    # test servers start their compile workers on first use (conftest's start_server): none yet
+    assert metric_value(before, "pcgen_compile_workers", {"state": "alive"}) == 0
     with server.client() as http:
         r = http.post("/generate", json={"prompt": "The", "max_new_tokens": MAX_NEW_TOKENS,
                                          "constraint": {"all": ["dog", {"not": SLOW_WORD}]}})  # fmt: skip
@@ -110,6 +112,7 @@ def test_dfa_ms_counts_the_compile_when_compile_workers_are_on(slow_compile_serv
         return metric_value(after, name) - metric_value(before, name)
 
     assert delta("pcgen_dfa_compile_seconds_count") == 1
+    assert metric_value(after, "pcgen_compile_workers", {"state": "alive"}) >= 1  # started for this compile
     assert delta("pcgen_dfa_compile_seconds_sum") * 1000 == pytest.approx(
         timings["dfa_ms"], rel=1e-3, abs=0.01
     )

@@ -84,6 +84,7 @@ def hardened(start_server):
         "hardened",
         PCGEN_API_KEYS=f"{KEY_A},{KEY_B}",
         PCGEN_COMPILE_WORKERS="1",
+        PCGEN_COMPILE_WARM_UP="1",  # as deployed: the lanes' workers are up before the first request
         PCGEN_PREPARE_WORKERS="2",
         PCGEN_COMPILE_BACKLOG="2",
         PCGEN_REQUEST_TIMEOUT_S="4",
@@ -192,8 +193,8 @@ STEP_DELAY_S = 0.03
 @pytest.fixture(scope="module")
 def deadlined(start_server):
     """One server for the two deadline tests (the stalled compiles, the stream that outlasts its deadline)."""
-    return start_server("deadlines", PCGEN_COMPILE_WORKERS="1", PCGEN_REQUEST_TIMEOUT_S=str(DEADLINE_S),
-                        PCGEN_CACHE="false", PCGEN_TEST_STALL_WORD=STALL, PCGEN_MAX_NEW_TOKENS="120",
+    return start_server("deadlines", PCGEN_COMPILE_WORKERS="1", PCGEN_COMPILE_WARM_UP="1",
+                        PCGEN_REQUEST_TIMEOUT_S=str(DEADLINE_S), PCGEN_CACHE="false", PCGEN_TEST_STALL_WORD=STALL, PCGEN_MAX_NEW_TOKENS="120",
                         PCGEN_TEST_STEP_DELAY_S=str(STEP_DELAY_S))  # fmt: skip
 
 

@@ -25,7 +25,7 @@ def test_memory_stays_flat_over_many_distinct_requests(start_server):
     # each one evicting, which is the state a long-running server lives in.
     limits = {"dfa": 2**20, "guide": 2**20, "response": 2**16}
     env = {f"PCGEN_{cache.upper()}_CACHE_BYTES": str(limit) for cache, limit in limits.items()}
-    server = start_server("memory", PCGEN_COMPILE_WORKERS="1", **env)
+    server = start_server("memory", PCGEN_COMPILE_WORKERS="1", PCGEN_COMPILE_WARM_UP="1", **env)
     rng = random.Random(0)
     bodies = []
     while len(bodies) < 600:

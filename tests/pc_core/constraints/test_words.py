@@ -5,7 +5,14 @@ import re
 
 from pc_core.cache import LRUCache
 from pc_core.constraints.nodes import Keyword
-from pc_core.constraints.words import INFLECTIONS, inflections_of, is_space_char, is_word_char, keyword_forms
+from pc_core.constraints.words import (
+    INFLECTIONS,
+    KEYWORD_FORMS,
+    inflections_of,
+    is_space_char,
+    is_word_char,
+    keyword_forms,
+)
 
 
 def test_character_classes_match_re_on_every_code_point():
@@ -33,3 +40,13 @@ def test_keyword_forms_take_the_keywords_fields():
     forms = keyword_forms("New York", ("NYC",), inflections=False, case="any")
     assert forms == keyword.forms()
     assert {f.text for f in forms} == {"new york", "nyc"}
+
+
+def test_keyword_forms_live_in_a_byte_bounded_cache():
+    """The text checker asks for a keyword's forms once per text: the second ask is a hit, equal to the first."""
+    first = keyword_forms("dishwasher", (), True, "natural", "noun")
+    hits = KEYWORD_FORMS.hits
+    assert keyword_forms("dishwasher", (), True, "natural", "noun") == first
+    assert KEYWORD_FORMS.hits == hits + 1
+    assert {f.text for f in first} >= {"dishwasher", "Dishwashers", "DISHWASHERS"}
+    assert 0 < KEYWORD_FORMS.bytes <= KEYWORD_FORMS.max_bytes
