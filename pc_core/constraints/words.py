@@ -169,7 +169,9 @@ def case_variants(text: str, case: str) -> set[str]:
 
 
 def _forms_bytes(forms: tuple[Form, ...]) -> int:
-    return sys.getsizeof(forms) + sum(sys.getsizeof(w) + 120 for f in forms for w in (*f.words, *f.gaps)) + 256
+    return (
+        sys.getsizeof(forms) + sum(sys.getsizeof(w) + 120 for f in forms for w in (*f.words, *f.gaps)) + 256
+    )
 
 
 KEYWORD_FORMS: LRUCache[tuple[Form, ...]] = LRUCache("keyword_forms", 8 * 2**20, _forms_bytes)

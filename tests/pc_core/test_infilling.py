@@ -40,7 +40,9 @@ def expected(tokenizer, constraint, ids, min_new_tokens=0) -> bool:
     cut = ids if found.reason == "length" else ids[: found.end + 1]
     if found.reason != "length" and found.end < min_new_tokens:
         return False
-    return found.satisfied and not has_banned_token(tokenizer, [t for t in cut if t != tokenizer.eos_token_id])
+    return found.satisfied and not has_banned_token(
+        tokenizer, [t for t in cut if t != tokenizer.eos_token_id]
+    )
 
 
 class AffixBrute(Brute):
