@@ -88,7 +88,9 @@ SLOW_WORD = "slowcompileword"  # PCGEN_TEST_SLOW_WORD: its constraints spend SLO
 @pytest.fixture(scope="module")
 def slow_compile_server(start_server):
     """Compile workers on (the default), and constraints that mention SLOW_WORD take at least SLOW_COMPILE_S."""
-    return start_server("slow-compile", PCGEN_TEST_SLOW_WORD=SLOW_WORD, PCGEN_COMPILE_WORKERS="1")
+    # no warm-up generation: its constraint may overrun the quick attempt and start a worker (speed-dependent)
+    return start_server("slow-compile", PCGEN_TEST_SLOW_WORD=SLOW_WORD, PCGEN_COMPILE_WORKERS="1",
+                        PCGEN_WARMUP="false")  # fmt: skip
 
 
 def test_dfa_ms_counts_the_compile_when_compile_workers_are_on(slow_compile_server):
@@ -98,7 +100,7 @@ def test_dfa_ms_counts_the_compile_when_compile_workers_are_on(slow_compile_serv
 
     server = slow_compile_server
     before = server.metrics()
-    # test servers start their compile workers on first use (conftest's start_server): none yet
+    # test servers start their compile workers on first use (conftest's start_server): nothing compiled yet
     assert metric_value(before, "pcgen_compile_workers", {"state": "alive"}) == 0
     with server.client() as http:
         r = http.post("/generate", json={"prompt": "The", "max_new_tokens": MAX_NEW_TOKENS,
