@@ -32,6 +32,7 @@ class BlockLayout(NamedTuple):
     impossible: torch.Tensor | None  # with whole rows: the beams whose row is ROW_IMPOSSIBLE (None: none)
     certain: torch.Tensor | None  # and ROW_CERTAIN
     in_order: bool  # with whole rows: the product is every beam's marginal row, then its joint row, in order
+    uniform: bool = False  # every block has these whole rows: one product over the vocabulary (guide.py)
 
 
 def state_status(guide_tables: GuideTables) -> tuple[np.ndarray, np.ndarray]:
@@ -118,10 +119,13 @@ def _plan_pattern(
 ) -> tuple[list[BlockLayout], int, list[tuple[np.ndarray, np.ndarray]]]:
     """The BlockLayouts of beams whose dense slots are `needed` / `certain` (B, D), with the slots' blocks
     `in_block` (B, D, K) and each beam's whole-row slot `block_slot` (B, K), built on the CPU in numpy (a
-    handful of beams and slots), but for pair_state; their bytes; per block the (beam, slot) of each pair."""
+    handful of beams and slots), but for pair_state; their bytes; per block the (beam, slot) of each pair.
+    When every block takes whole rows and the same ones (same marginal rows, pairs and row per beam: inside a
+    JSON string, or where every successor is certain or impossible), the layouts say `uniform`: the step
+    then takes one product over the whole vocabulary, in token order (guide.py)."""
     b = needed.shape[0]
     beams = np.arange(b)
-    blocks, size, pairs = [], 0, []
+    blocks, size, pairs, rows = [], 0, [], []
     for k, every in enumerate(everywhere):
         need = needed & in_block[:, :, k]  # (B, D)
         with_marginal = np.flatnonzero(need.any(1))  # (M,)
@@ -147,4 +151,13 @@ def _plan_pattern(
         fills = [x if x is not None and len(x) else None for x in whole[1:]]
         blocks.append(BlockLayout(t[0], t[1], None, t[2], t[3], t[4], whole[0], *fills, in_order))
         pairs.append((beam, slot))
+        rows.append(None if row is None else (with_marginal, beam, slot, row))
+    # the same whole rows in every block: one product over the vocabulary. On CPU only, where it was measured
+    # (docs/benchmarks.md, json-step); it reads one more emission-sized operand (guide.emission_operands),
+    # which on a GPU with a large HMM would be gigabytes
+    on_cpu = torch.device(device).type == "cpu"
+    if on_cpu and len(blocks) > 1 and all(x is not None for x in rows):
+        first = rows[0]
+        if all(all(np.array_equal(a, b) for a, b in zip(first, x)) for x in rows[1:]):
+            blocks = [b._replace(uniform=True) for b in blocks]
     return blocks, size, pairs

@@ -56,6 +56,7 @@ class FactoredPlan(NamedTuple):
     state: FactoredState
     blocks: list[BlockPlan]  # per vocabulary block: every group's rows, in group order (guide.multiply)
     parts: list  # each group's own StepPlan
+    uniform: bool = False  # every group's plan is (guide.StepPlan): one product over the vocabulary
 
 
 class FactoredTables:
@@ -125,7 +126,8 @@ class FactoredGuide:
         return FactoredState(log_alpha, next_dfa, state.position + 1, words, factor_states)
 
     def _steering(self, plan: FactoredPlan, products: Sequence[Product]) -> torch.Tensor:
-        """(B, V) the sum of the groups' log q, each group's guide assembling its share of the products."""
+        """(B, V) the sum of the groups' log q, each group's guide assembling its share of the products (per
+        vocabulary block, or one product over the vocabulary for a uniform plan)."""
         offsets = [0] * len(products)
         total = None
         for guide, part in zip(self.guides, plan.parts):
@@ -167,11 +169,13 @@ class FactoredGuide:
             guide.plan(GuideState(state.log_alpha, state.factor_states[:, i], state.position))
             for i, guide in enumerate(self.guides)
         ]
+        uniform = all(p.uniform for p in parts)  # every block has the same rows: concatenated once
         blocks = [
             BlockPlan(torch.cat([p.blocks[k].rows for p in parts]), None, None)
-            for k in range(self.tables.num_blocks)
+            for k in range(1 if uniform else self.tables.num_blocks)
         ]
-        return FactoredPlan(state, blocks, parts)
+        blocks += blocks[:1] * (self.tables.num_blocks - len(blocks))
+        return FactoredPlan(state, blocks, parts, uniform)
 
     def assemble(self, plan: FactoredPlan, products: Sequence[Product]) -> torch.Tensor:
         """(B, V): the sum of the groups' log q, then the full DFA's exact pattern: -inf where no text
@@ -179,9 +183,11 @@ class FactoredGuide:
         state, guide_tables = plan.state, self.tables
         total = self._steering(plan, products)
         r = self.horizon - state.position - 1
-        succ = guide_tables.transitions[state.dfa_state][:, guide_tables.token_class].long()  # (B, V)
-        total.masked_fill_(~guide_tables.feasible[r][succ], NEG_INF)
-        total.masked_fill_(guide_tables.certain[r][succ], 0.0)
+        # per token class, then per token: the same masks as per token successor, from (B, C) lookups
+        succ = guide_tables.transitions[state.dfa_state].long()  # (B, C)
+        classes = guide_tables.token_class
+        total.masked_fill_((~guide_tables.feasible[r][succ]).index_select(1, classes), NEG_INF)
+        total.masked_fill_(guide_tables.certain[r][succ].index_select(1, classes), 0.0)
         if state.position + 1 < self.min_new_tokens + 1:  # no end yet (EOS, a stop string, the suffix)
             total[:, guide_tables.eos_token_id] = NEG_INF
             total.masked_fill_(guide_tables.ending_t[state.dfa_state][:, guide_tables.token_class], NEG_INF)

@@ -90,9 +90,26 @@ class StepPlan(NamedTuple):
     blocks: list[BlockPlan]  # per vocabulary block
     tail: TailStep | None | bool = False  # the tail's layout (step_layout.py; False: not looked up)
     left: torch.Tensor | None = None  # (B, H) the beams' scaled forward rows
+    tail_rows: torch.Tensor | None = None  # the tail's product rows (None: built by assemble_tail)
+    uniform: bool = False  # every block has the same whole rows (block_plan.py): `multiply` takes one product
+
+
+def _with_marginal_rows(
+    left: torch.Tensor, with_marginal: torch.Tensor, joint: torch.Tensor | None, start: int, count: int
+) -> tuple[torch.Tensor, int]:
+    """The product rows of a block or the tail: the marginal rows of the beams `with_marginal`, then its
+    `count` joint rows, joint[start : start + count]; and where the next part's joint rows start."""
+    if len(with_marginal) == left.shape[0] == 1:  # one beam (with_marginal is [0])
+        marginal = left
+    else:
+        marginal = left.index_select(0, with_marginal)
+    if not count:
+        return marginal, start
+    return torch.cat([marginal, joint[start : start + count]]), start + count
 
 
 Product = tuple[torch.Tensor, torch.Tensor]  # (rows, V_k) linear values and (rows,) log shift per row
+# (the values in the product's dtype: bfloat16 with a bfloat16 emission; guide_ratio reads them exactly)
 
 GUIDE_TABLES: LRUCache[GuideTables] = LRUCache("guide", 2 * 2**30, lambda t: t.nbytes + layout_budget(t))
 """Guide tables by content (DFA, horizon, minimum length, HMM, device, dtype), bounded in bytes: the tables'
@@ -128,6 +145,9 @@ class ConstraintGuide:
     """`ConstraintGuide(hmm, dfa, horizon=n)`; see the module docstring for the mathematics."""
 
     kind = "exact"  # beside factored_guide.FactoredGuide: which guide a response says ran
+    # a block whose tokens read one product row per beam takes that row whole (_assemble_block); False: a
+    # per-token gather wherever a beam has several successors in the block (the reference, tests)
+    ONE_ROW_PER_BEAM = True
 
     def __init__(
         self,
@@ -159,6 +179,7 @@ class ConstraintGuide:
         self.tables = tables_for(
             hmm, dfa, horizon, min_new_tokens, emission_dtype, deadline, terminal, table_dtype, feasibility
         )
+        emission_operands(hmm, self.tables, emission_dtype)  # built now, not in a step
 
     # ------------------------------------------------------------------ states
 
@@ -264,14 +285,31 @@ class ConstraintGuide:
         r = self.horizon - state.position - 1
         left = state.log_alpha + guide_tables.log_scale  # (B, H): a_t * scale, so rows @ B equals a_t @ B'
         states = state.dfa_state.tolist()
-        blocks = []
-        for b in plan_layout(guide_tables, states, r):  # kept per beam states (block_plan.py)
-            rows = left.index_select(0, b.row_beam)  # (M + Q, H): marginal rows, then the pairs'
-            if b.pair_state.numel():
-                rows[len(b.with_marginal) :] += guide_tables.rows(r, b.pair_state)
-            blocks.append(BlockPlan(rows, b.row_of_slot, b.marginal_row, b))
+        layouts = plan_layout(guide_tables, states, r)  # kept per beam states (block_plan.py)
         tail = tail_step(guide_tables, states, r) if guide_tables.tail_tokens.numel() else None
-        return StepPlan(state, blocks, tail, left)
+        uniform = bool(layouts) and layouts[0].uniform  # the same rows in every block: built once
+        # every joint row of the step, the blocks' pairs then the tail's, from one gather of U_r (fewer ops)
+        parts = [b for b in layouts[: 1 if uniform else len(layouts)] if b.pair_state.numel()]
+        if tail is not None and tail.pair_state.numel():
+            parts.append(tail)
+        joint = None
+        if parts:
+            pair_beam, pair_state = (
+                (parts[0].pair_beam, parts[0].pair_state) if len(parts) == 1
+                else (torch.cat([p.pair_beam for p in parts]), torch.cat([p.pair_state for p in parts]))
+            )  # fmt: skip
+            joint = left.index_select(0, pair_beam)
+            joint += guide_tables.rows(r, pair_state)
+        start, blocks = 0, []
+        for b in layouts:  # (M + Q, H): the marginal rows, then the pairs'
+            if not (uniform and blocks):
+                rows, start = _with_marginal_rows(left, b.with_marginal, joint, start, b.pair_state.numel())
+            blocks.append(BlockPlan(rows, b.row_of_slot, b.marginal_row, b))
+        tail_rows = None
+        if tail is not None and tail.pair_state.numel():
+            count = tail.pair_state.numel()
+            tail_rows, start = _with_marginal_rows(left, tail.with_marginal, joint, start, count)
+        return StepPlan(state, blocks, tail, left, tail_rows, uniform)
 
     def assemble(self, plan: StepPlan, products: Sequence[Product]) -> torch.Tensor:
         """(B, V) log P(constraint | prefix, x) from this guide's slices of the block products plus the tail,
@@ -279,16 +317,26 @@ class ConstraintGuide:
         minimum length and the blocklist's tokens at -inf."""
         state, guide_tables = plan.state, self.tables
         out = torch.empty(state.batch_size, self.hmm.vocab_size, device=state.log_alpha.device)  # block order
-        column = 0
-        for k, (product, block) in enumerate(zip(products, plan.blocks)):
-            width = guide_tables.block_tokens[k].numel()
-            self._assemble_block(state, k, product, block, out[:, column : column + width])
-            column += width
+        # one product over the whole vocabulary, in token order (multiply, for a uniform plan): no permutation
+        whole = guide_tables.num_blocks > 1 and len(products) == 1
+        if whole:
+            if not plan.uniform:
+                raise GuideError("a whole-vocabulary product is for a plan whose blocks have the same rows")
+            self._assemble_block(state, 0, products[0], plan.blocks[0], out, token_order=True)
+        else:
+            column = 0
+            for k, (product, block) in enumerate(zip(products, plan.blocks)):
+                width = guide_tables.block_tokens[k].numel()
+                self._assemble_block(state, k, product, block, out[:, column : column + width])
+                column += width
         if guide_tables.tail_tokens.numel():  # the tail tokens the blocks did not give (step_layout.py)
-            assemble_tail(self, state, out, plan.tail, plan.left)
+            assemble_tail(self, state, out, plan.tail, plan.left, plan.tail_rows, token_order=whole)
         out.clamp_max_(0.0)
-        if guide_tables.num_blocks > 1:
-            out = out.index_select(1, guide_tables.block_position)  # back to token order
+        if guide_tables.num_blocks > 1 and not whole:  # back to token order (one beam: along the flat row)
+            if state.batch_size == 1:
+                out = out.view(-1).index_select(0, guide_tables.block_position).view(1, -1)
+            else:
+                out = out.index_select(1, guide_tables.block_position)
         if guide_tables.banned is not None:
             out.index_fill_(1, guide_tables.banned, NEG_INF)
         if state.position + 1 < self.min_new_tokens + 1:  # no end (EOS, a stop string, the suffix) yet
@@ -303,46 +351,90 @@ class ConstraintGuide:
         return out
 
     def _assemble_block(
-        self, state: GuideState, k: int, product: Product, block: BlockPlan, ratio: torch.Tensor
+        self,
+        state: GuideState,
+        k: int,
+        product: Product,
+        block: BlockPlan,
+        ratio: torch.Tensor,
+        token_order: bool = False,
     ) -> None:
         """Fill ratio (B, V_k), a view: one ratio joint / marginal, one log and one shift per entry, then
-        exactly 0 / -inf where the successor is certain / impossible."""
+        exactly 0 / -inf where the successor is certain / impossible. `token_order`: the product and ratio
+        span the whole vocabulary in token order (a uniform plan's rows, whole rows)."""
         guide_tables, layout = self.tables, block.layout
         if layout is not None and layout.row is not None:  # one successor per beam: whole rows, as planned
             values, shift = product
             if values.shape[0]:
-                log_ratio(self, state, ratio, values, shift, layout.row, block.marginal_row,
-                          guide_tables.block_tokens[k], layout.in_order)  # fmt: skip
-            if layout.impossible is not None:
-                ratio.index_fill_(0, layout.impossible, NEG_INF)
-            if layout.certain is not None:
-                ratio.index_fill_(0, layout.certain, 0.0)
+                tokens = None if token_order else guide_tables.block_tokens[k]
+                log_ratio(self, state, ratio, values, shift, layout.row, block.marginal_row, tokens,
+                          layout.in_order)  # fmt: skip
+            for beams, value in ((layout.impossible, NEG_INF), (layout.certain, 0.0)):
+                if beams is None:
+                    continue
+                if ratio.shape[0] == 1:  # one beam: it is that beam, a plain fill
+                    ratio.fill_(value)
+                else:
+                    ratio.index_fill_(0, beams, value)
             return
         slots = guide_tables.block_slot[state.dfa_state, k]  # (B,)
         # one successor per beam: whole rows
         if guide_tables.block_slot_everywhere[k] or bool((slots >= 0).all()):
             row = block.row_of_slot.gather(1, slots[:, None].clamp_min(0))  # (B, 1)
-        else:  # several successors in this block: a row per token
-            classes = guide_tables.block_class[k]
-            slot = guide_tables.slot_of_class[state.dfa_state][:, classes].clamp_min(0)  # (B, V_k)
-            row = block.row_of_slot.gather(1, slot)  # (B, V_k)
-        values, shift = product
-        if values.shape[0]:
-            log_ratio(
-                self, state, ratio, values, shift, row, block.marginal_row, guide_tables.block_tokens[k]
-            )
-        for code, value in ((ROW_IMPOSSIBLE, NEG_INF), (ROW_CERTAIN, 0.0)):
-            if row.shape[1] > 1:
-                ratio.masked_fill_(row == code, value)
-            else:  # whole rows: fill only those
-                hit = (row[:, 0] == code).nonzero()[:, 0]
+            values, shift = product
+            if values.shape[0]:
+                tokens = guide_tables.block_tokens[k]
+                log_ratio(self, state, ratio, values, shift, row, block.marginal_row, tokens)
+            for code, value in ((ROW_IMPOSSIBLE, NEG_INF), (ROW_CERTAIN, 0.0)):
+                hit = (row[:, 0] == code).nonzero()[:, 0]  # whole rows: fill only those
                 if hit.numel():
                     ratio.index_fill_(0, hit, value)
+            return
+        # several successors in this block: a row per token, looked up per class (C), then per token (V_k)
+        classes = guide_tables.block_class[k]
+        slot = guide_tables.slot_of_class[state.dfa_state].clamp_min(0)  # (B, C)
+        row_of_class = block.row_of_slot.gather(1, slot)  # (B, C)
+        values, shift = product
+        if values.shape[0]:
+            b = ratio.shape[0]
+            joint_row = torch.arange(b, 2 * b, device=ratio.device)[:, None]  # (B, 1)
+            one_row = self.ONE_ROW_PER_BEAM and values.shape[0] == 2 * b
+            if one_row and bool(((row_of_class == joint_row) | (row_of_class < 0)).all()):
+                # 2B rows and each beam's one joint row B + b: every beam has its marginal row, then that row
+                # (in order); its value for every token (the tokens of the other slots are certain or
+                # impossible, filled below), without a per-token gather
+                log_ratio(self, state, ratio, values, shift, joint_row, block.marginal_row,
+                          guide_tables.block_tokens[k], in_order=True)  # fmt: skip
+            else:
+                row = row_of_class.index_select(1, classes)  # (B, V_k)
+                tokens = guide_tables.block_tokens[k]
+                log_ratio(self, state, ratio, values, shift, row, block.marginal_row, tokens)
+        for code, value in ((ROW_IMPOSSIBLE, NEG_INF), (ROW_CERTAIN, 0.0)):
+            hit = row_of_class == code  # (B, C)
+            if bool(hit.any()):
+                ratio.masked_fill_(hit.index_select(1, classes), value)
+
+
+def emission_operands(hmm: HMM, guide_tables: GuideTables, dtype: torch.dtype) -> list:
+    """The right operands of `multiply` for these tables (cached on the HMM, once per model and vocabulary
+    partition; packing one takes ~0.1 s at H = 256, V = 50k): each block's emission and, with several blocks,
+    the whole vocabulary's, which uniform plans read."""
+    if guide_tables.num_blocks == 1:
+        return [hmm.emission_block(None, f"{guide_tables.block_key}/0", dtype)]
+    blocks = [
+        hmm.emission_block(tokens, f"{guide_tables.block_key}/{k}", dtype)
+        for k, tokens in enumerate(guide_tables.block_tokens)
+    ]
+    if torch.device(hmm.device).type != "cpu":
+        return blocks  # uniform plans are CPU-only (block_plan.py): no second emission-sized buffer on a GPU
+    return [*blocks, hmm.emission_block(None, "all/0", dtype)]
 
 
 def multiply(items: Sequence[tuple[ConstraintGuide, StepPlan]]) -> list[list[Product]]:
     """The products of a step for several guides over one HMM: per vocabulary block, the planned rows of all
-    guides with the same blocks in one (rows, H) x (H, V_k) product. Returns each guide's slices."""
+    guides with the same blocks in one (rows, H) x (H, V_k) product. Returns each guide's slices. Where every
+    guide of a group has a uniform plan (the same whole rows in every block), one (rows, H) x (H, V) product
+    in token order instead: each guide's list then holds that one product."""
     if not items:
         return []
     hmm = items[0][0].hmm
@@ -354,14 +446,34 @@ def multiply(items: Sequence[tuple[ConstraintGuide, StepPlan]]) -> list[list[Pro
         groups.setdefault((guide.tables.block_key, guide.emission_dtype), []).append(i)
     for (key, dtype), members in groups.items():
         guide_tables = items[members[0]][0].tables
+        if guide_tables.num_blocks > 1 and all(getattr(items[i][1], "uniform", False) for i in members):
+            # every block has the same rows: one product over the whole vocabulary, in token order (the
+            # emission a single-block guide reads), so the assembly needs no permutation back to token order
+            right = hmm.emission_block(None, "all/0", dtype)  # (V, H), maybe packed
+            parts = [items[i][1].blocks[0].rows for i in members]
+            rows = parts[0] if len(parts) == 1 else torch.cat(parts, 0)
+            if rows.shape[0]:
+                values, shift = matmul_exp_nt(rows, right, raw=True)  # (rows of all members, V), (rows,)
+            else:  # every beam certain or impossible
+                values, shift = rows.new_empty(0, hmm.vocab_size), rows.new_empty(0)
+            start = 0
+            for i, part in zip(members, parts):
+                size = part.shape[0]
+                products[i].append((values[start : start + size], shift[start : start + size]))
+                start += size
+            continue
         for k in range(guide_tables.num_blocks):
             tokens = None if guide_tables.num_blocks == 1 else guide_tables.block_tokens[k]
             right = hmm.emission_block(tokens, f"{key}/{k}", dtype)  # (V_k, H), maybe packed
-            rows = torch.cat([items[i][1].blocks[k].rows for i in members], 0)
+            parts = [items[i][1].blocks[k].rows for i in members]
+            rows = parts[0] if len(parts) == 1 else torch.cat(parts, 0)
             if rows.shape[0]:
-                values, shift = matmul_exp_nt(rows, right)  # (rows of all members, V_k), (rows,)
+                values, shift = matmul_exp_nt(rows, right, raw=True)  # (rows of all members, V_k), (rows,)
             else:  # every beam certain or impossible in this block
                 values, shift = rows.new_empty(0, guide_tables.block_tokens[k].numel()), rows.new_empty(0)
+            if len(members) == 1:
+                products[members[0]].append((values, shift))
+                continue
             start = 0
             for i in members:
                 size = items[i][1].blocks[k].rows.shape[0]

@@ -45,23 +45,32 @@ def log_ratio(
     shift: torch.Tensor,
     row: torch.Tensor,
     marginal_row: torch.Tensor,
-    tokens: torch.Tensor,
+    tokens: torch.Tensor | None,
     in_order: bool | None = None,
 ) -> None:
     """out (B, n) = log(product[row] / product[marginal_row]) + shift difference: log P(constraint |
-    prefix, x) for column j = token tokens[j]. row: (B, 1) one product row per beam, or (B, n) per
-    token; entries < 0 (certain, impossible) and beams without a marginal row give values the caller
-    overwrites. `in_order`: whether the product is every beam's marginal row then its one joint row, in
-    beam order (found here when None). Products below float32's full precision are redone exactly."""
+    prefix, x) for column j = token tokens[j] (token j where tokens is None). row: (B, 1) one product row
+    per beam, or (B, n) per token; entries < 0 (certain, impossible) and beams without a marginal row give
+    values the caller overwrites. `in_order`: whether the product is every beam's marginal row then its one
+    joint row, in beam order (found here when None). `product`: float32, or bfloat16 (guide.multiply's raw
+    product), read as its exact float32 values. Products below float32's full precision are redone exactly."""
     b = out.shape[0]
     if in_order is None:
         in_order = row.shape[1] == 1 and product.shape[0] == 2 * b and bool((marginal_row >= 0).all())
         in_order = in_order and torch.equal(row[:, 0], torch.arange(b, 2 * b, device=row.device))
     if in_order:  # every beam: its marginal row, then its one joint row
         joint, denominator = product[b:], product[:b]
-        torch.div(joint, denominator, out=out).log_().add_((shift[b:] - shift[:b])[:, None])
+        if product.dtype != torch.float32:  # the joint rows are cast (exactly) as the division reads them
+            denominator = denominator.float()
+        torch.div(joint, denominator, out=out).log_()
+        if b == 1 and shift.device.type == "cpu":  # the float32 difference as a scalar: fewer ops per step
+            pair = shift.numpy()
+            out.add_(float(pair[1] - pair[0]))
+        else:
+            out.add_((shift[b:] - shift[:b])[:, None])
         _redo_lossy(guide, state, out, product, joint, denominator, row, marginal_row, tokens)
         return
+    product = product.float()  # (a bfloat16 product: exactly its values)
     rows = row.clamp_min(0)
     marginal = marginal_row.clamp_min(0)
     denominator = product.index_select(0, marginal)  # (B, n)
@@ -103,15 +112,18 @@ def _redo_lossy(
     denominator: torch.Tensor,
     row: torch.Tensor,
     marginal_row: torch.Tensor,
-    tokens: torch.Tensor,
+    tokens: torch.Tensor | None,
 ) -> None:
-    """Where a needed product fell below float32's full precision, the exact float64 value in `out`."""
-    if float(product.amin()) >= LOSSLESS:  # full precision everywhere
+    """Where a needed product fell below float32's full precision, the exact float64 value in `out`
+    (column j is token tokens[j], or token j where tokens is None)."""
+    if float(product.amin()) >= LOSSLESS:  # full precision everywhere (a bfloat16 minimum is exact)
         return
+    joint, denominator = joint.float(), denominator.float()  # compared in float32, as computed
     live = (row >= 0) & (marginal_row >= 0)[:, None]
     beams, columns = (live & ((joint < LOSSLESS) | (denominator < LOSSLESS))).nonzero(as_tuple=True)
     if beams.numel():
-        out[beams, columns] = exact_log_ratio(guide, state, beams, tokens[columns])
+        ids = columns if tokens is None else tokens[columns]
+        out[beams, columns] = exact_log_ratio(guide, state, beams, ids)
 
 
 def exact_log_ratio(

@@ -334,8 +334,10 @@ def tail_product(
     if left.is_cuda:
         return matmul_exp_nt(left, emission_t)
     shift = torch.nan_to_num(left.amax(dim=1), nan=0.0, posinf=0.0, neginf=0.0)  # (R,), 0 for no finite entry
-    probs = (left - shift[:, None]).exp_().to(emission_t.dtype)  # (R, H)
-    return (probs @ emission_t.T).float(), shift
+    probs = (left - shift[:, None]).exp_()  # (R, H)
+    if emission_t.dtype != torch.float32:
+        return (probs.to(emission_t.dtype) @ emission_t.T).float(), shift
+    return probs @ emission_t.T, shift
 
 
 def tail_step(guide_tables: GuideTables, states: list[int], r: int) -> TailStep | None:
@@ -350,25 +352,30 @@ def assemble_tail(
     out: torch.Tensor,
     step: TailStep | None | bool = False,
     left: torch.Tensor | None = None,
+    rows: torch.Tensor | None = None,
+    token_order: bool = False,
 ) -> None:
     """Write into out (B, V), block-ordered and filled by the block assembly, log P(constraint | prefix, x)
     for the tail tokens x the blocks did not give: one product row per distinct (beam, successor) that is
-    neither impossible nor certain, after the marginal rows of the beams that have one. `step` and `left`
-    (the beams' scaled forward rows): as the plan found them (looked up / computed here when not given)."""
+    neither impossible nor certain, after the marginal rows of the beams that have one. `step`, `left`
+    (the beams' scaled forward rows) and `rows` (those product rows): as the plan found them (looked up /
+    computed here when not given). `token_order`: out is in token order (a whole-vocabulary product)."""
     guide_tables = guide.tables
     r = guide.horizon - state.position - 1
     if step is False:
         step = tail_step(guide_tables, state.dfa_state.tolist(), r)
     if step is None:
         return
+    positions = step.tokens if token_order else step.positions  # the tail tokens' columns in out
     if not step.pair_state.numel():  # every successor certain or impossible
-        out[:, step.positions] = step.fixed
+        out[:, positions] = step.fixed
         return
-    if left is None:
-        left = state.log_alpha + guide_tables.log_scale  # (B, H)
-    rows = left.index_select(0, step.row_beam)  # (M + P, H): the marginal rows, then the pairs'
-    rows[len(step.with_marginal) :] += guide_tables.rows(r, step.pair_state)
+    if rows is None:
+        if left is None:
+            left = state.log_alpha + guide_tables.log_scale  # (B, H)
+        rows = left.index_select(0, step.row_beam)  # (M + P, H): the marginal rows, then the pairs'
+        rows[len(step.with_marginal) :] += guide_tables.rows(r, step.pair_state)
     product, shift = tail_product(rows, guide_tables, step.columns)  # (M + P, k)
     clamped = (step.row_or_0, step.marginal_or_0)
     values = tail_log_ratio(guide, state, product, shift, step.row, step.marginal_row, step.tokens, clamped)
-    out[:, step.positions] = torch.where(step.computed, values, step.fixed)
+    out[:, positions] = torch.where(step.computed, values, step.fixed)

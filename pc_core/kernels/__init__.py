@@ -60,14 +60,15 @@ def log_matmul_exp_nt(left: torch.Tensor, right_t: torch.Tensor | onednn_packed.
 
 
 def matmul_exp_nt(
-    left: torch.Tensor, right_t: torch.Tensor | onednn_packed.Packed
+    left: torch.Tensor, right_t: torch.Tensor | onednn_packed.Packed, raw: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """log_matmul_exp_nt left in linear space: (out (R, N), shift (R,)), out * exp(shift) the product."""
+    """log_matmul_exp_nt left in linear space: (out (R, N), shift (R,)), out * exp(shift) the product.
+    `raw`: out may be in the product's own dtype (bfloat16 with a bfloat16 emission) instead of float32."""
     if _backend(left) == "triton" and isinstance(right_t, torch.Tensor):
         from pc_core.kernels.triton_log_matmul import matmul_exp as fast
 
         return fast(left, right_t.T)
-    return reference.matmul_exp_nt(left, right_t)
+    return reference.matmul_exp_nt(left, right_t, raw)
 
 
 def edge_logsumexp(

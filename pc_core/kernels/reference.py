@@ -48,7 +48,7 @@ def edge_logsumexp(
 
 
 def matmul_exp_nt(
-    left: torch.Tensor, right_t: torch.Tensor | onednn_packed.Packed
+    left: torch.Tensor, right_t: torch.Tensor | onednn_packed.Packed, raw: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Linear-space form: (out, shift) with out[r, n] * exp(shift[r]) = sum_k exp(left[r, k]) * right_t[n, k].
 
@@ -57,18 +57,21 @@ def matmul_exp_nt(
     `right_t` may be given packed (onednn_packed), the CPU fast path at a guide step's row counts (see that
     module). Plain on CPU, the product is taken as (right_t @ probs^T)^T: with few rows MKL's sgemm handles
     that layout much better than probs @ right with right stored (K, N); the result is then a transposed
-    view. Timings: docs/benchmarks.md, "Measurements behind design choices".
+    view. Timings: docs/benchmarks.md, "Measurements behind design choices". `raw`: out in the dtype the
+    product gave (bfloat16 with a bfloat16 right operand) instead of float32, for callers that cast as they
+    read it (guide_ratio.log_ratio): exactly the float32 values then, without a float32 copy of every row.
     """
-    shift = left.max(dim=1).values  # (R,)
-    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-    probs = torch.exp(left - shift[:, None]).to(right_t.dtype)  # (R, K)
-    if isinstance(right_t, onednn_packed.Packed):
+    shift = torch.nan_to_num(left.amax(dim=1), nan=0.0, posinf=0.0, neginf=0.0)  # (R,), 0: no finite entry
+    probs = (left - shift[:, None]).exp_()  # (R, K)
+    if isinstance(right_t, onednn_packed.Packed):  # casts to its dtype as it pads (a guide step's few rows)
         out = onednn_packed.matmul_nt(probs, right_t)  # (R, N)
-    elif right_t.is_cuda:
+        return (out if raw else out.float()), shift
+    probs = probs.to(right_t.dtype)
+    if right_t.is_cuda:
         out = probs @ right_t.T  # cuBLAS takes the transposed operand as a flag
     else:
         out = (right_t @ probs.T).T  # (R, N) view of an (N, R) result
-    return out.float(), shift
+    return (out if raw else out.float()), shift
 
 
 def log_matmul_exp_nt(left: torch.Tensor, right_t: torch.Tensor | onednn_packed.Packed) -> torch.Tensor:
