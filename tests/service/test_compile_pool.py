@@ -97,14 +97,17 @@ def test_refused_then_new_constraint_from_the_same_client(pool, tokenizer):
 
 def test_callbacks_of_the_returned_future_may_call_back_into_the_pool(pool, tokenizer):
     """A caller's done-callback that submits again (as a client retrying would) runs outside the pool's lock."""
-    seen = []
+    seen, called = [], threading.Event()
+
+    def resubmit(_: Future) -> None:
+        seen.append(pool.submit("a", {"keywords": ["cat"]}, tokenizer, 2048, 10.0))
+        called.set()
 
     def start():
         first = pool.submit("a", {"keywords": ["dog"]}, tokenizer, 2048, 10.0)
-        first.add_done_callback(
-            lambda f: seen.append(pool.submit("a", {"keywords": ["cat"]}, tokenizer, 2048, 10.0))
-        )
+        first.add_done_callback(resubmit)
         first.result()
+        called.wait()  # result() may return before the thread that set it has run the callbacks
         return first
 
     _in_thread(start, "resubmit from a callback")
