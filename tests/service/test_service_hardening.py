@@ -100,20 +100,21 @@ def hardened(start_server):
 
 
 def test_a_noisy_client_cannot_stall_the_others(hardened):
+    """Whatever the machine's speed: while one client floods expensive constraints, another's ordinary requests
+    are all answered, their constraints compiled in the quick attempt or the light lane, never behind the
+    noisy ones (heavy lane). How much latency that saves is measured by `benchmarks/serve.py --scenario neighbours`
+    (docs/benchmarks.md, "Service: noisy neighbours"), not asserted here: a wall-clock bound fails on a slow
+    enough machine."""
     quiet = hardened.client(headers=_auth(KEY_B))
 
     words = iter(["dog", "cat", "park", "snow", "lake", "tree", "girl", "fish", "sky", "pan", "city", "team",
                   "coffee", "garden", "winter", "house", "night", "field", "stove", "couch"])  # fmt: skip
 
-    def latencies(n: int) -> list[float]:
-        out = []
+    def ordinary(n: int) -> None:
         for _ in range(n):  # a new constraint each time: compiled for this request, beside the noisy ones
-            started = time.perf_counter()
             assert quiet.post("/generate", json=ORDINARY | {"keywords": [next(words)]}).status_code == 200
-            out.append(time.perf_counter() - started)
-        return out
 
-    idle = latencies(8)
+    ordinary(8)
     lanes = lambda: {lane: metric_value(hardened.metrics(_auth(KEY_B)), "pcgen_compiles_total",  # noqa: E731
                                         {"lane": lane}) for lane in ("quick", "light", "heavy")}  # fmt: skip
     before = lanes()
@@ -129,18 +130,17 @@ def test_a_noisy_client_cannot_stall_the_others(hardened):
     threads = [threading.Thread(target=noisy, args=(seed,)) for seed in range(2)]
     for thread in threads:
         thread.start()
-    time.sleep(1.0)  # the compile worker is busy with the noisy client's constraints
     try:
-        loaded = latencies(10)
+        while not noisy_statuses:  # the flood is under way: at least one expensive request answered
+            time.sleep(0.05)
+        ordinary(10)
     finally:
         stop.set()
         for thread in threads:
             thread.join(30)
-    busy = sorted(loaded)[-2]  # p90 of 10
-    assert busy < max(4 * max(idle), 1.0), (idle, loaded)  # was 170x before compilation left the process
     assert set(noisy_statuses) <= {422, 429, 504} and 422 in noisy_statuses
-    # the structure behind it, whatever the machine's speed: the noisy constraints (8 keywords) compiled in the
-    # heavy lane, the quiet ones (1 keyword each) in the quick attempt or the light lane, never behind them
+    # the noisy constraints (8 keywords) compiled in the heavy lane, the quiet ones (1 keyword each) in the
+    # quick attempt or the light lane (a light compile that overruns its lane moves on: hence at least one)
     after = lanes()
     assert after["heavy"] > before["heavy"]
     assert after["quick"] + after["light"] >= before["quick"] + before["light"] + 1
