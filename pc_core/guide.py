@@ -417,8 +417,8 @@ class ConstraintGuide:
 
 def emission_operands(hmm: HMM, guide_tables: GuideTables, dtype: torch.dtype) -> list:
     """The right operands of `multiply` for these tables (cached on the HMM, once per model and vocabulary
-    partition; packing one takes ~0.1 s at H = 256, V = 50k): each block's emission and, with several blocks,
-    the whole vocabulary's, which uniform plans read."""
+    partition; packing one takes ~0.1 s at H = 256, V = 50k): each block's emission and, with several blocks
+    on a CPU, the whole vocabulary's (last), which uniform plans read."""
     if guide_tables.num_blocks == 1:
         return [hmm.emission_block(None, f"{guide_tables.block_key}/0", dtype)]
     blocks = [
@@ -444,39 +444,29 @@ def multiply(items: Sequence[tuple[ConstraintGuide, StepPlan]]) -> list[list[Pro
     groups: dict[tuple, list[int]] = {}  # guides with the same vocabulary blocks share their products
     for i, (guide, _) in enumerate(items):
         groups.setdefault((guide.tables.block_key, guide.emission_dtype), []).append(i)
-    for (key, dtype), members in groups.items():
+    for (_, dtype), members in groups.items():
         guide_tables = items[members[0]][0].tables
+        operands = emission_operands(hmm, guide_tables, dtype)  # (V_k, H) each, maybe packed
         if guide_tables.num_blocks > 1 and all(getattr(items[i][1], "uniform", False) for i in members):
             # every block has the same rows: one product over the whole vocabulary, in token order (the
             # emission a single-block guide reads), so the assembly needs no permutation back to token order
-            right = hmm.emission_block(None, "all/0", dtype)  # (V, H), maybe packed
-            parts = [items[i][1].blocks[0].rows for i in members]
-            rows = parts[0] if len(parts) == 1 else torch.cat(parts, 0)
-            if rows.shape[0]:
-                values, shift = matmul_exp_nt(rows, right, raw=True)  # (rows of all members, V), (rows,)
-            else:  # every beam certain or impossible
-                values, shift = rows.new_empty(0, hmm.vocab_size), rows.new_empty(0)
-            start = 0
-            for i, part in zip(members, parts):
-                size = part.shape[0]
-                products[i].append((values[start : start + size], shift[start : start + size]))
-                start += size
-            continue
-        for k in range(guide_tables.num_blocks):
-            tokens = None if guide_tables.num_blocks == 1 else guide_tables.block_tokens[k]
-            right = hmm.emission_block(tokens, f"{key}/{k}", dtype)  # (V_k, H), maybe packed
+            products_of = [(0, operands[-1], hmm.vocab_size)]
+        else:
+            products_of = [(k, operands[k], guide_tables.block_tokens[k].numel())
+                           for k in range(guide_tables.num_blocks)]  # fmt: skip
+        for k, right, width in products_of:
             parts = [items[i][1].blocks[k].rows for i in members]
             rows = parts[0] if len(parts) == 1 else torch.cat(parts, 0)
             if rows.shape[0]:
-                values, shift = matmul_exp_nt(rows, right, raw=True)  # (rows of all members, V_k), (rows,)
+                values, shift = matmul_exp_nt(rows, right, raw=True)  # (rows of all members, width), (rows,)
             else:  # every beam certain or impossible in this block
-                values, shift = rows.new_empty(0, guide_tables.block_tokens[k].numel()), rows.new_empty(0)
+                values, shift = rows.new_empty(0, width), rows.new_empty(0)
             if len(members) == 1:
                 products[members[0]].append((values, shift))
                 continue
             start = 0
-            for i in members:
-                size = items[i][1].blocks[k].rows.shape[0]
+            for i, part in zip(members, parts):
+                size = part.shape[0]
                 products[i].append((values[start : start + size], shift[start : start + size]))
                 start += size
     return products

@@ -3,6 +3,8 @@ compiler: they look only at the bytes each token contributes and at the constrai
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from pc_core.constraints.blocklist import split_blocklist
 from pc_core.constraints.nodes import Affixed, EndsWith, iter_keywords, walk
 from pc_core.constraints.spec import parse_constraint
@@ -10,18 +12,26 @@ from pc_core.constraints.token_bytes import token_bytes_table
 
 ANY = None  # every character may be split
 
-_TABLES: dict[int, tuple[object, int, list[bytes]]] = {}
+
+class _Vocabulary(NamedTuple):
+    tokenizer: object  # kept, so that its id is not reused
+    size: int  # a vocabulary grown since is read again
+    raw: list[bytes]  # token_bytes_table
+    banned: dict[int, bool]  # banned_token's answers so far
 
 
-def _token_bytes(tokenizer) -> list[bytes]:
+_VOCABULARIES: dict[int, _Vocabulary] = {}
+
+
+def _vocabulary(tokenizer) -> _Vocabulary:
     """token_bytes_table, built once per tokenizer: a property test asks for it per sequence, and building it
-    walks the whole vocabulary (90% of test_tokenizer_families' time before). The tokenizer is kept, so its
-    id is not reused; its size is checked, so a vocabulary grown since is rebuilt."""
-    held = _TABLES.get(id(tokenizer))
-    if held is None or held[0] is not tokenizer or held[1] != len(tokenizer):
-        held = _TABLES[id(tokenizer)] = (tokenizer, len(tokenizer), token_bytes_table(tokenizer))
-        _BANNED.pop(id(tokenizer), None)
-    return held[2]
+    walks the whole vocabulary (90% of test_tokenizer_families' time before)."""
+    held = _VOCABULARIES.get(id(tokenizer))
+    if held is None or held.tokenizer is not tokenizer or held.size != len(tokenizer):
+        held = _VOCABULARIES[id(tokenizer)] = _Vocabulary(
+            tokenizer, len(tokenizer), token_bytes_table(tokenizer), {}
+        )
+    return held
 
 
 def splittable_chars(spec, blocklist_mask: bool = True) -> frozenset[str]:
@@ -42,7 +52,7 @@ def breaks_characters(tokenizer, ids, splittable: frozenset[str] | None = frozen
     """Would generation never emit `ids` (up to EOS) for its bytes? They must be valid UTF-8 ending with a
     complete character, and a token boundary inside a character is allowed only where the character's bytes
     so far start some character of `splittable` (ANY: every character)."""
-    raw = _token_bytes(tokenizer)
+    raw = _vocabulary(tokenizer).raw
     eos = tokenizer.eos_token_id
     data, cuts = b"", []
     for t in ids:
@@ -87,19 +97,15 @@ def has_banned_token(tokenizer, ids) -> bool:
     return False
 
 
-_BANNED: dict[int, dict[int, bool]] = {}
-
-
 def banned_token(tokenizer, token: int) -> bool:
     """has_banned_token for one token, remembered per tokenizer (property tests ask for the same tokens
     again and again). A complete ending gains exactly one U+FFFD from any stray continuation byte; a
     partial one does not."""
-    raw = _token_bytes(tokenizer)  # first: a rebuilt table forgets the answers below
-    known = _BANNED.setdefault(id(tokenizer), {})
-    if token not in known:
-        data = raw[token]
+    vocabulary = _vocabulary(tokenizer)
+    if token not in vocabulary.banned:
+        data = vocabulary.raw[token]
         alone = data.decode("utf-8", "replace")
-        known[token] = "\ufffd" in alone or any(
+        vocabulary.banned[token] = "\ufffd" in alone or any(
             (data + bytes([b])).decode("utf-8", "replace") != alone + "\ufffd" for b in range(0x80, 0xC0)
         )
-    return known[token]
+    return vocabulary.banned[token]
