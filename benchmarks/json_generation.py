@@ -70,9 +70,20 @@ def mask_only(lm, tokenizer, dfa, max_new_tokens: int, sample: bool, seed: int =
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     kv, logits = KVBatch.prefill(lm, [bos])  # as pc_core.decoding starts from an empty prompt
     state, ids = dfa.initial_state, []
+    deep, syntax = dfa.deep_values, None  # undeclared values past max_depth: the syntax's mask too
+    if deep is not None:
+        from pc_core.constraints.json_syntax import token_bytes_for
+
+        vocab, syntax = token_bytes_for(tokenizer), deep.start()
+        touches = deep.deep | deep.deep[dfa.transitions].any(axis=1)  # (S,) in or next to a deep value
     for _ in range(max_new_tokens):
         successor = transitions[state][token_class]  # (V,)
         logits = logits[0, :v].masked_fill(~live[successor], float("-inf"))  # (V,)
+        if deep is not None and touches[state]:  # what the JSON syntax refuses (a mask: no completion bound)
+            allowed = torch.isfinite(logits).nonzero().reshape(-1).numpy()
+            moves = deep.moves(vocab, syntax, allowed)
+            refused = [t for t, after in zip(allowed.tolist(), moves) if after is None]
+            logits[refused] = float("-inf")
         if sample:
             token = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
         else:
@@ -81,6 +92,7 @@ def mask_only(lm, tokenizer, dfa, max_new_tokens: int, sample: bool, seed: int =
             return ids, True
         ids.append(token)
         state = int(successor[token])
+        syntax = deep.advance(syntax, token) if deep is not None else None
         kv, logits = kv.forward(lm, torch.tensor([token]))
     return ids, False
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from pc_core.compiled_constraint import CompiledConstraint
@@ -37,6 +38,7 @@ class GuidedSearch(SearchOutput):
     prompt_ids: list[int] | None = None
     lm: Any = None  # set by BatchDecoder.add: ranks finished beams by span + suffix (pc_core.infill)
     fim = False  # the LM's prompt is in fill-in-the-middle form
+    deep: DeepMask | None = None  # a json_schema's deep values: the JSON syntax beside the automaton
 
     def __init__(
         self,
@@ -55,6 +57,8 @@ class GuidedSearch(SearchOutput):
         self.guide_state: GuideState
         self.timings: dict[str, float] = {}
         self._start_rows(tokenizer, params, prompt_ids, guide.hmm.vocab_size, guide.hmm.device)
+        deep = getattr(dfa, "deep_values", None)
+        self.deep = DeepMask(dfa, guide, tokenizer, self.rows) if deep is not None else None
 
     def _start_rows(
         self,
@@ -103,6 +107,8 @@ class GuidedSearch(SearchOutput):
                 f"the LM has {lm_logits.shape[1]} output logits, fewer than the {self.vocab_size} tokens"
             )
         logits = lm_logits[:, : self.vocab_size].float()
+        if self.deep is not None:  # the JSON syntax beside the automaton (json_syntax.py)
+            q = self.deep.mask(q, self.guide_state)
         if self.adjust.active:
             logits = self.adjust(logits, self.generated)
         lm_logp = torch.log_softmax(logits, dim=-1)  # (rows, V)
@@ -116,6 +122,8 @@ class GuidedSearch(SearchOutput):
         self.step_count += 1
         if tokens.numel() and self.guide is not None:  # no guide: pc_core.unguided
             self.guide_state = self.guide.advance(self.guide_state.select(parents), tokens)
+            if self.deep is not None:
+                self.deep.advance(parents.tolist(), tokens.tolist())
         self._stream()
         if self.done:
             self._finish()
@@ -222,3 +230,40 @@ class GuidedSearch(SearchOutput):
         fim = fim_prompt(self.tokenizer, self.prompt_ids, self.suffix_plan.suffix, room)
         if fim is not None:
             self.lm_input, self.fim = fim, True
+
+
+class DeepMask:
+    """A search's side of json_syntax.DeepValues: each row's syntax state, and the tokens it refuses."""
+
+    def __init__(self, dfa: TokenDFA, guide: ConstraintGuide, tokenizer: Any, rows: int) -> None:
+        from pc_core.constraints.json_syntax import token_bytes_for
+
+        self.dfa, self.values, self.horizon = dfa, dfa.deep_values, guide.horizon
+        self.vocab = token_bytes_for(tokenizer)
+        self.feasible = guide.tables.feasible.cpu().numpy()  # (n + 1, S) bool
+        deep = self.values.deep
+        self.touches = deep | deep[dfa.transitions].any(axis=1)  # (S,) deep, or a token leads into it
+        self.syntax = [self.values.start()] * rows
+        self.eos = dfa.eos_token_id
+
+    def mask(self, q: torch.Tensor, state: GuideState) -> torch.Tensor:
+        """q (rows, V) with the refused tokens at -inf."""
+        states = state.dfa_state.tolist()
+        left = self.horizon - state.position - 1
+        rows = [r for r, s in enumerate(states) if self.touches[s]]
+        if not rows:
+            return q
+        finite = torch.isfinite(q[rows]).cpu().numpy()  # (R, V)
+        finite[:, self.eos] = False  # EOS ends the text: the automaton alone decides it
+        q = q.clone()
+        for i, row in enumerate(rows):
+            allowed = np.flatnonzero(finite[i])
+            blocked = self.values.blocked(
+                self.dfa, self.vocab, states[row], self.syntax[row], allowed, left, self.feasible
+            )
+            if len(blocked):
+                q[row, torch.from_numpy(blocked).to(q.device)] = NEG_INF
+        return q
+
+    def advance(self, parents: list[int], tokens: list[int]) -> None:
+        self.syntax = [self.values.advance(self.syntax[p], t) for p, t in zip(parents, tokens)]

@@ -220,13 +220,15 @@ class Runtime:
 
         COMPILED.resize(self.settings.dfa_cache_bytes)
         GUIDE_TABLES.resize(self.settings.guide_cache_bytes)
+        from pc_core.constraints.json_syntax import TOKEN_BYTES
         from pc_core.constraints.spec import PARSED
         from pc_core.constraints.token_product import COMPONENTS
         from pc_core.constraints.words import INFLECTIONS, KEYWORD_FORMS
         from service.json_body import REFUSED
 
         caches = (("dfa", COMPILED), ("guide", GUIDE_TABLES), ("vocab", vocab.VOCAB_TABLES), ("parsed", PARSED),
-                  ("inflections", INFLECTIONS), ("keyword_forms", KEYWORD_FORMS), ("refused", REFUSED), ("folded", COMPONENTS))  # fmt: skip
+                  ("inflections", INFLECTIONS), ("keyword_forms", KEYWORD_FORMS), ("refused", REFUSED), ("folded", COMPONENTS),
+                  ("json_token_bytes", TOKEN_BYTES))  # fmt: skip
         for name, cache in caches:
             self.metrics.caches.watch(name, cache)
 

@@ -33,6 +33,9 @@ class ExtendedDFA:
     accept: np.ndarray  # (N,) bool
     initial: int
     dead: set[int]
+    base: np.ndarray | None = (
+        None  # (N,) the character DFA's state each state stands for (-1: the added dead)
+    )
 
     @property
     def num_states(self) -> int:
@@ -144,7 +147,8 @@ def _extend(dfa: CharDFA, classes: TailClasses, behaviours: list[tuple]) -> Exte
             trans[s_count + at, col] = target
     accept = np.zeros(total, bool)
     accept[:s_count] = dfa.accept
-    return ExtendedDFA(trans, accept, dfa.initial, {dead})
+    base = np.concatenate([np.arange(s_count), rows_s, [] if dfa.dead else [-1]]).astype(np.int64)
+    return ExtendedDFA(trans, accept, dfa.initial, {dead}, base)
 
 
 def _sequences(

@@ -14,7 +14,7 @@ from bisect import bisect_right
 import numpy as np
 
 from pc_core.constraints.char_nfa import MAX_CHAR_STATES, NFA, atom_starts, subsets
-from pc_core.constraints.regex import BOS, EOS, Node
+from pc_core.constraints.regex import BOS, DEEP_MARK, EOS, Node
 from pc_core.errors import ConstraintError
 
 
@@ -95,9 +95,12 @@ def build_char_dfa(node: Node, path: str) -> CharDFA:
     bos, eos = (int(klass[np.searchsorted(starts, m, side="right") - 1]) for m in (BOS, EOS))
     initial = int(trans[0, bos])
     accept = accept[trans[:, eos]]
-    text_atoms = int(np.searchsorted(starts, BOS))  # atoms below the markers
-    used, column = np.unique(klass[:text_atoms], return_inverse=True)  # the markers' classes dropped
-    return minimise(starts[:text_atoms], column.reshape(-1).astype(np.int32), trans[:, used], accept, initial)
+    keep = np.arange(int(np.searchsorted(starts, BOS)))  # atoms below the markers
+    mark = int(np.searchsorted(starts, DEEP_MARK))
+    if mark < len(starts) and starts[mark] == DEEP_MARK:  # json_values' skeleton: its mark stays
+        keep = np.append(keep, mark)
+    used, column = np.unique(klass[keep], return_inverse=True)  # the other markers' classes dropped
+    return minimise(starts[keep], column.reshape(-1).astype(np.int32), trans[:, used], accept, initial)
 
 
 def minimise(starts: np.ndarray, column: np.ndarray, trans: np.ndarray, accept: np.ndarray,

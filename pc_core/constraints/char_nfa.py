@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from pc_core.constraints.regex import BOS, EOS, Node, negate, subtract
+from pc_core.constraints.regex import BOS, DEEP_MARK, EOS, Node, negate, subtract
 from pc_core.errors import ConstraintError
 
 MAX_NFA_STATES = 400_000
@@ -181,6 +181,13 @@ class NFA:
         block[np.isin(block, dead)] = -1
         sig = np.full(len(self.starts), -1, np.int64)  # what tells the atoms apart here: dfa column
         sig[:text_atoms] = cols
+        mark = int(np.searchsorted(self.starts, DEEP_MARK))
+        if not escape and DEEP_MARK in dfa.starts_list:  # a sub-automaton's skeleton keeps its mark
+            column = dfa.column_list[dfa.starts_list.index(DEEP_MARK)]
+            block[:, mark] = np.where(
+                np.isin(dfa.trans[:, column], list(dfa.dead)), -1, dfa.trans[:, column] + first
+            )
+            sig[mark] = column
         if escape:
             raw = np.zeros(len(self.starts), bool)
             for lo, hi in self.atoms(RAW):

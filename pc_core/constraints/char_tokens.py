@@ -125,8 +125,12 @@ def compile_char_only(dfa: CharDFA, tables: object, max_states: int, check_deadl
     from pc_core.constraints.minimise import _minimise
 
     banned = np.asarray(tables.banned, bool)
+    deep = getattr(dfa, "deep", None)  # (S,) skeleton states of a json_schema's deep values (json_syntax.py)
+    whitespace = getattr(dfa, "deep_whitespace", "compact")
     if uses_bytes(tables):  # tokens that split characters: the DFA runs on bytes (char_bytes.py)
         dfa, seq_of, matrix, lengths, banned = byte_char_dfa(dfa, tables)
+        if deep is not None:  # a pending state is deep where the state it continues is
+            deep = np.where(dfa.base >= 0, deep[np.maximum(dfa.base, 0)], False)
     else:
         seq_of, matrix, lengths = token_sequences(dfa, token_texts(tables))
     first = matrix[:, 0]
@@ -160,7 +164,8 @@ def compile_char_only(dfa: CharDFA, tables: object, max_states: int, check_deadl
     token_class[banned] = n_cls + 1
     token_class[tables.eos_token_id] = n_cls
     delta, accepting, ended = _successors(dfa, order, matrix[reps], lengths[reps])
-    return _minimise(
+    flags = None if deep is None else np.concatenate([deep[order], np.zeros(3, bool)])  # sink, ended: exact
+    out = _minimise(
         delta,
         token_class.astype(np.int32),
         0,
@@ -170,7 +175,16 @@ def compile_char_only(dfa: CharDFA, tables: object, max_states: int, check_deadl
         max_states,
         check_deadline,
         banned=banned,
+        flags=flags,
     )
+    if flags is None:
+        return out
+    token_dfa, deep_states = out
+    if deep_states.any():
+        from pc_core.constraints.json_syntax import DeepValues
+
+        token_dfa.deep_values = DeepValues(deep_states, whitespace, tables.fingerprint)
+    return token_dfa
 
 
 def _successors(

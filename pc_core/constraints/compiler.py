@@ -35,6 +35,7 @@ breadth-first product), explicit.py (_Compiler: token classes and the successor 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -43,7 +44,9 @@ from pc_core.constraints.blocklist import Blocklist, split_blocklist
 from pc_core.constraints.char_tokens import char_only_dfa, compile_char_only
 from pc_core.constraints.dfa import TokenDFA
 from pc_core.constraints.explicit import _Compiler, stalls
+from pc_core.constraints.json_syntax import token_bytes_for
 from pc_core.constraints.nodes import Affixed, Constraint, canonical_json, keywords_by_polarity
+from pc_core.constraints.patterns import JsonSchema, char_automaton
 from pc_core.constraints.spec import parse_constraint, split_affixes
 from pc_core.constraints.state_bound import minimal_states_at_least
 from pc_core.constraints.token_product import compile_folded, lazy_folded
@@ -97,11 +100,17 @@ costs a dictionary lookup the second time."""
 
 
 def compile_key(
-    spec: Any, tokenizer: Any, max_states: int, time_budget_s: float, blocklist_mask: bool = True
+    spec: Any,
+    tokenizer: Any,
+    max_states: int,
+    time_budget_s: float,
+    blocklist_mask: bool = True,
+    deep_values: bool = True,
 ) -> tuple:
     """The cache key of compile_constraint's result: equal keys, equal DFAs (or equal rejections)."""
     fingerprint = vocab_tables(tokenizer).fingerprint
-    return (canonical_json(parse_constraint(spec)), fingerprint, max_states, time_budget_s, blocklist_mask)
+    key = (canonical_json(parse_constraint(spec)), fingerprint, max_states, time_budget_s, blocklist_mask)
+    return key if deep_values else (*key, "no deep values")
 
 
 def compile_constraint(
@@ -111,6 +120,7 @@ def compile_constraint(
     time_budget_s: float = DEFAULT_TIME_BUDGET_S,
     blocklist_mask: bool = True,
     lazy: bool = False,
+    deep_values: bool = True,
 ) -> TokenDFA:
     """Compile a constraint spec (JSON-compatible or parsed) for `tokenizer` into a minimal TokenDFA.
 
@@ -125,12 +135,16 @@ def compile_constraint(
     rejections) are cached per (canonical constraint, tokenizer fingerprint, max_states, time budget, mode),
     LRU-bounded in bytes. Raises ConstraintError for malformed specs and ConstraintTooComplex beyond
     `max_states` / the budget.
+
+    With `deep_values`, a json_schema alone lets its undeclared properties' values nest past max_depth: the
+    DFA holds a skeleton of the deeper levels and `dfa.deep_values` the JSON syntax decoding enforces beside
+    it (json_syntax.py); guides that cannot enforce it compile with `deep_values=False`.
     """
     constraint = parse_constraint(spec)
     if lazy:
         return _explicit_or_lazy(constraint, tokenizer, max_states, time_budget_s, blocklist_mask)
     tables = vocab_tables(tokenizer)
-    key = compile_key(constraint, tokenizer, max_states, time_budget_s, blocklist_mask)
+    key = compile_key(constraint, tokenizer, max_states, time_budget_s, blocklist_mask, deep_values)
     cached = COMPILED.get(key)
     if isinstance(cached, ConstraintTooComplex):
         raise cached.fresh()
@@ -141,6 +155,8 @@ def compile_constraint(
     split = split_blocklist(constraint) if blocklist_mask and not isinstance(constraint, Affixed) else None
     try:
         char_dfa = char_only_dfa(constraint)  # regex / choice / JSON nodes alone: vectorised (char_tokens.py)
+        if deep_values and isinstance(constraint, JsonSchema) and token_bytes_for(tokenizer).complete:
+            char_dfa = char_automaton(dataclasses.replace(constraint, deep_tails=True))
         check = _deadline_check(time.perf_counter() + time_budget_s, time_budget_s)
         folded = None  # character nodes with keywords / word_count / ends_with: token_product.py
         if char_dfa is None and not isinstance(constraint, Affixed):

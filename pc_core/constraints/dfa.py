@@ -30,6 +30,7 @@ from pc_core.cache import buffer_bytes
 
 if TYPE_CHECKING:
     from pc_core.constraints.blocklist import Blocklist
+    from pc_core.constraints.json_syntax import DeepValues
 
 
 @dataclass(eq=False)
@@ -50,6 +51,8 @@ class TokenDFA:
     # the blocklist allows in every text the state stands for (the guide's no-dead-end check)
     blocklist: Blocklist | None = None
     safe_classes: np.ndarray | None = None  # (S, C) bool
+    # a json_schema's undeclared values past max_depth: the JSON syntax checked beside the DFA (json_syntax.py)
+    deep_values: DeepValues | None = None
 
     # ------------------------------------------------------------------ basic queries
 
@@ -80,7 +83,8 @@ class TokenDFA:
     def nbytes(self) -> int:
         arrays = (self.transitions, self.token_class, self.accepting, self.ended, self.banned_tokens,
                   self.token_block, self.safe_classes)  # fmt: skip
-        return buffer_bytes(arrays) + (self.blocklist.nbytes if self.blocklist is not None else 0)
+        side = self.deep_values.nbytes if self.deep_values is not None else 0
+        return buffer_bytes(arrays) + (self.blocklist.nbytes if self.blocklist is not None else 0) + side
 
     def is_accepting(self, state: int) -> bool:
         return bool(self.accepting[state])
@@ -102,10 +106,12 @@ class TokenDFA:
         return state
 
     def accepts(self, token_ids: Iterable[int]) -> bool:
-        """Whether the text of `token_ids` (up to the first EOS) satisfies the constraint (with the blocklist
-        beside the DFA, if any)."""
+        """Whether the text of `token_ids` (up to the first EOS) satisfies the constraint (with the blocklist or
+        the JSON syntax beside the DFA, if any)."""
         token_ids = [int(t) for t in token_ids]
         if not self.is_accepting(self.run(token_ids)):
+            return False
+        if self.deep_values is not None and not self.deep_values.text_ok(token_ids, self.eos_token_id):
             return False
         return self.blocklist is None or self.blocklist.text_ok(token_ids)
 

@@ -57,6 +57,7 @@ from pc_core.constraints.json_nesting import (
 from pc_core.constraints.json_values import (
     FORMATS,
     any_value,
+    deep_tail,
     integer_range,
     json_string,
     literal_value,
@@ -83,17 +84,23 @@ TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
 
 
 def schema_ir(
-    schema: Any, path: str, whitespace: str = "compact", max_depth: int = 3, free_states: int = FREE_STATES
+    schema: Any,
+    path: str,
+    whitespace: str = "compact",
+    max_depth: int = 3,
+    free_states: int = FREE_STATES,
+    deep_tails: bool = False,
 ) -> Node:
     """The IR of the documents `schema` allows; ConstraintError naming the schema path where it cannot.
-    `free_states`: the state budget of the free values (free_depths)."""
-    translator = _Translator(schema, whitespace, max_depth, deeper=True)
+    `free_states`: the state budget of the free values (free_depths). `deep_tails`: undeclared properties'
+    values go on past max_depth in a skeleton (json_values.deep_tail) that json_syntax.py completes."""
+    translator = _Translator(schema, whitespace, max_depth, deeper=True, deep_tails=deep_tails)
     try:
         body = translator.value(schema, path, 0)
     except (_TooDeep, ConstraintError):
         if not translator.extended:  # recursion did not go past max_depth: the same error again
             raise
-        translator = _Translator(schema, whitespace, max_depth, deeper=False)
+        translator = _Translator(schema, whitespace, max_depth, deeper=False, deep_tails=deep_tails)
         body = translator.value(schema, path, 0)
     if not translator.frees:
         return body
@@ -110,8 +117,10 @@ class _TooDeep(Exception):
 
 
 class _Translator:
-    def __init__(self, root: Any, whitespace: str, max_depth: int, deeper: bool = False) -> None:
-        self.root, self.max_depth = root, max_depth
+    def __init__(
+        self, root: Any, whitespace: str, max_depth: int, deeper: bool = False, deep_tails: bool = False
+    ) -> None:
+        self.root, self.max_depth, self.deep_tails = root, max_depth, deep_tails
         self.deeper, self.extended, self.shared_states = deeper, False, 0
         self.space = opt(literal(" ")) if whitespace == "flexible" else EMPTY
         self.refs: list[str] = []  # the $ref chain being expanded (cycles: see ref)
@@ -237,7 +246,8 @@ class _Translator:
         names = list(props) + [r for r in required if r not in props]
         # undeclared properties of an object that lists some: max_depth levels (free values are deeper)
         undeclared = "additionalProperties" not in schema and bool(props)
-        fallback = lambda: any_value(self.max_depth, self.space)  # noqa: E731
+        tail_value = deep_tail if self.deep_tails else any_value
+        fallback = lambda: tail_value(self.max_depth, self.space)  # noqa: E731
         members = []
         for name in names:
             sub = props.get(name, extra)

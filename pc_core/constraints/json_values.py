@@ -125,6 +125,63 @@ def _any_value(depth: int, space: Node) -> Node:
     return alt([*scalars, array, obj])
 
 
+def deep_tail(depth: int, space: Node) -> Node:
+    """An undeclared property's value (json_syntax.py): exact to `depth` levels; an opening bracket at level
+    depth + 1 enters a skeleton (strings respected, brackets counted to TAIL_LEVELS levels, their kinds and
+    what lies between them left to the JSON syntax checked beside the automaton) until the value ends."""
+    return ("sub", _deep_tail_dfa(depth, space))
+
+
+@lru_cache(maxsize=32)
+def _deep_tail_dfa(depth: int, space: Node) -> CharDFA:
+    from pc_core.constraints.json_syntax import TAIL_LEVELS
+
+    plain = [(43, 58), (65, 90), (97, 122)]  # + , - . / digits : and letters: numbers, literals, separators
+    plain += [(32, 32)] if space != seq([]) else []
+    skeleton = _Skeleton(char_set(plain))
+    closing = []
+    for level in range(depth + 1, 0, -1):  # the innermost open level first
+        closing += [skeleton.content(TAIL_LEVELS - level), skeleton.close]
+    deep = seq([_opened(depth, space), *closing])
+    body = alt([_any_value(depth, space), deep])
+    return build_char_dfa(seq([char_set([(BOS, BOS)]), body, char_set([(EOS, EOS)])]), "constraint")
+
+
+def _opened(depth: int, space: Node) -> Node:
+    """The texts of a value exact to `depth` levels cut just after an opening bracket at level depth + 1."""
+    if depth == 0:
+        return char_set([(91, 91), (123, 123)])
+    inner = any_value(depth - 1, space)
+    comma = seq([literal(","), space])
+    key = seq([json_string(rep(UNIT, 0, None)), literal(":"), space])
+    deeper = _opened(depth - 1, space)
+    array = seq([literal("["), rep(seq([inner, comma]), 0, None), deeper])
+    obj = seq([literal("{"), rep(seq([key, inner, comma]), 0, None), key, deeper])
+    return alt([array, obj])
+
+
+class _Skeleton:
+    """Skeleton text: plain characters, strings and bracketed content in any order, with the mark
+    (json_syntax.DEEP_MARK) allowed anywhere, so that every skeleton state loops on it."""
+
+    def __init__(self, plain: Node) -> None:
+        from pc_core.constraints.regex import DEEP_MARK
+
+        self.mark = char_set([(DEEP_MARK, DEEP_MARK)])
+        self.close = char_set([(93, 93), (125, 125)])
+        escaped = seq([literal("\\"), rep(self.mark, 0, None), ("set", subtract(ANY, ((0xD800, 0xDFFF),)))])
+        body = rep(alt([self.mark, ("set", RAW), escaped]), 0, None)
+        self.parts = [self.mark, plain, seq([literal('"'), body, literal('"')])]
+        self.open = char_set([(91, 91), (123, 123)])
+
+    def content(self, levels: int) -> Node:
+        """Skeleton text with at most `levels` more bracket levels inside it."""
+        parts = list(self.parts)
+        if levels > 0:
+            parts.append(seq([self.open, self.content(levels - 1), self.close]))
+        return rep(alt(parts), 0, None)
+
+
 def key_not_in(names: list[str]) -> Node:
     """A quoted key that is none of `names` once decoded: a DFA over the decoded name (any characters, a
     trie complemented), embedded as string content so that it is written as `json.dumps` writes it."""

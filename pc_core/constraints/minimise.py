@@ -27,6 +27,7 @@ def _minimise(
     safe: np.ndarray | None = None,
     banned: np.ndarray | None = None,
     row_groups: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    flags: np.ndarray | None = None,
 ) -> TokenDFA:
     """The minimal DFA: Moore blocks of states, then token classes with identical columns merged.
 
@@ -36,9 +37,14 @@ def _minimise(
 
     `row_groups`, from the explorer: (states, the event of each class) such that classes of one event lead
     each of these states to the same successor (checked): a state's edges are then its events, not its classes.
+
+    `flags` (n,) bool: a mark per state that minimisation keeps (marked and unmarked states are never merged);
+    the minimal DFA's marks are returned beside it: `(dfa, flags)`.
     """
     assert initial == 0  # explored first: block 0 below
-    block = _moore_blocks(delta, accepting, ended, check_deadline, row_groups)  # (n,) block of each state
+    block = _moore_blocks(
+        delta, accepting, ended, check_deadline, row_groups, flags
+    )  # (n,) block of each state
     m = int(block.max()) + 1
     if m > max_states:
         raise ConstraintTooComplex(
@@ -55,7 +61,7 @@ def _minimise(
     if safe is not None:
         per_column = _reduce_groups(safe.T, col_of_class, np.logical_or).T  # (n, merged classes)
         safe_classes = _reduce_groups(per_column, block, np.logical_and)  # (m, merged classes)
-    return TokenDFA(
+    dfa = TokenDFA(
         transitions=np.take(min_delta, col_reps, axis=1).astype(np.int32, copy=False),  # (take: fast columns)
         token_class=col_of_class[token_class].astype(np.int32),
         accepting=accepting[reps].copy(),
@@ -67,6 +73,7 @@ def _minimise(
         token_block=(np.asarray(tables.p_id) == 0).astype(np.int8),  # p_id 0 is the empty leading run
         safe_classes=safe_classes,
     )
+    return dfa if flags is None else (dfa, flags[reps].copy())
 
 
 def _moore_blocks(
@@ -75,11 +82,13 @@ def _moore_blocks(
     ended: np.ndarray,
     check_deadline: Any = None,
     row_groups: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    flags: np.ndarray | None = None,
 ) -> np.ndarray:
     """Moore partition refinement: rows are hashed for speed, then the stable partition is verified exactly.
     Blocks are numbered in order of first appearance."""
     n, c = delta.shape
-    block = np.unique(accepting.astype(np.int64) * 2 + ended, return_inverse=True)[1].reshape(-1)
+    start = accepting.astype(np.int64) * 2 + ended + (0 if flags is None else 4 * flags.astype(np.int64))
+    block = np.unique(start, return_inverse=True)[1].reshape(-1)
     rng = np.random.default_rng(0)
     edges = _Edges(delta, rng.integers(1, 2**62, size=c, dtype=np.int64) | 1, row_groups)
     exact = False

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
+
 from pc_core.constraints.char_dfa import CharDFA, build_char_dfa
 from pc_core.constraints.regex import alt, literal, parse_regex, seq
 from pc_core.errors import ConstraintError
@@ -59,6 +61,9 @@ class JsonSchema:
     whitespace: str = "compact"
     max_depth: int = 3
     any_object: bool = False  # {"json": true}: its free values by json_schema.ANY_OBJECT_STATES
+    # undeclared properties' values past max_depth as a skeleton, with json_syntax.py beside the automaton
+    # (only where the compiler can enforce the syntax: a json_schema alone; not part of the spec)
+    deep_tails: bool = False
 
     def to_json(self) -> dict:  # the schema as text: canonical_json sorts keys, and property order is layout
         if self.any_object:
@@ -171,13 +176,44 @@ def _build(node: Regex | Choice | JsonSchema, path: str) -> CharDFA:
     from pc_core.constraints.json_schema import schema_ir
 
     budget = ANY_OBJECT_STATES if node.any_object else FREE_STATES
-    body = schema_ir(json.loads(node.schema), path, node.whitespace, node.max_depth, budget)
+    body = schema_ir(json.loads(node.schema), path, node.whitespace, node.max_depth, budget, node.deep_tails)
     dfa = build_char_dfa(full(body), path)
+    if node.deep_tails:  # the skeleton's states loop on the mark (json_values._Skeleton), its own atom
+        from pc_core.constraints.regex import DEEP_MARK
+
+        dfa.deep = np.zeros(dfa.num_states, bool)
+        if DEEP_MARK in dfa.starts_list:
+            column = dfa.column_list[dfa.starts_list.index(DEEP_MARK)]
+            if column in dfa.column_list[: dfa.starts_list.index(DEEP_MARK)]:
+                raise AssertionError("the deep values' mark shares a column with text characters")
+            dfa.deep = dfa.trans[:, column] == np.arange(dfa.num_states)  # (S,) bool
+        dfa.deep_whitespace = node.whitespace
     if not dfa.accept.any():
         raise ConstraintError(
             path, f"no JSON document satisfies the schema within max_depth={node.max_depth}"
         )
     return dfa
+
+
+class JsonDocuments:
+    """The documents a json_schema compiled alone accepts (compile_constraint's language for it): the
+    character automaton with undeclared values past max_depth as a skeleton, and the JSON syntax beside it
+    (json_syntax.py). `accepts(text)` like a CharDFA's."""
+
+    def __init__(self, node: JsonSchema) -> None:
+        from dataclasses import replace
+
+        from pc_core.constraints.json_syntax import JsonSyntax
+
+        self.dfa = char_automaton(replace(node, deep_tails=True))
+        self.syntax = JsonSyntax(node.whitespace) if self.dfa.deep.any() else None
+
+    @property
+    def num_states(self) -> int:
+        return self.dfa.num_states
+
+    def accepts(self, text: str) -> bool:
+        return self.dfa.accepts(text) and (self.syntax is None or self.syntax.accepts(text))
 
 
 def full(body: tuple) -> tuple:

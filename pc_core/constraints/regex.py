@@ -26,6 +26,7 @@ from pc_core.errors import ConstraintError
 
 MAX_CODE = 0x10FFFF
 BOS, EOS = 0x110000, 0x110001  # marker "characters" around the text
+DEEP_MARK = 0x110004  # a marker no text holds: json_values' skeleton states loop on it (json_syntax.py)
 Ranges = tuple[tuple[int, int], ...]
 Node = tuple
 

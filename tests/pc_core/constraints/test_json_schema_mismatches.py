@@ -5,7 +5,7 @@ or, where the automaton cannot follow the keyword, the schema is a ConstraintErr
 
 import json
 
-from pc_core.constraints.patterns import JsonSchema, char_automaton, json_holds
+from pc_core.constraints.patterns import JsonDocuments, JsonSchema, char_automaton, json_holds
 
 
 def _agree(schema, values, **options):
@@ -102,10 +102,11 @@ def test_free_depths():
 
 
 def test_undeclared_properties_nest_max_depth():
-    """The documented bound that stays (README): an object that lists properties takes other properties,
-    absent `additionalProperties`, with values nested `max_depth` levels (default 3); deeper ones need the
-    setting. Free values are budgeted; these are not, since nearly every object schema has them and each
-    level doubles their automaton."""
+    """The exact part (README): an object that lists properties takes other properties, absent
+    `additionalProperties`, with values nested `max_depth` levels (default 3) in the automaton, which is the
+    whole bound inside other constraints; a json_schema alone goes on to 8 levels with the JSON syntax beside
+    the automaton (test_json_deep_values.py). Free values are budgeted; these are not, since nearly every
+    object schema has them and each level doubles their automaton."""
     schema = {"type": "object", "properties": {"a": {"type": "number"}}}
     dfa = char_automaton(JsonSchema(json.dumps(schema)))
     assert dfa.accepts('{"a":1,"x":[{"k":[1]}]}')
@@ -113,6 +114,9 @@ def test_undeclared_properties_nest_max_depth():
     assert char_automaton(JsonSchema(json.dumps(schema), max_depth=4)).accepts(
         '{"a":1,"x":[{"k":[{"k":1}]}]}'
     )
+    alone = JsonDocuments(JsonSchema(json.dumps(schema)))  # what compile_constraint gives it alone
+    assert alone.accepts('{"a":1,"x":[{"k":[{"k":[{"k":[{"k":1}]}]}]}]}')  # 8 levels
+    assert not alone.accepts('{"a":1,"x":[{"k":[{"k":[{"k":[{"k":[1]}]}]}]}]}')  # 9
 
 
 def test_one_of_with_free_branches_still_judged_disjoint():

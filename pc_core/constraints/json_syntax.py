@@ -1,0 +1,333 @@
+"""JSON syntax beside the automaton, for the values nested past a schema's exact levels (docs/method.md §3, deep
+values).
+
+The values of properties an object does not list ("tails") are exact in the character automaton to `max_depth`
+levels; an opening bracket one level deeper enters a *skeleton* (json_values.deep_tail) that respects strings
+and counts brackets up to TAIL_LEVELS levels but forgets which bracket opened which, and what comes between
+them. An exact automaton of the deeper levels would need a state per stack of bracket kinds (2^levels copies of
+every value state); instead this module's pushdown checker, run on the text beside the automaton, supplies what
+the skeleton forgets: `JsonSyntax` reads bytes and accepts the prefixes of one JSON document written with the
+schema's layout (no whitespace, or with "flexible" an optional space after `:` and `,`), followed by anything
+once the document is complete. Every text the exact part of the automaton accepts is such a document, so the
+product "automaton and syntax" is exactly: the schema's language with tails nested up to TAIL_LEVELS levels.
+
+Decoding (`DeepValues`, used by pc_core.search): a beam's syntax state advances with its tokens; at a step, a
+token that leads into (or stays in) a skeleton state is allowed only if the syntax accepts its bytes *and* the
+document can still be finished in the tokens left: the syntax's own shortest completion (`completion`: close
+the string, the key, the number and every open bracket), written as one-character tokens, takes the automaton
+out of the skeleton in j tokens to a state x, and the guide's exact feasibility table must say x can finish in
+the rest (feasible[r - j, x]). That completion is itself allowed at every step after it (its first character
+passes the same test with one token fewer), so the guarantee of the exact guide carries over: every output is
+complete and valid within max_new_tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pc_core.cache import LRUCache
+from pc_core.constraints.regex import DEEP_MARK  # noqa: F401  (the skeleton's mark, re-exported)
+
+TAIL_LEVELS = 8  # levels an undeclared property's value may nest (counted from the value)
+MOVES_KEPT = 50_000  # (syntax state, token) -> syntax state, memoised per tokenizer, then started over
+WALKS_KEPT = 4_096  # (automaton state, syntax state) -> the completion's way out, per DFA, then started over
+
+# modes of the syntax state (mode, stack, aux): stack is the open brackets, aux the mode's detail
+VALUE, VALUE_OR_CLOSE, KEY_OR_CLOSE, KEY, COLON, AFTER = range(6)  # aux of VALUE / KEY: a space may come
+STRING, ESCAPE, UNICODE = 6, 7, 8  # aux: 1 for a key, 0 for a value (UNICODE: + 2 * hex digits left)
+MINUS, ZERO, INT, DOT, FRACTION, EXP_MARK, EXP_SIGN, EXP = range(9, 17)
+LITERAL = 17  # aux: the literal's letters still to come
+DONE = 18  # the document is complete: anything may follow
+PAST = 19  # something followed the complete document (not one whole document any more)
+
+State = tuple  # (mode, stack: str of "[" / "{", aux)
+INITIAL: State = (VALUE, "", 0)
+_NUMBER_DONE = (ZERO, INT, FRACTION, EXP)
+_DIGITS = frozenset(b"0123456789")
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+_LITERALS = {ord("t"): "rue", ord("f"): "alse", ord("n"): "ull"}
+_ESCAPES = frozenset(b'"\\/bfnrt')
+
+
+def complete(state: State | None) -> bool:
+    """Whether a syntax state ends a whole document."""
+    return state is not None and (state[0] == DONE or (state[0] in _NUMBER_DONE and not state[1]))
+
+
+class JsonSyntax:
+    """The prefixes of one JSON document in a layout ("compact" or "flexible"), then anything."""
+
+    def __init__(self, whitespace: str = "compact") -> None:
+        self.space = 1 if whitespace == "flexible" else 0
+
+    def step(self, state: State, byte: int) -> State | None:  # noqa: C901 - one branch per mode, on purpose
+        mode, stack, aux = state
+        if mode == STRING:
+            if byte == 0x22:
+                return (COLON, stack, 0) if aux else self._after(stack)
+            if byte == 0x5C:
+                return (ESCAPE, stack, aux)
+            return None if byte < 0x20 else state
+        if mode >= DONE:
+            return (PAST, "", 0)
+        if mode == ESCAPE:
+            if byte == 0x75:
+                return (UNICODE, stack, aux + 8)
+            return (STRING, stack, aux) if byte in _ESCAPES else None
+        if mode == UNICODE:
+            if byte not in _HEX:
+                return None
+            left = (aux >> 1) - 1
+            return (UNICODE, stack, (aux & 1) + 2 * left) if left else (STRING, stack, aux & 1)
+        if mode == VALUE:
+            if byte == 0x20 and aux:
+                return (VALUE, stack, 0)
+            return self._value(stack, byte)
+        if mode == AFTER:
+            top = stack[-1]
+            if byte == 0x2C:
+                return (VALUE, stack, self.space) if top == "[" else (KEY, stack, self.space)
+            if (byte == 0x5D and top == "[") or (byte == 0x7D and top == "{"):
+                return self._after(stack[:-1])
+            return None
+        if mode == VALUE_OR_CLOSE:
+            return self._after(stack[:-1]) if byte == 0x5D else self._value(stack, byte)
+        if mode == KEY_OR_CLOSE:
+            if byte == 0x7D:
+                return self._after(stack[:-1])
+            return (STRING, stack, 1) if byte == 0x22 else None
+        if mode == KEY:
+            if byte == 0x20 and aux:
+                return (KEY, stack, 0)
+            return (STRING, stack, 1) if byte == 0x22 else None
+        if mode == COLON:
+            return (VALUE, stack, self.space) if byte == 0x3A else None
+        if mode == LITERAL:
+            if byte != ord(aux[0]):
+                return None
+            return (LITERAL, stack, aux[1:]) if len(aux) > 1 else self._after(stack)
+        return self._number(state, byte)
+
+    def _value(self, stack: str, byte: int) -> State | None:
+        if byte == 0x22:
+            return (STRING, stack, 0)
+        if byte == 0x5B:
+            return (VALUE_OR_CLOSE, stack + "[", 0)
+        if byte == 0x7B:
+            return (KEY_OR_CLOSE, stack + "{", 0)
+        if byte == 0x2D:
+            return (MINUS, stack, 0)
+        if byte == 0x30:
+            return (ZERO, stack, 0)
+        if byte in _DIGITS:
+            return (INT, stack, 0)
+        rest = _LITERALS.get(byte)
+        return None if rest is None else (LITERAL, stack, rest)
+
+    def _after(self, stack: str) -> State:
+        return (AFTER, stack, 0) if stack else (DONE, "", 0)
+
+    def _number(self, state: State, byte: int) -> State | None:
+        mode, stack, _ = state
+        digit = byte in _DIGITS
+        if mode == MINUS:
+            return (ZERO if byte == 0x30 else INT, stack, 0) if digit else None
+        if mode in (DOT, EXP_SIGN):
+            return (FRACTION if mode == DOT else EXP, stack, 0) if digit else None
+        if mode == EXP_MARK:
+            if byte in (0x2B, 0x2D):
+                return (EXP_SIGN, stack, 0)
+            return (EXP, stack, 0) if digit else None
+        if digit and mode != ZERO:
+            return state
+        if byte == 0x2E and mode in (ZERO, INT):
+            return (DOT, stack, 0)
+        if byte in (0x45, 0x65) and mode in (ZERO, INT, FRACTION):
+            return (EXP_MARK, stack, 0)
+        return self.step(self._after(stack), byte)  # the number ended before this byte
+
+    def run(self, state: State | None, data: bytes) -> State | None:
+        for byte in data:
+            if state is None:
+                return None
+            state = self.step(state, byte)
+        return state
+
+    def accepts(self, text: str) -> bool:
+        """A whole text: one complete document (the automaton's judgement of a finished text)."""
+        return complete(self.run(INITIAL, text.encode()))
+
+    def next_char(self, state: State) -> str | None:
+        """The first character of the shortest way to complete the document (None: complete)."""
+        mode, stack, aux = state
+        if mode in (STRING, KEY, COLON) or mode == LITERAL:
+            return '"' if mode != COLON and mode != LITERAL else (":" if mode == COLON else aux[0])
+        if mode in (VALUE, MINUS, DOT, EXP_MARK, EXP_SIGN, UNICODE):
+            return "0"
+        if mode == ESCAPE:
+            return "n"
+        if mode == VALUE_OR_CLOSE:
+            return "]"
+        if mode == KEY_OR_CLOSE:
+            return "}"
+        if mode >= DONE or not stack:  # a complete top-level number, or done
+            return None
+        return "]" if stack[-1] == "[" else "}"  # AFTER, or a complete number inside a container
+
+
+class DeepValues:
+    """The syntax beside one TokenDFA whose skeleton states are `deep` (S,) bool, for one tokenizer's bytes
+    (see the module docstring). Pickled with the DFA; the per-tokenizer tables are found again by the
+    tokenizer the search decodes with."""
+
+    def __init__(self, deep: np.ndarray, whitespace: str, fingerprint: str) -> None:
+        self.deep, self.whitespace, self.fingerprint = deep, whitespace, fingerprint
+        self.syntax = JsonSyntax(whitespace)
+        self._walks: dict[tuple[int, State], tuple[int, int]] = {}
+
+    def __getstate__(self) -> dict:
+        return {"deep": self.deep, "whitespace": self.whitespace, "fingerprint": self.fingerprint}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["deep"], state["whitespace"], state["fingerprint"])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.deep.nbytes) + WALKS_KEPT * 160  # the flags and, at most, the memoised walks
+
+    def vocab(self) -> TokenBytes:
+        found = TOKEN_BYTES.get(self.fingerprint)
+        if found is None:
+            raise LookupError(
+                "the tokenizer's bytes are not loaded: call json_syntax.token_bytes_for(tokenizer)"
+            )
+        return found
+
+    def start(self) -> State:
+        return INITIAL
+
+    def advance(self, syntax: State | None, token: int) -> State | None:
+        return None if syntax is None else self.syntax.run(syntax, self.vocab().data[token])
+
+    def text_ok(self, token_ids: list[int], eos: int) -> bool:
+        """The syntax's judgement of a finished token sequence (up to the first EOS)."""
+        data = self.vocab().data
+        end = token_ids.index(eos) if eos in token_ids else len(token_ids)
+        return complete(self.syntax.run(INITIAL, b"".join(data[t] for t in token_ids[:end])))
+
+    def blocked(
+        self,
+        dfa: Any,
+        vocab: TokenBytes,
+        dfa_state: int,
+        syntax: State | None,
+        allowed: np.ndarray,
+        left: int,
+        feasible: np.ndarray,
+    ) -> np.ndarray:
+        """Token ids among `allowed` (the automaton's, for this beam) that the syntax refuses, or whose
+        document could not be finished in `left` tokens after them (feasible: (n + 1, S) bool)."""
+        succ = dfa.transitions[dfa_state][dfa.token_class[allowed]]  # (K,)
+        if not self.deep[dfa_state]:  # only the tokens that enter a skeleton need a look
+            enter = self.deep[succ]
+            allowed, succ = allowed[enter], succ[enter]
+        if not len(allowed) or syntax is None:
+            return allowed
+        bad = np.zeros(len(allowed), bool)
+        plain = vocab.plain_in_string[allowed] if syntax[0] == STRING else np.zeros(len(allowed), bool)
+        for s in np.unique(succ[plain]).tolist():  # plain string content leaves the syntax as it is
+            if not self._finishes(dfa, vocab, s, syntax, left, feasible):
+                bad[plain & (succ == s)] = True
+        rest = np.flatnonzero(~plain)
+        for i, after in zip(rest.tolist(), self.moves(vocab, syntax, allowed[rest])):
+            if after is None or not self._finishes(dfa, vocab, int(succ[i]), after, left, feasible):
+                bad[i] = True
+        return allowed[bad]
+
+    def moves(self, vocab: TokenBytes, syntax: State, tokens: np.ndarray) -> list[State | None]:
+        """The syntax state after each token (None: refused), memoised per tokenizer."""
+        cache, out = vocab.moves, []
+        for token in tokens.tolist():
+            after = cache.get((syntax, token), False)
+            if after is False:
+                after = cache[(syntax, token)] = self.syntax.run(syntax, vocab.data[token])
+            out.append(after)
+        if len(cache) > MOVES_KEPT:
+            cache.clear()
+        return out
+
+    def _finishes(
+        self, dfa: Any, vocab: TokenBytes, state: int, syntax: State, left: int, feasible: np.ndarray
+    ) -> bool:
+        """Can the document still be finished in `left` tokens from (automaton state, syntax state)?"""
+        if not self.deep[state]:
+            return bool(feasible[left, state]) if left >= 0 else False
+        key = (state, syntax)
+        walk = self._walks.get(key)
+        if walk is None:
+            walk = self._walks[key] = self._walk_out(dfa, vocab, state, syntax)
+            if len(self._walks) > WALKS_KEPT:
+                self._walks.clear()
+        used, out = walk
+        return out >= 0 and left - used >= 0 and bool(feasible[left - used, out])
+
+    def _walk_out(self, dfa: Any, vocab: TokenBytes, state: int, syntax: State) -> tuple[int, int]:
+        """(tokens, state) where the syntax's shortest completion, as one-character tokens, leaves the
+        skeleton; (0, -1) if it cannot (the automaton refuses a character: never for a skeleton)."""
+        used = 0
+        while self.deep[state]:
+            char = self.syntax.next_char(syntax)
+            token = vocab.char_token.get(char) if char is not None else None
+            if token is None:
+                return 0, -1
+            state = int(dfa.transitions[state, dfa.token_class[token]])
+            syntax = self.syntax.step(syntax, ord(char))
+            used += 1
+            if syntax is None or dfa.ended[state] or used > 4 * TAIL_LEVELS + 16:
+                return 0, -1
+        return used, state
+
+
+class TokenBytes:
+    """A tokenizer's token bytes as the syntax reads them: each token's bytes, which tokens are plain string
+    content (no quote, backslash or control byte), and a one-character token for each character a completion
+    writes."""
+
+    COMPLETION_CHARS = '"0:]}naelrsu'
+
+    def __init__(self, data: list[bytes], banned: np.ndarray, special: set[int]) -> None:
+        self.data = data
+        plain = [bool(d) and not any(b == 0x22 or b == 0x5C or b < 0x20 for b in d) for d in data]
+        self.plain_in_string = np.array(plain, bool)
+        for t in special:
+            self.plain_in_string[t] = False
+        self.char_token: dict[str, int] = {}
+        for t, d in enumerate(data):
+            if len(d) == 1 and not banned[t] and t not in special:
+                self.char_token.setdefault(chr(d[0]), t)
+        self.moves: dict[tuple[State, int], State | None] = {}
+        self.nbytes = sum(len(d) + 33 for d in data) + len(data) + MOVES_KEPT * 200  # bytes, flags, memo
+
+    @property
+    def complete(self) -> bool:
+        """Whether every character a completion writes is a token of its own."""
+        return all(c in self.char_token for c in self.COMPLETION_CHARS)
+
+
+TOKEN_BYTES: LRUCache[TokenBytes] = LRUCache("json_token_bytes", 64 * 2**20, lambda t: t.nbytes)
+
+
+def token_bytes_for(tokenizer: Any) -> TokenBytes:
+    """The tokenizer's TokenBytes, built once per tokenizer fingerprint."""
+    from pc_core.constraints.token_bytes import token_bytes_table
+    from pc_core.constraints.vocab import vocab_tables
+
+    tables = vocab_tables(tokenizer)
+    found = TOKEN_BYTES.get(tables.fingerprint)
+    if found is None:
+        special = set(getattr(tokenizer, "all_special_ids", ())) | {tables.eos_token_id}
+        found = TokenBytes(token_bytes_table(tokenizer), np.asarray(tables.banned, bool), special)
+        TOKEN_BYTES.put(tables.fingerprint, found)
+    return found
