@@ -79,8 +79,9 @@ def mask_only(lm, tokenizer, dfa, max_new_tokens: int, sample: bool, seed: int =
     for _ in range(max_new_tokens):
         successor = transitions[state][token_class]  # (V,)
         logits = logits[0, :v].masked_fill(~live[successor], float("-inf"))  # (V,)
-        if deep is not None and touches[state]:  # what the JSON syntax refuses (a mask: no completion bound)
+        if deep is not None:  # what the JSON syntax refuses (a mask: no completion bound)
             allowed = torch.isfinite(logits).nonzero().reshape(-1).numpy()
+            allowed = allowed if touches[state] else allowed[vocab.is_through[allowed]]
             moves = deep.moves(vocab, syntax, allowed)
             refused = [t for t, after in zip(allowed.tolist(), moves) if after is None]
             logits[refused] = float("-inf")

@@ -251,19 +251,25 @@ class DeepMask:
         states = state.dfa_state.tolist()
         left = self.horizon - state.position - 1
         rows = [r for r, s in enumerate(states) if self.touches[s]]
-        if not rows:
-            return q
-        finite = torch.isfinite(q[rows]).cpu().numpy()  # (R, V)
-        finite[:, self.eos] = False  # EOS ends the text: the automaton alone decides it
-        q = q.clone()
-        for i, row in enumerate(rows):
-            allowed = np.flatnonzero(finite[i])
+        finite = torch.isfinite(q[rows]).cpu().numpy() if rows else None  # (R, V)
+        through = self.vocab.through  # elsewhere: the tokens that may pass through a skeleton
+        near = torch.isfinite(q[:, torch.from_numpy(through)]).cpu().numpy() if len(through) else None
+        out = q
+        for row, s in enumerate(states):
+            if self.touches[s]:
+                allowed = np.flatnonzero(finite[rows.index(row)])
+                allowed = allowed[allowed != self.eos]  # EOS ends the text: the automaton alone decides it
+            elif near is not None and near[row].any():
+                allowed = through[near[row]]
+            else:
+                continue
             blocked = self.values.blocked(
-                self.dfa, self.vocab, states[row], self.syntax[row], allowed, left, self.feasible
+                self.dfa, self.vocab, s, self.syntax[row], allowed, left, self.feasible
             )
             if len(blocked):
-                q[row, torch.from_numpy(blocked).to(q.device)] = NEG_INF
-        return q
+                out = q.clone() if out is q else out
+                out[row, torch.from_numpy(blocked).to(q.device)] = NEG_INF
+        return out
 
     def advance(self, parents: list[int], tokens: list[int]) -> None:
         self.syntax = [self.values.advance(self.syntax[p], t) for p, t in zip(parents, tokens)]

@@ -230,8 +230,10 @@ class DeepValues:
         """Token ids among `allowed` (the automaton's, for this beam) that the syntax refuses, or whose
         document could not be finished in `left` tokens after them (feasible: (n + 1, S) bool)."""
         succ = dfa.transitions[dfa_state][dfa.token_class[allowed]]  # (K,)
-        if not self.deep[dfa_state]:  # only the tokens that enter a skeleton need a look
-            enter = self.deep[succ]
+        if not self.deep[
+            dfa_state
+        ]:  # only tokens that enter a skeleton, or may pass through one, need a look
+            enter = self.deep[succ] | vocab.is_through[allowed]
             allowed, succ = allowed[enter], succ[enter]
         if not len(allowed) or syntax is None:
             return allowed
@@ -301,6 +303,9 @@ class TokenBytes:
         self.data = data
         plain = [bool(d) and not any(b == 0x22 or b == 0x5C or b < 0x20 for b in d) for d in data]
         self.plain_in_string = np.array(plain, bool)
+        # an opening bracket before a closing one: the token may enter a skeleton and leave it again
+        self.is_through = np.array([_opens_then_closes(d) for d in data], bool)
+        self.through = np.flatnonzero(self.is_through)
         for t in special:
             self.plain_in_string[t] = False
         self.char_token: dict[str, int] = {}
@@ -314,6 +319,11 @@ class TokenBytes:
     def complete(self) -> bool:
         """Whether every character a completion writes is a token of its own."""
         return all(c in self.char_token for c in self.COMPLETION_CHARS)
+
+
+def _opens_then_closes(data: bytes) -> bool:
+    first = min((i for i in (data.find(b"["), data.find(b"{")) if i >= 0), default=-1)
+    return first >= 0 and (data.find(b"]", first) > first or data.find(b"}", first) > first)
 
 
 TOKEN_BYTES: LRUCache[TokenBytes] = LRUCache("json_token_bytes", 64 * 2**20, lambda t: t.nbytes)

@@ -299,3 +299,31 @@ def test_tokenizer_families_judge_deep_values_like_the_text(name, tmp_path):
                 deep_accepted += expected and _nesting(json.loads(decoded)) > 4
     assert agreed > 300 and (deep_accepted > 5 or dfa.deep_values is None)
     assert (dfa.deep_values is None) == (name in ("metaspace", "wordpiece"))  # they lack `"` or `}` alone
+
+
+def test_a_token_that_passes_through_the_skeleton_is_checked(tmp_path):
+    """Once a value goes past max_depth, the rest of it is skeleton; a token can enter the skeleton and
+    leave it at the value's end ("[]]]]" at the third level of "x"): its successor is an exact state, yet the
+    skeleton forgot which brackets were opened, so the syntax judges such tokens wherever they are allowed
+    ("[}]]]" and "{]]]]" refused, "[]]]]" and "{}]]]" kept)."""
+    from tiny_models import build_tokenizer
+
+    tokenizer = build_tokenizer(tmp_path)
+    texts = ("[}]]]", "{]]]]", "[]]]]", "{}]]]")
+    tokenizer.add_tokens(list(texts))
+    ids = {text: tokenizer.convert_tokens_to_ids(text) for text in texts}
+    dfa = compile_constraint({"json_schema": SCHEMA}, tokenizer)
+    hmm = HMM.random(8, len(tokenizer), seed=0, eos_token_id=tokenizer.eos_token_id)
+    guide = ConstraintGuide(hmm, dfa, 32)
+    state, side = guide.init_state(1), DeepMask(dfa, guide, tokenizer, 1)
+    for token in tokenizer.encode('{"a":1,"x":[[['):
+        state = guide.advance(state, [token])
+        side.advance([0], [token])
+    deep = dfa.deep_values.deep
+    assert not deep[int(state.dfa_state[0])]  # three levels: still exact
+    assert not any(deep[dfa.step(int(state.dfa_state[0]), i)] for i in ids.values())  # back out: exact
+    raw = guide.next_log_probs(state)[0]
+    assert all(np.isfinite(float(raw[i])) for i in ids.values())  # the automaton alone allows all four
+    q = side.mask(guide.next_log_probs(state), state)[0]
+    allowed = {text for text, i in ids.items() if np.isfinite(float(q[i]))}
+    assert allowed == {"[]]]]", "{}]]]"}
