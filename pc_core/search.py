@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 
 from pc_core.compiled_constraint import CompiledConstraint
@@ -244,27 +243,17 @@ class DeepMask:
         deep = self.values.deep
         self.touches = deep | deep[dfa.transitions].any(axis=1)  # (S,) deep, or a token leads into it
         self.syntax = [self.values.start()] * rows
-        self.eos = dfa.eos_token_id
+        self.looks: dict = {}  # DeepValues.look per (automaton state, syntax state), for this search
 
     def mask(self, q: torch.Tensor, state: GuideState) -> torch.Tensor:
         """q (rows, V) with the refused tokens at -inf."""
-        states = state.dfa_state.tolist()
         left = self.horizon - state.position - 1
-        rows = [r for r, s in enumerate(states) if self.touches[s]]
-        finite = torch.isfinite(q[rows]).cpu().numpy() if rows else None  # (R, V)
-        through = self.vocab.through  # elsewhere: the tokens that may pass through a skeleton
-        near = torch.isfinite(q[:, torch.from_numpy(through)]).cpu().numpy() if len(through) else None
         out = q
-        for row, s in enumerate(states):
-            if self.touches[s]:
-                allowed = np.flatnonzero(finite[rows.index(row)])
-                allowed = allowed[allowed != self.eos]  # EOS ends the text: the automaton alone decides it
-            elif near is not None and near[row].any():
-                allowed = through[near[row]]
-            else:
+        for row, s in enumerate(state.dfa_state.tolist()):
+            if not self.touches[s] and not len(self.vocab.through):
                 continue
             blocked = self.values.blocked(
-                self.dfa, self.vocab, s, self.syntax[row], allowed, left, self.feasible
+                self.dfa, self.vocab, s, self.syntax[row], left, self.feasible, self.looks
             )
             if len(blocked):
                 out = q.clone() if out is q else out

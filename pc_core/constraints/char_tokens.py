@@ -183,7 +183,7 @@ def compile_char_only(dfa: CharDFA, tables: object, max_states: int, check_deadl
     if deep_states.any():
         from pc_core.constraints.json_syntax import DeepValues
 
-        token_dfa.deep_values = DeepValues(deep_states, whitespace, tables.fingerprint)
+        token_dfa.deep_values = DeepValues(deep_states, whitespace, tables.fingerprint, tables.vocab_size)
     return token_dfa
 
 

@@ -33,6 +33,7 @@ from pc_core.constraints.regex import DEEP_MARK  # noqa: F401  (the skeleton's m
 TAIL_LEVELS = 8  # levels an undeclared property's value may nest (counted from the value)
 MOVES_KEPT = 50_000  # (syntax state, token) -> syntax state, memoised per tokenizer, then started over
 WALKS_KEPT = 4_096  # (automaton state, syntax state) -> the completion's way out, per DFA, then started over
+LOOKS_KEPT = 32  # (automaton state, syntax state) -> DeepValues.look, per search, then started over
 
 # modes of the syntax state (mode, stack, aux): stack is the open brackets, aux the mode's detail
 VALUE, VALUE_OR_CLOSE, KEY_OR_CLOSE, KEY, COLON, AFTER = range(6)  # aux of VALUE / KEY: a space may come
@@ -182,20 +183,24 @@ class DeepValues:
     (see the module docstring). Pickled with the DFA; the per-tokenizer tables are found again by the
     tokenizer the search decodes with."""
 
-    def __init__(self, deep: np.ndarray, whitespace: str, fingerprint: str) -> None:
+    def __init__(self, deep: np.ndarray, whitespace: str, fingerprint: str, vocab_size: int) -> None:
         self.deep, self.whitespace, self.fingerprint = deep, whitespace, fingerprint
+        self._vocab_size = vocab_size
         self.syntax = JsonSyntax(whitespace)
         self._walks: dict[tuple[int, State], tuple[int, int]] = {}
+        self._by_class: tuple[np.ndarray, np.ndarray] | None = None  # the DFA's tokens sorted by class
 
     def __getstate__(self) -> dict:
-        return {"deep": self.deep, "whitespace": self.whitespace, "fingerprint": self.fingerprint}
+        return {"deep": self.deep, "whitespace": self.whitespace, "fingerprint": self.fingerprint,
+                "vocab_size": self._vocab_size}  # fmt: skip
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["deep"], state["whitespace"], state["fingerprint"])
+        self.__init__(state["deep"], state["whitespace"], state["fingerprint"], state["vocab_size"])
 
     @property
     def nbytes(self) -> int:
-        return int(self.deep.nbytes) + WALKS_KEPT * 160  # the flags and, at most, the memoised walks
+        # the flags, at most the memoised walks, and the tokens by class (int64, once looked up)
+        return int(self.deep.nbytes) + WALKS_KEPT * 160 + 16 * self._vocab_size
 
     def vocab(self) -> TokenBytes:
         found = TOKEN_BYTES.get(self.fingerprint)
@@ -222,31 +227,64 @@ class DeepValues:
         dfa: Any,
         vocab: TokenBytes,
         dfa_state: int,
-        syntax: State | None,
-        allowed: np.ndarray,
+        syntax: State,
         left: int,
         feasible: np.ndarray,
+        looks: dict,
     ) -> np.ndarray:
-        """Token ids among `allowed` (the automaton's, for this beam) that the syntax refuses, or whose
-        document could not be finished in `left` tokens after them (feasible: (n + 1, S) bool)."""
-        succ = dfa.transitions[dfa_state][dfa.token_class[allowed]]  # (K,)
-        if not self.deep[
-            dfa_state
-        ]:  # only tokens that enter a skeleton, or may pass through one, need a look
-            enter = self.deep[succ] | vocab.is_through[allowed]
-            allowed, succ = allowed[enter], succ[enter]
-        if not len(allowed) or syntax is None:
-            return allowed
-        bad = np.zeros(len(allowed), bool)
-        plain = vocab.plain_in_string[allowed] if syntax[0] == STRING else np.zeros(len(allowed), bool)
-        for s in np.unique(succ[plain]).tolist():  # plain string content leaves the syntax as it is
-            if not self._finishes(dfa, vocab, s, syntax, left, feasible):
-                bad[plain & (succ == s)] = True
-        rest = np.flatnonzero(~plain)
-        for i, after in zip(rest.tolist(), self.moves(vocab, syntax, allowed[rest])):
-            if after is None or not self._finishes(dfa, vocab, int(succ[i]), after, left, feasible):
-                bad[i] = True
-        return allowed[bad]
+        """Token ids to set to -inf for a beam in (automaton state, syntax state) with `left` tokens after
+        this one: the syntax refuses them, or their document could not be finished in time (feasible: (n + 1,
+        S) bool). `looks`: the caller's memo of `look` (a search keeps one, bounded by LOOKS_KEPT)."""
+        look = looks.get((dfa_state, syntax))
+        if look is None:
+            if len(looks) >= LOOKS_KEPT:
+                looks.clear()
+            look = looks[(dfa_state, syntax)] = self.look(dfa, vocab, dfa_state, syntax)
+        refused, tokens, group, pairs = look
+        if not pairs:
+            return refused
+        ok = np.array([self._finishes(dfa, vocab, s, after, left, feasible) for s, after in pairs])
+        return np.concatenate([refused, tokens[~ok[group]]]) if not ok.all() else refused
+
+    def look(
+        self, dfa: Any, vocab: TokenBytes, dfa_state: int, syntax: State
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, State]]]:
+        """What the syntax says of the tokens that need a look from this state (those entering, leaving or
+        passing through a skeleton, and not dead in the automaton): (refused ids, the other ids, the group
+        of each, the groups' (automaton successor, syntax state) pairs, whose completion bound `blocked`
+        checks per step)."""
+        row = dfa.transitions[dfa_state]  # (C,)
+        if self.deep[dfa_state]:
+            cand = np.arange(dfa.vocab_size)
+        else:  # tokens that enter a skeleton, or may pass through one
+            if self._by_class is None:
+                order = np.argsort(dfa.token_class, kind="stable")
+                self._by_class = (
+                    order,
+                    np.searchsorted(dfa.token_class[order], np.arange(dfa.num_classes + 1)),
+                )
+            order, bounds = self._by_class
+            parts = [order[bounds[c] : bounds[c + 1]] for c in np.flatnonzero(self.deep[row]).tolist()]
+            cand = np.unique(np.concatenate([*parts, vocab.through]))
+        succ = row[dfa.token_class[cand]]
+        keep = (dfa.steps_to_accept[succ] >= 0) & (cand != dfa.eos_token_id)  # EOS: the automaton decides
+        cand, succ = cand[keep], succ[keep]
+        if syntax[0] == STRING:  # plain string content leaves the syntax as it is
+            simple = vocab.plain_in_string[cand]
+        else:  # outside strings: only tokens whose first byte the syntax takes are run
+            simple = np.zeros(len(cand), bool)
+            firsts = np.array([self.syntax.step(syntax, b) is not None for b in range(256)] + [True])
+            hopeless = ~firsts[vocab.first[cand]]
+        pairs: dict[tuple[int, State], int] = {}
+        group = np.full(len(cand), -1, np.int64)
+        for s in np.unique(succ[simple]).tolist():
+            group[simple & (succ == s)] = pairs.setdefault((s, syntax), len(pairs))
+        run = np.flatnonzero(~simple if syntax[0] == STRING else ~hopeless)
+        for i, after in zip(run.tolist(), self.moves(vocab, syntax, cand[run])):
+            if after is not None:
+                group[i] = pairs.setdefault((int(succ[i]), after), len(pairs))
+        kept = group >= 0
+        return cand[~kept], cand[kept], group[kept], list(pairs)
 
     def moves(self, vocab: TokenBytes, syntax: State, tokens: np.ndarray) -> list[State | None]:
         """The syntax state after each token (None: refused), memoised per tokenizer."""
@@ -303,6 +341,7 @@ class TokenBytes:
         self.data = data
         plain = [bool(d) and not any(b == 0x22 or b == 0x5C or b < 0x20 for b in d) for d in data]
         self.plain_in_string = np.array(plain, bool)
+        self.first = np.array([d[0] if d else 256 for d in data], np.int64)  # (V,) 256: no bytes
         # an opening bracket before a closing one: the token may enter a skeleton and leave it again
         self.is_through = np.array([_opens_then_closes(d) for d in data], bool)
         self.through = np.flatnonzero(self.is_through)
