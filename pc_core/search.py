@@ -261,4 +261,4 @@ class DeepMask:
         return out
 
     def advance(self, parents: list[int], tokens: list[int]) -> None:
-        self.syntax = [self.values.advance(self.syntax[p], t) for p, t in zip(parents, tokens)]
+        self.syntax = [self.values.advance(self.syntax[p], t, self.vocab) for p, t in zip(parents, tokens)]

@@ -155,7 +155,8 @@ def compile_constraint(
     split = split_blocklist(constraint) if blocklist_mask and not isinstance(constraint, Affixed) else None
     try:
         char_dfa = char_only_dfa(constraint)  # regex / choice / JSON nodes alone: vectorised (char_tokens.py)
-        if deep_values and isinstance(constraint, JsonSchema) and token_bytes_for(tokenizer).complete:
+        tokens = token_bytes_for(tokenizer) if deep_values and isinstance(constraint, JsonSchema) else None
+        if tokens is not None and tokens.complete:
             char_dfa = char_automaton(dataclasses.replace(constraint, deep_tails=True))
         check = _deadline_check(time.perf_counter() + time_budget_s, time_budget_s)
         folded = None  # character nodes with keywords / word_count / ends_with: token_product.py
@@ -175,6 +176,8 @@ def compile_constraint(
         COMPILED.put(key, err.fresh())
         raise
     dfa.compile_seconds = time.perf_counter() - started
+    if dfa.deep_values is not None:  # `accepts` reads the tokens' bytes
+        dfa.deep_values.tokens = tokens
     COMPILED.put(key, dfa)
     return dfa
 

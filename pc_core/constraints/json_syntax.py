@@ -1,5 +1,4 @@
-"""JSON syntax beside the automaton, for the values nested past a schema's exact levels (docs/method.md §3, deep
-values).
+"""JSON syntax beside the automaton, for the values nested past a schema's exact levels (docs/method.md §7.1).
 
 The values of properties an object does not list ("tails") are exact in the character automaton to `max_depth`
 levels; an opening bracket one level deeper enters a *skeleton* (json_values.deep_tail) that respects strings
@@ -11,14 +10,15 @@ schema's layout (no whitespace, or with "flexible" an optional space after `:` a
 once the document is complete. Every text the exact part of the automaton accepts is such a document, so the
 product "automaton and syntax" is exactly: the schema's language with tails nested up to TAIL_LEVELS levels.
 
-Decoding (`DeepValues`, used by pc_core.search): a beam's syntax state advances with its tokens; at a step, a
-token that leads into (or stays in) a skeleton state is allowed only if the syntax accepts its bytes *and* the
-document can still be finished in the tokens left: the syntax's own shortest completion (`completion`: close
-the string, the key, the number and every open bracket), written as one-character tokens, takes the automaton
-out of the skeleton in j tokens to a state x, and the guide's exact feasibility table must say x can finish in
-the rest (feasible[r - j, x]). That completion is itself allowed at every step after it (its first character
-passes the same test with one token fewer), so the guarantee of the exact guide carries over: every output is
-complete and valid within max_new_tokens.
+Decoding (`DeepValues`, used by pc_core.search.DeepMask): a beam's syntax state advances with its tokens; at a
+step, a token that enters, stays in, leaves or passes through a skeleton is allowed only if the syntax accepts
+its bytes *and* the document can still be finished in the tokens left: the syntax's own shortest completion
+(`JsonSyntax.next_char`, character by character: close the string, the key with `:0`, the number, then every
+open bracket), written as one-character tokens, takes the automaton out of the skeleton in j tokens to a state
+x, and the guide's exact feasibility table must say x can finish in the rest (feasible[r - j, x]). That
+completion is itself allowed at every step after it (its first character passes the same test with one token
+fewer), so the guarantee of the exact guide carries over: every output is complete and valid within
+max_new_tokens.
 """
 
 from __future__ import annotations
@@ -189,6 +189,7 @@ class DeepValues:
         self.syntax = JsonSyntax(whitespace)
         self._walks: dict[tuple[int, State], tuple[int, int]] = {}
         self._by_class: tuple[np.ndarray, np.ndarray] | None = None  # the DFA's tokens sorted by class
+        self.tokens: TokenBytes | None = None  # set by the compiler (shared per tokenizer, not pickled)
 
     def __getstate__(self) -> dict:
         return {"deep": self.deep, "whitespace": self.whitespace, "fingerprint": self.fingerprint,
@@ -203,7 +204,8 @@ class DeepValues:
         return int(self.deep.nbytes) + WALKS_KEPT * 160 + 16 * self._vocab_size
 
     def vocab(self) -> TokenBytes:
-        found = TOKEN_BYTES.get(self.fingerprint)
+        """The tokenizer's bytes: those it was compiled with (not pickled), else the process's cache."""
+        found = self.tokens if self.tokens is not None else TOKEN_BYTES.get(self.fingerprint)
         if found is None:
             raise LookupError(
                 "the tokenizer's bytes are not loaded: call json_syntax.token_bytes_for(tokenizer)"
@@ -213,8 +215,9 @@ class DeepValues:
     def start(self) -> State:
         return INITIAL
 
-    def advance(self, syntax: State | None, token: int) -> State | None:
-        return None if syntax is None else self.syntax.run(syntax, self.vocab().data[token])
+    def advance(self, syntax: State | None, token: int, vocab: TokenBytes | None = None) -> State | None:
+        data = (vocab or self.vocab()).data
+        return None if syntax is None else self.syntax.run(syntax, data[token])
 
     def text_ok(self, token_ids: list[int], eos: int) -> bool:
         """The syntax's judgement of a finished token sequence (up to the first EOS)."""
