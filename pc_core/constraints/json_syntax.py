@@ -190,6 +190,7 @@ class DeepValues:
         self._walks: dict[tuple[int, State], tuple[int, int]] = {}
         self._by_class: tuple[np.ndarray, np.ndarray] | None = None  # the DFA's tokens sorted by class
         self.tokens: TokenBytes | None = None  # set by the compiler (shared per tokenizer, not pickled)
+        self.checked: dict[tuple[int, int], bool] = {}  # pc_core.preparation._deep_values_hold, by horizon
 
     def __getstate__(self) -> dict:
         return {"deep": self.deep, "whitespace": self.whitespace, "fingerprint": self.fingerprint,
@@ -211,6 +212,26 @@ class DeepValues:
                 "the tokenizer's bytes are not loaded: call json_syntax.token_bytes_for(tokenizer)"
             )
         return found
+
+    def exact_part(self, dfa: Any, vocab: TokenBytes) -> Any:
+        """The automaton without its deep values: edges into skeleton states, and classes made only of tokens
+        that may pass through one, lead to a dead state (appended). Its feasibility on the exact states is
+        what decoding can always achieve without the syntax's say (pc_core.preparation checks that the
+        guide's equals it)."""
+        import dataclasses
+
+        pure = np.ones(dfa.num_classes, bool)  # classes made only of tokens that may pass through a skeleton
+        pure[dfa.token_class[~vocab.is_through]] = False
+        sink = dfa.num_states
+        drop = self.deep[dfa.transitions] | (~self.deep[:, None] & pure[None, :])
+        transitions = np.vstack([np.where(drop, sink, dfa.transitions), np.full(dfa.num_classes, sink)])
+        return dataclasses.replace(
+            dfa,
+            transitions=transitions.astype(np.int32),
+            accepting=np.append(dfa.accepting, False),
+            ended=np.append(dfa.ended, False),
+            deep_values=None,
+        )
 
     def start(self) -> State:
         return INITIAL

@@ -327,3 +327,34 @@ def test_a_token_that_passes_through_the_skeleton_is_checked(tmp_path):
     q = side.mask(guide.next_log_probs(state), state)[0]
     allowed = {text for text, i in ids.items() if np.isfinite(float(q[i]))}
     assert allowed == {"[]]]]", "{}]]]"}
+
+
+def test_a_shortcut_through_a_deep_value_falls_back_to_exact_tails(tmp_path):
+    """A vocabulary with "[]]]" and "]}" but no "]]": from `{"a":1,"x":[[[` the automaton finishes in 2 tokens
+    through a deep value ("[]]]" "]}"), the exact way takes 3 ("]" "]" "]}"). Decoding checks the deep token
+    with the syntax's one-character completion, so with 2 tokens left nothing would be allowed: a dead end.
+    prepare() sees that the guide's feasibility differs from the exact part's and compiles without deep
+    values."""
+    from tiny_models import build_tokenizer
+
+    from pc_core.decoding import DecodeParams, prepare
+
+    tokenizer = build_tokenizer(tmp_path)
+    tokenizer.add_tokens(["[]]]", "]}"])
+    prefix = tokenizer.encode('{"a":1,"x":[[[')
+    dfa = compile_constraint({"json_schema": SCHEMA}, tokenizer)
+    hmm = HMM.random(8, len(tokenizer), seed=0, eos_token_id=tokenizer.eos_token_id)
+    guide = ConstraintGuide(hmm, dfa, len(prefix) + 2)
+    state, side = guide.init_state(1), DeepMask(dfa, guide, tokenizer, 1)
+    for token in prefix:  # the automaton's feasibility lets the beam get here with 2 tokens left
+        assert np.isfinite(float(side.mask(guide.next_log_probs(state), state)[0, token]))
+        state = guide.advance(state, [token])
+        side.advance([0], [token])
+    assert not np.isfinite(side.mask(guide.next_log_probs(state), state)[0].numpy()).any()  # the dead end
+    for horizon in (len(prefix) + 2, 40):
+        search = prepare(tokenizer, hmm, {"json_schema": SCHEMA}, "", DecodeParams(max_new_tokens=horizon))
+        assert search.dfa.deep_values is None and search.deep is None
+    plain = build_tokenizer(tmp_path / "plain")
+    hmm = HMM.random(8, len(plain), seed=0, eos_token_id=plain.eos_token_id)
+    normal = prepare(plain, hmm, {"json_schema": SCHEMA}, "", DecodeParams())
+    assert normal.dfa.deep_values is not None and normal.deep is not None
