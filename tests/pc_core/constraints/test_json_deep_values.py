@@ -241,7 +241,12 @@ def test_decoding_with_the_mask_finishes_valid_documents(tokenizer, horizon):
 
 
 @pytest.mark.parametrize(
-    "options", [{"num_beams": 3}, {"do_sample": True, "seed": 4, "num_return_sequences": 3}]
+    "options",
+    [
+        {"num_beams": 3},
+        {"do_sample": True, "seed": 4, "num_return_sequences": 3},
+        {"num_beams": 2, "guide": "factored"},  # the factored guide's feasibility is the whole automaton's
+    ],
 )
 def test_generate_writes_deep_undeclared_values(tokenizer, tiny_lm, tiny_hmm, options):
     """Through the decoder (beams reorder their rows, samples drop theirs), with the automaton compiled here
