@@ -45,7 +45,7 @@ from pc_core.constraints.char_tokens import char_only_dfa, compile_char_only
 from pc_core.constraints.dfa import TokenDFA
 from pc_core.constraints.explicit import _Compiler, stalls
 from pc_core.constraints.json_syntax import token_bytes_for
-from pc_core.constraints.nodes import Affixed, All, Constraint, canonical_json, keywords_by_polarity
+from pc_core.constraints.nodes import Affixed, All, Constraint, canonical_json, keywords_by_polarity, walk
 from pc_core.constraints.patterns import JsonSchema, char_automaton
 from pc_core.constraints.spec import parse_constraint, split_affixes
 from pc_core.constraints.state_bound import minimal_states_at_least
@@ -155,14 +155,16 @@ def compile_constraint(
     split = split_blocklist(constraint) if blocklist_mask and not isinstance(constraint, Affixed) else None
     try:
         char_dfa = char_only_dfa(constraint)  # regex / choice / JSON nodes alone: vectorised (char_tokens.py)
-        schema = _lone_schema(constraint) if deep_values else None
-        tokens = token_bytes_for(tokenizer) if schema is not None else None
-        if tokens is not None and tokens.complete:
+        has_schema = deep_values and any(isinstance(node, JsonSchema) for node in walk(constraint))
+        tokens = token_bytes_for(tokenizer) if has_schema else None  # deep values: the syntax reads bytes
+        deep = tokens is not None and tokens.complete
+        schema = _lone_schema(constraint) if deep else None
+        if schema is not None:
             char_dfa = char_automaton(dataclasses.replace(schema, deep_tails=True))
         check = _deadline_check(time.perf_counter() + time_budget_s, time_budget_s)
         folded = None  # character nodes with keywords / word_count / ends_with: token_product.py
         if char_dfa is None and not isinstance(constraint, Affixed):
-            folded = compile_folded(constraint, tables, max_states, check)
+            folded = compile_folded(constraint, tables, max_states, check, deep)
         if folded is not None:
             dfa = folded
         elif char_dfa is not None:

@@ -26,6 +26,7 @@ compiler) where char_fold declines.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -34,9 +35,11 @@ from pc_core.cache import LRUCache
 from pc_core.constraints.char_fold import folded_char_dfa, part_dfas
 from pc_core.constraints.char_tokens import char_only_dfa, compile_char_only
 from pc_core.constraints.dfa import TokenDFA
+from pc_core.constraints.json_syntax import DeepValues
 from pc_core.constraints.lazy_product import LazyProductDFA
 from pc_core.constraints.minimise import _minimise
 from pc_core.constraints.nodes import All, AnyOf, AtLeast, AtMost, Not, canonical_json
+from pc_core.constraints.patterns import JsonSchema, char_automaton
 from pc_core.errors import ConstraintTooComplex
 
 EXPLORE_FACTOR = 4
@@ -47,15 +50,22 @@ COMPONENTS: LRUCache[TokenDFA] = LRUCache("folded components", 64 * 2**20, lambd
 under any cap serves every cap it fits (the minimal automaton does not depend on the cap)."""
 
 
-def compile_folded(constraint: object, tables: object, max_states: int, check: Callable) -> TokenDFA | None:
+def compile_folded(
+    constraint: object, tables: object, max_states: int, check: Callable, deep_values: bool = False
+) -> TokenDFA | None:
     """The minimal TokenDFA of a constraint mixing character nodes with foldable word-level leaves
-    (char_fold.py), or None when it is not one (the caller compiles it word-level)."""
+    (char_fold.py), or None when it is not one (the caller compiles it word-level). With `deep_values`, the
+    one json_schema of an `all` lets undeclared values nest past max_depth (json_syntax.py)."""
     top = _top_level(constraint)
     if top is not None:
         children, k = top
         parts = part_dfas(constraint, children)
         if parts is None:
             return None
+        schemas = [i for i, child in enumerate(children) if isinstance(child, JsonSchema)]
+        if deep_values and k == len(children) and len(schemas) == 1:  # all: the text is the document
+            child = children[schemas[0]]
+            parts[schemas[0]] = (child, char_automaton(dataclasses.replace(child, deep_tails=True)))
         dfas = [_component(child, dfa, tables, max_states, check) for child, dfa in parts]
         return at_least(dfas, k, tables, max_states, check)
     folded = folded_char_dfa(constraint)
@@ -105,7 +115,7 @@ def _flatten(node: object, kind: type) -> tuple:
 
 
 def _component(child: object, char_dfa: object, tables: object, max_states: int, check: Callable) -> TokenDFA:
-    key = (canonical_json(child), tables.fingerprint)
+    key = (canonical_json(child), tables.fingerprint, getattr(char_dfa, "deep", None) is not None)
     found = COMPONENTS.get(key)
     if found is None or found.num_states > max_states:  # within a smaller cap: the same automaton
         found = compile_char_only(char_dfa, tables, max_states, check)
@@ -186,5 +196,14 @@ def _finish(dfas: list[TokenDFA], k: int, rows: list, tuples: list, token_letter
         if d.banned_tokens is not None:
             banned += d.banned_tokens
     banned = banned > len(dfas) - k
-    return _minimise(delta, token_letter.astype(np.int32), 0, accepting, ended, tables, max_states, check,
-                     banned=banned)  # fmt: skip
+    deep = [(i, d.deep_values) for i, d in enumerate(dfas) if d.deep_values is not None]
+    if not deep or k != len(dfas):
+        return _minimise(delta, token_letter.astype(np.int32), 0, accepting, ended, tables, max_states, check,
+                         banned=banned)  # fmt: skip
+    ((i, values),) = deep  # an all with one json_schema: a product state is deep where that part is
+    flags = np.concatenate([values.deep[states[:, i]], [False, False]])
+    dfa, flags = _minimise(delta, token_letter.astype(np.int32), 0, accepting, ended, tables, max_states,
+                           check, banned=banned, flags=flags)  # fmt: skip
+    if flags.any():
+        dfa.deep_values = DeepValues(flags, values.whitespace, tables.fingerprint, tables.vocab_size)
+    return dfa

@@ -363,3 +363,30 @@ def test_a_shortcut_through_a_deep_value_falls_back_to_exact_tails(tmp_path):
     hmm = HMM.random(8, len(plain), seed=0, eos_token_id=plain.eos_token_id)
     normal = prepare(plain, hmm, {"json_schema": SCHEMA}, "", DecodeParams())
     assert normal.dfa.deep_values is not None and normal.deep is not None
+
+
+def test_a_keyword_inside_a_deep_document(tokenizer):
+    """`all` of the schema and a keyword (the folded product, token_product.py) keeps the deep values: random
+    decoding that goes deep ends in documents that are valid and hold the keyword, as the independent
+    checker judges (json + jsonschema, the keyword's word semantics)."""
+    from pc_core import check_ids
+
+    spec = {"all": [{"json_schema": SCHEMA}, {"keyword": "dog"}]}
+    dfa = compile_constraint(spec, tokenizer)
+    assert dfa.deep_values is not None and dfa.deep_values.deep.any()
+    assert dfa.accepts(
+        tokenizer.encode(_compact({"a": 1, "x": _chain(6, "the dog")})) + [tokenizer.eos_token_id]
+    )
+    assert not dfa.accepts(
+        tokenizer.encode(_compact({"a": 1, "x": _chain(6, "a cat")})) + [tokenizer.eos_token_id]
+    )
+    hmm = HMM.random(8, len(tokenizer), seed=0, eos_token_id=tokenizer.eos_token_id)
+    rng, deepest = random.Random(5), 0
+    for i in range(16):
+        text, ids = _walk(
+            tokenizer, dfa, hmm, 40, rng, b"[{", ['{"a":1,"x":[[[[', '{"x":{"k":[{"', ""][i % 3]
+        )
+        assert json_holds(SCHEMA, text) and check_ids(spec, tokenizer, ids), text
+        value = json.loads(text)
+        deepest = max([deepest, *(_nesting(v) for k, v in value.items() if k not in SCHEMA["properties"])])
+    assert deepest > 3
