@@ -33,7 +33,7 @@ from pc_core.constraints.regex import DEEP_MARK  # noqa: F401  (the skeleton's m
 TAIL_LEVELS = 8  # levels an undeclared property's value may nest (counted from the value)
 MOVES_KEPT = 50_000  # (syntax state, token) -> syntax state, memoised per tokenizer, then started over
 WALKS_KEPT = 4_096  # (automaton state, syntax state) -> the completion's way out, per DFA, then started over
-LOOKS_KEPT = 32  # (automaton state, syntax state) -> DeepValues.look, per search, then started over
+LOOKS_KEPT = 8  # (automaton state, syntax state) -> DeepValues.look (<= 8 bytes per token), per search
 
 # modes of the syntax state (mode, stack, aux): stack is the open brackets, aux the mode's detail
 VALUE, VALUE_OR_CLOSE, KEY_OR_CLOSE, KEY, COLON, AFTER = range(6)  # aux of VALUE / KEY: a space may come
@@ -308,7 +308,8 @@ class DeepValues:
             if after is not None:
                 group[i] = pairs.setdefault((int(succ[i]), after), len(pairs))
         kept = group >= 0
-        return cand[~kept], cand[kept], group[kept], list(pairs)
+        cand = cand.astype(np.int32)
+        return cand[~kept], cand[kept], group[kept].astype(np.int32), list(pairs)
 
     def moves(self, vocab: TokenBytes, syntax: State, tokens: np.ndarray) -> list[State | None]:
         """The syntax state after each token (None: refused), memoised per tokenizer."""
