@@ -178,20 +178,22 @@ def _build(node: Regex | Choice | JsonSchema, path: str) -> CharDFA:
     budget = ANY_OBJECT_STATES if node.any_object else FREE_STATES
     body = schema_ir(json.loads(node.schema), path, node.whitespace, node.max_depth, budget, node.deep_tails)
     dfa = build_char_dfa(full(body), path)
+    if not dfa.accept.any():
+        raise ConstraintError(
+            path, f"no JSON document satisfies the schema within max_depth={node.max_depth}"
+        )
     if node.deep_tails:  # the skeleton's states loop on the mark (json_values._Skeleton), its own atom
         from pc_core.constraints.regex import DEEP_MARK
 
         dfa.deep = np.zeros(dfa.num_states, bool)
         if DEEP_MARK in dfa.starts_list:
             column = dfa.column_list[dfa.starts_list.index(DEEP_MARK)]
-            if column in dfa.column_list[: dfa.starts_list.index(DEEP_MARK)]:
+            dead = np.isin(np.arange(dfa.num_states), list(dfa.dead))
+            dfa.deep = (dfa.trans[:, column] == np.arange(dfa.num_states)) & ~dead  # (S,) bool
+            # a column shared with characters: no live state may loop on it (then no skeleton is reachable)
+            if dfa.deep.any() and column in dfa.column_list[: dfa.starts_list.index(DEEP_MARK)]:
                 raise AssertionError("the deep values' mark shares a column with text characters")
-            dfa.deep = dfa.trans[:, column] == np.arange(dfa.num_states)  # (S,) bool
         dfa.deep_whitespace = node.whitespace
-    if not dfa.accept.any():
-        raise ConstraintError(
-            path, f"no JSON document satisfies the schema within max_depth={node.max_depth}"
-        )
     return dfa
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from pc_core import compile_constraint
 from pc_core.constraints.json_syntax import TAIL_LEVELS, JsonSyntax, token_bytes_for
-from pc_core.constraints.patterns import JsonSchema, char_automaton, json_holds
+from pc_core.constraints.patterns import JsonDocuments, JsonSchema, char_automaton, json_holds
 from pc_core.guide import ConstraintGuide
 from pc_core.hmm import HMM
 from pc_core.search import DeepMask
@@ -390,3 +390,13 @@ def test_a_keyword_inside_a_deep_document(tokenizer):
         value = json.loads(text)
         deepest = max([deepest, *(_nesting(v) for k, v in value.items() if k not in SCHEMA["properties"])])
     assert deepest > 3
+
+
+def test_a_schema_whose_tails_no_document_reaches():
+    """Github_easy---o21833's shape: no `type`, so any non-object is valid, and the object branch is empty (a
+    required string whose pattern cannot match): the skeleton is unreachable, minimisation merges the mark's
+    column with dead characters, and the schema compiles with no deep states (it crashed the first full run)."""
+    schema = {"properties": {"y": {"type": "string", "pattern": "/^[0-9]{4}$/"}}, "required": ["y"]}
+    documents = JsonDocuments(JsonSchema(json.dumps(schema), deep_tails=True))
+    assert documents.syntax is None and not documents.dfa.deep.any()
+    assert documents.accepts("1") and not documents.accepts('{"y":"2001","x":[[[[1]]]]}')
