@@ -16,9 +16,11 @@ from typing import Any
 
 from pc_core.constraints.char_dfa import CharDFA, build_char_dfa, combine
 from pc_core.constraints.char_nfa import RAW
+from pc_core.constraints.json_syntax import TAIL_LEVELS
 from pc_core.constraints.regex import (
     ANY,
     BOS,
+    DEEP_MARK,
     EOS,
     Node,
     alt,
@@ -134,8 +136,6 @@ def deep_tail(depth: int, space: Node) -> Node:
 
 @lru_cache(maxsize=32)
 def _deep_tail_dfa(depth: int, space: Node) -> CharDFA:
-    from pc_core.constraints.json_syntax import TAIL_LEVELS
-
     plain = [(43, 58), (65, 90), (97, 122)]  # + , - . / digits : and letters: numbers, literals, separators
     plain += [(32, 32)] if space != seq([]) else []
     skeleton = _Skeleton(char_set(plain))
@@ -165,8 +165,6 @@ class _Skeleton:
     (json_syntax.DEEP_MARK) allowed anywhere, so that every skeleton state loops on it."""
 
     def __init__(self, plain: Node) -> None:
-        from pc_core.constraints.regex import DEEP_MARK
-
         self.mark = char_set([(DEEP_MARK, DEEP_MARK)])
         self.close = char_set([(93, 93), (125, 125)])
         escaped = seq([literal("\\"), rep(self.mark, 0, None), ("set", subtract(ANY, ((0xD800, 0xDFFF),)))])
