@@ -28,7 +28,7 @@ def _minimise(
     banned: np.ndarray | None = None,
     row_groups: list[tuple[np.ndarray, np.ndarray]] | None = None,
     flags: np.ndarray | None = None,
-) -> TokenDFA:
+) -> TokenDFA | tuple[TokenDFA, np.ndarray]:
     """The minimal DFA: Moore blocks of states, then token classes with identical columns merged.
 
     `safe` (states, classes), for a DFA beside a blocklist mask: whether the class holds a token the mask allows
@@ -42,9 +42,7 @@ def _minimise(
     the minimal DFA's marks are returned beside it: `(dfa, flags)`.
     """
     assert initial == 0  # explored first: block 0 below
-    block = _moore_blocks(
-        delta, accepting, ended, check_deadline, row_groups, flags
-    )  # (n,) block of each state
+    block = _moore_blocks(delta, accepting, ended, check_deadline, row_groups, flags)  # (n,) each state's
     m = int(block.max()) + 1
     if m > max_states:
         raise ConstraintTooComplex(
