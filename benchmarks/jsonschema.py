@@ -4,7 +4,8 @@
         [--processes 2] [--deadline MINUTES] [--mismatches FILE] [--recheck FILE]
 
 For every schema (or an even sample of N), in a random order over worker processes (a run stopped at the
-deadline has measured a random sample): compile the character automaton (patterns.JsonSchema) under a
+deadline has measured a random sample): compile the character automaton (patterns.JsonDocuments: a schema
+alone, with undeclared values past max_depth as a skeleton and the JSON syntax beside it) under a
 per-schema limit of CPU time; count compiled schemas per group and the rest by the reason of the 422. On each
 compiled schema, every test instance, serialised compactly (`json.dumps(data, separators=(",", ":"),
 ensure_ascii=False)`, keys in the instance's order), must be accepted when valid and rejected when invalid:
@@ -324,7 +325,9 @@ def render(
             ],
         ),  # fmt: skip
         "",
-        f"Correctness: {instances} test instances of the compiled schemas judged by the character automaton, "
+        f"Correctness: {instances} test instances of the compiled schemas judged by the character automaton "
+        f"with the JSON syntax beside it (patterns.JsonDocuments: the language compile_constraint gives a "
+        f"schema alone, undeclared values to 8 levels), "
         f"**{len(mismatches)} mismatches**: {sum(not m['valid'] for m in mismatches)} invalid instances "
         f"accepted (in their own key order or the schema's), {sum(m['valid'] for m in mismatches)} valid "
         f"ones rejected in both; {reordered} valid ones accepted with their keys in the schema's order, not "
