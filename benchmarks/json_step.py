@@ -14,7 +14,7 @@ can still reach an accepting state, and the automaton's move.
 The HMM is random (H hidden states, the shared proxy's 256 by default; the step's cost depends on H and V,
 not on the HMM's weights); its per-model caches (the packed emission blocks) are built before the timings.
 Times are wall-clock and the thread's CPU time (the dev box is shared; CPU time leaves out other processes),
-and next to them the floor: one dense (2, H) x (H, V) product, timed after every step. V = 50,257 is ../shared/tokenizers/bpe-50257; V = 128,256 the Llama-3-shaped BPE
+and next to them the floor: one dense (2, H) x (H, V) product with the guide's own packed emission, timed after every step. V = 50,257 is ../shared/tokenizers/bpe-50257; V = 128,256 the Llama-3-shaped BPE
 that benchmarks.vocab128k builds locally (trained on ../shared text and padded with synthetic merges).
 Writes docs/benchmarks.md, section "json-step".
 """
@@ -113,7 +113,10 @@ def walk(search, tokens: list[int]) -> dict[str, Clock]:
     guide, state = search.guide, search.guide_state
     hmm = guide.hmm
     transitions, token_class, live = mask_only_tables(search.dfa)
-    emission = hmm.emission_block(None, "all", guide.emission_dtype)  # (V, H) in the guide's dtype
+    # (V, H) in the guide's dtype: the whole-vocabulary operand a guide's uniform steps read (guide.py,
+    # emission_operands), the same buffer, not a copy of it: a second emission-sized buffer read between steps
+    # would evict the step's from the CPU caches (26 MB each at H = 256 in bfloat16), which no decoder has
+    emission = hmm.emission_block(None, "all/0", guide.emission_dtype)
     rows = torch.zeros(2, hmm.hidden_size)  # (2, H)
     dfa_state = int(search.dfa.initial_state)
     clocks = {"step": Clock(), "mask": Clock(), "floor": Clock()}
@@ -240,7 +243,8 @@ def render(results: list[dict], args, sources: list[str]) -> str:
         "tables, once per request, cached by content) is reported apart. Wall time and the thread's CPU time "
         "(the box is shared: CPU time leaves out what other processes took). Emission: the dtype the step's product "
         "reads (the guide_emission_dtype setting; docs/method.md §5.9 bounds what bfloat16 changes). Floor: one "
-        "dense (2, H) x (H, V) product with the packed emission in that dtype, the least a step inside a JSON string computes (a marginal and a "
+        "dense (2, H) x (H, V) product with the packed emission in that dtype (the guide's own whole-vocabulary operand, the buffer its "
+        "steps read), the least a step inside a JSON string computes (a marginal and a "
         "joint row over the vocabulary), timed after every step. Mask-only: the (V,) live-successor mask and the "
         "automaton's move, what a mask-only engine does per token. " + ". ".join(sources) + ".",
         "",

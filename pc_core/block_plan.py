@@ -1,10 +1,12 @@
 """The row plan of a guide step's vocabulary blocks (guide.py, `plan`): per set of beam states and vocabulary
 block, which beams take a marginal row, which (beam, successor) pairs a joint row, and where each slot's value
 comes from. Built in numpy from a pattern shared by states with the same slots and status, kept within the
-table's layout memory (layout_memory.py); the tail tokens the blocks do not give are step_layout.py's."""
+table's layout memory (layout_memory.py); the patterns of one-beam steps are built with the tables
+(`precompute_patterns`). The tail tokens the blocks do not give are step_layout.py's."""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -87,26 +89,86 @@ def plan_layout(guide_tables: GuideTables, states: list[int], r: int) -> list[Bl
     key = (tuple(states), *status)
     layout = arrays.plans.get(key)
     if layout is None:
-        # all but the successors of the joint rows depends on the beams' slots only, not on which states
-        # they are: a pattern shared by the states with the same slots (new states mostly repeat one)
-        in_block, block_slot = arrays.slot_blocks[states], arrays.block_slot[states]  # (B, D, K), (B, K)
-        pattern_key = (succ.shape, *status, in_block.tobytes(), block_slot.tobytes())
-        pattern = arrays.patterns.get(pattern_key)
-        memory = guide_tables._layout_memory
-        if pattern is None:
-            pattern = _plan_pattern(arrays.everywhere, is_feasible & ~is_certain, is_certain, in_block, block_slot,
-                                    guide_tables.device)  # fmt: skip
-            if memory.charge(pattern[1]):
-                arrays.patterns[pattern_key] = pattern
+        pattern = _pattern(guide_tables, arrays, states, succ.shape, is_feasible, is_certain, status)
         succ_or_0 = np.maximum(succ, 0)
         layout, size = [], 0
         for block, (beam, slot) in zip(pattern[0], pattern[2]):
             pair_state = succ_or_0[beam, slot]
             size += pair_state.nbytes
             layout.append(block._replace(pair_state=as_tensors([pair_state], guide_tables.device)[0]))
-        if memory.charge(size):
+        if guide_tables._layout_memory.charge(size):
             arrays.plans[key] = layout
     return layout
+
+
+def _pattern(
+    guide_tables: GuideTables,
+    arrays: _PlanArrays,
+    states: list[int],
+    shape: tuple[int, ...],
+    is_feasible: np.ndarray,
+    is_certain: np.ndarray,
+    status: tuple[bytes, bytes],
+) -> tuple:
+    """`_plan_pattern`'s layouts for beams in `states` whose dense successors have this status, kept: all
+    but the successors of the joint rows depends on the beams' slots only, not on which states they are, so
+    it is shared by the states with the same slots (new states mostly repeat one)."""
+    in_block, block_slot = arrays.slot_blocks[states], arrays.block_slot[states]  # (B, D, K), (B, K)
+    pattern_key = (shape, *status, in_block.tobytes(), block_slot.tobytes())
+    pattern = arrays.patterns.get(pattern_key)
+    if pattern is None:
+        pattern = _plan_pattern(arrays.everywhere, is_feasible & ~is_certain, is_certain, in_block, block_slot,
+                                guide_tables.device)  # fmt: skip
+        if guide_tables._layout_memory.charge(pattern[1]):
+            arrays.patterns[pattern_key] = pattern
+    return pattern
+
+
+def first_steps(guide_tables: GuideTables) -> tuple[np.ndarray, np.ndarray]:
+    """The states a one-beam step can be in and, for each, the tokens left after the next one (r) at the
+    earliest position a step can be there: a state at position t (r = n - t - 1) is reached by some t-token
+    prefix and can still accept within n - t tokens."""
+    n = guide_tables.horizon
+    feasible = state_status(guide_tables)[0]  # (n + 1, S)
+    reached = guide_tables.reached.cpu().numpy()  # (n, S): some prefix of n - i tokens ends in s
+    live = np.zeros((n, guide_tables.num_states), bool)  # (t, S) for t = 0 .. n - 1
+    live[0, guide_tables.initial_state] = True
+    live[1:] = reached[:0:-1]  # t = 1 .. n - 1: reached[n - t]
+    live &= feasible[n:0:-1]  # feasible with n - t tokens left
+    states = np.flatnonzero(live.any(0))
+    return states, n - 1 - live[:, states].argmax(0)
+
+
+def precompute_patterns(guide_tables: GuideTables, max_bytes: int) -> int:
+    """With the tables (the guide's precompute): the row patterns (`_pattern`) a one-beam step in each state
+    it can be in would build on its first visit there, at the status of its dense successors where a step
+    first can be there (the same at any r far enough from the horizon; a step at another status builds its
+    own). A table has a few dozen distinct patterns at most, each built once; a step that would build one
+    takes ~0.1-0.5 ms, this ~1 ms per table in all. Stops once the kept layouts reach `max_bytes` or the
+    request's deadline passes. Returns the number of patterns built."""
+    arrays, memory = _plan_arrays(guide_tables), layout_memory(guide_tables)
+    states, r = first_steps(guide_tables)
+    if not len(states):
+        return 0
+    feasible, certain = state_status(guide_tables)
+    succ = arrays.dense_succ[states]  # (L, D)
+    valid = succ >= 0
+    is_feasible, is_certain = feasible[r[:, None], succ] & valid, certain[r[:, None], succ] & valid
+    signature = np.concatenate(  # what a pattern depends on, one row per state
+        [is_feasible, is_certain, arrays.slot_blocks[states].reshape(len(states), -1),
+         np.ascontiguousarray(arrays.block_slot[states]).view(np.uint8)], axis=1)  # fmt: skip
+    built, deadline = 0, guide_tables.deadline
+    for i in np.unique(signature, axis=0, return_index=True)[1]:
+        late = deadline is not None and time.perf_counter() > deadline
+        if late or memory.fixed + memory.bytes >= max_bytes:
+            break
+        one = slice(i, i + 1)
+        feasible_one, certain_one = is_feasible[one], is_certain[one]
+        status = (feasible_one.tobytes(), certain_one.tobytes())
+        before = len(arrays.patterns)
+        _pattern(guide_tables, arrays, [int(states[i])], succ[one].shape, feasible_one, certain_one, status)
+        built += len(arrays.patterns) - before
+    return built
 
 
 def _plan_pattern(

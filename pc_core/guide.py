@@ -108,6 +108,23 @@ def _with_marginal_rows(
     return torch.cat([marginal, joint[start : start + count]]), start + count
 
 
+def _joint_rows(
+    guide_tables: GuideTables, r: int, left: torch.Tensor, pair_beam: torch.Tensor, pair_state: torch.Tensor
+) -> torch.Tensor:
+    """left[pair_beam] + log U_r[pair_state] (P, H): the joint rows of a step. With float32 rows (no scale),
+    read through index_select (a fraction of advanced indexing's cost at a step's sizes) and, for one beam,
+    the beam's row added to them in place (the same sums: float addition commutes)."""
+    if guide_tables.row_scale is not None:
+        joint = left.index_select(0, pair_beam)
+        joint += guide_tables.rows(r, pair_state)
+        return joint
+    ids = guide_tables.row_index[r].index_select(0, pair_state)
+    joint = guide_tables.log_rows.index_select(0, ids)
+    if left.shape[0] == 1:
+        return joint.add_(left)
+    return joint.add_(left.index_select(0, pair_beam))
+
+
 Product = tuple[torch.Tensor, torch.Tensor]  # (rows, V_k) linear values and (rows,) log shift per row
 # (the values in the product's dtype: bfloat16 with a bfloat16 emission; guide_ratio reads them exactly)
 
@@ -298,8 +315,7 @@ class ConstraintGuide:
                 (parts[0].pair_beam, parts[0].pair_state) if len(parts) == 1
                 else (torch.cat([p.pair_beam for p in parts]), torch.cat([p.pair_state for p in parts]))
             )  # fmt: skip
-            joint = left.index_select(0, pair_beam)
-            joint += guide_tables.rows(r, pair_state)
+            joint = _joint_rows(guide_tables, r, left, pair_beam, pair_state)
         start, blocks = 0, []
         for b in layouts:  # (M + Q, H): the marginal rows, then the pairs'
             if not (uniform and blocks):
@@ -418,16 +434,21 @@ class ConstraintGuide:
 def emission_operands(hmm: HMM, guide_tables: GuideTables, dtype: torch.dtype) -> list:
     """The right operands of `multiply` for these tables (cached on the HMM, once per model and vocabulary
     partition; packing one takes ~0.1 s at H = 256, V = 50k): each block's emission and, with several blocks
-    on a CPU, the whole vocabulary's (last), which uniform plans read."""
-    if guide_tables.num_blocks == 1:
-        return [hmm.emission_block(None, f"{guide_tables.block_key}/0", dtype)]
-    blocks = [
-        hmm.emission_block(tokens, f"{guide_tables.block_key}/{k}", dtype)
-        for k, tokens in enumerate(guide_tables.block_tokens)
-    ]
-    if torch.device(hmm.device).type != "cpu":
-        return blocks  # uniform plans are CPU-only (block_plan.py): no second emission-sized buffer on a GPU
-    return [*blocks, hmm.emission_block(None, "all/0", dtype)]
+    on a CPU, the whole vocabulary's (last), which uniform plans read. The list itself is cached there too
+    (one lookup per step instead of one per operand)."""
+
+    def build() -> list:
+        if guide_tables.num_blocks == 1:
+            return [hmm.emission_block(None, f"{guide_tables.block_key}/0", dtype)]
+        blocks = [
+            hmm.emission_block(tokens, f"{guide_tables.block_key}/{k}", dtype)
+            for k, tokens in enumerate(guide_tables.block_tokens)
+        ]
+        if torch.device(hmm.device).type != "cpu":  # uniform plans are CPU-only (block_plan.py): no second
+            return blocks  # emission-sized buffer on a GPU
+        return [*blocks, hmm.emission_block(None, "all/0", dtype)]
+
+    return hmm._cached(("guide-operands", guide_tables.block_key, guide_tables.num_blocks, dtype), build)
 
 
 def multiply(items: Sequence[tuple[ConstraintGuide, StepPlan]]) -> list[list[Product]]:

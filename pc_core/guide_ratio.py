@@ -60,9 +60,11 @@ def log_ratio(
         in_order = in_order and torch.equal(row[:, 0], torch.arange(b, 2 * b, device=row.device))
     if in_order:  # every beam: its marginal row, then its one joint row
         joint, denominator = product[b:], product[:b]
-        if product.dtype != torch.float32:  # the joint rows are cast (exactly) as the division reads them
-            denominator = denominator.float()
-        torch.div(joint, denominator, out=out).log_()
+        if product.dtype != torch.float32:  # the joint rows are cast (exactly) as the division reads them;
+            # the marginal rows cast into `out` and divided in place: no second (B, n) buffer
+            torch.div(joint, out.copy_(denominator), out=out).log_()
+        else:
+            torch.div(joint, denominator, out=out).log_()
         if b == 1 and shift.device.type == "cpu":  # the float32 difference as a scalar: fewer ops per step
             pair = shift.numpy()
             out.add_(float(pair[1] - pair[0]))
@@ -95,9 +97,14 @@ def tail_log_ratio(
     of each column; `clamped`: row and marginal_row with codes as row 0, when the caller has them. Entries
     with row < 0 are left for the caller."""
     rows, marginal = clamped if clamped is not None else (row.clamp_min(0), marginal_row.clamp_min(0))
-    joint, denominator = product.gather(0, rows), product.index_select(0, marginal)  # (B, k)
-    per_token = shift.index_select(0, rows.reshape(-1)).view(rows.shape)
-    shift_difference = per_token - shift.index_select(0, marginal)[:, None]
+    joint = product.gather(0, rows)  # (B, k)
+    if rows.shape[0] == 1:  # one beam: its marginal row is row 0 (its codes were clamped to 0): views
+        denominator = product[:1]
+        shift_difference = shift.index_select(0, rows[0]).sub_(shift[0])[None, :]
+    else:
+        denominator = product.index_select(0, marginal)  # (B, k)
+        per_token = shift.index_select(0, rows.reshape(-1)).view(rows.shape)
+        shift_difference = per_token - shift.index_select(0, marginal)[:, None]
     out = torch.div(joint, denominator).log_().add_(shift_difference)
     _redo_lossy(guide, state, out, product, joint, denominator, row, marginal_row, tokens)
     return out
@@ -116,7 +123,9 @@ def _redo_lossy(
 ) -> None:
     """Where a needed product fell below float32's full precision, the exact float64 value in `out`
     (column j is token tokens[j], or token j where tokens is None)."""
-    if float(product.amin()) >= LOSSLESS:  # full precision everywhere (a bfloat16 minimum is exact)
+    # full precision everywhere (a bfloat16 minimum is exact); min(), not amin(): the same value, a faster
+    # full reduction on a CPU (bfloat16 (2, 50,257): 9 us against 22 us)
+    if float(product.min()) >= LOSSLESS:
         return
     joint, denominator = joint.float(), denominator.float()  # compared in float32, as computed
     live = (row >= 0) & (marginal_row >= 0)[:, None]

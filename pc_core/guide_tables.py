@@ -57,6 +57,7 @@ class GuideTables:
         self.deadline = deadline
         self.device = hmm.device
         self.num_states = dfa.num_states
+        self.initial_state = int(dfa.initial_state)  # where steps start (block_plan.first_steps)
         self.eos_token_id = dfa.eos_token_id
         self.eos_class = int(dfa.token_class[dfa.eos_token_id])
         self.delta = dfa.transitions.astype(np.int64)  # (S, C)

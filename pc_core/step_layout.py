@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import torch
 
-from pc_core.block_plan import state_status
+from pc_core.block_plan import precompute_patterns, state_status
 from pc_core.cache import buffer_bytes
 from pc_core.guide_ratio import ROW_CERTAIN, ROW_IMPOSSIBLE, tail_log_ratio
 from pc_core.kernels import matmul_exp_nt
@@ -316,9 +316,12 @@ def tail_layout(guide_tables: GuideTables) -> TailLayout:
 
 def precompute_layouts(guide_tables: GuideTables) -> None:
     """With the tables (the guide's precompute): every single beam state's tail columns (TailLayout.precompute),
-    within half the tables' layout budget."""
+    within half the tables' layout budget, and the block row patterns of one-beam steps
+    (block_plan.precompute_patterns), within three quarters of it."""
+    budget = layout_memory(guide_tables).budget
     if guide_tables.tail_tokens.numel():
-        tail_layout(guide_tables).precompute(layout_memory(guide_tables).budget // 2)
+        tail_layout(guide_tables).precompute(budget // 2)
+    precompute_patterns(guide_tables, 3 * budget // 4)
 
 
 def tail_product(
@@ -368,7 +371,7 @@ def assemble_tail(
         return
     positions = step.tokens if token_order else step.positions  # the tail tokens' columns in out
     if not step.pair_state.numel():  # every successor certain or impossible
-        out[:, positions] = step.fixed
+        out.index_copy_(1, positions, step.fixed)
         return
     if rows is None:
         if left is None:
@@ -378,4 +381,5 @@ def assemble_tail(
     product, shift = tail_product(rows, guide_tables, step.columns)  # (M + P, k)
     clamped = (step.row_or_0, step.marginal_or_0)
     values = tail_log_ratio(guide, state, product, shift, step.row, step.marginal_row, step.tokens, clamped)
-    out[:, positions] = torch.where(step.computed, values, step.fixed)
+    # the columns are distinct: index_copy_ writes what out[:, positions] = ... does, with fewer ops
+    out.index_copy_(1, positions, torch.where(step.computed, values, step.fixed))
