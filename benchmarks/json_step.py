@@ -7,7 +7,8 @@ compile and have a valid test instance: `pc_core.decoding.prepare` compiles the 
 the guide exactly as a request does (compile and guide precompute timed and reported apart), then the
 instance, serialised compactly and followed by EOS, is walked token by token. One step is what the decoder
 does per token besides the LM: the guide's q(x) for the whole vocabulary, whose -inf entries are the mask
-(`guide.plan` / `multiply` / `assemble`), then `guide.advance` with the chosen token. Next to it, the
+(`guide.plan` / `multiply` / `assemble`), the JSON syntax's mask where undeclared values may go past
+max_depth (pc_core.search.DeepMask), then `guide.advance` with the chosen token. Next to it, the
 mask-only step of the engines that only mask (XGrammar, Outlines): the (V,) bool of tokens whose successor
 can still reach an accepting state, and the automaton's move.
 
@@ -123,7 +124,11 @@ def walk(search, tokens: list[int]) -> dict[str, Clock]:
     for token in tokens:
         with clocks["step"]:
             q = batched_next_log_probs([(guide, state)])[0]  # (1, V): -inf = masked
+            if search.deep is not None:  # the JSON syntax beside the automaton (deep values), as choose does
+                q = search.deep.mask(q, state)
             state = guide.advance(state, [token])
+            if search.deep is not None:
+                search.deep.advance([0], [token])
         if not bool(torch.isfinite(q[0, token])):
             raise AssertionError(f"the guide forbids token {token} of a valid instance")
         with clocks["mask"]:
@@ -239,7 +244,8 @@ def render(results: list[dict], args, sources: list[str]) -> str:
         f"Random HMMs, horizon (max_new_tokens) {args.horizon}, one beam. Schemas: MaskBench's shared subset "
         "in a seeded order across its groups, those that compile and whose first valid instance, compact, fits "
         "the horizon; each instance walked token by token (EOS included). A step is the guide's q(x) over the "
-        "whole vocabulary (its -inf entries are the mask) plus the guide's advance; precompute (the guide's "
+        "whole vocabulary (its -inf entries are the mask), the JSON syntax's mask beside it where undeclared "
+        "values may go deep (pc_core.search.DeepMask), plus the guide's advance; precompute (the guide's "
         "tables, once per request, cached by content) is reported apart. Wall time and the thread's CPU time "
         "(the box is shared: CPU time leaves out what other processes took). Emission: the dtype the step's product "
         "reads (the guide_emission_dtype setting; docs/method.md §5.9 bounds what bfloat16 changes). Floor: one "
