@@ -167,6 +167,8 @@ def _guide(
     if getattr(dfa, "lazy", False):  # past the explicit automaton's budget (pc_core.lazy_guide)
         guide = build_lazy_guide(hmm, dfa, constraint, params, tokenizer, note=dfa.note, **guide_args)
         return dfa, guide, (time.perf_counter() - started) * 1000
+    if dfa.deep_values is not None and not _deep_values_hold(dfa, tokenizer, params):
+        dfa = compile_constraint(constraint, tokenizer, deep_values=False, **compile_args)
     try:  # exact when it fits the budget, else factored (pc_core.factored_guide)
         guide = build_guide(hmm, dfa, constraint, params, groups, **guide_args)
     except BlocklistInteraction:
@@ -174,18 +176,17 @@ def _guide(
             raise
         dfa = compile_constraint(constraint, tokenizer, blocklist_mask=False, **compile_args)
         guide = build_guide(hmm, dfa, constraint, params, groups, **guide_args)
-    if dfa.deep_values is not None and not _deep_values_hold(dfa, guide, tokenizer, params):
-        dfa = compile_constraint(constraint, tokenizer, deep_values=False, **compile_args)
-        guide = build_guide(hmm, dfa, constraint, params, groups, **guide_args)
     return dfa, guide, (time.perf_counter() - started) * 1000
 
 
-def _deep_values_hold(dfa: TokenDFA, guide: Any, tokenizer: Any, params: DecodeParams) -> bool:
+def _deep_values_hold(dfa: TokenDFA, tokenizer: Any, params: DecodeParams) -> bool:
     """Whether the guide's feasibility on the exact states holds without the deep values' shortcuts
     (json_syntax.py): decoding checks a token into a skeleton with the syntax's own completion, which may
     take more tokens than the automaton's best way through it (a vocabulary with "[]]]" but not "]]"), and
-    then a state the guide called feasible could dead-end. Where they differ (no usual vocabulary so far), the
-    caller compiles without deep values. Remembered per (horizon, minimum length)."""
+    then a state the guide called feasible could dead-end. Where they differ (the synthetic 128k BPE of
+    benchmarks.vocab128k, with merges such as "[]]0}", for the larger schemas; none of MaskBench's on the
+    50,257-token BPE), the caller compiles without deep values, before the guide is built. Remembered per
+    (horizon, minimum length)."""
     from pc_core.constraints.json_syntax import token_bytes_for
     from pc_core.feasibility import Feasibility
 
@@ -194,7 +195,7 @@ def _deep_values_hold(dfa: TokenDFA, guide: Any, tokenizer: Any, params: DecodeP
     if key not in checked:
         exact_part = dfa.deep_values.exact_part(dfa, token_bytes_for(tokenizer))
         plain = Feasibility(exact_part, params.max_new_tokens, params.min_new_tokens).feasible
+        feasible = Feasibility(dfa, params.max_new_tokens, params.min_new_tokens).feasible  # the guide's
         exact = ~dfa.deep_values.deep
-        feasible = guide.tables.feasible.cpu().numpy()
         checked[key] = bool(np.array_equal(plain[:, : dfa.num_states][:, exact], feasible[:, exact]))
     return checked[key]
