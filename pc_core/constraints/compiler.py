@@ -178,6 +178,13 @@ def compile_constraint(
     except ConstraintTooComplex as err:
         COMPILED.put(key, err.fresh())
         raise
+    if dfa.deep_values is not None and not dfa.deep_values.exact_ways(dfa, tokens):
+        # a deep detour is a shorter way on than every exact one: decoding could not take it (json_syntax.py)
+        dfa = compile_constraint(
+            constraint, tokenizer, max_states, time_budget_s, blocklist_mask, deep_values=False
+        )
+        COMPILED.put(key, dfa)
+        return dfa
     dfa.compile_seconds = time.perf_counter() - started
     if dfa.deep_values is not None:  # `accepts` reads the tokens' bytes
         dfa.deep_values.tokens = tokens

@@ -233,6 +233,14 @@ class DeepValues:
             deep_values=None,
         )
 
+    def exact_ways(self, dfa: Any, vocab: TokenBytes) -> bool:
+        """Whether every exact state's fewest tokens to an accepting state are as few without the deep values
+        (`exact_part`): the compiler's early test, for any horizon; pc_core.preparation checks the
+        feasibility table itself, per horizon and minimum length."""
+        exact = ~self.deep
+        plain = self.exact_part(dfa, vocab).steps_to_accept[: dfa.num_states]
+        return bool(np.array_equal(dfa.steps_to_accept[exact], plain[exact]))
+
     def start(self) -> State:
         return INITIAL
 

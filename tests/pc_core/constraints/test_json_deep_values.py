@@ -306,6 +306,17 @@ def test_tokenizer_families_judge_deep_values_like_the_text(name, tmp_path):
     assert (dfa.deep_values is None) == (name in ("metaspace", "wordpiece"))  # they lack `"` or `}` alone
 
 
+def _deep_by_hand(tokenizer):
+    """The schema's token automaton with deep values, as the compiler builds it before its early test."""
+    from pc_core.constraints.char_tokens import compile_char_only
+    from pc_core.constraints.vocab import vocab_tables
+
+    node = JsonSchema(json.dumps(SCHEMA), deep_tails=True)
+    dfa = compile_char_only(char_automaton(node), vocab_tables(tokenizer), 10_000, lambda: None)
+    dfa.deep_values.tokens = token_bytes_for(tokenizer)
+    return dfa
+
+
 def test_a_token_that_passes_through_the_skeleton_is_checked(tmp_path):
     """Once a value goes past max_depth, the rest of it is skeleton; a token can enter the skeleton and
     leave it at the value's end ("[]]]]" at the third level of "x"): its successor is an exact state, yet the
@@ -317,7 +328,8 @@ def test_a_token_that_passes_through_the_skeleton_is_checked(tmp_path):
     texts = ("[}]]]", "{]]]]", "[]]]]", "{}]]]")
     tokenizer.add_tokens(list(texts))
     ids = {text: tokenizer.convert_tokens_to_ids(text) for text in texts}
-    dfa = compile_constraint({"json_schema": SCHEMA}, tokenizer)
+    assert compile_constraint({"json_schema": SCHEMA}, tokenizer).deep_values is None  # shortcuts: refused
+    dfa = _deep_by_hand(tokenizer)  # the mask itself, on the automaton the compiler refused
     hmm = HMM.random(8, len(tokenizer), seed=0, eos_token_id=tokenizer.eos_token_id)
     guide = ConstraintGuide(hmm, dfa, 32)
     state, side = guide.init_state(1), DeepMask(dfa, guide, tokenizer, 1)
@@ -338,8 +350,8 @@ def test_a_shortcut_through_a_deep_value_falls_back_to_exact_tails(tmp_path):
     """A vocabulary with "[]]]" and "]}" but no "]]": from `{"a":1,"x":[[[` the automaton finishes in 2 tokens
     through a deep value ("[]]]" "]}"), the exact way takes 3 ("]" "]" "]}"). Decoding checks the deep token
     with the syntax's one-character completion, so with 2 tokens left nothing would be allowed: a dead end.
-    prepare() sees that the guide's feasibility differs from the exact part's and compiles without deep
-    values."""
+    The compiler sees that the fewest tokens differ from the exact part's and compiles without deep values
+    (and prepare() would, comparing the feasibility tables, for an automaton compiled elsewhere)."""
     from tiny_models import build_tokenizer
 
     from pc_core.decoding import DecodeParams, prepare
@@ -347,7 +359,10 @@ def test_a_shortcut_through_a_deep_value_falls_back_to_exact_tails(tmp_path):
     tokenizer = build_tokenizer(tmp_path)
     tokenizer.add_tokens(["[]]]", "]}"])
     prefix = tokenizer.encode('{"a":1,"x":[[[')
-    dfa = compile_constraint({"json_schema": SCHEMA}, tokenizer)
+    compiled = compile_constraint({"json_schema": SCHEMA}, tokenizer)
+    assert compiled.deep_values is None  # the compiler's early test already refuses the deep values
+    dfa = _deep_by_hand(tokenizer)  # what it refused
+    assert not dfa.deep_values.exact_ways(dfa, dfa.deep_values.tokens)
     hmm = HMM.random(8, len(tokenizer), seed=0, eos_token_id=tokenizer.eos_token_id)
     guide = ConstraintGuide(hmm, dfa, len(prefix) + 2)
     state, side = guide.init_state(1), DeepMask(dfa, guide, tokenizer, 1)
@@ -356,8 +371,17 @@ def test_a_shortcut_through_a_deep_value_falls_back_to_exact_tails(tmp_path):
         state = guide.advance(state, [token])
         side.advance([0], [token])
     assert not np.isfinite(side.mask(guide.next_log_probs(state), state)[0].numpy()).any()  # the dead end
+    from pc_core.compiled_constraint import CompiledConstraint
+
     for horizon in (len(prefix) + 2, 40):
-        search = prepare(tokenizer, hmm, {"json_schema": SCHEMA}, "", DecodeParams(max_new_tokens=horizon))
+        params = DecodeParams(max_new_tokens=horizon)
+        search = prepare(tokenizer, hmm, {"json_schema": SCHEMA}, "", params)
+        assert search.dfa.deep_values is None and search.deep is None
+        # sent by another compiler with its deep values: prepare compares the feasibility tables itself
+        elsewhere = CompiledConstraint.for_request({"json_schema": SCHEMA}, params, len(tokenizer)).with_dfa(
+            dfa
+        )
+        search = prepare(tokenizer, hmm, elsewhere, "", params)
         assert search.dfa.deep_values is None and search.deep is None
     plain = build_tokenizer(tmp_path / "plain")
     hmm = HMM.random(8, len(plain), seed=0, eos_token_id=plain.eos_token_id)
