@@ -75,7 +75,7 @@ def mask_only(lm, tokenizer, dfa, max_new_tokens: int, sample: bool, seed: int =
         from pc_core.constraints.json_syntax import token_bytes_for
 
         vocab, syntax = token_bytes_for(tokenizer), deep.start()
-        touches = deep.deep | deep.deep[dfa.transitions].any(axis=1)  # (S,) in or next to a deep value
+        touches = deep.touches(dfa)  # (S,) in or next to a deep value
     for _ in range(max_new_tokens):
         successor = transitions[state][token_class]  # (V,)
         logits = logits[0, :v].masked_fill(~live[successor], float("-inf"))  # (V,)

@@ -279,6 +279,7 @@ def build_guide(
     constraint: Constraint,
     params: Any,
     compile_group: Callable[[Constraint], TokenDFA],
+    feasibility: Feasibility | None = None,
     **guide_args: Any,
 ) -> ConstraintGuide | FactoredGuide:
     """The exact guide when its cost fits this device's budget (params: guide, guide_budget_bytes,
@@ -290,7 +291,8 @@ def build_guide(
         hmm.device, params.guide_budget_bytes, params.guide_budget_gflops, params.guide_table_dtype
     )
     no_certain = guide_args.get("terminal") is not None
-    feasibility = Feasibility(dfa, horizon, min_new, no_certain=no_certain)
+    if feasibility is None:  # (the caller's when it computed it already: pc_core.preparation, deep values)
+        feasibility = Feasibility(dfa, horizon, min_new, no_certain=no_certain)
     cost = exact_cost(dfa, feasibility, hmm.hidden_size, dtype_bytes(budget.table_dtype))
     fits = cost.fits(budget)
     if params.guide == "exact" and not fits:

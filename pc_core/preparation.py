@@ -25,6 +25,7 @@ from pc_core.errors import (
     UnsatisfiableConstraint,
 )
 from pc_core.factored_guide import build_guide
+from pc_core.feasibility import Feasibility
 from pc_core.guide import ConstraintGuide
 from pc_core.hmm import HMM
 from pc_core.infill import plan_suffix, terminal_vector
@@ -167,10 +168,15 @@ def _guide(
     if getattr(dfa, "lazy", False):  # past the explicit automaton's budget (pc_core.lazy_guide)
         guide = build_lazy_guide(hmm, dfa, constraint, params, tokenizer, note=dfa.note, **guide_args)
         return dfa, guide, (time.perf_counter() - started) * 1000
-    if dfa.deep_values is not None and not _deep_values_hold(dfa, tokenizer, params):
-        dfa = compile_constraint(constraint, tokenizer, deep_values=False, **compile_args)
+    feasibility = None  # the guide's, computed here once when the deep values' check needs it
+    if dfa.deep_values is not None:
+        no_certain = terminal is not None
+        feasibility = Feasibility(dfa, params.max_new_tokens, params.min_new_tokens, no_certain=no_certain)
+        if not _deep_values_hold(dfa, tokenizer, feasibility):
+            dfa = compile_constraint(constraint, tokenizer, deep_values=False, **compile_args)
+            feasibility = None
     try:  # exact when it fits the budget, else factored (pc_core.factored_guide)
-        guide = build_guide(hmm, dfa, constraint, params, groups, **guide_args)
+        guide = build_guide(hmm, dfa, constraint, params, groups, feasibility, **guide_args)
     except BlocklistInteraction:
         if compiled.compiled_elsewhere:  # its compiler compiles the exact product too (a server: in its pool)
             raise
@@ -179,23 +185,23 @@ def _guide(
     return dfa, guide, (time.perf_counter() - started) * 1000
 
 
-def _deep_values_hold(dfa: TokenDFA, tokenizer: Any, params: DecodeParams) -> bool:
+def _deep_values_hold(dfa: TokenDFA, tokenizer: Any, feasibility: Feasibility) -> bool:
     """Whether the guide's feasibility on the exact states holds without the deep values' shortcuts
     (json_syntax.py): decoding checks a token into a skeleton with the syntax's own completion, which may
     take more tokens than the automaton's best way through it (a vocabulary with "[]]]" but not "]]"), and
     then a state the guide called feasible could dead-end. Where they differ (the synthetic 128k BPE of
     benchmarks.vocab128k, with merges such as "[]]0}", for the larger schemas; none of MaskBench's on the
     50,257-token BPE), the caller compiles without deep values, before the guide is built. Remembered per
-    (horizon, minimum length)."""
+    (horizon, minimum length). `feasibility`: the guide's, for this request's horizon and minimum length."""
     from pc_core.constraints.json_syntax import token_bytes_for
-    from pc_core.feasibility import Feasibility
 
-    key = (params.max_new_tokens, params.min_new_tokens)
+    key = (feasibility.horizon, feasibility.min_new_tokens)
     checked = dfa.deep_values.checked
     if key not in checked:
         exact_part = dfa.deep_values.exact_part(dfa, token_bytes_for(tokenizer))
-        plain = Feasibility(exact_part, params.max_new_tokens, params.min_new_tokens).feasible
-        feasible = Feasibility(dfa, params.max_new_tokens, params.min_new_tokens).feasible  # the guide's
+        plain = Feasibility(exact_part, *key).feasible
         exact = ~dfa.deep_values.deep
-        checked[key] = bool(np.array_equal(plain[:, : dfa.num_states][:, exact], feasible[:, exact]))
+        checked[key] = bool(
+            np.array_equal(plain[:, : dfa.num_states][:, exact], feasibility.feasible[:, exact])
+        )
     return checked[key]

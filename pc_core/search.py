@@ -240,8 +240,7 @@ class DeepMask:
         self.dfa, self.values, self.horizon = dfa, dfa.deep_values, guide.horizon
         self.vocab = token_bytes_for(tokenizer)
         self.feasible = guide.tables.feasible.cpu().numpy()  # (n + 1, S) bool
-        deep = self.values.deep
-        self.touches = deep | deep[dfa.transitions].any(axis=1)  # (S,) deep, or a token leads into it
+        self.touches = self.values.touches(dfa)  # (S,)
         self.syntax = [self.values.start()] * rows
         self.looks: dict = {}  # DeepValues.look per (automaton state, syntax state), for this search
 

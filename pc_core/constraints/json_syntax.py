@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from pc_core.cache import LRUCache
-from pc_core.constraints.regex import DEEP_MARK  # noqa: F401  (the skeleton's mark, re-exported)
 
 TAIL_LEVELS = 8  # levels an undeclared property's value may nest (counted from the value)
 MOVES_KEPT = 50_000  # (syntax state, token) -> syntax state, memoised per tokenizer, then started over
@@ -212,6 +211,10 @@ class DeepValues:
                 "the tokenizer's bytes are not loaded: call json_syntax.token_bytes_for(tokenizer)"
             )
         return found
+
+    def touches(self, dfa: Any) -> np.ndarray:
+        """(S,) bool: the states that are deep or where a token leads into a deep state."""
+        return self.deep | self.deep[dfa.transitions].any(axis=1)
 
     def exact_part(self, dfa: Any, vocab: TokenBytes) -> Any:
         """The automaton without its deep values: edges into skeleton states, and classes made only of tokens

@@ -162,7 +162,7 @@ def _opened(depth: int, space: Node) -> Node:
 
 class _Skeleton:
     """Skeleton text: plain characters, strings and bracketed content in any order, with the mark
-    (json_syntax.DEEP_MARK) allowed anywhere, so that every skeleton state loops on it."""
+    (regex.DEEP_MARK) allowed anywhere, so that every skeleton state loops on it."""
 
     def __init__(self, plain: Node) -> None:
         self.mark = char_set([(DEEP_MARK, DEEP_MARK)])
