@@ -2,7 +2,7 @@
 
 Entries are evicted least-recently-used first when the bytes they account for exceed `max_bytes`; an entry
 larger than the whole budget is not kept at all. `size_of(value)` says what an entry costs. Hits, misses,
-bytes and entries are readable for metrics.
+evictions, bytes and entries are readable for metrics.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class LRUCache(Generic[V]):
         self.bytes = 0
         self.hits = 0
         self.misses = 0
+        self.evictions = 0  # entries dropped to stay within max_bytes (a full cache: evictions keep growing)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -56,6 +57,7 @@ class LRUCache(Generic[V]):
             while self.bytes > self.max_bytes:
                 _, (_, evicted) = self._entries.popitem(last=False)
                 self.bytes -= evicted
+                self.evictions += 1
 
     def resize(self, max_bytes: int) -> None:
         """A new bound (a server applies its settings), evicting down to it."""
@@ -64,6 +66,7 @@ class LRUCache(Generic[V]):
             while self.bytes > self.max_bytes and self._entries:
                 _, (_, evicted) = self._entries.popitem(last=False)
                 self.bytes -= evicted
+                self.evictions += 1
 
     def clear(self) -> None:
         with self._lock:

@@ -110,6 +110,7 @@ class MemoryBackend:
         self.size = size
         self.max_bytes = max_bytes
         self.bytes = 0
+        self.evictions = 0  # entries dropped to stay within size / max_bytes (expired ones not counted)
         self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -134,6 +135,7 @@ class MemoryBackend:
         self.bytes += len(value)
         while len(self._data) > self.size or self.bytes > self.max_bytes:
             self._drop(next(iter(self._data)))
+            self.evictions += 1
 
     def _drop(self, key: str) -> None:
         item = self._data.pop(key, None)

@@ -26,7 +26,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 log = logging.getLogger(__name__)
@@ -164,9 +164,12 @@ class _ModelBound:
         return self.family.labels(self.model_name, *values)
 
 
+EVICTIONS_HELP = "entries a cache dropped to stay within its bound (growing: the cache is full)"
+
+
 class _CacheCollector:
-    """pcgen_cache_bytes / pcgen_cache_entries per cache, read at scrape time from the caches themselves
-    (anything with `.bytes` and `len()`)."""
+    """pcgen_cache_bytes / pcgen_cache_entries / pcgen_cache_evictions_total per cache, read at scrape time
+    from the caches themselves (anything with `.bytes`, `.evictions` and `len()`)."""
 
     def __init__(self) -> None:
         self.caches: dict[str, Any] = {}
@@ -174,18 +177,22 @@ class _CacheCollector:
     def watch(self, name: str, cache: Any) -> None:
         self.caches[name] = cache
 
-    def describe(self) -> Iterator[GaugeMetricFamily]:
+    def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         yield GaugeMetricFamily("pcgen_cache_bytes", "bytes held by a cache", labels=["cache"])
         yield GaugeMetricFamily("pcgen_cache_entries", "entries held by a cache", labels=["cache"])
+        yield CounterMetricFamily("pcgen_cache_evictions", EVICTIONS_HELP, labels=["cache"])
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         size = GaugeMetricFamily("pcgen_cache_bytes", "bytes held by a cache", labels=["cache"])
         entries = GaugeMetricFamily("pcgen_cache_entries", "entries held by a cache", labels=["cache"])
+        evictions = CounterMetricFamily("pcgen_cache_evictions", EVICTIONS_HELP, labels=["cache"])
         for name, cache in self.caches.items():
             size.add_metric([name], float(cache.bytes))
             entries.add_metric([name], float(len(cache)))
+            evictions.add_metric([name], float(cache.evictions))
         yield size
         yield entries
+        yield evictions
 
 
 DEVICE_MEMORY = "pcgen_device_memory_bytes"
@@ -228,10 +235,10 @@ class _DeviceCollector:
         self.devices.append(device)
         return True
 
-    def describe(self) -> Iterator[GaugeMetricFamily]:
+    def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         yield GaugeMetricFamily(DEVICE_MEMORY, DEVICE_MEMORY_HELP, labels=[MODEL, "device", "kind"])
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         family = GaugeMetricFamily(DEVICE_MEMORY, DEVICE_MEMORY_HELP, labels=[MODEL, "device", "kind"])
         for device in self.devices:
             try:
@@ -265,10 +272,10 @@ class _CompileWorkerCollector:
         """`pool.workers_alive()` gives the live workers per lane; `configured`, how many each lane should have."""
         self.pool, self.configured = pool, dict(configured)
 
-    def describe(self) -> Iterator[GaugeMetricFamily]:
+    def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         yield GaugeMetricFamily(COMPILE_WORKERS, COMPILE_WORKERS_HELP, labels=["lane", "state"])
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         family = GaugeMetricFamily(COMPILE_WORKERS, COMPILE_WORKERS_HELP, labels=["lane", "state"])
         pool = self.pool
         if pool is not None:

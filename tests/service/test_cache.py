@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from pc_core.cache import LRUCache
 from service.cache import MemoryBackend, RedisHealth, ResponseCache, SingleFlight
 from service.metrics import Metrics
 
@@ -17,10 +18,25 @@ def test_memory_cache_lru_and_ttl():
             await cache.set(key, {"v": key})
         assert await cache.get("a") is None and (await cache.get("c")) == {"v": "c"}
         backend = cache.backend
+        assert backend.evictions == 1
         backend._data["c"] = (time.monotonic() - 1, backend._data["c"][1])  # expired
         assert await cache.get("c") is None
+        assert backend.evictions == 1  # an expiry is not an eviction
 
     asyncio.run(run())
+
+
+def test_byte_bounded_lru_counts_its_evictions():
+    cache: LRUCache[bytes] = LRUCache("test", 10, len)
+    cache.put("a", b"1234")
+    cache.put("b", b"1234")
+    assert cache.evictions == 0 and cache.get("a") == b"1234"  # "a" is now the most recent
+    cache.put("c", b"1234")  # 12 bytes > 10: the least recent ("b") goes
+    assert cache.evictions == 1 and cache.get("b") is None and len(cache) == 2
+    cache.put("d", b"x" * 11)  # larger than the bound: not kept, nothing evicted
+    assert cache.evictions == 1 and cache.get("d") is None
+    cache.resize(4)
+    assert cache.evictions == 2 and cache.bytes == 4
 
 
 def test_cache_fails_open_and_counts():

@@ -142,7 +142,7 @@ def test_the_readme_lists_every_metric_with_its_labels():
     section = readme.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
     suffix = {"Counter": "_total"}
     declared = [(name + suffix.get(kind.__name__, ""), labels) for _, kind, name, _, labels, _ in METRICS]
-    declared += [("pcgen_cache_bytes", ["cache"]), ("pcgen_cache_entries", ["cache"]),
+    declared += [("pcgen_cache_bytes", ["cache"]), ("pcgen_cache_entries", ["cache"]), ("pcgen_cache_evictions_total", ["cache"]),
                  (DEVICE_MEMORY, ["model_name", "device", "kind"]),
                  ("pcgen_model_info", ["lm", "hmm", "hmm_hidden_size", "vocab_size", "device", "dtype"])]  # fmt: skip
     for name, labels in declared:
