@@ -88,6 +88,9 @@ METRICS = [
      [], None),
     ("ratelimit_errors", Counter, "pcgen_ratelimit_errors", "rate limiter backend errors (failed open)", [], None),
     ("redis_up", Gauge, "pcgen_redis_up", "1 when Redis answers, 0 when down, -1 when not configured", [], None),
+    ("gc_frozen", Gauge, "pcgen_gc_frozen_objects",
+     "objects of start-up (models, tokenizer, dictionaries, warm-up) moved out of the garbage collector's view by "
+     "gc.freeze once the server is ready: full collections no longer traverse them", [], None),
     # constraints and guide
     ("constraint_outcomes", Counter, "pcgen_constraint_outcomes",
      "computed outputs by constraint outcome (satisfied, not_satisfied)", [MODEL, "outcome"], None),

@@ -9,6 +9,7 @@ models load; `/health/ready` turns 200 only when all of that has passed.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 import time
@@ -152,6 +153,18 @@ class Runtime:
         self._apply_model_limits()
         if settings.warmup:
             await self._warmup()
+        self._freeze_startup_objects()
+
+    def _freeze_startup_objects(self) -> None:
+        """Move what start-up made (the tokenizer's and dictionaries' Python objects, the models' wrappers, the
+        warm-up's caches) out of the garbage collector's view. A full collection traverses every tracked
+        object while holding the GIL, so it stalls every decoding thread: with a 50,257-token tokenizer and
+        a few compiled schemas in a process (~257k objects), one took 141-156 ms; frozen, under 0.1 ms. Start-up
+        objects live as long as the process, so nothing collectable is frozen for good."""
+        gc.collect()
+        gc.freeze()
+        self.metrics.gc_frozen.set(gc.get_freeze_count())
+        log.info("start-up objects frozen out of the garbage collector's view: %d", gc.get_freeze_count())
 
     def _load_models(self) -> None:
         from pc_core.constraints.vocab import tokenizer_fingerprint, vocab_tables

@@ -209,6 +209,8 @@ def test_metrics_have_process_python_build_and_compile_worker_series(server, tin
     assert metric_value(text, "process_resident_memory_bytes") > 0
     assert metric_value(text, "process_cpu_seconds_total") > 0
     assert "python_gc_collections_total" in text and "python_info" in text
+    # start-up's objects (tokenizer, models, dictionaries) out of the collector's view once ready
+    assert metric_value(text, "pcgen_gc_frozen_objects") > 10_000
     from pcgen import __version__
 
     (info,) = [line for line in text.splitlines() if line.startswith("pcgen_build_info{")]
