@@ -33,9 +33,8 @@ class ExtendedDFA:
     accept: np.ndarray  # (N,) bool
     initial: int
     dead: set[int]
-    base: np.ndarray | None = (
-        None  # (N,) the character DFA's state each state stands for (-1: the added dead)
-    )
+    # (N,) the character DFA's state each state stands for (-1: the added dead)
+    base: np.ndarray | None = None
 
     @property
     def num_states(self) -> int:

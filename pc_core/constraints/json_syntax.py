@@ -188,6 +188,7 @@ class DeepValues:
         self.syntax = JsonSyntax(whitespace)
         self._walks: dict[tuple[int, State], tuple[int, int]] = {}
         self._by_class: tuple[np.ndarray, np.ndarray] | None = None  # the DFA's tokens sorted by class
+        self._touches: np.ndarray | None = None  # `touches`, once looked up
         self.tokens: TokenBytes | None = None  # set by the compiler (shared per tokenizer, not pickled)
         self.checked: dict[tuple[int, int], bool] = {}  # pc_core.preparation._deep_values_hold, by horizon
 
@@ -200,8 +201,8 @@ class DeepValues:
 
     @property
     def nbytes(self) -> int:
-        # the flags, at most the memoised walks, and the tokens by class (int64, once looked up)
-        return int(self.deep.nbytes) + WALKS_KEPT * 160 + 16 * self._vocab_size
+        # the flags (and `touches`), at most the memoised walks, and the tokens by class (int64, once looked up)
+        return 2 * int(self.deep.nbytes) + WALKS_KEPT * 160 + 16 * self._vocab_size
 
     def vocab(self) -> TokenBytes:
         """The tokenizer's bytes: those it was compiled with (not pickled), else the process's cache."""
@@ -213,8 +214,11 @@ class DeepValues:
         return found
 
     def touches(self, dfa: Any) -> np.ndarray:
-        """(S,) bool: the states that are deep or where a token leads into a deep state."""
-        return self.deep | self.deep[dfa.transitions].any(axis=1)
+        """(S,) bool: the states that are deep or where a token leads into a deep state (computed once per
+        DFA, not per search: an (S, C) gather)."""
+        if self._touches is None:
+            self._touches = self.deep | self.deep[dfa.transitions].any(axis=1)
+        return self._touches
 
     def exact_part(self, dfa: Any, vocab: TokenBytes) -> Any:
         """The automaton without its deep values: edges into skeleton states, and classes made only of tokens
