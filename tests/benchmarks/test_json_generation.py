@@ -79,9 +79,11 @@ def test_step_walk_follows_a_valid_instance_and_refuses_an_invalid_one(tokenizer
     search = prepare(tokenizer, tiny_hmm, compiled_request(tokenizer, schema, params), "", params)
     good = tokenizer.encode(compact({"a": 7, "b": "ok"}), add_special_tokens=False) + [tokenizer.eos_token_id]
     clocks = walk(search, good)
-    for clock in clocks.values():  # step, mask-only, floor: one wall and one CPU time per token
-        assert len(clock.wall) == len(clock.cpu) == len(good)
-        assert all(t >= 0 for t in clock.wall + clock.cpu)
+    for name in ("step", "mask", "floor"):  # one wall and one CPU time per token
+        assert len(clocks[name].wall) == len(clocks[name].cpu) == len(good)
+        assert all(t >= 0 for t in clocks[name].wall + clocks[name].cpu)
+    # per token whether it took the walk's first vocabulary-wide product: one does (inside the string "ok")
+    assert len(clocks["first"]) == len(good) and sum(clocks["first"]) == 1
     bad = tokenizer.encode(compact({"a": 70, "b": "ok"}), add_special_tokens=False) + [tokenizer.eos_token_id]
     with pytest.raises(AssertionError, match="forbids token"):
         walk(search, bad)
