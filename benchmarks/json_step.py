@@ -252,8 +252,8 @@ def first_products(r: dict) -> str:
     p99 = pct(wall, 0.99)
     top = [f for w, f in zip(wall, first) if w >= p99]
     cold = [w for w, f in zip(wall, first) if f]
-    return (f"V = {r['V']:,}, H = {r['H']}: {sum(top)} of the {len(top)} steps at or above the p99; those first "
-            f"products p50 {pct(cold, 0.5) * 1e3:.2f} ms (n = {len(cold)})")  # fmt: skip
+    return (f"V = {r['V']:,}, H = {r['H']}: {sum(top)} of the {len(top)} steps at or above the p99; every first-product step "
+            f"p50 {pct(cold, 0.5) * 1e3:.2f} ms (n = {len(cold)})")  # fmt: skip
 
 
 CLOCKS = ("step", "mask", "floor")
