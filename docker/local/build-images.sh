@@ -8,10 +8,16 @@
 # take seconds. pip in the pcgen build trusts PIP_CERT (a CA bundle, e.g. a proxy's) and, when PIP_FIND_LINKS
 # (or the host pip's find-links) names a wheel directory, installs torch from it (the CPU wheel of the pinned
 # version) with PIP_INDEX_URL (or PyPI) for the rest; both are mounted into the build only. Without a wheel
-# directory torch comes from the PyTorch CPU index, as for any user. Needs: podman, runc, netavark,
+# directory torch comes from the PyTorch CPU index, as for any user. Needs: podman, runc, netavark (and iptables),
 # aardvark-dns, debootstrap; run as root.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+for tool in podman debootstrap iptables; do  # netavark runs iptables for a build's network
+  command -v "$tool" >/dev/null || PATH="$PATH:/usr/sbin:/sbin" command -v "$tool" >/dev/null || {
+    echo "build-images.sh: $tool not found (Debian: podman runc netavark aardvark-dns iptables debootstrap)" >&2
+    exit 1
+  }
+done
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$(docker/local/containers-conf.sh)}
 TAG=${TAG:-local}
 BASE=localhost/debian-base:bookworm
