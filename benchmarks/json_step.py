@@ -252,8 +252,8 @@ def first_products(r: dict) -> str:
     p99 = pct(wall, 0.99)
     top = [f for w, f in zip(wall, first) if w >= p99]
     cold = [w for w, f in zip(wall, first) if f]
-    return (f"V = {r['V']:,}, H = {r['H']}: {sum(top)} of the {len(top)} steps at or above the p99; every first-product step "
-            f"p50 {pct(cold, 0.5) * 1e3:.2f} ms (n = {len(cold)})")  # fmt: skip
+    return (f"V = {r['V']:,}, H = {r['H']}: {sum(top)} of the {len(top)} steps at or above the p99; every "
+            f"first-product step p50 {pct(cold, 0.5) * 1e3:.2f} ms (n = {len(cold)})")  # fmt: skip
 
 
 CLOCKS = ("step", "mask", "floor")
@@ -318,9 +318,10 @@ def render(results: list[dict], args, sources: list[str]) -> str:
         )
         + ".",
     ]
+    cold = "; ".join(first_products(r) for r in results)
     lines += ["", "Steps at or above the p99 that were a walk's first step with a vocabulary-wide product (the "
               "emission operand out of the CPU caches after the request's precompute; a server's LM forward "
-              "between steps evicts it at every step): " + "; ".join(first_products(r) for r in results) + "."]  # fmt: skip
+              f"between steps evicts it at every step): {cold}."]  # fmt: skip
     skipped = [f"V = {r['V']:,}, H = {r['H']}: {dict(r['skipped'])}" for r in results if r["skipped"]]
     if skipped:
         lines += ["", "Schemas passed over on the way to the sample: " + "; ".join(skipped) + "."]

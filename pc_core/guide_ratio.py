@@ -32,9 +32,9 @@ ROW_IMPOSSIBLE, ROW_CERTAIN = (
 def log_(x: torch.Tensor) -> torch.Tensor:
     """x.log_() for vocabulary-wide rows: on a CPU through numpy, whose float32 log has its own vectorised
     code (within 3 ulp of the exact log, torch's within 1: a few 1e-7 relative, where a bfloat16 product
-    alone allows 1.6%, docs/method.md §5.7 and §5.9): 19 us against torch's 51-74 us for 50,257 entries on the dev box's AMD CPU, 4.5% of
-    a step inside a JSON string (in-process A/B). log 0 = -inf and log nan = nan, as torch's, without a
-    warning."""
+    alone allows 1.6%, docs/method.md §5.7 and §5.9). 19 us against torch's 51-74 us for 50,257 entries on
+    the dev box's AMD CPU: 4.5% of a step inside a JSON string (in-process A/B). log 0 = -inf and log nan =
+    nan, as torch's, without a warning."""
     if x.device.type != "cpu" or x.dtype != torch.float32:
         return x.log_()
     values = x.numpy()  # a view, strided where x is (a block's columns of a (B, V) row)
