@@ -93,20 +93,35 @@ def token_sequences(dfa: CharDFA, texts: Sequence[str]) -> tuple[np.ndarray, np.
     return seq_of, matrix, seq_len
 
 
+def by_first_column(matrix: np.ndarray, columns: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sequences (rows of `matrix`) grouped by their first column, ascending within a group, and the
+    (columns + 1,) offsets of the groups: `run_sparse`'s index."""
+    first = matrix[:, 0]
+    valid = np.flatnonzero(first >= 0)
+    order = valid[np.argsort(first[valid], kind="stable")]
+    offsets = np.zeros(columns + 1, np.int64)
+    offsets[1:] = np.cumsum(np.bincount(first[valid], minlength=columns))
+    return order, offsets
+
+
 def run_sparse(dfa: CharDFA, states: np.ndarray, matrix: np.ndarray, lengths: np.ndarray,
-               by_first: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+               by_first: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """(row in `states`, sequence, end state) of every sequence that does not die, from each of `states`.
-    Only sequences whose first character is alive from a state are run at all."""
+    Only sequences whose first character is alive from a state are run at all. `by_first`: by_first_column's
+    index of the sequences. Pairs come state by state, then by first column, then by sequence."""
     dead = min(dfa.dead) if dfa.dead else -1
-    rows, seqs = [], []
-    for i, s in enumerate(states.tolist()):
-        for c in np.flatnonzero(dfa.trans[s] != dead).tolist():
-            if len(by_first[c]):
-                seqs.append(by_first[c])
-                rows.append(np.full(len(by_first[c]), i, np.int64))
-    if not seqs:
+    order, offsets = by_first
+    sizes = np.diff(offsets)  # (C,) sequences per first column
+    live = (dfa.trans[states] != dead) & (sizes > 0)[None, :]  # (n, C)
+    pair_row, pair_column = np.nonzero(live)  # row-major: by state, then column
+    if not len(pair_row):
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32)
-    row, seq = np.concatenate(rows), np.concatenate(seqs)
+    count = sizes[pair_column]  # (P,) sequences of each (state, column) pair
+    row = np.repeat(pair_row.astype(np.int64), count)
+    # pair p's sequences are order[offsets[c_p] : offsets[c_p] + count_p], the pairs laid out one after the
+    # other: output position k of pair p reads order[k + offsets[c_p] - (where pair p starts in the output)]
+    shift = offsets[pair_column] - (np.cumsum(count) - count)  # (P,)
+    seq = order[np.repeat(shift, count) + np.arange(len(row))]
     cur = states[row].astype(np.int32)
     alive = np.arange(len(cur))
     for pos in range(matrix.shape[1]):  # only sequences still running and not yet dead move on
@@ -133,8 +148,7 @@ def compile_char_only(dfa: CharDFA, tables: object, max_states: int, check_deadl
             deep = np.where(dfa.base >= 0, deep[np.maximum(dfa.base, 0)], False)
     else:
         seq_of, matrix, lengths = token_sequences(dfa, token_texts(tables))
-    first = matrix[:, 0]
-    by_first = [np.flatnonzero(first == c) for c in range(dfa.trans.shape[1])]
+    by_first = by_first_column(matrix, dfa.trans.shape[1])
     order, index = [dfa.initial], {dfa.initial: 0}
     weights = np.random.default_rng(1).integers(1, 2**61, size=8 * max_states + 1, dtype=np.int64) | 1
     signature = np.zeros(len(matrix), np.int64)
@@ -196,7 +210,7 @@ def _successors(
     sink, end_yes, end_no = n, n + 1, n + 2
     eos_col, empty_col = n_cls, n_cls + 2
     delta = np.full((n + 3, n_cls + 3), sink, np.int32)
-    by_first = [np.flatnonzero(rep_matrix[:, 0] == c) for c in range(dfa.trans.shape[1])]
+    by_first = by_first_column(rep_matrix, dfa.trans.shape[1])
     row, seq, end = run_sparse(dfa, np.array(order, np.int64), rep_matrix, rep_lengths, by_first)
     remap = np.full(dfa.num_states, sink, np.int64)
     remap[order] = np.arange(n)

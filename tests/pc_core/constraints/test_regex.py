@@ -4,6 +4,7 @@ against the independent checker (which uses `re.fullmatch` / `re.search`)."""
 import random
 import re
 
+import numpy as np
 import pytest
 from byte_support import has_banned_token
 
@@ -143,3 +144,36 @@ def test_shortest_text_in_tokens(tokenizer):
     dfa = compile_constraint({"regex": r"\d{6}"}, tokenizer)
     assert 0 < dfa.steps_to_accept[dfa.initial_state] <= 6
     assert not compile_constraint({"choice": ["yes"]}, tokenizer).accepts([])
+
+
+def test_run_sparse_walks_every_live_pair_like_a_plain_loop():
+    """char_tokens.run_sparse (the token compile's inner walk, pairs built with array operations) against a
+    plain loop over states, first columns and sequences: the same (state row, sequence, end state) triples in
+    the same order, sequences with a dead first character or dying on the way left out."""
+    from pc_core.constraints.char_tokens import by_first_column, run_sparse
+
+    dfa = build_char_dfa(parse_regex(r'"(ab|c)*"x|[a-c]{2,3}\d?', "regex"), "regex")
+    rng = random.Random(0)
+    columns = dfa.trans.shape[1]
+    lengths = np.array([rng.randint(1, 5) for _ in range(200)])
+    matrix = np.full((200, 5), -1, np.int32)
+    for i, n in enumerate(lengths):
+        matrix[i, :n] = [rng.randrange(columns) for _ in range(n)]
+    dead = min(dfa.dead) if dfa.dead else -1
+    states = np.arange(dfa.num_states)
+    want = []
+    for i, s in enumerate(states.tolist()):
+        for c in range(columns):
+            if dfa.trans[s, c] == dead:
+                continue
+            for q in np.flatnonzero(matrix[:, 0] == c).tolist():
+                cur = s
+                for pos in range(lengths[q]):
+                    cur = int(dfa.trans[cur, matrix[q, pos]])
+                    if cur == dead:
+                        break
+                if cur != dead:
+                    want.append((i, q, cur))
+    row, seq, end = run_sparse(dfa, states, matrix, lengths, by_first_column(matrix, columns))
+    assert list(zip(row.tolist(), seq.tolist(), end.tolist())) == want
+    assert want and len(want) < dfa.num_states * len(matrix)  # some pairs live, some dead
