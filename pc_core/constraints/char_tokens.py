@@ -93,26 +93,53 @@ def token_sequences(dfa: CharDFA, texts: Sequence[str]) -> tuple[np.ndarray, np.
     return seq_of, matrix, seq_len
 
 
-def by_first_column(matrix: np.ndarray, columns: int) -> tuple[np.ndarray, np.ndarray]:
-    """The sequences (rows of `matrix`) grouped by their first column, ascending within a group, and the
-    (columns + 1,) offsets of the groups: `run_sparse`'s index."""
-    first = matrix[:, 0]
-    valid = np.flatnonzero(first >= 0)
-    order = valid[np.argsort(first[valid], kind="stable")]
-    offsets = np.zeros(columns + 1, np.int64)
-    offsets[1:] = np.cumsum(np.bincount(first[valid], minlength=columns))
-    return order, offsets
+class SequenceIndex:
+    """`run_sparse`'s index of token sequences (rows of a column matrix, -1 padded): grouped by their first
+    column (`order`, ascending within a group; `offsets` (C + 1,) of the groups), and each sequence's distinct
+    columns (CSR: `columns`, `column_offsets`), from which `inside(loops)` says which sequences use only a
+    state's self-loop columns (kept per loop set: a schema's string states share one)."""
+
+    def __init__(self, matrix: np.ndarray, columns: int) -> None:
+        first = matrix[:, 0]
+        valid = np.flatnonzero(first >= 0)
+        self.order = valid[np.argsort(first[valid], kind="stable")]
+        self.offsets = np.zeros(columns + 1, np.int64)
+        self.offsets[1:] = np.cumsum(np.bincount(first[valid], minlength=columns))
+        # (U, C) would be large; a sequence's distinct columns are few: one sorted row per sequence, repeats off
+        ordered = np.sort(matrix, axis=1)  # -1 padding first
+        distinct = ordered >= 0
+        distinct[:, 1:] &= ordered[:, 1:] != ordered[:, :-1]
+        self.columns = ordered[distinct]
+        self.column_offsets = np.concatenate([[0], np.cumsum(distinct.sum(axis=1))])
+        self._inside: dict[bytes, np.ndarray] = {}
+
+    def inside(self, loops: np.ndarray) -> np.ndarray:
+        """(U,) bool: the sequences whose every column is in `loops` ((C,) bool; an empty sequence: True)."""
+        key = loops.tobytes()
+        found = self._inside.get(key)
+        if found is None:
+            outside = np.append((~loops[self.columns]).astype(np.int64), 0)  # the 0: a valid index at the end
+            counts = np.add.reduceat(outside, self.column_offsets[:-1])  # (U,); an empty row reads one entry
+            empty = self.column_offsets[1:] == self.column_offsets[:-1]
+            found = self._inside[key] = empty | (counts == 0)
+        return found
+
+
+def by_first_column(matrix: np.ndarray, columns: int) -> SequenceIndex:
+    """The SequenceIndex of the sequences (rows of `matrix`) over `columns` columns."""
+    return SequenceIndex(matrix, columns)
 
 
 def run_sparse(dfa: CharDFA, states: np.ndarray, matrix: np.ndarray, lengths: np.ndarray,
-               by_first: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+               index: SequenceIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """(row in `states`, sequence, end state) of every sequence that does not die, from each of `states`.
-    Only sequences whose first character is alive from a state are run at all. `by_first`: by_first_column's
-    index of the sequences. Pairs come state by state, then by first column, then by sequence."""
+    Only sequences whose first character is alive from a state are run at all, and only those that leave
+    their state are walked: a sequence made of a state's self-loop columns ends where it started (inside a
+    JSON string, most tokens). Pairs come state by state, then by first column, then by sequence."""
     dead = min(dfa.dead) if dfa.dead else -1
-    order, offsets = by_first
-    sizes = np.diff(offsets)  # (C,) sequences per first column
-    live = (dfa.trans[states] != dead) & (sizes > 0)[None, :]  # (n, C)
+    sizes = np.diff(index.offsets)  # (C,) sequences per first column
+    successors = dfa.trans[states]  # (n, C)
+    live = (successors != dead) & (sizes > 0)[None, :]
     pair_row, pair_column = np.nonzero(live)  # row-major: by state, then column
     if not len(pair_row):
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32)
@@ -120,10 +147,21 @@ def run_sparse(dfa: CharDFA, states: np.ndarray, matrix: np.ndarray, lengths: np
     row = np.repeat(pair_row.astype(np.int64), count)
     # pair p's sequences are order[offsets[c_p] : offsets[c_p] + count_p], the pairs laid out one after the
     # other: output position k of pair p reads order[k + offsets[c_p] - (where pair p starts in the output)]
-    shift = offsets[pair_column] - (np.cumsum(count) - count)  # (P,)
-    seq = order[np.repeat(shift, count) + np.arange(len(row))]
+    shift = index.offsets[pair_column] - (np.cumsum(count) - count)  # (P,)
+    seq = index.order[np.repeat(shift, count) + np.arange(len(row))]
     cur = states[row].astype(np.int32)
-    alive = np.arange(len(cur))
+    walked = np.ones(len(row), bool)  # False: the sequence only loops on its state (it ends there)
+    loops = successors == states[:, None]  # (n, C)
+    looping = np.flatnonzero(loops.any(axis=1) & (states != dead))
+    if len(looping):
+        sets, group = np.unique(loops[looping], axis=0, return_inverse=True)
+        group_of_row = np.full(len(states), -1, np.int64)
+        group_of_row[looping] = group.reshape(-1)
+        pair_group = group_of_row[row]
+        for g, loop_set in enumerate(sets):
+            chosen = np.flatnonzero(pair_group == g)
+            walked[chosen] = ~index.inside(loop_set)[seq[chosen]]
+    alive = np.flatnonzero(walked)
     for pos in range(matrix.shape[1]):  # only sequences still running and not yet dead move on
         alive = alive[(lengths[seq[alive]] > pos) & (cur[alive] != dead)]
         if not len(alive):
