@@ -97,14 +97,16 @@ class SequenceIndex:
     """`run_sparse`'s index of token sequences (rows of a column matrix, -1 padded): grouped by their first
     column (`order`, ascending within a group; `offsets` (C + 1,) of the groups), and each sequence's distinct
     columns (CSR: `columns`, `column_offsets`), from which `inside(loops)` says which sequences use only a
-    state's self-loop columns (kept per loop set: a schema's string states share one)."""
+    state's self-loop columns and `leaving(loops)` indexes the others (kept per loop set: a schema's string
+    states share one)."""
 
     def __init__(self, matrix: np.ndarray, columns: int) -> None:
         first = matrix[:, 0]
         valid = np.flatnonzero(first >= 0)
         self.order = valid[np.argsort(first[valid], kind="stable")]
-        self.offsets = np.zeros(columns + 1, np.int64)
-        self.offsets[1:] = np.cumsum(np.bincount(first[valid], minlength=columns))
+        self.first = first[self.order]  # (U',) the first column of each entry of `order`
+        self.num_columns = columns
+        self.offsets = _offsets(self.first, columns)
         # (U, C) would be large; a sequence's distinct columns are few: one sorted row per sequence, repeats off
         ordered = np.sort(matrix, axis=1)  # -1 padding first
         distinct = ordered >= 0
@@ -112,6 +114,7 @@ class SequenceIndex:
         self.columns = ordered[distinct]
         self.column_offsets = np.concatenate([[0], np.cumsum(distinct.sum(axis=1))])
         self._inside: dict[bytes, np.ndarray] = {}
+        self._leaving: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
 
     def inside(self, loops: np.ndarray) -> np.ndarray:
         """(U,) bool: the sequences whose every column is in `loops` ((C,) bool; an empty sequence: True)."""
@@ -124,51 +127,90 @@ class SequenceIndex:
             found = self._inside[key] = empty | (counts == 0)
         return found
 
+    def leaving(self, loops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(order, offsets) as the index's, of the sequences not inside `loops` only."""
+        key = loops.tobytes()
+        found = self._leaving.get(key)
+        if found is None:
+            keep = ~self.inside(loops)[self.order]
+            found = self._leaving[key] = (self.order[keep], _offsets(self.first[keep], self.num_columns))
+        return found
+
+
+def _offsets(first: np.ndarray, columns: int) -> np.ndarray:
+    offsets = np.zeros(columns + 1, np.int64)
+    offsets[1:] = np.cumsum(np.bincount(first, minlength=columns))
+    return offsets
+
 
 def by_first_column(matrix: np.ndarray, columns: int) -> SequenceIndex:
     """The SequenceIndex of the sequences (rows of `matrix`) over `columns` columns."""
     return SequenceIndex(matrix, columns)
 
 
-def run_sparse(dfa: CharDFA, states: np.ndarray, matrix: np.ndarray, lengths: np.ndarray,
-               index: SequenceIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
-    """(row in `states`, sequence, end state) of every sequence that does not die, from each of `states`.
-    Only sequences whose first character is alive from a state are run at all, and only those that leave
-    their state are walked: a sequence made of a state's self-loop columns ends where it started (inside a
-    JSON string, most tokens). Pairs come state by state, then by first column, then by sequence."""
-    dead = min(dfa.dead) if dfa.dead else -1
-    sizes = np.diff(index.offsets)  # (C,) sequences per first column
-    successors = dfa.trans[states]  # (n, C)
-    live = (successors != dead) & (sizes > 0)[None, :]
-    pair_row, pair_column = np.nonzero(live)  # row-major: by state, then column
-    if not len(pair_row):
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32)
+def _pairs(
+    successors: np.ndarray, dead: int, order: np.ndarray, offsets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(row, sequence) of every sequence in (order, offsets) whose first column is alive from each row of
+    `successors` (n, C): state by state, then by first column, then by sequence."""
+    sizes = np.diff(offsets)  # (C,) sequences per first column
+    pair_row, pair_column = np.nonzero((successors != dead) & (sizes > 0)[None, :])  # row-major
     count = sizes[pair_column]  # (P,) sequences of each (state, column) pair
     row = np.repeat(pair_row.astype(np.int64), count)
     # pair p's sequences are order[offsets[c_p] : offsets[c_p] + count_p], the pairs laid out one after the
     # other: output position k of pair p reads order[k + offsets[c_p] - (where pair p starts in the output)]
-    shift = index.offsets[pair_column] - (np.cumsum(count) - count)  # (P,)
-    seq = index.order[np.repeat(shift, count) + np.arange(len(row))]
-    cur = states[row].astype(np.int32)
-    walked = np.ones(len(row), bool)  # False: the sequence only loops on its state (it ends there)
-    loops = successors == states[:, None]  # (n, C)
-    looping = np.flatnonzero(loops.any(axis=1) & (states != dead))
-    if len(looping):
-        sets, group = np.unique(loops[looping], axis=0, return_inverse=True)
-        group_of_row = np.full(len(states), -1, np.int64)
-        group_of_row[looping] = group.reshape(-1)
-        pair_group = group_of_row[row]
+    shift = offsets[pair_column] - (np.cumsum(count) - count)  # (P,)
+    return row, order[np.repeat(shift, count) + np.arange(len(row))]
+
+
+def run_sparse(dfa: CharDFA, states: np.ndarray, matrix: np.ndarray, lengths: np.ndarray,
+               index: SequenceIndex, staying: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:  # fmt: skip
+    """(row in `states`, sequence, end state) of every sequence that does not die, from each of `states`
+    (in no particular order), and the sequences that stay: per loop set, (its rows, (U,) bool of the sequences
+    made only of its columns). Only sequences whose first character is alive from a state are run at all,
+    and only those that leave their state are walked: a sequence made of a state's self-loop columns ends
+    where it started (inside a JSON string, most tokens). `staying`: include those in the triples too (else
+    only in the list: the compile adds their signatures per loop set, without a pair for each)."""
+    dead = min(dfa.dead) if dfa.dead else -1
+    successors = dfa.trans[states]  # (n, C)
+    loops = (successors == states[:, None]) & (states != dead)[:, None]  # (n, C)
+    looping = loops.any(axis=1)
+    rows, seqs, walk, stayed = [], [], [], []  # walk: per part, whether its pairs are walked
+    plain = np.flatnonzero(~looping)
+    if len(plain):
+        row, seq = _pairs(successors[plain], dead, index.order, index.offsets)
+        rows.append(plain[row])
+        seqs.append(seq)
+        walk.append(True)
+    if looping.any():
+        members = np.flatnonzero(looping)
+        sets, group = np.unique(loops[members], axis=0, return_inverse=True)
+        group = group.reshape(-1)
         for g, loop_set in enumerate(sets):
-            chosen = np.flatnonzero(pair_group == g)
-            walked[chosen] = ~index.inside(loop_set)[seq[chosen]]
-    alive = np.flatnonzero(walked)
+            chosen = members[group == g]
+            row, seq = _pairs(successors[chosen], dead, *index.leaving(loop_set))
+            rows.append(chosen[row])
+            seqs.append(seq)
+            walk.append(True)
+            inside = index.inside(loop_set)
+            stayed.append((chosen, inside))
+            if staying:  # from each chosen state, every sequence inside its loops ends on that state
+                stay = np.flatnonzero(inside)
+                rows.append(np.repeat(chosen, len(stay)))
+                seqs.append(np.tile(stay, len(chosen)))
+                walk.append(False)
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32), stayed
+    row, seq = np.concatenate(rows), np.concatenate(seqs)
+    cur = states[row].astype(np.int32)
+    alive = np.flatnonzero(np.repeat(walk, [len(r) for r in rows]))
     for pos in range(matrix.shape[1]):  # only sequences still running and not yet dead move on
         alive = alive[(lengths[seq[alive]] > pos) & (cur[alive] != dead)]
         if not len(alive):
             break
         cur[alive] = dfa.trans[cur[alive], matrix[seq[alive], pos]]
     keep = cur != dead
-    return row[keep], seq[keep], cur[keep]
+    return row[keep], seq[keep], cur[keep], stayed
 
 
 def compile_char_only(dfa: CharDFA, tables: object, max_states: int, check_deadline: Callable) -> object:
@@ -195,7 +237,7 @@ def compile_char_only(dfa: CharDFA, tables: object, max_states: int, check_deadl
     while done < len(order):
         check_deadline()
         batch = np.array(order[done:], np.int64)
-        row, seq, end = run_sparse(dfa, batch, matrix, lengths, by_first)
+        row, seq, end, stayed = run_sparse(dfa, batch, matrix, lengths, by_first, staying=False)
         for s in np.unique(end).tolist():
             if s not in index:
                 index[s] = len(order)
@@ -209,6 +251,10 @@ def compile_char_only(dfa: CharDFA, tables: object, max_states: int, check_deadl
         ids = lookup[end]
         with np.errstate(over="ignore"):
             np.add.at(signature, seq, weights[(row + done) % len(weights)] * (ids + 1))
+            # a sequence that stays on its state adds that state's term; per loop set their sum (mod 2^64,
+            # as add.at's own sums), once for every sequence inside it, instead of one pair per state
+            for rows, inside in stayed:
+                signature[inside] += (weights[(rows + done) % len(weights)] * (lookup[batch[rows]] + 1)).sum()
         done += len(batch)
     _, reps, seq_class = np.unique(signature, return_index=True, return_inverse=True)
     n_cls = len(reps)
@@ -249,7 +295,7 @@ def _successors(
     eos_col, empty_col = n_cls, n_cls + 2
     delta = np.full((n + 3, n_cls + 3), sink, np.int32)
     by_first = by_first_column(rep_matrix, dfa.trans.shape[1])
-    row, seq, end = run_sparse(dfa, np.array(order, np.int64), rep_matrix, rep_lengths, by_first)
+    row, seq, end, _ = run_sparse(dfa, np.array(order, np.int64), rep_matrix, rep_lengths, by_first)
     remap = np.full(dfa.num_states, sink, np.int64)
     remap[order] = np.arange(n)
     delta[row, seq] = remap[end]

@@ -150,8 +150,8 @@ def test_shortest_text_in_tokens(tokenizer):
 def test_run_sparse_walks_every_live_pair_like_a_plain_loop(pattern):
     """char_tokens.run_sparse (the token compile's inner walk: pairs built with array operations, sequences
     that only loop on their state not walked) against a plain loop over states, first columns and sequences:
-    the same (state row, sequence, end state) triples in the same order, sequences with a dead first
-    character or dying on the way left out. Sequences drawn mostly from a few columns, so that many stay in a
+    the same (state row, sequence, end state) triples, sequences with a dead first character or dying on the
+    way left out; without the staying pairs, those and the listed staying sequences together. Sequences drawn mostly from a few columns, so that many stay in a
     looping state (inside the string, in the digits)."""
     from pc_core.constraints.char_tokens import by_first_column, run_sparse
 
@@ -180,6 +180,18 @@ def test_run_sparse_walks_every_live_pair_like_a_plain_loop(pattern):
                         break
                 if cur != dead:
                     want.append((i, q, cur))
-    row, seq, end = run_sparse(dfa, states, matrix, lengths, by_first_column(matrix, columns))
-    assert list(zip(row.tolist(), seq.tolist(), end.tolist())) == want
+    index = by_first_column(matrix, columns)
+    row, seq, end, stayed = run_sparse(dfa, states, matrix, lengths, index)
+    assert sorted(zip(row.tolist(), seq.tolist(), end.tolist())) == sorted(want)
+    assert stayed  # some states loop (the string, the digits, the dead state excluded)
+    # without the staying pairs: the same triples less those, which `stayed` lists per loop set
+    row, seq, end, again = run_sparse(dfa, states, matrix, lengths, index, staying=False)
+    stays = {
+        (r, q, int(states[r]))
+        for rows, inside in again
+        for r in rows.tolist()
+        for q in np.flatnonzero(inside).tolist()
+    }
+    assert sorted(set(zip(row.tolist(), seq.tolist(), end.tolist())) | stays) == sorted(want)
+    assert not stays & set(zip(row.tolist(), seq.tolist(), end.tolist()))
     assert want and len(want) < dfa.num_states * len(matrix)  # some pairs live, some dead
