@@ -126,7 +126,12 @@ def _add_sample(stages: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--model", default=None, help="served model name (default: the first in /v1/models)")
     g.add_argument("--concurrency", type=int, default=8, help="requests in flight over all servers")
-    g.add_argument("--max-retries", type=int, default=8, help="failures of one request before giving up")
+    g.add_argument(
+        "--max-retries",
+        type=int,
+        default=8,
+        help="failures of one request before giving up (a 429 waits instead, up to --request-timeout)",
+    )
     g.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request")
     p.set_defaults(func=cmd_sample)
 

@@ -15,7 +15,9 @@ A server that fails any of these is refused with a message naming it.
 
 Requests go to the server with the fewest requests in flight; a dropped connection, a timeout, 429 or a 5xx
 marks that server down for a backoff (doubling per consecutive failure, `Retry-After` honoured) and the
-request is retried, on another server when one is up. Any other 4xx is an error naming the server.
+request is retried, on another server when one is up: up to max_retries failures, where a 429 (the server's
+rate limit) is not a failure but a wait, of at most the request timeout in all. Any other 4xx is an error
+naming the server.
 """
 
 from __future__ import annotations
@@ -160,11 +162,21 @@ class Fleet:
         self, prompt: list[int], max_tokens: int, seed: int | None
     ) -> tuple[list[int], str, Server]:
         """One completion: (token ids, finish_reason, the server that answered). Retries transient failures
-        on whichever server is up; raises after max_retries failures of this request."""
-        for _ in range(self.max_retries + 1):
+        on whichever server is up; raises after max_retries failures of this request. A 429 is not a failure
+        but the server asking for its turn: it does not use up the retries (under contention a request could
+        lose the race for the rate limit's slots max_retries times in a row), and the request waits for
+        rate-limited servers at most `timeout` seconds in all."""
+        failures, waited_since = 0, None
+        while True:
             server = self._pick()
-            if server is None:  # every server backs off: wait for the first to come back
-                await asyncio.sleep(max(0.01, min(s.down_until for s in self.servers) - time.monotonic()))
+            if server is None:  # every server backs off: wait for the first to come back, in random order
+                wait = max(0.01, min(s.down_until for s in self.servers) - time.monotonic())
+                if waited_since is not None and time.monotonic() + wait - waited_since > self.timeout:
+                    raise DistillError(
+                        f"servers {', '.join(s.name for s in self.servers)} kept answering 429 (rate limited) "
+                        f"for more than the request timeout ({self.timeout:g} s)"
+                    )
+                await asyncio.sleep(wait * (1.0 + 0.2 * random.random()))
                 server = self._pick() or min(self.servers, key=lambda s: s.down_until)
             server.in_flight += 1
             began = time.perf_counter()
@@ -172,11 +184,20 @@ class Fleet:
                 r = await self._post(server, "/v1/completions", self._body(server, prompt, max_tokens, seed))
             except httpx.TransportError as err:  # refused, dropped, timed out
                 self._mark_down(server, f"{type(err).__name__} {err}")
+                failures += 1
+                if failures > self.max_retries:
+                    break
                 continue
             finally:
                 server.in_flight -= 1
             if r.status_code in RETRY_STATUS:
                 self._mark_down(server, f"HTTP {r.status_code}", _retry_after(r))
+                if r.status_code == 429:
+                    waited_since = time.monotonic() if waited_since is None else waited_since
+                    continue
+                failures += 1
+                if failures > self.max_retries:
+                    break
                 continue
             choice = _choice(r, server)
             ids = parse_token_ids(choice, server.name)

@@ -143,12 +143,27 @@ def test_sampler_killed_and_resumed_equals_uninterrupted(server_a, tiny_lm, tmp_
 
 def test_rate_limited_server_is_retried_after_its_429s(start, tiny_lm, tmp_path, caplog):
     """6 requests in flight against 4 per second: the server answers 429 (Retry-After), the client waits
-    and retries, and every sequence arrives."""
+    and retries (a 429 does not use up max_retries: whichever request loses the race waits its turn), and
+    every sequence arrives."""
     limited = start("distill-limited", PCGEN_RATE_LIMIT="4/second")
     with caplog.at_level("WARNING", logger="distill.remote"):
         manifest = run_sample(_cfg(tiny_lm, tmp_path / "s", limited.url, num_sequences=24, concurrency=6))
     assert f"server {limited.url}: HTTP 429" in caplog.text
     assert manifest["complete"] and len(data.load_tokens(tmp_path / "s")[0]) == 24
+
+
+def test_a_rate_limit_that_never_lets_a_request_in_fails_within_the_request_timeout(start, tiny_lm, tmp_path):
+    """429s are waited out, not counted as failures (six requests racing for four slots a second could lose
+    max_retries times in a row), but not forever: a request whose wait for the rate limit would pass the
+    request timeout fails, naming the 429s. One request a minute, the tokenizer check takes it: the first
+    completion is told to come back in up to a minute, past the 5 s timeout."""
+    limited = start("distill-starved", PCGEN_RATE_LIMIT="1/minute")
+    began = time.monotonic()
+    with pytest.raises(DistillError, match="429"):
+        run_sample(
+            _cfg(tiny_lm, tmp_path / "s", limited.url, num_sequences=4, concurrency=2, request_timeout=5.0)
+        )
+    assert time.monotonic() - began < 60  # it did not sit out the server's Retry-After
 
 
 @pytest.fixture(params=["tokenize", "echo"])
