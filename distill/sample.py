@@ -52,7 +52,7 @@ class SampleConfig:
     api_key: str | None = None  # else $PCGEN_DISTILL_API_KEY or $OPENAI_API_KEY; never recorded
     model: str | None = None  # the served model name; default: the first of the first server's /v1/models
     concurrency: int = 8  # requests in flight over all servers
-    max_retries: int = 8  # failed attempts of one request (5xx, dropped connection) before giving up; a 429 waits
+    max_retries: int = 8  # failures of one request (5xx, dropped connection; 429s wait) before giving up
     request_timeout: float = 600.0  # seconds per request
 
     def validate(self) -> None:
