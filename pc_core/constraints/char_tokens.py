@@ -117,14 +117,15 @@ class SequenceIndex:
         self._leaving: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
 
     def inside(self, loops: np.ndarray) -> np.ndarray:
-        """(U,) bool: the sequences whose every column is in `loops` ((C,) bool; an empty sequence: True)."""
+        """(U,) bool: the sequences whose every column is in `loops` ((C,) bool); an empty sequence is not (no
+        pair has it: its first column is none)."""
         key = loops.tobytes()
         found = self._inside.get(key)
         if found is None:
             outside = np.append((~loops[self.columns]).astype(np.int64), 0)  # the 0: a valid index at the end
             counts = np.add.reduceat(outside, self.column_offsets[:-1])  # (U,); an empty row reads one entry
             empty = self.column_offsets[1:] == self.column_offsets[:-1]
-            found = self._inside[key] = empty | (counts == 0)
+            found = self._inside[key] = ~empty & (counts == 0)
         return found
 
     def leaving(self, loops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -165,6 +165,8 @@ def test_run_sparse_walks_every_live_pair_like_a_plain_loop(pattern):
         matrix[i, :n] = [
             rng.choice(common) if rng.random() < 0.8 else rng.randrange(columns) for _ in range(n)
         ]
+    matrix = np.vstack([matrix, np.full((1, 5), -1, np.int32)])  # and an empty sequence, never paired
+    lengths = np.append(lengths, 0)
     dead = min(dfa.dead) if dfa.dead else -1
     states = np.arange(dfa.num_states)
     want = []
