@@ -128,7 +128,7 @@ def walk(search, tokens: list[int]) -> dict[str, Clock]:
     rows = torch.zeros(2, hmm.hidden_size)  # (2, H)
     dfa_state = int(search.dfa.initial_state)
     clocks = {"step": Clock(), "mask": Clock(), "floor": Clock()}
-    first_product = []  # per step: whether it took the walk's first product with vocabulary-wide rows
+    first_product, seen = [], False  # per step: whether it took the walk's first vocabulary-wide product
     for token in tokens:
         with clocks["step"]:
             plan = guide.plan(state)  # what batched_next_log_probs does, with the plan kept
@@ -139,7 +139,8 @@ def walk(search, tokens: list[int]) -> dict[str, Clock]:
             if search.deep is not None:
                 search.deep.advance([0], [token])
         wide = any(block.rows.shape[0] for block in plan.blocks)
-        first_product.append(wide and not any(first_product))
+        first_product.append(wide and not seen)
+        seen = seen or wide
         if not bool(torch.isfinite(q[0, token])):
             raise AssertionError(f"the guide forbids token {token} of a valid instance")
         with clocks["mask"]:
@@ -246,8 +247,7 @@ def add_clocks(into: dict, clocks: dict) -> None:
 
 def first_products(r: dict) -> str:
     """Where the p99 steps fall: a walk's first step with a vocabulary-wide product reads the emission
-    operand after the precompute has pushed it out of the CPU caches (right after a precompute the product
-    takes 0.8, 0.43, 0.30, 0.26 ms on its first four runs at H = 64 on the dev box, then 0.25)."""
+    operand after the precompute has pushed it out of the CPU caches (docs/benchmarks.md, json-step)."""
     wall, first = r["step"].wall, r["first"]
     p99 = pct(wall, 0.99)
     top = [f for w, f in zip(wall, first) if w >= p99]

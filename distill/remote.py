@@ -183,16 +183,14 @@ class Fleet:
             try:
                 r = await self._post(server, "/v1/completions", self._body(server, prompt, max_tokens, seed))
             except httpx.TransportError as err:  # refused, dropped, timed out
-                self._mark_down(server, f"{type(err).__name__} {err}")
-                failures += 1
-                if failures > self.max_retries:
-                    break
-                continue
+                r, why = None, f"{type(err).__name__} {err}"
             finally:
                 server.in_flight -= 1
-            if r.status_code in RETRY_STATUS:
-                self._mark_down(server, f"HTTP {r.status_code}", _retry_after(r))
-                if r.status_code == 429:
+            if r is None or r.status_code in RETRY_STATUS:
+                if r is not None:
+                    why = f"HTTP {r.status_code}"
+                self._mark_down(server, why, None if r is None else _retry_after(r))
+                if r is not None and r.status_code == 429:  # a wait, not a failure
                     waited_since = time.monotonic() if waited_since is None else waited_since
                     continue
                 failures += 1

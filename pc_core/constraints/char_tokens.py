@@ -144,11 +144,6 @@ def _offsets(first: np.ndarray, columns: int) -> np.ndarray:
     return offsets
 
 
-def by_first_column(matrix: np.ndarray, columns: int) -> SequenceIndex:
-    """The SequenceIndex of the sequences (rows of `matrix`) over `columns` columns."""
-    return SequenceIndex(matrix, columns)
-
-
 def _pairs(
     successors: np.ndarray, dead: int, order: np.ndarray, offsets: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -229,7 +224,7 @@ def compile_char_only(dfa: CharDFA, tables: object, max_states: int, check_deadl
             deep = np.where(dfa.base >= 0, deep[np.maximum(dfa.base, 0)], False)
     else:
         seq_of, matrix, lengths = token_sequences(dfa, token_texts(tables))
-    by_first = by_first_column(matrix, dfa.trans.shape[1])
+    sequences = SequenceIndex(matrix, dfa.trans.shape[1])
     order, index = [dfa.initial], {dfa.initial: 0}
     weights = np.random.default_rng(1).integers(1, 2**61, size=8 * max_states + 1, dtype=np.int64) | 1
     signature = np.zeros(len(matrix), np.int64)
@@ -238,7 +233,7 @@ def compile_char_only(dfa: CharDFA, tables: object, max_states: int, check_deadl
     while done < len(order):
         check_deadline()
         batch = np.array(order[done:], np.int64)
-        row, seq, end, stayed = run_sparse(dfa, batch, matrix, lengths, by_first, staying=False)
+        row, seq, end, stayed = run_sparse(dfa, batch, matrix, lengths, sequences, staying=False)
         for s in np.unique(end).tolist():
             if s not in index:
                 index[s] = len(order)
@@ -295,8 +290,8 @@ def _successors(
     sink, end_yes, end_no = n, n + 1, n + 2
     eos_col, empty_col = n_cls, n_cls + 2
     delta = np.full((n + 3, n_cls + 3), sink, np.int32)
-    by_first = by_first_column(rep_matrix, dfa.trans.shape[1])
-    row, seq, end, _ = run_sparse(dfa, np.array(order, np.int64), rep_matrix, rep_lengths, by_first)
+    sequences = SequenceIndex(rep_matrix, dfa.trans.shape[1])
+    row, seq, end, _ = run_sparse(dfa, np.array(order, np.int64), rep_matrix, rep_lengths, sequences)
     remap = np.full(dfa.num_states, sink, np.int64)
     remap[order] = np.arange(n)
     delta[row, seq] = remap[end]

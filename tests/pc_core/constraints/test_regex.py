@@ -153,7 +153,7 @@ def test_run_sparse_walks_every_live_pair_like_a_plain_loop(pattern):
     the same (state row, sequence, end state) triples, sequences with a dead first character or dying on the
     way left out; without the staying pairs, those and the listed staying sequences together. Sequences drawn mostly from a few columns, so that many stay in a
     looping state (inside the string, in the digits)."""
-    from pc_core.constraints.char_tokens import by_first_column, run_sparse
+    from pc_core.constraints.char_tokens import SequenceIndex, run_sparse
 
     dfa = build_char_dfa(parse_regex(pattern, "regex"), "regex")
     rng = random.Random(0)
@@ -182,7 +182,7 @@ def test_run_sparse_walks_every_live_pair_like_a_plain_loop(pattern):
                         break
                 if cur != dead:
                     want.append((i, q, cur))
-    index = by_first_column(matrix, columns)
+    index = SequenceIndex(matrix, columns)
     row, seq, end, stayed = run_sparse(dfa, states, matrix, lengths, index)
     assert sorted(zip(row.tolist(), seq.tolist(), end.tolist())) == sorted(want)
     assert stayed  # some states loop (the string, the digits, the dead state excluded)
